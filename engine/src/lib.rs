@@ -1,1 +1,6 @@
+//! Trex Corfu engine: the storage unit (rules in [`unit`], bytes in
+//! [`storage`]), the `mio` event loop ([`net`]), disk syncs ([`sync`]), and a
+//! blocking client ([`client`]).
 
+pub mod storage;
+pub mod unit;
