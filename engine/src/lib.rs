@@ -4,3 +4,8 @@
 
 pub mod storage;
 pub mod unit;
+pub mod net;
+pub mod sync;
+pub mod util;
+pub mod client;
+pub mod node;

@@ -156,6 +156,16 @@ impl<S: Store> Unit<S> {
         Ok((unit, stats))
     }
 
+    /// The store (read-only).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Records whether syncs run through io_uring (reported by `info`).
+    pub fn set_io_uring(&mut self, on: bool) {
+        self.cfg.io_uring = on;
+    }
+
     /// Gives the store back (for tests that crash and reopen it).
     pub fn into_store(self) -> S {
         self.store

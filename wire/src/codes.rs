@@ -152,6 +152,8 @@ pub enum ErrorCode {
     ShuttingDown = 12,
     /// A frame arrived with the RESPONSE flag set where a request was expected.
     UnexpectedResponse = 13,
+    /// The server is at its connection limit; retry later or raise the limit.
+    TooManyConnections = 14,
 }
 
 impl ErrorCode {
@@ -171,6 +173,7 @@ impl ErrorCode {
             11 => ErrorCode::UnknownFlags,
             12 => ErrorCode::ShuttingDown,
             13 => ErrorCode::UnexpectedResponse,
+            14 => ErrorCode::TooManyConnections,
             _ => return None,
         })
     }
@@ -191,6 +194,7 @@ impl ErrorCode {
             ErrorCode::UnknownFlags => "unknown-flags",
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::UnexpectedResponse => "unexpected-response",
+            ErrorCode::TooManyConnections => "too-many-connections",
         }
     }
 }
