@@ -1,1 +1,273 @@
-fn main() {}
+//! `trex-bench`: closed-loop load generators for Trex Corfu.
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trex_engine::client::UnitClient;
+use trex_engine::util::{parse_duration, parse_size};
+use trex_wire::{self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp, HEADER_LEN};
+
+#[derive(Parser)]
+#[command(name = "trex-bench", version, about = "Load generators for Trex Corfu")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Batched durable writes at one storage unit (closed loop).
+    UnitWrite(UnitWrite),
+}
+
+#[derive(Args)]
+struct UnitWrite {
+    /// The storage unit, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    node: String,
+    /// Entry size (e.g. 4KiB).
+    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    size: u64,
+    /// Client connections, each on its own thread.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    depth: usize,
+    /// Entries per write request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+struct Shared {
+    next_addr: AtomicU64,
+    entries: AtomicU64,
+    errors: AtomicU64,
+    stop: AtomicBool,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::UnitWrite(a) => match unit_write(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn unit_write(a: &UnitWrite) -> Result<(), String> {
+    if a.clients == 0 || a.depth == 0 || a.batch == 0 {
+        return Err("--clients, --depth and --batch must be at least 1".into());
+    }
+    let max_batch_bytes = (a.size as usize + wire::WRITE_OP_OVERHEAD) * a.batch + 4;
+    if a.size > u64::from(wire::MAX_ENTRY_LEN) || max_batch_bytes > wire::MAX_BODY_LEN as usize {
+        return Err(format!(
+            "a batch of {} entries of {} bytes does not fit one frame (entries up to {} bytes, frames up to {} bytes); lower --size or --batch",
+            a.batch,
+            a.size,
+            wire::MAX_ENTRY_LEN,
+            wire::MAX_BODY_LEN
+        ));
+    }
+    let start_addr = UnitClient::connect(&a.node, Duration::from_secs(5))
+        .and_then(|mut c| c.info())
+        .map_err(|e| e.to_string())?
+        .tail;
+    let shared = Arc::new(Shared {
+        next_addr: AtomicU64::new(start_addr),
+        entries: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    eprintln!(
+        "unit-write: {} clients x {} in flight x {} entries of {} bytes at {} for {:?}, from address {start_addr}",
+        a.clients, a.depth, a.batch, a.size, a.node, a.duration
+    );
+    let started = Instant::now();
+    let handles: Vec<_> = (0..a.clients)
+        .map(|i| {
+            let shared = shared.clone();
+            let (node, size, depth, batch) = (a.node.clone(), a.size as usize, a.depth, a.batch);
+            std::thread::spawn(move || write_client(i as u64 + 1, &node, size, depth, batch, &shared))
+        })
+        .collect();
+    let mut last = (started, 0u64);
+    while started.elapsed() < a.duration {
+        std::thread::sleep(Duration::from_secs(1).min(a.duration.saturating_sub(started.elapsed())));
+        let n = shared.entries.load(Ordering::Relaxed);
+        let dt = last.0.elapsed().as_secs_f64();
+        let rate = (n - last.1) as f64 / dt.max(1e-9);
+        eprintln!(
+            "  {:>5.1}s  {:>10} entries  {:>10.0} entries/s  {:>8.1} MB/s  errors {}",
+            started.elapsed().as_secs_f64(),
+            n,
+            rate,
+            rate * a.size as f64 / 1e6,
+            shared.errors.load(Ordering::Relaxed)
+        );
+        last = (Instant::now(), n);
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut failures = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(local)) => hist.add(local).map_err(|e| e.to_string())?,
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("a client thread panicked".into()),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ops = shared.entries.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let summary = Summary::new("unit-write", ops, seconds, a.size, &hist, errors);
+    summary.print();
+    if let Some(path) = &a.json {
+        std::fs::write(path, summary.json()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(f) = failures.first() {
+        return Err(format!("{} client(s) failed; first: {f}", failures.len()));
+    }
+    if errors > 0 {
+        return Err(format!("{errors} writes were refused by the unit (see the statuses above)"));
+    }
+    Ok(())
+}
+
+fn write_client(
+    writer: u64,
+    node: &str,
+    size: usize,
+    depth: usize,
+    batch: usize,
+    shared: &Shared,
+) -> Result<Histogram<u64>, String> {
+    let stream = TcpStream::connect(node).map_err(|e| format!("cannot connect to {node}: {e}"))?;
+    stream.set_nodelay(true).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut out = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut input = BufReader::with_capacity(256 * 1024, stream);
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let payload: Vec<u8> = (0..size).map(|i| (i as u64 ^ writer) as u8).collect();
+    let mut sent: HashMap<u64, (Instant, usize)> = HashMap::with_capacity(depth * 2);
+    let mut frame = Vec::new();
+    let mut next_id = 1u64;
+    let mut seq = 0u64;
+    let mut body = Vec::new();
+    let mut send_one = |out: &mut TcpStream, sent: &mut HashMap<u64, (Instant, usize)>| -> Result<(), String> {
+        let first = shared.next_addr.fetch_add(batch as u64, Ordering::Relaxed);
+        let ops: Vec<WriteOp<'_>> = (0..batch as u64)
+            .map(|i| {
+                seq += 1;
+                WriteOp { addr: first + i, writer, seq, data: &payload }
+            })
+            .collect();
+        frame.clear();
+        let start = begin_frame(&mut frame);
+        wire::encode_write_request(&mut frame, &ops);
+        let h = Header { opcode: Opcode::Write as u8, request_id: next_id, ..Header::default() };
+        finish_frame(&mut frame, start, h);
+        sent.insert(next_id, (Instant::now(), batch));
+        next_id += 1;
+        out.write_all(&frame).map_err(|e| format!("send failed: {e}"))
+    };
+    for _ in 0..depth {
+        send_one(&mut out, &mut sent)?;
+    }
+    while !sent.is_empty() {
+        let mut head = [0u8; HEADER_LEN];
+        input.read_exact(&mut head).map_err(|e| format!("receive failed: {e}"))?;
+        let h = Header::decode(&head).map_err(|e| e.to_string())?;
+        body.resize(h.body_len as usize, 0);
+        input.read_exact(&mut body).map_err(|e| format!("receive failed: {e}"))?;
+        let Some((t0, n)) = sent.remove(&h.request_id) else {
+            return Err(format!("reply to unknown request {}", h.request_id));
+        };
+        if h.is_error() {
+            let e = wire::decode_error(&body).map_err(|e| e.to_string())?;
+            return Err(format!("unit refused a write: {}", e.message));
+        }
+        let st = wire::decode_status_list(&body).map_err(|e| e.to_string())?;
+        let bad = st.iter().filter(|s| *s != Status::Ok).count() as u64;
+        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        shared.entries.fetch_add(n as u64 - bad, Ordering::Relaxed);
+        if bad > 0 {
+            if shared.errors.fetch_add(bad, Ordering::Relaxed) == 0 {
+                let first = st.iter().find(|s| *s != Status::Ok).unwrap_or(Status::Io);
+                eprintln!("client {writer}: unit answered '{first}' to a write");
+            }
+        }
+        if !shared.stop.load(Ordering::Relaxed) {
+            send_one(&mut out, &mut sent)?;
+        }
+    }
+    Ok(hist)
+}
+
+/// Latencies from 1us to 10 minutes at 3 significant digits.
+fn new_hist() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+}
+
+struct Summary {
+    workload: &'static str,
+    ops: u64,
+    seconds: f64,
+    ops_per_s: f64,
+    mb_per_s: f64,
+    p: [u64; 5],
+    errors: u64,
+}
+
+impl Summary {
+    fn new(workload: &'static str, ops: u64, seconds: f64, size: u64, h: &Histogram<u64>, errors: u64) -> Summary {
+        let ops_per_s = ops as f64 / seconds.max(1e-9);
+        Summary {
+            workload,
+            ops,
+            seconds,
+            ops_per_s,
+            mb_per_s: ops_per_s * size as f64 / 1e6,
+            p: [
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+            ],
+            errors,
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "{}: {} entries in {:.2}s = {:.0} entries/s, {:.1} MB/s; errors {}",
+            self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors
+        );
+        println!("latency per request (us): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}", self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]);
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"workload\":\"{}\",\"ops\":{},\"seconds\":{:.3},\"ops_per_s\":{:.1},\"mb_per_s\":{:.2},\"errors\":{},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}\n",
+            self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors,
+            self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]
+        )
+    }
+}

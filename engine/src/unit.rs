@@ -136,7 +136,9 @@ impl<S: Store> Unit<S> {
             meta_lsn: 0,
             trim_durable: meta.trim_mark,
             trim_pending: None,
-            tail: index.keys().max().map_or(0, |a| a + 1),
+            // Never below the trim mark, so the tail cannot move back when a
+            // trim has reclaimed every entry.
+            tail: index.keys().max().map_or(0, |a| a + 1).max(meta.trim_mark),
             entries: index
                 .values()
                 .filter(|s| s.kind == Kind::Data && !s.corrupt)
@@ -487,6 +489,7 @@ impl<S: Store> Unit<S> {
                     debug_assert!(self.index.len() <= before);
                     self.entries -= data;
                     self.junk -= junk;
+                    self.tail = self.tail.max(prefix);
                 }
                 Err(msg) => return self.refuse(to, header, ErrorCode::Poisoned, &msg, false),
             }
