@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trex_engine::client::UnitClient;
 use trex_engine::util::{parse_duration, parse_size};
-use trex_wire::{self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp, HEADER_LEN};
+use trex_wire::{
+    self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp, HEADER_LEN,
+};
 
 #[derive(Parser)]
 #[command(name = "trex-bench", version, about = "Load generators for Trex Corfu")]
@@ -104,12 +106,16 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
         .map(|i| {
             let shared = shared.clone();
             let (node, size, depth, batch) = (a.node.clone(), a.size as usize, a.depth, a.batch);
-            std::thread::spawn(move || write_client(i as u64 + 1, &node, size, depth, batch, &shared))
+            std::thread::spawn(move || {
+                write_client(i as u64 + 1, &node, size, depth, batch, &shared)
+            })
         })
         .collect();
     let mut last = (started, 0u64);
     while started.elapsed() < a.duration {
-        std::thread::sleep(Duration::from_secs(1).min(a.duration.saturating_sub(started.elapsed())));
+        std::thread::sleep(
+            Duration::from_secs(1).min(a.duration.saturating_sub(started.elapsed())),
+        );
         let n = shared.entries.load(Ordering::Relaxed);
         let dt = last.0.elapsed().as_secs_f64();
         let rate = (n - last.1) as f64 / dt.max(1e-9);
@@ -139,13 +145,16 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
     let summary = Summary::new("unit-write", ops, seconds, a.size, &hist, errors);
     summary.print();
     if let Some(path) = &a.json {
-        std::fs::write(path, summary.json()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(path, summary.json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(f) = failures.first() {
         return Err(format!("{} client(s) failed; first: {f}", failures.len()));
     }
     if errors > 0 {
-        return Err(format!("{errors} writes were refused by the unit (see the statuses above)"));
+        return Err(format!(
+            "{errors} writes were refused by the unit (see the statuses above)"
+        ));
     }
     Ok(())
 }
@@ -170,32 +179,47 @@ fn write_client(
     let mut next_id = 1u64;
     let mut seq = 0u64;
     let mut body = Vec::new();
-    let mut send_one = |out: &mut TcpStream, sent: &mut HashMap<u64, (Instant, usize)>| -> Result<(), String> {
-        let first = shared.next_addr.fetch_add(batch as u64, Ordering::Relaxed);
-        let ops: Vec<WriteOp<'_>> = (0..batch as u64)
-            .map(|i| {
-                seq += 1;
-                WriteOp { addr: first + i, writer, seq, data: &payload }
-            })
-            .collect();
-        frame.clear();
-        let start = begin_frame(&mut frame);
-        wire::encode_write_request(&mut frame, &ops);
-        let h = Header { opcode: Opcode::Write as u8, request_id: next_id, ..Header::default() };
-        finish_frame(&mut frame, start, h);
-        sent.insert(next_id, (Instant::now(), batch));
-        next_id += 1;
-        out.write_all(&frame).map_err(|e| format!("send failed: {e}"))
-    };
+    let mut send_one =
+        |out: &mut TcpStream, sent: &mut HashMap<u64, (Instant, usize)>| -> Result<(), String> {
+            let first = shared.next_addr.fetch_add(batch as u64, Ordering::Relaxed);
+            let ops: Vec<WriteOp<'_>> = (0..batch as u64)
+                .map(|i| {
+                    seq += 1;
+                    WriteOp {
+                        addr: first + i,
+                        writer,
+                        seq,
+                        data: &payload,
+                    }
+                })
+                .collect();
+            frame.clear();
+            let start = begin_frame(&mut frame);
+            wire::encode_write_request(&mut frame, &ops);
+            let h = Header {
+                opcode: Opcode::Write as u8,
+                request_id: next_id,
+                ..Header::default()
+            };
+            finish_frame(&mut frame, start, h);
+            sent.insert(next_id, (Instant::now(), batch));
+            next_id += 1;
+            out.write_all(&frame)
+                .map_err(|e| format!("send failed: {e}"))
+        };
     for _ in 0..depth {
         send_one(&mut out, &mut sent)?;
     }
     while !sent.is_empty() {
         let mut head = [0u8; HEADER_LEN];
-        input.read_exact(&mut head).map_err(|e| format!("receive failed: {e}"))?;
+        input
+            .read_exact(&mut head)
+            .map_err(|e| format!("receive failed: {e}"))?;
         let h = Header::decode(&head).map_err(|e| e.to_string())?;
         body.resize(h.body_len as usize, 0);
-        input.read_exact(&mut body).map_err(|e| format!("receive failed: {e}"))?;
+        input
+            .read_exact(&mut body)
+            .map_err(|e| format!("receive failed: {e}"))?;
         let Some((t0, n)) = sent.remove(&h.request_id) else {
             return Err(format!("reply to unknown request {}", h.request_id));
         };
@@ -236,7 +260,14 @@ struct Summary {
 }
 
 impl Summary {
-    fn new(workload: &'static str, ops: u64, seconds: f64, size: u64, h: &Histogram<u64>, errors: u64) -> Summary {
+    fn new(
+        workload: &'static str,
+        ops: u64,
+        seconds: f64,
+        size: u64,
+        h: &Histogram<u64>,
+        errors: u64,
+    ) -> Summary {
         let ops_per_s = ops as f64 / seconds.max(1e-9);
         Summary {
             workload,
@@ -260,7 +291,10 @@ impl Summary {
             "{}: {} entries in {:.2}s = {:.0} entries/s, {:.1} MB/s; errors {}",
             self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors
         );
-        println!("latency per request (us): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}", self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]);
+        println!(
+            "latency per request (us): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]
+        );
     }
 
     fn json(&self) -> String {

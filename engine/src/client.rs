@@ -18,7 +18,9 @@ pub enum ClientError {
     #[error("{0}")]
     Io(String),
     /// No reply within the timeout; the outcome is unknown.
-    #[error("no reply from {addr} within {timeout:?}; the request may or may not have taken effect")]
+    #[error(
+        "no reply from {addr} within {timeout:?}; the request may or may not have taken effect"
+    )]
     Timeout {
         /// The server.
         addr: SocketAddr,
@@ -92,7 +94,14 @@ impl UnitClient {
                     stream.set_nodelay(true).ok();
                     stream.set_read_timeout(Some(timeout)).ok();
                     stream.set_write_timeout(Some(timeout)).ok();
-                    let c = UnitClient { stream, addr: a, timeout, next_id: 1, cluster_id: 0, buf: Vec::new() };
+                    let c = UnitClient {
+                        stream,
+                        addr: a,
+                        timeout,
+                        next_id: 1,
+                        cluster_id: 0,
+                        buf: Vec::new(),
+                    };
                     return Ok(c);
                 }
                 Err(e) => last = Some((a, e)),
@@ -119,7 +128,13 @@ impl UnitClient {
         frame.clear();
         let start = begin_frame(&mut frame);
         body(&mut frame);
-        let header = Header { opcode: op as u8, request_id: id, epoch, cluster_id: self.cluster_id, ..Header::default() };
+        let header = Header {
+            opcode: op as u8,
+            request_id: id,
+            epoch,
+            cluster_id: self.cluster_id,
+            ..Header::default()
+        };
         finish_frame(&mut frame, start, header);
         let sent = self.stream.write_all(&frame);
         self.buf = frame;
@@ -130,9 +145,15 @@ impl UnitClient {
                 continue; // a late reply to an earlier request that timed out
             }
             if h.is_error() {
-                let e = wire::decode_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let e =
+                    wire::decode_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);
-                return Err(ClientError::Server { code: e.code, name, message: e.message.into_owned(), epoch: h.epoch });
+                return Err(ClientError::Server {
+                    code: e.code,
+                    name,
+                    message: e.message.into_owned(),
+                    epoch: h.epoch,
+                });
             }
             return Ok((h, body));
         }
@@ -140,19 +161,24 @@ impl UnitClient {
 
     fn io_error(&self, e: io::Error) -> ClientError {
         match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                ClientError::Timeout { addr: self.addr, timeout: self.timeout }
-            }
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                addr: self.addr,
+                timeout: self.timeout,
+            },
             _ => ClientError::Io(format!("connection to {} failed: {e}", self.addr)),
         }
     }
 
     fn read_frame(&mut self) -> Result<(Header, Vec<u8>), ClientError> {
         let mut head = [0u8; HEADER_LEN];
-        self.stream.read_exact(&mut head).map_err(|e| self.io_error(e))?;
+        self.stream
+            .read_exact(&mut head)
+            .map_err(|e| self.io_error(e))?;
         let h = Header::decode(&head).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut body = vec![0u8; h.body_len as usize];
-        self.stream.read_exact(&mut body).map_err(|e| self.io_error(e))?;
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| self.io_error(e))?;
         if crc32fast::hash(&body) != h.body_crc {
             return Err(ClientError::Protocol("reply body checksum mismatch".into()));
         }
@@ -176,12 +202,26 @@ impl UnitClient {
         let (_, body) = self.call(Opcode::Read, epoch, |b| wire::encode_addr_list(b, addrs))?;
         let r = wire::decode_read_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if r.len() != addrs.len() {
-            return Err(ClientError::Protocol(format!("{} results for {} addresses", r.len(), addrs.len())));
+            return Err(ClientError::Protocol(format!(
+                "{} results for {} addresses",
+                r.len(),
+                addrs.len()
+            )));
         }
         Ok(r.iter()
             .map(|x| {
-                let e = x.entry.unwrap_or(wire::Entry { writer: 0, seq: 0, data: &[] });
-                ReadItem { addr: x.addr, status: x.status, writer: e.writer, seq: e.seq, data: e.data.to_vec() }
+                let e = x.entry.unwrap_or(wire::Entry {
+                    writer: 0,
+                    seq: 0,
+                    data: &[],
+                });
+                ReadItem {
+                    addr: x.addr,
+                    status: x.status,
+                    writer: e.writer,
+                    seq: e.seq,
+                    data: e.data.to_vec(),
+                }
             })
             .collect())
     }
@@ -208,7 +248,10 @@ impl UnitClient {
 fn statuses(body: &[u8], want: usize) -> Result<Vec<Status>, ClientError> {
     let l = wire::decode_status_list(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
     if l.len() != want {
-        return Err(ClientError::Protocol(format!("{} statuses for {want} operations", l.len())));
+        return Err(ClientError::Protocol(format!(
+            "{} statuses for {want} operations",
+            l.len()
+        )));
     }
     Ok(l.iter().collect())
 }

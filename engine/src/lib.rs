@@ -2,10 +2,10 @@
 //! [`storage`]), the `mio` event loop ([`net`]), disk syncs ([`sync`]), and a
 //! blocking client ([`client`]).
 
-pub mod storage;
-pub mod unit;
-pub mod net;
-pub mod sync;
-pub mod util;
 pub mod client;
+pub mod net;
 pub mod node;
+pub mod storage;
+pub mod sync;
+pub mod unit;
+pub mod util;

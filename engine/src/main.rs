@@ -70,7 +70,12 @@ struct StorageArgs {
 #[derive(Args)]
 struct UnitArgs {
     /// The storage unit, HOST:PORT.
-    #[arg(long, global = true, env = "TREX_NODE", default_value = "127.0.0.1:7420")]
+    #[arg(
+        long,
+        global = true,
+        env = "TREX_NODE",
+        default_value = "127.0.0.1:7420"
+    )]
     node: String,
     /// Epoch to send; defaults to the unit's current sealed epoch (asked first).
     #[arg(long, global = true)]
@@ -212,18 +217,38 @@ fn unit_cmd(u: UnitArgs) -> Result<(), String> {
     };
     let mut failed = 0usize;
     match u.cmd {
-        UnitCmd::Write { addr, data, writer, seq } => {
+        UnitCmd::Write {
+            addr,
+            data,
+            writer,
+            seq,
+        } => {
             let bytes = if data == "-" {
                 let mut b = Vec::new();
-                std::io::stdin().read_to_end(&mut b).map_err(|e| format!("cannot read standard input: {e}"))?;
+                std::io::stdin()
+                    .read_to_end(&mut b)
+                    .map_err(|e| format!("cannot read standard input: {e}"))?;
                 b
             } else {
                 data.into_bytes()
             };
             let writer = writer.unwrap_or_else(default_writer);
-            let st = c.write(epoch, &[WriteOp { addr, writer, seq, data: &bytes }]).map_err(err)?;
+            let st = c
+                .write(
+                    epoch,
+                    &[WriteOp {
+                        addr,
+                        writer,
+                        seq,
+                        data: &bytes,
+                    }],
+                )
+                .map_err(err)?;
             match st[0] {
-                Status::Ok => println!("{addr}\tok\twriter={writer}\tseq={seq}\tlen={}", bytes.len()),
+                Status::Ok => println!(
+                    "{addr}\tok\twriter={writer}\tseq={seq}\tlen={}",
+                    bytes.len()
+                ),
                 s => return Err(format!("address {addr}: {}", explain(s))),
             }
         }
@@ -231,7 +256,9 @@ fn unit_cmd(u: UnitArgs) -> Result<(), String> {
             if raw && count != 1 {
                 return Err("--raw prints one entry; use --count 1".into());
             }
-            let addrs: Vec<u64> = (0..u64::from(count)).filter_map(|i| addr.checked_add(i)).collect();
+            let addrs: Vec<u64> = (0..u64::from(count))
+                .filter_map(|i| addr.checked_add(i))
+                .collect();
             let mut out = std::io::stdout().lock();
             for chunk in addrs.chunks(4096) {
                 for item in c.read(epoch, chunk).map_err(err)? {
@@ -257,7 +284,9 @@ fn unit_cmd(u: UnitArgs) -> Result<(), String> {
             }
         }
         UnitCmd::Fill { addr, count } => {
-            let addrs: Vec<u64> = (0..u64::from(count)).filter_map(|i| addr.checked_add(i)).collect();
+            let addrs: Vec<u64> = (0..u64::from(count))
+                .filter_map(|i| addr.checked_add(i))
+                .collect();
             for chunk in addrs.chunks(4096) {
                 for (a, s) in chunk.iter().zip(c.fill(epoch, chunk).map_err(err)?) {
                     println!("{a}\t{s}");

@@ -146,7 +146,8 @@ impl<S: Service> EventLoop<S> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let service = make(poll.registry(), waker.clone())?;
         Ok(EventLoop {
@@ -175,7 +176,10 @@ impl<S: Service> EventLoop<S> {
 
     /// A handle that stops the loop from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { stop: self.stop.clone(), waker: self.waker.clone() }
+        StopHandle {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
     }
 
     /// The service (for inspection before or after running).
@@ -195,7 +199,11 @@ impl<S: Service> EventLoop<S> {
         }
         // SAFETY: fd is a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        self.poll.registry().register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
         self.signals = Some(fd);
         Ok(())
     }
@@ -206,9 +214,14 @@ impl<S: Service> EventLoop<S> {
         let mut deadline: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            let mut timeout = self.timers.peek().map(|Reverse((t, _))| t.saturating_duration_since(now));
+            let mut timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(now));
             if deadline.is_some() {
-                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                    t.min(Duration::from_millis(50))
+                }));
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -251,7 +264,10 @@ impl<S: Service> EventLoop<S> {
                 let pending_out = self.conns.iter().flatten().any(|c| c.wpos < c.wbuf.len());
                 if (!self.service.busy() && !pending_out) || Instant::now() >= d {
                     if self.service.busy() {
-                        crate::log!("WARN", "shutdown grace period over with work still in flight");
+                        crate::log!(
+                            "WARN",
+                            "shutdown grace period over with work still in flight"
+                        );
                     }
                     return Ok(self.service);
                 }
@@ -291,7 +307,10 @@ impl<S: Service> EventLoop<S> {
             }
             self.timers.pop();
             if id == ACCEPT_BACKOFF_TIMER {
-                let r = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE);
+                let r =
+                    self.poll
+                        .registry()
+                        .register(&mut self.listener, LISTENER, Interest::READABLE);
                 self.accept_paused = r.is_err();
                 if !self.accept_paused {
                     self.accept();
@@ -328,13 +347,20 @@ impl<S: Service> EventLoop<S> {
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         if self.live >= self.cfg.max_connections {
-            let h = Header { opcode: Opcode::Error as u8, flags: FLAG_RESPONSE | FLAG_ERROR, ..Header::default() };
+            let h = Header {
+                opcode: Opcode::Error as u8,
+                flags: FLAG_RESPONSE | FLAG_ERROR,
+                ..Header::default()
+            };
             let msg = format!(
                 "server is at its limit of {} connections; retry later or raise --max-connections",
                 self.cfg.max_connections
             );
             let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
-            crate::log!("WARN", "refused connection from {peer}: connection limit reached");
+            crate::log!(
+                "WARN",
+                "refused connection from {peer}: connection limit reached"
+            );
             return;
         }
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -343,7 +369,11 @@ impl<S: Service> EventLoop<S> {
             self.conns.len() - 1
         });
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(FIRST_CONN + idx), interest) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(FIRST_CONN + idx), interest)
+        {
             crate::log!("WARN", "cannot register connection from {peer}: {e}");
             self.free.push(idx);
             return;
@@ -376,8 +406,16 @@ impl<S: Service> EventLoop<S> {
     }
 
     fn read_conn(&mut self, idx: usize) {
-        let EventLoop { conns, service, cfg, dirty, .. } = self;
-        let Some(Some(c)) = conns.get_mut(idx) else { return };
+        let EventLoop {
+            conns,
+            service,
+            cfg,
+            dirty,
+            ..
+        } = self;
+        let Some(Some(c)) = conns.get_mut(idx) else {
+            return;
+        };
         let to = (u64::from(c.gen) << 32) | idx as u64;
         let mut fatal = false;
         while !c.read_done && !c.paused {
@@ -406,7 +444,9 @@ impl<S: Service> EventLoop<S> {
         while let Some(r) = self.service.poll_reply() {
             let idx = (r.to & 0xffff_ffff) as usize;
             let gen = (r.to >> 32) as u32;
-            let Some(Some(c)) = self.conns.get_mut(idx) else { continue };
+            let Some(Some(c)) = self.conns.get_mut(idx) else {
+                continue;
+            };
             if c.gen != gen {
                 continue; // the connection went away; its reply has nowhere to go
             }
@@ -429,7 +469,9 @@ impl<S: Service> EventLoop<S> {
         dirty.sort_unstable();
         dirty.dedup();
         for idx in dirty.drain(..) {
-            let Some(Some(c)) = self.conns.get_mut(idx) else { continue };
+            let Some(Some(c)) = self.conns.get_mut(idx) else {
+                continue;
+            };
             let mut failed = false;
             while c.wpos < c.wbuf.len() {
                 match c.stream.write(&c.wbuf[c.wpos..]) {
@@ -468,14 +510,21 @@ impl<S: Service> EventLoop<S> {
         let mut resume = Vec::new();
         for (idx, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
-            if c.paused && c.inflight < cfg.max_inflight && c.wbuf.len() - c.wpos < cfg.write_limit {
+            if c.paused && c.inflight < cfg.max_inflight && c.wbuf.len() - c.wpos < cfg.write_limit
+            {
                 c.paused = false;
                 resume.push(idx);
             }
         }
         for idx in resume {
             // Frames already buffered first, then whatever waits in the socket.
-            let EventLoop { conns, service, cfg, dirty, .. } = self;
+            let EventLoop {
+                conns,
+                service,
+                cfg,
+                dirty,
+                ..
+            } = self;
             if let Some(Some(c)) = conns.get_mut(idx) {
                 let to = (u64::from(c.gen) << 32) | idx as u64;
                 dispatch(c, to, service, cfg, dirty);
@@ -510,7 +559,11 @@ fn make_room(c: &mut Conn) {
         c.rend -= c.rstart;
         c.rstart = 0;
     }
-    let want = match c.rbuf.get(..HEADER_LEN).and_then(|h| h.first_chunk::<HEADER_LEN>()) {
+    let want = match c
+        .rbuf
+        .get(..HEADER_LEN)
+        .and_then(|h| h.first_chunk::<HEADER_LEN>())
+    {
         Some(h) if c.rend >= HEADER_LEN => Header::decode(h)
             .map(|h| HEADER_LEN + h.body_len as usize)
             .unwrap_or(READ_CHUNK),
@@ -528,7 +581,13 @@ fn make_room(c: &mut Conn) {
 
 /// Hands every whole frame in the read buffer to the service; answers and
 /// closes on a frame the loop cannot parse.
-fn dispatch<S: Service>(c: &mut Conn, to: ReplyTo, service: &mut S, cfg: &LoopConfig, dirty: &mut Vec<usize>) {
+fn dispatch<S: Service>(
+    c: &mut Conn,
+    to: ReplyTo,
+    service: &mut S,
+    cfg: &LoopConfig,
+    dirty: &mut Vec<usize>,
+) {
     let idx = (to & 0xffff_ffff) as usize;
     while !c.paused && !c.close_after_flush {
         let avail = &c.rbuf[c.rstart..c.rend];
@@ -565,18 +624,33 @@ fn dispatch<S: Service>(c: &mut Conn, to: ReplyTo, service: &mut S, cfg: &LoopCo
 /// The error reply for a frame that failed to parse: it names the request when
 /// the header could be trusted.
 fn protocol_error(buf: &[u8], e: &FrameError) -> Vec<u8> {
-    let mut h = Header { opcode: Opcode::Error as u8, ..Header::default() };
+    let mut h = Header {
+        opcode: Opcode::Error as u8,
+        ..Header::default()
+    };
     if let (FrameError::BadBodyChecksum { .. }, Some(head)) = (e, buf.first_chunk::<HEADER_LEN>()) {
         if let Ok(req) = Header::decode(head) {
-            h = Header { opcode: req.opcode, request_id: req.request_id, cluster_id: req.cluster_id, ..h };
+            h = Header {
+                opcode: req.opcode,
+                request_id: req.request_id,
+                cluster_id: req.cluster_id,
+                ..h
+            };
         }
     }
     h.flags = FLAG_RESPONSE | FLAG_ERROR;
-    error_frame(&h, ErrorCode::from(e), &format!("{e}; closing the connection"))
+    error_frame(
+        &h,
+        ErrorCode::from(e),
+        &format!("{e}; closing the connection"),
+    )
 }
 
 /// Registers nothing; a helper so services can tell whether a token is theirs.
 pub fn service_token(n: usize) -> Token {
-    assert!(n < FIRST_CONN - SERVICE_TOKEN_BASE, "at most 13 service tokens");
+    assert!(
+        n < FIRST_CONN - SERVICE_TOKEN_BASE,
+        "at most 13 service tokens"
+    );
     Token(SERVICE_TOKEN_BASE + n)
 }

@@ -101,7 +101,10 @@ impl Service for StorageService {
 
     fn on_timer(&mut self, _id: u64, _now: Instant) {
         self.stats_armed = false;
-        let (frames, syncs) = (self.frames - self.last_stats.0, self.syncs - self.last_stats.1);
+        let (frames, syncs) = (
+            self.frames - self.last_stats.0,
+            self.syncs - self.last_stats.1,
+        );
         if frames > 0 {
             let i = self.unit.info();
             crate::log!(
@@ -124,8 +127,17 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
     // Before any thread exists, so that only the loop's signalfd sees them.
     crate::net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let started = Instant::now();
-    let store = MmapStore::open(&opts.data_dir, &MmapOptions { segment_size: opts.segment_size })?;
-    let cfg = UnitConfig { cluster_id: opts.cluster_id, sync_never: opts.sync_never, io_uring: false };
+    let store = MmapStore::open(
+        &opts.data_dir,
+        &MmapOptions {
+            segment_size: opts.segment_size,
+        },
+    )?;
+    let cfg = UnitConfig {
+        cluster_id: opts.cluster_id,
+        sync_never: opts.sync_never,
+        io_uring: false,
+    };
     let (mut unit, stats) = Unit::open(store, cfg)?;
     {
         let s = unit_store_report(&unit);
@@ -157,11 +169,29 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
         crate::log!("INFO", "{how}");
         unit.set_io_uring(syncer.is_uring());
-        Ok(StorageService { unit, syncer, frames: 0, syncs: 0, last_stats: (0, 0), stats_armed: false })
+        Ok(StorageService {
+            unit,
+            syncer,
+            frames: 0,
+            syncs: 0,
+            last_stats: (0, 0),
+            stats_armed: false,
+        })
     })
-    .map_err(|e| format!("cannot listen on {}: {e}; is another process using the port?", opts.listen))?;
-    el.stop_on_signals().map_err(|e| format!("cannot install signal handling: {e}"))?;
-    crate::log!("INFO", "storage unit listening on {} (data in {})", el.local_addr(), opts.data_dir.display());
+    .map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; is another process using the port?",
+            opts.listen
+        )
+    })?;
+    el.stop_on_signals()
+        .map_err(|e| format!("cannot install signal handling: {e}"))?;
+    crate::log!(
+        "INFO",
+        "storage unit listening on {} (data in {})",
+        el.local_addr(),
+        opts.data_dir.display()
+    );
     let svc = el.run().map_err(|e| format!("event loop failed: {e}"))?;
     crate::log!("INFO", "stopped cleanly; tail {}", svc.unit().tail());
     Ok(())

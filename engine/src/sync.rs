@@ -30,7 +30,12 @@ impl Syncer {
         let forced = std::env::var("TREX_SYNC_BACKEND").unwrap_or_default();
         if forced != "thread" {
             match UringSyncer::new(registry, uring_token) {
-                Ok(u) => return (Syncer::Uring(u), "syncs run through io_uring (fdatasync)".into()),
+                Ok(u) => {
+                    return (
+                        Syncer::Uring(u),
+                        "syncs run through io_uring (fdatasync)".into(),
+                    )
+                }
                 Err(e) => {
                     let t = ThreadSyncer::new(waker);
                     let why = format!(
@@ -80,7 +85,10 @@ impl UringSyncer {
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(io_uring::opcode::Fsync::CODE) {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "kernel lacks IORING_OP_FSYNC"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "kernel lacks IORING_OP_FSYNC",
+            ));
         }
         // SAFETY: eventfd returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -90,8 +98,17 @@ impl UringSyncer {
         // SAFETY: fd is a freshly created descriptor that we own.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        registry.register(&mut SourceFd(&eventfd.as_raw_fd()), token, Interest::READABLE)?;
-        Ok(UringSyncer { ring, eventfd, job: None, finished: None })
+        registry.register(
+            &mut SourceFd(&eventfd.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
+        Ok(UringSyncer {
+            ring,
+            eventfd,
+            job: None,
+            finished: None,
+        })
     }
 
     fn submit(&mut self, job: SyncJob) {
@@ -167,7 +184,8 @@ pub struct ThreadSyncer {
 
 fn run_job(job: &SyncJob) -> Result<(), String> {
     for f in &job.files {
-        f.sync_data().map_err(|e| format!("fdatasync failed: {e}"))?;
+        f.sync_data()
+            .map_err(|e| format!("fdatasync failed: {e}"))?;
     }
     if let Some(d) = &job.dir {
         File::sync_all(d).map_err(|e| format!("directory fsync failed: {e}"))?;

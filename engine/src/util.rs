@@ -10,9 +10,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size: write a number with an optional unit, like 4KiB or 64MiB"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("'{s}' is not a size: write a number with an optional unit, like 4KiB or 64MiB")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -21,30 +21,35 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' in '{s}': use B, KiB, MiB, GiB (or K, M, G), KB, MB, GB"
-            ))
-        }
+        other => return Err(format!(
+            "unknown size unit '{other}' in '{s}': use B, KiB, MiB, GiB (or K, M, G), KB, MB, GB"
+        )),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// Parses a duration such as `10s`, `500ms`, `2m`, `1h` or `250us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration: write a number and a unit, like 10s or 500ms"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("'{s}' is not a duration: write a number and a unit, like 10s or 500ms")
+    })?;
     let secs = match unit.trim() {
         "us" => n / 1e6,
         "ms" => n / 1e3,
         "s" | "" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit '{other}' in '{s}': use us, ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{s}': use us, ms, s, m or h"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
         return Err(format!("duration '{s}' is out of range"));
@@ -54,7 +59,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn timestamp() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -275,6 +275,11 @@ impl MmapStore {
         Ok(store)
     }
 
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn active(&self) -> Option<u32> {
         self.segs.keys().next_back().copied()
     }
