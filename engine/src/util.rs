@@ -21,9 +21,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown size unit '{other}' in '{s}': use B, KiB, MiB, GiB (or K, M, G), KB, MB, GB"
-        )),
+        ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{s}' is too large"))
