@@ -231,11 +231,9 @@ fn write_client(
         let bad = st.iter().filter(|s| *s != Status::Ok).count() as u64;
         hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
         shared.entries.fetch_add(n as u64 - bad, Ordering::Relaxed);
-        if bad > 0 {
-            if shared.errors.fetch_add(bad, Ordering::Relaxed) == 0 {
-                let first = st.iter().find(|s| *s != Status::Ok).unwrap_or(Status::Io);
-                eprintln!("client {writer}: unit answered '{first}' to a write");
-            }
+        if bad > 0 && shared.errors.fetch_add(bad, Ordering::Relaxed) == 0 {
+            let first = st.iter().find(|s| *s != Status::Ok).unwrap_or(Status::Io);
+            eprintln!("client {writer}: unit answered '{first}' to a write");
         }
         if !shared.stop.load(Ordering::Relaxed) {
             send_one(&mut out, &mut sent)?;

@@ -39,8 +39,9 @@ const ACCEPT_BACKOFF_TIMER: u64 = u64::MAX;
 /// What runs inside the loop.
 pub trait Service {
     /// A whole frame with verified checksums arrived. Exactly one reply to `to`
-    /// must follow through [`Service::poll_reply`], now or later.
-    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]);
+    /// must follow through [`Service::poll_reply`], now or later. Returns false
+    /// to stop reading this connection (a protocol violation whose reply closes it).
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> bool;
     /// The next reply ready to send.
     fn poll_reply(&mut self) -> Option<Reply>;
     /// A source the service registered under its own token is ready.
@@ -114,6 +115,8 @@ struct Conn {
     /// Close once everything queued is written.
     close_after_flush: bool,
     paused: bool,
+    /// A protocol error to send after every reply still owed (then close).
+    last_words: Option<Vec<u8>>,
 }
 
 /// The loop, owning its service.
@@ -391,6 +394,7 @@ impl<S: Service> EventLoop<S> {
             read_done: false,
             close_after_flush: false,
             paused: false,
+            last_words: None,
         });
         // Edge-triggered: data may already be waiting.
         self.read_conn(idx);
@@ -434,7 +438,8 @@ impl<S: Service> EventLoop<S> {
             }
             dispatch(c, to, service, cfg, dirty);
         }
-        let drained = c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len();
+        let drained =
+            c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len() && c.last_words.is_none();
         if fatal || drained {
             self.close(idx);
         }
@@ -472,6 +477,11 @@ impl<S: Service> EventLoop<S> {
             let Some(Some(c)) = self.conns.get_mut(idx) else {
                 continue;
             };
+            if c.inflight == 0 {
+                if let Some(words) = c.last_words.take() {
+                    c.wbuf.extend_from_slice(&words);
+                }
+            }
             let mut failed = false;
             while c.wpos < c.wbuf.len() {
                 match c.stream.write(&c.wbuf[c.wpos..]) {
@@ -496,8 +506,9 @@ impl<S: Service> EventLoop<S> {
                     c.wbuf.shrink_to(READ_CHUNK);
                 }
             }
-            let done = c.wbuf.is_empty()
-                && ((c.close_after_flush && c.inflight == 0) || (c.read_done && c.inflight == 0));
+            // Reads have ended (EOF, protocol error or shutdown) and nothing is owed.
+            let done =
+                c.wbuf.is_empty() && c.read_done && c.inflight == 0 && c.last_words.is_none();
             if failed || done {
                 self.close(idx);
             }
@@ -598,8 +609,12 @@ fn dispatch<S: Service>(
         match result {
             Ok(Some((frame, n))) => {
                 c.inflight += 1;
-                service.on_frame(to, &frame.header, frame.body);
+                let keep = service.on_frame(to, &frame.header, frame.body);
                 c.rstart += n;
+                if !keep {
+                    c.read_done = true;
+                    c.close_after_flush = true;
+                }
                 if c.rstart == c.rend {
                     c.rstart = 0;
                     c.rend = 0;
@@ -610,8 +625,7 @@ fn dispatch<S: Service>(
             }
             Ok(None) => return,
             Err(e) => {
-                let reply = protocol_error(avail, &e);
-                c.wbuf.extend_from_slice(&reply);
+                c.last_words = Some(protocol_error(avail, &e));
                 c.read_done = true;
                 c.close_after_flush = true;
                 dirty.push(idx);

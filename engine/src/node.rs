@@ -60,9 +60,9 @@ impl StorageService {
 }
 
 impl Service for StorageService {
-    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) {
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> bool {
         self.frames += 1;
-        self.unit.on_frame(to, header, body);
+        self.unit.on_frame(to, header, body)
     }
 
     fn poll_reply(&mut self) -> Option<Reply> {

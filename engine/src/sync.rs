@@ -18,7 +18,7 @@ pub type SyncDone = (u64, Result<(), String>);
 /// The sync path in use.
 pub enum Syncer {
     /// io_uring with an eventfd.
-    Uring(UringSyncer),
+    Uring(Box<UringSyncer>),
     /// A sync thread and a waker.
     Thread(ThreadSyncer),
 }
@@ -32,7 +32,7 @@ impl Syncer {
             match UringSyncer::new(registry, uring_token) {
                 Ok(u) => {
                     return (
-                        Syncer::Uring(u),
+                        Syncer::Uring(Box::new(u)),
                         "syncs run through io_uring (fdatasync)".into(),
                     )
                 }

@@ -220,31 +220,37 @@ impl<S: Store> Unit<S> {
         }
     }
 
-    /// Handles one whole, checksum-verified request frame.
-    pub fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) {
+    /// Handles one whole, checksum-verified request frame. Returns false if the
+    /// frame violated the protocol: its error reply closes the connection, and
+    /// nothing more should be read from it.
+    pub fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> bool {
         if header.is_response() {
             let msg =
                 "received a reply frame where a request was expected; only clients send requests";
-            return self.refuse(to, header, ErrorCode::UnexpectedResponse, msg, true);
+            self.refuse(to, header, ErrorCode::UnexpectedResponse, msg, true);
+            return false;
         }
         if header.cluster_id != self.cfg.cluster_id {
             let msg = format!(
                 "frame is for cluster {} but this unit serves cluster {}; check the client's --cluster-id",
                 header.cluster_id, self.cfg.cluster_id
             );
-            return self.refuse(to, header, ErrorCode::WrongCluster, &msg, true);
+            self.refuse(to, header, ErrorCode::WrongCluster, &msg, true);
+            return false;
         }
         let request = match wire::decode_request(header.opcode, body) {
             Ok(r) => r,
             Err(wire::DecodeError::UnknownOpcode(op)) => {
                 let msg =
                     format!("opcode {op:#04x} is not a storage-unit request (known: 0x01-0x06)");
-                return self.refuse(to, header, ErrorCode::UnknownOpcode, &msg, true);
+                self.refuse(to, header, ErrorCode::UnknownOpcode, &msg, true);
+                return false;
             }
             Err(e) => {
                 let name = Opcode::from_u8(header.opcode).map_or("?", Opcode::name);
                 let msg = format!("{name} body does not decode: {e}");
-                return self.refuse(to, header, ErrorCode::MalformedBody, &msg, true);
+                self.refuse(to, header, ErrorCode::MalformedBody, &msg, true);
+                return false;
             }
         };
         let fenced = !matches!(request, Request::Seal { .. } | Request::Info);
@@ -253,13 +259,15 @@ impl<S: Store> Unit<S> {
                 "epoch {} is sealed; the unit is at epoch {}: refresh the layout and retry",
                 header.epoch, self.meta.sealed_epoch
             );
-            return self.refuse(to, header, ErrorCode::SealedEpoch, &msg, false);
+            self.refuse(to, header, ErrorCode::SealedEpoch, &msg, false);
+            return true;
         }
         let mutates = !matches!(request, Request::Read(_) | Request::Info);
         if mutates {
             if let Some(why) = &self.poisoned {
                 let msg = format!("unit is poisoned and accepts no writes ({why}); restart it");
-                return self.refuse(to, header, ErrorCode::Poisoned, &msg, false);
+                self.refuse(to, header, ErrorCode::Poisoned, &msg, false);
+                return true;
             }
         }
         match request {
@@ -273,6 +281,7 @@ impl<S: Store> Unit<S> {
                 self.respond(to, header, 0, |out| wire::encode_info_reply(out, &info));
             }
         }
+        true
     }
 
     fn on_write(&mut self, to: ReplyTo, header: &Header, batch: WriteBatch<'_>) {

@@ -383,7 +383,10 @@ fn run_model<B: Backend>(store: B, ops: &[Op]) {
                 let want = predict(&mut live, op).expect("request op");
                 expected.insert(next_id, want);
                 let fr = wire::parse_frame(&f).unwrap().unwrap();
-                unit.on_frame(next_id, &fr.header, fr.body);
+                assert!(
+                    unit.on_frame(next_id, &fr.header, fr.body),
+                    "valid frames keep the connection"
+                );
                 next_id += 1;
             }
         }

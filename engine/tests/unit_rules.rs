@@ -3,63 +3,16 @@
 //! answered.
 
 use trex_engine::storage::memory::MemStore;
+mod common;
+
+use common::{error_code, replies, send, sync, write};
 use trex_engine::unit::{Reply, Unit, UnitConfig};
-use trex_wire::{
-    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, Status, WriteOp,
-};
+use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, Status};
 
 fn unit() -> Unit<MemStore> {
     Unit::open(MemStore::new(), UnitConfig::default())
         .expect("open")
         .0
-}
-
-fn send(u: &mut Unit<MemStore>, id: u64, op: Opcode, epoch: u64, body: impl FnOnce(&mut Vec<u8>)) {
-    let mut f = Vec::new();
-    let s = begin_frame(&mut f);
-    body(&mut f);
-    finish_frame(
-        &mut f,
-        s,
-        Header {
-            opcode: op as u8,
-            request_id: id,
-            epoch,
-            ..Header::default()
-        },
-    );
-    let fr = wire::parse_frame(&f).unwrap().unwrap();
-    u.on_frame(id, &fr.header, fr.body);
-}
-
-fn write(u: &mut Unit<MemStore>, id: u64, addr: u64, data: &[u8]) {
-    send(u, id, Opcode::Write, 0, |b| {
-        wire::encode_write_request(
-            b,
-            &[WriteOp {
-                addr,
-                writer: 1,
-                seq: addr,
-                data,
-            }],
-        )
-    });
-}
-
-fn replies(u: &mut Unit<MemStore>) -> Vec<Reply> {
-    std::iter::from_fn(|| u.poll_reply()).collect()
-}
-
-fn sync(u: &mut Unit<MemStore>) {
-    let job = u.poll_sync().expect("a sync is due");
-    u.on_synced(job.lsn, Ok(()));
-}
-
-fn error_code(r: &Reply) -> Option<ErrorCode> {
-    let f = wire::parse_frame(&r.frame).unwrap().unwrap();
-    f.header
-        .is_error()
-        .then(|| ErrorCode::from_u16(wire::decode_error(f.body).unwrap().code).unwrap())
 }
 
 #[test]
@@ -158,7 +111,10 @@ fn bad_frames_get_errors_and_protocol_violations_close() {
         },
     );
     let fr = wire::parse_frame(&f).unwrap().unwrap();
-    u.on_frame(3, &fr.header, fr.body);
+    assert!(
+        !u.on_frame(3, &fr.header, fr.body),
+        "a frame for another cluster ends the connection"
+    );
     send(&mut u, 4, Opcode::Seal, 0, |b| wire::encode_u64(b, 2));
     sync(&mut u);
     send(&mut u, 5, Opcode::Read, 1, |b| {

@@ -51,7 +51,7 @@ const _: () = assert!(OFF_EPOCH + 8 == OFF_CLUSTER_ID);
 const _: () = assert!(OFF_REQUEST_ID + 8 == OFF_EPOCH);
 const _: () = assert!(OFF_FLAGS + 2 == OFF_REQUEST_ID);
 const _: () = assert!(OFF_OPCODE + 1 == OFF_FLAGS && OFF_VERSION + 1 == OFF_OPCODE);
-const _: () = assert!(HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 
 /// A decoded frame header. `opcode` stays raw so that an unknown opcode can be
 /// answered with an error that names it.

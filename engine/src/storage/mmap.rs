@@ -133,17 +133,17 @@ fn encode_seg_header(id: u32, nonce: u64, size: u64) -> [u8; SEGMENT_HEADER_LEN]
     h
 }
 
-/// Returns the nonce of a valid segment header for segment `id` of `size` bytes.
-fn decode_seg_header(h: &[u8], id: u32, size: u64) -> Option<u64> {
+/// Returns the nonce and size of a valid segment header for segment `id`.
+fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64)> {
     let h = h.get(..SEGMENT_HEADER_LEN)?;
     let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
     let crc = u32::from_le_bytes(h[60..64].try_into().ok()?);
     let ok = &h[0..4] == SEG_MAGIC
         && h[4..8] == 1u32.to_le_bytes()
         && u64_at(8) == u64::from(id)
-        && u64_at(24) == size
+        && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&u64_at(24))
         && crc == crc32fast::hash(&h[..60]);
-    ok.then(|| u64_at(16))
+    ok.then(|| (u64_at(16), u64_at(24)))
 }
 
 fn lock_dir(dir: &Path) -> Result<File, String> {
@@ -224,23 +224,48 @@ impl MmapStore {
                 .write(true)
                 .open(&path)
                 .map_err(|e| io_err("cannot open segment", &path, e))?;
-            let size = file
+            let len = file
                 .metadata()
                 .map_err(|e| io_err("cannot stat", &path, e))?
                 .len();
-            let map = if size >= SEGMENT_HEADER_LEN as u64 && size <= MAX_SEGMENT_SIZE {
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+                .ok()
+                .and_then(|_| decode_seg_header(&head, id));
+            if let Some((_, size)) = header {
+                if len > size {
+                    store.report.notes.push(format!(
+                        "segment {}: ignoring {} bytes past its end (appended garbage)",
+                        path.display(),
+                        len - size
+                    ));
+                } else if len < size && last {
+                    // Shrunk behind our back: give the newest segment its size back;
+                    // the scan then finds where its intact records end.
+                    store.report.notes.push(format!(
+                        "segment {}: file was cut to {len} of {size} bytes; extended again",
+                        path.display()
+                    ));
+                    file.set_len(size)
+                        .map_err(|e| io_err("cannot extend", &path, e))?;
+                } else if len < size {
+                    return Err(format!(
+                        "segment {} was cut to {len} of {size} bytes; move it out of the data directory to start without it (its entries must then come from other replicas)",
+                        path.display()
+                    ));
+                }
+            }
+            let map = match header {
                 // SAFETY: the directory lock keeps other processes of ours away, and
                 // this process never truncates a mapped segment.
-                Some(
+                Some(_) => Some(
                     unsafe { MmapMut::map_mut(&file) }
                         .map_err(|e| io_err("cannot map", &path, e))?,
-                )
-            } else {
-                None
+                ),
+                None => None,
             };
-            let nonce = map.as_ref().and_then(|m| decode_seg_header(m, id, size));
-            match (map, nonce) {
-                (Some(map), Some(nonce)) => {
+            match (map, header) {
+                (Some(map), Some((nonce, size))) => {
                     let seg = Segment {
                         file: Arc::new(file),
                         map,

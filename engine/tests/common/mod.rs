@@ -1,0 +1,160 @@
+//! Helpers shared by the integration tests: drive a unit in-process, and run
+//! real `trex` processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use trex_engine::storage::Store;
+use trex_engine::unit::{Reply, Unit};
+use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, WriteOp};
+
+pub fn send<S: Store>(
+    u: &mut Unit<S>,
+    id: u64,
+    op: Opcode,
+    epoch: u64,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    let mut f = Vec::new();
+    let s = begin_frame(&mut f);
+    body(&mut f);
+    finish_frame(
+        &mut f,
+        s,
+        Header {
+            opcode: op as u8,
+            request_id: id,
+            epoch,
+            ..Header::default()
+        },
+    );
+    let fr = wire::parse_frame(&f).unwrap().unwrap();
+    u.on_frame(id, &fr.header, fr.body);
+}
+
+pub fn write<S: Store>(u: &mut Unit<S>, id: u64, addr: u64, data: &[u8]) {
+    let op = WriteOp {
+        addr,
+        writer: 1,
+        seq: addr,
+        data,
+    };
+    send(u, id, Opcode::Write, 0, |b| {
+        wire::encode_write_request(b, &[op])
+    });
+}
+
+pub fn replies<S: Store>(u: &mut Unit<S>) -> Vec<Reply> {
+    std::iter::from_fn(|| u.poll_reply()).collect()
+}
+
+/// Runs every due sync to completion, doing the real I/O for disk stores.
+pub fn sync<S: Store>(u: &mut Unit<S>) {
+    while let Some(job) = u.poll_sync() {
+        for f in &job.files {
+            f.sync_data().expect("fdatasync");
+        }
+        u.on_synced(job.lsn, Ok(()));
+    }
+}
+
+pub fn error_code(r: &Reply) -> Option<ErrorCode> {
+    let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+    f.header
+        .is_error()
+        .then(|| ErrorCode::from_u16(wire::decode_error(f.body).unwrap().code).unwrap())
+}
+
+/// A `trex node storage` child process.
+pub struct UnitProcess {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl UnitProcess {
+    /// Starts a unit on an ephemeral port and waits until it listens.
+    pub fn start(dir: &Path, extra: &[&str]) -> UnitProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(["node", "storage", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trex");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("storage unit did not start listening within 20s");
+            };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                return UnitProcess {
+                    child,
+                    addr,
+                    log: rx,
+                };
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Lines logged so far.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for UnitProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), seeded per test and printed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn from_time() -> Rng {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Rng(t | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
