@@ -663,15 +663,13 @@ impl<S: Store> Unit<S> {
         }
         self.durable_lsn = self.durable_lsn.max(lsn);
         let durable = self.durable_lsn;
-        let mut i = 0;
-        while i < self.pending.len() {
-            if self.pending[i].tag <= durable {
-                let p = self.pending.remove(i).expect("index checked above");
-                self.ready.push_back(p.reply);
-            } else {
-                i += 1;
-            }
-        }
+        // One pass, keeping arrival order among the replies that stay.
+        let (done, waiting): (VecDeque<Pending>, VecDeque<Pending>) =
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|p| p.tag <= durable);
+        self.pending = waiting;
+        self.ready.extend(done.into_iter().map(|p| p.reply));
         if let Some((tlsn, mark)) = self.trim_pending {
             if tlsn <= durable {
                 self.trim_durable = self.trim_durable.max(mark);

@@ -192,7 +192,7 @@ fn poke(addr: &str, bytes: &[u8], half_close: bool) -> Vec<u16> {
 #[test]
 fn bad_input_gets_errors_and_never_disturbs_other_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let unit = UnitProcess::start(dir.path(), &[]);
+    let mut unit = UnitProcess::start(dir.path(), &[]);
     let mut good = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
     let v = b"steady".to_vec();
     assert_eq!(
@@ -335,4 +335,35 @@ fn a_second_unit_on_the_same_directory_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another process"), "{err}");
+}
+
+#[test]
+fn the_sync_thread_fallback_serves_durable_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut unit = UnitProcess::start_with_env(dir.path(), &[], &[("TREX_SYNC_BACKEND", "thread")]);
+    let mut c = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+    let vals: Vec<Vec<u8>> = (0..64u64).map(|a| value(3, a, a)).collect();
+    let ops: Vec<WriteOp<'_>> = (0..64u64)
+        .map(|a| WriteOp {
+            addr: a,
+            writer: 3,
+            seq: a,
+            data: &vals[a as usize],
+        })
+        .collect();
+    assert!(c.write(0, &ops).unwrap().iter().all(|s| *s == Status::Ok));
+    let info = c.info().unwrap();
+    assert_eq!(
+        info.flags & wire::INFO_IO_URING,
+        0,
+        "the thread path is in use"
+    );
+    let got = c.read(0, &(0..64).collect::<Vec<_>>()).unwrap();
+    assert!(got
+        .iter()
+        .all(|r| r.status == Status::Ok && r.data == vals[r.addr as usize]));
+    assert!(
+        unit.drain_log().iter().any(|l| l.contains("sync thread")),
+        "the log names the sync path"
+    );
 }

@@ -72,12 +72,19 @@ pub struct UnitProcess {
     pub child: Child,
     pub addr: String,
     pub log: std::sync::mpsc::Receiver<String>,
+    early: Vec<String>,
 }
 
 impl UnitProcess {
     /// Starts a unit on an ephemeral port and waits until it listens.
     pub fn start(dir: &Path, extra: &[&str]) -> UnitProcess {
+        UnitProcess::start_with_env(dir, extra, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the child.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> UnitProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .envs(env.iter().copied())
             .args(["node", "storage", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
@@ -96,6 +103,7 @@ impl UnitProcess {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
@@ -105,12 +113,15 @@ impl UnitProcess {
             };
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().to_string();
+                early.push(line);
                 return UnitProcess {
                     child,
                     addr,
                     log: rx,
+                    early,
                 };
             }
+            early.push(line);
         }
     }
 
@@ -124,9 +135,11 @@ impl UnitProcess {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// Lines logged so far.
-    pub fn drain_log(&self) -> Vec<String> {
-        self.log.try_iter().collect()
+    /// Lines logged so far (each returned once).
+    pub fn drain_log(&mut self) -> Vec<String> {
+        let mut lines = std::mem::take(&mut self.early);
+        lines.extend(self.log.try_iter());
+        lines
     }
 }
 
