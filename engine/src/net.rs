@@ -570,18 +570,10 @@ fn make_room(c: &mut Conn) {
         c.rend -= c.rstart;
         c.rstart = 0;
     }
-    let want = match c
-        .rbuf
-        .get(..HEADER_LEN)
-        .and_then(|h| h.first_chunk::<HEADER_LEN>())
-    {
-        Some(h) if c.rend >= HEADER_LEN => Header::decode(h)
-            .map(|h| HEADER_LEN + h.body_len as usize)
-            .unwrap_or(READ_CHUNK),
-        _ => READ_CHUNK,
-    };
-    let max = HEADER_LEN + MAX_BODY_LEN as usize;
-    let target = want.max(c.rend + READ_CHUNK).min(max + READ_CHUNK);
+    // Grow by doubling as bytes actually arrive, up to one whole frame: a peer
+    // that only announces a large frame does not get the memory reserved.
+    let max = HEADER_LEN + MAX_BODY_LEN as usize + READ_CHUNK;
+    let target = (c.rbuf.len() * 2).max(c.rend + READ_CHUNK).min(max);
     if c.rbuf.len() < target {
         c.rbuf.resize(target, 0);
     } else if c.rend == 0 && c.rbuf.len() > 4 * READ_CHUNK {

@@ -367,3 +367,45 @@ fn the_sync_thread_fallback_serves_durable_writes() {
         "the log names the sync path"
     );
 }
+
+#[test]
+fn the_largest_entries_and_frames_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = UnitProcess::start(dir.path(), &[]);
+    let mut c = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+    let max = wire::MAX_ENTRY_LEN as usize;
+    let vals: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i ^ 0x5a; max]).collect();
+    let ops: Vec<WriteOp<'_>> = (0..3u64)
+        .map(|a| WriteOp {
+            addr: a,
+            writer: 1,
+            seq: a,
+            data: &vals[a as usize],
+        })
+        .collect();
+    assert_eq!(
+        c.write(0, &ops).unwrap(),
+        vec![Status::Ok; 3],
+        "a 12 MiB frame of 4 MiB entries"
+    );
+    let got = c.read(0, &[0, 1, 2]).unwrap();
+    assert!(got
+        .iter()
+        .all(|r| r.status == Status::Ok && r.data == vals[r.addr as usize]));
+    // One byte more than the limit is refused by the decoder, and the unit carries on.
+    let big = vec![0u8; max + 1];
+    let err = c
+        .write(
+            0,
+            &[WriteOp {
+                addr: 9,
+                writer: 1,
+                seq: 9,
+                data: &big,
+            }],
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MalformedBody), "{err}");
+    let mut c = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+    assert_eq!(c.info().unwrap().entries, 3);
+}
