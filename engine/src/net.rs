@@ -409,6 +409,20 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
+    fn dispatch_buffered(&mut self, idx: usize) {
+        let EventLoop {
+            conns,
+            service,
+            cfg,
+            dirty,
+            ..
+        } = self;
+        if let Some(Some(c)) = conns.get_mut(idx) {
+            let to = (u64::from(c.gen) << 32) | idx as u64;
+            dispatch(c, to, service, cfg, dirty);
+        }
+    }
+
     fn read_conn(&mut self, idx: usize) {
         let EventLoop {
             conns,
@@ -529,17 +543,7 @@ impl<S: Service> EventLoop<S> {
         }
         for idx in resume {
             // Frames already buffered first, then whatever waits in the socket.
-            let EventLoop {
-                conns,
-                service,
-                cfg,
-                dirty,
-                ..
-            } = self;
-            if let Some(Some(c)) = conns.get_mut(idx) {
-                let to = (u64::from(c.gen) << 32) | idx as u64;
-                dispatch(c, to, service, cfg, dirty);
-            }
+            self.dispatch_buffered(idx);
             self.read_conn(idx);
         }
     }

@@ -500,7 +500,7 @@ impl<S: Store> Unit<S> {
                     self.junk -= junk;
                     self.tail = self.tail.max(prefix);
                 }
-                Err(msg) => return self.refuse(to, header, ErrorCode::Poisoned, &msg, false),
+                Err((code, msg)) => return self.refuse(to, header, code, &msg, false),
             }
         }
         let mark = self.meta.trim_mark;
@@ -525,7 +525,7 @@ impl<S: Store> Unit<S> {
                     reply.sealed = true;
                     reply.sealed_epoch = epoch;
                 }
-                Err(msg) => return self.refuse(to, header, ErrorCode::Poisoned, &msg, false),
+                Err((code, msg)) => return self.refuse(to, header, code, &msg, false),
             }
         }
         self.respond(to, header, tag, |out| wire::encode_seal_reply(out, &reply));
@@ -538,7 +538,7 @@ impl<S: Store> Unit<S> {
         self.meta_lsn
     }
 
-    fn append_meta(&mut self, meta: Meta) -> Result<u64, String> {
+    fn append_meta(&mut self, meta: Meta) -> Result<u64, (ErrorCode, String)> {
         match self.store.append(&RecordHead::meta(meta), &[]) {
             Ok(a) => {
                 self.meta = meta;
@@ -546,11 +546,13 @@ impl<S: Store> Unit<S> {
                 self.appended_lsn = self.appended_lsn.max(a.lsn);
                 Ok(a.lsn)
             }
-            Err(AppendError::Full(e)) => Err(format!("cannot record the change: {e}")),
+            Err(AppendError::Full(e)) => {
+                Err((ErrorCode::Full, format!("cannot record the change: {e}")))
+            }
             Err(AppendError::Io(e)) => {
                 let msg = format!("cannot record the change: {e}");
                 self.poison(msg.clone());
-                Err(msg)
+                Err((ErrorCode::Poisoned, msg))
             }
         }
     }

@@ -154,6 +154,8 @@ pub enum ErrorCode {
     UnexpectedResponse = 13,
     /// The server is at its connection limit; retry later or raise the limit.
     TooManyConnections = 14,
+    /// The unit has no room to record a seal or trim; free disk space.
+    Full = 15,
 }
 
 impl ErrorCode {
@@ -174,6 +176,7 @@ impl ErrorCode {
             12 => ErrorCode::ShuttingDown,
             13 => ErrorCode::UnexpectedResponse,
             14 => ErrorCode::TooManyConnections,
+            15 => ErrorCode::Full,
             _ => return None,
         })
     }
@@ -195,6 +198,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::UnexpectedResponse => "unexpected-response",
             ErrorCode::TooManyConnections => "too-many-connections",
+            ErrorCode::Full => "full",
         }
     }
 }

@@ -78,6 +78,23 @@ struct Segment {
     indexed: bool,
 }
 
+impl Segment {
+    /// A segment with nothing scanned or appended yet.
+    fn new(file: File, map: MmapMut, nonce: u64, size: u64) -> Segment {
+        Segment {
+            file: Arc::new(file),
+            map,
+            nonce,
+            size: size as u32,
+            used: SEGMENT_HEADER_LEN as u32,
+            max_addr: None,
+            meta: Meta::default(),
+            entries: Vec::new(),
+            indexed: false,
+        }
+    }
+}
+
 /// Memory-mapped segment files in one directory.
 pub struct MmapStore {
     dir: PathBuf,
@@ -269,18 +286,7 @@ impl MmapStore {
                     if last {
                         let _ = map.advise(memmap2::Advice::Sequential);
                     }
-                    let seg = Segment {
-                        file: Arc::new(file),
-                        map,
-                        nonce,
-                        size: size as u32,
-                        used: SEGMENT_HEADER_LEN as u32,
-                        max_addr: None,
-                        meta: Meta::default(),
-                        entries: Vec::new(),
-                        indexed: false,
-                    };
-                    store.segs.insert(id, seg);
+                    store.segs.insert(id, Segment::new(file, map, nonce, size));
                 }
                 _ if last => {
                     // The newest segment's creation never completed: nothing in it
@@ -524,20 +530,7 @@ impl MmapStore {
         let _ = map.advise(memmap2::Advice::Sequential);
         let nonce = random_nonce();
         map[..SEGMENT_HEADER_LEN].copy_from_slice(&encode_seg_header(id, nonce, size));
-        self.segs.insert(
-            id,
-            Segment {
-                file: Arc::new(file),
-                map,
-                nonce,
-                size: size as u32,
-                used: SEGMENT_HEADER_LEN as u32,
-                max_addr: None,
-                meta: Meta::default(),
-                entries: Vec::new(),
-                indexed: false,
-            },
-        );
+        self.segs.insert(id, Segment::new(file, map, nonce, size));
         self.dirty.insert(id);
         self.dir_dirty = true;
         Ok(())
