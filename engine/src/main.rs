@@ -203,6 +203,7 @@ fn explain(status: Status) -> &'static str {
         Status::Corrupt => "corrupt: the stored record fails its checksum; read another replica",
         Status::TooLarge => "too-large: the entry exceeds the unit's limit",
         Status::Deferred => "deferred: the reply was full; ask again for this address",
+        Status::OutOfRange => "out-of-range: address 18446744073709551615 (u64::MAX) is reserved",
     }
 }
 

@@ -643,7 +643,6 @@ fn protocol_error(buf: &[u8], e: &FrameError) -> Vec<u8> {
             h = Header {
                 opcode: req.opcode,
                 request_id: req.request_id,
-                cluster_id: req.cluster_id,
                 ..h
             };
         }

@@ -138,7 +138,11 @@ impl<S: Store> Unit<S> {
             trim_pending: None,
             // Never below the trim mark, so the tail cannot move back when a
             // trim has reclaimed every entry.
-            tail: index.keys().max().map_or(0, |a| a + 1).max(meta.trim_mark),
+            tail: index
+                .keys()
+                .max()
+                .map_or(0, |a| a.saturating_add(1))
+                .max(meta.trim_mark),
             entries: index
                 .values()
                 .filter(|s| s.kind == Kind::Data && !s.corrupt)
@@ -324,8 +328,11 @@ impl<S: Store> Unit<S> {
     }
 
     fn write_one(&mut self, addr: u64, writer: u64, seq: u64, data: &[u8]) -> (Status, u64) {
+        if addr == u64::MAX {
+            return (Status::OutOfRange, 0);
+        }
         if addr < self.meta.trim_mark {
-            return (Status::Trimmed, 0);
+            return (Status::Trimmed, self.trimmed_tag(addr));
         }
         if data.len() > self.store.max_payload() {
             return (Status::TooLarge, 0);
@@ -357,8 +364,11 @@ impl<S: Store> Unit<S> {
     }
 
     fn fill_one(&mut self, addr: u64) -> (Status, u64) {
+        if addr == u64::MAX {
+            return (Status::OutOfRange, 0);
+        }
         if addr < self.meta.trim_mark {
-            return (Status::Trimmed, 0);
+            return (Status::Trimmed, self.trimmed_tag(addr));
         }
         match self.index.get(&addr).copied() {
             Some(slot) if slot.corrupt => (Status::Corrupt, 0),
@@ -368,7 +378,19 @@ impl<S: Store> Unit<S> {
         }
     }
 
+    /// A `trimmed` answer about an address the durable trim mark does not cover
+    /// yet must wait for the trim's sync: a crash could still undo the trim.
+    fn trimmed_tag(&self, addr: u64) -> u64 {
+        match self.trim_pending {
+            Some((lsn, _)) if addr >= self.trim_durable => lsn,
+            _ => 0,
+        }
+    }
+
     fn append(&mut self, head: &RecordHead, data: &[u8]) -> (Status, u64) {
+        if self.poisoned.is_some() {
+            return (Status::Io, 0);
+        }
         match self.store.append(head, data) {
             Ok(Appended { loc, lsn }) => {
                 self.appended_lsn = self.appended_lsn.max(lsn);
@@ -381,7 +403,7 @@ impl<S: Store> Unit<S> {
                         corrupt: false,
                     },
                 );
-                self.tail = self.tail.max(head.addr + 1);
+                self.tail = self.tail.max(head.addr.saturating_add(1));
                 match head.kind {
                     Kind::Junk => self.junk += 1,
                     _ => self.entries += 1,
@@ -419,6 +441,7 @@ impl<S: Store> Unit<S> {
         for addr in addrs.iter() {
             let slot = match self.index.get(&addr) {
                 _ if addr < self.meta.trim_mark => {
+                    tag = tag.max(self.trimmed_tag(addr));
                     b.status(&mut frame, addr, Status::Trimmed);
                     continue;
                 }
@@ -591,6 +614,24 @@ impl<S: Store> Unit<S> {
     }
 
     fn queue(&mut self, tag: u64, req: &Header, reply: Reply) {
+        if tag > self.durable_lsn && self.poisoned.is_some() {
+            // No sync will ever run again: this reply would wait forever.
+            let why = self.poisoned.clone().unwrap_or_default();
+            let msg = format!(
+                "unit is poisoned ({why}); this request depends on data whose durability is unknown; restart the unit"
+            );
+            let frame = error_frame(
+                &self.reply_header(req, FLAG_ERROR),
+                ErrorCode::Poisoned,
+                &msg,
+            );
+            self.ready.push_back(Reply {
+                to: reply.to,
+                frame,
+                close: false,
+            });
+            return;
+        }
         if tag <= self.durable_lsn {
             self.ready.push_back(reply);
         } else {

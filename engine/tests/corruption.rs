@@ -213,3 +213,87 @@ fn a_damaged_segment_header_stops_the_unit_with_advice() {
         "{err}"
     );
 }
+
+#[test]
+fn the_newest_segment_is_dropped_only_when_it_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200);
+    let mut segs = segments(dir.path());
+    let newest = segs.pop().unwrap();
+    // A damaged header on the newest segment is not taken for an unfinished
+    // creation: acknowledged entries live there.
+    let saved = std::fs::read(&newest).unwrap();
+    let mut f = OpenOptions::new().write(true).open(&newest).unwrap();
+    f.write_all(b"XXXX").unwrap();
+    drop(f);
+    let err = MmapStore::open(dir.path(), &MmapOptions { segment_size: SEG })
+        .err()
+        .expect("refused");
+    assert!(err.contains("damaged header"), "{err}");
+    // An all-zero newest segment (creation cut short) is removed, and the segment
+    // before it takes appends again without a stale index.
+    std::fs::write(&newest, vec![0u8; saved.len()]).unwrap();
+    let extra = segs.last().unwrap().with_extension("idx");
+    assert!(extra.exists(), "the full segment before it was indexed");
+    {
+        let mut u = open(dir.path());
+        assert!(!newest.exists(), "the empty segment was removed");
+        assert!(
+            !extra.exists(),
+            "the index of the segment that is now appended to is gone"
+        );
+        write(&mut u, 1, 500, &value(500));
+        sync(&mut u);
+        assert_eq!(replies(&mut u).len(), 1);
+    }
+    let mut u = open(dir.path());
+    let got = read_all(&mut u, 501);
+    assert_eq!(
+        got[500],
+        (500, Status::Ok, value(500)),
+        "the append after reopening is found again"
+    );
+}
+
+#[test]
+fn damage_found_by_a_scan_is_still_reported_after_the_next_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200);
+    let segs = segments(dir.path());
+    for s in &segs {
+        let _ = std::fs::remove_file(s.with_extension("idx")); // force scans
+    }
+    let off = find(&segs[0], 10).unwrap();
+    let mut f = OpenOptions::new().write(true).open(&segs[0]).unwrap();
+    f.seek(SeekFrom::Start(off as u64 + 50)).unwrap();
+    f.write_all(&[0xAA]).unwrap();
+    drop(f);
+    for round in 0..2 {
+        let mut u = open(dir.path());
+        let got = read_all(&mut u, 200);
+        assert_eq!(
+            got[10].1,
+            Status::Corrupt,
+            "round {round}: damage is answered as corrupt"
+        );
+        assert!(got
+            .iter()
+            .filter(|g| g.0 != 10)
+            .all(|(a, s, d)| *s == Status::Ok && *d == value(*a)));
+        // A fill must not paper over an acknowledged (damaged) entry.
+        send(&mut u, 5, Opcode::Fill, 0, |b| {
+            wire::encode_addr_list(b, &[10])
+        });
+        let r = replies(&mut u).pop().unwrap();
+        let st: Vec<Status> =
+            wire::decode_status_list(wire::parse_frame(&r.frame).unwrap().unwrap().body)
+                .unwrap()
+                .iter()
+                .collect();
+        assert_eq!(st, vec![Status::Corrupt], "round {round}");
+    }
+    assert!(
+        !segs[0].with_extension("idx").exists(),
+        "a damaged segment is never indexed"
+    );
+}

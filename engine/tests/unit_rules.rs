@@ -189,3 +189,74 @@ fn full_store_answers_full_and_keeps_serving() {
     assert_eq!((st(&r[0]), st(&r[1])), (Status::Ok, Status::Full));
     assert!(u.poisoned().is_none(), "full is not a failure");
 }
+
+#[test]
+fn nothing_waits_forever_on_a_poisoned_unit() {
+    let mut u = unit();
+    write(&mut u, 1, 0, b"a");
+    let job = u.poll_sync().unwrap();
+    u.on_synced(job.lsn, Err("EIO".into()));
+    replies(&mut u);
+    // The entry at 0 never became durable; a read of it must not hang.
+    send(&mut u, 2, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[0])
+    });
+    let r = replies(&mut u);
+    assert_eq!(
+        r.iter().map(error_code).collect::<Vec<_>>(),
+        vec![Some(ErrorCode::Poisoned)]
+    );
+    assert_eq!(u.pending_replies(), 0);
+}
+
+#[test]
+fn the_reserved_address_is_refused() {
+    let mut u = unit();
+    write(&mut u, 1, u64::MAX, b"x");
+    send(&mut u, 2, Opcode::Fill, 0, |b| {
+        wire::encode_addr_list(b, &[u64::MAX])
+    });
+    let st: Vec<Status> = replies(&mut u)
+        .iter()
+        .map(|r| {
+            wire::decode_status_list(wire::parse_frame(&r.frame).unwrap().unwrap().body)
+                .unwrap()
+                .iter()
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(st, vec![Status::OutOfRange, Status::OutOfRange]);
+    assert_eq!(u.tail(), 0);
+}
+
+#[test]
+fn trimmed_is_only_reported_once_the_trim_is_durable() {
+    let mut u = unit();
+    write(&mut u, 1, 5, b"old");
+    sync(&mut u);
+    replies(&mut u);
+    send(&mut u, 2, Opcode::Trim, 0, |b| wire::encode_u64(b, 10));
+    send(&mut u, 3, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[5])
+    });
+    write(&mut u, 4, 6, b"new");
+    assert!(
+        replies(&mut u).is_empty(),
+        "a crash now would undo the trim: nothing may say 'trimmed' yet"
+    );
+    sync(&mut u);
+    let mut r = replies(&mut u);
+    r.sort_by_key(|r| r.to);
+    assert_eq!(r.iter().map(|r| r.to).collect::<Vec<_>>(), vec![2, 3, 4]);
+    let f = wire::parse_frame(&r[1].frame).unwrap().unwrap();
+    assert_eq!(
+        wire::decode_read_reply(f.body)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap()
+            .status,
+        Status::Trimmed
+    );
+}

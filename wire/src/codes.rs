@@ -78,6 +78,8 @@ pub enum Status {
     TooLarge = 8,
     /// Not served in this frame because the reply would exceed the frame limit; ask again.
     Deferred = 9,
+    /// The address is out of range: `u64::MAX` is reserved (one past it is no tail).
+    OutOfRange = 10,
 }
 
 impl Status {
@@ -94,6 +96,7 @@ impl Status {
             7 => Status::Corrupt,
             8 => Status::TooLarge,
             9 => Status::Deferred,
+            10 => Status::OutOfRange,
             _ => return None,
         })
     }
@@ -111,6 +114,7 @@ impl Status {
             Status::Corrupt => "corrupt",
             Status::TooLarge => "too-large",
             Status::Deferred => "deferred",
+            Status::OutOfRange => "out-of-range",
         }
     }
 }

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use trex_wire::*;
 
 fn status() -> impl Strategy<Value = Status> {
-    (0u8..10).prop_map(|b| Status::from_u8(b).unwrap())
+    (0u8..11).prop_map(|b| Status::from_u8(b).unwrap())
 }
 
 proptest! {

@@ -38,6 +38,9 @@ const SEG_MAGIC: &[u8; 4] = b"TRXS";
 const IDX_MAGIC: &[u8; 4] = b"TRXI";
 const IDX_HEADER_LEN: usize = 64;
 const IDX_ENTRY_LEN: usize = 16;
+/// Bytes at the end of every segment that only meta records may use, so that a
+/// unit whose disk is full can still record a seal or the trim that frees space.
+const META_RESERVE: usize = 25 * RECORD_HEADER_LEN;
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 /// Largest segment size accepted (offsets are 32-bit).
@@ -76,6 +79,9 @@ struct Segment {
     /// (addr, off, kind) of every record, kept until the index file is written.
     entries: Vec<(u64, u32, Kind)>,
     indexed: bool,
+    /// Recovery found damage here: never index it (the index cannot say
+    /// "corrupt"), so every open scans it and reports the damage again.
+    damaged: bool,
 }
 
 impl Segment {
@@ -91,6 +97,7 @@ impl Segment {
             meta: Meta::default(),
             entries: Vec::new(),
             indexed: false,
+            damaged: false,
         }
     }
 }
@@ -163,6 +170,26 @@ fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64)> {
     ok.then(|| (u64_at(16), u64_at(24)))
 }
 
+/// Whether a segment file holds nothing but zeros (its creation never got as far
+/// as a durable header).
+fn never_written(path: &Path, len: u64) -> Result<bool, String> {
+    let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n =
+            std::io::Read::read(&mut f, &mut buf).map_err(|e| io_err("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        left = left.saturating_sub(n as u64);
+    }
+    Ok(true)
+}
+
 fn lock_dir(dir: &Path) -> Result<File, String> {
     let path = dir.join("LOCK");
     let mut f = OpenOptions::new()
@@ -228,8 +255,9 @@ impl MmapStore {
             dir_dirty: false,
             durable_lsn: 0,
             syncing: false,
+            // Room for the opening meta record, the meta reserve and one header.
             max_payload: (opts.segment_size as usize)
-                .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + 8)
+                .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
                 .min(trex_wire::MAX_ENTRY_LEN as usize),
             report: OpenReport::default(),
         };
@@ -288,11 +316,11 @@ impl MmapStore {
                     }
                     store.segs.insert(id, Segment::new(file, map, nonce, size));
                 }
-                _ if last => {
-                    // The newest segment's creation never completed: nothing in it
-                    // was ever acknowledged.
+                _ if last && never_written(&path, len)? => {
+                    // The newest segment's creation never completed (crash before
+                    // its header was durable): it holds nothing at all.
                     store.report.notes.push(format!(
-                        "removed incomplete segment {} (its header was never made durable)",
+                        "removed incomplete segment {} (all zeros: its creation never completed)",
                         path.display()
                     ));
                     fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
@@ -305,6 +333,16 @@ impl MmapStore {
                     ))
                 }
             }
+        }
+        // The newest segment is appended to from now on: an index file it may
+        // have (it was full once, before a newer empty segment was removed) would
+        // go stale.
+        if let Some((id, seg)) = store.segs.iter_mut().next_back() {
+            let idx = seg_path(dir, *id, "idx");
+            if idx.exists() {
+                fs::remove_file(&idx).map_err(|e| io_err("cannot remove", &idx, e))?;
+            }
+            seg.indexed = false;
         }
         Ok(store)
     }
@@ -435,6 +473,10 @@ impl MmapStore {
                     break;
                 }
                 None => {
+                    seg.damaged = true;
+                    if let Some(a) = claimed {
+                        seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
+                    }
                     self.report.corrupt += 1;
                     self.report.notes.push(format!(
                         "segment {id}: damaged data from offset {off} to the end of the segment; \
@@ -445,6 +487,12 @@ impl MmapStore {
                     break;
                 }
                 Some(next) => {
+                    seg.damaged = true;
+                    if let Some(a) = claimed {
+                        // Keeps the segment from being reclaimed while the address
+                        // it claims is live.
+                        seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
+                    }
                     self.report.corrupt += 1;
                     self.report.notes.push(format!(
                         "segment {id}: damaged record at offset {off}{}; skipped to offset {next} \
@@ -464,7 +512,9 @@ impl MmapStore {
         let Some(seg) = self.segs.get_mut(&id) else {
             return Ok(());
         };
-        if seg.indexed {
+        // A damaged segment is never indexed, and "one past the highest
+        // address" must be representable.
+        if seg.indexed || seg.damaged || seg.max_addr == Some(u64::MAX) {
             return Ok(());
         }
         let mut b = Vec::with_capacity(IDX_HEADER_LEN + seg.entries.len() * IDX_ENTRY_LEN + 4);
@@ -517,7 +567,20 @@ impl MmapStore {
                     path.display()
                 )));
             }
-            // File systems without fallocate: size the file the plain way.
+            // File systems without fallocate: write the zeros, so that a later
+            // write fault into a hole cannot hit ENOSPC (SIGBUS through a mapping).
+            let zeros = vec![0u8; 1 << 20];
+            let mut f = &file;
+            for _ in 0..size.div_ceil(zeros.len() as u64) {
+                if let Err(e) = f.write_all(&zeros) {
+                    let _ = fs::remove_file(&path);
+                    return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                        AppendError::Full(format!("disk full while creating {}", path.display()))
+                    } else {
+                        AppendError::Io(io_err("cannot write", &path, e))
+                    });
+                }
+            }
             file.set_len(size)
                 .map_err(|e| AppendError::Io(io_err("cannot size", &path, e)))?;
         }
@@ -613,13 +676,30 @@ impl Store for MmapStore {
                 self.max_payload
             )));
         }
-        let need = record_size(payload.len()) as u64;
+        let reserve = if head.kind == Kind::Meta {
+            0
+        } else {
+            META_RESERVE as u64
+        };
+        let need = record_size(payload.len()) as u64 + reserve;
         let room = self
             .segs
             .values()
             .next_back()
             .map(|s| u64::from(s.size - s.used));
         if room.is_none_or(|r| r < need) {
+            // Rollover is a sync barrier: the old segment is made durable before
+            // anything of the new one can reach the disk. Otherwise, after a power
+            // loss, an unsynced torn tail of the old segment (not the newest any
+            // more) would look like corruption of acknowledged data.
+            // (Unconditional: a sync job in flight may not have covered it yet.)
+            if let Some((old, seg)) = self.segs.iter().next_back() {
+                seg.file.sync_data().map_err(|e| {
+                    AppendError::Io(format!(
+                        "fdatasync of segment {old} before rollover failed: {e}"
+                    ))
+                })?;
+            }
             let id = self.active().map_or(1, |a| a + 1);
             self.create_segment(id)?;
             // Every segment opens with the current meta (see the module docs).
@@ -673,7 +753,7 @@ impl Store for MmapStore {
         let full: Vec<u32> = self
             .segs
             .iter()
-            .filter(|(id, s)| **id < durable_seg && !s.indexed)
+            .filter(|(id, s)| **id < durable_seg && !s.indexed && !s.damaged)
             .map(|(id, _)| *id)
             .collect();
         for id in full {
