@@ -117,6 +117,8 @@ struct Conn {
     paused: bool,
     /// A protocol error to send after every reply still owed (then close).
     last_words: Option<Vec<u8>>,
+    /// Bytes of replies produced for this connection, not yet in `wbuf`.
+    owed: usize,
 }
 
 /// The loop, owning its service.
@@ -136,6 +138,9 @@ pub struct EventLoop<S: Service> {
     signals: Option<OwnedFd>,
     accept_paused: bool,
     dirty: Vec<usize>,
+    /// Replies taken from the service while frames were dispatched, with
+    /// whether they were counted in their connection's `owed`.
+    outbox: Vec<(Reply, bool)>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -169,6 +174,7 @@ impl<S: Service> EventLoop<S> {
             signals: None,
             accept_paused: false,
             dirty: Vec::new(),
+            outbox: Vec::new(),
         })
     }
 
@@ -215,6 +221,7 @@ impl<S: Service> EventLoop<S> {
     pub fn run(mut self) -> io::Result<S> {
         let mut events = Events::with_capacity(1024);
         let mut deadline: Option<Instant> = None;
+        let mut again = false;
         loop {
             let now = Instant::now();
             let mut timeout = self
@@ -225,6 +232,9 @@ impl<S: Service> EventLoop<S> {
                 timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
                     t.min(Duration::from_millis(50))
                 }));
+            }
+            if again {
+                timeout = Some(Duration::ZERO); // a paused connection can go on
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -259,10 +269,17 @@ impl<S: Service> EventLoop<S> {
                 self.begin_shutdown();
             }
             self.fire_timers();
+            // Resumed connections first, so the replies and sync work their
+            // buffered frames produce go out in this same turn.
+            self.resume_paused();
             self.service.tick();
             self.route_replies();
             self.flush_dirty();
-            self.resume_paused();
+            again = self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| c.paused && under_limits(c, &self.cfg));
             if let Some(d) = deadline {
                 let pending_out = self.conns.iter().flatten().any(|c| c.wpos < c.wbuf.len());
                 if (!self.service.busy() && !pending_out) || Instant::now() >= d {
@@ -395,6 +412,7 @@ impl<S: Service> EventLoop<S> {
             close_after_flush: false,
             paused: false,
             last_words: None,
+            owed: 0,
         });
         // Edge-triggered: data may already be waiting.
         self.read_conn(idx);
@@ -415,11 +433,12 @@ impl<S: Service> EventLoop<S> {
             service,
             cfg,
             dirty,
+            outbox,
             ..
         } = self;
         if let Some(Some(c)) = conns.get_mut(idx) {
             let to = (u64::from(c.gen) << 32) | idx as u64;
-            dispatch(c, to, service, cfg, dirty);
+            dispatch(c, to, service, cfg, dirty, outbox);
         }
     }
 
@@ -429,6 +448,7 @@ impl<S: Service> EventLoop<S> {
             service,
             cfg,
             dirty,
+            outbox,
             ..
         } = self;
         let Some(Some(c)) = conns.get_mut(idx) else {
@@ -439,6 +459,9 @@ impl<S: Service> EventLoop<S> {
         while !c.read_done && !c.paused {
             if c.rend == c.rbuf.len() {
                 make_room(c);
+                if c.rend == c.rbuf.len() {
+                    break; // cannot happen (see make_room); never read into nothing
+                }
             }
             match c.stream.read(&mut c.rbuf[c.rend..]) {
                 Ok(0) => c.read_done = true,
@@ -450,7 +473,7 @@ impl<S: Service> EventLoop<S> {
                     break;
                 }
             }
-            dispatch(c, to, service, cfg, dirty);
+            dispatch(c, to, service, cfg, dirty, outbox);
         }
         let drained =
             c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len() && c.last_words.is_none();
@@ -460,14 +483,26 @@ impl<S: Service> EventLoop<S> {
     }
 
     fn route_replies(&mut self) {
+        for (r, counted) in std::mem::take(&mut self.outbox) {
+            self.deliver(r, counted);
+        }
         while let Some(r) = self.service.poll_reply() {
+            self.deliver(r, false);
+        }
+    }
+
+    fn deliver(&mut self, r: Reply, counted: bool) {
+        {
             let idx = (r.to & 0xffff_ffff) as usize;
             let gen = (r.to >> 32) as u32;
             let Some(Some(c)) = self.conns.get_mut(idx) else {
-                continue;
+                return;
             };
             if c.gen != gen {
-                continue; // the connection went away; its reply has nowhere to go
+                return; // the connection went away; its reply has nowhere to go
+            }
+            if counted {
+                c.owed -= r.frame.len();
             }
             c.inflight = c.inflight.saturating_sub(1);
             if c.wpos == c.wbuf.len() {
@@ -535,8 +570,7 @@ impl<S: Service> EventLoop<S> {
         let mut resume = Vec::new();
         for (idx, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
-            if c.paused && c.inflight < cfg.max_inflight && c.wbuf.len() - c.wpos < cfg.write_limit
-            {
+            if c.paused && under_limits(c, &cfg) {
                 c.paused = false;
                 resume.push(idx);
             }
@@ -574,16 +608,21 @@ fn make_room(c: &mut Conn) {
         c.rend -= c.rstart;
         c.rstart = 0;
     }
-    // Grow by doubling as bytes actually arrive, up to one whole frame: a peer
-    // that only announces a large frame does not get the memory reserved.
-    let max = HEADER_LEN + MAX_BODY_LEN as usize + READ_CHUNK;
-    let target = (c.rbuf.len() * 2).max(c.rend + READ_CHUNK).min(max);
-    if c.rbuf.len() < target {
+    // Still full after compacting: grow by doubling as bytes actually arrive, up
+    // to one whole frame, so a peer that only announces a large frame does not
+    // get the memory reserved. (A full buffer of the largest size always holds
+    // a whole frame, which dispatch consumes before the next read.)
+    if c.rend == c.rbuf.len() {
+        let max = HEADER_LEN + MAX_BODY_LEN as usize + READ_CHUNK;
+        let target = (c.rbuf.len() * 2).max(READ_CHUNK).min(max);
         c.rbuf.resize(target, 0);
-    } else if c.rend == 0 && c.rbuf.len() > 4 * READ_CHUNK {
-        c.rbuf.truncate(READ_CHUNK);
-        c.rbuf.shrink_to_fit();
     }
+}
+
+/// Whether a connection may be read: few enough requests in flight and few
+/// enough reply bytes waiting to be sent.
+fn under_limits(c: &Conn, cfg: &LoopConfig) -> bool {
+    c.inflight < cfg.max_inflight && c.wbuf.len() - c.wpos + c.owed < cfg.write_limit
 }
 
 /// Hands every whole frame in the read buffer to the service; answers and
@@ -594,6 +633,7 @@ fn dispatch<S: Service>(
     service: &mut S,
     cfg: &LoopConfig,
     dirty: &mut Vec<usize>,
+    outbox: &mut Vec<(Reply, bool)>,
 ) {
     let idx = (to & 0xffff_ffff) as usize;
     while !c.paused && !c.close_after_flush {
@@ -606,6 +646,15 @@ fn dispatch<S: Service>(
             Ok(Some((frame, n))) => {
                 c.inflight += 1;
                 let keep = service.on_frame(to, &frame.header, frame.body);
+                // Take the replies now, so their bytes count against this
+                // connection's limit before the next frame is read.
+                while let Some(r) = service.poll_reply() {
+                    let mine = r.to == to;
+                    if mine {
+                        c.owed += r.frame.len();
+                    }
+                    outbox.push((r, mine));
+                }
                 c.rstart += n;
                 if !keep {
                     c.read_done = true;
@@ -614,8 +663,12 @@ fn dispatch<S: Service>(
                 if c.rstart == c.rend {
                     c.rstart = 0;
                     c.rend = 0;
+                    if c.rbuf.len() > 4 * READ_CHUNK {
+                        // Give the memory of a large frame back.
+                        c.rbuf = vec![0; READ_CHUNK];
+                    }
                 }
-                if c.inflight >= cfg.max_inflight || c.wbuf.len() - c.wpos >= cfg.write_limit {
+                if !under_limits(c, cfg) {
                     c.paused = true;
                 }
             }
