@@ -75,8 +75,27 @@ impl Syncer {
 pub struct UringSyncer {
     ring: io_uring::IoUring,
     eventfd: OwnedFd,
-    job: Option<(SyncJob, usize, Option<String>)>,
+    /// Tags the entries of each job, so completions of an older job are never
+    /// counted for a newer one.
+    seq: u64,
+    job: Option<Inflight>,
     finished: Option<SyncDone>,
+}
+
+struct Inflight {
+    /// Kept until every completion is reaped: its `Arc<File>`s keep the
+    /// descriptors the kernel is syncing open.
+    job: SyncJob,
+    seq: u64,
+    remaining: usize,
+    error: Option<String>,
+}
+
+fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
 }
 
 impl UringSyncer {
@@ -106,46 +125,91 @@ impl UringSyncer {
         Ok(UringSyncer {
             ring,
             eventfd,
+            seq: 0,
             job: None,
             finished: None,
         })
     }
 
+    /// Hands queued entries to the kernel, retrying transient errors. Returns
+    /// how many it took.
+    fn submit_queued(&mut self) -> Result<usize, String> {
+        let mut tries = 0;
+        loop {
+            match self.ring.submit() {
+                Ok(n) => return Ok(n),
+                Err(e) if retryable(&e) && tries < 100 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(format!("io_uring submit failed: {e}")),
+            }
+        }
+    }
+
     fn submit(&mut self, job: SyncJob) {
         use io_uring::{opcode, types};
         assert!(self.job.is_none(), "one sync job at a time");
-        let mut entries: Vec<io_uring::squeue::Entry> = job
-            .files
+        self.seq += 1;
+        let seq = self.seq;
+        let datasync = job.files.iter().map(|f| {
+            opcode::Fsync::new(types::Fd(f.as_raw_fd()))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+        });
+        let dir = job
+            .dir
             .iter()
-            .map(|f| {
-                opcode::Fsync::new(types::Fd(f.as_raw_fd()))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-            })
-            .collect();
-        if let Some(d) = &job.dir {
-            entries.push(opcode::Fsync::new(types::Fd(d.as_raw_fd())).build());
-        }
-        let n = entries.len();
-        if n == 0 {
+            .map(|d| opcode::Fsync::new(types::Fd(d.as_raw_fd())).build());
+        let entries: Vec<io_uring::squeue::Entry> =
+            datasync.chain(dir).map(|e| e.user_data(seq)).collect();
+        if entries.is_empty() {
             self.finished = Some((job.lsn, Ok(())));
             return;
         }
+        let mut submitted = 0;
         let mut error = None;
-        for e in entries {
+        'push: for e in &entries {
             // SAFETY: the descriptors stay open until completion: the job (and its
             // Arc<File>s) is kept in self.job until every completion is reaped.
-            while unsafe { self.ring.submission().push(&e) }.is_err() {
-                if let Err(err) = self.ring.submit() {
-                    error = Some(format!("io_uring submit failed: {err}"));
-                    break;
+            while unsafe { self.ring.submission().push(e) }.is_err() {
+                match self.submit_queued() {
+                    Ok(n) => submitted += n,
+                    Err(err) => {
+                        error = Some(err);
+                        break 'push;
+                    }
                 }
             }
         }
-        if let Err(err) = self.ring.submit() {
-            error.get_or_insert(format!("io_uring submit failed: {err}"));
+        if error.is_none() {
+            while submitted < entries.len() {
+                match self.submit_queued() {
+                    Ok(0) => {
+                        error = Some("io_uring took no entries".to_string());
+                        break;
+                    }
+                    Ok(n) => submitted += n,
+                    Err(err) => {
+                        error = Some(err);
+                        break;
+                    }
+                }
+            }
         }
-        self.job = Some((job, n, error));
+        // After an error the unit is poisoned and never syncs again, so entries
+        // left in the queue are never submitted; the ones taken complete normally.
+        if submitted == 0 {
+            let result = Err(error.unwrap_or_else(|| "nothing was submitted".into()));
+            self.finished = Some((job.lsn, result));
+            return;
+        }
+        self.job = Some(Inflight {
+            job,
+            seq,
+            remaining: submitted,
+            error,
+        });
     }
 
     fn poll_done(&mut self) -> Option<SyncDone> {
@@ -155,24 +219,28 @@ impl UringSyncer {
         let mut buf = [0u8; 8];
         // SAFETY: reading 8 bytes into a local buffer from our eventfd (non-blocking).
         unsafe { libc::read(self.eventfd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-        let (job, remaining, error) = self.job.as_mut()?;
+        let inflight = self.job.as_mut()?;
         for cqe in self.ring.completion() {
-            *remaining = remaining.saturating_sub(1);
+            if cqe.user_data() != inflight.seq {
+                continue; // from a job that already failed
+            }
+            inflight.remaining = inflight.remaining.saturating_sub(1);
             if cqe.result() < 0 {
                 let e = io::Error::from_raw_os_error(-cqe.result());
-                error.get_or_insert(format!("fdatasync failed: {e}"));
+                inflight
+                    .error
+                    .get_or_insert(format!("fdatasync failed: {e}"));
             }
         }
-        if *remaining > 0 {
+        if inflight.remaining > 0 {
             return None;
         }
-        let lsn = job.lsn;
-        let result = match error.take() {
+        let done = self.job.take()?;
+        let result = match done.error {
             Some(e) => Err(e),
             None => Ok(()),
         };
-        self.job = None;
-        Some((lsn, result))
+        Some((done.job.lsn, result))
     }
 }
 

@@ -424,12 +424,32 @@ fn a_pipeline_past_the_inflight_limit_is_answered_promptly() {
         let mut f = Vec::new();
         let st = begin_frame(&mut f);
         if i % 2 == 0 {
-            wire::encode_write_request(&mut f, &[WriteOp { addr: i, writer: 1, seq: i, data: b"p" }]);
+            wire::encode_write_request(
+                &mut f,
+                &[WriteOp {
+                    addr: i,
+                    writer: 1,
+                    seq: i,
+                    data: b"p",
+                }],
+            );
         } else {
             wire::encode_addr_list(&mut f, &[i - 1]);
         }
-        let op = if i % 2 == 0 { Opcode::Write } else { Opcode::Read };
-        finish_frame(&mut f, st, Header { opcode: op as u8, request_id: i + 1, ..Header::default() });
+        let op = if i % 2 == 0 {
+            Opcode::Write
+        } else {
+            Opcode::Read
+        };
+        finish_frame(
+            &mut f,
+            st,
+            Header {
+                opcode: op as u8,
+                request_id: i + 1,
+                ..Header::default()
+            },
+        );
         burst.extend_from_slice(&f);
     }
     let t0 = Instant::now();
@@ -437,12 +457,17 @@ fn a_pipeline_past_the_inflight_limit_is_answered_promptly() {
     let mut seen = std::collections::HashSet::new();
     let mut head = [0u8; HEADER_LEN];
     while seen.len() < 200 {
-        s.read_exact(&mut head).expect("every reply arrives within 3s");
+        s.read_exact(&mut head)
+            .expect("every reply arrives within 3s");
         let h = Header::decode(&head).unwrap();
         let mut body = vec![0; h.body_len as usize];
         s.read_exact(&mut body).unwrap();
         assert!(!h.is_error(), "request {} failed", h.request_id);
         assert!(seen.insert(h.request_id), "one reply per request");
     }
-    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
 }
