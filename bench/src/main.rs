@@ -87,10 +87,14 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
             wire::MAX_BODY_LEN
         ));
     }
-    let start_addr = UnitClient::connect(&a.node, Duration::from_secs(5))
+    let info = UnitClient::connect(&a.node, Duration::from_secs(5))
         .and_then(|mut c| c.info())
-        .map_err(|e| e.to_string())?
-        .tail;
+        .map_err(|e| e.to_string())?;
+    let (start_addr, epoch) = (info.tail, info.sealed_epoch);
+    let durable = info.flags & wire::INFO_SYNC_NEVER == 0;
+    if !durable {
+        eprintln!("note: the unit runs with --sync never: these writes are acknowledged before they are durable");
+    }
     let shared = Arc::new(Shared {
         next_addr: AtomicU64::new(start_addr),
         entries: AtomicU64::new(0),
@@ -106,9 +110,14 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
         .map(|i| {
             let shared = shared.clone();
             let (node, size, depth, batch) = (a.node.clone(), a.size as usize, a.depth, a.batch);
-            std::thread::spawn(move || {
-                write_client(i as u64 + 1, &node, size, depth, batch, &shared)
-            })
+            let load = Load {
+                writer: i as u64 + 1,
+                epoch,
+                size,
+                depth,
+                batch,
+            };
+            std::thread::spawn(move || write_client(&load, &node, &shared))
         })
         .collect();
     let mut last = (started, 0u64);
@@ -142,7 +151,8 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
     let seconds = started.elapsed().as_secs_f64();
     let ops = shared.entries.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
-    let summary = Summary::new("unit-write", ops, seconds, a.size, &hist, errors);
+    let mut summary = Summary::new("unit-write", ops, seconds, a.size, &hist, errors);
+    summary.durable = durable;
     summary.print();
     if let Some(path) = &a.json {
         std::fs::write(path, summary.json())
@@ -159,14 +169,24 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
     Ok(())
 }
 
-fn write_client(
+/// What one client connection sends.
+#[derive(Clone, Copy)]
+struct Load {
     writer: u64,
-    node: &str,
+    epoch: u64,
     size: usize,
     depth: usize,
     batch: usize,
-    shared: &Shared,
-) -> Result<Histogram<u64>, String> {
+}
+
+fn write_client(load: &Load, node: &str, shared: &Shared) -> Result<Histogram<u64>, String> {
+    let Load {
+        writer,
+        epoch,
+        size,
+        depth,
+        batch,
+    } = *load;
     let stream = TcpStream::connect(node).map_err(|e| format!("cannot connect to {node}: {e}"))?;
     stream.set_nodelay(true).ok();
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
@@ -199,6 +219,7 @@ fn write_client(
             let h = Header {
                 opcode: Opcode::Write as u8,
                 request_id: next_id,
+                epoch,
                 ..Header::default()
             };
             finish_frame(&mut frame, start, h);
@@ -255,6 +276,8 @@ struct Summary {
     mb_per_s: f64,
     p: [u64; 5],
     errors: u64,
+    /// Whether acknowledgements meant durability (false with `--sync never`).
+    durable: bool,
 }
 
 impl Summary {
@@ -281,13 +304,24 @@ impl Summary {
                 h.max(),
             ],
             errors,
+            durable: true,
         }
     }
 
     fn print(&self) {
         println!(
-            "{}: {} entries in {:.2}s = {:.0} entries/s, {:.1} MB/s; errors {}",
-            self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors
+            "{}: {} entries in {:.2}s = {:.0} entries/s, {:.1} MB/s; errors {}{}",
+            self.workload,
+            self.ops,
+            self.seconds,
+            self.ops_per_s,
+            self.mb_per_s,
+            self.errors,
+            if self.durable {
+                ""
+            } else {
+                " (not durable: --sync never)"
+            }
         );
         println!(
             "latency per request (us): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
@@ -297,8 +331,8 @@ impl Summary {
 
     fn json(&self) -> String {
         format!(
-            "{{\"workload\":\"{}\",\"ops\":{},\"seconds\":{:.3},\"ops_per_s\":{:.1},\"mb_per_s\":{:.2},\"errors\":{},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}\n",
-            self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors,
+            "{{\"workload\":\"{}\",\"ops\":{},\"seconds\":{:.3},\"ops_per_s\":{:.1},\"mb_per_s\":{:.2},\"errors\":{},\"durable\":{},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}\n",
+            self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors, self.durable,
             self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]
         )
     }
