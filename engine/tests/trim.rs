@@ -118,3 +118,43 @@ fn trim_deletes_whole_segments_and_survives_reopen() {
         vec![Status::Trimmed, Status::Trimmed, Status::Ok, Status::Ok]
     );
 }
+
+#[test]
+fn a_full_segment_still_takes_a_seal_or_trim() {
+    use trex_engine::storage::{Kind, Meta, RecordHead, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = MmapStore::open(
+        dir.path(),
+        &MmapOptions {
+            segment_size: 64 * 1024,
+        },
+    )
+    .unwrap();
+    st.recover(&mut |_| {}).unwrap();
+    let data = |addr| RecordHead {
+        kind: Kind::Data,
+        addr,
+        writer: 1,
+        seq: addr,
+    };
+    let big = vec![1u8; st.max_payload()];
+    assert_eq!(
+        st.append(&data(0), &big).unwrap().loc.seg,
+        1,
+        "the largest entry fits one segment"
+    );
+    let meta = RecordHead::meta(Meta {
+        sealed_epoch: 3,
+        trim_mark: 0,
+    });
+    assert_eq!(
+        st.append(&meta, &[]).unwrap().loc.seg,
+        1,
+        "a seal uses the room kept for meta records"
+    );
+    assert_eq!(
+        st.append(&data(1), &[]).unwrap().loc.seg,
+        2,
+        "data never uses that room"
+    );
+}
