@@ -471,3 +471,30 @@ fn a_pipeline_past_the_inflight_limit_is_answered_promptly() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn connections_past_the_cap_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = UnitProcess::start(dir.path(), &["--max-connections", "2"]);
+    let mut a = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+    let mut b = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+    a.info().unwrap();
+    b.info().unwrap();
+    let codes = poke(&unit.addr, &raw_frame(Opcode::Info as u8, 1, &[]), false);
+    assert_eq!(codes, vec![ErrorCode::TooManyConnections as u16]);
+    drop(a);
+    // A slot frees up once a client leaves.
+    let t0 = Instant::now();
+    loop {
+        let mut c = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+        match c.info() {
+            Ok(_) => break,
+            Err(e) => assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "slot never freed: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.info().unwrap();
+}
