@@ -3,6 +3,7 @@
 //! blocking client ([`client`]).
 
 pub mod client;
+pub mod consensus;
 pub mod net;
 pub mod node;
 pub mod storage;

@@ -153,7 +153,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn count(&mut self) -> Result<u32, DecodeError> {
+    /// Reads an operation count, refusing more than one frame may carry.
+    pub fn count(&mut self) -> Result<u32, DecodeError> {
         let count = self.u32()?;
         if count > MAX_OPS_PER_FRAME {
             return Err(DecodeError::TooManyOps {
@@ -176,11 +177,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
+/// Appends a little-endian `u32`.
+pub fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+/// Appends a little-endian `u64`.
+pub fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 

@@ -12,6 +12,7 @@
 
 pub mod codec;
 pub mod codes;
+pub mod consensus;
 pub mod framing;
 
 pub use codec::*;

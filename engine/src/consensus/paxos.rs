@@ -1,0 +1,873 @@
+//! Multi-Paxos, sans-IO: messages, ticks with the current time and proposals
+//! in; journal records, messages and applied commands out (in a [`Ready`]).
+//! No sockets, clocks or files inside.
+//!
+//! The rule the driver must keep: **everything in `Ready::send` goes out only
+//! after `Ready::persist` is durable** (a promise or an acceptance must survive a
+//! crash before anyone hears of it). Messages a node sends to itself go through
+//! the same path.
+//!
+//! Leadership comes only from timeouts and `prepare` (Paxos Made Simple): a node
+//! that stops hearing a leader waits a randomised timeout, asks the others first
+//! whether they also miss the leader (pre-vote, so a node cut off for a while
+//! cannot depose a healthy leader when it returns), then runs phase 1 for every
+//! slot from its commit index. Having won, it re-proposes per slot the value
+//! with the highest ballot reported (or a no-op) and then "gallops": phase 2
+//! only, with commands that arrive while accepts are in flight batched into the
+//! next slots, several slots in flight.
+
+use super::sm::StateMachine;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use trex_wire::consensus::{Ballot, Command, Msg, NodeId, Value};
+
+/// Settings of a replica.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// Every node of the group, this one included.
+    pub nodes: Vec<NodeId>,
+    /// Base election timeout; the actual one is random in `[e, 2e)`.
+    pub election_ms: u64,
+    /// Heartbeat (commit) interval of a leader.
+    pub heartbeat_ms: u64,
+    /// Slots a leader keeps in flight.
+    pub max_inflight: usize,
+    /// Commands per slot.
+    pub max_batch: usize,
+    /// Applied slots between snapshots (journal compaction).
+    pub snapshot_every: u64,
+    /// Seeds the timeout randomisation (deterministic in the simulator).
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults for a group of `nodes`.
+    pub fn new(id: NodeId, nodes: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            nodes,
+            election_ms: 300,
+            heartbeat_ms: 50,
+            max_inflight: 8,
+            max_batch: 1024,
+            snapshot_every: 10_000,
+            seed: id,
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+}
+
+/// A journal record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Promised not to accept ballots below this.
+    Promise(Ballot),
+    /// Accepted `value` at `slot` with `ballot` (implies a promise of `ballot`).
+    Accept {
+        /// Slot.
+        slot: u64,
+        /// Ballot.
+        ballot: Ballot,
+        /// Value.
+        value: Value,
+    },
+    /// A snapshot with everything still needed after it: replaces all earlier
+    /// records (the journal is compacted below it).
+    Checkpoint {
+        /// Promise at the time.
+        promised: Ballot,
+        /// Slots below are in `state`.
+        upto: u64,
+        /// Encoded state machine.
+        state: Vec<u8>,
+        /// Accepted values at or above `upto`.
+        accepted: Vec<(u64, Ballot, Value)>,
+    },
+}
+
+/// A command applied to the state machine, with its result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Slot it was chosen in.
+    pub slot: u64,
+    /// Client id.
+    pub client: u64,
+    /// Client sequence number.
+    pub seq: u64,
+    /// Result bytes.
+    pub result: Vec<u8>,
+}
+
+/// What a step produced.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Make these durable first.
+    pub persist: Vec<Record>,
+    /// Then send these (to self too).
+    pub send: Vec<(NodeId, Msg)>,
+    /// Commands applied, in order (for client replies).
+    pub applied: Vec<Applied>,
+    /// Every slot applied, in order, with a hash of its value (for checks).
+    pub applied_slots: Vec<(u64, u64)>,
+    /// A snapshot from a peer moved the applied index here (slots below were
+    /// not applied one by one).
+    pub installed_snapshot: Option<u64>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty() && self.send.is_empty() && self.applied.is_empty()
+    }
+}
+
+/// What one promise reported: accepted `(slot, ballot, value)` and the
+/// promiser's snapshot point.
+type PromiseInfo = (Vec<(u64, Ballot, Value)>, u64);
+
+/// Where leadership stands at this node.
+#[derive(Debug)]
+enum Role {
+    Follower,
+    PreCandidate {
+        ballot: Ballot,
+        grants: BTreeSet<NodeId>,
+    },
+    Candidate {
+        ballot: Ballot,
+        promises: BTreeMap<NodeId, PromiseInfo>,
+    },
+    Leader(Leading),
+}
+
+#[derive(Debug)]
+struct Leading {
+    ballot: Ballot,
+    next_slot: u64,
+    inflight: BTreeMap<u64, InFlight>,
+    buffer: VecDeque<Command>,
+    last_heartbeat_ms: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    value: Value,
+    acks: BTreeSet<NodeId>,
+    sent_ms: u64,
+}
+
+/// Why a proposal was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotLeader {
+    /// The leader this node believes in, if any.
+    pub hint: Option<NodeId>,
+}
+
+/// Observable state, for status output and checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Whether this node leads.
+    pub leading: bool,
+    /// The leader this node believes in.
+    pub leader: Option<NodeId>,
+    /// Highest ballot promised.
+    pub promised: Ballot,
+    /// Slots below are chosen.
+    pub commit: u64,
+    /// Slots below are applied.
+    pub applied: u64,
+    /// Slots below are in the snapshot.
+    pub snapshot: u64,
+}
+
+/// One consensus replica: acceptor, learner and (when elected) proposer.
+pub struct Replica {
+    cfg: Config,
+    promised: Ballot,
+    accepted: BTreeMap<u64, (Ballot, Value)>,
+    chosen: BTreeMap<u64, Value>,
+    commit: u64,
+    applied: u64,
+    sm: StateMachine,
+    snap_upto: u64,
+    snap_state: Vec<u8>,
+    role: Role,
+    leader: Option<NodeId>,
+    last_heard_ms: u64,
+    deadline_ms: u64,
+    catchup_ms: u64,
+    /// Who to ask for chosen values this node lacks (a leader asks the node that
+    /// reported the highest commit index).
+    catchup_from: Option<NodeId>,
+    catchup_tries: u64,
+    max_counter: u64,
+    rng: u64,
+    ready: Ready,
+}
+
+impl Replica {
+    /// Rebuilds a replica from its journal (oldest record first).
+    pub fn recover(
+        cfg: Config,
+        records: impl IntoIterator<Item = Record>,
+        now_ms: u64,
+    ) -> Result<Replica, String> {
+        let mut r = Replica {
+            rng: cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            cfg,
+            promised: Ballot::default(),
+            accepted: BTreeMap::new(),
+            chosen: BTreeMap::new(),
+            commit: 0,
+            applied: 0,
+            sm: StateMachine::default(),
+            snap_upto: 0,
+            snap_state: StateMachine::default().encode(),
+            role: Role::Follower,
+            leader: None,
+            last_heard_ms: now_ms,
+            deadline_ms: 0,
+            catchup_ms: 0,
+            catchup_from: None,
+            catchup_tries: 0,
+            max_counter: 0,
+            ready: Ready::default(),
+        };
+        for rec in records {
+            match rec {
+                Record::Promise(b) => r.promised = r.promised.max(b),
+                Record::Accept {
+                    slot,
+                    ballot,
+                    value,
+                } => {
+                    r.promised = r.promised.max(ballot);
+                    if slot >= r.snap_upto {
+                        r.accepted.insert(slot, (ballot, value));
+                    }
+                }
+                Record::Checkpoint {
+                    promised,
+                    upto,
+                    state,
+                    accepted,
+                } => {
+                    r.sm = StateMachine::decode(&state)
+                        .map_err(|e| format!("snapshot does not decode: {e}"))?;
+                    r.promised = r.promised.max(promised);
+                    r.snap_upto = upto;
+                    r.snap_state = state;
+                    r.accepted = accepted.into_iter().map(|(s, b, v)| (s, (b, v))).collect();
+                }
+            }
+        }
+        r.commit = r.snap_upto;
+        r.applied = r.snap_upto;
+        r.max_counter = r.promised.counter.max(
+            r.accepted
+                .values()
+                .map(|(b, _)| b.counter)
+                .max()
+                .unwrap_or(0),
+        );
+        r.reset_deadline(now_ms);
+        Ok(r)
+    }
+
+    /// The state machine (as applied so far).
+    pub fn state(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// Observable state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.cfg.id,
+            leading: matches!(self.role, Role::Leader(_)),
+            leader: self.leader,
+            promised: self.promised,
+            commit: self.commit,
+            applied: self.applied,
+            snapshot: self.snap_upto,
+        }
+    }
+
+    /// Takes what the steps so far produced.
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn reset_deadline(&mut self, now_ms: u64) {
+        let e = self.cfg.election_ms.max(1);
+        self.deadline_ms = now_ms + e + self.random() % e;
+    }
+
+    fn send(&mut self, to: NodeId, m: Msg) {
+        self.ready.send.push((to, m));
+    }
+
+    fn broadcast(&mut self, m: Msg, include_self: bool) {
+        for n in self.cfg.nodes.clone() {
+            if include_self || n != self.cfg.id {
+                self.send(n, m.clone());
+            }
+        }
+    }
+
+    fn next_ballot(&self) -> Ballot {
+        Ballot {
+            counter: self.max_counter.max(self.promised.counter) + 1,
+            node: self.cfg.id,
+        }
+    }
+
+    fn step_down(&mut self, now_ms: u64) {
+        self.catchup_from = None;
+        if !matches!(self.role, Role::Follower) {
+            self.role = Role::Follower;
+            self.reset_deadline(now_ms);
+        }
+    }
+
+    /// Proposes a command. Only a leader takes it; the command is stamped with
+    /// the leader's clock here.
+    pub fn propose(&mut self, mut cmd: Command, now_ms: u64) -> Result<(), NotLeader> {
+        let Role::Leader(l) = &mut self.role else {
+            return Err(NotLeader {
+                hint: self.leader.filter(|l| *l != self.cfg.id),
+            });
+        };
+        cmd.stamp_ms = now_ms;
+        l.buffer.push_back(cmd);
+        if l.inflight.is_empty() {
+            self.send_batches(now_ms);
+        }
+        Ok(())
+    }
+
+    /// Moves buffered commands into slots while the window has room.
+    fn send_batches(&mut self, now_ms: u64) {
+        let (max_inflight, max_batch) = (self.cfg.max_inflight, self.cfg.max_batch);
+        let commit = self.commit;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let mut out = Vec::new();
+        while l.inflight.len() < max_inflight && !l.buffer.is_empty() {
+            let n = l.buffer.len().min(max_batch);
+            let value: Value = l.buffer.drain(..n).collect();
+            let slot = l.next_slot;
+            l.next_slot += 1;
+            l.inflight.insert(
+                slot,
+                InFlight {
+                    value: value.clone(),
+                    acks: BTreeSet::new(),
+                    sent_ms: now_ms,
+                },
+            );
+            out.push(Msg::Accept {
+                ballot: l.ballot,
+                slot,
+                value,
+                commit,
+            });
+        }
+        for m in out {
+            self.broadcast(m, true);
+        }
+    }
+
+    /// Time passes.
+    pub fn tick(&mut self, now_ms: u64) {
+        match &mut self.role {
+            Role::Leader(l) => {
+                let (ballot, commit) = (l.ballot, self.commit);
+                if now_ms >= l.last_heartbeat_ms + self.cfg.heartbeat_ms {
+                    l.last_heartbeat_ms = now_ms;
+                    // Retransmit accepts that have waited long to those that did not answer.
+                    let mut resend = Vec::new();
+                    for (slot, f) in l.inflight.iter_mut() {
+                        if now_ms >= f.sent_ms + 2 * self.cfg.heartbeat_ms {
+                            f.sent_ms = now_ms;
+                            for n in &self.cfg.nodes {
+                                if !f.acks.contains(n) {
+                                    let m = Msg::Accept {
+                                        ballot,
+                                        slot: *slot,
+                                        value: f.value.clone(),
+                                        commit,
+                                    };
+                                    resend.push((*n, m));
+                                }
+                            }
+                        }
+                    }
+                    self.ready.send.extend(resend);
+                    self.broadcast(Msg::Commit { ballot, commit }, false);
+                }
+                self.send_batches(now_ms);
+            }
+            _ if now_ms >= self.deadline_ms => {
+                // Missed the leader (or an election stalled): ask first.
+                let ballot = self.next_ballot();
+                let grants = BTreeSet::from([self.cfg.id]);
+                self.role = Role::PreCandidate { ballot, grants };
+                self.leader = None;
+                self.reset_deadline(now_ms);
+                if self.cfg.quorum() == 1 {
+                    return self.start_prepare(now_ms);
+                }
+                self.broadcast(Msg::PreVote { ballot }, false);
+            }
+            _ => {}
+        }
+        if self.applied < self.commit && now_ms >= self.catchup_ms + self.cfg.heartbeat_ms * 2 {
+            let to = self.catchup_from.or(self.leader);
+            self.request_catchup(to, now_ms);
+        }
+    }
+
+    /// Asks for the chosen values this node lacks: every other attempt goes to
+    /// the preferred node (`to`), the rest round-robin over the others, so a
+    /// source that cannot serve (it lacks the values too) does not stall us.
+    fn request_catchup(&mut self, to: Option<NodeId>, now_ms: u64) {
+        let me = self.cfg.id;
+        let others: Vec<NodeId> = self
+            .cfg
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| *n != me)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        self.catchup_tries += 1;
+        let preferred = to.filter(|t| *t != me);
+        let target = match preferred {
+            Some(p) if self.catchup_tries % 2 == 1 => p,
+            _ => others[(self.catchup_tries / 2) as usize % others.len()],
+        };
+        self.catchup_ms = now_ms;
+        self.send(target, Msg::CatchUp { from: self.applied });
+    }
+
+    /// A message arrived from `from`.
+    pub fn handle(&mut self, from: NodeId, m: Msg, now_ms: u64) {
+        if !self.cfg.nodes.contains(&from) {
+            return; // not a member of this group
+        }
+        match m {
+            Msg::PreVote { ballot } => {
+                let leader_alive = match self.role {
+                    Role::Leader(_) => true,
+                    _ => {
+                        self.leader.is_some() && now_ms < self.last_heard_ms + self.cfg.election_ms
+                    }
+                };
+                let granted = !leader_alive && ballot > self.promised;
+                self.send(from, Msg::PreVoteReply { ballot, granted });
+            }
+            Msg::PreVoteReply { ballot, granted } => {
+                let quorum = self.cfg.quorum();
+                if let Role::PreCandidate { ballot: b, grants } = &mut self.role {
+                    if *b == ballot && granted {
+                        grants.insert(from);
+                        if grants.len() >= quorum {
+                            self.start_prepare(now_ms);
+                        }
+                    }
+                }
+            }
+            Msg::Prepare { ballot, from: slot } => self.on_prepare(from, ballot, slot, now_ms),
+            Msg::Promise {
+                ballot,
+                accepted,
+                snapshot,
+            } => self.on_promise(from, ballot, accepted, snapshot, now_ms),
+            Msg::Accept {
+                ballot,
+                slot,
+                value,
+                commit,
+            } => self.on_accept(from, ballot, slot, value, commit, now_ms),
+            Msg::Accepted { ballot, slot } => self.on_accepted(from, ballot, slot, now_ms),
+            Msg::Nack { ballot, promised } => {
+                self.max_counter = self.max_counter.max(promised.counter);
+                let mine = match &self.role {
+                    Role::Leader(l) => Some(l.ballot),
+                    Role::Candidate { ballot, .. } => Some(*ballot),
+                    _ => None,
+                };
+                if mine == Some(ballot) && promised > ballot {
+                    self.step_down(now_ms);
+                }
+            }
+            Msg::Commit { ballot, commit } => {
+                self.observe_leader(ballot, now_ms);
+                self.learn_commit(commit, ballot, from, now_ms);
+            }
+            Msg::CatchUp { from: slot } => self.on_catchup(from, slot),
+            Msg::Chosen { entries, commit } => {
+                for (slot, v) in entries {
+                    if slot >= self.applied {
+                        self.chosen.insert(slot, v);
+                    }
+                }
+                self.commit = self.commit.max(commit);
+                self.apply(now_ms);
+            }
+            Msg::Snapshot { upto, state } => self.on_snapshot(upto, state, now_ms),
+        }
+    }
+
+    /// A message with `ballot` from its owner: follow it if it is current.
+    fn observe_leader(&mut self, ballot: Ballot, now_ms: u64) {
+        self.max_counter = self.max_counter.max(ballot.counter);
+        if ballot < self.promised {
+            return;
+        }
+        if ballot.node != self.cfg.id {
+            // A current leader speaks: a candidate gives way, and so does a
+            // leader with a lower ballot.
+            let outranked = match &self.role {
+                Role::Leader(l) => ballot > l.ballot,
+                Role::Candidate { .. } | Role::PreCandidate { .. } => true,
+                Role::Follower => false,
+            };
+            if outranked {
+                self.step_down(now_ms);
+            }
+            self.leader = Some(ballot.node);
+            self.last_heard_ms = now_ms;
+            self.reset_deadline(now_ms);
+        }
+    }
+
+    fn start_prepare(&mut self, now_ms: u64) {
+        let ballot = self.next_ballot();
+        self.max_counter = ballot.counter;
+        self.role = Role::Candidate {
+            ballot,
+            promises: BTreeMap::new(),
+        };
+        self.reset_deadline(now_ms);
+        self.broadcast(
+            Msg::Prepare {
+                ballot,
+                from: self.applied,
+            },
+            true,
+        );
+    }
+
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, slot: u64, now_ms: u64) {
+        self.max_counter = self.max_counter.max(ballot.counter);
+        if ballot < self.promised {
+            let promised = self.promised;
+            return self.send(from, Msg::Nack { ballot, promised });
+        }
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.ready.persist.push(Record::Promise(ballot));
+        }
+        if ballot.node != self.cfg.id {
+            let mine = match &self.role {
+                Role::Leader(l) => Some(l.ballot),
+                Role::Candidate { ballot, .. } => Some(*ballot),
+                _ => None,
+            };
+            if mine.is_some_and(|m| m < ballot) {
+                self.step_down(now_ms);
+            }
+            self.reset_deadline(now_ms); // give the candidate time
+        }
+        let accepted = self
+            .accepted
+            .range(slot..)
+            .map(|(s, (b, v))| (*s, *b, v.clone()))
+            .collect();
+        self.send(
+            from,
+            Msg::Promise {
+                ballot,
+                accepted,
+                snapshot: self.snap_upto,
+            },
+        );
+    }
+
+    fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        accepted: Vec<(u64, Ballot, Value)>,
+        snapshot: u64,
+        now_ms: u64,
+    ) {
+        let quorum = self.cfg.quorum();
+        let Role::Candidate {
+            ballot: b,
+            promises,
+        } = &mut self.role
+        else {
+            return;
+        };
+        if *b != ballot {
+            return;
+        }
+        promises.insert(from, (accepted, snapshot));
+        if promises.len() < quorum {
+            return;
+        }
+        let promises = std::mem::take(promises);
+        // Every promiser reported all it accepted from our applied index on,
+        // except below its own snapshot point: those slots are chosen, and their
+        // values live only in that snapshot. So re-propose from the highest
+        // snapshot point reported (or our applied index), and fetch the snapshot
+        // for what lies below.
+        let (best_node, start) = promises
+            .iter()
+            .map(|(n, (_, snap))| (*n, *snap))
+            .max_by_key(|(_, snap)| *snap)
+            .unwrap_or((self.cfg.id, self.applied));
+        let start = start.max(self.applied);
+        let mut highest: BTreeMap<u64, (Ballot, Value)> = BTreeMap::new();
+        for (_, (acc, _)) in promises {
+            for (slot, b, v) in acc {
+                if slot >= start && highest.get(&slot).is_none_or(|(hb, _)| b > *hb) {
+                    highest.insert(slot, (b, v));
+                }
+            }
+        }
+        let last = highest.keys().next_back().map_or(start, |s| s + 1);
+        let mut leading = Leading {
+            ballot,
+            next_slot: last,
+            inflight: BTreeMap::new(),
+            buffer: VecDeque::new(),
+            last_heartbeat_ms: now_ms,
+        };
+        let mut accepts = Vec::new();
+        for slot in start..last {
+            let value = highest.remove(&slot).map(|(_, v)| v).unwrap_or_default(); // no-op
+            leading.inflight.insert(
+                slot,
+                InFlight {
+                    value: value.clone(),
+                    acks: BTreeSet::new(),
+                    sent_ms: now_ms,
+                },
+            );
+            accepts.push(Msg::Accept {
+                ballot,
+                slot,
+                value,
+                commit: start,
+            });
+        }
+        self.role = Role::Leader(leading);
+        self.leader = Some(self.cfg.id);
+        self.commit = self.commit.max(start);
+        if start > self.applied {
+            self.catchup_from = Some(best_node);
+            self.request_catchup(Some(best_node), now_ms);
+        }
+        for m in accepts {
+            self.broadcast(m, true);
+        }
+        self.broadcast(
+            Msg::Commit {
+                ballot,
+                commit: self.commit,
+            },
+            false,
+        );
+    }
+
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        slot: u64,
+        value: Value,
+        commit: u64,
+        now_ms: u64,
+    ) {
+        if ballot < self.promised {
+            let promised = self.promised;
+            return self.send(from, Msg::Nack { ballot, promised });
+        }
+        self.observe_leader(ballot, now_ms);
+        self.promised = ballot;
+        if slot >= self.snap_upto
+            && self
+                .accepted
+                .get(&slot)
+                .is_none_or(|(b, v)| *b != ballot || *v != value)
+        {
+            self.accepted.insert(slot, (ballot, value.clone()));
+            self.ready.persist.push(Record::Accept {
+                slot,
+                ballot,
+                value,
+            });
+        }
+        self.send(from, Msg::Accepted { ballot, slot });
+        self.learn_commit(commit, ballot, from, now_ms);
+    }
+
+    fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slot: u64, now_ms: u64) {
+        let quorum = self.cfg.quorum();
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        let Some(f) = l.inflight.get_mut(&slot) else {
+            return;
+        };
+        f.acks.insert(from);
+        if f.acks.len() < quorum {
+            return;
+        }
+        let f = l.inflight.remove(&slot).expect("present above");
+        self.chosen.insert(slot, f.value);
+        while self.chosen.contains_key(&self.commit) {
+            self.commit += 1;
+        }
+        self.apply(now_ms);
+        self.send_batches(now_ms);
+    }
+
+    /// Slots below `commit` are chosen, according to the holder of `ballot`:
+    /// values this node accepted with that very ballot are the chosen ones.
+    fn learn_commit(&mut self, commit: u64, ballot: Ballot, from: NodeId, now_ms: u64) {
+        if matches!(self.role, Role::Leader(_)) {
+            return; // a leader learns from its own quorums
+        }
+        self.commit = self.commit.max(commit);
+        for slot in self.applied..self.commit {
+            if self.chosen.contains_key(&slot) {
+                continue;
+            }
+            if let Some((b, v)) = self.accepted.get(&slot) {
+                if *b == ballot {
+                    self.chosen.insert(slot, v.clone());
+                }
+            }
+        }
+        self.apply(now_ms);
+        if self.applied < self.commit && now_ms >= self.catchup_ms + self.cfg.heartbeat_ms {
+            self.request_catchup(Some(from), now_ms);
+        }
+    }
+
+    fn on_catchup(&mut self, from: NodeId, slot: u64) {
+        if slot < self.snap_upto {
+            let m = Msg::Snapshot {
+                upto: self.snap_upto,
+                state: self.snap_state.clone(),
+            };
+            return self.send(from, m);
+        }
+        let entries: Vec<(u64, Value)> = (slot..self.commit)
+            .take(64)
+            .map_while(|s| self.chosen.get(&s).map(|v| (s, v.clone())))
+            .collect();
+        if !entries.is_empty() {
+            self.send(
+                from,
+                Msg::Chosen {
+                    entries,
+                    commit: self.commit,
+                },
+            );
+        }
+    }
+
+    fn on_snapshot(&mut self, upto: u64, state: Vec<u8>, now_ms: u64) {
+        if upto <= self.applied {
+            return;
+        }
+        let Ok(sm) = StateMachine::decode(&state) else {
+            return;
+        };
+        self.sm = sm;
+        self.applied = upto;
+        self.ready.installed_snapshot = Some(upto);
+        self.commit = self.commit.max(upto);
+        self.install_checkpoint(upto, state);
+        self.apply(now_ms);
+    }
+
+    fn install_checkpoint(&mut self, upto: u64, state: Vec<u8>) {
+        self.snap_upto = upto;
+        self.accepted = self.accepted.split_off(&upto);
+        self.chosen = self.chosen.split_off(&upto);
+        let accepted = self
+            .accepted
+            .iter()
+            .map(|(s, (b, v))| (*s, *b, v.clone()))
+            .collect();
+        self.ready.persist.push(Record::Checkpoint {
+            promised: self.promised,
+            upto,
+            state: state.clone(),
+            accepted,
+        });
+        self.snap_state = state;
+    }
+
+    fn apply(&mut self, _now_ms: u64) {
+        while self.applied < self.commit {
+            let Some(v) = self.chosen.get(&self.applied) else {
+                break;
+            };
+            self.ready.applied_slots.push((self.applied, value_hash(v)));
+            for cmd in v.clone() {
+                let result = self.sm.apply(&cmd);
+                self.ready.applied.push(Applied {
+                    slot: self.applied,
+                    client: cmd.client,
+                    seq: cmd.seq,
+                    result,
+                });
+            }
+            self.applied += 1;
+        }
+        if self.applied >= self.snap_upto + self.cfg.snapshot_every {
+            let state = self.sm.encode();
+            self.install_checkpoint(self.applied, state);
+        }
+    }
+
+    /// The chosen value of an applied slot, if still kept (for checks).
+    pub fn chosen_value(&self, slot: u64) -> Option<&Value> {
+        self.chosen.get(&slot)
+    }
+}
+
+/// A stable 64-bit hash of a value (FNV-1a over its encoding).
+pub fn value_hash(v: &Value) -> u64 {
+    let mut b = Vec::new();
+    trex_wire::consensus::encode_value(&mut b, v);
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
