@@ -38,10 +38,10 @@ const ACCEPT_BACKOFF_TIMER: u64 = u64::MAX;
 
 /// What runs inside the loop.
 pub trait Service {
-    /// A whole frame with verified checksums arrived. Exactly one reply to `to`
-    /// must follow through [`Service::poll_reply`], now or later. Returns false
-    /// to stop reading this connection (a protocol violation whose reply closes it).
-    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> bool;
+    /// A whole frame with verified checksums arrived. Unless the service answers
+    /// [`Flow::NoReply`], exactly one reply to `to` must follow through
+    /// [`Service::poll_reply`], now or later.
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow;
     /// The next reply ready to send.
     fn poll_reply(&mut self) -> Option<Reply>;
     /// A source the service registered under its own token is ready.
@@ -60,6 +60,17 @@ pub trait Service {
     fn busy(&self) -> bool {
         false
     }
+}
+
+/// What a service wants after a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// One reply will follow; keep reading.
+    Reply,
+    /// A one-way message (e.g. between consensus nodes): no reply follows.
+    NoReply,
+    /// A protocol violation: its error reply follows, then the connection closes.
+    Close,
 }
 
 /// Limits of the loop.
@@ -645,7 +656,10 @@ fn dispatch<S: Service>(
         match result {
             Ok(Some((frame, n))) => {
                 c.inflight += 1;
-                let keep = service.on_frame(to, &frame.header, frame.body);
+                let flow = service.on_frame(to, &frame.header, frame.body);
+                if flow == Flow::NoReply {
+                    c.inflight -= 1;
+                }
                 // Take the replies now, so their bytes count against this
                 // connection's limit before the next frame is read.
                 while let Some(r) = service.poll_reply() {
@@ -656,7 +670,7 @@ fn dispatch<S: Service>(
                     outbox.push((r, mine));
                 }
                 c.rstart += n;
-                if !keep {
+                if flow == Flow::Close {
                     c.read_done = true;
                     c.close_after_flush = true;
                 }

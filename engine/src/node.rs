@@ -1,7 +1,7 @@
 //! The storage-unit node: a [`Unit`] over memory-mapped segments, driven by the
 //! event loop, with syncs through io_uring or a sync thread.
 
-use crate::net::{service_token, EventLoop, LoopConfig, Service};
+use crate::net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use crate::storage::mmap::{MmapOptions, MmapStore};
 use crate::sync::Syncer;
 use crate::unit::{Reply, ReplyTo, Unit, UnitConfig};
@@ -60,9 +60,12 @@ impl StorageService {
 }
 
 impl Service for StorageService {
-    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> bool {
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
         self.frames += 1;
-        self.unit.on_frame(to, header, body)
+        match self.unit.on_frame(to, header, body) {
+            true => Flow::Reply,
+            false => Flow::Close,
+        }
     }
 
     fn poll_reply(&mut self) -> Option<Reply> {

@@ -1,6 +1,7 @@
 //! The consensus nodes: Multi-Paxos with batched accepts ([`paxos`]), the
 //! replicated state machine ([`sm`]), and the durable journal ([`journal`]).
 
+pub mod journal;
 pub mod paxos;
 pub mod sim;
 pub mod sm;

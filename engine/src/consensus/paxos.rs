@@ -147,6 +147,8 @@ enum Role {
 #[derive(Debug)]
 struct Leading {
     ballot: Ballot,
+    /// First slot this leader proposes in; slots below it were chosen before.
+    start: u64,
     next_slot: u64,
     inflight: BTreeMap<u64, InFlight>,
     buffer: VecDeque<Command>,
@@ -523,6 +525,14 @@ impl Replica {
             }
             Msg::CatchUp { from: slot } => self.on_catchup(from, slot),
             Msg::Chosen { entries, commit } => {
+                if let Role::Leader(l) = &self.role {
+                    // A leader only ever learns what was chosen before it: values
+                    // chosen where it proposes mean another leader took over.
+                    let start = l.start;
+                    if commit > start || entries.iter().any(|(s, _)| *s >= start) {
+                        self.step_down(now_ms);
+                    }
+                }
                 for (slot, v) in entries {
                     if slot >= self.applied {
                         self.chosen.insert(slot, v);
@@ -657,6 +667,7 @@ impl Replica {
         let last = highest.keys().next_back().map_or(start, |s| s + 1);
         let mut leading = Leading {
             ballot,
+            start,
             next_slot: last,
             inflight: BTreeMap::new(),
             buffer: VecDeque::new(),
@@ -713,12 +724,22 @@ impl Replica {
             return self.send(from, Msg::Nack { ballot, promised });
         }
         self.observe_leader(ballot, now_ms);
+        if slot < self.snap_upto {
+            // Chosen and compacted here: acknowledging without checking the value
+            // could help a stale proposal to a quorum. Hand the proposer our
+            // snapshot instead.
+            let m = Msg::Snapshot {
+                upto: self.snap_upto,
+                state: self.snap_state.clone(),
+            };
+            self.send(from, m);
+            return self.learn_commit(commit, ballot, from, now_ms);
+        }
         self.promised = ballot;
-        if slot >= self.snap_upto
-            && self
-                .accepted
-                .get(&slot)
-                .is_none_or(|(b, v)| *b != ballot || *v != value)
+        if self
+            .accepted
+            .get(&slot)
+            .is_none_or(|(b, v)| *b != ballot || *v != value)
         {
             self.accepted.insert(slot, (ballot, value.clone()));
             self.ready.persist.push(Record::Accept {
@@ -762,7 +783,10 @@ impl Replica {
             return; // a leader learns from its own quorums
         }
         self.commit = self.commit.max(commit);
-        for slot in self.applied..self.commit {
+        // Only slots below *this message's* commit index are known chosen by the
+        // holder of `ballot`: a later leader's larger index says nothing about
+        // what an earlier one proposed there.
+        for slot in self.applied..commit {
             if self.chosen.contains_key(&slot) {
                 continue;
             }
@@ -804,6 +828,9 @@ impl Replica {
     fn on_snapshot(&mut self, upto: u64, state: Vec<u8>, now_ms: u64) {
         if upto <= self.applied {
             return;
+        }
+        if matches!(&self.role, Role::Leader(l) if upto > l.start) {
+            self.step_down(now_ms); // chosen past our start: someone else led
         }
         let Ok(sm) = StateMachine::decode(&state) else {
             return;
