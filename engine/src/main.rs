@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use trex_engine::client::{ClientError, UnitClient};
+use trex_engine::consensus::client::{ConsensusClient, DEFAULT_ENDPOINTS};
+use trex_engine::consensus::node::{run_consensus, ConsensusOptions};
+use trex_engine::consensus::sm::{decode_projection, Op, Projection, Role};
 use trex_engine::net::LoopConfig;
 use trex_engine::node::{run_storage, StorageOptions};
 use trex_engine::util::{parse_duration, parse_size};
@@ -26,12 +29,91 @@ enum Cmd {
     Node(NodeCmd),
     /// Talk directly to one storage unit (an operator's tool).
     Unit(UnitArgs),
+    /// List the cluster's members (linearizable read through the consensus log).
+    Members(ShowArgs),
+    /// Show or bootstrap the layout (projections).
+    #[command(subcommand)]
+    Layout(LayoutCmd),
+    /// Consensus endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Args)]
+struct Endpoints {
+    /// Consensus nodes, comma-separated HOST:PORT (else TREX_ENDPOINTS, else
+    /// ./trex-data/endpoints, else the three default addresses).
+    #[arg(long, global = true)]
+    endpoints: Option<String>,
+    /// How long to wait for one reply.
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    ep: Endpoints,
+    /// Output format.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum LayoutCmd {
+    /// Show the current projection.
+    Show(ShowArgs),
+    /// Install the first projection from the registered storage units.
+    Init {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Stripes.
+        #[arg(long, default_value_t = 2)]
+        stripes: u32,
+        /// Replicas per stripe (chain length).
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Each consensus node's view: leader, ballot, commit and applied index, journal size.
+    Status(ShowArgs),
 }
 
 #[derive(Subcommand)]
 enum NodeCmd {
     /// Run a storage unit.
     Storage(StorageArgs),
+    /// Run a consensus node (Multi-Paxos: membership, layout).
+    Consensus(ConsensusArgs),
+}
+
+#[derive(Args)]
+struct ConsensusArgs {
+    /// This node's id: its position in --peers, from 1.
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Every consensus node's address, in id order, comma-separated.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:7402",
+        value_delimiter = ','
+    )]
+    peers: Vec<SocketAddr>,
+    /// Directory for the journal (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Base election timeout (the actual one is random between 1x and 2x).
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    election_timeout: Duration,
+    /// Leader heartbeat interval.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    heartbeat: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -65,6 +147,13 @@ struct StorageArgs {
     /// Cluster id that frames must carry.
     #[arg(long, default_value_t = 0)]
     cluster_id: u32,
+    /// Register with these consensus nodes (comma-separated HOST:PORT) and keep
+    /// the registration fresh; without it the unit runs standalone.
+    #[arg(long)]
+    endpoints: Option<String>,
+    /// Node id to register under (default: the listen port).
+    #[arg(long)]
+    id: Option<u64>,
 }
 
 #[derive(Args)]
@@ -150,7 +239,200 @@ enum UnitCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.cmd {
+    let result = run(cli);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the consensus nodes are: `--endpoints`, else `TREX_ENDPOINTS`, else
+/// the file `./trex-data/endpoints`, else the defaults.
+fn resolve_endpoints(ep: &Endpoints) -> String {
+    if let Some(e) = &ep.endpoints {
+        return e.clone();
+    }
+    if let Ok(e) = std::env::var("TREX_ENDPOINTS") {
+        if !e.trim().is_empty() {
+            return e;
+        }
+    }
+    if let Ok(e) = std::fs::read_to_string("trex-data/endpoints") {
+        if !e.trim().is_empty() {
+            return e.trim().to_string();
+        }
+    }
+    DEFAULT_ENDPOINTS.to_string()
+}
+
+fn consensus_client(ep: &Endpoints) -> Result<ConsensusClient, String> {
+    ConsensusClient::new(&resolve_endpoints(ep), ep.timeout)
+}
+
+fn members_cmd(a: ShowArgs) -> Result<(), String> {
+    let m = consensus_client(&a.ep)?.members()?;
+    match a.format {
+        Format::Json => {
+            let rows: Vec<String> = m
+                .iter()
+                .map(|(id, m)| {
+                    format!(
+                        "{{\"id\":{id},\"role\":\"{}\",\"addr\":\"{}\",\"registered_ms\":{},\"seen_ms\":{}}}",
+                        m.role.name(),
+                        m.addr,
+                        m.registered_ms,
+                        m.seen_ms
+                    )
+                })
+                .collect();
+            println!("[{}]", rows.join(","));
+        }
+        Format::Table => {
+            println!("{:<8}{:<11}{:<24}{}", "ID", "ROLE", "ADDRESS", "LAST SEEN");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for (id, m) in &m {
+                println!(
+                    "{id:<8}{:<11}{:<24}{}s ago",
+                    m.role.name(),
+                    m.addr,
+                    now.saturating_sub(m.seen_ms) / 1000
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_projection(p: &Projection) {
+    println!("epoch      {}", p.epoch);
+    println!(
+        "sequencer  {}",
+        if p.sequencer == 0 {
+            "none".to_string()
+        } else {
+            p.sequencer.to_string()
+        }
+    );
+    for s in &p.segments {
+        let end = if s.end == u64::MAX {
+            "open".to_string()
+        } else {
+            s.end.to_string()
+        };
+        println!("segment    [{}, {end})", s.start);
+        for (i, chain) in s.stripes.iter().enumerate() {
+            let c: Vec<String> = chain.iter().map(|x| x.to_string()).collect();
+            println!("  stripe {i}  chain {}", c.join(" -> "));
+        }
+    }
+}
+
+fn layout_show(a: ShowArgs) -> Result<(), String> {
+    let (n, p) = consensus_client(&a.ep)?.layout()?;
+    let Some(p) = p else {
+        return Err("no layout is installed yet; bootstrap one with `trex layout init --stripes 2 --replicas 2`".into());
+    };
+    match a.format {
+        Format::Json => {
+            let segs: Vec<String> = p
+                .segments
+                .iter()
+                .map(|s| {
+                    let stripes: Vec<String> = s.stripes.iter().map(|c| format!("{c:?}")).collect();
+                    let end = if s.end == u64::MAX {
+                        "null".to_string()
+                    } else {
+                        s.end.to_string()
+                    };
+                    format!(
+                        "{{\"start\":{},\"end\":{end},\"stripes\":[{}]}}",
+                        s.start,
+                        stripes.join(",")
+                    )
+                })
+                .collect();
+            println!(
+                "{{\"epoch\":{},\"sequencer\":{},\"history\":{n},\"segments\":[{}]}}",
+                p.epoch,
+                p.sequencer,
+                segs.join(",")
+            );
+        }
+        Format::Table => {
+            print_projection(&p);
+            println!("history    {n} projections");
+        }
+    }
+    Ok(())
+}
+
+fn endpoint_status(a: ShowArgs) -> Result<(), String> {
+    let eps = resolve_endpoints(&a.ep);
+    let mut rows = Vec::new();
+    let mut reachable = 0;
+    for ep in eps.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let st = ConsensusClient::node_status(ep, a.ep.timeout);
+        reachable += usize::from(st.is_ok());
+        rows.push((ep.to_string(), st));
+    }
+    match a.format {
+        Format::Json => {
+            let items: Vec<String> = rows
+                .iter()
+                .map(|(ep, st)| match st {
+                    Ok(s) => format!(
+                        "{{\"endpoint\":\"{ep}\",\"id\":{},\"leader\":{},\"leading\":{},\"ballot\":\"{}.{}\",\"commit\":{},\"applied\":{},\"snapshot\":{},\"journal_bytes\":{}}}",
+                        s.id, s.leader, s.leading, s.promised.counter, s.promised.node, s.commit, s.applied, s.snapshot, s.journal_bytes
+                    ),
+                    Err(e) => format!("{{\"endpoint\":\"{ep}\",\"error\":{e:?}}}"),
+                })
+                .collect();
+            println!("[{}]", items.join(","));
+        }
+        Format::Table => {
+            println!(
+                "{:<22}{:<5}{:<8}{:<9}{:<10}{:<10}{:<10}{}",
+                "ENDPOINT", "ID", "LEADER", "BALLOT", "COMMIT", "APPLIED", "SNAPSHOT", "JOURNAL"
+            );
+            for (ep, st) in &rows {
+                match st {
+                    Ok(s) => println!(
+                        "{ep:<22}{:<5}{:<8}{:<9}{:<10}{:<10}{:<10}{} bytes",
+                        s.id,
+                        if s.leading {
+                            "self".to_string()
+                        } else if s.leader == 0 {
+                            "-".to_string()
+                        } else {
+                            s.leader.to_string()
+                        },
+                        format!("{}.{}", s.promised.counter, s.promised.node),
+                        s.commit,
+                        s.applied,
+                        s.snapshot,
+                        s.journal_bytes
+                    ),
+                    Err(e) => println!("{ep:<22}unreachable: {e}"),
+                }
+            }
+        }
+    }
+    if reachable == 0 {
+        return Err(
+            "no consensus node answered; start them with `trex node consensus` (or `trex up`)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
         Cmd::Node(NodeCmd::Storage(a)) => {
             let opts = StorageOptions {
                 listen: a.listen,
@@ -164,16 +446,43 @@ fn main() -> ExitCode {
                     ..LoopConfig::default()
                 },
             };
+            if let Some(ep) = a.endpoints {
+                // Before the registration thread exists, so that only the event
+                // loop sees SIGINT/SIGTERM.
+                trex_engine::net::block_shutdown_signals().map_err(|e| e.to_string())?;
+                let id = a.id.unwrap_or(u64::from(a.listen.port()));
+                trex_engine::consensus::client::keep_registered(
+                    ep,
+                    id,
+                    Role::Storage,
+                    a.listen.to_string(),
+                );
+            }
             run_storage(&opts)
         }
+        Cmd::Node(NodeCmd::Consensus(a)) => run_consensus(&ConsensusOptions {
+            id: a.id,
+            listen: a.listen,
+            peers: a.peers,
+            data_dir: a.data_dir,
+            election_ms: a.election_timeout.as_millis().max(1) as u64,
+            heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
+            limits: LoopConfig::default(),
+        }),
         Cmd::Unit(u) => unit_cmd(u),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+        Cmd::Members(a) => members_cmd(a),
+        Cmd::Layout(LayoutCmd::Show(a)) => layout_show(a),
+        Cmd::Layout(LayoutCmd::Init {
+            ep,
+            stripes,
+            replicas,
+        }) => {
+            let mut c = consensus_client(&ep)?;
+            let b = c.submit_ok(&Op::InitLayout { stripes, replicas })?;
+            let p = decode_projection(&mut trex_wire::Reader::new(&b)).map_err(|e| e.to_string());
+            p.map(|p| print_projection(&p))
         }
+        Cmd::Endpoint(EndpointCmd::Status(a)) => endpoint_status(a),
     }
 }
 

@@ -234,6 +234,10 @@ impl<S: Service> EventLoop<S> {
         let mut deadline: Option<Instant> = None;
         let mut again = false;
         loop {
+            // Timers the service asked for since the last turn (the first turn too).
+            while let Some((after, id)) = self.service.poll_timer() {
+                self.timers.push(Reverse((Instant::now() + after, id)));
+            }
             let now = Instant::now();
             let mut timeout = self
                 .timers

@@ -681,7 +681,9 @@ pub fn decode_request(opcode: u8, body: &[u8]) -> Result<Request<'_>, DecodeErro
             Reader::new(body).finish()?;
             Request::Info
         }
-        Some(Opcode::Error) | None => return Err(DecodeError::UnknownOpcode(opcode)),
+        Some(Opcode::Error | Opcode::Submit | Opcode::NodeStatus | Opcode::Peer) | None => {
+            return Err(DecodeError::UnknownOpcode(opcode))
+        }
     })
 }
 

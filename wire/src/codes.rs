@@ -20,6 +20,12 @@ pub enum Opcode {
     Seal = 0x05,
     /// Report the unit's state.
     Info = 0x06,
+    /// Consensus: submit a command to the replicated state machine.
+    Submit = 0x10,
+    /// Consensus: report a node's Paxos state.
+    NodeStatus = 0x11,
+    /// Consensus: a one-way message between consensus nodes (no reply).
+    Peer = 0x20,
     /// A frame-level error reply.
     Error = 0xFF,
 }
@@ -34,6 +40,9 @@ impl Opcode {
             0x04 => Opcode::Trim,
             0x05 => Opcode::Seal,
             0x06 => Opcode::Info,
+            0x10 => Opcode::Submit,
+            0x11 => Opcode::NodeStatus,
+            0x20 => Opcode::Peer,
             0xFF => Opcode::Error,
             _ => return None,
         })
@@ -48,6 +57,9 @@ impl Opcode {
             Opcode::Trim => "trim",
             Opcode::Seal => "seal",
             Opcode::Info => "info",
+            Opcode::Submit => "submit",
+            Opcode::NodeStatus => "node-status",
+            Opcode::Peer => "peer",
             Opcode::Error => "error",
         }
     }

@@ -353,3 +353,159 @@ pub fn decode_msg(body: &[u8]) -> Result<Msg, DecodeError> {
     r.finish()?;
     Ok(m)
 }
+
+/// Reply status of a submit: applied; the result follows.
+pub const SUBMIT_OK: u8 = 0;
+/// Reply status of a submit: this node does not lead; a hint follows.
+pub const SUBMIT_NOT_LEADER: u8 = 1;
+/// Reply status of a submit: not committed in time (leadership may have
+/// changed); retrying with the same client id and sequence number is safe.
+pub const SUBMIT_TIMEOUT: u8 = 2;
+
+/// Encodes a submit request body: `client u64, seq u64, len u32, op`.
+pub fn encode_submit(out: &mut Vec<u8>, client: u64, seq: u64, op: &[u8]) {
+    put_u64(out, client);
+    put_u64(out, seq);
+    put_bytes(out, op);
+}
+
+/// Decodes a submit request body into `(client, seq, op)`.
+pub fn decode_submit(body: &[u8]) -> Result<(u64, u64, &[u8]), DecodeError> {
+    let mut r = Reader::new(body);
+    let (client, seq) = (r.u64()?, r.u64()?);
+    let len = r.u32()?;
+    if len > MAX_OP_LEN {
+        return Err(DecodeError::EntryTooLarge {
+            len,
+            max: MAX_OP_LEN,
+        });
+    }
+    let op = r.bytes(len as usize)?;
+    r.finish()?;
+    Ok((client, seq, op))
+}
+
+/// The reply to a submit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitReply {
+    /// Applied; the state machine's result.
+    Applied(Vec<u8>),
+    /// Ask another node: the leader's id and address if known (0 and "" if not).
+    NotLeader {
+        /// Leader id, 0 if unknown.
+        leader: NodeId,
+        /// Leader address, empty if unknown.
+        addr: String,
+    },
+    /// Not committed in time; retry.
+    Timeout,
+}
+
+/// Encodes a submit reply: `status u8`, then for `ok` `len u32, result`; for
+/// `not-leader` `leader u64, len u32, addr`; nothing for `timeout`.
+pub fn encode_submit_reply(out: &mut Vec<u8>, r: &SubmitReply) {
+    match r {
+        SubmitReply::Applied(res) => {
+            out.push(SUBMIT_OK);
+            put_bytes(out, res);
+        }
+        SubmitReply::NotLeader { leader, addr } => {
+            out.push(SUBMIT_NOT_LEADER);
+            put_u64(out, *leader);
+            put_bytes(out, addr.as_bytes());
+        }
+        SubmitReply::Timeout => out.push(SUBMIT_TIMEOUT),
+    }
+}
+
+/// Decodes a submit reply.
+pub fn decode_submit_reply(body: &[u8]) -> Result<SubmitReply, DecodeError> {
+    let mut r = Reader::new(body);
+    let offset = r.offset();
+    let reply = match r.u8()? {
+        SUBMIT_OK => SubmitReply::Applied(r.blob(crate::MAX_BODY_LEN)?),
+        SUBMIT_NOT_LEADER => {
+            let leader = r.u64()?;
+            let addr = String::from_utf8_lossy(&r.blob(1024)?).into_owned();
+            SubmitReply::NotLeader { leader, addr }
+        }
+        SUBMIT_TIMEOUT => SubmitReply::Timeout,
+        value => return Err(DecodeError::BadStatus { offset, value }),
+    };
+    r.finish()?;
+    Ok(reply)
+}
+
+/// A consensus node's state, as `node-status` reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// The leader it believes in (0: none).
+    pub leader: NodeId,
+    /// Whether it leads.
+    pub leading: bool,
+    /// Highest ballot promised.
+    pub promised: Ballot,
+    /// Slots below are chosen.
+    pub commit: u64,
+    /// Slots below are applied.
+    pub applied: u64,
+    /// Slots below are in the snapshot.
+    pub snapshot: u64,
+    /// Bytes in the journal's current file.
+    pub journal_bytes: u64,
+}
+
+/// Size of a node-status reply body.
+pub const NODE_STATUS_LEN: usize = 8 + 8 + 1 + 16 + 8 * 4;
+
+/// Encodes a node-status reply (fields in struct order; `leading` as a u8).
+pub fn encode_node_status(out: &mut Vec<u8>, s: &NodeStatus) {
+    put_u64(out, s.id);
+    put_u64(out, s.leader);
+    out.push(s.leading as u8);
+    put_ballot(out, s.promised);
+    put_u64(out, s.commit);
+    put_u64(out, s.applied);
+    put_u64(out, s.snapshot);
+    put_u64(out, s.journal_bytes);
+}
+
+/// Decodes a node-status reply.
+pub fn decode_node_status(body: &[u8]) -> Result<NodeStatus, DecodeError> {
+    let mut r = Reader::new(body);
+    let id = r.u64()?;
+    let leader = r.u64()?;
+    let offset = r.offset();
+    let leading = match r.u8()? {
+        0 => false,
+        1 => true,
+        value => return Err(DecodeError::BadBool { offset, value }),
+    };
+    let s = NodeStatus {
+        id,
+        leader,
+        leading,
+        promised: r.ballot()?,
+        commit: r.u64()?,
+        applied: r.u64()?,
+        snapshot: r.u64()?,
+        journal_bytes: r.u64()?,
+    };
+    r.finish()?;
+    Ok(s)
+}
+
+/// Encodes a peer message body: `from u64`, then the message.
+pub fn encode_peer(out: &mut Vec<u8>, from: NodeId, m: &Msg) {
+    put_u64(out, from);
+    encode_msg(out, m);
+}
+
+/// Decodes a peer message body.
+pub fn decode_peer(body: &[u8]) -> Result<(NodeId, Msg), DecodeError> {
+    let mut r = Reader::new(body);
+    let from = r.u64()?;
+    Ok((from, decode_msg(&body[r.offset()..])?))
+}
