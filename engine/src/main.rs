@@ -291,7 +291,7 @@ fn members_cmd(a: ShowArgs) -> Result<(), String> {
             println!("[{}]", rows.join(","));
         }
         Format::Table => {
-            println!("{:<8}{:<11}{:<24}{}", "ID", "ROLE", "ADDRESS", "LAST SEEN");
+            println!("{:<8}{:<11}{:<24}LAST SEEN", "ID", "ROLE", "ADDRESS");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -396,8 +396,8 @@ fn endpoint_status(a: ShowArgs) -> Result<(), String> {
         }
         Format::Table => {
             println!(
-                "{:<22}{:<5}{:<8}{:<9}{:<10}{:<10}{:<10}{}",
-                "ENDPOINT", "ID", "LEADER", "BALLOT", "COMMIT", "APPLIED", "SNAPSHOT", "JOURNAL"
+                "{:<22}{:<5}{:<8}{:<9}{:<10}{:<10}{:<10}JOURNAL",
+                "ENDPOINT", "ID", "LEADER", "BALLOT", "COMMIT", "APPLIED", "SNAPSHOT"
             );
             for (ep, st) in &rows {
                 match st {
