@@ -27,6 +27,44 @@ struct Cli {
 enum Cmd {
     /// Batched durable writes at one storage unit (closed loop).
     UnitWrite(UnitWrite),
+    /// Committed commands/s of the consensus group (closed loop, one command in
+    /// flight per client; each command a ~100-byte registration).
+    Consensus(ConsensusLoad),
+    /// The same load against etcd's JSON gateway (`/v3/kv/put`, 100-byte values),
+    /// for comparison.
+    EtcdPut(EtcdLoad),
+}
+
+#[derive(Args)]
+struct ConsensusLoad {
+    /// Consensus nodes, comma-separated HOST:PORT.
+    #[arg(long, default_value = trex_engine::consensus::client::DEFAULT_ENDPOINTS)]
+    endpoints: String,
+    /// Concurrent clients (threads), each with one command in flight.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EtcdLoad {
+    /// etcd client URL host:port (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    endpoint: String,
+    /// Concurrent clients (threads), each with one put in flight.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -62,15 +100,294 @@ struct Shared {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().cmd {
-        Cmd::UnitWrite(a) => match unit_write(&a) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let r = match Cli::parse().cmd {
+        Cmd::UnitWrite(a) => unit_write(&a),
+        Cmd::Consensus(a) => closed_loop(
+            "consensus",
+            a.clients,
+            a.duration,
+            a.json.as_deref(),
+            100,
+            |i, stop, n| consensus_client(&a.endpoints, i, stop, n),
+        ),
+        Cmd::EtcdPut(a) => closed_loop(
+            "etcd-put",
+            a.clients,
+            a.duration,
+            a.json.as_deref(),
+            100,
+            |i, stop, n| etcd_client(&a.endpoint, i, stop, n),
+        ),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Runs `clients` threads of `one` for `duration` with a progress line each
+/// second, and prints (and optionally writes) the summary.
+fn closed_loop<F>(
+    workload: &'static str,
+    clients: usize,
+    duration: Duration,
+    json: Option<&std::path::Path>,
+    size: u64,
+    one: F,
+) -> Result<(), String>
+where
+    F: Fn(usize, &AtomicBool, &AtomicU64) -> Result<Histogram<u64>, String> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let started = Instant::now();
+    eprintln!("{workload}: {clients} clients, one request in flight each, for {duration:?}");
+    let (hist, failures) = std::thread::scope(|s| {
+        let (one, stop, done) = (&one, &stop, &done);
+        let handles: Vec<_> = (0..clients)
+            .map(|i| s.spawn(move || one(i, stop, done)))
+            .collect();
+        let mut last = (started, 0u64);
+        while started.elapsed() < duration {
+            std::thread::sleep(
+                Duration::from_secs(1).min(duration.saturating_sub(started.elapsed())),
+            );
+            let n = done.load(Ordering::Relaxed);
+            let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "  {:>5.1}s  {:>10} ops  {:>10.0} ops/s",
+                started.elapsed().as_secs_f64(),
+                n,
+                rate
+            );
+            last = (Instant::now(), n);
+        }
+        stop.store(true, Ordering::SeqCst);
+        let mut hist = new_hist().expect("valid histogram bounds");
+        let mut failures = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok(Ok(local)) => {
+                    let _ = hist.add(local);
+                }
+                Ok(Err(e)) => failures.push(e),
+                Err(_) => failures.push("a client thread panicked".to_string()),
+            }
+        }
+        (hist, failures)
+    });
+    let summary = Summary::new(
+        workload,
+        done.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        size,
+        &hist,
+        0,
+    );
+    summary.print();
+    if let Some(path) = json {
+        std::fs::write(path, summary.json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    match failures.first() {
+        Some(f) => Err(format!("{} client(s) failed; first: {f}", failures.len())),
+        None => Ok(()),
+    }
+}
+
+fn frame_of(opcode: Opcode, id: u64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut f = Vec::new();
+    let s = begin_frame(&mut f);
+    body(&mut f);
+    finish_frame(
+        &mut f,
+        s,
+        Header {
+            opcode: opcode as u8,
+            request_id: id,
+            ..Header::default()
+        },
+    );
+    f
+}
+
+fn read_reply(s: &mut impl Read) -> Result<(Header, Vec<u8>), String> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head)
+        .map_err(|e| format!("receive failed: {e}"))?;
+    let h = Header::decode(&head).map_err(|e| e.to_string())?;
+    let mut b = vec![0u8; h.body_len as usize];
+    s.read_exact(&mut b)
+        .map_err(|e| format!("receive failed: {e}"))?;
+    Ok((h, b))
+}
+
+/// One consensus client: registers node `1000 + i` over and over (a ~100-byte
+/// command), following not-leader hints.
+fn consensus_client(
+    endpoints: &str,
+    i: usize,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    use trex_engine::consensus::sm::{Op, Role};
+    use trex_wire::consensus::{decode_submit_reply, encode_submit, SubmitReply};
+    let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let client = 0x7265_6e63_0000_0000 ^ ((std::process::id() as u64) << 16) ^ i as u64;
+    let op = Op::Register {
+        id: 1000 + i as u64,
+        role: Role::Storage,
+        addr: format!("{:0>86}", i),
+    }
+    .encode();
+    let mut target = eps[i % eps.len()].clone();
+    let mut seq = 0u64;
+    let mut conn: Option<TcpStream> = None;
+    let mut pending = false;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            let s =
+                TcpStream::connect(&target).map_err(|e| format!("cannot connect to {target}: {e}"));
+            match s {
+                Ok(s) => {
+                    s.set_nodelay(true).ok();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                    conn = Some(s);
+                }
+                Err(_) => {
+                    target = eps
+                        [(eps.iter().position(|e| *e == target).unwrap_or(0) + 1) % eps.len()]
+                    .clone();
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+        }
+        if !pending {
+            seq += 1;
+        }
+        let f = frame_of(Opcode::Submit, seq, |b| encode_submit(b, client, seq, &op));
+        let t0 = Instant::now();
+        let s = conn.as_mut().expect("connected above");
+        let reply = s
+            .write_all(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|_| read_reply(s));
+        match reply.and_then(|(_, b)| decode_submit_reply(&b).map_err(|e| e.to_string())) {
+            Ok(SubmitReply::Applied(_)) => {
+                pending = false;
+                hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(SubmitReply::NotLeader { addr, .. }) => {
+                pending = true;
+                if !addr.is_empty() {
+                    target = addr;
+                } else {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                conn = None;
+            }
+            Ok(SubmitReply::Timeout) => pending = true,
+            Err(_) => {
+                pending = true;
+                conn = None;
+            }
+        }
+    }
+    Ok(hist)
+}
+
+/// One etcd client: puts a 100-byte value under its own key through the JSON
+/// gateway, over one keep-alive HTTP/1.1 connection.
+fn etcd_client(
+    endpoint: &str,
+    i: usize,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect(endpoint)
+        .map_err(|e| format!("cannot connect to etcd at {endpoint}: {e}"))?;
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let b64 = |b: &[u8]| -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut o = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for k in 0..4 {
+                o.push(if k <= c.len() {
+                    T[(n >> (18 - 6 * k) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        o
+    };
+    let body = format!(
+        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+        b64(format!("bench-{i}").as_bytes()),
+        b64(&[b'v'; 100])
+    );
+    let req = format!(
+        "POST /v3/kv/put HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut buf = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("etcd send failed: {e}"))?;
+        // Read one response: headers, then Content-Length bytes.
+        buf.clear();
+        let mut chunk = [0u8; 4096];
+        let (head_end, len) = loop {
+            let n = s
+                .read(&mut chunk)
+                .map_err(|e| format!("etcd receive failed: {e}"))?;
+            if n == 0 {
+                return Err("etcd closed the connection".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+                if !head.starts_with("http/1.1 200") {
+                    return Err(format!(
+                        "etcd answered: {}",
+                        head.lines().next().unwrap_or("")
+                    ));
+                }
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                break (p + 4, len);
+            }
+        };
+        while buf.len() < head_end + len {
+            let n = s
+                .read(&mut chunk)
+                .map_err(|e| format!("etcd receive failed: {e}"))?;
+            if n == 0 {
+                return Err("etcd closed the connection".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(hist)
 }
 
 fn unit_write(a: &UnitWrite) -> Result<(), String> {

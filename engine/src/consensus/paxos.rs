@@ -49,7 +49,7 @@ impl Config {
             nodes,
             election_ms: 300,
             heartbeat_ms: 50,
-            max_inflight: 8,
+            max_inflight: 4,
             max_batch: 1024,
             snapshot_every: 10_000,
             seed: id,
