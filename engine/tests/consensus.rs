@@ -220,3 +220,45 @@ fn the_group_survives_its_leader_and_the_leader_catches_up() {
     assert_eq!(leader, new, "garbage does not cost the leader its place");
     c.submit_ok(&Op::Noop).unwrap();
 }
+
+#[test]
+fn a_storage_unit_with_endpoints_registers_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = group(dir.path());
+    g.wait_leader(Duration::from_secs(10));
+    let port = free_port();
+    let mut unit = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args([
+            "node",
+            "storage",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("unit"))
+        .args(["--endpoints", &g.addrs.join(","), "--id", "77"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c = g.client();
+    let t0 = Instant::now();
+    let found = loop {
+        let m = c.members().unwrap();
+        if let Some(m) = m.get(&77) {
+            break m.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the unit never registered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = unit.kill();
+    let _ = unit.wait();
+    assert_eq!(
+        (found.role, found.addr),
+        (Role::Storage, format!("127.0.0.1:{port}"))
+    );
+}
