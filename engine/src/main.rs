@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use trex_engine::client::{ClientError, UnitClient};
 use trex_engine::consensus::client::{ConsensusClient, DEFAULT_ENDPOINTS};
+use trex_engine::consensus::lock::{Lease, LockClient};
 use trex_engine::consensus::node::{run_consensus, ConsensusOptions};
 use trex_engine::consensus::sm::{decode_projection, Op, Projection, Role};
 use trex_engine::net::LoopConfig;
@@ -37,6 +38,75 @@ enum Cmd {
     /// Consensus endpoints.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Advisory locks with leases and fencing tokens.
+    #[command(subcommand)]
+    Lock(LockCmd),
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Take a lock; fails (exit 1) if someone holds it.
+    Acquire {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Lock name.
+        name: String,
+        /// Lease length.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Who holds it (default: HOSTNAME:PID).
+        #[arg(long)]
+        holder: Option<String>,
+    },
+    /// Extend a lease that has not expired.
+    Renew {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Lock name.
+        name: String,
+        /// The lease's fencing token.
+        #[arg(long)]
+        token: u64,
+        /// New lease length from now.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Give a lock up.
+    Release {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Lock name.
+        name: String,
+        /// The lease's fencing token.
+        #[arg(long)]
+        token: u64,
+    },
+    /// Show a lock's lease.
+    Show {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Lock name.
+        name: String,
+    },
+    /// Hold a lock while a command runs: wait for it, renew it every third of
+    /// the TTL, release it when the command exits (exit code passed on). The
+    /// command gets TREX_LOCK_NAME and TREX_LOCK_TOKEN; if the lease is lost, it
+    /// gets SIGTERM and `trex` exits with 3.
+    Run {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Lock name.
+        name: String,
+        /// Lease length.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Who holds it (default: HOSTNAME:PID).
+        #[arg(long)]
+        holder: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -483,7 +553,138 @@ fn run(cli: Cli) -> Result<(), String> {
             p.map(|p| print_projection(&p))
         }
         Cmd::Endpoint(EndpointCmd::Status(a)) => endpoint_status(a),
+        Cmd::Lock(cmd) => lock_cmd(cmd),
     }
+}
+
+fn default_holder() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
+fn print_lease(l: &Lease) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i128);
+    let left = l.expire_time_unsafe() as i128 - now;
+    let state = if l.released {
+        "released".to_string()
+    } else if left > 0 {
+        format!("expires in {:.1}s", left as f64 / 1000.0)
+    } else {
+        format!("expired {:.1}s ago", -left as f64 / 1000.0)
+    };
+    println!(
+        "lock {:?} holder {:?} token {} expires {} (Unix ms; {state})",
+        l.name,
+        l.holder,
+        l.token,
+        l.expire_time_unsafe()
+    );
+}
+
+fn lock_cmd(cmd: LockCmd) -> Result<(), String> {
+    match cmd {
+        LockCmd::Acquire {
+            ep,
+            name,
+            ttl,
+            holder,
+        } => {
+            let mut c = LockClient::new(consensus_client(&ep)?);
+            let l = c.acquire(&name, &holder.unwrap_or_else(default_holder), ttl)?;
+            print_lease(&l);
+        }
+        LockCmd::Renew {
+            ep,
+            name,
+            token,
+            ttl,
+        } => print_lease(&LockClient::new(consensus_client(&ep)?).renew(&name, token, ttl)?),
+        LockCmd::Release { ep, name, token } => {
+            LockClient::new(consensus_client(&ep)?).release(&name, token)?;
+            println!("released lock {name:?} (token {token})");
+        }
+        LockCmd::Show { ep, name } => {
+            print_lease(&LockClient::new(consensus_client(&ep)?).get(&name)?)
+        }
+        LockCmd::Run {
+            ep,
+            name,
+            ttl,
+            holder,
+            command,
+        } => lock_run(&ep, &name, ttl, holder, &command)?,
+    }
+    Ok(())
+}
+
+fn lock_run(
+    ep: &Endpoints,
+    name: &str,
+    ttl: Duration,
+    holder: Option<String>,
+    command: &[String],
+) -> Result<(), String> {
+    let holder = holder.unwrap_or_else(default_holder);
+    let mut c = LockClient::new(consensus_client(ep)?);
+    let mut told = false;
+    let lease = loop {
+        match c.acquire(name, &holder, ttl) {
+            Ok(l) => break l,
+            Err(e) if e.contains("is held by") => {
+                if !told {
+                    eprintln!("waiting for {e}");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    eprintln!(
+        "holding lock {name:?} with token {}; running {}",
+        lease.token,
+        command.join(" ")
+    );
+    let mut child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("TREX_LOCK_NAME", name)
+        .env("TREX_LOCK_TOKEN", lease.token.to_string())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
+    let mut lost = None;
+    let mut renewed_at = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
+        std::thread::sleep((ttl / 3).min(Duration::from_millis(100)));
+        if lost.is_none() && renewed_at.elapsed() >= ttl / 3 {
+            match c.renew(name, lease.token, ttl) {
+                Ok(_) => renewed_at = std::time::Instant::now(),
+                Err(e) => {
+                    // The lease is gone: stop relying on it.
+                    // SAFETY: signalling our own child process.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                    lost = Some(e);
+                }
+            }
+        }
+    };
+    if let Some(e) = lost {
+        eprintln!(
+            "error: lost lock {name:?} while the command ran ({e}); the command was sent SIGTERM"
+        );
+        std::process::exit(3);
+    }
+    if let Err(e) = c.release(name, lease.token) {
+        eprintln!(
+            "warning: could not release lock {name:?}: {e}; it frees itself when the lease expires"
+        );
+    }
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn escape(data: &[u8]) -> String {

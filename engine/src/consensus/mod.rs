@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod journal;
+pub mod lock;
 pub mod node;
 pub mod paxos;
 pub mod sim;

@@ -125,6 +125,60 @@ pub enum Op {
     Layout,
     /// Does nothing (a barrier).
     Noop,
+    /// Take an advisory lock for `ttl_ms` (of the leader's clock).
+    Acquire {
+        /// Lock name.
+        name: String,
+        /// Who takes it (free text: a process, a host, a role).
+        holder: String,
+        /// Lease length in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Extend a lease that has not expired.
+    Renew {
+        /// Lock name.
+        name: String,
+        /// The lease's fencing token.
+        token: u64,
+        /// New lease length from now, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Give a lock up.
+    Release {
+        /// Lock name.
+        name: String,
+        /// The lease's fencing token.
+        token: u64,
+    },
+    /// Read a lock's state.
+    GetLock {
+        /// Lock name.
+        name: String,
+    },
+    /// Set the grace period after a lease's expiry before another holder may
+    /// take the lock.
+    SetLockGrace {
+        /// Grace in milliseconds.
+        grace_ms: u64,
+    },
+}
+
+/// Longest lease a lock grants (one day).
+pub const MAX_TTL_MS: u64 = 86_400_000;
+/// Grace after expiry before a lock changes hands, unless set otherwise.
+pub const DEFAULT_LOCK_GRACE_MS: u64 = 1_000;
+
+/// The state of one advisory lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockState {
+    /// Current (or last) holder.
+    pub holder: String,
+    /// Fencing token of the current (or last) grant.
+    pub token: u64,
+    /// Expiry of the lease, leader's clock, Unix ms.
+    pub expire_ms: u64,
+    /// Released by its holder (free at once).
+    pub released: bool,
 }
 
 const OP_REGISTER: u8 = 1;
@@ -135,6 +189,11 @@ const OP_INSTALL: u8 = 5;
 const OP_MEMBERS: u8 = 6;
 const OP_LAYOUT: u8 = 7;
 const OP_NOOP: u8 = 8;
+const OP_ACQUIRE: u8 = 16;
+const OP_RENEW: u8 = 17;
+const OP_RELEASE: u8 = 18;
+const OP_GET_LOCK: u8 = 19;
+const OP_SET_LOCK_GRACE: u8 = 20;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len() as u32);
@@ -242,6 +301,39 @@ impl Op {
             Op::Members => out.push(OP_MEMBERS),
             Op::Layout => out.push(OP_LAYOUT),
             Op::Noop => out.push(OP_NOOP),
+            Op::Acquire {
+                name,
+                holder,
+                ttl_ms,
+            } => {
+                out.push(OP_ACQUIRE);
+                put_str(&mut out, name);
+                put_str(&mut out, holder);
+                put_u64(&mut out, *ttl_ms);
+            }
+            Op::Renew {
+                name,
+                token,
+                ttl_ms,
+            } => {
+                out.push(OP_RENEW);
+                put_str(&mut out, name);
+                put_u64(&mut out, *token);
+                put_u64(&mut out, *ttl_ms);
+            }
+            Op::Release { name, token } => {
+                out.push(OP_RELEASE);
+                put_str(&mut out, name);
+                put_u64(&mut out, *token);
+            }
+            Op::GetLock { name } => {
+                out.push(OP_GET_LOCK);
+                put_str(&mut out, name);
+            }
+            Op::SetLockGrace { grace_ms } => {
+                out.push(OP_SET_LOCK_GRACE);
+                put_u64(&mut out, *grace_ms);
+            }
         }
         out
     }
@@ -274,6 +366,24 @@ impl Op {
             OP_MEMBERS => Op::Members,
             OP_LAYOUT => Op::Layout,
             OP_NOOP => Op::Noop,
+            OP_ACQUIRE => Op::Acquire {
+                name: get_str(&mut r)?,
+                holder: get_str(&mut r)?,
+                ttl_ms: r.u64()?,
+            },
+            OP_RENEW => Op::Renew {
+                name: get_str(&mut r)?,
+                token: r.u64()?,
+                ttl_ms: r.u64()?,
+            },
+            OP_RELEASE => Op::Release {
+                name: get_str(&mut r)?,
+                token: r.u64()?,
+            },
+            OP_GET_LOCK => Op::GetLock {
+                name: get_str(&mut r)?,
+            },
+            OP_SET_LOCK_GRACE => Op::SetLockGrace { grace_ms: r.u64()? },
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         r.finish()?;
@@ -301,6 +411,38 @@ pub struct StateMachine {
     pub history: Vec<Projection>,
     /// Per client: the last sequence number applied and its result.
     pub clients: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Advisory locks by name.
+    pub locks: BTreeMap<String, LockState>,
+    /// The last fencing token handed out (tokens only increase).
+    pub fence: u64,
+    /// Grace after expiry before a lock changes hands (ms); 0 means the default.
+    pub lock_grace_ms: u64,
+}
+
+/// Encodes a lock: `name string, holder string, token u64, expire_ms u64, released u8`.
+pub fn encode_lock(out: &mut Vec<u8>, name: &str, l: &LockState) {
+    put_str(out, name);
+    put_str(out, &l.holder);
+    put_u64(out, l.token);
+    put_u64(out, l.expire_ms);
+    out.push(l.released as u8);
+}
+
+/// Decodes a lock written by [`encode_lock`]: `(name, state)`.
+pub fn decode_lock(r: &mut Reader<'_>) -> Result<(String, LockState), DecodeError> {
+    let name = get_str(r)?;
+    let holder = get_str(r)?;
+    let (token, expire_ms) = (r.u64()?, r.u64()?);
+    let released = r.u8()? != 0;
+    Ok((
+        name,
+        LockState {
+            holder,
+            token,
+            expire_ms,
+            released,
+        },
+    ))
 }
 
 impl StateMachine {
@@ -379,6 +521,111 @@ impl StateMachine {
                 out
             }
             Op::Noop => vec![RESULT_OK],
+            Op::Acquire { name, holder, ttl_ms } => self.acquire(name, holder, ttl_ms, now_ms),
+            Op::Renew { name, token, ttl_ms } => self.renew(&name, token, ttl_ms, now_ms),
+            Op::Release { name, token } => match self.locks.get_mut(&name) {
+                Some(l) if l.token == token && !l.released => {
+                    l.released = true;
+                    vec![RESULT_OK]
+                }
+                Some(l) if l.token == token => err(format!("lock {name:?} (token {token}) is already released")),
+                Some(l) => err(format!(
+                    "token {token} does not hold lock {name:?}: it passed to token {} ({}); your lease is gone",
+                    l.token, l.holder
+                )),
+                None => err(format!("lock {name:?} does not exist")),
+            },
+            Op::GetLock { name } => match self.locks.get(&name) {
+                Some(l) => {
+                    let mut out = vec![RESULT_OK];
+                    encode_lock(&mut out, &name, l);
+                    out
+                }
+                None => err(format!("lock {name:?} has never been taken")),
+            },
+            Op::SetLockGrace { grace_ms } => {
+                if grace_ms > MAX_TTL_MS {
+                    return err(format!("grace {grace_ms} ms is over the limit of {MAX_TTL_MS} ms"));
+                }
+                self.lock_grace_ms = grace_ms.max(1);
+                vec![RESULT_OK]
+            }
+        }
+    }
+
+    /// The grace after expiry before a lock changes hands.
+    pub fn grace_ms(&self) -> u64 {
+        if self.lock_grace_ms == 0 {
+            DEFAULT_LOCK_GRACE_MS
+        } else {
+            self.lock_grace_ms
+        }
+    }
+
+    fn acquire(&mut self, name: String, holder: String, ttl_ms: u64, now_ms: u64) -> Vec<u8> {
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return err(format!(
+                "ttl {ttl_ms} ms is out of range: use 1 ms to {MAX_TTL_MS} ms"
+            ));
+        }
+        if name.is_empty() {
+            return err("a lock needs a name".into());
+        }
+        let grace = self.grace_ms();
+        if let Some(l) = self.locks.get(&name) {
+            if !l.released && now_ms < l.expire_ms.saturating_add(grace) {
+                let why = if now_ms < l.expire_ms {
+                    "until"
+                } else {
+                    "(expired; in its grace period) until"
+                };
+                return err(format!(
+                    "lock {name:?} is held by {:?} (token {}) {why} {} (Unix ms); it is free at {} at the latest",
+                    l.holder,
+                    l.token,
+                    l.expire_ms,
+                    l.expire_ms.saturating_add(grace)
+                ));
+            }
+        }
+        self.fence += 1;
+        let l = LockState {
+            holder,
+            token: self.fence,
+            expire_ms: now_ms.saturating_add(ttl_ms),
+            released: false,
+        };
+        let mut out = vec![RESULT_OK];
+        encode_lock(&mut out, &name, &l);
+        self.locks.insert(name, l);
+        out
+    }
+
+    fn renew(&mut self, name: &str, token: u64, ttl_ms: u64, now_ms: u64) -> Vec<u8> {
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return err(format!(
+                "ttl {ttl_ms} ms is out of range: use 1 ms to {MAX_TTL_MS} ms"
+            ));
+        }
+        match self.locks.get_mut(name) {
+            Some(l) if l.token == token && !l.released && now_ms < l.expire_ms => {
+                l.expire_ms = now_ms.saturating_add(ttl_ms);
+                let mut out = vec![RESULT_OK];
+                encode_lock(&mut out, name, l);
+                out
+            }
+            Some(l) if l.token == token && !l.released => err(format!(
+                "lease of lock {name:?} (token {token}) expired at {} (Unix ms); acquire it again",
+                l.expire_ms
+            )),
+            Some(l) if l.token == token => err(format!(
+                "lock {name:?} (token {token}) was released; acquire it again"
+            )),
+            Some(l) => err(format!(
+                "token {token} does not hold lock {name:?} (held as token {}); acquire it again",
+                l.token
+            )),
+            None => err(format!("lock {name:?} does not exist; acquire it first")),
         }
     }
 
@@ -457,6 +704,12 @@ impl StateMachine {
             put_u32(&mut out, res.len() as u32);
             out.extend_from_slice(res);
         }
+        put_u32(&mut out, self.locks.len() as u32);
+        for (name, l) in &self.locks {
+            encode_lock(&mut out, name, l);
+        }
+        put_u64(&mut out, self.fence);
+        put_u64(&mut out, self.lock_grace_ms);
         out
     }
 
@@ -474,11 +727,20 @@ impl StateMachine {
             let n = r.u32()? as usize;
             clients.insert(c, (seq, r.bytes(n)?.to_vec()));
         }
+        let mut locks = BTreeMap::new();
+        for _ in 0..small_count(&mut r, 1 << 24)? {
+            let (name, l) = decode_lock(&mut r)?;
+            locks.insert(name, l);
+        }
+        let (fence, lock_grace_ms) = (r.u64()?, r.u64()?);
         r.finish()?;
         Ok(StateMachine {
             members,
             history,
             clients,
+            locks,
+            fence,
+            lock_grace_ms,
         })
     }
 }
