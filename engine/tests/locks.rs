@@ -21,7 +21,7 @@ impl Sm {
             op: op.encode(),
         });
         match r.split_first() {
-            Some((&RESULT_OK, rest)) if rest.is_empty() => Ok((String::new(), 0, 0)),
+            Some((&RESULT_OK, [])) => Ok((String::new(), 0, 0)),
             Some((&RESULT_OK, rest)) => {
                 let (_, l) = decode_lock(&mut Reader::new(rest)).unwrap();
                 Ok((l.holder, l.token, l.expire_ms))
