@@ -6,6 +6,7 @@ pub mod client;
 pub mod consensus;
 pub mod net;
 pub mod node;
+pub mod sequencer;
 pub mod storage;
 pub mod sync;
 pub mod unit;

@@ -13,6 +13,7 @@ use trex_engine::consensus::node::{run_consensus, ConsensusOptions};
 use trex_engine::consensus::sm::{decode_projection, Op, Projection, Role};
 use trex_engine::net::LoopConfig;
 use trex_engine::node::{run_storage, StorageOptions};
+use trex_engine::sequencer::{run_sequencer, SequencerOptions};
 use trex_engine::util::{parse_duration, parse_size};
 use trex_wire::{Status, WriteOp, INFO_IO_URING, INFO_POISONED, INFO_SYNC_NEVER};
 
@@ -41,6 +42,15 @@ enum Cmd {
     /// Advisory locks with leases and fencing tokens.
     #[command(subcommand)]
     Lock(LockCmd),
+    /// Ask a sequencer for COUNT consecutive log addresses.
+    Token {
+        /// The sequencer, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:7410")]
+        node: String,
+        /// How many addresses.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +168,28 @@ enum NodeCmd {
     Storage(StorageArgs),
     /// Run a consensus node (Multi-Paxos: membership, layout).
     Consensus(ConsensusArgs),
+    /// Run a sequencer (serves tokens only while it holds the sequencer lease).
+    Sequencer(SequencerArgs),
+}
+
+#[derive(Args)]
+struct SequencerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7410")]
+    listen: SocketAddr,
+    /// Consensus nodes, comma-separated HOST:PORT.
+    #[arg(long, env = "TREX_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
+    endpoints: String,
+    /// Node id to register under (default: the listen port).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Length of the sequencer lease.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Stop serving this long before the lease could lapse (covers clock drift
+    /// against the consensus leader).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    safety_gap: Duration,
 }
 
 #[derive(Args)]
@@ -530,6 +562,14 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             run_storage(&opts)
         }
+        Cmd::Node(NodeCmd::Sequencer(a)) => run_sequencer(&SequencerOptions {
+            listen: a.listen,
+            endpoints: a.endpoints,
+            id: a.id.unwrap_or(u64::from(a.listen.port())),
+            ttl: a.ttl,
+            safety_gap: a.safety_gap,
+            limits: LoopConfig::default(),
+        }),
         Cmd::Node(NodeCmd::Consensus(a)) => run_consensus(&ConsensusOptions {
             id: a.id,
             listen: a.listen,
@@ -554,6 +594,27 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Endpoint(EndpointCmd::Status(a)) => endpoint_status(a),
         Cmd::Lock(cmd) => lock_cmd(cmd),
+        Cmd::Token { node, count } => {
+            let mut c =
+                UnitClient::connect(&node, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            let (_, body) = c
+                .call(trex_wire::Opcode::Token, 0, |b| {
+                    trex_wire::encode_token_request(b, count)
+                })
+                .map_err(|e| e.to_string())?;
+            match trex_wire::decode_token_reply(&body).map_err(|e| e.to_string())? {
+                trex_wire::TokenReply::Granted { epoch, first } => {
+                    println!("epoch {epoch} first {first} count {count}");
+                    Ok(())
+                }
+                trex_wire::TokenReply::NotSequencer { hint } if hint.is_empty() => Err(format!(
+                    "{node} is not the active sequencer and knows of none; is a layout installed?"
+                )),
+                trex_wire::TokenReply::NotSequencer { hint } => {
+                    Err(format!("{node} is not the active sequencer; ask {hint}"))
+                }
+            }
+        }
     }
 }
 

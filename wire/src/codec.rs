@@ -681,9 +681,10 @@ pub fn decode_request(opcode: u8, body: &[u8]) -> Result<Request<'_>, DecodeErro
             Reader::new(body).finish()?;
             Request::Info
         }
-        Some(Opcode::Error | Opcode::Submit | Opcode::NodeStatus | Opcode::Peer) | None => {
-            return Err(DecodeError::UnknownOpcode(opcode))
-        }
+        Some(
+            Opcode::Error | Opcode::Submit | Opcode::NodeStatus | Opcode::Peer | Opcode::Token,
+        )
+        | None => return Err(DecodeError::UnknownOpcode(opcode)),
     })
 }
 
@@ -704,4 +705,88 @@ impl Request<'_> {
 /// Bytes a frame body may still take, given what a reply has used so far.
 pub fn body_budget_left(used: usize) -> usize {
     (MAX_BODY_LEN as usize).saturating_sub(used)
+}
+
+/// Most addresses one token request may take.
+pub const MAX_TOKEN_COUNT: u32 = 1 << 20;
+
+/// The reply to a token request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenReply {
+    /// `count` consecutive addresses from `first`, valid in `epoch`.
+    Granted {
+        /// Layout epoch the addresses belong to.
+        epoch: u64,
+        /// First address.
+        first: u64,
+    },
+    /// This sequencer does not serve (it holds no lease); `hint` is the active
+    /// sequencer's address if known (empty if not).
+    NotSequencer {
+        /// HOST:PORT of the active sequencer, or empty.
+        hint: String,
+    },
+}
+
+/// Encodes a token request body: `count u32`.
+pub fn encode_token_request(out: &mut Vec<u8>, count: u32) {
+    put_u32(out, count);
+}
+
+/// Decodes a token request body; `count` must be 1 to `MAX_TOKEN_COUNT`.
+pub fn decode_token_request(body: &[u8]) -> Result<u32, DecodeError> {
+    let mut r = Reader::new(body);
+    let count = r.u32()?;
+    if count == 0 || count > MAX_TOKEN_COUNT {
+        return Err(DecodeError::TooManyOps {
+            count,
+            max: MAX_TOKEN_COUNT,
+        });
+    }
+    r.finish()?;
+    Ok(count)
+}
+
+/// Encodes a token reply: `status u8` (0 granted: `epoch u64, first u64`;
+/// 1 not-sequencer: `len u32, hint`).
+pub fn encode_token_reply(out: &mut Vec<u8>, t: &TokenReply) {
+    match t {
+        TokenReply::Granted { epoch, first } => {
+            out.push(0);
+            put_u64(out, *epoch);
+            put_u64(out, *first);
+        }
+        TokenReply::NotSequencer { hint } => {
+            out.push(1);
+            put_u32(out, hint.len() as u32);
+            out.extend_from_slice(hint.as_bytes());
+        }
+    }
+}
+
+/// Decodes a token reply.
+pub fn decode_token_reply(body: &[u8]) -> Result<TokenReply, DecodeError> {
+    let mut r = Reader::new(body);
+    let offset = r.offset();
+    let t = match r.u8()? {
+        0 => TokenReply::Granted {
+            epoch: r.u64()?,
+            first: r.u64()?,
+        },
+        1 => {
+            let n = r.u32()? as usize;
+            if n > MAX_ERROR_MESSAGE_LEN {
+                return Err(DecodeError::EntryTooLarge {
+                    len: n as u32,
+                    max: MAX_ERROR_MESSAGE_LEN as u32,
+                });
+            }
+            TokenReply::NotSequencer {
+                hint: String::from_utf8_lossy(r.bytes(n)?).into_owned(),
+            }
+        }
+        value => return Err(DecodeError::BadStatus { offset, value }),
+    };
+    r.finish()?;
+    Ok(t)
 }

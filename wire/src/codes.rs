@@ -26,6 +26,8 @@ pub enum Opcode {
     NodeStatus = 0x11,
     /// Consensus: a one-way message between consensus nodes (no reply).
     Peer = 0x20,
+    /// Sequencer: hand out consecutive log addresses.
+    Token = 0x30,
     /// A frame-level error reply.
     Error = 0xFF,
 }
@@ -43,6 +45,7 @@ impl Opcode {
             0x10 => Opcode::Submit,
             0x11 => Opcode::NodeStatus,
             0x20 => Opcode::Peer,
+            0x30 => Opcode::Token,
             0xFF => Opcode::Error,
             _ => return None,
         })
@@ -60,6 +63,7 @@ impl Opcode {
             Opcode::Submit => "submit",
             Opcode::NodeStatus => "node-status",
             Opcode::Peer => "peer",
+            Opcode::Token => "token",
             Opcode::Error => "error",
         }
     }

@@ -1,0 +1,388 @@
+//! The sequencer: hands out log addresses from a lock-free counter, and only
+//! while it holds the sequencer lease with a safety gap to spare.
+//!
+//! The token path is one atomic load of the serving deadline and one
+//! `fetch_add`. A background thread ("leadership") competes for the lock
+//! `sequencer` in the lock service, and on winning takes over in this order:
+//! install a projection naming this sequencer at the next epoch
+//! (compare-and-set through the layout service) → seal every storage unit of the
+//! projection at that epoch → start the counter at the highest tail the seals
+//! report → serve. It renews the lease every third of the TTL; the serving
+//! deadline is the *local monotonic* time the renewal was sent plus the TTL minus
+//! the safety gap, so neither clock drift against the consensus leader (bounded
+//! by the gap) nor a pause of this process (SIGSTOP, a long GC) lets it serve past
+//! the lease: after a pause the deadline has simply passed. A token it handed out
+//! just before a pause belongs to an epoch the next sequencer has sealed: storage
+//! units refuse it.
+
+use crate::client::UnitClient;
+use crate::consensus::client::{keep_registered, ConsensusClient};
+use crate::consensus::lock::LockClient;
+use crate::consensus::sm::{Op, Role};
+use crate::net::{EventLoop, Flow, LoopConfig, Service};
+use crate::unit::{error_frame, Reply, ReplyTo};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trex_wire::{
+    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_ERROR,
+    FLAG_RESPONSE,
+};
+
+/// The name of the sequencer lease in the lock service.
+pub const SEQUENCER_LOCK: &str = "sequencer";
+
+/// How to run a sequencer.
+#[derive(Clone, Debug)]
+pub struct SequencerOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Consensus endpoints.
+    pub endpoints: String,
+    /// Node id (registered as a sequencer).
+    pub id: u64,
+    /// Lease length.
+    pub ttl: Duration,
+    /// Stop serving this long before the lease could lapse.
+    pub safety_gap: Duration,
+    /// Event-loop limits.
+    pub limits: LoopConfig,
+}
+
+/// What the token path reads: all atomics, no locks.
+pub struct Shared {
+    base: Instant,
+    /// Serve while `base.elapsed()` (ns) is below this.
+    serve_until_ns: AtomicU64,
+    epoch: AtomicU64,
+    counter: AtomicU64,
+    /// Where the active sequencer is, for not-sequencer hints.
+    hint: Mutex<String>,
+    /// Tokens handed out (for the log).
+    granted: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            base: Instant::now(),
+            serve_until_ns: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            counter: AtomicU64::new(0),
+            hint: Mutex::new(String::new()),
+            granted: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// The token path: `count` consecutive addresses, if the lease allows.
+    pub fn next(&self, count: u32) -> TokenReply {
+        if self.now_ns() >= self.serve_until_ns.load(Ordering::Acquire) {
+            let hint = self.hint.lock().map(|h| h.clone()).unwrap_or_default();
+            return TokenReply::NotSequencer { hint };
+        }
+        let first = self.counter.fetch_add(u64::from(count), Ordering::Relaxed);
+        self.granted.fetch_add(1, Ordering::Relaxed);
+        TokenReply::Granted {
+            epoch: self.epoch.load(Ordering::Acquire),
+            first,
+        }
+    }
+
+    fn stop_serving(&self) {
+        self.serve_until_ns.store(0, Ordering::Release);
+    }
+}
+
+/// The token service in the event loop.
+pub struct SequencerService {
+    shared: Arc<Shared>,
+    replies: VecDeque<Reply>,
+}
+
+impl Service for SequencerService {
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
+        let bad = |code: ErrorCode, msg: String| {
+            let h = Header {
+                opcode: header.opcode,
+                flags: FLAG_RESPONSE | FLAG_ERROR,
+                request_id: header.request_id,
+                ..Header::default()
+            };
+            Reply {
+                to,
+                frame: error_frame(&h, code, &msg),
+                close: true,
+            }
+        };
+        if header.opcode != Opcode::Token as u8 || header.is_response() {
+            let msg = format!(
+                "opcode {:#04x} is not a sequencer request (token 0x30)",
+                header.opcode
+            );
+            self.replies.push_back(bad(ErrorCode::UnknownOpcode, msg));
+            return Flow::Close;
+        }
+        let count = match wire::decode_token_request(body) {
+            Ok(c) => c,
+            Err(e) => {
+                self.replies.push_back(bad(
+                    ErrorCode::MalformedBody,
+                    format!("token body does not decode: {e}"),
+                ));
+                return Flow::Close;
+            }
+        };
+        let t = self.shared.next(count);
+        let mut f = Vec::with_capacity(64);
+        let s = begin_frame(&mut f);
+        wire::encode_token_reply(&mut f, &t);
+        let h = Header {
+            opcode: header.opcode,
+            flags: FLAG_RESPONSE,
+            request_id: header.request_id,
+            ..Header::default()
+        };
+        finish_frame(&mut f, s, h);
+        self.replies.push_back(Reply {
+            to,
+            frame: f,
+            close: false,
+        });
+        Flow::Reply
+    }
+
+    fn poll_reply(&mut self) -> Option<Reply> {
+        self.replies.pop_front()
+    }
+}
+
+/// Seals every storage unit of the projection at `epoch`; returns the highest
+/// tail they report.
+fn seal_all(units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
+    let mut tail = 0;
+    for (id, addr) in units {
+        let mut c = UnitClient::connect(addr, Duration::from_secs(1))
+            .map_err(|e| format!("unit {id}: {e}"))?;
+        let r = c
+            .seal(epoch)
+            .map_err(|e| format!("unit {id} at {addr}: {e}"))?;
+        if r.sealed_epoch > epoch {
+            return Err(format!(
+                "unit {id} is already sealed at epoch {} (a newer sequencer?)",
+                r.sealed_epoch
+            ));
+        }
+        tail = tail.max(r.tail);
+    }
+    Ok(tail)
+}
+
+/// Competes for the lease, takes over, renews; runs until `stop`.
+fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
+    let holder = format!("{}@{}", opts.id, opts.listen);
+    let gap = opts.safety_gap;
+    let mut backoff_logged = false;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Ok(cc) = ConsensusClient::new(&opts.endpoints, Duration::from_secs(1)) else {
+            return;
+        };
+        let mut locks = LockClient::new(cc);
+        let sent = Instant::now();
+        let lease = match locks.acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
+            Ok(l) => l,
+            Err(e) => {
+                if !backoff_logged {
+                    crate::log!("INFO", "standing by: {e}");
+                    backoff_logged = true;
+                }
+                update_hint(&opts.endpoints, &shared);
+                std::thread::sleep(opts.ttl / 4);
+                continue;
+            }
+        };
+        backoff_logged = false;
+        crate::log!(
+            "INFO",
+            "won the sequencer lease (fencing token {}); taking over",
+            lease.token
+        );
+        match take_over(&opts, &shared) {
+            Ok((epoch, start)) => {
+                shared.counter.store(start, Ordering::Release);
+                shared.epoch.store(epoch, Ordering::Release);
+                let until = sent + opts.ttl.saturating_sub(gap);
+                shared.serve_until_ns.store(
+                    until.duration_since(shared.base).as_nanos() as u64,
+                    Ordering::Release,
+                );
+                if Instant::now() >= until {
+                    crate::log!("WARN", "the takeover outlasted the lease; starting over");
+                    continue;
+                }
+                crate::log!(
+                    "INFO",
+                    "serving tokens at epoch {epoch} from address {start}"
+                );
+            }
+            Err(e) => {
+                crate::log!(
+                    "WARN",
+                    "takeover failed: {e}; releasing the lease and retrying"
+                );
+                let _ = locks.release(SEQUENCER_LOCK, lease.token);
+                std::thread::sleep(opts.ttl / 4);
+                continue;
+            }
+        }
+        // Renew well before the lease could lapse; stop serving the moment a
+        // renewal fails or comes back too late.
+        loop {
+            std::thread::sleep(opts.ttl / 3);
+            if shared.stop.load(Ordering::Relaxed) {
+                let _ = locks.release(SEQUENCER_LOCK, lease.token);
+                return;
+            }
+            let sent = Instant::now();
+            match locks.renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
+                Ok(_) => {
+                    let until = sent + opts.ttl.saturating_sub(gap);
+                    shared.serve_until_ns.store(
+                        until.duration_since(shared.base).as_nanos() as u64,
+                        Ordering::Release,
+                    );
+                }
+                Err(e) => {
+                    shared.stop_serving();
+                    if let Ok(mut h) = shared.hint.lock() {
+                        h.clear(); // no longer us; learned again while standing by
+                    }
+                    crate::log!(
+                        "WARN",
+                        "lost the sequencer lease ({e}); stopped serving, standing by"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Installs a projection naming this sequencer at the next epoch, seals the
+/// units, and returns `(epoch, first address to hand out)`.
+fn take_over(opts: &SequencerOptions, shared: &Shared) -> Result<(u64, u64), String> {
+    let mut c = ConsensusClient::new(&opts.endpoints, Duration::from_secs(1))?;
+    for _ in 0..10 {
+        let (_, cur) = c.layout()?;
+        let cur = cur.ok_or("no layout is installed yet; bootstrap one with `trex layout init`")?;
+        let mut next = cur.clone();
+        next.epoch = cur.epoch + 1;
+        next.sequencer = opts.id;
+        let op = Op::Install {
+            expected_epoch: cur.epoch,
+            projection: next.clone(),
+        };
+        match c.submit_ok(&op) {
+            Ok(_) => {
+                let members = c.members()?;
+                let mut units: Vec<(u64, String)> = next
+                    .segments
+                    .iter()
+                    .flat_map(|s| s.stripes.iter().flatten())
+                    .map(|id| {
+                        (
+                            *id,
+                            members.get(id).map(|m| m.addr.clone()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                units.sort();
+                units.dedup();
+                if let Some((id, _)) = units.iter().find(|(_, a)| a.is_empty()) {
+                    return Err(format!(
+                        "storage unit {id} of the layout is not registered; cannot seal it"
+                    ));
+                }
+                let tail = seal_all(&units, next.epoch)?;
+                if let Ok(mut h) = shared.hint.lock() {
+                    *h = opts.listen.to_string();
+                }
+                return Ok((next.epoch, tail));
+            }
+            Err(e) if e.contains("epoch is") => continue, // raced with another install: read again
+            Err(e) => return Err(e),
+        }
+    }
+    Err("the layout kept changing under the takeover".into())
+}
+
+/// Learns where the active sequencer is, for hints.
+fn update_hint(endpoints: &str, shared: &Shared) {
+    let Ok(mut c) = ConsensusClient::new(endpoints, Duration::from_millis(500)) else {
+        return;
+    };
+    let Ok((_, Some(p))) = c.layout() else { return };
+    let Ok(members) = c.members() else { return };
+    if let (Some(m), Ok(mut h)) = (members.get(&p.sequencer), shared.hint.lock()) {
+        *h = m.addr.clone();
+    }
+}
+
+/// Runs a sequencer until SIGINT/SIGTERM.
+pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
+    crate::net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    if opts.safety_gap >= opts.ttl {
+        return Err(format!(
+            "--safety-gap {:?} must be below --ttl {:?}",
+            opts.safety_gap, opts.ttl
+        ));
+    }
+    let shared = Arc::new(Shared::new());
+    let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
+        Ok(SequencerService {
+            shared: shared.clone(),
+            replies: VecDeque::new(),
+        })
+    })
+    .map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; is another process using the port?",
+            opts.listen
+        )
+    })?;
+    el.stop_on_signals()
+        .map_err(|e| format!("cannot install signal handling: {e}"))?;
+    keep_registered(
+        opts.endpoints.clone(),
+        opts.id,
+        Role::Sequencer,
+        opts.listen.to_string(),
+    );
+    let (o, s) = (opts.clone(), shared.clone());
+    std::thread::Builder::new()
+        .name("trex-lease".into())
+        .spawn(move || leadership(o, s))
+        .map_err(|e| format!("cannot start the lease thread: {e}"))?;
+    crate::log!(
+        "INFO",
+        "sequencer {} listening on {}",
+        opts.id,
+        el.local_addr()
+    );
+    el.run().map_err(|e| format!("event loop failed: {e}"))?;
+    shared.stop_serving();
+    shared.stop.store(true, Ordering::Relaxed);
+    crate::log!(
+        "INFO",
+        "sequencer stopped; {} token requests served",
+        shared.granted.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
