@@ -171,3 +171,102 @@ impl Rng {
         self.next() % n
     }
 }
+
+use trex_engine::consensus::client::ConsensusClient;
+use trex_wire::consensus::NodeStatus;
+
+pub const T: Duration = Duration::from_secs(2);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Group {
+    pub addrs: Vec<String>,
+    pub dirs: Vec<std::path::PathBuf>,
+    pub procs: Vec<Option<Child>>,
+}
+
+impl Group {
+    pub fn start_node(&mut self, i: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args([
+                "node",
+                "consensus",
+                "--id",
+                &(i + 1).to_string(),
+                "--listen",
+                &self.addrs[i],
+            ])
+            .args(["--peers", &self.addrs.join(","), "--data-dir"])
+            .arg(&self.dirs[i])
+            .args(["--election-timeout", "200ms", "--heartbeat", "40ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn trex node consensus");
+        self.procs[i] = Some(child);
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status(&self, i: usize) -> Option<NodeStatus> {
+        ConsensusClient::node_status(&self.addrs[i], T).ok()
+    }
+
+    /// Waits until exactly one live node leads; returns its index.
+    pub fn wait_leader(&self, within: Duration) -> usize {
+        let t0 = Instant::now();
+        loop {
+            let leaders: Vec<usize> = (0..3)
+                .filter(|i| self.status(*i).is_some_and(|s| s.leading))
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no single leader within {within:?} (leaders: {leaders:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self) -> ConsensusClient {
+        ConsensusClient::new(&self.addrs.join(","), T).unwrap()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn group(root: &Path) -> Group {
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let dirs = (0..3).map(|i| root.join(format!("n{}", i + 1))).collect();
+    let mut g = Group {
+        addrs,
+        dirs,
+        procs: vec![None, None, None],
+    };
+    for i in 0..3 {
+        g.start_node(i);
+    }
+    g
+}
