@@ -33,6 +33,34 @@ enum Cmd {
     /// The same load against etcd's JSON gateway (`/v3/kv/put`, 100-byte values),
     /// for comparison.
     EtcdPut(EtcdLoad),
+    /// Addresses/s from a sequencer (pipelined token requests).
+    Tokens(TokenLoad),
+    /// Lock acquire+release pairs/s through the lock service (one pair in flight per client).
+    Lock(ConsensusLoad),
+    /// etcd lease grant+revoke pairs/s through its JSON gateway, for comparison.
+    EtcdLease(EtcdLoad),
+}
+
+#[derive(Args)]
+struct TokenLoad {
+    /// The sequencer, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7410")]
+    sequencer: String,
+    /// Client connections, each on its own thread.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 64)]
+    depth: usize,
+    /// Addresses per request.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -101,6 +129,33 @@ struct Shared {
 
 fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
+        Cmd::Tokens(a) => {
+            let per = u64::from(a.batch);
+            closed_loop(
+                "tokens",
+                a.clients,
+                a.duration,
+                a.json.as_deref(),
+                0,
+                |_, stop, n| token_client(&a.sequencer, a.depth, a.batch, per, stop, n),
+            )
+        }
+        Cmd::Lock(a) => closed_loop(
+            "lock",
+            a.clients,
+            a.duration,
+            a.json.as_deref(),
+            0,
+            |i, stop, n| lock_client(&a.endpoints, i, stop, n),
+        ),
+        Cmd::EtcdLease(a) => closed_loop(
+            "etcd-lease",
+            a.clients,
+            a.duration,
+            a.json.as_deref(),
+            0,
+            |_, stop, n| etcd_lease_client(&a.endpoint, stop, n),
+        ),
         Cmd::UnitWrite(a) => unit_write(&a),
         Cmd::Consensus(a) => closed_loop(
             "consensus",
@@ -311,10 +366,7 @@ fn etcd_client(
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
     let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut s = TcpStream::connect(endpoint)
-        .map_err(|e| format!("cannot connect to etcd at {endpoint}: {e}"))?;
-    s.set_nodelay(true).ok();
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut h = Http::connect(endpoint)?;
     let b64 = |b: &[u8]| -> String {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut o = String::new();
@@ -337,28 +389,82 @@ fn etcd_client(
         b64(format!("bench-{i}").as_bytes()),
         b64(&[b'v'; 100])
     );
-    let req = format!(
-        "POST /v3/kv/put HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut buf = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        s.write_all(req.as_bytes())
+        h.post("/v3/kv/put", &body)?;
+        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(hist)
+}
+
+/// One etcd lease client: grant a lease, then revoke it, over and over.
+fn etcd_lease_client(
+    endpoint: &str,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut h = Http::connect(endpoint)?;
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        let r = h.post("/v3/lease/grant", "{\"TTL\":30}")?;
+        let id = r
+            .split("\"ID\":\"")
+            .nth(1)
+            .and_then(|x| x.split('"').next())
+            .ok_or_else(|| format!("no lease id in etcd's answer: {r}"))?
+            .to_string();
+        h.post("/v3/lease/revoke", &format!("{{\"ID\":\"{id}\"}}"))?;
+        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(hist)
+}
+
+/// A keep-alive HTTP/1.1 connection to etcd's JSON gateway.
+struct Http {
+    s: TcpStream,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    fn connect(host: &str) -> Result<Http, String> {
+        let s = TcpStream::connect(host)
+            .map_err(|e| format!("cannot connect to etcd at {host}: {e}"))?;
+        s.set_nodelay(true).ok();
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        Ok(Http {
+            s,
+            host: host.to_string(),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// POSTs a JSON body; returns the response body.
+    fn post(&mut self, path: &str, body: &str) -> Result<String, String> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.s
+            .write_all(req.as_bytes())
             .map_err(|e| format!("etcd send failed: {e}"))?;
-        // Read one response: headers, then Content-Length bytes.
-        buf.clear();
+        self.buf.clear();
         let mut chunk = [0u8; 4096];
         let (head_end, len) = loop {
-            let n = s
+            let n = self
+                .s
                 .read(&mut chunk)
                 .map_err(|e| format!("etcd receive failed: {e}"))?;
             if n == 0 {
                 return Err("etcd closed the connection".into());
             }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..p]).to_ascii_lowercase();
                 if !head.starts_with("http/1.1 200") {
                     return Err(format!(
                         "etcd answered: {}",
@@ -375,15 +481,92 @@ fn etcd_client(
                 break (p + 4, len);
             }
         };
-        while buf.len() < head_end + len {
-            let n = s
+        while self.buf.len() < head_end + len {
+            let n = self
+                .s
                 .read(&mut chunk)
                 .map_err(|e| format!("etcd receive failed: {e}"))?;
             if n == 0 {
                 return Err("etcd closed the connection".into());
             }
-            buf.extend_from_slice(&chunk[..n]);
+            self.buf.extend_from_slice(&chunk[..n]);
         }
+        Ok(String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned())
+    }
+}
+
+/// One pipelined token client: `depth` requests in flight, `batch` addresses
+/// each; counts addresses.
+fn token_client(
+    addr: &str,
+    depth: usize,
+    batch: u32,
+    per: u64,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream.set_nodelay(true).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut out = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut input = BufReader::with_capacity(64 * 1024, stream);
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(depth * 2);
+    let mut next_id = 1u64;
+    let mut burst = Vec::new();
+    for _ in 0..depth {
+        burst.extend_from_slice(&frame_of(Opcode::Token, next_id, |b| {
+            trex_wire::encode_token_request(b, batch)
+        }));
+        sent.insert(next_id, Instant::now());
+        next_id += 1;
+    }
+    out.write_all(&burst)
+        .map_err(|e| format!("send failed: {e}"))?;
+    while !sent.is_empty() {
+        let (h, b) = read_reply(&mut input)?;
+        let t0 = sent
+            .remove(&h.request_id)
+            .ok_or("reply to an unknown request")?;
+        match trex_wire::decode_token_reply(&b).map_err(|e| e.to_string())? {
+            trex_wire::TokenReply::Granted { .. } => {
+                hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+                done.fetch_add(per, Ordering::Relaxed);
+            }
+            trex_wire::TokenReply::NotSequencer { hint } => {
+                return Err(format!(
+                    "{addr} is not the active sequencer (hint: {hint:?})"
+                ));
+            }
+        }
+        if !stop.load(Ordering::Relaxed) {
+            let f = frame_of(Opcode::Token, next_id, |b| {
+                trex_wire::encode_token_request(b, batch)
+            });
+            sent.insert(next_id, Instant::now());
+            next_id += 1;
+            out.write_all(&f).map_err(|e| format!("send failed: {e}"))?;
+        }
+    }
+    Ok(hist)
+}
+
+/// One lock client: acquire then release its own lock, over and over.
+fn lock_client(
+    endpoints: &str,
+    i: usize,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    use trex_engine::consensus::client::ConsensusClient;
+    use trex_engine::consensus::lock::LockClient;
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut c = LockClient::new(ConsensusClient::new(endpoints, Duration::from_secs(2))?);
+    let name = format!("bench-{}-{i}", std::process::id());
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        let l = c.acquire(&name, "bench", Duration::from_secs(30))?;
+        c.release(&name, l.token)?;
         hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
         done.fetch_add(1, Ordering::Relaxed);
     }

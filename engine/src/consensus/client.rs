@@ -19,9 +19,27 @@ pub struct ConsensusClient {
     endpoints: Vec<String>,
     preferred: usize,
     leader: Option<String>,
+    /// A connection kept open to the node that answered last.
+    conn: Option<(String, TcpStream)>,
     client_id: u64,
     seq: u64,
     timeout: Duration,
+}
+
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let sa: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .collect();
+    let sa = sa
+        .first()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let s = TcpStream::connect_timeout(sa, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    Ok(s)
 }
 
 fn one_call(
@@ -30,18 +48,16 @@ fn one_call(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(Header, Vec<u8>), String> {
-    let sa: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-        .collect();
-    let sa = sa
-        .first()
-        .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    let mut s = TcpStream::connect_timeout(sa, timeout)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    s.set_nodelay(true).ok();
-    s.set_read_timeout(Some(timeout)).ok();
-    s.set_write_timeout(Some(timeout)).ok();
+    let mut s = connect(addr, timeout)?;
+    call_on(&mut s, addr, op, body)
+}
+
+fn call_on(
+    s: &mut TcpStream,
+    addr: &str,
+    op: Opcode,
+    body: &[u8],
+) -> Result<(Header, Vec<u8>), String> {
     let mut f = Vec::new();
     let st = begin_frame(&mut f);
     f.extend_from_slice(body);
@@ -85,6 +101,7 @@ impl ConsensusClient {
             endpoints,
             preferred: 0,
             leader: None,
+            conn: None,
             client_id: t | 1,
             seq: 0,
             timeout,
@@ -115,7 +132,7 @@ impl ConsensusClient {
                     a
                 }
             };
-            match one_call(&addr, Opcode::Submit, &body, self.timeout) {
+            match self.call_kept(&addr, &body) {
                 Ok((_, b)) => match cw::decode_submit_reply(&b).map_err(|e| e.to_string())? {
                     SubmitReply::Applied(res) => {
                         self.leader = Some(addr);
@@ -142,6 +159,19 @@ impl ConsensusClient {
             self.timeout * 3,
             self.endpoints.join(",")
         ))
+    }
+
+    /// Calls `addr` over the kept connection, opening one if needed.
+    fn call_kept(&mut self, addr: &str, body: &[u8]) -> Result<(Header, Vec<u8>), String> {
+        let mut conn = match self.conn.take() {
+            Some((a, s)) if a == addr => s,
+            _ => connect(addr, self.timeout)?,
+        };
+        let r = call_on(&mut conn, addr, Opcode::Submit, body);
+        if r.is_ok() {
+            self.conn = Some((addr.to_string(), conn));
+        }
+        r
     }
 
     /// Submits an operation whose result is a plain OK or an error message.
