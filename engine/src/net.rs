@@ -653,10 +653,13 @@ fn dispatch<S: Service>(
     let idx = (to & 0xffff_ffff) as usize;
     while !c.paused && !c.close_after_flush {
         let avail = &c.rbuf[c.rstart..c.rend];
-        let result = check_frame(avail).and_then(|n| match n {
-            Some(n) => parse_frame(&avail[..n]).map(|f| f.map(|f| (f, n))),
-            None => Ok(None),
-        });
+        // A short buffer only needs the cheap check (it still rejects a foreign
+        // peer by its first bytes); otherwise parse once, header and body.
+        let result = if avail.len() < HEADER_LEN {
+            check_frame(avail).map(|_| None)
+        } else {
+            parse_frame(avail).map(|f| f.map(|f| (f, HEADER_LEN + f.body.len())))
+        };
         match result {
             Ok(Some((frame, n))) => {
                 c.inflight += 1;
