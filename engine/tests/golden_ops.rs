@@ -36,6 +36,32 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("op-install", install.encode()),
         ("op-members", Op::Members.encode()),
+        (
+            "op-acquire",
+            Op::Acquire {
+                name: "jobs".into(),
+                holder: "alice".into(),
+                ttl_ms: 10_000,
+            }
+            .encode(),
+        ),
+        (
+            "op-renew",
+            Op::Renew {
+                name: "jobs".into(),
+                token: 7,
+                ttl_ms: 10_000,
+            }
+            .encode(),
+        ),
+        (
+            "op-release",
+            Op::Release {
+                name: "jobs".into(),
+                token: 7,
+            }
+            .encode(),
+        ),
     ]
 }
 

@@ -147,9 +147,42 @@ fn consensus_vectors() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+fn sequencer_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "token-request",
+            frame(Opcode::Token, REQ, 10, 0, |x| encode_token_request(x, 100)),
+        ),
+        (
+            "token-reply-granted",
+            frame(Opcode::Token, REP, 10, 0, |x| {
+                encode_token_reply(
+                    x,
+                    &TokenReply::Granted {
+                        epoch: 3,
+                        first: 4096,
+                    },
+                )
+            }),
+        ),
+        (
+            "token-reply-not-sequencer",
+            frame(Opcode::Token, REP, 10, 0, |x| {
+                encode_token_reply(
+                    x,
+                    &TokenReply::NotSequencer {
+                        hint: "127.0.0.1:7411".into(),
+                    },
+                )
+            }),
+        ),
+    ]
+}
+
 fn vectors() -> Vec<(&'static str, Vec<u8>)> {
     let mut v = storage_vectors();
     v.extend(consensus_vectors());
+    v.extend(sequencer_vectors());
     v
 }
 
