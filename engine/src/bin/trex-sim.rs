@@ -43,8 +43,8 @@ fn main() -> ExitCode {
             Ok(r) => {
                 if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
                     eprintln!(
-                        "[{}/{}] seed {seed}: ok ({} nodes, {} events, {} acked, {} slots, {} crashes, {} partitions, {} dropped; trace {:016x}) {:.1?}",
-                        i + 1, seeds.len(), r.nodes, r.events, r.acked, r.slots, r.crashes, r.partitions, r.dropped, r.trace_hash, started.elapsed()
+                        "[{}/{}] seed {seed}: ok ({} nodes, {} events, {} acked, {} slots, {} crashes, {} partitions, {} dropped; {} fenced lock ops, {} stale refused; trace {:016x}) {:.1?}",
+                        i + 1, seeds.len(), r.nodes, r.events, r.acked, r.slots, r.crashes, r.partitions, r.dropped, r.fenced_ops, r.stale_refused, r.trace_hash, started.elapsed()
                     );
                 }
             }

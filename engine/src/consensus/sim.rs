@@ -10,10 +10,11 @@
 //! same seed replays the same run (the event log hash is reported to prove it).
 
 use super::paxos::{Config, Record, Replica};
-use super::sm::{LayoutSegment, Op, Projection, Role};
+use super::sm::{decode_lock, LayoutSegment, Op, Projection, Role};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use trex_wire::consensus::{Command, Msg, NodeId};
+use trex_wire::Reader;
 
 /// Settings of one run.
 #[derive(Clone, Copy, Debug)]
@@ -22,8 +23,10 @@ pub struct SimOptions {
     pub safety_ms: u64,
     /// Simulated milliseconds the liveness phase may take at most.
     pub liveness_ms: u64,
-    /// Clients.
+    /// Clients of the layout service.
     pub clients: u64,
+    /// Clients of the lock service (competing for one lock).
+    pub lock_clients: u64,
 }
 
 impl Default for SimOptions {
@@ -32,6 +35,7 @@ impl Default for SimOptions {
             safety_ms: 20_000,
             liveness_ms: 20_000,
             clients: 4,
+            lock_clients: 3,
         }
     }
 }
@@ -57,6 +61,10 @@ pub struct SimReport {
     pub dropped: u64,
     /// Hash of the event log: equal for equal seeds.
     pub trace_hash: u64,
+    /// Operations on the protected resource accepted with a current token.
+    pub fenced_ops: u64,
+    /// Operations by a paused lock holder refused for a stale token.
+    pub stale_refused: u64,
 }
 
 struct Rng(u64);
@@ -102,6 +110,13 @@ enum Event {
         seq: u64,
         ok: bool,
         hint: Option<NodeId>,
+        result: Vec<u8>,
+    },
+    /// A lock client acts on the protected resource with `token` (after a pause
+    /// that began once it had checked its lease).
+    LockAct {
+        client: u64,
+        token: u64,
     },
     ClientTimer {
         client: u64,
@@ -117,7 +132,7 @@ enum Event {
 
 /// One step's output waiting for its journal sync: records, the messages that
 /// depend on them, and the client commands to answer.
-type Unsynced = (Vec<Record>, Vec<(NodeId, Msg)>, Vec<(u64, u64)>);
+type Unsynced = (Vec<Record>, Vec<(NodeId, Msg)>, Vec<(u64, u64, Vec<u8>)>);
 
 struct SimNode {
     replica: Option<Replica>,
@@ -138,7 +153,25 @@ struct Client {
     target: NodeId,
     inflight: Option<(u64, Op, u64)>, // seq, op, sent at
     epoch_seen: u64,
+    /// Set for clients of the lock service.
+    lock: Option<LockRole>,
+    /// The next operation a lock client decided on.
+    planned: Option<Op>,
 }
+
+/// A client of the lock service: it acts on a protected resource only while its
+/// own (skewed) clock says its lease is valid with the safety gap to spare; a
+/// "pauser" sometimes stalls between that check and the act.
+struct LockRole {
+    holding: Option<(u64, u64)>, // token, expire_ms (leader clock)
+    skew_ms: i64,
+    pauser: bool,
+}
+
+/// Lease length and safety gap of the simulated lock clients (the gap exceeds
+/// the largest clock skew between any two parties, 200 ms).
+const LOCK_TTL_MS: u64 = 1_000;
+const LOCK_GAP_MS: u64 = 300;
 
 struct Faults {
     loss: f64,
@@ -165,6 +198,8 @@ struct Sim {
     chosen: BTreeMap<u64, u64>,
     acked: BTreeMap<(u64, u64), Vec<u8>>,
     committed_cmds: BTreeSet<(u64, u64)>,
+    /// The highest fencing token the protected resource has accepted.
+    resource_max: u64,
     report: SimReport,
     cfg_base: Config,
 }
@@ -239,11 +274,11 @@ impl Sim {
         }
         let n = self.nodes.get_mut(&id).expect("node exists");
         // A node answers clients only for commands it proposed as leader.
-        let replies: Vec<(u64, u64)> = ready
+        let replies: Vec<(u64, u64, Vec<u8>)> = ready
             .applied
             .iter()
             .filter(|a| n.proposed.remove(&(a.client, a.seq)))
-            .map(|a| (a.client, a.seq))
+            .map(|a| (a.client, a.seq, a.result.clone()))
             .collect();
         let slots = replies.into_iter().collect::<Vec<_>>();
         n.unsynced.push((ready.persist, ready.send, slots));
@@ -289,7 +324,82 @@ impl Sim {
         self.at(d, Event::Deliver { to, from, msg });
     }
 
+    /// A lock client with nothing in flight decides what to do next.
+    fn lock_step(&mut self, client: u64) -> Result<(), SimError> {
+        let now = self.now as i64 + 1_000_000;
+        let c = self.clients.get_mut(&client).expect("client");
+        let role = c.lock.as_mut().expect("a lock client");
+        let own_now = (now + role.skew_ms).max(0) as u64;
+        let plan = match role.holding {
+            None => Op::Acquire {
+                name: "L".into(),
+                holder: format!("c{client}"),
+                ttl_ms: LOCK_TTL_MS,
+            },
+            Some((token, expire)) if own_now + LOCK_GAP_MS < expire => {
+                let pauser = role.pauser;
+                match self.rng.below(100) {
+                    0..=49 => {
+                        self.access(client, token, false)?;
+                        let d = 20 + self.rng.below(80);
+                        self.at(d, Event::ClientTimer { client });
+                        return Ok(());
+                    }
+                    50..=64 if pauser => {
+                        // Checked the lease; now stalls 0.5-4x the TTL before acting.
+                        let d = LOCK_TTL_MS / 2 + self.rng.below(LOCK_TTL_MS * 7 / 2);
+                        self.at(d, Event::LockAct { client, token });
+                        return Ok(());
+                    }
+                    50..=84 => Op::Renew {
+                        name: "L".into(),
+                        token,
+                        ttl_ms: LOCK_TTL_MS,
+                    },
+                    _ => Op::Release {
+                        name: "L".into(),
+                        token,
+                    },
+                }
+            }
+            Some(_) => {
+                role.holding = None; // no longer safe to rely on
+                Op::Acquire {
+                    name: "L".into(),
+                    holder: format!("c{client}"),
+                    ttl_ms: LOCK_TTL_MS,
+                }
+            }
+        };
+        self.clients.get_mut(&client).expect("client").planned = Some(plan);
+        self.issue(client);
+        Ok(())
+    }
+
+    /// The protected resource: accepts only tokens at least as high as any it
+    /// has seen. A client that did not pause must never present a stale token
+    /// (its lease, checked with the safety gap, guarantees it); a paused one may,
+    /// and is refused.
+    fn access(&mut self, client: u64, token: u64, paused: bool) -> Result<(), SimError> {
+        if token < self.resource_max {
+            if !paused {
+                return Err(format!(
+                    "client {client} used lock token {token} while the resource had seen {}: two holders without a pause",
+                    self.resource_max
+                ));
+            }
+            self.report.stale_refused += 1;
+            return Ok(());
+        }
+        self.resource_max = token;
+        self.report.fenced_ops += 1;
+        Ok(())
+    }
+
     fn next_op(&mut self, client: u64) -> Op {
+        if let Some(op) = self.clients.get_mut(&client).and_then(|c| c.planned.take()) {
+            return op;
+        }
         let c = &self.clients[&client];
         match self.rng.below(10) {
             0..=3 => Op::Register {
@@ -387,7 +497,7 @@ impl Sim {
                     for (to, m) in send {
                         self.send(node, to, m);
                     }
-                    for (client, seq) in replies {
+                    for (client, seq, result) in replies {
                         let d = 1 + self.rng.below(3);
                         self.at(
                             d,
@@ -396,6 +506,7 @@ impl Sim {
                                 seq,
                                 ok: true,
                                 hint: None,
+                                result,
                             },
                         );
                     }
@@ -441,6 +552,7 @@ impl Sim {
                                 seq,
                                 ok: false,
                                 hint: nl.hint,
+                                result: Vec::new(),
                             },
                         );
                     }
@@ -451,6 +563,7 @@ impl Sim {
                 seq,
                 ok,
                 hint,
+                result,
             } => {
                 let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
                 let pick = nodes[self.rng.below(nodes.len() as u64) as usize];
@@ -458,33 +571,51 @@ impl Sim {
                 if c.inflight.as_ref().is_none_or(|f| f.0 != seq) {
                     return Ok(()); // a duplicate or late reply
                 }
-                if ok {
-                    if let Some((_, Op::Install { .. }, _)) = &c.inflight {
-                        c.epoch_seen += 0; // learned below through Layout reads
-                    }
-                    c.inflight = None;
-                    self.acked.insert((client, seq), Vec::new());
-                    self.report.acked += 1;
-                    // Learn the current epoch from the leader's state, as a client
-                    // reading the layout would.
-                    let e = self
-                        .nodes
-                        .values()
-                        .filter_map(|n| n.replica.as_ref())
-                        .map(|r| r.state().current().map_or(0, |p| p.epoch))
-                        .max()
-                        .unwrap_or(0);
-                    self.clients.get_mut(&client).expect("client").epoch_seen = e;
-                    self.issue(client);
-                } else {
+                if !ok {
                     c.target = hint.unwrap_or(pick);
                     self.at(5, Event::ClientTimer { client });
+                    return Ok(());
                 }
+                let (_, op, _) = c.inflight.take().expect("checked above");
+                self.acked.insert((client, seq), Vec::new());
+                self.report.acked += 1;
+                if let Some(role) = c.lock.as_mut() {
+                    // What the lock service said decides what this client holds.
+                    role.holding = match (&op, result.split_first()) {
+                        (Op::Acquire { .. } | Op::Renew { .. }, Some((&0, lease))) => {
+                            let (_, l) = decode_lock(&mut Reader::new(lease))
+                                .map_err(|e| format!("bad lease: {e}"))?;
+                            Some((l.token, l.expire_ms))
+                        }
+                        _ => None,
+                    };
+                    let d = 20 + self.rng.below(80);
+                    self.at(d, Event::ClientTimer { client });
+                    return Ok(());
+                }
+                // Learn the current epoch, as a client reading the layout would.
+                let e = self
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.replica.as_ref())
+                    .map(|r| r.state().current().map_or(0, |p| p.epoch))
+                    .max()
+                    .unwrap_or(0);
+                self.clients.get_mut(&client).expect("client").epoch_seen = e;
+                self.issue(client);
+            }
+            Event::LockAct { client, token } => {
+                self.access(client, token, true)?;
+                let d = 20 + self.rng.below(80);
+                self.at(d, Event::ClientTimer { client });
             }
             Event::ClientTimer { client } => {
                 let c = &self.clients[&client];
                 let due = c.inflight.as_ref().is_some_and(|f| self.now >= f.2 + 390)
                     || c.inflight.is_none();
+                if due && c.inflight.is_none() && c.lock.is_some() {
+                    return self.lock_step(client);
+                }
                 if due {
                     let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
                     if self.clients[&client].inflight.is_some() && self.rng.chance(0.5) {
@@ -621,6 +752,7 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
         chosen: BTreeMap::new(),
         acked: BTreeMap::new(),
         committed_cmds: BTreeSet::new(),
+        resource_max: 0,
         report: SimReport {
             seed,
             nodes: n_nodes as usize,
@@ -648,15 +780,35 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
     }
     for c in 1..=opts.clients {
         let target = 1 + sim.rng.below(n_nodes);
-        sim.clients.insert(
-            c,
-            Client {
-                seq: 0,
-                target,
-                inflight: None,
-                epoch_seen: 0,
-            },
-        );
+        let client = Client {
+            seq: 0,
+            target,
+            inflight: None,
+            epoch_seen: 0,
+            lock: None,
+            planned: None,
+        };
+        sim.clients.insert(c, client);
+        let d = sim.rng.below(50);
+        sim.at(d, Event::ClientTimer { client: c });
+    }
+    // Clients of the lock service, with their own clock skew; some pause.
+    for c in 1001..1001 + opts.lock_clients {
+        let target = 1 + sim.rng.below(n_nodes);
+        let role = LockRole {
+            holding: None,
+            skew_ms: sim.rng.below(200) as i64 - 100,
+            pauser: sim.rng.chance(0.5),
+        };
+        let client = Client {
+            seq: 0,
+            target,
+            inflight: None,
+            epoch_seen: 0,
+            lock: Some(role),
+            planned: None,
+        };
+        sim.clients.insert(c, client);
         let d = sim.rng.below(50);
         sim.at(d, Event::ClientTimer { client: c });
     }
@@ -672,7 +824,7 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
     }
     let start_acked = sim.report.acked;
     let end = sim.now + opts.liveness_ms;
-    let want = opts.clients * 3;
+    let want = (opts.clients + opts.lock_clients) * 3;
     let healed = sim
         .run_until(end, |s| {
             s.report.acked >= start_acked + want && {
