@@ -20,15 +20,14 @@ use crate::consensus::client::{keep_registered, ConsensusClient};
 use crate::consensus::lock::LockClient;
 use crate::consensus::sm::{Op, Role};
 use crate::net::{EventLoop, Flow, LoopConfig, Service};
-use crate::unit::{error_frame, Reply, ReplyTo};
+use crate::unit::{violation, Reply, ReplyTo};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trex_wire::{
-    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_ERROR,
-    FLAG_RESPONSE,
+    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_RESPONSE,
 };
 
 /// The name of the sequencer lease in the lock service.
@@ -109,19 +108,7 @@ pub struct SequencerService {
 
 impl Service for SequencerService {
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
-        let bad = |code: ErrorCode, msg: String| {
-            let h = Header {
-                opcode: header.opcode,
-                flags: FLAG_RESPONSE | FLAG_ERROR,
-                request_id: header.request_id,
-                ..Header::default()
-            };
-            Reply {
-                to,
-                frame: error_frame(&h, code, &msg),
-                close: true,
-            }
-        };
+        let bad = |code: ErrorCode, msg: String| violation(to, header, code, &msg);
         if header.opcode != Opcode::Token as u8 || header.is_response() {
             let msg = format!(
                 "opcode {:#04x} is not a sequencer request (token 0x30)",

@@ -730,6 +730,22 @@ impl<S: Store> Unit<S> {
     }
 }
 
+/// An error reply to a request that violated the protocol; the connection
+/// closes after it.
+pub fn violation(to: ReplyTo, req: &Header, code: ErrorCode, msg: &str) -> Reply {
+    let h = Header {
+        opcode: req.opcode,
+        flags: FLAG_RESPONSE | FLAG_ERROR,
+        request_id: req.request_id,
+        ..Header::default()
+    };
+    Reply {
+        to,
+        frame: error_frame(&h, code, msg),
+        close: true,
+    }
+}
+
 /// Encodes a whole error reply frame.
 pub fn error_frame(header: &Header, code: ErrorCode, msg: &str) -> Vec<u8> {
     let mut frame = Vec::with_capacity(64 + msg.len());

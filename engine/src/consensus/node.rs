@@ -11,7 +11,7 @@ use super::journal::Journal;
 use super::paxos::{Applied, Config, Replica};
 use crate::net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use crate::sync::Syncer;
-use crate::unit::{error_frame, Reply, ReplyTo};
+use crate::unit::{violation, Reply, ReplyTo};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
-use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, FLAG_ERROR, FLAG_RESPONSE};
+use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, FLAG_RESPONSE};
 
 const SYNC_TOKEN: usize = 0;
 const TICK_TIMER: u64 = 1;
@@ -317,17 +317,8 @@ impl ConsensusService {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("submit body does not decode: {e}");
-                let h = Header {
-                    opcode: header.opcode,
-                    flags: FLAG_RESPONSE | FLAG_ERROR,
-                    request_id: header.request_id,
-                    ..Header::default()
-                };
-                self.replies.push_back(Reply {
-                    to,
-                    frame: error_frame(&h, ErrorCode::MalformedBody, &msg),
-                    close: true,
-                });
+                self.replies
+                    .push_back(violation(to, header, ErrorCode::MalformedBody, &msg));
                 return Flow::Close;
             }
         };
@@ -440,17 +431,8 @@ impl Service for ConsensusService {
                     "opcode {:#04x} is not a consensus-node request (submit 0x10, node-status 0x11, peer 0x20)",
                     header.opcode
                 );
-                let h = Header {
-                    opcode: header.opcode,
-                    flags: FLAG_RESPONSE | FLAG_ERROR,
-                    request_id: header.request_id,
-                    ..Header::default()
-                };
-                self.replies.push_back(Reply {
-                    to,
-                    frame: error_frame(&h, ErrorCode::UnknownOpcode, &msg),
-                    close: true,
-                });
+                self.replies
+                    .push_back(violation(to, header, ErrorCode::UnknownOpcode, &msg));
                 Flow::Close
             }
         }
