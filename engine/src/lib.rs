@@ -4,10 +4,12 @@
 
 pub mod client;
 pub mod consensus;
+pub mod log;
 pub mod net;
 pub mod node;
 pub mod sequencer;
 pub mod storage;
 pub mod sync;
 pub mod unit;
+pub mod up;
 pub mod util;

@@ -11,9 +11,11 @@ use trex_engine::consensus::client::{ConsensusClient, DEFAULT_ENDPOINTS};
 use trex_engine::consensus::lock::{Lease, LockClient};
 use trex_engine::consensus::node::{run_consensus, ConsensusOptions};
 use trex_engine::consensus::sm::{decode_projection, Op, Projection, Role};
+use trex_engine::log::{Log, Slot};
 use trex_engine::net::LoopConfig;
 use trex_engine::node::{run_storage, StorageOptions};
 use trex_engine::sequencer::{run_sequencer, SequencerOptions};
+use trex_engine::up::{run_up, UpOptions};
 use trex_engine::util::{parse_duration, parse_size};
 use trex_wire::{Status, WriteOp, INFO_IO_URING, INFO_POISONED, INFO_SYNC_NEVER};
 
@@ -42,6 +44,77 @@ enum Cmd {
     /// Advisory locks with leases and fencing tokens.
     #[command(subcommand)]
     Lock(LockCmd),
+    /// Start a whole local cluster (3 consensus nodes, 2 sequencers, 4 storage
+    /// units as 2 stripes x 2 replicas) and run until Ctrl-C.
+    Up {
+        /// Data directory of every node (reused when run again).
+        #[arg(long, default_value = "./trex-data")]
+        data_dir: PathBuf,
+        /// Consensus nodes listen from this port, sequencers from +10, units from +20.
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+        /// Consensus nodes.
+        #[arg(long, default_value_t = 3)]
+        consensus: u16,
+        /// Sequencers.
+        #[arg(long, default_value_t = 2)]
+        sequencers: u16,
+        /// Storage units.
+        #[arg(long, default_value_t = 4)]
+        units: u16,
+        /// Stripes of the first layout.
+        #[arg(long, default_value_t = 2)]
+        stripes: u32,
+        /// Replicas per stripe.
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+        /// Storage units' sync mode (`never` for benchmarks only).
+        #[arg(long, value_enum, default_value = "always")]
+        sync: SyncMode,
+    },
+    /// Append DATA as one entry, or with `-` each line of standard input; prints
+    /// the address of each.
+    Append {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// The entry, or `-`.
+        data: String,
+    },
+    /// Read entries from the log.
+    Read {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// First address.
+        addr: u64,
+        /// How many addresses.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Print the log from an address to its tail; with --follow, keep following.
+    Tail {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// First address.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Keep waiting for new entries (fills holes that stay unwritten for 1 s).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Trim the log below PREFIX.
+    Trim {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// New trim mark.
+        prefix: u64,
+    },
+    /// One past the highest address written (asks the storage units).
+    Check {
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+    /// The cluster at a glance: layout, sequencer lease, every unit's tail.
+    Status(ShowArgs),
     /// Ask a sequencer for COUNT consecutive log addresses.
     Token {
         /// The sequencer, HOST:PORT.
@@ -594,6 +667,88 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Endpoint(EndpointCmd::Status(a)) => endpoint_status(a),
         Cmd::Lock(cmd) => lock_cmd(cmd),
+        Cmd::Up {
+            data_dir,
+            base_port,
+            consensus,
+            sequencers,
+            units,
+            stripes,
+            replicas,
+            sync,
+        } => run_up(&UpOptions {
+            data_dir,
+            base_port,
+            consensus,
+            sequencers,
+            units,
+            stripes,
+            replicas,
+            sync: if sync == SyncMode::Never {
+                "never".into()
+            } else {
+                "always".into()
+            },
+        }),
+        Cmd::Append { ep, data } => {
+            let mut log = Log::connect(&resolve_endpoints(&ep))?;
+            if data == "-" {
+                let stdin = std::io::stdin();
+                let mut lines: Vec<String> = Vec::new();
+                let flush = |log: &mut Log, lines: &mut Vec<String>| -> Result<(), String> {
+                    let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+                    for a in log.append_batch(&refs)? {
+                        println!("{a}");
+                    }
+                    lines.clear();
+                    Ok(())
+                };
+                for line in std::io::BufRead::lines(stdin.lock()) {
+                    lines.push(line.map_err(|e| format!("cannot read standard input: {e}"))?);
+                    if lines.len() == 1000 {
+                        flush(&mut log, &mut lines)?;
+                    }
+                }
+                if !lines.is_empty() {
+                    flush(&mut log, &mut lines)?;
+                }
+            } else {
+                println!("{}", log.append(data.as_bytes())?);
+            }
+            Ok(())
+        }
+        Cmd::Read { ep, addr, count } => {
+            let mut log = Log::connect(&resolve_endpoints(&ep))?;
+            let mut a = addr;
+            while a < addr.saturating_add(count) {
+                let n = (addr.saturating_add(count) - a).min(4096);
+                for (k, s) in log.read_range(a, n)?.into_iter().enumerate() {
+                    print_slot(a + k as u64, &s);
+                }
+                a += n;
+            }
+            Ok(())
+        }
+        Cmd::Tail { ep, from, follow } => {
+            let mut log = Log::connect(&resolve_endpoints(&ep))?;
+            let end = log.check()?;
+            let mut sub = log.subscribe(from, Duration::from_secs(1));
+            while follow || sub.position() < end {
+                let (a, s) = sub.next_entry()?;
+                print_slot(a, &s);
+            }
+            Ok(())
+        }
+        Cmd::Trim { ep, prefix } => {
+            Log::connect(&resolve_endpoints(&ep))?.trim(prefix)?;
+            println!("trimmed below {prefix}");
+            Ok(())
+        }
+        Cmd::Check { ep } => {
+            println!("{}", Log::connect(&resolve_endpoints(&ep))?.check()?);
+            Ok(())
+        }
+        Cmd::Status(a) => cluster_status(a),
         Cmd::Token { node, count } => {
             let mut c =
                 UnitClient::connect(&node, Duration::from_secs(2)).map_err(|e| e.to_string())?;
@@ -616,6 +771,107 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
     }
+}
+
+fn print_slot(addr: u64, s: &Slot) {
+    match s {
+        Slot::Data { data, .. } => println!("{addr}\t{}", escape(data)),
+        Slot::Hole => println!("{addr}\t(hole)"),
+        Slot::Unwritten => println!("{addr}\t(unwritten)"),
+        Slot::Trimmed => println!("{addr}\t(trimmed)"),
+    }
+}
+
+fn cluster_status(a: ShowArgs) -> Result<(), String> {
+    let eps = resolve_endpoints(&a.ep);
+    let log = Log::connect(&eps)?;
+    let p = log.projection().clone();
+    let mut c = ConsensusClient::new(&eps, a.ep.timeout)?;
+    let members = c.members()?;
+    let lease = LockClient::new(ConsensusClient::new(&eps, a.ep.timeout)?)
+        .get(trex_engine::sequencer::SEQUENCER_LOCK)
+        .ok();
+    let mut units = Vec::new();
+    for id in p.segments.iter().flat_map(|s| s.stripes.iter().flatten()) {
+        let addr = members.get(id).map(|m| m.addr.clone()).unwrap_or_default();
+        let info = UnitClient::connect(&addr, a.ep.timeout)
+            .and_then(|mut u| u.info())
+            .map_err(|e| e.to_string());
+        units.push((*id, addr, info));
+    }
+    units.sort_by_key(|u| u.0);
+    units.dedup_by_key(|u| u.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match a.format {
+        Format::Json => {
+            let us: Vec<String> = units
+                .iter()
+                .map(|(id, addr, i)| match i {
+                    Ok(i) => format!(
+                        "{{\"id\":{id},\"addr\":\"{addr}\",\"tail\":{},\"trim_mark\":{},\"sealed_epoch\":{},\"healthy\":{}}}",
+                        i.tail, i.trim_mark, i.sealed_epoch, i.flags & INFO_POISONED == 0
+                    ),
+                    Err(e) => format!("{{\"id\":{id},\"addr\":\"{addr}\",\"healthy\":false,\"error\":{e:?}}}"),
+                })
+                .collect();
+            let l = lease.as_ref().map_or("null".to_string(), |l| {
+                format!(
+                    "{{\"holder\":{:?},\"token\":{},\"expire_ms\":{}}}",
+                    l.holder,
+                    l.token,
+                    l.expire_time_unsafe()
+                )
+            });
+            println!(
+                "{{\"epoch\":{},\"sequencer\":{},\"sequencer_lease\":{l},\"units\":[{}]}}",
+                p.epoch,
+                p.sequencer,
+                us.join(",")
+            );
+        }
+        Format::Table => {
+            print_projection(&p);
+            match &lease {
+                Some(l) => println!(
+                    "lease      {} (token {}), {}",
+                    l.holder,
+                    l.token,
+                    if l.released {
+                        "released".to_string()
+                    } else {
+                        format!(
+                            "expires in {:.1}s",
+                            (l.expire_time_unsafe() as i64 - now) as f64 / 1000.0
+                        )
+                    }
+                ),
+                None => println!("lease      none"),
+            }
+            println!(
+                "{:<8}{:<22}{:<10}{:<10}{:<8}HEALTH",
+                "UNIT", "ADDRESS", "TAIL", "TRIM", "EPOCH"
+            );
+            for (id, addr, i) in &units {
+                match i {
+                    Ok(i) => println!(
+                        "{id:<8}{addr:<22}{:<10}{:<10}{:<8}{}",
+                        i.tail,
+                        i.trim_mark,
+                        i.sealed_epoch,
+                        if i.flags & INFO_POISONED != 0 {
+                            "poisoned"
+                        } else {
+                            "ok"
+                        }
+                    ),
+                    Err(e) => println!("{id:<8}{addr:<22}unreachable: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn default_holder() -> String {

@@ -1,0 +1,484 @@
+//! The shared-log client: the "custom binary client" applications link.
+//!
+//! `Log::connect(endpoints)` learns the layout (the current projection and the
+//! members' addresses) from the consensus group and caches it. An append takes a
+//! token from the sequencer, maps the address through the projection to its
+//! stripe's chain, and writes the entry to every unit of the chain in chain order,
+//! head first; it is complete once the chain's tail holds it. Reads ask the tail.
+//! Filling a hole walks the chain: a value found at the head is copied down the
+//! chain (completing a torn append); otherwise junk is written down the chain.
+//!
+//! Every entry carries this client's writer id and a sequence number, so an append
+//! retried after a timeout is recognised by the units as the same write.
+//! `SealedEpoch` from a unit means the layout moved on: refresh and retry, within a
+//! bound. Units store entries under their global log address.
+
+use crate::client::{ClientError, UnitClient};
+use crate::consensus::client::ConsensusClient;
+use crate::consensus::sm::{Member, Projection};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use trex_wire::{ErrorCode, Opcode, Status, TokenReply, WriteOp};
+
+/// What a read finds at an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// An entry: writer id, writer sequence number, bytes.
+    Data {
+        /// Writer id.
+        writer: u64,
+        /// Writer sequence number.
+        seq: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A hole, filled with junk.
+    Hole,
+    /// Nothing written (yet).
+    Unwritten,
+    /// Below the trim mark.
+    Trimmed,
+}
+
+/// A client of the shared log.
+pub struct Log {
+    consensus: ConsensusClient,
+    projection: Projection,
+    members: BTreeMap<u64, Member>,
+    units: HashMap<u64, UnitClient>,
+    sequencer: Option<UnitClient>,
+    writer: u64,
+    seq: u64,
+    timeout: Duration,
+    /// How many times an operation refreshes the layout and retries.
+    pub max_retries: usize,
+}
+
+fn random_u64() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+fn sealed(e: &ClientError) -> bool {
+    e.code() == Some(ErrorCode::SealedEpoch)
+}
+
+impl Log {
+    /// Connects: learns the layout from the consensus nodes at `endpoints`.
+    pub fn connect(endpoints: &str) -> Result<Log, String> {
+        let timeout = Duration::from_secs(2);
+        let mut log = Log {
+            consensus: ConsensusClient::new(endpoints, timeout)?,
+            projection: Projection::default(),
+            members: BTreeMap::new(),
+            units: HashMap::new(),
+            sequencer: None,
+            writer: random_u64(),
+            seq: 0,
+            timeout,
+            max_retries: 20,
+        };
+        log.refresh()?;
+        Ok(log)
+    }
+
+    /// The cached projection.
+    pub fn projection(&self) -> &Projection {
+        &self.projection
+    }
+
+    /// Reads the layout again (after `SealedEpoch`, or a sequencer change).
+    pub fn refresh(&mut self) -> Result<(), String> {
+        let (_, p) = self.consensus.layout()?;
+        self.projection =
+            p.ok_or("no layout is installed; run `trex layout init` (or `trex up`)")?;
+        self.members = self.consensus.members()?;
+        self.units.clear();
+        self.sequencer = None;
+        Ok(())
+    }
+
+    /// The chain (unit ids, head first) serving `addr`.
+    pub fn chain(&self, addr: u64) -> Result<Vec<u64>, String> {
+        let seg = self
+            .projection
+            .segments
+            .iter()
+            .find(|s| s.start <= addr && addr < s.end)
+            .ok_or_else(|| {
+                format!(
+                    "address {addr} is in no segment of layout epoch {}",
+                    self.projection.epoch
+                )
+            })?;
+        let n = seg.stripes.len() as u64;
+        if n == 0 {
+            return Err(format!(
+                "layout epoch {} has a segment without stripes",
+                self.projection.epoch
+            ));
+        }
+        Ok(seg.stripes[(addr % n) as usize].clone())
+    }
+
+    fn unit(&mut self, id: u64) -> Result<&mut UnitClient, String> {
+        if !self.units.contains_key(&id) {
+            let m = self
+                .members
+                .get(&id)
+                .ok_or_else(|| format!("storage unit {id} is not registered"))?;
+            let c = UnitClient::connect(&m.addr, self.timeout)
+                .map_err(|e| format!("unit {id}: {e}"))?;
+            self.units.insert(id, c);
+        }
+        Ok(self.units.get_mut(&id).expect("inserted above"))
+    }
+
+    fn sequencer_client(&mut self) -> Result<&mut UnitClient, String> {
+        if self.sequencer.is_none() {
+            let id = self.projection.sequencer;
+            let m = self.members.get(&id).ok_or_else(|| {
+                format!("layout epoch {} names no registered sequencer; start one with `trex node sequencer`", self.projection.epoch)
+            })?;
+            self.sequencer = Some(
+                UnitClient::connect(&m.addr, self.timeout)
+                    .map_err(|e| format!("sequencer {id}: {e}"))?,
+            );
+        }
+        Ok(self.sequencer.as_mut().expect("set above"))
+    }
+
+    /// `count` consecutive addresses and their epoch from the sequencer.
+    pub fn token(&mut self, count: u32) -> Result<(u64, u64), String> {
+        for _ in 0..self.max_retries {
+            let reply = self.sequencer_client()?.call(Opcode::Token, 0, |b| {
+                trex_wire::encode_token_request(b, count)
+            });
+            match reply
+                .map_err(|e| e.to_string())
+                .and_then(|(_, b)| trex_wire::decode_token_reply(&b).map_err(|e| e.to_string()))
+            {
+                Ok(TokenReply::Granted { epoch, first }) => {
+                    if epoch > self.projection.epoch {
+                        self.refresh()?; // the sequencer took over at a newer layout
+                    }
+                    return Ok((epoch, first));
+                }
+                Ok(TokenReply::NotSequencer { .. }) | Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    self.refresh()?;
+                }
+            }
+        }
+        Err("no sequencer handed out addresses; is one running and holding the lease? (`trex status`)".into())
+    }
+
+    /// Appends one entry; returns its address.
+    pub fn append(&mut self, data: &[u8]) -> Result<u64, String> {
+        Ok(self.append_batch(&[data])?[0])
+    }
+
+    /// Appends entries; returns their addresses (consecutive unless a race
+    /// forced a retry).
+    pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, String> {
+        let mut out = vec![0u64; entries.len()];
+        let seqs: Vec<u64> = entries
+            .iter()
+            .map(|_| {
+                self.seq += 1;
+                self.seq
+            })
+            .collect();
+        let mut todo: Vec<usize> = (0..entries.len()).collect();
+        for _ in 0..self.max_retries {
+            if todo.is_empty() {
+                return Ok(out);
+            }
+            let (epoch, first) = self.token(todo.len() as u32)?;
+            // Group by chain, then write each chain's batch down the chain.
+            let mut by_chain: BTreeMap<Vec<u64>, Vec<(usize, u64)>> = BTreeMap::new();
+            for (k, &i) in todo.iter().enumerate() {
+                let addr = first + k as u64;
+                by_chain
+                    .entry(self.chain(addr)?)
+                    .or_default()
+                    .push((i, addr));
+            }
+            let mut again = Vec::new();
+            let mut refresh = false;
+            for (chain, items) in by_chain {
+                let ops: Vec<WriteOp<'_>> = items
+                    .iter()
+                    .map(|(i, addr)| WriteOp {
+                        addr: *addr,
+                        writer: self.writer,
+                        seq: seqs[*i],
+                        data: entries[*i],
+                    })
+                    .collect();
+                let mut lost = vec![false; items.len()];
+                for unit in &chain {
+                    let c = self.unit(*unit)?;
+                    match c.write(epoch, &ops) {
+                        Ok(st) => {
+                            for (k, s) in st.iter().enumerate() {
+                                match s {
+                                    Status::Ok => {}
+                                    // Someone filled the address first: take another.
+                                    Status::Written | Status::Junk | Status::Trimmed => {
+                                        lost[k] = true
+                                    }
+                                    other => {
+                                        return Err(format!(
+                                            "unit {unit} refused address {}: {other}",
+                                            ops[k].addr
+                                        ))
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) if sealed(&e) => {
+                            refresh = true;
+                            lost.iter_mut().for_each(|l| *l = true);
+                            break;
+                        }
+                        Err(e) => {
+                            self.units.remove(unit);
+                            return Err(format!("unit {unit}: {e}"));
+                        }
+                    }
+                }
+                for (k, (i, addr)) in items.iter().enumerate() {
+                    if lost[k] {
+                        again.push(*i);
+                    } else {
+                        out[*i] = *addr;
+                    }
+                }
+            }
+            if refresh {
+                self.refresh()?;
+            }
+            // A lost address got junk or another value at the head (so nothing of
+            // ours went down that chain): the entry takes a new address, keeping
+            // its sequence number.
+            todo = again;
+        }
+        Err(format!(
+            "{} entries could not be appended after {} tries",
+            todo.len(),
+            self.max_retries
+        ))
+    }
+
+    /// Reads `addr` from the tail of its chain.
+    pub fn read(&mut self, addr: u64) -> Result<Slot, String> {
+        Ok(self.read_range(addr, 1)?.remove(0))
+    }
+
+    /// Reads `count` consecutive addresses.
+    pub fn read_range(&mut self, from: u64, count: u64) -> Result<Vec<Slot>, String> {
+        for _ in 0..self.max_retries {
+            let epoch = self.projection.epoch;
+            let mut by_tail: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            for a in from..from.saturating_add(count) {
+                let tail = *self.chain(a)?.last().ok_or("empty chain")?;
+                by_tail.entry(tail).or_default().push(a);
+            }
+            let mut got: BTreeMap<u64, Slot> = BTreeMap::new();
+            let mut refresh = false;
+            for (unit, addrs) in by_tail {
+                match self.unit(unit)?.read(epoch, &addrs) {
+                    Ok(items) => {
+                        for it in items {
+                            let s = match it.status {
+                                Status::Ok => Slot::Data {
+                                    writer: it.writer,
+                                    seq: it.seq,
+                                    data: it.data,
+                                },
+                                Status::Junk => Slot::Hole,
+                                Status::Trimmed => Slot::Trimmed,
+                                Status::Unwritten => Slot::Unwritten,
+                                other => {
+                                    return Err(format!(
+                                        "unit {unit} answered {other} for address {}",
+                                        it.addr
+                                    ))
+                                }
+                            };
+                            got.insert(it.addr, s);
+                        }
+                    }
+                    Err(e) if sealed(&e) => refresh = true,
+                    Err(e) => {
+                        self.units.remove(&unit);
+                        return Err(format!("unit {unit}: {e}"));
+                    }
+                }
+            }
+            if refresh {
+                // Never answer "unwritten" from a stale layout: read the current one.
+                self.refresh()?;
+                continue;
+            }
+            return Ok(got.into_values().collect());
+        }
+        Err("the layout kept changing while reading".into())
+    }
+
+    /// Fills a hole: completes a torn append if the head has a value, else junk
+    /// down the chain. Returns what the address holds afterwards.
+    pub fn fill(&mut self, addr: u64) -> Result<Slot, String> {
+        for _ in 0..self.max_retries {
+            let epoch = self.projection.epoch;
+            let chain = self.chain(addr)?;
+            let head = chain[0];
+            let found = match self.unit(head)?.read(epoch, &[addr]) {
+                Ok(mut v) => v.remove(0),
+                Err(e) if sealed(&e) => {
+                    self.refresh()?;
+                    continue;
+                }
+                Err(e) => return Err(format!("unit {head}: {e}")),
+            };
+            let result = if found.status == Status::Ok {
+                // Copy the value down the chain, in order.
+                let op = WriteOp {
+                    addr,
+                    writer: found.writer,
+                    seq: found.seq,
+                    data: &found.data,
+                };
+                for unit in &chain[1..] {
+                    let st = self
+                        .unit(*unit)?
+                        .write(epoch, &[op])
+                        .map_err(|e| format!("unit {unit}: {e}"))?;
+                    if !matches!(st[0], Status::Ok | Status::Written) {
+                        return Err(format!(
+                            "unit {unit} refused the copy of address {addr}: {}",
+                            st[0]
+                        ));
+                    }
+                }
+                Slot::Data {
+                    writer: found.writer,
+                    seq: found.seq,
+                    data: found.data.clone(),
+                }
+            } else {
+                let mut slot = Slot::Hole;
+                for unit in &chain {
+                    let st = self
+                        .unit(*unit)?
+                        .fill(epoch, &[addr])
+                        .map_err(|e| format!("unit {unit}: {e}"))?;
+                    match st[0] {
+                        Status::Ok => {}
+                        // A slow writer got there first: adopt its value.
+                        Status::Written => return self.fill(addr),
+                        Status::Trimmed => slot = Slot::Trimmed,
+                        other => {
+                            return Err(format!("unit {unit} refused to fill {addr}: {other}"))
+                        }
+                    }
+                }
+                slot
+            };
+            return Ok(result);
+        }
+        Err("the layout kept changing while filling".into())
+    }
+
+    /// The slow check: one past the highest address any unit of the current
+    /// projection holds.
+    pub fn check(&mut self) -> Result<u64, String> {
+        let ids: Vec<u64> = self
+            .projection
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        let mut tail = 0;
+        for id in ids {
+            tail = tail.max(
+                self.unit(id)?
+                    .info()
+                    .map_err(|e| format!("unit {id}: {e}"))?
+                    .tail,
+            );
+        }
+        Ok(tail)
+    }
+
+    /// Trims every unit of the projection below `prefix`.
+    pub fn trim(&mut self, prefix: u64) -> Result<(), String> {
+        let epoch = self.projection.epoch;
+        let ids: Vec<u64> = self
+            .projection
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        for id in ids {
+            self.unit(id)?
+                .trim(epoch, prefix)
+                .map_err(|e| format!("unit {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Follows the log from `from`: yields entries and holes in address order,
+    /// waits at the tail, and fills an address that stays unwritten below the
+    /// tail for longer than `hole_wait` (its writer probably died).
+    pub fn subscribe(&mut self, from: u64, hole_wait: Duration) -> Subscription<'_> {
+        Subscription {
+            log: self,
+            next: from,
+            hole_wait,
+            waiting_since: None,
+        }
+    }
+}
+
+/// An iterator over the log in address order (see [`Log::subscribe`]).
+pub struct Subscription<'a> {
+    log: &'a mut Log,
+    next: u64,
+    hole_wait: Duration,
+    waiting_since: Option<Instant>,
+}
+
+impl Subscription<'_> {
+    /// The next address it will yield.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Blocks until the next address is decided; returns it and what it holds.
+    pub fn next_entry(&mut self) -> Result<(u64, Slot), String> {
+        loop {
+            let addr = self.next;
+            match self.log.read(addr)? {
+                Slot::Unwritten => {
+                    let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.hole_wait && self.log.check()? > addr {
+                        let s = self.log.fill(addr)?;
+                        self.waiting_since = None;
+                        self.next += 1;
+                        return Ok((addr, s));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                s => {
+                    self.waiting_since = None;
+                    self.next += 1;
+                    return Ok((addr, s));
+                }
+            }
+        }
+    }
+}
