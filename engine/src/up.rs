@@ -137,6 +137,14 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                 m.values().filter(|m| m.role == Role::Storage).count() >= o.units as usize
             })
         })?;
+        // Registrations survive restarts: also wait until every unit answers.
+        wait_for("storage units answering", Duration::from_secs(30), || {
+            (0..o.units).all(|i| {
+                crate::client::UnitClient::connect(&port(20 + i), Duration::from_millis(300))
+                    .and_then(|mut u| u.info())
+                    .is_ok()
+            })
+        })?;
         eprintln!(
             "started {} storage units on {}..{}",
             o.units,
@@ -153,6 +161,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                 o.stripes, o.replicas
             );
         }
+        let epoch0 = c.layout()?.1.map_or(0, |p| p.epoch);
         for i in 0..o.sequencers {
             let args = vec![
                 "node".into(),
@@ -164,11 +173,11 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             ];
             nodes.push(spawn(&exe, &format!("sequencer-{}", i + 1), &logs, &args)?);
         }
-        // Ready once a sequencer has taken over (a layout naming it); asking for a
-        // token here would burn an address into a hole.
+        // Ready once a sequencer of this run has taken over (a newer layout naming
+        // it); asking for a token here would burn an address into a hole.
         wait_for("a sequencer taking over", Duration::from_secs(30), || {
             c.layout()
-                .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0))
+                .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
         })?;
         eprintln!(
             "started {} sequencers on {}..{}",

@@ -1,0 +1,170 @@
+//! The shared log end to end on real processes: `trex up`, several clients
+//! appending while the active sequencer is stopped past its lease; every
+//! acknowledged append reads back with its bytes at its address, no address
+//! holds two values, holes stay holes; then the whole cluster restarts and
+//! everything reads back again.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trex_engine::log::{Log, Slot};
+
+/// A base port with the 24 ports `trex up` uses free.
+fn free_base() -> u16 {
+    let seed = std::process::id() as u16;
+    for k in 0..200u16 {
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 30_000;
+        if (0..24).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range for trex up");
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+fn up(dir: &Path, base: u16) -> Up {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["up", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        if line.unwrap().contains("cluster is up") {
+            return Up(child);
+        }
+    }
+    panic!("trex up did not come up; see {}/logs", dir.display());
+}
+
+fn pid_of(pattern: &str) -> Option<i32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let eps = format!(
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        base,
+        base + 1,
+        base + 2
+    );
+    let cluster = up(dir.path(), base);
+    let acked: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
+    let workers: Vec<_> = (0..3)
+        .map(|c| {
+            let (eps, acked) = (eps.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut log = Log::connect(&eps).unwrap();
+                for i in 0..60 {
+                    let entries: Vec<Vec<u8>> = (0..10)
+                        .map(|k| format!("client {c} batch {i} entry {k}").into_bytes())
+                        .collect();
+                    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
+                    let addrs = log.append_batch(&refs).expect("append");
+                    let mut a = acked.lock().unwrap();
+                    for (addr, e) in addrs.into_iter().zip(entries) {
+                        assert!(
+                            a.insert(addr, e).is_none(),
+                            "address {addr} acknowledged twice"
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+    // Stop the active sequencer past its lease while the clients append.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut log = Log::connect(&eps).unwrap();
+    let seq_port = log.projection().sequencer;
+    let pid =
+        pid_of(&format!("sequencer --listen 127.0.0.1:{seq_port}")).expect("sequencer process");
+    // SAFETY: signalling a process of our own cluster.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t0 = Instant::now();
+    for w in workers {
+        w.join().expect("a client failed");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1800);
+    eprintln!(
+        "1800 appends acknowledged in {:?} across a sequencer takeover",
+        t0.elapsed()
+    );
+    log.refresh().unwrap();
+    assert_ne!(
+        log.projection().sequencer,
+        seq_port,
+        "the standby took over"
+    );
+
+    let check = |log: &mut Log| {
+        let end = log.check().unwrap();
+        let slots = log.read_range(0, end).unwrap();
+        let mut holes = Vec::new();
+        for (a, s) in slots.iter().enumerate() {
+            let a = a as u64;
+            match (s, acked.get(&a)) {
+                (Slot::Data { data, .. }, Some(want)) => {
+                    assert_eq!(data, want, "address {a} has the wrong bytes")
+                }
+                (Slot::Data { .. }, None) => {
+                    panic!("address {a} holds data nobody was told was appended")
+                }
+                (_, Some(_)) => panic!("acknowledged address {a} reads as {s:?}"),
+                (Slot::Hole | Slot::Unwritten, None) => holes.push(a),
+                (Slot::Trimmed, None) => panic!("nothing was trimmed"),
+            }
+        }
+        holes
+    };
+    let holes = check(&mut log);
+    // Fill the holes; a filled hole stays a hole.
+    for a in &holes {
+        assert_eq!(log.fill(*a).unwrap(), Slot::Hole, "address {a}");
+    }
+    drop(cluster); // Ctrl-C: the whole cluster stops
+    let _cluster = up(dir.path(), base);
+    let mut log = Log::connect(&eps).unwrap();
+    let after = check(&mut log);
+    assert_eq!(after, holes, "the same holes after a restart");
+    for a in &after {
+        assert_eq!(
+            log.read(*a).unwrap(),
+            Slot::Hole,
+            "filled address {a} is still junk"
+        );
+    }
+    let next = log.append(b"after restart").unwrap();
+    assert!(
+        next >= acked.keys().max().unwrap() + 1,
+        "the restarted sequencer starts past every written address"
+    );
+}
