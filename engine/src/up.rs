@@ -7,6 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Prints a line to standard output, ignoring a closed pipe (the caller may
+/// stop reading once the cluster is up).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct UpOptions {
@@ -108,7 +117,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             ];
             nodes.push(spawn(&exe, &format!("consensus-{}", i + 1), &logs, &args)?);
         }
-        eprintln!("started {} consensus nodes on {eps}", o.consensus);
+        esay!("started {} consensus nodes on {eps}", o.consensus);
         wait_for("a consensus leader", Duration::from_secs(30), || {
             consensus.iter().any(|a| {
                 ConsensusClient::node_status(a, Duration::from_millis(300)).is_ok_and(|s| s.leading)
@@ -145,7 +154,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                     .is_ok()
             })
         })?;
-        eprintln!(
+        esay!(
             "started {} storage units on {}..{}",
             o.units,
             port(20),
@@ -156,9 +165,10 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                 stripes: o.stripes,
                 replicas: o.replicas,
             })?;
-            eprintln!(
+            esay!(
                 "installed the first layout: {} stripes x {} replicas",
-                o.stripes, o.replicas
+                o.stripes,
+                o.replicas
             );
         }
         let epoch0 = c.layout()?.1.map_or(0, |p| p.epoch);
@@ -179,7 +189,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             c.layout()
                 .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
         })?;
-        eprintln!(
+        esay!(
             "started {} sequencers on {}..{}",
             o.sequencers,
             port(10),
@@ -194,12 +204,12 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
     let ep_file = o.data_dir.join("endpoints");
     std::fs::write(&ep_file, format!("{eps}\n"))
         .map_err(|e| format!("cannot write {}: {e}", ep_file.display()))?;
-    println!(
+    say!(
         "trex cluster is up; consensus endpoints: {eps} (also in {})",
         ep_file.display()
     );
-    println!("try, in another terminal:  echo hello | trex append -  &&  trex tail --follow");
-    println!("logs in {}; stop with Ctrl-C", logs.display());
+    say!("try, in another terminal:  echo hello | trex append -  &&  trex tail --follow");
+    say!("logs in {}; stop with Ctrl-C", logs.display());
     // Wait for SIGINT/SIGTERM (blocked above, so sigwait takes it), watching children.
     let sig = loop {
         let ts = libc::timespec {
@@ -213,7 +223,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         }
         for n in nodes.iter_mut() {
             if let Ok(Some(st)) = n.child.try_wait() {
-                eprintln!(
+                esay!(
                     "warning: {} exited ({st}); see {}",
                     n.name,
                     logs.join(format!("{}.log", n.name)).display()
@@ -222,9 +232,9 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         }
         nodes.retain_mut(|n| n.child.try_wait().ok().flatten().is_none());
     };
-    eprintln!("received signal {sig}; stopping {} nodes", nodes.len());
+    esay!("received signal {sig}; stopping {} nodes", nodes.len());
     stop_all(&mut nodes);
-    eprintln!(
+    esay!(
         "stopped; data kept in {} (run `trex up` again to reuse it)",
         o.data_dir.display()
     );
