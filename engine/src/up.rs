@@ -117,7 +117,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             ];
             nodes.push(spawn(&exe, &format!("consensus-{}", i + 1), &logs, &args)?);
         }
-        esay!("started {} consensus nodes on {eps}", o.consensus);
+        eprintln!("started {} consensus nodes on {eps}", o.consensus);
         wait_for("a consensus leader", Duration::from_secs(30), || {
             consensus.iter().any(|a| {
                 ConsensusClient::node_status(a, Duration::from_millis(300)).is_ok_and(|s| s.leading)
@@ -154,7 +154,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                     .is_ok()
             })
         })?;
-        esay!(
+        eprintln!(
             "started {} storage units on {}..{}",
             o.units,
             port(20),
@@ -165,10 +165,9 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                 stripes: o.stripes,
                 replicas: o.replicas,
             })?;
-            esay!(
+            eprintln!(
                 "installed the first layout: {} stripes x {} replicas",
-                o.stripes,
-                o.replicas
+                o.stripes, o.replicas
             );
         }
         let epoch0 = c.layout()?.1.map_or(0, |p| p.epoch);
@@ -189,7 +188,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             c.layout()
                 .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
         })?;
-        esay!(
+        eprintln!(
             "started {} sequencers on {}..{}",
             o.sequencers,
             port(10),
@@ -223,7 +222,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         }
         for n in nodes.iter_mut() {
             if let Ok(Some(st)) = n.child.try_wait() {
-                esay!(
+                eprintln!(
                     "warning: {} exited ({st}); see {}",
                     n.name,
                     logs.join(format!("{}.log", n.name)).display()
@@ -232,9 +231,9 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         }
         nodes.retain_mut(|n| n.child.try_wait().ok().flatten().is_none());
     };
-    esay!("received signal {sig}; stopping {} nodes", nodes.len());
+    eprintln!("received signal {sig}; stopping {} nodes", nodes.len());
     stop_all(&mut nodes);
-    esay!(
+    eprintln!(
         "stopped; data kept in {} (run `trex up` again to reuse it)",
         o.data_dir.display()
     );
