@@ -39,6 +39,32 @@ enum Cmd {
     Lock(ConsensusLoad),
     /// etcd lease grant+revoke pairs/s through its JSON gateway, for comparison.
     EtcdLease(EtcdLoad),
+    /// Appends to the shared log (each client appends batches of --depth entries).
+    Append(LogLoad),
+    /// Reads from the shared log (each client reads ranges of --depth addresses).
+    Read(LogLoad),
+}
+
+#[derive(Args)]
+struct LogLoad {
+    /// Consensus nodes, comma-separated HOST:PORT.
+    #[arg(long, default_value = trex_engine::consensus::client::DEFAULT_ENDPOINTS)]
+    endpoints: String,
+    /// Entry size.
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    size: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Entries per append batch (or addresses per read), i.e. in flight per client.
+    #[arg(long, default_value_t = 64)]
+    depth: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -129,6 +155,22 @@ struct Shared {
 
 fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
+        Cmd::Append(a) => closed_loop(
+            "append",
+            a.clients,
+            a.duration,
+            a.json.as_deref(),
+            a.size,
+            |i, stop, n| append_client(&a, i, stop, n),
+        ),
+        Cmd::Read(a) => closed_loop(
+            "read",
+            a.clients,
+            a.duration,
+            a.json.as_deref(),
+            a.size,
+            |i, stop, n| read_client(&a, i, stop, n),
+        ),
         Cmd::Tokens(a) => {
             let per = u64::from(a.batch);
             closed_loop(
@@ -836,4 +878,50 @@ impl Summary {
             self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]
         )
     }
+}
+
+/// One log client appending batches of `depth` entries of `size` bytes.
+fn append_client(
+    a: &LogLoad,
+    i: usize,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut log = trex_engine::log::Log::connect(&a.endpoints)?;
+    let entry: Vec<u8> = (0..a.size).map(|k| (k as usize ^ i) as u8).collect();
+    let batch: Vec<&[u8]> = (0..a.depth).map(|_| entry.as_slice()).collect();
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        log.append_batch(&batch)?;
+        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        done.fetch_add(a.depth as u64, Ordering::Relaxed);
+    }
+    Ok(hist)
+}
+
+/// One log client reading ranges of `depth` addresses below the tail.
+fn read_client(
+    a: &LogLoad,
+    i: usize,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Result<Histogram<u64>, String> {
+    let mut hist = new_hist().map_err(|e| e.to_string())?;
+    let mut log = trex_engine::log::Log::connect(&a.endpoints)?;
+    let tail = log.check()?;
+    if tail < a.depth as u64 {
+        return Err(format!(
+            "the log holds {tail} entries; append some first (trex-bench append)"
+        ));
+    }
+    let mut at = (i as u64 * 7919) % (tail - a.depth as u64 + 1);
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        log.read_range(at, a.depth as u64)?;
+        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        done.fetch_add(a.depth as u64, Ordering::Relaxed);
+        at = (at + a.depth as u64 * 13) % (tail - a.depth as u64 + 1);
+    }
+    Ok(hist)
 }
