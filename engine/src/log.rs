@@ -152,23 +152,40 @@ impl Log {
 
     /// `count` consecutive addresses and their epoch from the sequencer.
     pub fn token(&mut self, count: u32) -> Result<(u64, u64), String> {
-        for _ in 0..self.max_retries {
-            let reply = self.sequencer_client()?.call(Opcode::Token, 0, |b| {
-                trex_wire::encode_token_request(b, count)
-            });
+        // Long enough for a standby to take over (lease TTL + grace + sealing), or
+        // for the sequencer to adopt a reconfigured epoch (a third of its TTL).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let reply = match self.sequencer_client() {
+                Ok(c) => c
+                    .call(Opcode::Token, 0, |b| {
+                        trex_wire::encode_token_request(b, count)
+                    })
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
             match reply
-                .map_err(|e| e.to_string())
                 .and_then(|(_, b)| trex_wire::decode_token_reply(&b).map_err(|e| e.to_string()))
             {
                 Ok(TokenReply::Granted { epoch, first }) => {
                     if epoch > self.projection.epoch {
                         self.refresh()?; // the sequencer took over at a newer layout
                     }
+                    if epoch < self.projection.epoch {
+                        // The layout moved on (a reconfiguration) and the sequencer
+                        // has not adopted the new epoch yet: its tokens would be
+                        // refused. Wait for it.
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
                     return Ok((epoch, first));
                 }
                 Ok(TokenReply::NotSequencer { .. }) | Err(_) => {
+                    // Taking over, or gone: look again (the consensus group may
+                    // itself be electing; keep trying until the deadline).
                     std::thread::sleep(Duration::from_millis(100));
-                    self.refresh()?;
+                    let _ = self.refresh();
+                    self.sequencer = None;
                 }
             }
         }
@@ -182,8 +199,14 @@ impl Log {
 
     /// Appends entries; returns their addresses (consecutive unless a race
     /// forced a retry).
+    ///
+    /// An entry keeps its address across a layout change (a seal, or a failed
+    /// unit taken out): it is written again at the same address under the new
+    /// epoch, which the units answer idempotently if part of the chain already has
+    /// it, so a retried append never shows up twice. Only an address another
+    /// writer or a filler took first is given up for a new one.
     pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, String> {
-        let mut out = vec![0u64; entries.len()];
+        let n = entries.len();
         let seqs: Vec<u64> = entries
             .iter()
             .map(|_| {
@@ -191,42 +214,52 @@ impl Log {
                 self.seq
             })
             .collect();
-        let mut todo: Vec<usize> = (0..entries.len()).collect();
+        let mut addr_of: Vec<Option<u64>> = vec![None; n];
+        let mut done = vec![false; n];
         for _ in 0..self.max_retries {
-            if todo.is_empty() {
-                return Ok(out);
+            let need: Vec<usize> = (0..n)
+                .filter(|i| !done[*i] && addr_of[*i].is_none())
+                .collect();
+            if !need.is_empty() {
+                let (_, first) = self.token(need.len() as u32)?;
+                for (k, i) in need.iter().enumerate() {
+                    addr_of[*i] = Some(first + k as u64);
+                }
             }
-            let (epoch, first) = self.token(todo.len() as u32)?;
-            // Group by chain, then write each chain's batch down the chain.
-            let mut by_chain: BTreeMap<Vec<u64>, Vec<(usize, u64)>> = BTreeMap::new();
-            for (k, &i) in todo.iter().enumerate() {
-                let addr = first + k as u64;
-                by_chain
-                    .entry(self.chain(addr)?)
-                    .or_default()
-                    .push((i, addr));
+            let epoch = self.projection.epoch;
+            let mut by_chain: BTreeMap<Vec<u64>, Vec<usize>> = BTreeMap::new();
+            for i in (0..n).filter(|i| !done[*i]) {
+                let addr = addr_of[i].expect("assigned above");
+                by_chain.entry(self.chain(addr)?).or_default().push(i);
             }
-            let mut again = Vec::new();
+            if by_chain.is_empty() {
+                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+            }
             let mut refresh = false;
             for (chain, items) in by_chain {
                 let ops: Vec<WriteOp<'_>> = items
                     .iter()
-                    .map(|(i, addr)| WriteOp {
-                        addr: *addr,
+                    .map(|i| WriteOp {
+                        addr: addr_of[*i].unwrap_or_default(),
                         writer: self.writer,
                         seq: seqs[*i],
                         data: entries[*i],
                     })
                     .collect();
+                // Per entry: still going down the chain, lost its address, or retry.
                 let mut lost = vec![false; items.len()];
+                let mut retry = false;
                 for unit in &chain {
-                    let c = self.unit(*unit)?;
-                    match c.write(epoch, &ops) {
+                    let written = match self.unit(*unit) {
+                        Ok(c) => c.write(epoch, &ops),
+                        Err(e) => Err(ClientError::Io(e)),
+                    };
+                    match written {
                         Ok(st) => {
                             for (k, s) in st.iter().enumerate() {
                                 match s {
                                     Status::Ok => {}
-                                    // Someone filled the address first: take another.
+                                    // Someone took the address first: get another.
                                     Status::Written | Status::Junk | Status::Trimmed => {
                                         lost[k] = true
                                     }
@@ -241,34 +274,34 @@ impl Log {
                         }
                         Err(e) if sealed(&e) => {
                             refresh = true;
-                            lost.iter_mut().for_each(|l| *l = true);
+                            retry = true;
                             break;
                         }
                         Err(e) => {
+                            // The unit is gone: take it out of the layout, retry.
                             self.units.remove(unit);
-                            return Err(format!("unit {unit}: {e}"));
+                            self.reconfigure(*unit, &e.to_string())?;
+                            refresh = true;
+                            retry = true;
+                            break;
                         }
                     }
                 }
-                for (k, (i, addr)) in items.iter().enumerate() {
+                for (k, i) in items.iter().enumerate() {
                     if lost[k] {
-                        again.push(*i);
-                    } else {
-                        out[*i] = *addr;
+                        addr_of[*i] = None;
+                    } else if !retry {
+                        done[*i] = true;
                     }
                 }
             }
             if refresh {
                 self.refresh()?;
             }
-            // A lost address got junk or another value at the head (so nothing of
-            // ours went down that chain): the entry takes a new address, keeping
-            // its sequence number.
-            todo = again;
         }
         Err(format!(
             "{} entries could not be appended after {} tries",
-            todo.len(),
+            done.iter().filter(|d| !**d).count(),
             self.max_retries
         ))
     }
@@ -290,7 +323,11 @@ impl Log {
             let mut got: BTreeMap<u64, Slot> = BTreeMap::new();
             let mut refresh = false;
             for (unit, addrs) in by_tail {
-                match self.unit(unit)?.read(epoch, &addrs) {
+                let read = match self.unit(unit) {
+                    Ok(c) => c.read(epoch, &addrs),
+                    Err(e) => Err(ClientError::Io(e)),
+                };
+                match read {
                     Ok(items) => {
                         for it in items {
                             let s = match it.status {
@@ -315,7 +352,8 @@ impl Log {
                     Err(e) if sealed(&e) => refresh = true,
                     Err(e) => {
                         self.units.remove(&unit);
-                        return Err(format!("unit {unit}: {e}"));
+                        self.reconfigure(unit, &e.to_string())?;
+                        refresh = true;
                     }
                 }
             }
@@ -391,6 +429,61 @@ impl Log {
             return Ok(result);
         }
         Err("the layout kept changing while filling".into())
+    }
+
+    /// Takes a storage unit that stopped answering out of the layout: installs a
+    /// projection one epoch higher with `failed` removed from every chain (the
+    /// survivors keep serving the whole range), then seals every remaining unit at
+    /// that epoch so no write of the old epoch lands anywhere. Another client may
+    /// have done it already; that is fine.
+    pub fn reconfigure(&mut self, failed: u64, why: &str) -> Result<(), String> {
+        self.refresh()?;
+        let p = self.projection.clone();
+        if !p
+            .segments
+            .iter()
+            .any(|s| s.stripes.iter().any(|c| c.contains(&failed)))
+        {
+            return Ok(()); // someone else took it out already
+        }
+        let mut next = p.clone();
+        next.epoch = p.epoch + 1;
+        for seg in &mut next.segments {
+            for chain in &mut seg.stripes {
+                chain.retain(|u| *u != failed);
+                if chain.is_empty() {
+                    return Err(format!(
+                        "storage unit {failed} failed ({why}) and was the last replica of its stripe: entries there are unavailable until it returns"
+                    ));
+                }
+            }
+        }
+        let op = crate::consensus::sm::Op::Install {
+            expected_epoch: p.epoch,
+            projection: next.clone(),
+        };
+        match self.consensus.submit_ok(&op) {
+            Ok(_) => {}
+            Err(e) if e.contains("epoch is") => return self.refresh(), // raced: read again
+            Err(e) => return Err(e),
+        }
+        crate::log!(
+            "WARN",
+            "storage unit {failed} failed ({why}); installed layout epoch {} without it",
+            next.epoch
+        );
+        let units: Vec<u64> = next
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        self.members = self.consensus.members()?;
+        for id in units {
+            let _ = self
+                .unit(id)
+                .and_then(|c| c.seal(next.epoch).map_err(|e| e.to_string()));
+        }
+        self.refresh()
     }
 
     /// The slow check: one past the highest address any unit of the current

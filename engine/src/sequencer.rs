@@ -245,6 +245,7 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
                         until.duration_since(shared.base).as_nanos() as u64,
                         Ordering::Release,
                     );
+                    follow_layout(&opts, &shared);
                 }
                 Err(e) => {
                     shared.stop_serving();
@@ -308,6 +309,32 @@ fn take_over(opts: &SequencerOptions, shared: &Shared) -> Result<(u64, u64), Str
         }
     }
     Err("the layout kept changing under the takeover".into())
+}
+
+/// A reconfiguration (a storage unit taken out) installs a newer projection that
+/// still names this sequencer and seals the units at its epoch: adopt that epoch,
+/// or tokens would be refused. If the layout names another sequencer, stop.
+fn follow_layout(opts: &SequencerOptions, shared: &Shared) {
+    let Ok(mut c) = ConsensusClient::new(&opts.endpoints, Duration::from_millis(500)) else {
+        return;
+    };
+    let Ok((_, Some(p))) = c.layout() else { return };
+    if p.sequencer != opts.id {
+        shared.stop_serving();
+        crate::log!(
+            "WARN",
+            "layout epoch {} names sequencer {}; stopped serving",
+            p.epoch,
+            p.sequencer
+        );
+    } else if p.epoch > shared.epoch.load(Ordering::Acquire) {
+        shared.epoch.store(p.epoch, Ordering::Release);
+        crate::log!(
+            "INFO",
+            "layout moved to epoch {} (reconfiguration); serving at it",
+            p.epoch
+        );
+    }
 }
 
 /// Learns where the active sequencer is, for hints.

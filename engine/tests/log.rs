@@ -15,7 +15,11 @@ use trex_engine::log::{Log, Slot};
 
 /// A base port with the 24 ports `trex up` uses free.
 fn free_base() -> u16 {
-    let seed = std::process::id() as u16;
+    // Tests in this file run in parallel in one process: never hand out the
+    // same range twice.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16)
+        .wrapping_add(NEXT.fetch_add(101, std::sync::atomic::Ordering::SeqCst));
     for k in 0..200u16 {
         let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 30_000;
         if (0..24).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
@@ -168,4 +172,79 @@ fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
         next > *acked.keys().max().unwrap(),
         "the restarted sequencer starts past every written address"
     );
+}
+
+#[test]
+fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let eps = format!(
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        base,
+        base + 1,
+        base + 2
+    );
+    let _cluster = up(dir.path(), base);
+    let acked: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
+    let workers: Vec<_> = (0..2)
+        .map(|c| {
+            let (eps, acked) = (eps.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut log = Log::connect(&eps).unwrap();
+                for i in 0..80 {
+                    let entries: Vec<Vec<u8>> = (0..8)
+                        .map(|k| format!("c{c} b{i} e{k}").into_bytes())
+                        .collect();
+                    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
+                    let addrs = log
+                        .append_batch(&refs)
+                        .expect("appends go on after a unit dies");
+                    let mut a = acked.lock().unwrap();
+                    for (addr, e) in addrs.into_iter().zip(entries) {
+                        assert!(
+                            a.insert(addr, e).is_none(),
+                            "address {addr} acknowledged twice"
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    // Kill the tail of stripe 0 (the second unit) with SIGKILL.
+    let victim = base + 21;
+    let pid = pid_of(&format!("storage --listen 127.0.0.1:{victim}")).expect("unit process");
+    // SAFETY: signalling a process of our own cluster.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for w in workers {
+        w.join().expect("a client failed");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1280);
+    let mut log = Log::connect(&eps).unwrap();
+    let p = log.projection().clone();
+    assert!(
+        p.segments
+            .iter()
+            .all(|s| s.stripes.iter().all(|c| !c.contains(&u64::from(victim)))),
+        "the dead unit was taken out of the layout: {p:?}"
+    );
+    for (a, want) in &acked {
+        match log.read(*a).unwrap() {
+            Slot::Data { data, .. } => assert_eq!(&data, want, "address {a}"),
+            other => panic!("acknowledged address {a} reads as {other:?}"),
+        }
+    }
+    // No entry shows up twice: every address holding data was acknowledged for it.
+    let end = log.check().unwrap();
+    for (a, s) in log.read_range(0, end).unwrap().into_iter().enumerate() {
+        if let Slot::Data { data, .. } = s {
+            assert_eq!(
+                acked.get(&(a as u64)),
+                Some(&data),
+                "address {a} holds an entry that was not acknowledged there"
+            );
+        }
+    }
 }
