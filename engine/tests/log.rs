@@ -211,6 +211,8 @@ fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost(
             })
         })
         .collect();
+    // A client whose layout goes stale during the test.
+    let mut stale = Log::connect(&eps).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     // Kill the tail of stripe 0 (the second unit) with SIGKILL.
     let victim = base + 21;
@@ -234,6 +236,18 @@ fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost(
         match log.read(*a).unwrap() {
             Slot::Data { data, .. } => assert_eq!(&data, want, "address {a}"),
             other => panic!("acknowledged address {a} reads as {other:?}"),
+        }
+    }
+    // The stale client is never told "unwritten" for an address the current
+    // layout has as written: it refreshes on sealed-epoch or a dead unit.
+    let old_epoch = stale.projection().epoch;
+    assert!(old_epoch < p.epoch, "the client's layout really is stale");
+    for (a, want) in &acked {
+        match stale.read(*a).unwrap() {
+            Slot::Data { data, .. } => assert_eq!(&data, want, "stale client, address {a}"),
+            other => {
+                panic!("a client with a stale layout read {other:?} at acknowledged address {a}")
+            }
         }
     }
     // No entry shows up twice: every address holding data was acknowledged for it.
