@@ -136,6 +136,13 @@ impl Log {
         Ok(self.units.get_mut(&id).expect("inserted above"))
     }
 
+    /// Takes a unit's client out of the cache (connecting if needed), for a
+    /// writer thread; it is put back afterwards.
+    fn take_unit(&mut self, id: u64) -> Result<UnitClient, String> {
+        self.unit(id)?;
+        Ok(self.units.remove(&id).expect("connected above"))
+    }
+
     fn sequencer_client(&mut self) -> Result<&mut UnitClient, String> {
         if self.sequencer.is_none() {
             let id = self.projection.sequencer;
@@ -236,61 +243,73 @@ impl Log {
                 return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
             }
             let mut refresh = false;
+            // Every chain is written in parallel; within a chain, head to tail.
+            let mut work = Vec::new();
             for (chain, items) in by_chain {
-                let ops: Vec<WriteOp<'_>> = items
-                    .iter()
-                    .map(|i| WriteOp {
-                        addr: addr_of[*i].unwrap_or_default(),
-                        writer: self.writer,
-                        seq: seqs[*i],
-                        data: entries[*i],
-                    })
-                    .collect();
-                // Per entry: still going down the chain, lost its address, or retry.
-                let mut lost = vec![false; items.len()];
-                let mut retry = false;
+                let mut clients = Vec::new();
+                let mut down = None;
                 for unit in &chain {
-                    let written = match self.unit(*unit) {
-                        Ok(c) => c.write(epoch, &ops),
-                        Err(e) => Err(ClientError::Io(e)),
-                    };
-                    match written {
-                        Ok(st) => {
-                            for (k, s) in st.iter().enumerate() {
-                                match s {
-                                    Status::Ok => {}
-                                    // Someone took the address first: get another.
-                                    Status::Written | Status::Junk | Status::Trimmed => {
-                                        lost[k] = true
-                                    }
-                                    other => {
-                                        return Err(format!(
-                                            "unit {unit} refused address {}: {other}",
-                                            ops[k].addr
-                                        ))
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) if sealed(&e) => {
-                            refresh = true;
-                            retry = true;
-                            break;
-                        }
+                    match self.take_unit(*unit) {
+                        Ok(c) => clients.push((*unit, c)),
                         Err(e) => {
-                            // The unit is gone: take it out of the layout, retry.
-                            self.units.remove(unit);
-                            self.reconfigure(*unit, &e.to_string())?;
-                            refresh = true;
-                            retry = true;
+                            down = Some((*unit, e));
                             break;
                         }
                     }
                 }
+                work.push((items, clients, down));
+            }
+            let (writer, addr_ref, seq_ref) = (self.writer, &addr_of, &seqs);
+            let results: Vec<ChainResult> = std::thread::scope(|sc| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|(items, mut clients, down)| {
+                        sc.spawn(move || {
+                            if let Some((unit, e)) = down {
+                                return (items, clients, ChainOutcome::Failed(unit, e));
+                            }
+                            let ops: Vec<WriteOp<'_>> = items
+                                .iter()
+                                .map(|i| WriteOp {
+                                    addr: addr_ref[*i].unwrap_or_default(),
+                                    writer,
+                                    seq: seq_ref[*i],
+                                    data: entries[*i],
+                                })
+                                .collect();
+                            let outcome = write_chain(&mut clients, epoch, &ops);
+                            (items, clients, outcome)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("chain writer thread"))
+                    .collect()
+            });
+            for (items, clients, outcome) in results {
+                for (unit, c) in clients {
+                    self.units.insert(unit, c);
+                }
+                let lost = match outcome {
+                    ChainOutcome::Done(lost) => lost,
+                    ChainOutcome::Sealed => {
+                        refresh = true;
+                        continue;
+                    }
+                    ChainOutcome::Failed(unit, e) => {
+                        // The unit is gone: take it out of the layout, retry.
+                        self.units.remove(&unit);
+                        self.reconfigure(unit, &e)?;
+                        refresh = true;
+                        continue;
+                    }
+                    ChainOutcome::Refused(e) => return Err(e),
+                };
                 for (k, i) in items.iter().enumerate() {
                     if lost[k] {
                         addr_of[*i] = None;
-                    } else if !retry {
+                    } else {
                         done[*i] = true;
                     }
                 }
@@ -535,6 +554,56 @@ impl Log {
             waiting_since: None,
         }
     }
+}
+
+/// One chain's entries (indices), its unit clients (to put back), and outcome.
+type ChainResult = (Vec<usize>, Vec<(u64, UnitClient)>, ChainOutcome);
+
+/// How writing one chain went.
+enum ChainOutcome {
+    /// Every unit answered; per op, whether its address was lost to another writer.
+    Done(Vec<bool>),
+    /// A unit is sealed at a newer epoch: refresh and retry at the same addresses.
+    Sealed,
+    /// A unit failed (connecting or mid-call).
+    Failed(u64, String),
+    /// A unit refused for a reason no retry fixes.
+    Refused(String),
+}
+
+/// Writes `ops` to every unit of a chain, head first. An op that lost its
+/// address at one unit goes no further down: a value is only ever copied down
+/// the chain in order.
+fn write_chain(units: &mut [(u64, UnitClient)], epoch: u64, ops: &[WriteOp<'_>]) -> ChainOutcome {
+    let mut lost = vec![false; ops.len()];
+    for (unit, c) in units.iter_mut() {
+        let active: Vec<usize> = (0..ops.len()).filter(|k| !lost[*k]).collect();
+        if active.is_empty() {
+            break;
+        }
+        let batch: Vec<WriteOp<'_>> = active.iter().map(|k| ops[*k]).collect();
+        match c.write(epoch, &batch) {
+            Ok(st) => {
+                for (j, s) in st.iter().enumerate() {
+                    let k = active[j];
+                    match s {
+                        Status::Ok => {}
+                        // Someone took the address first: get another.
+                        Status::Written | Status::Junk | Status::Trimmed => lost[k] = true,
+                        other => {
+                            return ChainOutcome::Refused(format!(
+                                "unit {unit} refused address {}: {other}",
+                                ops[k].addr
+                            ))
+                        }
+                    }
+                }
+            }
+            Err(e) if sealed(&e) => return ChainOutcome::Sealed,
+            Err(e) => return ChainOutcome::Failed(*unit, e.to_string()),
+        }
+    }
+    ChainOutcome::Done(lost)
 }
 
 /// An iterator over the log in address order (see [`Log::subscribe`]).
