@@ -260,33 +260,37 @@ impl Log {
                 work.push((items, clients, down));
             }
             let (writer, addr_ref, seq_ref) = (self.writer, &addr_of, &seqs);
-            let results: Vec<ChainResult> = std::thread::scope(|sc| {
-                let handles: Vec<_> = work
-                    .into_iter()
-                    .map(|(items, mut clients, down)| {
-                        sc.spawn(move || {
-                            if let Some((unit, e)) = down {
-                                return (items, clients, ChainOutcome::Failed(unit, e));
-                            }
-                            let ops: Vec<WriteOp<'_>> = items
-                                .iter()
-                                .map(|i| WriteOp {
-                                    addr: addr_ref[*i].unwrap_or_default(),
-                                    writer,
-                                    seq: seq_ref[*i],
-                                    data: entries[*i],
-                                })
-                                .collect();
-                            let outcome = write_chain(&mut clients, epoch, &ops);
-                            (items, clients, outcome)
-                        })
+            let run = |(items, mut clients, down): ChainWork| -> ChainResult {
+                if let Some((unit, e)) = down {
+                    return (items, clients, ChainOutcome::Failed(unit, e));
+                }
+                let ops: Vec<WriteOp<'_>> = items
+                    .iter()
+                    .map(|i| WriteOp {
+                        addr: addr_ref[*i].unwrap_or_default(),
+                        writer,
+                        seq: seq_ref[*i],
+                        data: entries[*i],
                     })
                     .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("chain writer thread"))
-                    .collect()
-            });
+                let outcome = write_chain(&mut clients, epoch, &ops);
+                (items, clients, outcome)
+            };
+            // Threads pay off only when there is real data to move (measured: with
+            // 100-byte entries they cost more than they save).
+            let bytes: usize = entries.iter().map(|e| e.len()).sum();
+            let results: Vec<ChainResult> = if work.len() > 1 && bytes >= 32 * 1024 {
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> =
+                        work.into_iter().map(|w| sc.spawn(move || run(w))).collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("chain writer thread"))
+                        .collect()
+                })
+            } else {
+                work.into_iter().map(run).collect()
+            };
             for (items, clients, outcome) in results {
                 for (unit, c) in clients {
                     self.units.insert(unit, c);
@@ -555,6 +559,10 @@ impl Log {
         }
     }
 }
+
+/// One chain to write: its entries (indices), its unit clients, and a unit that
+/// could not even be reached.
+type ChainWork = (Vec<usize>, Vec<(u64, UnitClient)>, Option<(u64, String)>);
 
 /// One chain's entries (indices), its unit clients (to put back), and outcome.
 type ChainResult = (Vec<usize>, Vec<(u64, UnitClient)>, ChainOutcome);
