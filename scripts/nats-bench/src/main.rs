@@ -11,14 +11,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn connect(addr: &str) -> (TcpStream, BufReader<TcpStream>) {
+/// Connects and subscribes to this connection's own reply inbox `inbox.>` (a
+/// shared wildcard would deliver every client's acks to every client).
+fn connect(addr: &str, inbox: &str) -> (TcpStream, BufReader<TcpStream>) {
     let s = TcpStream::connect(addr).expect("connect to nats-server");
     s.set_nodelay(true).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     r.read_line(&mut line).unwrap(); // INFO
     let mut w = s;
-    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false}\r\nSUB _INBOX.b.> 1\r\nPING\r\n").unwrap();
+    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":false}}\r\nSUB {inbox}.> 1\r\nPING\r\n");
+    w.write_all(hello.as_bytes()).unwrap();
     loop {
         line.clear();
         r.read_line(&mut line).unwrap();
@@ -70,13 +73,13 @@ fn main() {
         a[6].parse::<u32>().unwrap(),
     );
     // (Re)create the stream: file storage, `replicas` replicas.
-    let (mut w, mut r) = connect(&addr);
+    let (mut w, mut r) = connect(&addr, "_INBOX.admin");
     let (mut line, mut buf) = (String::new(), Vec::new());
-    let del = b"PUB $JS.API.STREAM.DELETE.BENCH _INBOX.b.del 0\r\n\r\n";
+    let del = b"PUB $JS.API.STREAM.DELETE.BENCH _INBOX.admin.del 0\r\n\r\n";
     w.write_all(del).unwrap();
     read_msg(&mut w, &mut r, &mut line, &mut buf);
     let cfg = format!("{{\"name\":\"BENCH\",\"subjects\":[\"bench\"],\"storage\":\"file\",\"num_replicas\":{replicas}}}");
-    w.write_all(format!("PUB $JS.API.STREAM.CREATE.BENCH _INBOX.b.create {}\r\n{cfg}\r\n", cfg.len()).as_bytes()).unwrap();
+    w.write_all(format!("PUB $JS.API.STREAM.CREATE.BENCH _INBOX.admin.create {}\r\n{cfg}\r\n", cfg.len()).as_bytes()).unwrap();
     let created = String::from_utf8_lossy(&read_msg(&mut w, &mut r, &mut line, &mut buf)).into_owned();
     if created.contains("\"error\"") {
         panic!("cannot create the stream: {created}");
@@ -88,11 +91,11 @@ fn main() {
         .map(|c| {
             let (addr, stop, done) = (addr.clone(), stop.clone(), done.clone());
             std::thread::spawn(move || {
-                let (mut w, mut r) = connect(&addr);
+                let (mut w, mut r) = connect(&addr, &format!("_INBOX.c{c}"));
                 let payload = vec![b'x'; size];
                 let mut window = Vec::new();
                 for k in 0..depth {
-                    window.extend_from_slice(format!("PUB bench _INBOX.b.{c}.{k} {size}\r\n").as_bytes());
+                    window.extend_from_slice(format!("PUB bench _INBOX.c{c}.{k} {size}\r\n").as_bytes());
                     window.extend_from_slice(&payload);
                     window.extend_from_slice(b"\r\n");
                 }
