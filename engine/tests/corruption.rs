@@ -204,7 +204,7 @@ fn a_damaged_segment_header_stops_the_unit_with_advice() {
     populate(dir.path(), 200);
     let first = segments(dir.path()).remove(0);
     let mut f = OpenOptions::new().write(true).open(&first).unwrap();
-    f.write_all(b"XXXX").unwrap();
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap(); // damage the magic
     let err = MmapStore::open(dir.path(), &MmapOptions { segment_size: SEG })
         .err()
         .expect("refused");
@@ -224,7 +224,7 @@ fn the_newest_segment_is_dropped_only_when_it_holds_nothing() {
     // creation: acknowledged entries live there.
     let saved = std::fs::read(&newest).unwrap();
     let mut f = OpenOptions::new().write(true).open(&newest).unwrap();
-    f.write_all(b"XXXX").unwrap();
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap(); // damage the magic
     drop(f);
     let err = MmapStore::open(dir.path(), &MmapOptions { segment_size: SEG })
         .err()

@@ -58,6 +58,46 @@ fn up(dir: &Path, base: u16) -> Up {
     cluster
 }
 
+/// Acknowledged appends by address.
+type Acked = Arc<Mutex<HashMap<u64, Vec<u8>>>>;
+
+/// Starts `clients` threads, each appending `batches` batches of `per_batch`
+/// entries, recording every acknowledged address (and failing on a repeat).
+fn appenders(
+    eps: &str,
+    clients: usize,
+    batches: usize,
+    per_batch: usize,
+    acked: &Acked,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (eps, acked) = (eps.to_string(), acked.clone());
+            std::thread::spawn(move || {
+                let mut log = Log::connect(&eps).unwrap();
+                for i in 0..batches {
+                    let entries: Vec<Vec<u8>> = (0..per_batch)
+                        .map(|k| format!("client {c} batch {i} entry {k}").into_bytes())
+                        .collect();
+                    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
+                    let addrs = log
+                        .append_batch(&refs)
+                        .expect("every append is acknowledged, faults or not");
+                    let mut a = acked.lock().unwrap();
+                    for (addr, e) in addrs.into_iter().zip(entries) {
+                        assert!(
+                            a.insert(addr, e).is_none(),
+                            "address {addr} acknowledged twice"
+                        );
+                    }
+                    drop(a);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect()
+}
+
 fn pid_of(pattern: &str) -> Option<i32> {
     let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
     String::from_utf8_lossy(&out.stdout)
@@ -79,30 +119,8 @@ fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
         base + 2
     );
     let cluster = up(dir.path(), base);
-    let acked: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
-    let workers: Vec<_> = (0..3)
-        .map(|c| {
-            let (eps, acked) = (eps.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let mut log = Log::connect(&eps).unwrap();
-                for i in 0..60 {
-                    let entries: Vec<Vec<u8>> = (0..10)
-                        .map(|k| format!("client {c} batch {i} entry {k}").into_bytes())
-                        .collect();
-                    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
-                    let addrs = log.append_batch(&refs).expect("append");
-                    let mut a = acked.lock().unwrap();
-                    for (addr, e) in addrs.into_iter().zip(entries) {
-                        assert!(
-                            a.insert(addr, e).is_none(),
-                            "address {addr} acknowledged twice"
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        })
-        .collect();
+    let acked: Acked = Arc::default();
+    let workers = appenders(&eps, 3, 60, 10, &acked);
     // Stop the active sequencer past its lease while the clients append.
     std::thread::sleep(Duration::from_millis(300));
     let mut log = Log::connect(&eps).unwrap();
@@ -185,32 +203,8 @@ fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost(
         base + 2
     );
     let _cluster = up(dir.path(), base);
-    let acked: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
-    let workers: Vec<_> = (0..2)
-        .map(|c| {
-            let (eps, acked) = (eps.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let mut log = Log::connect(&eps).unwrap();
-                for i in 0..80 {
-                    let entries: Vec<Vec<u8>> = (0..8)
-                        .map(|k| format!("c{c} b{i} e{k}").into_bytes())
-                        .collect();
-                    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
-                    let addrs = log
-                        .append_batch(&refs)
-                        .expect("appends go on after a unit dies");
-                    let mut a = acked.lock().unwrap();
-                    for (addr, e) in addrs.into_iter().zip(entries) {
-                        assert!(
-                            a.insert(addr, e).is_none(),
-                            "address {addr} acknowledged twice"
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        })
-        .collect();
+    let acked: Acked = Arc::default();
+    let workers = appenders(&eps, 2, 80, 8, &acked);
     // A client whose layout goes stale during the test.
     let mut stale = Log::connect(&eps).unwrap();
     std::thread::sleep(Duration::from_millis(400));
