@@ -5,8 +5,8 @@
 //! clock (`stamp_ms`), and nothing here reads a clock of its own.
 //!
 //! Operations are encoded as a tag byte and fields (little-endian); see
-//! `docs/wire.md` ("Consensus commands"). Tags 16–31 are kept for the lock
-//! service of the next issue.
+//! `docs/wire.md` ("Operations"). Tags 16–31 belong to the lock service
+//! (16–20 used).
 
 use std::collections::BTreeMap;
 use trex_wire::codec::{put_u32, put_u64};
