@@ -318,12 +318,15 @@ impl Log {
                     }
                 }
             }
+            if done.iter().all(|d| *d) {
+                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+            }
             if refresh {
                 self.refresh()?;
             }
         }
         Err(format!(
-            "{} entries could not be appended after {} tries",
+            "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled); others of this batch may already be in the log",
             done.iter().filter(|d| !**d).count(),
             self.max_retries
         ))
@@ -397,61 +400,87 @@ impl Log {
             let epoch = self.projection.epoch;
             let chain = self.chain(addr)?;
             let head = chain[0];
-            let found = match self.unit(head)?.read(epoch, &[addr]) {
+            let read = match self.unit(head) {
+                Ok(c) => c.read(epoch, &[addr]),
+                Err(e) => Err(ClientError::Io(e)),
+            };
+            let found = match read {
                 Ok(mut v) => v.remove(0),
                 Err(e) if sealed(&e) => {
                     self.refresh()?;
                     continue;
                 }
-                Err(e) => return Err(format!("unit {head}: {e}")),
+                Err(e) => {
+                    self.units.remove(&head);
+                    self.reconfigure(head, &e.to_string())?;
+                    continue;
+                }
             };
-            let result = if found.status == Status::Ok {
-                // Copy the value down the chain, in order.
-                let op = WriteOp {
-                    addr,
-                    writer: found.writer,
-                    seq: found.seq,
-                    data: &found.data,
-                };
-                for unit in &chain[1..] {
-                    let st = self
-                        .unit(*unit)?
-                        .write(epoch, &[op])
-                        .map_err(|e| format!("unit {unit}: {e}"))?;
-                    if !matches!(st[0], Status::Ok | Status::Written) {
-                        return Err(format!(
-                            "unit {unit} refused the copy of address {addr}: {}",
-                            st[0]
-                        ));
-                    }
-                }
-                Slot::Data {
-                    writer: found.writer,
-                    seq: found.seq,
-                    data: found.data.clone(),
-                }
+            if found.status == Status::Trimmed {
+                return Ok(Slot::Trimmed);
+            }
+            // With a value at the head, copy it down the chain (completing a torn
+            // append); otherwise junk, head first.
+            let copy = (found.status == Status::Ok).then(|| WriteOp {
+                addr,
+                writer: found.writer,
+                seq: found.seq,
+                data: &found.data,
+            });
+            let units = if copy.is_some() {
+                &chain[1..]
             } else {
-                let mut slot = Slot::Hole;
-                for unit in &chain {
-                    let st = self
-                        .unit(*unit)?
-                        .fill(epoch, &[addr])
-                        .map_err(|e| format!("unit {unit}: {e}"))?;
-                    match st[0] {
+                &chain[..]
+            };
+            let mut again = false;
+            for unit in units {
+                let r = match self.unit(*unit) {
+                    Ok(c) => match &copy {
+                        Some(op) => c.write(epoch, &[*op]),
+                        None => c.fill(epoch, &[addr]),
+                    },
+                    Err(e) => Err(ClientError::Io(e)),
+                };
+                match r {
+                    Ok(st) => match st[0] {
                         Status::Ok => {}
-                        // A slow writer got there first: adopt its value.
-                        Status::Written => return self.fill(addr),
-                        Status::Trimmed => slot = Slot::Trimmed,
+                        // A slow writer got there first (or the copy met a value):
+                        // start over from the head, which now decides.
+                        Status::Written | Status::Junk => {
+                            again = true;
+                            break;
+                        }
+                        Status::Trimmed => return Ok(Slot::Trimmed),
                         other => {
                             return Err(format!("unit {unit} refused to fill {addr}: {other}"))
                         }
+                    },
+                    Err(e) if sealed(&e) => {
+                        self.refresh()?;
+                        again = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.units.remove(unit);
+                        self.reconfigure(*unit, &e.to_string())?;
+                        again = true;
+                        break;
                     }
                 }
-                slot
-            };
-            return Ok(result);
+            }
+            if again {
+                continue;
+            }
+            return Ok(match copy {
+                Some(_) => Slot::Data {
+                    writer: found.writer,
+                    seq: found.seq,
+                    data: found.data.clone(),
+                },
+                None => Slot::Hole,
+            });
         }
-        Err("the layout kept changing while filling".into())
+        Err(format!("address {addr} could not be filled: the layout kept changing; try again (`trex status` shows the layout)"))
     }
 
     /// Takes a storage unit that stopped answering out of the layout: installs a
@@ -468,6 +497,15 @@ impl Log {
             .any(|s| s.stripes.iter().any(|c| c.contains(&failed)))
         {
             return Ok(()); // someone else took it out already
+        }
+        // A unit that still answers and is not poisoned is not gone (a timeout, a
+        // dropped connection): leave it in, and let the caller retry.
+        if let Some(m) = self.members.get(&failed) {
+            let probe =
+                UnitClient::connect(&m.addr, Duration::from_millis(500)).and_then(|mut c| c.info());
+            if probe.is_ok_and(|i| i.flags & trex_wire::INFO_POISONED == 0) {
+                return Ok(());
+            }
         }
         let mut next = p.clone();
         next.epoch = p.epoch + 1;
@@ -495,16 +533,28 @@ impl Log {
             "storage unit {failed} failed ({why}); installed layout epoch {} without it",
             next.epoch
         );
-        let units: Vec<u64> = next
+        let mut units: Vec<u64> = next
             .segments
             .iter()
             .flat_map(|s| s.stripes.iter().flatten().copied())
             .collect();
+        // The removed unit too, in case it is alive after all: then it refuses
+        // clients with the old layout instead of answering them "unwritten".
+        units.push(failed);
         self.members = self.consensus.members()?;
         for id in units {
-            let _ = self
+            if let Err(e) = self
                 .unit(id)
-                .and_then(|c| c.seal(next.epoch).map_err(|e| e.to_string()));
+                .and_then(|c| c.seal(next.epoch).map_err(|e| e.to_string()))
+            {
+                if id != failed {
+                    crate::log!(
+                        "WARN",
+                        "could not seal unit {id} at epoch {}: {e}",
+                        next.epoch
+                    );
+                }
+            }
         }
         self.refresh()
     }
