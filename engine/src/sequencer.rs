@@ -172,16 +172,31 @@ fn seal_all(units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
     Ok(tail)
 }
 
-/// Competes for the lease, takes over, renews; runs until `stop`.
+/// Competes for the lease, takes over, renews; runs until `stop`. One
+/// consensus client for the lease and one for layout reads, kept for the whole
+/// life of the process (each client is an entry in the replicated client table).
 fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
     let holder = format!("{}@{}", opts.id, opts.listen);
     let gap = opts.safety_gap;
     let mut backoff_logged = false;
+    let (Ok(lc), Ok(mut layout)) = (
+        ConsensusClient::new(&opts.endpoints, Duration::from_secs(1)),
+        ConsensusClient::new(&opts.endpoints, Duration::from_secs(1)),
+    ) else {
+        return crate::log!(
+            "ERROR",
+            "bad --endpoints {:?}; the sequencer cannot compete for the lease",
+            opts.endpoints
+        );
+    };
+    let mut locks = LockClient::new(lc);
+    let serve_until = |until: Instant| {
+        shared.serve_until_ns.store(
+            until.duration_since(shared.base).as_nanos() as u64,
+            Ordering::Release,
+        );
+    };
     while !shared.stop.load(Ordering::Relaxed) {
-        let Ok(cc) = ConsensusClient::new(&opts.endpoints, Duration::from_secs(1)) else {
-            return;
-        };
-        let mut locks = LockClient::new(cc);
         let sent = Instant::now();
         let lease = match locks.acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
             Ok(l) => l,
@@ -190,7 +205,7 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
                     crate::log!("INFO", "standing by: {e}");
                     backoff_logged = true;
                 }
-                update_hint(&opts.endpoints, &shared);
+                update_hint(&mut layout, &shared);
                 std::thread::sleep(opts.ttl / 4);
                 continue;
             }
@@ -201,19 +216,21 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
             "won the sequencer lease (fencing token {}); taking over",
             lease.token
         );
-        match take_over(&opts, &shared) {
+        let deadline = sent + opts.ttl.saturating_sub(gap);
+        match take_over(&opts, &mut layout, deadline, &shared) {
             Ok((epoch, start)) => {
                 shared.counter.store(start, Ordering::Release);
                 shared.epoch.store(epoch, Ordering::Release);
-                let until = sent + opts.ttl.saturating_sub(gap);
-                shared.serve_until_ns.store(
-                    until.duration_since(shared.base).as_nanos() as u64,
-                    Ordering::Release,
-                );
-                if Instant::now() >= until {
-                    crate::log!("WARN", "the takeover outlasted the lease; starting over");
+                // Serve from a fresh renewal, not from the acquire the takeover used up.
+                let sent = Instant::now();
+                if locks.renew(SEQUENCER_LOCK, lease.token, opts.ttl).is_err() {
+                    crate::log!(
+                        "WARN",
+                        "lost the lease right after the takeover; standing by"
+                    );
                     continue;
                 }
+                serve_until(sent + opts.ttl.saturating_sub(gap));
                 crate::log!(
                     "INFO",
                     "serving tokens at epoch {epoch} from address {start}"
@@ -229,8 +246,10 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
                 continue;
             }
         }
-        // Renew well before the lease could lapse; stop serving the moment a
-        // renewal fails or comes back too late.
+        // Renew well before the lease could lapse. A renewal that fails for a
+        // transient reason (an election) is retried until the serving deadline;
+        // serving stops at that deadline whatever happens.
+        let mut last_ok = Instant::now();
         loop {
             std::thread::sleep(opts.ttl / 3);
             if shared.stop.load(Ordering::Relaxed) {
@@ -240,14 +259,22 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
             let sent = Instant::now();
             match locks.renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
                 Ok(_) => {
-                    let until = sent + opts.ttl.saturating_sub(gap);
-                    shared.serve_until_ns.store(
-                        until.duration_since(shared.base).as_nanos() as u64,
-                        Ordering::Release,
-                    );
-                    follow_layout(&opts, &shared);
+                    serve_until(sent + opts.ttl.saturating_sub(gap));
+                    last_ok = sent;
+                    if !follow_layout(&opts, &mut layout, &shared) {
+                        // The layout names another sequencer: hand the lease over.
+                        let _ = locks.release(SEQUENCER_LOCK, lease.token);
+                        break;
+                    }
                 }
                 Err(e) => {
+                    let gone = e.contains("does not hold")
+                        || e.contains("expired")
+                        || e.contains("released");
+                    if !gone && last_ok.elapsed() < opts.ttl.saturating_sub(gap) {
+                        crate::log!("WARN", "lease renewal failed ({e}); retrying");
+                        continue;
+                    }
                     shared.stop_serving();
                     if let Ok(mut h) = shared.hint.lock() {
                         h.clear(); // no longer us; learned again while standing by
@@ -263,40 +290,72 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
     }
 }
 
-/// Installs a projection naming this sequencer at the next epoch, seals the
-/// units, and returns `(epoch, first address to hand out)`.
-fn take_over(opts: &SequencerOptions, shared: &Shared) -> Result<(u64, u64), String> {
-    let mut c = ConsensusClient::new(&opts.endpoints, Duration::from_secs(1))?;
+/// Installs a projection naming this sequencer at the next epoch (without any
+/// storage unit that cannot be reached, unless it is a stripe's last replica),
+/// seals the units, and returns `(epoch, first address to hand out)`. Gives up
+/// once `deadline` (the end of the lease, less the safety gap) has passed.
+fn take_over(
+    opts: &SequencerOptions,
+    c: &mut ConsensusClient,
+    deadline: Instant,
+    shared: &Shared,
+) -> Result<(u64, u64), String> {
     for _ in 0..10 {
         let (_, cur) = c.layout()?;
         let cur = cur.ok_or("no layout is installed yet; bootstrap one with `trex layout init`")?;
+        let members = c.members()?;
+        let addr_of = |id: &u64| members.get(id).map(|m| m.addr.clone()).unwrap_or_default();
         let mut next = cur.clone();
         next.epoch = cur.epoch + 1;
         next.sequencer = opts.id;
+        let mut all: Vec<u64> = next
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let down: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|id| {
+                UnitClient::connect(&addr_of(id), Duration::from_millis(500))
+                    .and_then(|mut u| u.info())
+                    .is_err()
+            })
+            .collect();
+        for seg in &mut next.segments {
+            for chain in &mut seg.stripes {
+                chain.retain(|u| !down.contains(u));
+                if chain.is_empty() {
+                    return Err(format!(
+                        "every replica of a stripe is unreachable (units {down:?}); restart them"
+                    ));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("the lease ran out before the projection was installed".into());
+        }
         let op = Op::Install {
             expected_epoch: cur.epoch,
             projection: next.clone(),
         };
         match c.submit_ok(&op) {
             Ok(_) => {
-                let members = c.members()?;
-                let mut units: Vec<(u64, String)> = next
-                    .segments
+                if !down.is_empty() {
+                    crate::log!(
+                        "WARN",
+                        "took unreachable storage units {down:?} out of the layout"
+                    );
+                }
+                let units: Vec<(u64, String)> = all
                     .iter()
-                    .flat_map(|s| s.stripes.iter().flatten())
-                    .map(|id| {
-                        (
-                            *id,
-                            members.get(id).map(|m| m.addr.clone()).unwrap_or_default(),
-                        )
-                    })
+                    .filter(|u| !down.contains(u))
+                    .map(|u| (*u, addr_of(u)))
                     .collect();
-                units.sort();
-                units.dedup();
-                if let Some((id, _)) = units.iter().find(|(_, a)| a.is_empty()) {
-                    return Err(format!(
-                        "storage unit {id} of the layout is not registered; cannot seal it"
-                    ));
+                if Instant::now() >= deadline {
+                    return Err("the lease ran out before the units were sealed".into());
                 }
                 let tail = seal_all(&units, next.epoch)?;
                 if let Ok(mut h) = shared.hint.lock() {
@@ -313,12 +372,12 @@ fn take_over(opts: &SequencerOptions, shared: &Shared) -> Result<(u64, u64), Str
 
 /// A reconfiguration (a storage unit taken out) installs a newer projection that
 /// still names this sequencer and seals the units at its epoch: adopt that epoch,
-/// or tokens would be refused. If the layout names another sequencer, stop.
-fn follow_layout(opts: &SequencerOptions, shared: &Shared) {
-    let Ok(mut c) = ConsensusClient::new(&opts.endpoints, Duration::from_millis(500)) else {
-        return;
+/// or tokens would be refused. Returns false if the layout names another
+/// sequencer (serving stops at once).
+fn follow_layout(opts: &SequencerOptions, c: &mut ConsensusClient, shared: &Shared) -> bool {
+    let Ok((_, Some(p))) = c.layout() else {
+        return true;
     };
-    let Ok((_, Some(p))) = c.layout() else { return };
     if p.sequencer != opts.id {
         shared.stop_serving();
         crate::log!(
@@ -327,7 +386,9 @@ fn follow_layout(opts: &SequencerOptions, shared: &Shared) {
             p.epoch,
             p.sequencer
         );
-    } else if p.epoch > shared.epoch.load(Ordering::Acquire) {
+        return false;
+    }
+    if p.epoch > shared.epoch.load(Ordering::Acquire) {
         shared.epoch.store(p.epoch, Ordering::Release);
         crate::log!(
             "INFO",
@@ -335,13 +396,11 @@ fn follow_layout(opts: &SequencerOptions, shared: &Shared) {
             p.epoch
         );
     }
+    true
 }
 
 /// Learns where the active sequencer is, for hints.
-fn update_hint(endpoints: &str, shared: &Shared) {
-    let Ok(mut c) = ConsensusClient::new(endpoints, Duration::from_millis(500)) else {
-        return;
-    };
+fn update_hint(c: &mut ConsensusClient, shared: &Shared) {
     let Ok((_, Some(p))) = c.layout() else { return };
     let Ok(members) = c.members() else { return };
     if let (Some(m), Ok(mut h)) = (members.get(&p.sequencer), shared.hint.lock()) {
