@@ -348,14 +348,24 @@ impl Log {
             }
             let mut got: BTreeMap<u64, Slot> = BTreeMap::new();
             let mut refresh = false;
-            for (unit, addrs) in by_tail {
+            // (A reply full at 16 MiB answers `deferred` for the rest: ask again.)
+            let mut work: Vec<(u64, Vec<u64>)> = by_tail.into_iter().collect();
+            while let Some((unit, addrs)) = work.pop() {
                 let read = match self.unit(unit) {
                     Ok(c) => c.read(epoch, &addrs),
                     Err(e) => Err(ClientError::Io(e)),
                 };
                 match read {
                     Ok(items) => {
-                        for it in items {
+                        let deferred: Vec<u64> = items
+                            .iter()
+                            .filter(|it| it.status == Status::Deferred)
+                            .map(|it| it.addr)
+                            .collect();
+                        if !deferred.is_empty() {
+                            work.push((unit, deferred));
+                        }
+                        for it in items.into_iter().filter(|it| it.status != Status::Deferred) {
                             let s = match it.status {
                                 Status::Ok => Slot::Data {
                                     writer: it.writer,

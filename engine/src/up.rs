@@ -96,6 +96,17 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
     let logs = o.data_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    if o.consensus == 0
+        || o.consensus > 9
+        || o.sequencers > 9
+        || o.units > 80
+        || o.base_port > 65_535 - 100
+    {
+        return Err(format!(
+            "--consensus 1..9, --sequencers 1..9, --units up to 80 and --base-port up to 65435 (it uses the 100 ports from there); got {}, {}, {}, {}",
+            o.consensus, o.sequencers, o.units, o.base_port
+        ));
+    }
     let port = |off: u16| format!("127.0.0.1:{}", o.base_port + off);
     let consensus: Vec<String> = (0..o.consensus).map(port).collect();
     let eps = consensus.join(",");
@@ -201,8 +212,13 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         return Err(format!("{e} (logs in {})", logs.display()));
     }
     let ep_file = o.data_dir.join("endpoints");
-    std::fs::write(&ep_file, format!("{eps}\n"))
-        .map_err(|e| format!("cannot write {}: {e}", ep_file.display()))?;
+    if let Err(e) = std::fs::write(&ep_file, format!("{eps}\n")) {
+        stop_all(&mut nodes);
+        return Err(format!(
+            "cannot write {}: {e}; the cluster was stopped",
+            ep_file.display()
+        ));
+    }
     say!(
         "trex cluster is up; consensus endpoints: {eps} (also in {})",
         ep_file.display()
