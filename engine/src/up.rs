@@ -98,6 +98,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     if o.consensus == 0
         || o.consensus > 9
+        || o.sequencers == 0
         || o.sequencers > 9
         || o.units > 80
         || o.base_port > 65_535 - 100
