@@ -302,3 +302,37 @@ fn the_state_machine_applies_a_retried_command_once() {
     let snap = StateMachine::decode(&sm.encode()).unwrap();
     assert_eq!(snap, sm, "snapshots round-trip");
 }
+
+#[test]
+fn idle_clients_are_forgotten_by_the_leaders_clock() {
+    let mut sm = StateMachine::default();
+    for client in 1..=1100u64 {
+        sm.apply(&Command {
+            client,
+            seq: 1,
+            stamp_ms: 1_000,
+            op: Op::Noop.encode(),
+        });
+    }
+    assert_eq!(sm.clients.len(), 1100);
+    // Two hours later, new clients arrive; the idle ones are swept away.
+    for client in 2000..2100u64 {
+        sm.apply(&Command {
+            client,
+            seq: 1,
+            stamp_ms: 7_201_000,
+            op: Op::Noop.encode(),
+        });
+    }
+    assert!(
+        sm.clients.len() < 200,
+        "idle clients were forgotten: {}",
+        sm.clients.len()
+    );
+    assert!(sm.clients.contains_key(&2099));
+    assert_eq!(
+        StateMachine::decode(&sm.encode()).unwrap(),
+        sm,
+        "snapshots keep the last-seen times"
+    );
+}

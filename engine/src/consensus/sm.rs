@@ -163,6 +163,9 @@ pub enum Op {
     },
 }
 
+/// How long a client's last result is kept for exactly-once retries (1 hour).
+pub const CLIENT_TTL_MS: u64 = 3_600_000;
+
 /// Longest lease a lock grants (one day).
 pub const MAX_TTL_MS: u64 = 86_400_000;
 /// Grace after expiry before a lock changes hands, unless set otherwise.
@@ -411,6 +414,10 @@ pub struct StateMachine {
     pub history: Vec<Projection>,
     /// Per client: the last sequence number applied and its result.
     pub clients: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Per client: the leader's stamp of its last command. Entries idle for
+    /// longer than `CLIENT_TTL_MS` are dropped (deterministically, by stamp):
+    /// exactly-once holds for retries within that window.
+    pub client_seen_ms: BTreeMap<u64, u64>,
     /// Advisory locks by name.
     pub locks: BTreeMap<String, LockState>,
     /// The last fencing token handed out (tokens only increase).
@@ -472,6 +479,8 @@ impl StateMachine {
         };
         if c.client != 0 {
             self.clients.insert(c.client, (c.seq, result.clone()));
+            self.client_seen_ms.insert(c.client, c.stamp_ms);
+            self.expire_clients(c.stamp_ms);
         }
         result
     }
@@ -550,6 +559,25 @@ impl StateMachine {
                 self.lock_grace_ms = grace_ms.max(1);
                 vec![RESULT_OK]
             }
+        }
+    }
+
+    /// Forgets clients idle for longer than `CLIENT_TTL_MS` (every command line
+    /// invocation is a client; without this the table would only grow).
+    fn expire_clients(&mut self, now_ms: u64) {
+        if self.client_seen_ms.len() < 1024 || !self.client_seen_ms.len().is_multiple_of(64) {
+            return; // sweep now and then, not on every command
+        }
+        let cutoff = now_ms.saturating_sub(CLIENT_TTL_MS);
+        let idle: Vec<u64> = self
+            .client_seen_ms
+            .iter()
+            .filter(|(_, t)| **t < cutoff)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in idle {
+            self.client_seen_ms.remove(&c);
+            self.clients.remove(&c);
         }
     }
 
@@ -710,6 +738,11 @@ impl StateMachine {
         }
         put_u64(&mut out, self.fence);
         put_u64(&mut out, self.lock_grace_ms);
+        put_u32(&mut out, self.client_seen_ms.len() as u32);
+        for (c, t) in &self.client_seen_ms {
+            put_u64(&mut out, *c);
+            put_u64(&mut out, *t);
+        }
         out
     }
 
@@ -733,11 +766,17 @@ impl StateMachine {
             locks.insert(name, l);
         }
         let (fence, lock_grace_ms) = (r.u64()?, r.u64()?);
+        let mut client_seen_ms = BTreeMap::new();
+        for _ in 0..small_count(&mut r, 1 << 24)? {
+            let (c, t) = (r.u64()?, r.u64()?);
+            client_seen_ms.insert(c, t);
+        }
         r.finish()?;
         Ok(StateMachine {
             members,
             history,
             clients,
+            client_seen_ms,
             locks,
             fence,
             lock_grace_ms,
