@@ -31,7 +31,7 @@ use trex_wire::{
 };
 
 /// The name of the sequencer lease in the lock service.
-pub const SEQUENCER_LOCK: &str = "sequencer";
+pub const SEQUENCER_LOCK: &str = crate::consensus::sm::SEQUENCER_LEASE;
 
 /// How to run a sequencer.
 #[derive(Clone, Debug)]
@@ -217,7 +217,7 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
             lease.token
         );
         let deadline = sent + opts.ttl.saturating_sub(gap);
-        match take_over(&opts, &mut layout, deadline, &shared) {
+        match take_over(&opts, &mut layout, deadline, lease.token, &shared) {
             Ok((epoch, start)) => {
                 shared.counter.store(start, Ordering::Release);
                 shared.epoch.store(epoch, Ordering::Release);
@@ -298,6 +298,7 @@ fn take_over(
     opts: &SequencerOptions,
     c: &mut ConsensusClient,
     deadline: Instant,
+    lease_token: u64,
     shared: &Shared,
 ) -> Result<(u64, u64), String> {
     for _ in 0..10 {
@@ -337,9 +338,11 @@ fn take_over(
         if Instant::now() >= deadline {
             return Err("the lease ran out before the projection was installed".into());
         }
-        let op = Op::Install {
+        // Checked against our lease inside the state machine, at the leader's time.
+        let op = Op::InstallAsSequencer {
             expected_epoch: cur.epoch,
             projection: next.clone(),
+            lease_token,
         };
         match c.submit_ok(&op) {
             Ok(_) => {

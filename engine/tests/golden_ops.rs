@@ -37,6 +37,23 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("op-install", install.encode()),
         ("op-members", Op::Members.encode()),
         (
+            "op-install-as-sequencer",
+            Op::InstallAsSequencer {
+                expected_epoch: 1,
+                projection: Projection {
+                    epoch: 2,
+                    sequencer: 7410,
+                    segments: vec![LayoutSegment {
+                        start: 0,
+                        end: u64::MAX,
+                        stripes: vec![vec![1, 2]],
+                    }],
+                },
+                lease_token: 3,
+            }
+            .encode(),
+        ),
+        (
             "op-acquire",
             Op::Acquire {
                 name: "jobs".into(),

@@ -22,10 +22,10 @@ impl Sm {
         });
         match r.split_first() {
             Some((&RESULT_OK, [])) => Ok((String::new(), 0, 0)),
-            Some((&RESULT_OK, rest)) => {
-                let (_, l) = decode_lock(&mut Reader::new(rest)).unwrap();
-                Ok((l.holder, l.token, l.expire_ms))
-            }
+            // A lease when the result is one (installs answer a projection).
+            Some((&RESULT_OK, rest)) => Ok(decode_lock(&mut Reader::new(rest))
+                .map(|(_, l)| (l.holder, l.token, l.expire_ms))
+                .unwrap_or_default()),
             Some((_, msg)) => Err(String::from_utf8_lossy(msg).into_owned()),
             None => panic!("empty result"),
         }
@@ -142,4 +142,44 @@ fn the_grace_period_is_part_of_the_replicated_state() {
         s.at(7000, acquire("z", "q", 0)).is_err(),
         "a zero ttl is refused"
     );
+}
+
+#[test]
+fn a_sequencer_installs_a_layout_only_while_its_lease_is_live() {
+    use trex_engine::consensus::sm::{LayoutSegment, Projection};
+    let mut s = Sm {
+        sm: StateMachine::default(),
+        seq: 0,
+    };
+    let p = |epoch| Projection {
+        epoch,
+        sequencer: 11,
+        segments: vec![LayoutSegment {
+            start: 0,
+            end: u64::MAX,
+            stripes: vec![vec![1]],
+        }],
+    };
+    let install = |epoch, lease_token| Op::InstallAsSequencer {
+        expected_epoch: epoch - 1,
+        projection: p(epoch),
+        lease_token,
+    };
+    let (_, token, _) = s.at(1000, acquire("sequencer", "11@a", 3000)).unwrap();
+    assert!(
+        s.at(1500, install(1, token)).is_ok(),
+        "a live lease installs"
+    );
+    assert!(
+        s.at(1500, install(2, token + 1))
+            .unwrap_err()
+            .contains("does not hold"),
+        "a wrong token does not"
+    );
+    let stale = s.at(4500, install(2, token)).unwrap_err();
+    assert!(
+        stale.contains("does not hold"),
+        "an expired lease does not: {stale}"
+    );
+    assert_eq!(s.sm.current().unwrap().epoch, 1);
 }

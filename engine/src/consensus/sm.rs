@@ -125,6 +125,17 @@ pub enum Op {
     Layout,
     /// Does nothing (a barrier).
     Noop,
+    /// `Install`, by a sequencer taking over: refused unless `lease_token` holds
+    /// the `sequencer` lock, unexpired, at the command's stamp. A sequencer that
+    /// stalled past its lease cannot install a layout naming itself.
+    InstallAsSequencer {
+        /// The epoch the caller saw.
+        expected_epoch: u64,
+        /// The new projection.
+        projection: Projection,
+        /// The caller's sequencer lease (fencing token).
+        lease_token: u64,
+    },
     /// Take an advisory lock for `ttl_ms` (of the leader's clock).
     Acquire {
         /// Lock name.
@@ -163,6 +174,9 @@ pub enum Op {
     },
 }
 
+/// The lock whose holder is the active sequencer.
+pub const SEQUENCER_LEASE: &str = "sequencer";
+
 /// How long a client's last result is kept for exactly-once retries (1 hour).
 pub const CLIENT_TTL_MS: u64 = 3_600_000;
 
@@ -192,6 +206,7 @@ const OP_INSTALL: u8 = 5;
 const OP_MEMBERS: u8 = 6;
 const OP_LAYOUT: u8 = 7;
 const OP_NOOP: u8 = 8;
+const OP_INSTALL_AS_SEQUENCER: u8 = 9;
 const OP_ACQUIRE: u8 = 16;
 const OP_RENEW: u8 = 17;
 const OP_RELEASE: u8 = 18;
@@ -304,6 +319,16 @@ impl Op {
             Op::Members => out.push(OP_MEMBERS),
             Op::Layout => out.push(OP_LAYOUT),
             Op::Noop => out.push(OP_NOOP),
+            Op::InstallAsSequencer {
+                expected_epoch,
+                projection,
+                lease_token,
+            } => {
+                out.push(OP_INSTALL_AS_SEQUENCER);
+                put_u64(&mut out, *expected_epoch);
+                encode_projection(&mut out, projection);
+                put_u64(&mut out, *lease_token);
+            }
             Op::Acquire {
                 name,
                 holder,
@@ -365,6 +390,11 @@ impl Op {
             OP_INSTALL => Op::Install {
                 expected_epoch: r.u64()?,
                 projection: decode_projection(&mut r)?,
+            },
+            OP_INSTALL_AS_SEQUENCER => Op::InstallAsSequencer {
+                expected_epoch: r.u64()?,
+                projection: decode_projection(&mut r)?,
+                lease_token: r.u64()?,
             },
             OP_MEMBERS => Op::Members,
             OP_LAYOUT => Op::Layout,
@@ -516,6 +546,17 @@ impl StateMachine {
                 expected_epoch,
                 projection,
             } => self.install(expected_epoch, projection),
+            Op::InstallAsSequencer { expected_epoch, projection, lease_token } => {
+                let live = self.locks.get(SEQUENCER_LEASE).is_some_and(|l| {
+                    l.token == lease_token && !l.released && now_ms < l.expire_ms
+                });
+                if !live {
+                    return err(format!(
+                        "lease token {lease_token} does not hold the {SEQUENCER_LEASE:?} lock (expired, released or taken over); this sequencer must stand by"
+                    ));
+                }
+                self.install(expected_epoch, projection)
+            }
             Op::Members => {
                 let mut out = vec![RESULT_OK];
                 encode_members(&mut out, &self.members);
