@@ -50,9 +50,10 @@ pub trait Service {
     fn on_wake(&mut self) {}
     /// A timer the service asked for is due.
     fn on_timer(&mut self, _id: u64, _now: Instant) {}
-    /// Timers the service wants: `(after, id)`.
-    fn poll_timer(&mut self) -> Option<(Duration, u64)> {
-        None
+    /// Periodic timers, asked once when the loop starts: `(every, id)`. The
+    /// loop re-arms each after it fires.
+    fn periodic_timers(&self) -> Vec<(Duration, u64)> {
+        Vec::new()
     }
     /// Called once per loop turn after events: start background work here.
     fn tick(&mut self) {}
@@ -144,6 +145,8 @@ pub struct EventLoop<S: Service> {
     service: S,
     cfg: LoopConfig,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Period of each of the service's timers, by id.
+    periods: Vec<(u64, Duration)>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     signals: Option<OwnedFd>,
@@ -180,6 +183,7 @@ impl<S: Service> EventLoop<S> {
             service,
             cfg,
             timers: BinaryHeap::new(),
+            periods: Vec::new(),
             waker,
             stop: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -231,13 +235,18 @@ impl<S: Service> EventLoop<S> {
     /// Runs until stopped; returns the service after a clean shutdown.
     pub fn run(mut self) -> io::Result<S> {
         let mut events = Events::with_capacity(1024);
+        self.periods = self
+            .service
+            .periodic_timers()
+            .into_iter()
+            .map(|(every, id)| (id, every))
+            .collect();
+        for (id, every) in self.periods.clone() {
+            self.timers.push(Reverse((Instant::now() + every, id)));
+        }
         let mut deadline: Option<Instant> = None;
         let mut again = false;
         loop {
-            // Timers the service asked for since the last turn (the first turn too).
-            while let Some((after, id)) = self.service.poll_timer() {
-                self.timers.push(Reverse((Instant::now() + after, id)));
-            }
             let now = Instant::now();
             let mut timeout = self
                 .timers
@@ -332,9 +341,6 @@ impl<S: Service> EventLoop<S> {
     }
 
     fn fire_timers(&mut self) {
-        while let Some(t) = self.service.poll_timer() {
-            self.timers.push(Reverse((Instant::now() + t.0, t.1)));
-        }
         let now = Instant::now();
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
@@ -351,6 +357,9 @@ impl<S: Service> EventLoop<S> {
                     self.accept();
                 }
             } else {
+                if let Some((_, every)) = self.periods.iter().find(|(i, _)| *i == id) {
+                    self.timers.push(Reverse((now + *every, id)));
+                }
                 self.service.on_timer(id, now);
             }
         }

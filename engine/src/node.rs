@@ -39,7 +39,6 @@ pub struct StorageService {
     frames: u64,
     syncs: u64,
     last_stats: (u64, u64),
-    stats_armed: bool,
 }
 
 impl StorageService {
@@ -94,16 +93,11 @@ impl Service for StorageService {
         self.unit.syncing() || self.unit.pending_replies() > 0
     }
 
-    fn poll_timer(&mut self) -> Option<(Duration, u64)> {
-        if self.stats_armed {
-            return None;
-        }
-        self.stats_armed = true;
-        Some((STATS_EVERY, STATS_TIMER))
+    fn periodic_timers(&self) -> Vec<(Duration, u64)> {
+        vec![(STATS_EVERY, STATS_TIMER)]
     }
 
     fn on_timer(&mut self, _id: u64, _now: Instant) {
-        self.stats_armed = false;
         let (frames, syncs) = (
             self.frames - self.last_stats.0,
             self.syncs - self.last_stats.1,
@@ -178,7 +172,6 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
             frames: 0,
             syncs: 0,
             last_stats: (0, 0),
-            stats_armed: false,
         })
     })
     .map_err(|e| {

@@ -98,6 +98,20 @@ fn appenders(
         .collect()
 }
 
+/// A free base port for `trex up` and the consensus endpoints it will use.
+fn ports() -> (u16, String) {
+    let base = free_base();
+    (
+        base,
+        format!(
+            "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+            base,
+            base + 1,
+            base + 2
+        ),
+    )
+}
+
 fn pid_of(pattern: &str) -> Option<i32> {
     let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
     String::from_utf8_lossy(&out.stdout)
@@ -111,13 +125,7 @@ fn pid_of(pattern: &str) -> Option<i32> {
 #[test]
 fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base();
-    let eps = format!(
-        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
-        base,
-        base + 1,
-        base + 2
-    );
+    let (base, eps) = ports();
     let cluster = up(dir.path(), base);
     let acked: Acked = Arc::default();
     let workers = appenders(&eps, 3, 60, 10, &acked);
@@ -195,13 +203,7 @@ fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
 #[test]
 fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base();
-    let eps = format!(
-        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
-        base,
-        base + 1,
-        base + 2
-    );
+    let (base, eps) = ports();
     let _cluster = up(dir.path(), base);
     let acked: Acked = Arc::default();
     let workers = appenders(&eps, 2, 80, 8, &acked);

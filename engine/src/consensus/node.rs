@@ -84,7 +84,6 @@ pub struct ConsensusService {
     /// Submits waiting to be applied, by (client, seq).
     pending: HashMap<(u64, u64), Vec<Waiting>>,
     replies: VecDeque<Reply>,
-    tick_armed: bool,
     frame: Vec<u8>,
 }
 
@@ -454,16 +453,11 @@ impl Service for ConsensusService {
         self.reap_syncs();
     }
 
-    fn poll_timer(&mut self) -> Option<(Duration, u64)> {
-        if self.tick_armed {
-            return None;
-        }
-        self.tick_armed = true;
-        Some((TICK, TICK_TIMER))
+    fn periodic_timers(&self) -> Vec<(Duration, u64)> {
+        vec![(TICK, TICK_TIMER)]
     }
 
     fn on_timer(&mut self, _id: u64, _now: Instant) {
-        self.tick_armed = false;
         self.replica.tick(unix_ms());
         self.process();
         self.reconnect_peers();
@@ -553,7 +547,6 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             syncing: false,
             pending: HashMap::new(),
             replies: VecDeque::new(),
-            tick_armed: false,
             frame: Vec::new(),
         })
     })
