@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trex_engine::client::UnitClient;
+use trex_engine::client::{UnitApi, UnitClient};
 use trex_engine::util::{parse_duration, parse_size};
 use trex_wire::{
     self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp, HEADER_LEN,

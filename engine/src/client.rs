@@ -1,6 +1,6 @@
-//! A blocking client for one storage unit: what the `trex unit` commands and the
-//! tests use. (The pipelined log client arrives with the log protocol; the
-//! load generator drives many requests in flight with its own loop.)
+//! A blocking client for one storage unit (what the `trex unit` commands and the
+//! tests use), and the unit's typed operations ([`UnitApi`]) over any
+//! request/reply channel.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -115,13 +115,13 @@ impl UnitClient {
         })
     }
 
-    /// Sends one request and waits for its reply. Returns the reply header and body.
-    pub fn call(
+    /// Sends one request frame; returns its request id (see [`UnitClient::recv`]).
+    pub fn send(
         &mut self,
         op: Opcode,
         epoch: u64,
-        body: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(Header, Vec<u8>), ClientError> {
+        body: &dyn Fn(&mut Vec<u8>),
+    ) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut frame = std::mem::take(&mut self.buf);
@@ -139,23 +139,18 @@ impl UnitClient {
         let sent = self.stream.write_all(&frame);
         self.buf = frame;
         sent.map_err(|e| self.io_error(e))?;
+        Ok(id)
+    }
+
+    /// Waits for the reply to request `id` (skipping late replies to earlier
+    /// requests that timed out).
+    pub fn recv(&mut self, id: u64) -> Result<(Header, Vec<u8>), ClientError> {
         loop {
             let (h, body) = self.read_frame()?;
             if h.request_id != id && h.request_id != 0 {
-                continue; // a late reply to an earlier request that timed out
+                continue;
             }
-            if h.is_error() {
-                let e =
-                    wire::decode_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);
-                return Err(ClientError::Server {
-                    code: e.code,
-                    name,
-                    message: e.message.into_owned(),
-                    epoch: h.epoch,
-                });
-            }
-            return Ok((h, body));
+            return reply_or_error(h, body);
         }
     }
 
@@ -184,22 +179,51 @@ impl UnitClient {
         }
         Ok((h, body))
     }
+}
+
+/// Turns a reply frame into its header and body, or the server's refusal.
+pub fn reply_or_error(h: Header, body: Vec<u8>) -> Result<(Header, Vec<u8>), ClientError> {
+    if h.is_error() {
+        let e = wire::decode_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);
+        return Err(ClientError::Server {
+            code: e.code,
+            name,
+            message: e.message.into_owned(),
+            epoch: h.epoch,
+        });
+    }
+    Ok((h, body))
+}
+
+/// The storage unit's operations over any request/reply channel: a
+/// [`UnitClient`], or a unit reached through an [`crate::env::Env`].
+pub trait UnitApi {
+    /// Sends one request and waits for its reply: header and body.
+    fn call(
+        &mut self,
+        op: Opcode,
+        epoch: u64,
+        body: &dyn Fn(&mut Vec<u8>),
+    ) -> Result<(Header, Vec<u8>), ClientError>;
 
     /// Writes a batch; one status per op.
-    pub fn write(&mut self, epoch: u64, ops: &[WriteOp<'_>]) -> Result<Vec<Status>, ClientError> {
-        let (_, body) = self.call(Opcode::Write, epoch, |b| wire::encode_write_request(b, ops))?;
+    fn write(&mut self, epoch: u64, ops: &[WriteOp<'_>]) -> Result<Vec<Status>, ClientError> {
+        let (_, body) = self.call(Opcode::Write, epoch, &|b| {
+            wire::encode_write_request(b, ops)
+        })?;
         statuses(&body, ops.len())
     }
 
     /// Fills a batch of addresses with junk; one status per address.
-    pub fn fill(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<Status>, ClientError> {
-        let (_, body) = self.call(Opcode::Fill, epoch, |b| wire::encode_addr_list(b, addrs))?;
+    fn fill(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<Status>, ClientError> {
+        let (_, body) = self.call(Opcode::Fill, epoch, &|b| wire::encode_addr_list(b, addrs))?;
         statuses(&body, addrs.len())
     }
 
     /// Reads a batch of addresses.
-    pub fn read(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<ReadItem>, ClientError> {
-        let (_, body) = self.call(Opcode::Read, epoch, |b| wire::encode_addr_list(b, addrs))?;
+    fn read(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<ReadItem>, ClientError> {
+        let (_, body) = self.call(Opcode::Read, epoch, &|b| wire::encode_addr_list(b, addrs))?;
         let r = wire::decode_read_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if r.len() != addrs.len() {
             return Err(ClientError::Protocol(format!(
@@ -227,25 +251,38 @@ impl UnitClient {
     }
 
     /// Raises the trim mark; returns the mark afterwards.
-    pub fn trim(&mut self, epoch: u64, prefix: u64) -> Result<u64, ClientError> {
-        let (_, body) = self.call(Opcode::Trim, epoch, |b| wire::encode_u64(b, prefix))?;
+    fn trim(&mut self, epoch: u64, prefix: u64) -> Result<u64, ClientError> {
+        let (_, body) = self.call(Opcode::Trim, epoch, &|b| wire::encode_u64(b, prefix))?;
         wire::decode_u64(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Seals the unit at `epoch`.
-    pub fn seal(&mut self, epoch: u64) -> Result<SealReply, ClientError> {
-        let (_, body) = self.call(Opcode::Seal, epoch, |b| wire::encode_u64(b, epoch))?;
+    fn seal(&mut self, epoch: u64) -> Result<SealReply, ClientError> {
+        let (_, body) = self.call(Opcode::Seal, epoch, &|b| wire::encode_u64(b, epoch))?;
         wire::decode_seal_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// The unit's state.
-    pub fn info(&mut self) -> Result<InfoReply, ClientError> {
-        let (_, body) = self.call(Opcode::Info, 0, |_| {})?;
+    fn info(&mut self) -> Result<InfoReply, ClientError> {
+        let (_, body) = self.call(Opcode::Info, 0, &|_| {})?;
         wire::decode_info_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
 
-fn statuses(body: &[u8], want: usize) -> Result<Vec<Status>, ClientError> {
+impl UnitApi for UnitClient {
+    fn call(
+        &mut self,
+        op: Opcode,
+        epoch: u64,
+        body: &dyn Fn(&mut Vec<u8>),
+    ) -> Result<(Header, Vec<u8>), ClientError> {
+        let id = self.send(op, epoch, body)?;
+        self.recv(id)
+    }
+}
+
+/// Decodes a status-list reply that must hold `want` statuses.
+pub fn statuses(body: &[u8], want: usize) -> Result<Vec<Status>, ClientError> {
     let l = wire::decode_status_list(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
     if l.len() != want {
         return Err(ClientError::Protocol(format!(

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod consensus;
+pub mod env;
 pub mod log;
 pub mod net;
 pub mod node;

@@ -13,11 +13,11 @@
 //! `SealedEpoch` from a unit means the layout moved on: refresh and retry, within a
 //! bound. Units store entries under their global log address.
 
-use crate::client::{ClientError, UnitClient};
-use crate::consensus::client::ConsensusClient;
+use crate::client::{statuses, ClientError, UnitApi};
 use crate::consensus::sm::{Member, Projection};
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use crate::env::{At, Env, TcpEnv};
+use std::collections::BTreeMap;
+use std::time::Duration;
 use trex_wire::{ErrorCode, Opcode, Status, TokenReply, WriteOp};
 
 /// What a read finds at an address.
@@ -42,14 +42,11 @@ pub enum Slot {
 
 /// A client of the shared log.
 pub struct Log {
-    consensus: ConsensusClient,
+    env: Box<dyn Env>,
     projection: Projection,
     members: BTreeMap<u64, Member>,
-    units: HashMap<u64, UnitClient>,
-    sequencer: Option<UnitClient>,
     writer: u64,
     seq: u64,
-    timeout: Duration,
     /// How many times an operation refreshes the layout and retries.
     pub max_retries: usize,
 }
@@ -68,16 +65,19 @@ fn sealed(e: &ClientError) -> bool {
 impl Log {
     /// Connects: learns the layout from the consensus nodes at `endpoints`.
     pub fn connect(endpoints: &str) -> Result<Log, String> {
-        let timeout = Duration::from_secs(2);
+        let env = TcpEnv::new(endpoints, Duration::from_secs(2))?;
+        Log::with_env(Box::new(env), random_u64())
+    }
+
+    /// A client in the given environment, writing as `writer` (unique per
+    /// client: it names this client's entries).
+    pub fn with_env(env: Box<dyn Env>, writer: u64) -> Result<Log, String> {
         let mut log = Log {
-            consensus: ConsensusClient::new(endpoints, timeout)?,
+            env,
             projection: Projection::default(),
             members: BTreeMap::new(),
-            units: HashMap::new(),
-            sequencer: None,
-            writer: random_u64(),
+            writer,
             seq: 0,
-            timeout,
             max_retries: 20,
         };
         log.refresh()?;
@@ -89,14 +89,17 @@ impl Log {
         &self.projection
     }
 
+    /// This client's writer id.
+    pub fn writer(&self) -> u64 {
+        self.writer
+    }
+
     /// Reads the layout again (after `SealedEpoch`, or a sequencer change).
     pub fn refresh(&mut self) -> Result<(), String> {
-        let (_, p) = self.consensus.layout()?;
+        let (_, p) = self.env.layout()?;
         self.projection =
             p.ok_or("no layout is installed; run `trex layout init` (or `trex up`)")?;
-        self.members = self.consensus.members()?;
-        self.units.clear();
-        self.sequencer = None;
+        self.members = self.env.members()?;
         Ok(())
     }
 
@@ -123,53 +126,38 @@ impl Log {
         Ok(seg.stripes[(addr % n) as usize].clone())
     }
 
-    fn unit(&mut self, id: u64) -> Result<&mut UnitClient, String> {
-        if !self.units.contains_key(&id) {
-            let m = self
-                .members
-                .get(&id)
-                .ok_or_else(|| format!("storage unit {id} is not registered"))?;
-            let c = UnitClient::connect(&m.addr, self.timeout)
-                .map_err(|e| format!("unit {id}: {e}"))?;
-            self.units.insert(id, c);
-        }
-        Ok(self.units.get_mut(&id).expect("inserted above"))
+    /// Where node `id` listens.
+    fn addr(&self, id: u64) -> Result<String, String> {
+        self.members
+            .get(&id)
+            .map(|m| m.addr.clone())
+            .ok_or_else(|| format!("node {id} is not registered (`trex members` lists who is)"))
     }
 
-    /// Takes a unit's client out of the cache (connecting if needed), for a
-    /// writer thread; it is put back afterwards.
-    fn take_unit(&mut self, id: u64) -> Result<UnitClient, String> {
-        self.unit(id)?;
-        Ok(self.units.remove(&id).expect("connected above"))
-    }
-
-    fn sequencer_client(&mut self) -> Result<&mut UnitClient, String> {
-        if self.sequencer.is_none() {
-            let id = self.projection.sequencer;
-            let m = self.members.get(&id).ok_or_else(|| {
-                format!("layout epoch {} names no registered sequencer; start one with `trex node sequencer`", self.projection.epoch)
-            })?;
-            self.sequencer = Some(
-                UnitClient::connect(&m.addr, self.timeout)
-                    .map_err(|e| format!("sequencer {id}: {e}"))?,
-            );
-        }
-        Ok(self.sequencer.as_mut().expect("set above"))
+    /// Calls storage unit `id`: an unregistered unit is an I/O failure.
+    fn with_unit<T>(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut At<'_, dyn Env>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let addr = self.addr(id).map_err(ClientError::Io)?;
+        f(&mut At(&mut *self.env, &addr))
     }
 
     /// `count` consecutive addresses and their epoch from the sequencer.
     pub fn token(&mut self, count: u32) -> Result<(u64, u64), String> {
         // Long enough for a standby to take over (lease TTL + grace + sealing), or
         // for the sequencer to adopt a reconfigured epoch (a third of its TTL).
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let reply = match self.sequencer_client() {
-                Ok(c) => c
-                    .call(Opcode::Token, 0, |b| {
+        let deadline = self.env.now() + Duration::from_secs(15);
+        while self.env.now() < deadline {
+            let id = self.projection.sequencer;
+            let reply = match self.addr(id) {
+                Ok(addr) => At(&mut *self.env, &addr)
+                    .call(Opcode::Token, 0, &|b| {
                         trex_wire::encode_token_request(b, count)
                     })
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Err(e) => Err(format!("layout epoch {} names sequencer {id}: {e}; start one with `trex node sequencer`", self.projection.epoch)),
             };
             match reply
                 .and_then(|(_, b)| trex_wire::decode_token_reply(&b).map_err(|e| e.to_string()))
@@ -182,7 +170,7 @@ impl Log {
                         // The layout moved on (a reconfiguration) and the sequencer
                         // has not adopted the new epoch yet: its tokens would be
                         // refused. Wait for it.
-                        std::thread::sleep(Duration::from_millis(100));
+                        self.env.sleep(Duration::from_millis(100));
                         continue;
                     }
                     return Ok((epoch, first));
@@ -190,9 +178,8 @@ impl Log {
                 Ok(TokenReply::NotSequencer { .. }) | Err(_) => {
                     // Taking over, or gone: look again (the consensus group may
                     // itself be electing; keep trying until the deadline).
-                    std::thread::sleep(Duration::from_millis(100));
+                    self.env.sleep(Duration::from_millis(100));
                     let _ = self.refresh();
-                    self.sequencer = None;
                 }
             }
         }
@@ -243,59 +230,26 @@ impl Log {
                 return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
             }
             let mut refresh = false;
-            // Every chain is written in parallel; within a chain, head to tail.
-            let mut work = Vec::new();
+            // Every chain is written at once (a request to each chain's next
+            // unit in flight together); within a chain, head to tail.
+            let mut jobs: Vec<ChainJob<'_>> = Vec::new();
             for (chain, items) in by_chain {
-                let mut clients = Vec::new();
-                let mut down = None;
-                for unit in &chain {
-                    match self.take_unit(*unit) {
-                        Ok(c) => clients.push((*unit, c)),
-                        Err(e) => {
-                            down = Some((*unit, e));
-                            break;
-                        }
-                    }
-                }
-                work.push((items, clients, down));
-            }
-            let (writer, addr_ref, seq_ref) = (self.writer, &addr_of, &seqs);
-            let run = |(items, mut clients, down): ChainWork| -> ChainResult {
-                if let Some((unit, e)) = down {
-                    return (items, clients, ChainOutcome::Failed(unit, e));
-                }
-                let ops: Vec<WriteOp<'_>> = items
+                let units = chain.iter().map(|u| (*u, self.addr(*u))).collect();
+                let ops = items
                     .iter()
                     .map(|i| WriteOp {
-                        addr: addr_ref[*i].unwrap_or_default(),
-                        writer,
-                        seq: seq_ref[*i],
+                        addr: addr_of[*i].unwrap_or_default(),
+                        writer: self.writer,
+                        seq: seqs[*i],
                         data: entries[*i],
                     })
                     .collect();
-                let outcome = write_chain(&mut clients, epoch, &ops);
-                (items, clients, outcome)
-            };
-            // Threads pay off only when there is real data to move (measured: with
-            // 100-byte entries they cost more than they save).
-            let bytes: usize = entries.iter().map(|e| e.len()).sum();
-            let results: Vec<ChainResult> = if work.len() > 1 && bytes >= 32 * 1024 {
-                std::thread::scope(|sc| {
-                    let handles: Vec<_> =
-                        work.into_iter().map(|w| sc.spawn(move || run(w))).collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("chain writer thread"))
-                        .collect()
-                })
-            } else {
-                work.into_iter().map(run).collect()
-            };
-            for (items, clients, outcome) in results {
-                for (unit, c) in clients {
-                    self.units.insert(unit, c);
-                }
-                let lost = match outcome {
+                jobs.push(ChainJob::new(units, items, ops));
+            }
+            write_chains(&mut *self.env, epoch, &mut jobs);
+            for job in jobs {
+                let items = job.items;
+                let lost = match job.outcome.unwrap_or(ChainOutcome::Done(job.lost)) {
                     ChainOutcome::Done(lost) => lost,
                     ChainOutcome::Sealed => {
                         refresh = true;
@@ -303,7 +257,6 @@ impl Log {
                     }
                     ChainOutcome::Failed(unit, e) => {
                         // The unit is gone: take it out of the layout, retry.
-                        self.units.remove(&unit);
                         self.reconfigure(unit, &e)?;
                         refresh = true;
                         continue;
@@ -351,10 +304,7 @@ impl Log {
             // (A reply full at 16 MiB answers `deferred` for the rest: ask again.)
             let mut work: Vec<(u64, Vec<u64>)> = by_tail.into_iter().collect();
             while let Some((unit, addrs)) = work.pop() {
-                let read = match self.unit(unit) {
-                    Ok(c) => c.read(epoch, &addrs),
-                    Err(e) => Err(ClientError::Io(e)),
-                };
+                let read = self.with_unit(unit, |c| c.read(epoch, &addrs));
                 match read {
                     Ok(items) => {
                         let deferred: Vec<u64> = items
@@ -387,7 +337,6 @@ impl Log {
                     }
                     Err(e) if sealed(&e) => refresh = true,
                     Err(e) => {
-                        self.units.remove(&unit);
                         self.reconfigure(unit, &e.to_string())?;
                         refresh = true;
                     }
@@ -410,10 +359,7 @@ impl Log {
             let epoch = self.projection.epoch;
             let chain = self.chain(addr)?;
             let head = chain[0];
-            let read = match self.unit(head) {
-                Ok(c) => c.read(epoch, &[addr]),
-                Err(e) => Err(ClientError::Io(e)),
-            };
+            let read = self.with_unit(head, |c| c.read(epoch, &[addr]));
             let found = match read {
                 Ok(mut v) => v.remove(0),
                 Err(e) if sealed(&e) => {
@@ -421,7 +367,6 @@ impl Log {
                     continue;
                 }
                 Err(e) => {
-                    self.units.remove(&head);
                     self.reconfigure(head, &e.to_string())?;
                     continue;
                 }
@@ -444,13 +389,10 @@ impl Log {
             };
             let mut again = false;
             for unit in units {
-                let r = match self.unit(*unit) {
-                    Ok(c) => match &copy {
-                        Some(op) => c.write(epoch, &[*op]),
-                        None => c.fill(epoch, &[addr]),
-                    },
-                    Err(e) => Err(ClientError::Io(e)),
-                };
+                let r = self.with_unit(*unit, |c| match &copy {
+                    Some(op) => c.write(epoch, &[*op]),
+                    None => c.fill(epoch, &[addr]),
+                });
                 match r {
                     Ok(st) => match st[0] {
                         Status::Ok => {}
@@ -471,7 +413,6 @@ impl Log {
                         break;
                     }
                     Err(e) => {
-                        self.units.remove(unit);
                         self.reconfigure(*unit, &e.to_string())?;
                         again = true;
                         break;
@@ -510,9 +451,9 @@ impl Log {
         }
         // A unit that still answers and is not poisoned is not gone (a timeout, a
         // dropped connection): leave it in, and let the caller retry.
-        if let Some(m) = self.members.get(&failed) {
-            let probe =
-                UnitClient::connect(&m.addr, Duration::from_millis(500)).and_then(|mut c| c.info());
+        if let Ok(addr) = self.addr(failed) {
+            self.env.forget(&addr);
+            let probe = At(&mut *self.env, &addr).info();
             if probe.is_ok_and(|i| i.flags & trex_wire::INFO_POISONED == 0) {
                 return Ok(());
             }
@@ -533,7 +474,7 @@ impl Log {
             expected_epoch: p.epoch,
             projection: next.clone(),
         };
-        match self.consensus.submit_ok(&op) {
+        match self.env.submit_ok(&op) {
             Ok(_) => {}
             Err(e) if e.contains("epoch is") => return self.refresh(), // raced: read again
             Err(e) => return Err(e),
@@ -551,12 +492,9 @@ impl Log {
         // The removed unit too, in case it is alive after all: then it refuses
         // clients with the old layout instead of answering them "unwritten".
         units.push(failed);
-        self.members = self.consensus.members()?;
+        self.members = self.env.members()?;
         for id in units {
-            if let Err(e) = self
-                .unit(id)
-                .and_then(|c| c.seal(next.epoch).map_err(|e| e.to_string()))
-            {
+            if let Err(e) = self.with_unit(id, |c| c.seal(next.epoch)) {
                 if id != failed {
                     crate::log!(
                         "WARN",
@@ -580,12 +518,10 @@ impl Log {
             .collect();
         let mut tail = 0;
         for id in ids {
-            tail = tail.max(
-                self.unit(id)?
-                    .info()
-                    .map_err(|e| format!("unit {id}: {e}"))?
-                    .tail,
-            );
+            let info = self
+                .with_unit(id, |c| c.info())
+                .map_err(|e| format!("unit {id}: {e}"))?;
+            tail = tail.max(info.tail);
         }
         Ok(tail)
     }
@@ -600,8 +536,7 @@ impl Log {
             .flat_map(|s| s.stripes.iter().flatten().copied())
             .collect();
         for id in ids {
-            self.unit(id)?
-                .trim(epoch, prefix)
+            self.with_unit(id, |c| c.trim(epoch, prefix))
                 .map_err(|e| format!("unit {id}: {e}"))?;
         }
         Ok(())
@@ -620,12 +555,39 @@ impl Log {
     }
 }
 
-/// One chain to write: its entries (indices), its unit clients, and a unit that
-/// could not even be reached.
-type ChainWork = (Vec<usize>, Vec<(u64, UnitClient)>, Option<(u64, String)>);
+/// One chain's share of an append: its units (head first, with their
+/// addresses), the batch's entries that map to it (indices) and their ops.
+struct ChainJob<'a> {
+    units: Vec<(u64, Result<String, String>)>,
+    items: Vec<usize>,
+    ops: Vec<WriteOp<'a>>,
+    /// Per op: lost its address to another writer or a filler.
+    lost: Vec<bool>,
+    /// Set once the chain stops early (sealed, failed, refused).
+    outcome: Option<ChainOutcome>,
+}
 
-/// One chain's entries (indices), its unit clients (to put back), and outcome.
-type ChainResult = (Vec<usize>, Vec<(u64, UnitClient)>, ChainOutcome);
+impl<'a> ChainJob<'a> {
+    fn new(
+        units: Vec<(u64, Result<String, String>)>,
+        items: Vec<usize>,
+        ops: Vec<WriteOp<'a>>,
+    ) -> ChainJob<'a> {
+        let lost = vec![false; ops.len()];
+        ChainJob {
+            units,
+            items,
+            ops,
+            lost,
+            outcome: None,
+        }
+    }
+
+    /// The ops still going down the chain.
+    fn active(&self) -> Vec<usize> {
+        (0..self.ops.len()).filter(|k| !self.lost[*k]).collect()
+    }
+}
 
 /// How writing one chain went.
 enum ChainOutcome {
@@ -639,39 +601,77 @@ enum ChainOutcome {
     Refused(String),
 }
 
-/// Writes `ops` to every unit of a chain, head first. An op that lost its
-/// address at one unit goes no further down: a value is only ever copied down
-/// the chain in order.
-fn write_chain(units: &mut [(u64, UnitClient)], epoch: u64, ops: &[WriteOp<'_>]) -> ChainOutcome {
-    let mut lost = vec![false; ops.len()];
-    for (unit, c) in units.iter_mut() {
-        let active: Vec<usize> = (0..ops.len()).filter(|k| !lost[*k]).collect();
-        if active.is_empty() {
-            break;
+fn failed_call(unit: u64, e: ClientError) -> ChainOutcome {
+    if sealed(&e) {
+        ChainOutcome::Sealed
+    } else {
+        ChainOutcome::Failed(unit, e.to_string())
+    }
+}
+
+/// Writes every chain's ops down its chain, head first, with one request per
+/// chain in flight at a time: round `r` sends to the `r`-th unit of every chain,
+/// then collects the replies. An op that lost its address at one unit goes no
+/// further down: a value is only ever copied down the chain in order.
+fn write_chains(env: &mut dyn Env, epoch: u64, jobs: &mut [ChainJob<'_>]) {
+    let depth = jobs.iter().map(|j| j.units.len()).max().unwrap_or(0);
+    for round in 0..depth {
+        let mut sent: Vec<Option<(u64, Vec<usize>)>> = Vec::with_capacity(jobs.len());
+        for job in jobs.iter_mut() {
+            let active = job.active();
+            if job.outcome.is_some() || round >= job.units.len() || active.is_empty() {
+                sent.push(None);
+                continue;
+            }
+            let (unit, addr) = &job.units[round];
+            let addr = match addr {
+                Ok(a) => a,
+                Err(e) => {
+                    job.outcome = Some(ChainOutcome::Failed(*unit, e.clone()));
+                    sent.push(None);
+                    continue;
+                }
+            };
+            let batch: Vec<WriteOp<'_>> = active.iter().map(|k| job.ops[*k]).collect();
+            match env.send(addr, Opcode::Write, epoch, &|b| {
+                trex_wire::encode_write_request(b, &batch)
+            }) {
+                Ok(id) => sent.push(Some((id, active))),
+                Err(e) => {
+                    job.outcome = Some(failed_call(*unit, e));
+                    sent.push(None);
+                }
+            }
         }
-        let batch: Vec<WriteOp<'_>> = active.iter().map(|k| ops[*k]).collect();
-        match c.write(epoch, &batch) {
-            Ok(st) => {
-                for (j, s) in st.iter().enumerate() {
-                    let k = active[j];
-                    match s {
-                        Status::Ok => {}
-                        // Someone took the address first: get another.
-                        Status::Written | Status::Junk | Status::Trimmed => lost[k] = true,
-                        other => {
-                            return ChainOutcome::Refused(format!(
-                                "unit {unit} refused address {}: {other}",
-                                ops[k].addr
-                            ))
+        for (job, s) in jobs.iter_mut().zip(sent) {
+            let Some((id, active)) = s else { continue };
+            let (unit, addr) = &job.units[round];
+            let addr = addr.as_ref().expect("sent above");
+            let reply = env
+                .recv(addr, id)
+                .and_then(|(_, body)| statuses(&body, active.len()));
+            match reply {
+                Ok(st) => {
+                    for (j, s) in st.iter().enumerate() {
+                        let k = active[j];
+                        match s {
+                            Status::Ok => {}
+                            // Someone took the address first: get another.
+                            Status::Written | Status::Junk | Status::Trimmed => job.lost[k] = true,
+                            other => {
+                                job.outcome = Some(ChainOutcome::Refused(format!(
+                                    "unit {unit} refused address {}: {other}",
+                                    job.ops[k].addr
+                                )));
+                                break;
+                            }
                         }
                     }
                 }
+                Err(e) => job.outcome = Some(failed_call(*unit, e)),
             }
-            Err(e) if sealed(&e) => return ChainOutcome::Sealed,
-            Err(e) => return ChainOutcome::Failed(*unit, e.to_string()),
         }
     }
-    ChainOutcome::Done(lost)
 }
 
 /// An iterator over the log in address order (see [`Log::subscribe`]).
@@ -679,7 +679,7 @@ pub struct Subscription<'a> {
     log: &'a mut Log,
     next: u64,
     hole_wait: Duration,
-    waiting_since: Option<Instant>,
+    waiting_since: Option<Duration>,
 }
 
 impl Subscription<'_> {
@@ -694,14 +694,15 @@ impl Subscription<'_> {
             let addr = self.next;
             match self.log.read(addr)? {
                 Slot::Unwritten => {
-                    let since = *self.waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.hole_wait && self.log.check()? > addr {
+                    let now = self.log.env.now();
+                    let since = *self.waiting_since.get_or_insert(now);
+                    if now - since >= self.hole_wait && self.log.check()? > addr {
                         let s = self.log.fill(addr)?;
                         self.waiting_since = None;
                         self.next += 1;
                         return Ok((addr, s));
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    self.log.env.sleep(Duration::from_millis(20));
                 }
                 s => {
                     self.waiting_since = None;

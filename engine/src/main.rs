@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use trex_engine::client::{ClientError, UnitClient};
-use trex_engine::consensus::client::{ConsensusClient, DEFAULT_ENDPOINTS};
+use trex_engine::client::{ClientError, UnitApi, UnitClient};
+use trex_engine::consensus::client::{ConsensusClient, Submit, DEFAULT_ENDPOINTS};
 use trex_engine::consensus::lock::{Lease, LockClient};
 use trex_engine::consensus::node::{run_consensus, ConsensusOptions};
 use trex_engine::consensus::sm::{decode_projection, Op, Projection, Role};
@@ -753,7 +753,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut c =
                 UnitClient::connect(&node, Duration::from_secs(2)).map_err(|e| e.to_string())?;
             let (_, body) = c
-                .call(trex_wire::Opcode::Token, 0, |b| {
+                .call(trex_wire::Opcode::Token, 0, &|b| {
                     trex_wire::encode_token_request(b, count)
                 })
                 .map_err(|e| e.to_string())?;

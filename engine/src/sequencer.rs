@@ -15,17 +15,18 @@
 //! just before a pause belongs to an epoch the next sequencer has sealed: storage
 //! units refuse it.
 
-use crate::client::UnitClient;
-use crate::consensus::client::{keep_registered, ConsensusClient};
+use crate::client::UnitApi;
+use crate::consensus::client::keep_registered;
 use crate::consensus::lock::LockClient;
 use crate::consensus::sm::{Op, Role};
+use crate::env::{mono_now, At, Env, TcpEnv};
 use crate::net::{EventLoop, Flow, LoopConfig, Service};
 use crate::unit::{violation, Reply, ReplyTo};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use trex_wire::{
     self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_RESPONSE,
 };
@@ -52,8 +53,10 @@ pub struct SequencerOptions {
 
 /// What the token path reads: all atomics, no locks.
 pub struct Shared {
-    base: Instant,
-    /// Serve while `base.elapsed()` (ns) is below this.
+    /// Simulated time (ns), or `None` for the process's monotonic clock
+    /// ([`mono_now`], the clock of [`TcpEnv`]).
+    sim_clock: Option<Arc<AtomicU64>>,
+    /// Serve while the clock (ns) is below this.
     serve_until_ns: AtomicU64,
     epoch: AtomicU64,
     counter: AtomicU64,
@@ -65,9 +68,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new() -> Shared {
+    /// Token state on the process's monotonic clock, or on a simulated one.
+    pub fn new(sim_clock: Option<Arc<AtomicU64>>) -> Shared {
         Shared {
-            base: Instant::now(),
+            sim_clock,
             serve_until_ns: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             counter: AtomicU64::new(0),
@@ -78,7 +82,10 @@ impl Shared {
     }
 
     fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
+        match &self.sim_clock {
+            Some(c) => c.load(Ordering::Acquire),
+            None => mono_now().as_nanos() as u64,
+        }
     }
 
     /// The token path: `count` consecutive addresses, if the lease allows.
@@ -98,12 +105,28 @@ impl Shared {
     fn stop_serving(&self) {
         self.serve_until_ns.store(0, Ordering::Release);
     }
+
+    /// Asks the lease thread to release the lease and end.
+    pub fn stop(&self) {
+        self.stop_serving();
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The token service in the event loop.
 pub struct SequencerService {
     shared: Arc<Shared>,
     replies: VecDeque<Reply>,
+}
+
+impl SequencerService {
+    /// The token service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> SequencerService {
+        SequencerService {
+            shared,
+            replies: VecDeque::new(),
+        }
+    }
 }
 
 impl Service for SequencerService {
@@ -153,12 +176,10 @@ impl Service for SequencerService {
 
 /// Seals every storage unit of the projection at `epoch`; returns the highest
 /// tail they report.
-fn seal_all(units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
+fn seal_all(env: &mut dyn Env, units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
     let mut tail = 0;
     for (id, addr) in units {
-        let mut c = UnitClient::connect(addr, Duration::from_secs(1))
-            .map_err(|e| format!("unit {id}: {e}"))?;
-        let r = c
+        let r = At(&mut *env, addr)
             .seal(epoch)
             .map_err(|e| format!("unit {id} at {addr}: {e}"))?;
         if r.sealed_epoch > epoch {
@@ -172,41 +193,30 @@ fn seal_all(units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
     Ok(tail)
 }
 
-/// Competes for the lease, takes over, renews; runs until `stop`. One
-/// consensus client for the lease and one for layout reads, kept for the whole
-/// life of the process (each client is an entry in the replicated client table).
-fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
+/// Competes for the lease, takes over, renews; runs until [`Shared::stop`].
+/// One environment (one consensus client: an entry in the replicated client
+/// table) for the whole life of the process. `env`'s clock must be the one
+/// `shared` reads.
+pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn Env>) {
     let holder = format!("{}@{}", opts.id, opts.listen);
     let gap = opts.safety_gap;
     let mut backoff_logged = false;
-    let (Ok(lc), Ok(mut layout)) = (
-        ConsensusClient::new(&opts.endpoints, Duration::from_secs(1)),
-        ConsensusClient::new(&opts.endpoints, Duration::from_secs(1)),
-    ) else {
-        return crate::log!(
-            "ERROR",
-            "bad --endpoints {:?}; the sequencer cannot compete for the lease",
-            opts.endpoints
-        );
-    };
-    let mut locks = LockClient::new(lc);
-    let serve_until = |until: Instant| {
-        shared.serve_until_ns.store(
-            until.duration_since(shared.base).as_nanos() as u64,
-            Ordering::Release,
-        );
+    let serve_until = |until: Duration| {
+        shared
+            .serve_until_ns
+            .store(until.as_nanos() as u64, Ordering::Release);
     };
     while !shared.stop.load(Ordering::Relaxed) {
-        let sent = Instant::now();
-        let lease = match locks.acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
+        let sent = env.now();
+        let lease = match LockClient::new(&mut *env).acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
             Ok(l) => l,
             Err(e) => {
                 if !backoff_logged {
                     crate::log!("INFO", "standing by: {e}");
                     backoff_logged = true;
                 }
-                update_hint(&mut layout, &shared);
-                std::thread::sleep(opts.ttl / 4);
+                update_hint(&mut *env, &shared);
+                env.sleep(opts.ttl / 4);
                 continue;
             }
         };
@@ -217,13 +227,16 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
             lease.token
         );
         let deadline = sent + opts.ttl.saturating_sub(gap);
-        match take_over(&opts, &mut layout, deadline, lease.token, &shared) {
+        match take_over(&opts, &mut *env, deadline, lease.token, &shared) {
             Ok((epoch, start)) => {
                 shared.counter.store(start, Ordering::Release);
                 shared.epoch.store(epoch, Ordering::Release);
                 // Serve from a fresh renewal, not from the acquire the takeover used up.
-                let sent = Instant::now();
-                if locks.renew(SEQUENCER_LOCK, lease.token, opts.ttl).is_err() {
+                let sent = env.now();
+                if LockClient::new(&mut *env)
+                    .renew(SEQUENCER_LOCK, lease.token, opts.ttl)
+                    .is_err()
+                {
                     crate::log!(
                         "WARN",
                         "lost the lease right after the takeover; standing by"
@@ -241,29 +254,29 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
                     "WARN",
                     "takeover failed: {e}; releasing the lease and retrying"
                 );
-                let _ = locks.release(SEQUENCER_LOCK, lease.token);
-                std::thread::sleep(opts.ttl / 4);
+                let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                env.sleep(opts.ttl / 4);
                 continue;
             }
         }
         // Renew well before the lease could lapse. A renewal that fails for a
         // transient reason (an election) is retried until the serving deadline;
         // serving stops at that deadline whatever happens.
-        let mut last_ok = Instant::now();
+        let mut last_ok = env.now();
         loop {
-            std::thread::sleep(opts.ttl / 3);
+            env.sleep(opts.ttl / 3);
             if shared.stop.load(Ordering::Relaxed) {
-                let _ = locks.release(SEQUENCER_LOCK, lease.token);
+                let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
                 return;
             }
-            let sent = Instant::now();
-            match locks.renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
+            let sent = env.now();
+            match LockClient::new(&mut *env).renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
                 Ok(_) => {
                     serve_until(sent + opts.ttl.saturating_sub(gap));
                     last_ok = sent;
-                    if !follow_layout(&opts, &mut layout, &shared) {
+                    if !follow_layout(&opts, &mut *env, &shared) {
                         // The layout names another sequencer: hand the lease over.
-                        let _ = locks.release(SEQUENCER_LOCK, lease.token);
+                        let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
                         break;
                     }
                 }
@@ -271,7 +284,7 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
                     let gone = e.contains("does not hold")
                         || e.contains("expired")
                         || e.contains("released");
-                    if !gone && last_ok.elapsed() < opts.ttl.saturating_sub(gap) {
+                    if !gone && env.now() - last_ok < opts.ttl.saturating_sub(gap) {
                         crate::log!("WARN", "lease renewal failed ({e}); retrying");
                         continue;
                     }
@@ -296,8 +309,8 @@ fn leadership(opts: SequencerOptions, shared: Arc<Shared>) {
 /// once `deadline` (the end of the lease, less the safety gap) has passed.
 fn take_over(
     opts: &SequencerOptions,
-    c: &mut ConsensusClient,
-    deadline: Instant,
+    c: &mut dyn Env,
+    deadline: Duration,
     lease_token: u64,
     shared: &Shared,
 ) -> Result<(u64, u64), String> {
@@ -320,9 +333,9 @@ fn take_over(
             .iter()
             .copied()
             .filter(|id| {
-                UnitClient::connect(&addr_of(id), Duration::from_millis(500))
-                    .and_then(|mut u| u.info())
-                    .is_err()
+                let addr = addr_of(id);
+                c.forget(&addr);
+                At(&mut *c, &addr).info().is_err()
             })
             .collect();
         for seg in &mut next.segments {
@@ -335,7 +348,7 @@ fn take_over(
                 }
             }
         }
-        if Instant::now() >= deadline {
+        if c.now() >= deadline {
             return Err("the lease ran out before the projection was installed".into());
         }
         // Checked against our lease inside the state machine, at the leader's time.
@@ -357,10 +370,10 @@ fn take_over(
                     .filter(|u| !down.contains(u))
                     .map(|u| (*u, addr_of(u)))
                     .collect();
-                if Instant::now() >= deadline {
+                if c.now() >= deadline {
                     return Err("the lease ran out before the units were sealed".into());
                 }
-                let tail = seal_all(&units, next.epoch)?;
+                let tail = seal_all(c, &units, next.epoch)?;
                 if let Ok(mut h) = shared.hint.lock() {
                     *h = opts.listen.to_string();
                 }
@@ -377,7 +390,7 @@ fn take_over(
 /// still names this sequencer and seals the units at its epoch: adopt that epoch,
 /// or tokens would be refused. Returns false if the layout names another
 /// sequencer (serving stops at once).
-fn follow_layout(opts: &SequencerOptions, c: &mut ConsensusClient, shared: &Shared) -> bool {
+fn follow_layout(opts: &SequencerOptions, c: &mut dyn Env, shared: &Shared) -> bool {
     let Ok((_, Some(p))) = c.layout() else {
         return true;
     };
@@ -403,7 +416,7 @@ fn follow_layout(opts: &SequencerOptions, c: &mut ConsensusClient, shared: &Shar
 }
 
 /// Learns where the active sequencer is, for hints.
-fn update_hint(c: &mut ConsensusClient, shared: &Shared) {
+fn update_hint(c: &mut dyn Env, shared: &Shared) {
     let Ok((_, Some(p))) = c.layout() else { return };
     let Ok(members) = c.members() else { return };
     if let (Some(m), Ok(mut h)) = (members.get(&p.sequencer), shared.hint.lock()) {
@@ -420,12 +433,10 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
             opts.safety_gap, opts.ttl
         ));
     }
-    let shared = Arc::new(Shared::new());
+    let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;
+    let shared = Arc::new(Shared::new(None));
     let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
-        Ok(SequencerService {
-            shared: shared.clone(),
-            replies: VecDeque::new(),
-        })
+        Ok(SequencerService::new(shared.clone()))
     })
     .map_err(|e| {
         format!(
@@ -444,7 +455,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
     let (o, s) = (opts.clone(), shared.clone());
     std::thread::Builder::new()
         .name("trex-lease".into())
-        .spawn(move || leadership(o, s))
+        .spawn(move || leadership(o, s, Box::new(env)))
         .map_err(|e| format!("cannot start the lease thread: {e}"))?;
     crate::log!(
         "INFO",
@@ -453,8 +464,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
         el.local_addr()
     );
     el.run().map_err(|e| format!("event loop failed: {e}"))?;
-    shared.stop_serving();
-    shared.stop.store(true, Ordering::Relaxed);
+    shared.stop();
     crate::log!(
         "INFO",
         "sequencer stopped; {} token requests served",

@@ -1,7 +1,8 @@
 //! `trex up`: a whole local cluster with one command. Every node is its own
 //! process running the same `trex node …` code a bare-metal deployment runs.
 
-use crate::consensus::client::ConsensusClient;
+use crate::client::UnitApi;
+use crate::consensus::client::{ConsensusClient, Submit};
 use crate::consensus::sm::{Op, Role};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

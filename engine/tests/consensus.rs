@@ -10,6 +10,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use trex_engine::consensus::client::Submit;
 use trex_engine::consensus::sm::{LayoutSegment, Op, Projection, Role};
 
 #[test]

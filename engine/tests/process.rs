@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trex_engine::client::UnitClient;
+use trex_engine::client::{UnitApi, UnitClient};
 use trex_wire::{
     self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, Status, WriteOp, HEADER_LEN,
 };

@@ -8,7 +8,8 @@ mod common;
 use common::{free_port, group, Group, T};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use trex_engine::client::UnitClient;
+use trex_engine::client::{UnitApi, UnitClient};
+use trex_engine::consensus::client::Submit;
 use trex_engine::consensus::sm::Op;
 use trex_wire::{Status, TokenReply, WriteOp};
 
@@ -38,7 +39,7 @@ impl Drop for Kids {
 fn token(addr: &str, count: u32) -> Option<(u64, u64)> {
     let mut c = UnitClient::connect(addr, T).ok()?;
     let (_, body) = c
-        .call(trex_wire::Opcode::Token, 0, |b| {
+        .call(trex_wire::Opcode::Token, 0, &|b| {
             trex_wire::encode_token_request(b, count)
         })
         .ok()?;

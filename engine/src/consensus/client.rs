@@ -174,8 +174,22 @@ impl ConsensusClient {
         r
     }
 
+    /// One node's status (not through the log).
+    pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, String> {
+        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout)?;
+        cw::decode_node_status(&b).map_err(|e| e.to_string())
+    }
+}
+
+/// Anything that submits operations to the consensus group and returns their
+/// results: a [`ConsensusClient`], or an [`crate::env::Env`].
+pub trait Submit {
+    /// Submits an operation and returns its raw result. Retries reuse the
+    /// command's sequence number, so it is applied at most once.
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String>;
+
     /// Submits an operation whose result is a plain OK or an error message.
-    pub fn submit_ok(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    fn submit_ok(&mut self, op: &Op) -> Result<Vec<u8>, String> {
         let r = self.submit(op)?;
         match r.split_first() {
             Some((&RESULT_OK, rest)) => Ok(rest.to_vec()),
@@ -185,14 +199,14 @@ impl ConsensusClient {
     }
 
     /// The members, read through the log (linearizable).
-    pub fn members(&mut self) -> Result<BTreeMap<NodeId, Member>, String> {
+    fn members(&mut self) -> Result<BTreeMap<NodeId, Member>, String> {
         let b = self.submit_ok(&Op::Members)?;
         decode_members(&mut Reader::new(&b)).map_err(|e| e.to_string())
     }
 
     /// The current projection (if any) and how many were ever installed,
     /// through the log.
-    pub fn layout(&mut self) -> Result<(u64, Option<Projection>), String> {
+    fn layout(&mut self) -> Result<(u64, Option<Projection>), String> {
         let b = self.submit_ok(&Op::Layout)?;
         let mut r = Reader::new(&b);
         let n = r.u64().map_err(|e| e.to_string())?;
@@ -203,11 +217,17 @@ impl ConsensusClient {
         };
         Ok((n, p))
     }
+}
 
-    /// One node's status (not through the log).
-    pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, String> {
-        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout)?;
-        cw::decode_node_status(&b).map_err(|e| e.to_string())
+impl Submit for ConsensusClient {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+        ConsensusClient::submit(self, op)
+    }
+}
+
+impl<T: Submit + ?Sized> Submit for &mut T {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+        (**self).submit(op)
     }
 }
 

@@ -25,7 +25,7 @@
 //!   holder checks the token and refuses lower ones: only that makes a lease safe
 //!   against pauses (a lease alone cannot, as Jepsen showed for etcd).
 
-use super::client::ConsensusClient;
+use super::client::{ConsensusClient, Submit};
 use super::sm::{decode_lock, Op};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use trex_wire::Reader;
@@ -93,17 +93,17 @@ impl Lease {
 }
 
 /// Takes, renews, releases and reads advisory locks.
-pub struct LockClient {
-    inner: ConsensusClient,
+pub struct LockClient<S: Submit = ConsensusClient> {
+    inner: S,
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {
     ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
 
-impl LockClient {
-    /// A lock client over a consensus client.
-    pub fn new(inner: ConsensusClient) -> LockClient {
+impl<S: Submit> LockClient<S> {
+    /// A lock client over a consensus client (or anything that submits).
+    pub fn new(inner: S) -> LockClient<S> {
         LockClient { inner }
     }
 
