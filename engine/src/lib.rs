@@ -3,6 +3,7 @@
 //! blocking client ([`client`]).
 
 pub mod client;
+pub mod cluster_sim;
 pub mod consensus;
 pub mod env;
 pub mod log;

@@ -691,24 +691,33 @@ impl Subscription<'_> {
     /// Blocks until the next address is decided; returns it and what it holds.
     pub fn next_entry(&mut self) -> Result<(u64, Slot), String> {
         loop {
-            let addr = self.next;
-            match self.log.read(addr)? {
-                Slot::Unwritten => {
-                    let now = self.log.env.now();
-                    let since = *self.waiting_since.get_or_insert(now);
-                    if now - since >= self.hole_wait && self.log.check()? > addr {
-                        let s = self.log.fill(addr)?;
-                        self.waiting_since = None;
-                        self.next += 1;
-                        return Ok((addr, s));
-                    }
-                    self.log.env.sleep(Duration::from_millis(20));
-                }
-                s => {
+            if let Some(x) = self.try_next()? {
+                return Ok(x);
+            }
+            self.log.env.sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One look at the next address: `None` while it is still unwritten (at
+    /// the tail, or a hole not yet overdue for filling).
+    pub fn try_next(&mut self) -> Result<Option<(u64, Slot)>, String> {
+        let addr = self.next;
+        match self.log.read(addr)? {
+            Slot::Unwritten => {
+                let now = self.log.env.now();
+                let since = *self.waiting_since.get_or_insert(now);
+                if now - since >= self.hole_wait && self.log.check()? > addr {
+                    let s = self.log.fill(addr)?;
                     self.waiting_since = None;
                     self.next += 1;
-                    return Ok((addr, s));
+                    return Ok(Some((addr, s)));
                 }
+                Ok(None)
+            }
+            s => {
+                self.waiting_since = None;
+                self.next += 1;
+                Ok(Some((addr, s)))
             }
         }
     }

@@ -89,8 +89,25 @@ pub fn timestamp() -> String {
 #[macro_export]
 macro_rules! log {
     ($level:literal, $($arg:tt)*) => {
-        eprintln!("{} {:5} {}", $crate::util::timestamp(), $level, format_args!($($arg)*))
+        if !$crate::util::log_quiet() {
+            eprintln!("{} {:5} {}", $crate::util::timestamp(), $level, format_args!($($arg)*))
+        }
     };
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Silences [`log!`] on this thread (the simulator's actors, which would
+/// otherwise print every simulated failover).
+pub fn set_log_quiet(quiet: bool) {
+    QUIET.with(|q| q.set(quiet));
+}
+
+/// Whether [`log!`] is silenced on this thread.
+pub fn log_quiet() -> bool {
+    QUIET.with(|q| q.get())
 }
 
 #[cfg(test)]

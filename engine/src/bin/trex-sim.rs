@@ -1,15 +1,17 @@
-//! `trex-sim`: runs the deterministic consensus simulator over many seeds, or
-//! replays one. `trex-sim --seed 42` replays seed 42 exactly.
+//! `trex-sim`: runs a deterministic simulator over many seeds, or replays one:
+//! the consensus group's (default) or the whole cluster's (`--cluster`).
+//! `trex-sim --seed 42` replays seed 42 exactly.
 
 use clap::Parser;
 use std::process::ExitCode;
 use std::time::Instant;
+use trex_engine::cluster_sim::{run_cluster, ClusterOptions};
 use trex_engine::consensus::sim::{run, SimOptions};
 
 #[derive(Parser)]
 #[command(
     name = "trex-sim",
-    about = "Deterministic simulation of the consensus group"
+    about = "Deterministic simulation of the consensus group, or (--cluster) of a whole cluster"
 )]
 struct Args {
     /// Replay exactly this seed.
@@ -21,17 +23,31 @@ struct Args {
     /// First seed of the range.
     #[arg(long, default_value_t = 1)]
     first: u64,
-    /// Simulated milliseconds under faults per seed.
-    #[arg(long, default_value_t = 20_000)]
-    safety_ms: u64,
+    /// Simulated milliseconds under faults per seed (default: 20000 for the
+    /// consensus group, 10000 for a cluster).
+    #[arg(long)]
+    safety_ms: Option<u64>,
+    /// Simulate whole clusters (units, sequencers, consensus state machine,
+    /// log clients and a follower) and check P1-P5 of TESTING.md.
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: operations per client.
+    #[arg(long, default_value_t = 40)]
+    ops: usize,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
     let opts = SimOptions {
-        safety_ms: a.safety_ms,
+        safety_ms: a.safety_ms.unwrap_or(20_000),
         ..SimOptions::default()
     };
+    let copts = ClusterOptions {
+        safety_ms: a.safety_ms.unwrap_or(10_000),
+        ops: a.ops,
+        ..ClusterOptions::default()
+    };
+    let flag = if a.cluster { " --cluster" } else { "" };
     let seeds: Vec<u64> = match a.seed {
         Some(s) => vec![s],
         None => (a.first..a.first + a.seeds).collect(),
@@ -39,6 +55,23 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut failed = Vec::new();
     for (i, seed) in seeds.iter().enumerate() {
+        if a.cluster {
+            match run_cluster(*seed, copts) {
+                Ok(r) => {
+                    if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
+                        eprintln!(
+                            "[{}/{}] seed {seed}: ok ({} events, {} appends acked, {} failed, {} observations, {} holes, {} epochs, {} unit crashes, {} sequencer pauses, {} client pauses, {} stale writes refused, {} dropped; trace {:016x}) {:.1?}",
+                            i + 1, seeds.len(), r.events, r.acked, r.failed_appends, r.observations, r.holes, r.epochs, r.unit_crashes, r.sequencer_pauses, r.client_pauses, r.stale_refused, r.dropped, r.trace_hash, started.elapsed()
+                        );
+                    }
+                }
+                Err(e) => {
+                    eprintln!("FAILED {e}\n  replay: cargo run --release -p trex-engine --bin trex-sim --{flag} --seed {seed}");
+                    failed.push(*seed);
+                }
+            }
+            continue;
+        }
         match run(*seed, opts) {
             Ok(r) => {
                 if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
