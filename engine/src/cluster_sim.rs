@@ -142,7 +142,11 @@ enum Payload {
 
 enum Ev {
     /// Something an actor may be waiting for.
-    Ready { actor: usize, key: u64, p: Payload },
+    Ready {
+        actor: usize,
+        key: u64,
+        p: Payload,
+    },
     /// A request arrives at a storage unit or a sequencer.
     ToNode {
         addr: String,
@@ -184,7 +188,7 @@ struct SimSeq {
 }
 
 enum Node {
-    Unit(SimUnit),
+    Unit(Box<SimUnit>),
     Seq(SimSeq),
 }
 
@@ -249,6 +253,7 @@ struct World {
     faulty: bool,
     faults: Faults,
     shutdown: bool,
+    shutdown_clock: u64,
     hist: History,
     report: ClusterReport,
     error: Option<String>,
@@ -328,7 +333,8 @@ impl World {
             let Some(route) = self.routes.remove(&r.to) else {
                 continue;
             };
-            let head: Option<&[u8; HEADER_LEN]> = r.frame.get(..HEADER_LEN).and_then(|b| b.try_into().ok());
+            let head: Option<&[u8; HEADER_LEN]> =
+                r.frame.get(..HEADER_LEN).and_then(|b| b.try_into().ok());
             let h = match head.map(Header::decode) {
                 Some(Ok(h)) => h,
                 None => return self.fail(format!("{addr} sent a reply shorter than a header")),
@@ -362,7 +368,10 @@ impl World {
     fn grant(&mut self, epoch: u64, first: u64, count: u64, by: &str) {
         let end = first + count;
         let g = self.hist.grants.entry(epoch).or_default();
-        let before = g.range(..end).next_back().map(|(f, (e, s))| (*f, *e, s.clone()));
+        let before = g
+            .range(..end)
+            .next_back()
+            .map(|(f, (e, s))| (*f, *e, s.clone()));
         if let Some((f, e, s)) = before {
             if e > first {
                 return self.fail(format!(
@@ -403,8 +412,7 @@ impl World {
                 let Some(unit) = u.unit.as_mut() else {
                     return; // crashed: the caller times out
                 };
-                if header.opcode == Opcode::Write as u8 && header.epoch < unit.meta().sealed_epoch
-                {
+                if header.opcode == Opcode::Write as u8 && header.epoch < unit.meta().sealed_epoch {
                     route.stale_write = true;
                 }
                 self.routes.insert(key, route);
@@ -453,6 +461,9 @@ impl World {
                 if let Some(Node::Unit(u)) = self.nodes.get_mut(&addr) {
                     let mut store = u.unit.take().expect("up").into_store();
                     store.crash();
+                    if std::env::var_os("TREX_SIM_DEBUG").is_some() {
+                        eprintln!("crash {addr}");
+                    }
                     u.dead = Some(store);
                     u.incarnation += 1;
                 }
@@ -499,6 +510,41 @@ impl World {
     /// Processes one event; returns the actor to run, if any.
     fn step(&mut self, e: Ev) -> Option<usize> {
         self.report.events += 1;
+        if std::env::var_os("TREX_SIM_DEBUG").is_some() {
+            let what = match &e {
+                Ev::Ready { actor, key, p } => format!(
+                    "ready {} key {key} {}",
+                    self.actors[*actor].name,
+                    match p {
+                        Payload::Reply(Ok(_)) => "reply",
+                        Payload::Reply(Err(_)) => "error",
+                        Payload::Result(_) => "result",
+                        Payload::Timeout => "timeout",
+                        Payload::Wake => "wake",
+                    }
+                ),
+                Ev::ToNode {
+                    addr,
+                    actor,
+                    key,
+                    header,
+                    ..
+                } => format!(
+                    "to {addr} from {} key {key} op {:#x} epoch {}",
+                    self.actors[*actor].name, header.opcode, header.epoch
+                ),
+                Ev::ToConsensus { actor, key, op, .. } => format!(
+                    "consensus from {} key {key} {:?}",
+                    self.actors[*actor].name,
+                    Op::decode(op).map(|o| format!("{o:?}").chars().take(80).collect::<String>())
+                ),
+                Ev::Synced { addr, .. } => format!("synced {addr}"),
+                Ev::Restart { addr } => format!("restart {addr}"),
+                Ev::Chaos => "chaos".into(),
+                Ev::EndFaults => "end of faults".into(),
+            };
+            eprintln!("{:>8.3} ms {what}", self.now as f64 / MS as f64);
+        }
         match e {
             Ev::Ready { actor, key, p } => {
                 self.trace(actor as u64 * 7919 + key);
@@ -746,9 +792,12 @@ impl Env for SimEnv {
     fn forget(&mut self, _addr: &str) {}
 
     fn now(&self) -> Duration {
-        let w = self.h.lock();
+        let mut w = self.h.lock();
         if w.shutdown {
-            return Duration::from_secs(1 << 40); // every deadline has passed
+            // Time runs on (a second per look) so every deadline passes and
+            // every actor winds down.
+            w.shutdown_clock += 1;
+            return Duration::from_secs((1 << 40) + w.shutdown_clock);
         }
         Duration::from_nanos(w.now)
     }
@@ -766,16 +815,37 @@ fn seq_addr(i: u64) -> String {
     format!("10.0.2.{i}:7410")
 }
 
+/// A log client for actor `me`, writing as `writer`; connecting is retried
+/// (the consensus group may be unreachable for a while under faults).
+fn connect(h: &Arc<Handle>, me: usize, writer: u64) -> Result<Log, String> {
+    let mut last = String::new();
+    for attempt in 0..100 {
+        // A fresh consensus client id each time, as a real client would have.
+        let env = SimEnv {
+            h: h.clone(),
+            me,
+            client_id: (writer << 8) | attempt,
+            seq: 0,
+        };
+        match Log::with_env(Box::new(env), writer) {
+            Ok(log) => return Ok(log),
+            Err(e) => last = e,
+        }
+        h.sleep(me, 100 * MS);
+    }
+    Err(last)
+}
+
 /// One client's script: appends (batches of 1–3), reads, fills and checks,
 /// recording everything it sees.
-fn client_script(h: &Arc<Handle>, me: usize, writer: u64, ops: usize, seed: u64) -> Result<(), String> {
-    let env = SimEnv {
-        h: h.clone(),
-        me,
-        client_id: writer,
-        seq: 0,
-    };
-    let mut log = Log::with_env(Box::new(env), writer)?;
+fn client_script(
+    h: &Arc<Handle>,
+    me: usize,
+    writer: u64,
+    ops: usize,
+    seed: u64,
+) -> Result<(), String> {
+    let mut log = connect(h, me, writer)?;
     let mut rng = Rng(seed ^ writer.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let now = |h: &Arc<Handle>| h.lock().now;
     let mut n = 0u64;
@@ -848,13 +918,7 @@ fn client_script(h: &Arc<Handle>, me: usize, writer: u64, ops: usize, seed: u64)
 /// stay unwritten, until the clients are done and it has passed every
 /// acknowledged address.
 fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), String> {
-    let env = SimEnv {
-        h: h.clone(),
-        me,
-        client_id: 9_000,
-        seq: 0,
-    };
-    let mut log = Log::with_env(Box::new(env), 9_000)?;
+    let mut log = connect(h, me, 9_000)?;
     let mut sub = log.subscribe(0, Duration::from_millis(300));
     let mut errors = 0;
     loop {
@@ -890,13 +954,7 @@ fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
 
 /// Reads the whole log with a fresh client at the end.
 fn checker_script(h: &Arc<Handle>, me: usize) -> Result<(), String> {
-    let env = SimEnv {
-        h: h.clone(),
-        me,
-        client_id: 9_001,
-        seq: 0,
-    };
-    let mut log = Log::with_env(Box::new(env), 9_001)?;
+    let mut log = connect(h, me, 9_001)?;
     let end = {
         let w = h.lock();
         let acked = w.hist.acked.keys().next_back().map_or(0, |a| a + 1);
@@ -906,7 +964,15 @@ fn checker_script(h: &Arc<Handle>, me: usize) -> Result<(), String> {
     while at < end {
         let start = h.lock().now;
         let n = (end - at).min(64);
-        let slots = log.read_range(at, n)?;
+        // A unit that crashed just before the faults stopped may still be
+        // restarting: ask again (the liveness deadline bounds this).
+        let slots = match log.read_range(at, n) {
+            Ok(s) => s,
+            Err(_) => {
+                h.sleep(me, 100 * MS);
+                continue;
+            }
+        };
         let mut w = h.lock();
         for (i, s) in slots.into_iter().enumerate() {
             w.hist.seen.push((at + i as u64, s, start));
@@ -1026,11 +1092,11 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
         let (unit, _) = Unit::open(MemStore::new(), UnitConfig::default())?;
         nodes.insert(
             unit_addr(i),
-            Node::Unit(SimUnit {
+            Node::Unit(Box::new(SimUnit {
                 unit: Some(unit),
                 dead: None,
                 incarnation: 0,
-            }),
+            })),
         );
     }
     let mut actors = Vec::new();
@@ -1096,6 +1162,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
         faulty: true,
         faults,
         shutdown: false,
+        shutdown_clock: 0,
         hist: History::default(),
         report: ClusterReport {
             seed,
@@ -1173,9 +1240,15 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
     {
         let hh = h.clone();
         let cl = clients.clone();
-        threads.push(spawn(follower, Box::new(move || follower_script(&hh, follower, &cl))));
+        threads.push(spawn(
+            follower,
+            Box::new(move || follower_script(&hh, follower, &cl)),
+        ));
         let hh = h.clone();
-        threads.push(spawn(checker, Box::new(move || checker_script(&hh, checker))));
+        threads.push(spawn(
+            checker,
+            Box::new(move || checker_script(&hh, checker)),
+        ));
     }
     // Start everyone but the checker; the checker starts once the others are
     // done. First, every thread must be parked at its start.
@@ -1209,8 +1282,16 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
         if let Some(e) = w.error.clone() {
             break Err(e);
         }
+        if w.report.events > 20_000_000 || w.hist.seen.len() > 5_000_000 {
+            break Err(format!(
+                "seed {seed}: runaway run ({} events, {} observations, at {} ms)",
+                w.report.events,
+                w.hist.seen.len(),
+                w.now / MS
+            ));
+        }
         let others_done = clients.iter().all(|c| w.actors[*c].done) && w.actors[follower].done;
-        if others_done && !checker_started {
+        if others_done && !checker_started && !w.faulty {
             checker_started = true;
             w.at(
                 MS,
@@ -1225,7 +1306,9 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
             break check_history(&w).map_err(|e| format!("seed {seed}: {e}"));
         }
         let Some(Reverse((t, id))) = w.queue.pop() else {
-            break Err(format!("seed {seed}: nothing left to do, yet the run is not finished"));
+            break Err(format!(
+                "seed {seed}: nothing left to do, yet the run is not finished"
+            ));
         };
         if t > end {
             let stuck: Vec<String> = w
