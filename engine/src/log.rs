@@ -13,6 +13,10 @@
 //! `SealedEpoch` from a unit means the layout moved on: refresh and retry, within a
 //! bound. Units store entries under their global log address.
 
+mod repair;
+
+pub use repair::RepairReport;
+
 use crate::client::{statuses, ClientError, UnitApi};
 use crate::consensus::sm::{Member, Projection};
 use crate::env::{At, Env, TcpEnv};

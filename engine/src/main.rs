@@ -113,6 +113,17 @@ enum Cmd {
         #[command(flatten)]
         ep: Endpoints,
     },
+    /// Restore replication after a storage unit was taken out: empty spare
+    /// units (registered, in no chain) join the short chains, and the old range
+    /// is copied to them. Resumable: after an interruption, run it again.
+    Repair {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Replicas every chain should have (default: as many as the longest
+        /// chain has now).
+        #[arg(long)]
+        replicas: Option<usize>,
+    },
     /// The cluster at a glance: layout, sequencer lease, every unit's tail.
     Status(ShowArgs),
     /// Ask a sequencer for COUNT consecutive log addresses.
@@ -742,6 +753,34 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Trim { ep, prefix } => {
             Log::connect(&resolve_endpoints(&ep))?.trim(prefix)?;
             println!("trimmed below {prefix}");
+            Ok(())
+        }
+        Cmd::Repair { ep, replicas } => {
+            if replicas == Some(0) {
+                return Err("--replicas must be at least 1".into());
+            }
+            let mut log = Log::connect(&resolve_endpoints(&ep))?;
+            let r = log.repair(replicas, &mut |line| eprintln!("{line}"))?;
+            if r.joined.is_empty() {
+                println!(
+                    "nothing to repair: every chain is complete (layout epoch {})",
+                    r.epoch
+                );
+            } else {
+                let joined: Vec<String> = r
+                    .joined
+                    .iter()
+                    .map(|(s, u)| format!("unit {u} -> stripe {s}"))
+                    .collect();
+                println!(
+                    "repaired: {}; {} entries and {} holes copied, {} already there; layout epoch {}",
+                    joined.join(", "),
+                    r.copied,
+                    r.holes,
+                    r.present,
+                    r.epoch
+                );
+            }
             Ok(())
         }
         Cmd::Check { ep } => {

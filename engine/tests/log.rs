@@ -40,9 +40,14 @@ impl Drop for Up {
 }
 
 fn up(dir: &Path, base: u16) -> Up {
+    up_with(dir, base, &[])
+}
+
+fn up_with(dir: &Path, base: u16, extra: &[&str]) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
         .args(["up", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -200,52 +205,89 @@ fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
     );
 }
 
+fn kill(pattern: &str, sig: i32) -> i32 {
+    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
+    // SAFETY: signalling a process of our own cluster.
+    unsafe { libc::kill(pid, sig) };
+    pid
+}
+
+fn chains(log: &Log) -> Vec<Vec<Vec<u64>>> {
+    log.projection()
+        .segments
+        .iter()
+        .map(|s| s.stripes.clone())
+        .collect()
+}
+
 #[test]
-fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost() {
+fn appends_go_on_through_a_unit_kill_and_a_sequencer_stop_and_a_spare_restores_replication() {
     let dir = tempfile::tempdir().unwrap();
     let (base, eps) = ports();
-    let _cluster = up(dir.path(), base);
+    // Five units for a 2 x 2 layout: the fifth is a spare.
+    let cluster = up_with(dir.path(), base, &["--units", "5"]);
     let acked: Acked = Arc::default();
     let workers = appenders(&eps, 2, 80, 8, &acked);
     // A client whose layout goes stale during the test.
     let mut stale = Log::connect(&eps).unwrap();
+    let seq_port = stale.projection().sequencer;
     std::thread::sleep(Duration::from_millis(400));
-    // Kill the tail of stripe 0 (the second unit) with SIGKILL.
+    // Kill the tail of stripe 0 (the second unit) and stop the active sequencer.
     let victim = base + 21;
-    let pid = pid_of(&format!("storage --listen 127.0.0.1:{victim}")).expect("unit process");
-    // SAFETY: signalling a process of our own cluster.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill(
+        &format!("storage --listen 127.0.0.1:{victim}"),
+        libc::SIGKILL,
+    );
+    let seq_pid = kill(
+        &format!("sequencer --listen 127.0.0.1:{seq_port}"),
+        libc::SIGSTOP,
+    );
+    // While the clients go on, an operator restores replication with the spare.
+    let repair = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["repair", "--endpoints", &eps])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&repair.stdout);
+    assert!(
+        repair.status.success() && said.contains(&format!("unit {} -> stripe 0", base + 24)),
+        "trex repair: {said} {}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
     for w in workers {
         w.join().expect("a client failed");
     }
+    // SAFETY: as above.
+    unsafe { libc::kill(seq_pid, libc::SIGCONT) };
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), 1280);
     let mut log = Log::connect(&eps).unwrap();
     let p = log.projection().clone();
-    assert!(
-        p.segments
-            .iter()
-            .all(|s| s.stripes.iter().all(|c| !c.contains(&u64::from(victim)))),
-        "the dead unit was taken out of the layout: {p:?}"
+    assert_ne!(p.sequencer, seq_port, "the standby took over");
+    let (head, spare) = (u64::from(base + 20), u64::from(base + 24));
+    assert_eq!(
+        chains(&log),
+        vec![vec![
+            vec![head, spare],
+            vec![u64::from(base + 22), u64::from(base + 23)]
+        ]],
+        "the dead unit is out, the spare is in, the segments merged again"
     );
-    for (a, want) in &acked {
-        match log.read(*a).unwrap() {
-            Slot::Data { data, .. } => assert_eq!(&data, want, "address {a}"),
-            other => panic!("acknowledged address {a} reads as {other:?}"),
-        }
-    }
-    // The stale client is never told "unwritten" for an address the current
-    // layout has as written: it refreshes on sealed-epoch or a dead unit.
-    let old_epoch = stale.projection().epoch;
-    assert!(old_epoch < p.epoch, "the client's layout really is stale");
-    for (a, want) in &acked {
-        match stale.read(*a).unwrap() {
-            Slot::Data { data, .. } => assert_eq!(&data, want, "stale client, address {a}"),
-            other => {
-                panic!("a client with a stale layout read {other:?} at acknowledged address {a}")
+    let read_all = |log: &mut Log, who: &str| {
+        for (a, want) in &acked {
+            match log.read(*a).unwrap() {
+                Slot::Data { data, .. } => assert_eq!(&data, want, "{who}: address {a}"),
+                other => panic!("{who}: acknowledged address {a} reads as {other:?}"),
             }
         }
-    }
+    };
+    read_all(&mut log, "current layout");
+    // The stale client is never told "unwritten" for an address the current
+    // layout has as written: it refreshes on sealed-epoch or a dead unit.
+    assert!(
+        stale.projection().epoch < p.epoch,
+        "the client's layout really is stale"
+    );
+    read_all(&mut stale, "stale layout");
     // No entry shows up twice: every address holding data was acknowledged for it.
     let end = log.check().unwrap();
     for (a, s) in log.read_range(0, end).unwrap().into_iter().enumerate() {
@@ -257,4 +299,16 @@ fn appends_go_on_when_a_storage_unit_is_killed_and_nothing_acknowledged_is_lost(
             );
         }
     }
+    // The spare holds a full copy: with the other original replica of stripe 0
+    // gone too, everything still reads back (from the spare alone).
+    kill(&format!("storage --listen 127.0.0.1:{head}"), libc::SIGKILL);
+    read_all(&mut log, "after the second kill");
+    let more: Vec<&[u8]> = vec![b"after the second kill"; 4];
+    log.append_batch(&more).unwrap();
+    assert_eq!(chains(&log)[0][0], vec![spare], "appends took the head out");
+    // Stop and restart the whole cluster: the same again.
+    drop(cluster);
+    let _cluster = up_with(dir.path(), base, &["--units", "5"]);
+    let mut log = Log::connect(&eps).unwrap();
+    read_all(&mut log, "after a full restart");
 }
