@@ -104,6 +104,10 @@ pub struct ClusterReport {
     pub sequencer_pauses: u64,
     /// Client pauses.
     pub client_pauses: u64,
+    /// Spares that joined a chain through a repair.
+    pub spares_joined: u64,
+    /// Addresses copied to spares.
+    pub copied: u64,
     /// Writes of a sealed epoch that units refused.
     pub stale_refused: u64,
     /// Messages dropped.
@@ -952,6 +956,25 @@ fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
     }
 }
 
+/// The operator: now and then runs a repair (take out units that stopped
+/// answering, let the spare join a short chain, copy the old range to it),
+/// until the clients are done.
+fn operator_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), String> {
+    let mut log = connect(h, me, 9_002)?;
+    loop {
+        h.sleep(me, 1_500 * MS);
+        if clients.iter().all(|c| h.lock().actors[*c].done) {
+            return Ok(());
+        }
+        // Under faults a repair may fail part way; the next one resumes.
+        if let Ok(r) = log.repair(Some(2), &mut |_| {}) {
+            let mut w = h.lock();
+            w.report.spares_joined += r.joined.len() as u64;
+            w.report.copied += r.copied + r.holes;
+        }
+    }
+}
+
 /// Reads the whole log with a fresh client at the end.
 fn checker_script(h: &Arc<Handle>, me: usize) -> Result<(), String> {
     let mut log = connect(h, me, 9_001)?;
@@ -1083,7 +1106,9 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
         })
     };
     let mut nodes = BTreeMap::new();
-    for i in 1..=4u64 {
+    // Units 1-4 form the first layout (2 stripes x 2); unit 5 is a spare the
+    // operator's repairs put to use.
+    for i in 1..=5u64 {
         apply(Op::Register {
             id: i,
             role: Role::Storage,
@@ -1135,6 +1160,11 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
     let follower = actors.len();
     actors.push(Actor {
         name: "follower".into(),
+        ..Actor::default()
+    });
+    let operator = actors.len();
+    actors.push(Actor {
+        name: "operator".into(),
         ..Actor::default()
     });
     let checker = actors.len();
@@ -1245,6 +1275,12 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
             Box::new(move || follower_script(&hh, follower, &cl)),
         ));
         let hh = h.clone();
+        let cl = clients.clone();
+        threads.push(spawn(
+            operator,
+            Box::new(move || operator_script(&hh, operator, &cl)),
+        ));
+        let hh = h.clone();
         threads.push(spawn(
             checker,
             Box::new(move || checker_script(&hh, checker)),
@@ -1290,7 +1326,9 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
                 w.now / MS
             ));
         }
-        let others_done = clients.iter().all(|c| w.actors[*c].done) && w.actors[follower].done;
+        let others_done = clients.iter().all(|c| w.actors[*c].done)
+            && w.actors[follower].done
+            && w.actors[operator].done;
         if others_done && !checker_started && !w.faulty {
             checker_started = true;
             w.at(

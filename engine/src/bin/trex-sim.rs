@@ -60,8 +60,8 @@ fn main() -> ExitCode {
                 Ok(r) => {
                     if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
                         eprintln!(
-                            "[{}/{}] seed {seed}: ok ({} events, {} appends acked, {} failed, {} observations, {} holes, {} epochs, {} unit crashes, {} sequencer pauses, {} client pauses, {} stale writes refused, {} dropped; trace {:016x}) {:.1?}",
-                            i + 1, seeds.len(), r.events, r.acked, r.failed_appends, r.observations, r.holes, r.epochs, r.unit_crashes, r.sequencer_pauses, r.client_pauses, r.stale_refused, r.dropped, r.trace_hash, started.elapsed()
+                            "[{}/{}] seed {seed}: ok ({} events, {} appends acked, {} failed, {} observations, {} holes, {} epochs, {} spares joined, {} copied, {} unit crashes, {} sequencer pauses, {} client pauses, {} stale writes refused, {} dropped; trace {:016x}) {:.1?}",
+                            i + 1, seeds.len(), r.events, r.acked, r.failed_appends, r.observations, r.holes, r.epochs, r.spares_joined, r.copied, r.unit_crashes, r.sequencer_pauses, r.client_pauses, r.stale_refused, r.dropped, r.trace_hash, started.elapsed()
                         );
                     }
                 }
