@@ -108,10 +108,15 @@ enum Cmd {
         /// New trim mark.
         prefix: u64,
     },
-    /// One past the highest address written (asks the storage units).
+    /// One past the highest address written (asks the storage units), or with
+    /// --fast the next address the sequencer would hand out.
     Check {
         #[command(flatten)]
         ep: Endpoints,
+        /// Ask the sequencer instead (one round trip; counts addresses handed
+        /// out but not yet written).
+        #[arg(long)]
+        fast: bool,
     },
     /// Restore replication after a storage unit was taken out: empty spare
     /// units (registered, in no chain) join the short chains, and the old range
@@ -783,8 +788,16 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Check { ep } => {
-            println!("{}", Log::connect(&resolve_endpoints(&ep))?.check()?);
+        Cmd::Check { ep, fast } => {
+            let mut log = Log::connect(&resolve_endpoints(&ep))?;
+            println!(
+                "{}",
+                if fast {
+                    log.check_fast()?
+                } else {
+                    log.check()?
+                }
+            );
             Ok(())
         }
         Cmd::Status(a) => cluster_status(a),

@@ -737,7 +737,7 @@ pub fn encode_token_request(out: &mut Vec<u8>, count: u32) {
 pub fn decode_token_request(body: &[u8]) -> Result<u32, DecodeError> {
     let mut r = Reader::new(body);
     let count = r.u32()?;
-    if count == 0 || count > MAX_TOKEN_COUNT {
+    if count > MAX_TOKEN_COUNT {
         return Err(DecodeError::TooManyOps {
             count,
             max: MAX_TOKEN_COUNT,
