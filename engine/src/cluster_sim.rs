@@ -532,10 +532,17 @@ impl World {
                     actor,
                     key,
                     header,
-                    ..
+                    body,
                 } => format!(
-                    "to {addr} from {} key {key} op {:#x} epoch {}",
-                    self.actors[*actor].name, header.opcode, header.epoch
+                    "to {addr} from {} key {key} op {:#x} epoch {} addrs {:?}",
+                    self.actors[*actor].name,
+                    header.opcode,
+                    header.epoch,
+                    trex_wire::decode_write_request(body)
+                        .map(|b| b.iter().map(|o| o.addr).collect::<Vec<_>>())
+                        .or_else(|_| trex_wire::decode_addr_list(body)
+                            .map(|l| l.iter().collect::<Vec<_>>()))
+                        .unwrap_or_default()
                 ),
                 Ev::ToConsensus { actor, key, op, .. } => format!(
                     "consensus from {} key {key} {:?}",
@@ -868,7 +875,31 @@ fn client_script(
                     entries.push(e);
                 }
                 let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
-                match log.append_batch(&refs) {
+                // Half the appends go through the pipeline (batches of 1-2,
+                // up to 3 in flight), half through the blocking call.
+                let result = if rng.chance(0.5) {
+                    log.append_batch(&refs)
+                } else {
+                    let mut p = log.pipeline(1 + rng.below(2) as usize, 3);
+                    let mut out = vec![Err(String::new()); refs.len()];
+                    let mut failed = None;
+                    for e in &refs {
+                        if let Err(e) = p.submit(e) {
+                            failed = Some(e);
+                        }
+                    }
+                    if let Err(e) = p.flush() {
+                        failed = Some(e);
+                    }
+                    while let Some((t, r)) = p.poll() {
+                        out[t as usize] = r;
+                    }
+                    match failed {
+                        Some(e) => Err(e),
+                        None => out.into_iter().collect(),
+                    }
+                };
+                match result {
                     Ok(addrs) => {
                         let mut w = h.lock();
                         let t = w.now;
@@ -1013,6 +1044,28 @@ fn checker_script(h: &Arc<Handle>, me: usize) -> Result<(), String> {
 /// The checks over the whole history.
 fn check_history(w: &World) -> Result<(), String> {
     let hist = &w.hist;
+    if let Some(a) = std::env::var("TREX_SIM_ADDR")
+        .ok()
+        .and_then(|a| a.parse::<u64>().ok())
+    {
+        for p in &w.sm.history {
+            eprintln!("layout {p:?}");
+        }
+        eprintln!(
+            "address {a}: acked {:?}",
+            hist.acked
+                .get(&a)
+                .map(|(d, t)| (String::from_utf8_lossy(d), *t as f64 / MS as f64))
+        );
+        for (addr, slot, start) in &hist.seen {
+            if *addr == a {
+                eprintln!(
+                    "  seen {slot:?} by an op started at {:.3} ms",
+                    *start as f64 / MS as f64
+                );
+            }
+        }
+    }
     let mut value: BTreeMap<u64, &Slot> = BTreeMap::new();
     let mut at_addr: BTreeMap<&[u8], u64> = BTreeMap::new();
     for (addr, (data, _)) in &hist.acked {

@@ -13,8 +13,10 @@
 //! `SealedEpoch` from a unit means the layout moved on: refresh and retry, within a
 //! bound. Units store entries under their global log address.
 
+mod pipeline;
 mod repair;
 
+pub use pipeline::Pipeline;
 pub use repair::RepairReport;
 
 use crate::client::{statuses, ClientError, UnitApi};
@@ -204,16 +206,63 @@ impl Log {
     /// it, so a retried append never shows up twice. Only an address another
     /// writer or a filler took first is given up for a new one.
     pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, String> {
+        let seqs = self.next_seqs(entries.len());
         let n = entries.len();
-        let seqs: Vec<u64> = entries
-            .iter()
+        self.append_resume(entries, &seqs, vec![None; n], vec![false; n])
+    }
+
+    /// `n` fresh writer sequence numbers.
+    fn next_seqs(&mut self, n: usize) -> Vec<u64> {
+        (0..n)
             .map(|_| {
                 self.seq += 1;
                 self.seq
             })
-            .collect();
-        let mut addr_of: Vec<Option<u64>> = vec![None; n];
-        let mut done = vec![false; n];
+            .collect()
+    }
+
+    /// The chain jobs writing entries `items` (all with addresses).
+    fn chain_jobs<'e>(
+        &self,
+        items: impl Iterator<Item = usize>,
+        addr_of: &[Option<u64>],
+        seqs: &[u64],
+        entries: &[&'e [u8]],
+    ) -> Result<Vec<ChainJob<'e>>, String> {
+        let mut by_chain: BTreeMap<Vec<u64>, Vec<usize>> = BTreeMap::new();
+        for i in items {
+            let addr = addr_of[i].ok_or("an entry without an address")?;
+            by_chain.entry(self.chain(addr)?).or_default().push(i);
+        }
+        Ok(by_chain
+            .into_iter()
+            .map(|(chain, items)| {
+                let units = chain.iter().map(|u| (*u, self.addr(*u))).collect();
+                let ops = items
+                    .iter()
+                    .map(|i| WriteOp {
+                        addr: addr_of[*i].unwrap_or_default(),
+                        writer: self.writer,
+                        seq: seqs[*i],
+                        data: entries[*i],
+                    })
+                    .collect();
+                ChainJob::new(units, items, ops)
+            })
+            .collect())
+    }
+
+    /// Appends `entries` with sequence numbers `seqs`: those with an address
+    /// keep it (a retry), those `done` are skipped. The blocking path of
+    /// [`Log::append_batch`], and what a [`Pipeline`] falls back to.
+    fn append_resume(
+        &mut self,
+        entries: &[&[u8]],
+        seqs: &[u64],
+        mut addr_of: Vec<Option<u64>>,
+        mut done: Vec<bool>,
+    ) -> Result<Vec<u64>, String> {
+        let n = entries.len();
         for _ in 0..self.max_retries {
             let need: Vec<usize> = (0..n)
                 .filter(|i| !done[*i] && addr_of[*i].is_none())
@@ -225,31 +274,14 @@ impl Log {
                 }
             }
             let epoch = self.projection.epoch;
-            let mut by_chain: BTreeMap<Vec<u64>, Vec<usize>> = BTreeMap::new();
-            for i in (0..n).filter(|i| !done[*i]) {
-                let addr = addr_of[i].expect("assigned above");
-                by_chain.entry(self.chain(addr)?).or_default().push(i);
-            }
-            if by_chain.is_empty() {
+            let mut jobs =
+                self.chain_jobs((0..n).filter(|i| !done[*i]), &addr_of, seqs, entries)?;
+            if jobs.is_empty() {
                 return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
             }
             let mut refresh = false;
             // Every chain is written at once (a request to each chain's next
             // unit in flight together); within a chain, head to tail.
-            let mut jobs: Vec<ChainJob<'_>> = Vec::new();
-            for (chain, items) in by_chain {
-                let units = chain.iter().map(|u| (*u, self.addr(*u))).collect();
-                let ops = items
-                    .iter()
-                    .map(|i| WriteOp {
-                        addr: addr_of[*i].unwrap_or_default(),
-                        writer: self.writer,
-                        seq: seqs[*i],
-                        data: entries[*i],
-                    })
-                    .collect();
-                jobs.push(ChainJob::new(units, items, ops));
-            }
             write_chains(&mut *self.env, epoch, &mut jobs);
             for job in jobs {
                 let items = job.items;
@@ -347,9 +379,18 @@ impl Log {
                 }
             }
             if refresh {
-                // Never answer "unwritten" from a stale layout: read the current one.
                 self.refresh()?;
                 continue;
+            }
+            // Never answer "unwritten" from a stale layout: a unit taken out
+            // while it was unreachable (so never sealed) answers a client that
+            // still names it without knowing what was written since. Trust an
+            // "unwritten" only if the layout is still the one it was read with.
+            if got.values().any(|s| *s == Slot::Unwritten) {
+                self.refresh()?;
+                if self.projection.epoch != epoch {
+                    continue;
+                }
             }
             return Ok(got.into_values().collect());
         }
@@ -563,6 +604,7 @@ impl Log {
             next: from,
             hole_wait,
             waiting_since: None,
+            tail: 0,
         }
     }
 }
@@ -692,6 +734,8 @@ pub struct Subscription<'a> {
     next: u64,
     hole_wait: Duration,
     waiting_since: Option<Duration>,
+    /// The sequencer's next address when last asked (the fast check).
+    tail: u64,
 }
 
 impl Subscription<'_> {
@@ -711,14 +755,22 @@ impl Subscription<'_> {
     }
 
     /// One look at the next address: `None` while it is still unwritten (at
-    /// the tail, or a hole not yet overdue for filling).
+    /// the tail, or a hole not yet overdue for filling). At the tail this costs
+    /// one round trip to the sequencer (the fast check), not a read.
     pub fn try_next(&mut self) -> Result<Option<(u64, Slot)>, String> {
         let addr = self.next;
+        if addr >= self.tail {
+            self.tail = self.log.check_fast()?;
+            if addr >= self.tail {
+                return Ok(None); // nothing handed out there yet
+            }
+        }
         match self.log.read(addr)? {
             Slot::Unwritten => {
+                // Handed out, not written: its writer is slow, or died.
                 let now = self.log.env.now();
                 let since = *self.waiting_since.get_or_insert(now);
-                if now - since >= self.hole_wait && self.log.check()? > addr {
+                if now - since >= self.hole_wait {
                     let s = self.log.fill(addr)?;
                     self.waiting_since = None;
                     self.next += 1;
