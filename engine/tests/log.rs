@@ -67,7 +67,8 @@ fn up_with(dir: &Path, base: u16, extra: &[&str]) -> Up {
 type Acked = Arc<Mutex<HashMap<u64, Vec<u8>>>>;
 
 /// Starts `clients` threads, each appending `batches` batches of `per_batch`
-/// entries, recording every acknowledged address (and failing on a repeat).
+/// entries (even clients with blocking batches, odd ones through a pipeline),
+/// recording every acknowledged address (and failing on a repeat).
 fn appenders(
     eps: &str,
     clients: usize,
@@ -84,10 +85,24 @@ fn appenders(
                     let entries: Vec<Vec<u8>> = (0..per_batch)
                         .map(|k| format!("client {c} batch {i} entry {k}").into_bytes())
                         .collect();
-                    let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
-                    let addrs = log
-                        .append_batch(&refs)
-                        .expect("every append is acknowledged, faults or not");
+                    let addrs: Vec<u64> = if c % 2 == 0 {
+                        let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
+                        log.append_batch(&refs)
+                            .expect("every append is acknowledged, faults or not")
+                    } else {
+                        // Odd clients keep several small batches in flight.
+                        let mut p = log.pipeline(3, 4);
+                        for e in &entries {
+                            p.submit(e).unwrap();
+                        }
+                        p.flush().unwrap();
+                        let mut got = vec![0; entries.len()];
+                        while let Some((t, r)) = p.poll() {
+                            got[t as usize] =
+                                r.expect("every append is acknowledged, faults or not");
+                        }
+                        got
+                    };
                     let mut a = acked.lock().unwrap();
                     for (addr, e) in addrs.into_iter().zip(entries) {
                         assert!(
