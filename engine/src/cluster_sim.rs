@@ -1138,7 +1138,8 @@ fn check_history(w: &World) -> Result<(), String> {
             .find(|(a, (_, t))| t < start && **a >= *tail)
         {
             return Err(format!(
-                "P4: check returned tail {tail} although address {addr} was acknowledged before it started"
+                "P4: check returned tail {tail} although address {addr} was acknowledged before it started (at {:.3} ms)",
+                *start as f64 / MS as f64
             ));
         }
     }

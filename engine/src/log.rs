@@ -208,7 +208,7 @@ impl Log {
     pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, String> {
         let seqs = self.next_seqs(entries.len());
         let n = entries.len();
-        self.append_resume(entries, &seqs, vec![None; n], vec![false; n])
+        self.append_resume(entries, &seqs, vec![None; n], vec![0; n])
     }
 
     /// `n` fresh writer sequence numbers.
@@ -260,17 +260,40 @@ impl Log {
         entries: &[&[u8]],
         seqs: &[u64],
         mut addr_of: Vec<Option<u64>>,
-        mut done: Vec<bool>,
+        mut granted: Vec<u64>,
     ) -> Result<Vec<u64>, String> {
         let n = entries.len();
+        let mut done = vec![false; n];
         for _ in 0..self.max_retries {
+            // An address granted in an older epoch is kept (written again, the
+            // same entry, idempotently) only if it is below the current
+            // sequencer's next address. Above it, the entry reached no unit
+            // before the takeover sealed them (a sealed unit refuses the old
+            // epoch), and writing it now would put an entry where the new
+            // sequencer's counter — the fast check — says nothing is yet.
+            let epoch = self.projection.epoch;
+            if (0..n).any(|i| !done[i] && addr_of[i].is_some() && granted[i] < epoch) {
+                let (e, next) = self.token(0)?;
+                for i in 0..n {
+                    if let (false, Some(a)) = (done[i], addr_of[i]) {
+                        if granted[i] < e {
+                            if a >= next {
+                                addr_of[i] = None;
+                            } else {
+                                granted[i] = e;
+                            }
+                        }
+                    }
+                }
+            }
             let need: Vec<usize> = (0..n)
                 .filter(|i| !done[*i] && addr_of[*i].is_none())
                 .collect();
             if !need.is_empty() {
-                let (_, first) = self.token(need.len() as u32)?;
+                let (e, first) = self.token(need.len() as u32)?;
                 for (k, i) in need.iter().enumerate() {
                     addr_of[*i] = Some(first + k as u64);
+                    granted[*i] = e;
                 }
             }
             let epoch = self.projection.epoch;

@@ -290,7 +290,7 @@ impl Pipeline<'_> {
                     let n = refs.len();
                     let r = self
                         .log
-                        .append_resume(&refs, &f.seqs, f.addr_of, vec![false; n]);
+                        .append_resume(&refs, &f.seqs, f.addr_of, vec![f.epoch; n]);
                     match r {
                         Ok(addrs) => {
                             for (t, a) in f.tickets.iter().zip(addrs) {
