@@ -843,16 +843,26 @@ fn cluster_status(a: ShowArgs) -> Result<(), String> {
     let lease = LockClient::new(ConsensusClient::new(&eps, a.ep.timeout)?)
         .get(trex_engine::sequencer::SEQUENCER_LOCK)
         .ok();
+    // Every registered storage unit: those in a chain, then the others
+    // ("spare" if empty and healthy: `trex repair` can use it; else "out").
+    let in_layout: std::collections::BTreeSet<u64> = p
+        .segments
+        .iter()
+        .flat_map(|s| s.stripes.iter().flatten().copied())
+        .collect();
     let mut units = Vec::new();
-    for id in p.segments.iter().flat_map(|s| s.stripes.iter().flatten()) {
-        let addr = members.get(id).map(|m| m.addr.clone()).unwrap_or_default();
-        let info = UnitClient::connect(&addr, a.ep.timeout)
+    for (id, m) in members.iter().filter(|(_, m)| m.role == Role::Storage) {
+        let info = UnitClient::connect(&m.addr, a.ep.timeout)
             .and_then(|mut u| u.info())
             .map_err(|e| e.to_string());
-        units.push((*id, addr, info));
+        let role = match &info {
+            _ if in_layout.contains(id) => "chain",
+            Ok(i) if i.tail == 0 && i.trim_mark == 0 && i.flags & INFO_POISONED == 0 => "spare",
+            _ => "out",
+        };
+        units.push((*id, m.addr.clone(), info, role));
     }
-    units.sort_by_key(|u| u.0);
-    units.dedup_by_key(|u| u.0);
+    units.sort_by_key(|u| (u.3 != "chain", u.0));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -860,12 +870,12 @@ fn cluster_status(a: ShowArgs) -> Result<(), String> {
         Format::Json => {
             let us: Vec<String> = units
                 .iter()
-                .map(|(id, addr, i)| match i {
+                .map(|(id, addr, i, role)| match i {
                     Ok(i) => format!(
-                        "{{\"id\":{id},\"addr\":\"{addr}\",\"tail\":{},\"trim_mark\":{},\"sealed_epoch\":{},\"healthy\":{}}}",
+                        "{{\"id\":{id},\"addr\":\"{addr}\",\"role\":\"{role}\",\"tail\":{},\"trim_mark\":{},\"sealed_epoch\":{},\"healthy\":{}}}",
                         i.tail, i.trim_mark, i.sealed_epoch, i.flags & INFO_POISONED == 0
                     ),
-                    Err(e) => format!("{{\"id\":{id},\"addr\":\"{addr}\",\"healthy\":false,\"error\":{e:?}}}"),
+                    Err(e) => format!("{{\"id\":{id},\"addr\":\"{addr}\",\"role\":\"{role}\",\"healthy\":false,\"error\":{e:?}}}"),
                 })
                 .collect();
             let l = lease.as_ref().map_or("null".to_string(), |l| {
@@ -902,13 +912,13 @@ fn cluster_status(a: ShowArgs) -> Result<(), String> {
                 None => println!("lease      none"),
             }
             println!(
-                "{:<8}{:<22}{:<10}{:<10}{:<8}HEALTH",
-                "UNIT", "ADDRESS", "TAIL", "TRIM", "EPOCH"
+                "{:<8}{:<7}{:<22}{:<10}{:<10}{:<8}HEALTH",
+                "UNIT", "ROLE", "ADDRESS", "TAIL", "TRIM", "EPOCH"
             );
-            for (id, addr, i) in &units {
+            for (id, addr, i, role) in &units {
                 match i {
                     Ok(i) => println!(
-                        "{id:<8}{addr:<22}{:<10}{:<10}{:<8}{}",
+                        "{id:<8}{role:<7}{addr:<22}{:<10}{:<10}{:<8}{}",
                         i.tail,
                         i.trim_mark,
                         i.sealed_epoch,
@@ -918,7 +928,7 @@ fn cluster_status(a: ShowArgs) -> Result<(), String> {
                             "ok"
                         }
                     ),
-                    Err(e) => println!("{id:<8}{addr:<22}unreachable: {e}"),
+                    Err(e) => println!("{id:<8}{role:<7}{addr:<22}unreachable: {e}"),
                 }
             }
         }
