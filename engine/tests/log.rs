@@ -246,6 +246,20 @@ fn appends_go_on_through_a_unit_kill_and_a_sequencer_stop_and_a_spare_restores_r
     // A client whose layout goes stale during the test.
     let mut stale = Log::connect(&eps).unwrap();
     let seq_port = stale.projection().sequencer;
+    // `trex status` shows the fifth unit as a spare.
+    let status = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["status", "-w", "json", "--endpoints", &eps])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!(
+            "\"id\":{},\"addr\":\"127.0.0.1:{}\",\"role\":\"spare\"",
+            base + 24,
+            base + 24
+        )),
+        "trex status: {status}"
+    );
     std::thread::sleep(Duration::from_millis(400));
     // Kill the tail of stripe 0 (the second unit) and stop the active sequencer.
     let victim = base + 21;
