@@ -39,6 +39,7 @@
 
 use crate::client::{reply_or_error, ClientError};
 use crate::consensus::client::Submit;
+use crate::consensus::sim::Rng;
 use crate::consensus::sm::{Op, Role, StateMachine};
 use crate::env::Env;
 use crate::log::{Log, Slot};
@@ -118,24 +119,6 @@ pub struct ClusterReport {
 
 /// A failed check, naming the seed.
 pub type SimError = String;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
-    }
-}
 
 enum Payload {
     Reply(Result<(Header, Vec<u8>), ClientError>),

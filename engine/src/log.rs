@@ -19,7 +19,7 @@ mod repair;
 pub use pipeline::Pipeline;
 pub use repair::RepairReport;
 
-use crate::client::{statuses, ClientError, UnitApi};
+use crate::client::{statuses, ClientError, ReadItem, UnitApi};
 use crate::consensus::sm::{Member, Projection};
 use crate::env::{At, Env, TcpEnv};
 use std::collections::BTreeMap;
@@ -62,6 +62,27 @@ fn random_u64() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+/// What a unit's read answer means: the address and its slot.
+fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), String> {
+    let s = match it.status {
+        Status::Ok => Slot::Data {
+            writer: it.writer,
+            seq: it.seq,
+            data: it.data,
+        },
+        Status::Junk => Slot::Hole,
+        Status::Trimmed => Slot::Trimmed,
+        Status::Unwritten => Slot::Unwritten,
+        other => {
+            return Err(format!(
+                "unit {unit} answered {other} for address {}",
+                it.addr
+            ))
+        }
+    };
+    Ok((it.addr, s))
 }
 
 fn sealed(e: &ClientError) -> bool {
@@ -375,23 +396,8 @@ impl Log {
                             work.push((unit, deferred));
                         }
                         for it in items.into_iter().filter(|it| it.status != Status::Deferred) {
-                            let s = match it.status {
-                                Status::Ok => Slot::Data {
-                                    writer: it.writer,
-                                    seq: it.seq,
-                                    data: it.data,
-                                },
-                                Status::Junk => Slot::Hole,
-                                Status::Trimmed => Slot::Trimmed,
-                                Status::Unwritten => Slot::Unwritten,
-                                other => {
-                                    return Err(format!(
-                                        "unit {unit} answered {other} for address {}",
-                                        it.addr
-                                    ))
-                                }
-                            };
-                            got.insert(it.addr, s);
+                            let (a, s) = slot_of(unit, it)?;
+                            got.insert(a, s);
                         }
                     }
                     Err(e) if sealed(&e) => refresh = true,

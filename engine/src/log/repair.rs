@@ -23,7 +23,7 @@
 //! restarted) could hold values the log since decided otherwise. Wipe its data
 //! directory to reuse it.
 
-use super::{sealed, Log, Slot};
+use super::{sealed, slot_of, Log, Slot};
 use crate::client::{ClientError, UnitApi};
 use crate::consensus::sm::{LayoutSegment, Op, Projection, Role};
 use std::collections::BTreeSet;
@@ -374,19 +374,13 @@ impl Log {
         };
         let mut values: Vec<(u64, Slot)> = Vec::with_capacity(found.len());
         for it in found {
-            let s = match it.status {
-                Status::Ok => Slot::Data {
-                    writer: it.writer,
-                    seq: it.seq,
-                    data: it.data,
-                },
-                Status::Junk => Slot::Hole,
-                Status::Trimmed => Slot::Trimmed,
-                // Undecided: decide it through the old chain first.
-                Status::Unwritten => self.fill(it.addr)?,
-                other => return Err(format!("unit {source} answered {other} for {}", it.addr)),
+            let (a, s) = slot_of(source, it)?;
+            // Undecided: decide it through the old chain first.
+            let s = match s {
+                Slot::Unwritten => self.fill(a)?,
+                s => s,
             };
-            values.push((it.addr, s));
+            values.push((a, s));
         }
         let ops: Vec<WriteOp<'_>> = values
             .iter()
