@@ -124,12 +124,13 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
     // Before any thread exists, so that only the loop's signalfd sees them.
     crate::net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let started = Instant::now();
-    let store = MmapStore::open(
+    let mut store = MmapStore::open(
         &opts.data_dir,
         &MmapOptions {
             segment_size: opts.segment_size,
         },
     )?;
+    store.set_rollover_barrier(!opts.sync_never);
     let cfg = UnitConfig {
         cluster_id: opts.cluster_id,
         sync_never: opts.sync_never,

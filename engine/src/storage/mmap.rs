@@ -115,6 +115,8 @@ pub struct MmapStore {
     durable_lsn: u64,
     syncing: bool,
     max_payload: usize,
+    /// Rollover waits for the old segment's fdatasync (see `append`).
+    rollover_barrier: bool,
     /// What `open` and `recover` found.
     pub report: OpenReport,
 }
@@ -218,6 +220,17 @@ fn fsync_dir(dir: &File) -> io::Result<()> {
 }
 
 impl MmapStore {
+    /// With `false` (for units run with `--sync never`, which promise no
+    /// durability), a rollover hands the old segment's fdatasync to a
+    /// background thread instead of waiting for it on the event loop: no stall
+    /// of tens of milliseconds per segment, at the price of the barrier's
+    /// guarantee — after a power loss (not a process crash: the page cache
+    /// survives that) records of an older segment may answer `corrupt` instead
+    /// of simply being lost.
+    pub fn set_rollover_barrier(&mut self, on: bool) {
+        self.rollover_barrier = on;
+    }
+
     /// Opens (creating if needed) the store in `dir`, taking the directory lock.
     /// Records are visited later by [`Store::recover`].
     pub fn open(dir: &Path, opts: &MmapOptions) -> Result<MmapStore, String> {
@@ -255,6 +268,7 @@ impl MmapStore {
             dir_dirty: false,
             durable_lsn: 0,
             syncing: false,
+            rollover_barrier: true,
             // Room for the opening meta record, the meta reserve and one header.
             max_payload: (opts.segment_size as usize)
                 .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
@@ -694,11 +708,22 @@ impl Store for MmapStore {
             // more) would look like corruption of acknowledged data.
             // (Unconditional: a sync job in flight may not have covered it yet.)
             if let Some((old, seg)) = self.segs.iter().next_back() {
-                seg.file.sync_data().map_err(|e| {
-                    AppendError::Io(format!(
-                        "fdatasync of segment {old} before rollover failed: {e}"
-                    ))
-                })?;
+                if self.rollover_barrier {
+                    seg.file.sync_data().map_err(|e| {
+                        AppendError::Io(format!(
+                            "fdatasync of segment {old} before rollover failed: {e}"
+                        ))
+                    })?;
+                } else {
+                    let (old, file) = (*old, seg.file.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("trex-rollover-sync".into())
+                        .spawn(move || {
+                            if let Err(e) = file.sync_data() {
+                                crate::log!("WARN", "background fdatasync of segment {old}: {e}");
+                            }
+                        });
+                }
             }
             let id = self.active().map_or(1, |a| a + 1);
             self.create_segment(id)?;
