@@ -27,7 +27,7 @@ rm -rf "$DIR" && mkdir -p "$DIR/results"
 UP=; NATS=()
 cleanup() {
   [ -n "$UP" ] && kill -INT "$UP" 2>/dev/null && wait "$UP" 2>/dev/null
-  for p in "${NATS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for p in "${NATS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
   UP=; NATS=(); true
 }
 trap cleanup EXIT
@@ -39,7 +39,7 @@ fresh_cache() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 nats_up() { # nats_up NODES
   fresh_cache
   rm -rf "$DIR/nats"; mkdir -p "$DIR/nats"
-  local routes=""
+  local routes="" i
   if [ "$1" -gt 1 ]; then routes=$(seq -s, -f "nats://127.0.0.1:63%.0f" 41 $((40 + $1))); fi
   for i in $(seq "$1"); do
     if [ "$1" -gt 1 ]; then

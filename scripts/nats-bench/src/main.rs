@@ -79,10 +79,20 @@ fn main() {
     w.write_all(del).unwrap();
     read_msg(&mut w, &mut r, &mut line, &mut buf);
     let cfg = format!("{{\"name\":\"BENCH\",\"subjects\":[\"bench\"],\"storage\":\"file\",\"num_replicas\":{replicas}}}");
-    w.write_all(format!("PUB $JS.API.STREAM.CREATE.BENCH _INBOX.admin.create {}\r\n{cfg}\r\n", cfg.len()).as_bytes()).unwrap();
-    let created = String::from_utf8_lossy(&read_msg(&mut w, &mut r, &mut line, &mut buf)).into_owned();
-    if created.contains("\"error\"") {
-        panic!("cannot create the stream: {created}");
+    // A fresh cluster may not know all its peers yet ("no suitable peers for
+    // placement"): ask again for up to 10 s.
+    let mut tries = 0;
+    loop {
+        w.write_all(format!("PUB $JS.API.STREAM.CREATE.BENCH _INBOX.admin.create {}\r\n{cfg}\r\n", cfg.len()).as_bytes()).unwrap();
+        let created = String::from_utf8_lossy(&read_msg(&mut w, &mut r, &mut line, &mut buf)).into_owned();
+        if !created.contains("\"error\"") {
+            break;
+        }
+        tries += 1;
+        if tries >= 20 {
+            panic!("cannot create the stream: {created}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
