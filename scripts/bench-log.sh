@@ -31,18 +31,12 @@ cleanup() {
   UP=; NATS=(); true
 }
 trap cleanup EXIT
-# On a VM, the first touch of guest memory the guest never used costs far more
-# than the write itself (a profile of 4 KiB appends showed 49% of all CPU in the
-# kernel zeroing fresh page-cache pages; 10 GiB took 31 s to touch once). So the
-# memory is touched once up front (WARM_GIB, through tmpfs), and every server
-# starts on an empty page cache (root only), so neither side runs on memory the
-# other one warmed.
-WARM_GIB=${WARM_GIB:-16}
-if [ "$WARM_GIB" -gt 0 ] && [ -w /dev/shm ]; then
-  echo "== touching ${WARM_GIB} GiB of memory once (WARM_GIB=0 skips)" >&2
-  head -c "${WARM_GIB}G" /dev/zero > /dev/shm/trex-warm || true
-  rm -f /dev/shm/trex-warm
-fi
+# Every server starts on an empty page cache (root only), so neither side runs on
+# memory the other one left behind. Note on this machine (a Firecracker VM with
+# free page reporting): memory the guest frees is handed back to the host, and
+# touching it again costs a slow fault — a profile of 4 KiB appends showed 49% of
+# all CPU in the kernel zeroing fresh page-cache pages. Both sides pay it per byte
+# written to their files; trex writes every entry twice (2 replicas).
 fresh_cache() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 nats_up() { # nats_up NODES
   fresh_cache
