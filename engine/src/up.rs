@@ -59,9 +59,31 @@ fn spawn(exe: &Path, name: &str, logs: &Path, args: &[String]) -> Result<Node, S
     })
 }
 
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+/// A shutdown signal taken while starting up, if one is pending (they are
+/// blocked, so they wait for us).
+fn interrupted(set: &libc::sigset_t) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
+    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (r > 0).then_some(r)
+}
+
+fn wait_for(
+    what: &str,
+    within: Duration,
+    set: &libc::sigset_t,
+    mut ok: impl FnMut() -> bool,
+) -> Result<(), String> {
     let t0 = Instant::now();
     while !ok() {
+        if let Some(sig) = interrupted(set) {
+            return Err(format!(
+                "interrupted by signal {sig} while waiting for {what}; stopping what was started"
+            ));
+        }
         if t0.elapsed() > within {
             return Err(format!(
                 "{what} did not happen within {within:?}; see the logs"
@@ -131,7 +153,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             nodes.push(spawn(&exe, &format!("consensus-{}", i + 1), &logs, &args)?);
         }
         eprintln!("started {} consensus nodes on {eps}", o.consensus);
-        wait_for("a consensus leader", Duration::from_secs(30), || {
+        wait_for("a consensus leader", Duration::from_secs(30), &set, || {
             consensus.iter().any(|a| {
                 ConsensusClient::node_status(a, Duration::from_millis(300)).is_ok_and(|s| s.leading)
             })
@@ -154,19 +176,29 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             nodes.push(spawn(&exe, &format!("unit-{}", i + 1), &logs, &args)?);
         }
         let mut c = ConsensusClient::new(&eps, Duration::from_secs(2))?;
-        wait_for("storage unit registration", Duration::from_secs(30), || {
-            c.members().is_ok_and(|m| {
-                m.values().filter(|m| m.role == Role::Storage).count() >= o.units as usize
-            })
-        })?;
+        wait_for(
+            "storage unit registration",
+            Duration::from_secs(30),
+            &set,
+            || {
+                c.members().is_ok_and(|m| {
+                    m.values().filter(|m| m.role == Role::Storage).count() >= o.units as usize
+                })
+            },
+        )?;
         // Registrations survive restarts: also wait until every unit answers.
-        wait_for("storage units answering", Duration::from_secs(30), || {
-            (0..o.units).all(|i| {
-                crate::client::UnitClient::connect(&port(20 + i), Duration::from_millis(300))
-                    .and_then(|mut u| u.info())
-                    .is_ok()
-            })
-        })?;
+        wait_for(
+            "storage units answering",
+            Duration::from_secs(30),
+            &set,
+            || {
+                (0..o.units).all(|i| {
+                    crate::client::UnitClient::connect(&port(20 + i), Duration::from_millis(300))
+                        .and_then(|mut u| u.info())
+                        .is_ok()
+                })
+            },
+        )?;
         eprintln!(
             "started {} storage units on {}..{}",
             o.units,
@@ -197,10 +229,15 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         }
         // Ready once a sequencer of this run has taken over (a newer layout naming
         // it); asking for a token here would burn an address into a hole.
-        wait_for("a sequencer taking over", Duration::from_secs(30), || {
-            c.layout()
-                .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
-        })?;
+        wait_for(
+            "a sequencer taking over",
+            Duration::from_secs(30),
+            &set,
+            || {
+                c.layout()
+                    .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
+            },
+        )?;
         eprintln!(
             "started {} sequencers on {}..{}",
             o.sequencers,
