@@ -2,8 +2,10 @@
 //! tests use), and the unit's typed operations ([`UnitApi`]) over any
 //! request/reply channel.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use trex_wire::{
@@ -52,6 +54,12 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The server is alive but refused the connection (at its connection
+    /// limit): not a failure to act on by taking it out of the layout.
+    pub fn is_busy(&self) -> bool {
+        self.code() == Some(ErrorCode::TooManyConnections)
+    }
 }
 
 /// One read result, owned.
@@ -74,11 +82,20 @@ pub struct UnitClient {
     stream: TcpStream,
     addr: SocketAddr,
     timeout: Duration,
-    next_id: u64,
+    /// Requests sent and not yet answered.
+    outstanding: HashSet<u64>,
+    /// Replies that arrived before the one being waited for (a unit answers a
+    /// refusal or a read at once, while earlier writes wait for their sync).
+    early: HashMap<u64, (Header, Vec<u8>)>,
     /// Cluster id put in every frame.
     pub cluster_id: u32,
     buf: Vec<u8>,
 }
+
+/// Request ids are unique in the process, not per connection: a reply read on
+/// a new connection can never be taken for the answer to a request sent on an
+/// old one.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 impl UnitClient {
     /// Connects to `addr` (host:port).
@@ -98,7 +115,8 @@ impl UnitClient {
                         stream,
                         addr: a,
                         timeout,
-                        next_id: 1,
+                        outstanding: HashSet::new(),
+                        early: HashMap::new(),
                         cluster_id: 0,
                         buf: Vec::new(),
                     };
@@ -122,8 +140,7 @@ impl UnitClient {
         epoch: u64,
         body: &dyn Fn(&mut Vec<u8>),
     ) -> Result<u64, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let mut frame = std::mem::take(&mut self.buf);
         frame.clear();
         let start = begin_frame(&mut frame);
@@ -139,18 +156,28 @@ impl UnitClient {
         let sent = self.stream.write_all(&frame);
         self.buf = frame;
         sent.map_err(|e| self.io_error(e))?;
+        self.outstanding.insert(id);
         Ok(id)
     }
 
-    /// Waits for the reply to request `id` (skipping late replies to earlier
-    /// requests that timed out).
+    /// Waits for the reply to request `id`. Replies to other requests still
+    /// outstanding on this connection are kept for their own `recv`; replies to
+    /// requests nobody waits for any more are skipped. A frame with request id 0
+    /// (a connection-level error) answers whoever is waiting.
     pub fn recv(&mut self, id: u64) -> Result<(Header, Vec<u8>), ClientError> {
+        if let Some((h, body)) = self.early.remove(&id) {
+            self.outstanding.remove(&id);
+            return reply_or_error(h, body);
+        }
         loop {
             let (h, body) = self.read_frame()?;
-            if h.request_id != id && h.request_id != 0 {
-                continue;
+            if h.request_id == id || h.request_id == 0 {
+                self.outstanding.remove(&id);
+                return reply_or_error(h, body);
             }
-            return reply_or_error(h, body);
+            if self.outstanding.contains(&h.request_id) {
+                self.early.insert(h.request_id, (h, body));
+            }
         }
     }
 

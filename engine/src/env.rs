@@ -116,8 +116,9 @@ impl Env for TcpEnv {
             )));
         };
         let r = c.recv(id);
-        // A refusal leaves the connection usable; anything else does not.
-        if matches!(r, Err(ref e) if !matches!(e, ClientError::Server { .. })) {
+        // A refusal leaves the connection usable; anything else does not (a
+        // unit at its connection limit closes the connection after saying so).
+        if matches!(r, Err(ref e) if !matches!(e, ClientError::Server { .. }) || e.is_busy()) {
             self.conns.remove(addr);
         }
         r

@@ -57,13 +57,6 @@ pub struct Log {
     pub max_retries: usize,
 }
 
-fn random_u64() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
-}
-
 /// What a unit's read answer means: the address and its slot.
 fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), String> {
     let s = match it.status {
@@ -93,7 +86,7 @@ impl Log {
     /// Connects: learns the layout from the consensus nodes at `endpoints`.
     pub fn connect(endpoints: &str) -> Result<Log, String> {
         let env = TcpEnv::new(endpoints, Duration::from_secs(2))?;
-        Log::with_env(Box::new(env), random_u64())
+        Log::with_env(Box::new(env), crate::util::random_u64() | 1)
     }
 
     /// A client in the given environment, writing as `writer` (unique per
@@ -316,6 +309,11 @@ impl Log {
                     addr_of[*i] = Some(first + k as u64);
                     granted[*i] = e;
                 }
+                // The token revealed a newer epoch (a takeover): check the kept
+                // addresses against it before writing anything.
+                if (0..n).any(|i| !done[i] && addr_of[i].is_some() && granted[i] < e) {
+                    continue;
+                }
             }
             let epoch = self.projection.epoch;
             let mut jobs =
@@ -528,7 +526,11 @@ impl Log {
         if let Ok(addr) = self.addr(failed) {
             self.env.forget(&addr);
             let probe = At(&mut *self.env, &addr).info();
-            if probe.is_ok_and(|i| i.flags & trex_wire::INFO_POISONED == 0) {
+            let alive = match &probe {
+                Ok(i) => i.flags & trex_wire::INFO_POISONED == 0,
+                Err(e) => e.is_busy(), // at its connection limit: alive
+            };
+            if alive {
                 return Ok(());
             }
         }
@@ -684,6 +686,29 @@ enum ChainOutcome {
     Refused(String),
 }
 
+/// What a unit's status for one entry of a chain write means.
+enum Answer {
+    /// Stored (or already there, or trimmed after the head took it).
+    Stored,
+    /// Another writer or a filler took the address at the head: get another.
+    Lost,
+    /// Anything else: no retry fixes it.
+    Refused,
+}
+
+/// Only the head decides who owns an address. Further down the chain, a unit
+/// holding something else after the head took this entry is an inconsistency
+/// (giving the address up would put the entry at two addresses), and an
+/// address trimmed there meanwhile is done.
+fn chain_answer(round: usize, s: Status) -> Answer {
+    match (round, s) {
+        (_, Status::Ok) => Answer::Stored,
+        (0, Status::Written | Status::Junk | Status::Trimmed) => Answer::Lost,
+        (_, Status::Trimmed) => Answer::Stored,
+        _ => Answer::Refused,
+    }
+}
+
 fn failed_call(unit: u64, e: ClientError) -> ChainOutcome {
     if sealed(&e) {
         ChainOutcome::Sealed
@@ -737,14 +762,18 @@ fn write_chains(env: &mut dyn Env, epoch: u64, jobs: &mut [ChainJob<'_>]) {
                 Ok(st) => {
                     for (j, s) in st.iter().enumerate() {
                         let k = active[j];
-                        match s {
-                            Status::Ok => {}
-                            // Someone took the address first: get another.
-                            Status::Written | Status::Junk | Status::Trimmed => job.lost[k] = true,
-                            other => {
+                        match chain_answer(round, *s) {
+                            Answer::Stored => {}
+                            Answer::Lost => job.lost[k] = true,
+                            Answer::Refused => {
                                 job.outcome = Some(ChainOutcome::Refused(format!(
-                                    "unit {unit} refused address {}: {other}",
-                                    job.ops[k].addr
+                                    "unit {unit} refused address {}: {s}{}",
+                                    job.ops[k].addr,
+                                    if round > 0 {
+                                        " although the head of its chain took the entry (the chain is inconsistent; `trex status` shows the layout)"
+                                    } else {
+                                        ""
+                                    }
                                 )));
                                 break;
                             }

@@ -335,7 +335,8 @@ fn take_over(
             .filter(|id| {
                 let addr = addr_of(id);
                 c.forget(&addr);
-                At(&mut *c, &addr).info().is_err()
+                // At its connection limit is alive, not down.
+                At(&mut *c, &addr).info().is_err_and(|e| !e.is_busy())
             })
             .collect();
         for seg in &mut next.segments {
@@ -374,6 +375,13 @@ fn take_over(
                     return Err("the lease ran out before the units were sealed".into());
                 }
                 let tail = seal_all(c, &units, next.epoch)?;
+                // Units taken out as unreachable may only be slow: seal them
+                // too (best effort), so that they refuse the old epoch instead
+                // of serving clients that still name them.
+                for id in &down {
+                    let addr = addr_of(id);
+                    let _ = At(&mut *c, &addr).seal(next.epoch);
+                }
                 if let Ok(mut h) = shared.hint.lock() {
                     *h = opts.listen.to_string();
                 }

@@ -3,6 +3,24 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// 64 random bits from the kernel (`/dev/urandom`), for ids that must not
+/// collide between clients (writer ids, consensus client ids); falls back to
+/// the time and process id mixed, should the device be unreadable.
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Parses a size such as `4096`, `4KiB`, `64MiB`, `1M` or `2GB`. Binary
 /// suffixes (`KiB`, `MiB`, `GiB`) and their one-letter forms (`K`, `M`, `G`)
 /// mean powers of 1024; `KB`, `MB`, `GB` mean powers of 1000.

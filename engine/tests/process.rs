@@ -498,3 +498,41 @@ fn connections_past_the_cap_are_refused_with_a_reason() {
     }
     b.info().unwrap();
 }
+
+#[test]
+fn replies_that_overtake_earlier_requests_reach_their_own_caller() {
+    // A unit answers a read at once while a new write waits for its sync, so on
+    // one connection the read's reply can come first. The client must keep it
+    // for the read instead of dropping it while waiting for the write's.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = UnitProcess::start(dir.path(), &[]);
+    let mut c = UnitClient::connect(&unit.addr, TIMEOUT).unwrap();
+    let v = vec![7u8; 1 << 20];
+    for round in 0..20u64 {
+        let ops: Vec<WriteOp<'_>> = (0..4)
+            .map(|k| WriteOp {
+                addr: round * 8 + k,
+                writer: 1,
+                seq: round * 8 + k + 1,
+                data: &v,
+            })
+            .collect();
+        let w = c
+            .send(Opcode::Write, 0, &|b| {
+                trex_wire::encode_write_request(b, &ops)
+            })
+            .unwrap();
+        let r = c
+            .send(Opcode::Read, 0, &|b| {
+                trex_wire::encode_addr_list(b, &[1_000_000])
+            })
+            .unwrap();
+        assert_ne!(w, r, "request ids are unique");
+        let (_, wb) = c.recv(w).expect("the write's own reply");
+        let st = trex_wire::decode_status_list(&wb).unwrap();
+        assert!(st.iter().all(|s| s == Status::Ok), "round {round}: {st:?}");
+        let (_, rb) = c.recv(r).expect("the read's reply, even if it came first");
+        let items = trex_wire::decode_read_reply(&rb).unwrap();
+        assert_eq!(items.len(), 1);
+    }
+}

@@ -96,13 +96,12 @@ impl ConsensusClient {
         if endpoints.is_empty() {
             return Err("no consensus endpoints given: pass --endpoints HOST:PORT,... or set TREX_ENDPOINTS".into());
         }
-        let t = SystemTimeSeed::now();
         Ok(ConsensusClient {
             endpoints,
             preferred: 0,
             leader: None,
             conn: None,
-            client_id: t | 1,
+            client_id: crate::util::random_u64() | 1,
             seq: 0,
             timeout,
         })
@@ -228,17 +227,6 @@ impl Submit for ConsensusClient {
 impl<T: Submit + ?Sized> Submit for &mut T {
     fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
         (**self).submit(op)
-    }
-}
-
-struct SystemTimeSeed;
-
-impl SystemTimeSeed {
-    fn now() -> u64 {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        t ^ (u64::from(std::process::id()) << 40)
     }
 }
 

@@ -5,7 +5,8 @@
 //! chain position, head to tail — but up to `window` flights are in flight at
 //! once, at different stages: one round sends the next request of every flight
 //! (on the kept connections, pipelined behind each other), then collects the
-//! replies in the order they were sent. So a client keeps `window × batch`
+//! replies (early ones are kept for their own request by `UnitClient::recv`;
+//! request ids are unique in the process). So a client keeps `window × batch`
 //! entries in flight with one thread and one connection per node.
 //!
 //! Anything out of the ordinary — no token (a takeover), a sealed epoch, a unit
@@ -14,10 +15,10 @@
 //! sequence numbers and, where they were written anywhere, the same addresses:
 //! a retried entry never shows up twice.
 
-use super::Log;
+use super::{chain_answer, Answer, Log};
 use crate::client::statuses;
 use std::collections::VecDeque;
-use trex_wire::{Opcode, Status, TokenReply, WriteOp};
+use trex_wire::{Opcode, TokenReply, WriteOp};
 
 /// A handle keeping many appends in flight (see [`Log::pipeline`]).
 pub struct Pipeline<'a> {
@@ -234,19 +235,19 @@ impl Pipeline<'_> {
                         }
                         _ => f.stage = Stage::Fallback,
                     },
-                    (Stage::Write(_), Ok((_, body))) => {
+                    (Stage::Write(round), Ok((_, body))) => {
+                        let round = *round;
                         let c = &mut f.chains[ci];
                         let active: Vec<usize> =
                             (0..c.items.len()).filter(|k| !c.lost[*k]).collect();
                         match statuses(&body, active.len()) {
                             Ok(st) => {
                                 for (j, s) in st.iter().enumerate() {
-                                    match s {
-                                        Status::Ok => {}
-                                        Status::Written | Status::Junk | Status::Trimmed => {
-                                            c.lost[active[j]] = true;
-                                        }
-                                        _ => f.stage = Stage::Fallback,
+                                    match chain_answer(round, *s) {
+                                        Answer::Stored => {}
+                                        Answer::Lost => c.lost[active[j]] = true,
+                                        // The blocking path reports it.
+                                        Answer::Refused => f.stage = Stage::Fallback,
                                     }
                                 }
                             }

@@ -124,9 +124,12 @@ impl Log {
             // met them would): they are what the spares replace.
             let mut gone = None;
             for id in &units_of(&p) {
-                if let Err(e) = self.with_unit(*id, |c| c.info()) {
-                    gone = Some((*id, e.to_string()));
-                    break;
+                match self.with_unit(*id, |c| c.info()) {
+                    Err(e) if !e.is_busy() => {
+                        gone = Some((*id, e.to_string()));
+                        break;
+                    }
+                    _ => {}
                 }
             }
             if let Some((id, e)) = gone {
@@ -323,10 +326,9 @@ impl Log {
                 .map(|k| a + k * n)
                 .take_while(|x| *x < seg.end)
                 .collect();
-            let last = *addrs.last().expect("a < end");
-            if self.copy_batch(&addrs, source, unit, report)? {
-                a = last + n;
-                done += addrs.len() as u64;
+            if let Some(k) = self.copy_batch(&addrs, source, unit, report)? {
+                a = addrs[k - 1] + n;
+                done += k as u64;
                 batches += 1;
                 if batches.is_multiple_of(64) || a >= seg.end {
                     progress(&format!(
@@ -338,19 +340,21 @@ impl Log {
         Ok(())
     }
 
-    /// One batch; false if the layout moved (the caller repeats the batch).
+    /// One batch: how many of `addrs` (a prefix) are done, or `None` if the
+    /// layout moved (the caller repeats the batch). A reply the unit cut short
+    /// at its size limit (`deferred`) ends the prefix there.
     fn copy_batch(
         &mut self,
         addrs: &[u64],
         source: u64,
         unit: u64,
         report: &mut RepairReport,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<usize>, String> {
         let epoch = self.projection.epoch;
-        let refresh = |log: &mut Log, e: ClientError, who: u64| -> Result<bool, String> {
+        let refresh = |log: &mut Log, e: ClientError, who: u64| -> Result<Option<usize>, String> {
             if sealed(&e) {
                 log.refresh()?;
-                Ok(false)
+                Ok(None)
             } else {
                 Err(format!("unit {who}: {e}"))
             }
@@ -359,21 +363,40 @@ impl Log {
             Ok(v) => v,
             Err(e) => return refresh(self, e, unit),
         };
+        // What the spare lacks (a deferred answer: ask the source anyway; an
+        // identical rewrite is harmless).
         let need: Vec<u64> = have
             .iter()
-            .filter(|it| it.status == Status::Unwritten)
+            .filter(|it| matches!(it.status, Status::Unwritten | Status::Deferred))
             .map(|it| it.addr)
             .collect();
-        report.present += (addrs.len() - need.len()) as u64;
-        if need.is_empty() {
-            return Ok(true);
-        }
-        let found = match self.with_unit(source, |c| c.read(epoch, &need)) {
-            Ok(v) => v,
-            Err(e) => return refresh(self, e, source),
+        let found = if need.is_empty() {
+            Vec::new()
+        } else {
+            match self.with_unit(source, |c| c.read(epoch, &need)) {
+                Ok(v) => v,
+                Err(e) => return refresh(self, e, source),
+            }
         };
+        // The prefix of `addrs` this round covers.
+        let cut = found
+            .iter()
+            .find(|it| it.status == Status::Deferred)
+            .map(|it| it.addr);
+        let done = cut.map_or(addrs.len(), |c| {
+            addrs.iter().take_while(|a| **a < c).count()
+        });
+        if done == 0 {
+            return Err(format!(
+                "unit {source} cannot return even one entry of stripe addresses from {} in a reply",
+                addrs[0]
+            ));
+        }
         let mut values: Vec<(u64, Slot)> = Vec::with_capacity(found.len());
-        for it in found {
+        for it in found
+            .into_iter()
+            .filter(|it| cut.is_none_or(|c| it.addr < c))
+        {
             let (a, s) = slot_of(source, it)?;
             // Undecided: decide it through the old chain first.
             let s = match s {
@@ -382,6 +405,7 @@ impl Log {
             };
             values.push((a, s));
         }
+        report.present += (done - values.len()) as u64;
         let ops: Vec<WriteOp<'_>> = values
             .iter()
             .filter_map(|(addr, s)| match s {
@@ -400,34 +424,43 @@ impl Log {
             .map(|(a, _)| *a)
             .collect();
         let epoch = self.projection.epoch;
-        let wrote = if ops.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.with_unit(unit, |c| c.write(epoch, &ops))
-        };
-        let filled = if holes.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.with_unit(unit, |c| c.fill(epoch, &holes))
-        };
-        let (wrote, filled) = match (wrote, filled) {
-            (Ok(w), Ok(f)) => (w, f),
-            (Err(e), _) | (_, Err(e)) => return refresh(self, e, unit),
-        };
-        // Anything but `ok` means the spare already held something there: it
-        // must be the same thing (a spare is empty when it joins).
-        let odd: Vec<u64> = ops
+        // Writes in requests of at most 8 MiB of entries (frames are bounded).
+        let mut answers: Vec<(u64, Status)> = Vec::with_capacity(values.len());
+        let mut chunk_start = 0;
+        while chunk_start < ops.len() {
+            let mut bytes = 0;
+            let mut end = chunk_start;
+            while end < ops.len() && (end == chunk_start || bytes + ops[end].data.len() <= 8 << 20)
+            {
+                bytes += ops[end].data.len();
+                end += 1;
+            }
+            let chunk = &ops[chunk_start..end];
+            match self.with_unit(unit, |c| c.write(epoch, chunk)) {
+                Ok(st) => answers.extend(chunk.iter().map(|o| o.addr).zip(st)),
+                Err(e) => return refresh(self, e, unit),
+            }
+            chunk_start = end;
+        }
+        if !holes.is_empty() {
+            match self.with_unit(unit, |c| c.fill(epoch, &holes)) {
+                // Junk already there is the same thing.
+                Ok(st) => answers.extend(
+                    holes
+                        .iter()
+                        .copied()
+                        .zip(st)
+                        .map(|(a, s)| (a, if s == Status::Junk { Status::Ok } else { s })),
+                ),
+                Err(e) => return refresh(self, e, unit),
+            }
+        }
+        // Anything but `ok` means the spare already held something else there
+        // (a spare is empty when it joins).
+        let odd: Vec<u64> = answers
             .iter()
-            .zip(&wrote)
-            .filter(|(_, s)| **s != Status::Ok)
-            .map(|(o, _)| o.addr)
-            .chain(
-                holes
-                    .iter()
-                    .zip(&filled)
-                    .filter(|(_, s)| **s != Status::Ok && **s != Status::Junk)
-                    .map(|(a, _)| *a),
-            )
+            .filter(|(_, s)| *s != Status::Ok)
+            .map(|(a, _)| *a)
             .collect();
         if !odd.is_empty() {
             return Err(format!(
@@ -436,6 +469,6 @@ impl Log {
         }
         report.copied += ops.len() as u64;
         report.holes += holes.len() as u64;
-        Ok(true)
+        Ok(Some(done))
     }
 }
