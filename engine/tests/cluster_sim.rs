@@ -4,6 +4,8 @@
 //! `scripts/simulate.sh --cluster`), the seeds that ever failed, and a check
 //! that a seed replays identically.
 
+mod common;
+
 use trex_engine::cluster_sim::{run_cluster, ClusterOptions};
 
 fn check(seed: u64) {
@@ -16,15 +18,7 @@ fn check(seed: u64) {
 
 #[test]
 fn cluster_seeds_that_once_failed_pass() {
-    let list = include_str!("cluster-seeds.txt");
-    let seeds: Vec<u64> = list
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert!(!seeds.is_empty());
-    for seed in seeds {
+    for seed in common::seed_list(include_str!("cluster-seeds.txt")) {
         check(seed);
     }
 }

@@ -2,6 +2,8 @@
 //! (more with `scripts/simulate.sh`), the seeds that ever failed, and a check
 //! that a seed replays identically.
 
+mod common;
+
 use trex_engine::consensus::sim::{run, SimOptions};
 
 fn check(seed: u64, opts: SimOptions) {
@@ -12,15 +14,7 @@ fn check(seed: u64, opts: SimOptions) {
 
 #[test]
 fn seeds_that_once_failed_pass() {
-    let list = include_str!("sim-seeds.txt");
-    let seeds: Vec<u64> = list
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert!(!seeds.is_empty());
-    for seed in seeds {
+    for seed in common::seed_list(include_str!("sim-seeds.txt")) {
         check(seed, SimOptions::default());
     }
 }

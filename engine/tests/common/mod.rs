@@ -10,6 +10,18 @@ use trex_engine::storage::Store;
 use trex_engine::unit::{Reply, Unit};
 use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, WriteOp};
 
+/// The seeds of a regression list (one per line, `#` comments).
+pub fn seed_list(text: &str) -> Vec<u64> {
+    let seeds: Vec<u64> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.parse().expect("a seed per line"))
+        .collect();
+    assert!(!seeds.is_empty(), "an empty seed list");
+    seeds
+}
+
 pub fn send<S: Store>(
     u: &mut Unit<S>,
     id: u64,
