@@ -829,6 +829,14 @@ impl Subscription<'_> {
                 let now = self.log.env.now();
                 let since = *self.waiting_since.get_or_insert(now);
                 if now - since >= self.hole_wait {
+                    // Ask again before filling: after a takeover the new
+                    // sequencer may start below the old one's counter and hand
+                    // this address out afresh.
+                    self.tail = self.log.check_fast()?;
+                    if addr >= self.tail {
+                        self.waiting_since = None;
+                        return Ok(None);
+                    }
                     let s = self.log.fill(addr)?;
                     self.waiting_since = None;
                     self.next += 1;
