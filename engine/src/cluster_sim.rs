@@ -1284,6 +1284,9 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
             ttl: Duration::from_secs(1),
             safety_gap: Duration::from_millis(300),
             limits: LoopConfig::default(),
+            // The simulator's operator actor repairs instead.
+            repair_every: None,
+            replicas: None,
         };
         let env = SimEnv {
             h: h.clone(),

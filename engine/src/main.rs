@@ -71,6 +71,11 @@ enum Cmd {
         /// Storage units' sync mode (`never` for benchmarks only).
         #[arg(long, value_enum, default_value = "always")]
         sync: SyncMode,
+        /// Let the active sequencer repair this often (`trex node sequencer
+        /// --repair-every`): units that stop answering are replaced by spares
+        /// (start some with --units above stripes x replicas).
+        #[arg(long, value_parser = parse_duration)]
+        repair_every: Option<Duration>,
     },
     /// Append DATA as one entry, or with `-` each line of standard input; prints
     /// the address of each.
@@ -279,6 +284,15 @@ struct SequencerArgs {
     /// against the consensus leader).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     safety_gap: Duration,
+    /// While this sequencer is active, run `trex repair` this often: take out
+    /// storage units that stopped answering and let empty spares replace them
+    /// (default: never; leave it to the operator).
+    #[arg(long, value_parser = parse_duration)]
+    repair_every: Option<Duration>,
+    /// With --repair-every: replicas every chain should have (default: the
+    /// longest chain seen).
+    #[arg(long)]
+    replicas: Option<usize>,
 }
 
 #[derive(Args)]
@@ -658,6 +672,8 @@ fn run(cli: Cli) -> Result<(), String> {
             ttl: a.ttl,
             safety_gap: a.safety_gap,
             limits: LoopConfig::default(),
+            repair_every: a.repair_every,
+            replicas: a.replicas,
         }),
         Cmd::Node(NodeCmd::Consensus(a)) => run_consensus(&ConsensusOptions {
             id: a.id,
@@ -692,6 +708,7 @@ fn run(cli: Cli) -> Result<(), String> {
             stripes,
             replicas,
             sync,
+            repair_every,
         } => run_up(&UpOptions {
             data_dir,
             base_port,
@@ -705,6 +722,7 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 "always".into()
             },
+            repair_every,
         }),
         Cmd::Append { ep, data } => {
             let mut log = Log::connect(&resolve_endpoints(&ep))?;

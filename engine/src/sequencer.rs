@@ -49,6 +49,12 @@ pub struct SequencerOptions {
     pub safety_gap: Duration,
     /// Event-loop limits.
     pub limits: LoopConfig,
+    /// While active, run a repair this often (take out units that stopped
+    /// answering, let empty spares replace them): `None` leaves it to
+    /// `trex repair`.
+    pub repair_every: Option<Duration>,
+    /// Replicas every chain should have (default: the longest chain seen).
+    pub replicas: Option<usize>,
 }
 
 /// What the token path reads: all atomics, no locks.
@@ -104,6 +110,11 @@ impl Shared {
 
     fn stop_serving(&self) {
         self.serve_until_ns.store(0, Ordering::Release);
+    }
+
+    /// Whether the token path serves now.
+    pub fn serving(&self) -> bool {
+        self.now_ns() < self.serve_until_ns.load(Ordering::Acquire)
     }
 
     /// Asks the lease thread to release the lease and end.
@@ -432,6 +443,62 @@ fn update_hint(c: &mut dyn Env, shared: &Shared) {
     }
 }
 
+/// The active sequencer's repair loop (see [`SequencerOptions::repair_every`]).
+fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
+    let mut log: Option<crate::log::Log> = None;
+    let mut want = opts.replicas.unwrap_or(0);
+    let mut last_err = String::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(every);
+        if !shared.serving() {
+            continue; // only the active sequencer repairs
+        }
+        let l = match log.as_mut() {
+            Some(l) => l,
+            None => match crate::log::Log::connect(&opts.endpoints) {
+                Ok(l) => log.insert(l),
+                Err(e) => {
+                    crate::log!("WARN", "repair: cannot connect: {e}");
+                    continue;
+                }
+            },
+        };
+        if opts.replicas.is_none() {
+            let longest = l
+                .projection()
+                .segments
+                .iter()
+                .flat_map(|s| s.stripes.iter().map(Vec::len))
+                .max()
+                .unwrap_or(0);
+            want = want.max(longest);
+        }
+        match l.repair(Some(want), &mut |line| {
+            crate::log!("INFO", "repair: {line}")
+        }) {
+            Ok(r) => {
+                last_err.clear();
+                if !r.joined.is_empty() {
+                    crate::log!(
+                        "INFO",
+                        "repair: {} spare(s) joined; {} entries and {} holes copied; layout epoch {}",
+                        r.joined.len(),
+                        r.copied,
+                        r.holes,
+                        r.epoch
+                    );
+                }
+            }
+            Err(e) => {
+                if e != last_err {
+                    crate::log!("WARN", "repair: {e}");
+                    last_err = e;
+                }
+            }
+        }
+    }
+}
+
 /// Runs a sequencer until SIGINT/SIGTERM.
 pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
     crate::net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
@@ -465,6 +532,13 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
         .name("trex-lease".into())
         .spawn(move || leadership(o, s, Box::new(env)))
         .map_err(|e| format!("cannot start the lease thread: {e}"))?;
+    if let Some(every) = opts.repair_every {
+        let (o, s) = (opts.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("trex-repair".into())
+            .spawn(move || repair_loop(o, s, every))
+            .map_err(|e| format!("cannot start the repair thread: {e}"))?;
+    }
     crate::log!(
         "INFO",
         "sequencer {} listening on {}",

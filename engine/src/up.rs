@@ -36,6 +36,8 @@ pub struct UpOptions {
     pub replicas: u32,
     /// `always` or `never` (benchmarks only).
     pub sync: String,
+    /// Passed to every sequencer as `--repair-every`.
+    pub repair_every: Option<Duration>,
 }
 
 struct Node {
@@ -217,7 +219,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         }
         let epoch0 = c.layout()?.1.map_or(0, |p| p.epoch);
         for i in 0..o.sequencers {
-            let args = vec![
+            let mut args = vec![
                 "node".into(),
                 "sequencer".into(),
                 "--listen".into(),
@@ -225,6 +227,10 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
                 "--endpoints".into(),
                 eps.clone(),
             ];
+            if let Some(d) = o.repair_every {
+                args.push("--repair-every".into());
+                args.push(format!("{}ms", d.as_millis().max(1)));
+            }
             nodes.push(spawn(&exe, &format!("sequencer-{}", i + 1), &logs, &args)?);
         }
         // Ready once a sequencer of this run has taken over (a newer layout naming

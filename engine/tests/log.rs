@@ -341,3 +341,61 @@ fn appends_go_on_through_a_unit_kill_and_a_sequencer_stop_and_a_spare_restores_r
     let mut log = Log::connect(&eps).unwrap();
     read_all(&mut log, "after a full restart");
 }
+
+#[test]
+fn the_active_sequencer_replaces_a_dead_unit_by_a_spare_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up_with(
+        dir.path(),
+        base,
+        &["--units", "5", "--repair-every", "500ms"],
+    );
+    let acked: Acked = Arc::default();
+    for w in appenders(&eps, 2, 20, 8, &acked) {
+        w.join().expect("a client failed");
+    }
+    // Kill the head of stripe 1; nobody appends, nobody runs `trex repair`.
+    let victim = u64::from(base + 22);
+    kill(
+        &format!("storage --listen 127.0.0.1:{victim}"),
+        libc::SIGKILL,
+    );
+    let spare = u64::from(base + 24);
+    let mut log = Log::connect(&eps).unwrap();
+    let t0 = Instant::now();
+    loop {
+        log.refresh().unwrap();
+        if chains(&log)
+            == vec![vec![
+                vec![u64::from(base + 20), u64::from(base + 21)],
+                vec![u64::from(base + 23), spare],
+            ]]
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no automatic repair within 30 s: {:?}",
+            chains(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("replaced by the spare in {:?}", t0.elapsed());
+    // Everything reads back; then, with the other original replica of stripe 1
+    // gone too, from the spare.
+    let read_all = |log: &mut Log| {
+        for (a, want) in acked.lock().unwrap().iter() {
+            match log.read(*a).unwrap() {
+                Slot::Data { data, .. } => assert_eq!(&data, want, "address {a}"),
+                other => panic!("acknowledged address {a} reads as {other:?}"),
+            }
+        }
+    };
+    read_all(&mut log);
+    kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 23),
+        libc::SIGKILL,
+    );
+    read_all(&mut log);
+}
