@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster_sim;
 pub mod consensus;
 pub mod env;
+pub mod index;
 pub mod log;
 pub mod net;
 pub mod node;

@@ -8,55 +8,15 @@
 //! but also reads and `written` answers about entries still in flight: a reader
 //! must never see a value that a crash could take back.
 
+use crate::index::Index;
 use crate::storage::{
     AppendError, Appended, Kind, Loc, Meta, RecordHead, Recovered, Store, SyncJob,
 };
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::collections::VecDeque;
 use trex_wire::{
     self as wire, begin_frame, finish_frame, AddrList, Entry, ErrorCode, Header, InfoReply, Opcode,
     ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR, FLAG_RESPONSE,
 };
-
-/// The unit's index: address → record. Keyed by a folded multiply of the
-/// address with a per-process random seed — a few cycles instead of SipHash
-/// (the index was 7% of a unit's CPU under load), and still no way for a client
-/// to pick addresses that collide.
-type Index = HashMap<u64, Slot, AddrHash>;
-
-#[derive(Clone, Copy)]
-struct AddrHash(u64);
-
-impl AddrHash {
-    fn new() -> AddrHash {
-        // Seeded from the standard library's per-process random keys.
-        AddrHash(std::collections::hash_map::RandomState::new().hash_one(0x7472_6578u64) | 1)
-    }
-}
-
-impl BuildHasher for AddrHash {
-    type Hasher = AddrHasher;
-    fn build_hasher(&self) -> AddrHasher {
-        AddrHasher(self.0, 0)
-    }
-}
-
-struct AddrHasher(u64, u64);
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        let m = u128::from(x ^ self.0 ^ self.1) * 0x9e37_79b9_7f4a_7c15;
-        self.1 = (m as u64) ^ ((m >> 64) as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.1
-    }
-}
 
 /// Identifies where a reply goes (the event loop's connection token).
 pub type ReplyTo = u64;
@@ -116,7 +76,7 @@ pub struct RecoveryStats {
 pub struct Unit<S: Store> {
     store: S,
     cfg: UnitConfig,
-    index: Index,
+    index: Index<Slot>,
     meta: Meta,
     /// LSN of the newest meta record (seal/trim): its reply waits for it.
     meta_lsn: u64,
@@ -139,7 +99,7 @@ pub struct Unit<S: Store> {
 impl<S: Store> Unit<S> {
     /// Opens a unit over `store`, rebuilding the index from it.
     pub fn open(mut store: S, cfg: UnitConfig) -> Result<(Unit<S>, RecoveryStats), String> {
-        let mut index = Index::with_hasher(AddrHash::new());
+        let mut index: Index<Slot> = Index::new();
         let mut meta = Meta::default();
         let mut stats = RecoveryStats::default();
         store.recover(&mut |r| match r {
@@ -164,12 +124,12 @@ impl<S: Store> Unit<S> {
                         kind: Kind::Data,
                         corrupt: true,
                     };
-                    index.entry(addr).or_insert(slot);
+                    index.insert_if_absent(addr, slot);
                 }
             }
             Recovered::Meta(m) => meta = meta.max(m),
         })?;
-        index.retain(|addr, _| *addr >= meta.trim_mark);
+        index.retain(|addr, _| addr >= meta.trim_mark);
         let mut unit = Unit {
             store,
             cfg,
@@ -180,8 +140,7 @@ impl<S: Store> Unit<S> {
             // Never below the trim mark, so the tail cannot move back when a
             // trim has reclaimed every entry.
             tail: index
-                .keys()
-                .max()
+                .max_addr()
                 .map_or(0, |a| a.saturating_add(1))
                 .max(meta.trim_mark),
             entries: index
@@ -378,7 +337,7 @@ impl<S: Store> Unit<S> {
         if data.len() > self.store.max_payload() {
             return (Status::TooLarge, 0);
         }
-        if let Some(slot) = self.index.get(&addr).copied() {
+        if let Some(slot) = self.index.get(addr).copied() {
             let tag = self.slot_tag(&slot);
             if slot.corrupt {
                 return (Status::Corrupt, 0);
@@ -411,7 +370,7 @@ impl<S: Store> Unit<S> {
         if addr < self.meta.trim_mark {
             return (Status::Trimmed, self.trimmed_tag(addr));
         }
-        match self.index.get(&addr).copied() {
+        match self.index.get(addr).copied() {
             Some(slot) if slot.corrupt => (Status::Corrupt, 0),
             Some(slot) if slot.kind == Kind::Junk => (Status::Ok, self.slot_tag(&slot)),
             Some(slot) => (Status::Written, self.slot_tag(&slot)),
@@ -460,7 +419,7 @@ impl<S: Store> Unit<S> {
     }
 
     fn mark_corrupt(&mut self, addr: u64) {
-        if let Some(slot) = self.index.get_mut(&addr) {
+        if let Some(slot) = self.index.get_mut(addr) {
             if !slot.corrupt {
                 slot.corrupt = true;
                 self.corrupt += 1;
@@ -480,7 +439,7 @@ impl<S: Store> Unit<S> {
         let mut tag = 0;
         let mut bad = Vec::new();
         for addr in addrs.iter() {
-            let slot = match self.index.get(&addr) {
+            let slot = match self.index.get(addr) {
                 _ if addr < self.meta.trim_mark => {
                     tag = tag.max(self.trimmed_tag(addr));
                     b.status(&mut frame, addr, Status::Trimmed);
@@ -550,7 +509,7 @@ impl<S: Store> Unit<S> {
                     let before = self.index.len();
                     let (mut data, mut junk) = (0, 0);
                     self.index.retain(|addr, s| {
-                        let keep = *addr >= prefix;
+                        let keep = addr >= prefix;
                         if !keep && !s.corrupt {
                             match s.kind {
                                 Kind::Junk => junk += 1,
