@@ -171,9 +171,12 @@ impl Log {
         let deadline = self.env.now() + Duration::from_secs(15);
         while self.env.now() < deadline {
             let id = self.projection.sequencer;
+            // The header carries our layout epoch: a sequencer behind it looks
+            // at the layout at once.
+            let epoch = self.projection.epoch;
             let reply = match self.addr(id) {
                 Ok(addr) => At(&mut *self.env, &addr)
-                    .call(Opcode::Token, 0, &|b| {
+                    .call(Opcode::Token, epoch, &|b| {
                         trex_wire::encode_token_request(b, count)
                     })
                     .map_err(|e| e.to_string()),

@@ -71,6 +71,8 @@ pub struct Shared {
     /// Tokens handed out (for the log).
     granted: AtomicU64,
     stop: AtomicBool,
+    /// A client sent a token request naming a newer layout epoch than ours.
+    newer_layout: AtomicBool,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Shared {
             hint: Mutex::new(String::new()),
             granted: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            newer_layout: AtomicBool::new(false),
         }
     }
 
@@ -161,6 +164,9 @@ impl Service for SequencerService {
                 return Flow::Close;
             }
         };
+        if header.epoch > self.shared.epoch.load(Ordering::Acquire) {
+            self.shared.newer_layout.store(true, Ordering::Release);
+        }
         let t = self.shared.next(count);
         let mut f = Vec::with_capacity(64);
         let s = begin_frame(&mut f);
@@ -275,7 +281,16 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
         // serving stops at that deadline whatever happens.
         let mut last_ok = env.now();
         loop {
-            env.sleep(opts.ttl / 3);
+            // Renew every third of the TTL — or at once when a client reports
+            // a newer layout (a reconfiguration: adopt its epoch now rather
+            // than make every append wait for the next renewal).
+            let due = env.now() + opts.ttl / 3;
+            while env.now() < due
+                && !shared.newer_layout.swap(false, Ordering::AcqRel)
+                && !shared.stop.load(Ordering::Relaxed)
+            {
+                env.sleep((due - env.now()).min(Duration::from_millis(50)));
+            }
             if shared.stop.load(Ordering::Relaxed) {
                 let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
                 return;

@@ -150,7 +150,7 @@ impl Pipeline<'_> {
                     let count = f.entries.len() as u32;
                     let sent = seq_addr.as_ref().ok().and_then(|a| {
                         log.env
-                            .send(a, Opcode::Token, 0, &|b| {
+                            .send(a, Opcode::Token, epoch, &|b| {
                                 trex_wire::encode_token_request(b, count)
                             })
                             .ok()
