@@ -169,8 +169,20 @@ impl UnitClient {
             self.outstanding.remove(&id);
             return reply_or_error(h, body);
         }
+        if !self.outstanding.contains(&id) {
+            return Err(ClientError::Protocol(format!(
+                "request {id} was not sent on this connection (or was answered already)"
+            )));
+        }
         loop {
-            let (h, body) = self.read_frame()?;
+            let (h, body) = match self.read_frame() {
+                Ok(f) => f,
+                Err(e) => {
+                    // Given up on: a late reply is skipped, not kept.
+                    self.outstanding.remove(&id);
+                    return Err(e);
+                }
+            };
             if h.request_id == id || h.request_id == 0 {
                 self.outstanding.remove(&id);
                 return reply_or_error(h, body);

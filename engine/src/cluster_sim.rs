@@ -1264,7 +1264,14 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
                                 w.fail(format!("{name} gave up: {e}"));
                             }
                         }
-                        Err(_) => w.fail(format!("{name} panicked")),
+                        Err(p) => {
+                            let why = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            w.fail(format!("{name} panicked: {why}"))
+                        }
                     }
                     w.actors[me].done = true;
                     if w.turn == Some(me) {

@@ -280,16 +280,29 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
         // transient reason (an election) is retried until the serving deadline;
         // serving stops at that deadline whatever happens.
         let mut last_ok = env.now();
-        loop {
-            // Renew every third of the TTL — or at once when a client reports
-            // a newer layout (a reconfiguration: adopt its epoch now rather
-            // than make every append wait for the next renewal).
-            let due = env.now() + opts.ttl / 3;
-            while env.now() < due
-                && !shared.newer_layout.swap(false, Ordering::AcqRel)
-                && !shared.stop.load(Ordering::Relaxed)
-            {
-                env.sleep((due - env.now()).min(Duration::from_millis(50)));
+        let mut next_renew = last_ok + opts.ttl / 3;
+        let mut last_follow = Duration::ZERO;
+        shared.newer_layout.store(false, Ordering::Release);
+        'serving: loop {
+            // Renew every third of the TTL. Meanwhile, when a client reports a
+            // newer layout (a reconfiguration), read the layout at once — at
+            // most every 100 ms, and without renewing — rather than make every
+            // append wait for the next renewal.
+            while env.now() < next_renew && !shared.stop.load(Ordering::Relaxed) {
+                if env.now() >= last_follow + Duration::from_millis(100)
+                    && shared.newer_layout.swap(false, Ordering::AcqRel)
+                {
+                    last_follow = env.now();
+                    if !follow_layout(&opts, &mut *env, &shared) {
+                        let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                        break 'serving;
+                    }
+                }
+                env.sleep(
+                    next_renew
+                        .saturating_sub(env.now())
+                        .min(Duration::from_millis(50)),
+                );
             }
             if shared.stop.load(Ordering::Relaxed) {
                 let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
@@ -300,6 +313,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 Ok(_) => {
                     serve_until(sent + opts.ttl.saturating_sub(gap));
                     last_ok = sent;
+                    next_renew = sent + opts.ttl / 3;
                     if !follow_layout(&opts, &mut *env, &shared) {
                         // The layout names another sequencer: hand the lease over.
                         let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
@@ -312,6 +326,8 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                         || e.contains("released");
                     if !gone && env.now() - last_ok < opts.ttl.saturating_sub(gap) {
                         crate::log!("WARN", "lease renewal failed ({e}); retrying");
+                        // A short pause, not a hot loop (an election, say).
+                        next_renew = env.now() + (opts.ttl / 10).max(Duration::from_millis(50));
                         continue;
                     }
                     shared.stop_serving();
@@ -405,6 +421,9 @@ fn take_over(
                 // too (best effort), so that they refuse the old epoch instead
                 // of serving clients that still name them.
                 for id in &down {
+                    if c.now() >= deadline {
+                        break; // the lease matters more
+                    }
                     let addr = addr_of(id);
                     let _ = At(&mut *c, &addr).seal(next.epoch);
                 }
@@ -493,6 +512,8 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
         }) {
             Ok(r) => {
                 last_err.clear();
+                // Adopt whatever the repair installed at once.
+                shared.newer_layout.store(true, Ordering::Release);
                 if !r.joined.is_empty() {
                     crate::log!(
                         "INFO",

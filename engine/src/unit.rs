@@ -68,7 +68,7 @@ pub struct RecoveryStats {
     pub records: u64,
     /// Damaged records found.
     pub corrupt: u64,
-    /// Records naming an address already indexed (the first one wins).
+    /// Records naming an address already indexed (the last one read wins).
     pub duplicates: u64,
 }
 

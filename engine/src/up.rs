@@ -230,6 +230,8 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
             if let Some(d) = o.repair_every {
                 args.push("--repair-every".into());
                 args.push(format!("{}ms", d.as_millis().max(1)));
+                args.push("--replicas".into());
+                args.push(o.replicas.to_string());
             }
             nodes.push(spawn(&exe, &format!("sequencer-{}", i + 1), &logs, &args)?);
         }
