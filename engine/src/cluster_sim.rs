@@ -674,9 +674,14 @@ impl Handle {
 
 impl Handle {
     /// Actor `me` sleeps `ns` of simulated time.
-    fn sleep(&self, me: usize, ns: u64) {
+    /// Returns `Err` once the run is over (scripts must then stop: time no
+    /// longer passes).
+    fn sleep(&self, me: usize, ns: u64) -> Result<(), String> {
         let key = {
             let mut w = self.lock();
+            if w.shutdown {
+                return Err("the simulation is over".into());
+            }
             w.next_key += 1;
             let key = w.next_key;
             let ev = Ev::Ready {
@@ -687,7 +692,9 @@ impl Handle {
             w.at(ns, ev);
             key
         };
-        self.block(me, key, None);
+        self.block(me, key, None)
+            .map(|_| ())
+            .ok_or_else(|| "the simulation is over".to_string())
     }
 }
 
@@ -797,7 +804,7 @@ impl Env for SimEnv {
     }
 
     fn sleep(&mut self, d: Duration) {
-        self.h.sleep(self.me, d.as_nanos() as u64);
+        let _ = self.h.sleep(self.me, d.as_nanos() as u64); // over: time runs on anyway
     }
 }
 
@@ -825,7 +832,7 @@ fn connect(h: &Arc<Handle>, me: usize, writer: u64) -> Result<Log, String> {
             Ok(log) => return Ok(log),
             Err(e) => last = e,
         }
-        h.sleep(me, 100 * MS);
+        h.sleep(me, 100 * MS)?;
     }
     Err(last)
 }
@@ -932,7 +939,7 @@ fn client_script(
         if rng.chance(0.05) {
             pause += 200 * MS;
         }
-        h.sleep(me, pause);
+        h.sleep(me, pause)?;
     }
     Ok(())
 }
@@ -956,7 +963,7 @@ fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
         let (addr, slot) = match sub.try_next() {
             Ok(Some(x)) => x,
             Ok(None) => {
-                h.sleep(me, 20 * MS);
+                h.sleep(me, 20 * MS)?;
                 continue;
             }
             // A read that failed under faults: ask again (bounded, in case an
@@ -981,7 +988,7 @@ fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
 fn operator_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), String> {
     let mut log = connect(h, me, 9_002)?;
     loop {
-        h.sleep(me, 1_500 * MS);
+        h.sleep(me, 1_500 * MS)?;
         if clients.iter().all(|c| h.lock().actors[*c].done) {
             return Ok(());
         }
@@ -1011,7 +1018,7 @@ fn checker_script(h: &Arc<Handle>, me: usize) -> Result<(), String> {
         let slots = match log.read_range(at, n) {
             Ok(s) => s,
             Err(_) => {
-                h.sleep(me, 100 * MS);
+                h.sleep(me, 100 * MS)?;
                 continue;
             }
         };

@@ -53,6 +53,8 @@ pub struct Log {
     members: BTreeMap<u64, Member>,
     writer: u64,
     seq: u64,
+    /// The highest epoch a unit said it is sealed at.
+    sealed_seen: u64,
     /// How many times an operation refreshes the layout and retries.
     pub max_retries: usize,
 }
@@ -78,8 +80,14 @@ fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), String> {
     Ok((it.addr, s))
 }
 
-fn sealed(e: &ClientError) -> bool {
-    e.code() == Some(ErrorCode::SealedEpoch)
+/// The epoch a unit is sealed at, if it refused a request for that reason.
+fn sealed(e: &ClientError) -> Option<u64> {
+    match e {
+        ClientError::Server { epoch, .. } if e.code() == Some(ErrorCode::SealedEpoch) => {
+            Some(*epoch)
+        }
+        _ => None,
+    }
 }
 
 impl Log {
@@ -98,6 +106,7 @@ impl Log {
             members: BTreeMap::new(),
             writer,
             seq: 0,
+            sealed_seen: 0,
             max_retries: 20,
         };
         log.refresh()?;
@@ -115,12 +124,62 @@ impl Log {
     }
 
     /// Reads the layout again (after `SealedEpoch`, or a sequencer change).
+    ///
+    /// If a unit said it is sealed at an epoch the layout has not reached,
+    /// someone sealed for a new layout and did not install it (a repair that
+    /// failed or died between its seals and its install): every request of the
+    /// current epoch would be refused for ever. After giving such a repair a
+    /// moment to finish, the layout is installed again unchanged at the sealed
+    /// epoch (compare-and-set): the seals fenced the old epoch; the chains stay.
     pub fn refresh(&mut self) -> Result<(), String> {
+        self.read_layout()?;
+        for _ in 0..5 {
+            if self.sealed_seen <= self.projection.epoch {
+                return Ok(());
+            }
+            self.env.sleep(Duration::from_millis(200));
+            self.read_layout()?;
+        }
+        if self.sealed_seen <= self.projection.epoch {
+            return Ok(());
+        }
+        let mut next = self.projection.clone();
+        next.epoch = self.sealed_seen;
+        let op = crate::consensus::sm::Op::Install {
+            expected_epoch: self.projection.epoch,
+            projection: next,
+        };
+        match self.env.submit_ok(&op) {
+            Ok(_) => crate::log!(
+                "WARN",
+                "units were sealed at epoch {} but the layout stayed at {}: installed it again at {}",
+                self.sealed_seen,
+                self.projection.epoch,
+                self.sealed_seen
+            ),
+            Err(e) if e.contains("epoch is") => {} // someone else moved it
+            Err(e) => return Err(e),
+        }
+        self.read_layout()
+    }
+
+    fn read_layout(&mut self) -> Result<(), String> {
         let (_, p) = self.env.layout()?;
         self.projection =
             p.ok_or("no layout is installed; run `trex layout init` (or `trex up`)")?;
         self.members = self.env.members()?;
         Ok(())
+    }
+
+    /// Whether `e` is a unit's `sealed-epoch` refusal (and notes its epoch).
+    fn seen_sealed(&mut self, e: &ClientError) -> bool {
+        match sealed(e) {
+            Some(at) => {
+                self.sealed_seen = self.sealed_seen.max(at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The chain (unit ids, head first) serving `addr`.
@@ -332,7 +391,8 @@ impl Log {
                 let items = job.items;
                 let lost = match job.outcome.unwrap_or(ChainOutcome::Done(job.lost)) {
                     ChainOutcome::Done(lost) => lost,
-                    ChainOutcome::Sealed => {
+                    ChainOutcome::Sealed(at) => {
+                        self.sealed_seen = self.sealed_seen.max(at);
                         refresh = true;
                         continue;
                     }
@@ -401,7 +461,7 @@ impl Log {
                             got.insert(a, s);
                         }
                     }
-                    Err(e) if sealed(&e) => refresh = true,
+                    Err(e) if self.seen_sealed(&e) => refresh = true,
                     Err(e) => {
                         self.reconfigure(unit, &e.to_string())?;
                         refresh = true;
@@ -437,7 +497,7 @@ impl Log {
             let read = self.with_unit(head, |c| c.read(epoch, &[addr]));
             let found = match read {
                 Ok(mut v) => v.remove(0),
-                Err(e) if sealed(&e) => {
+                Err(e) if self.seen_sealed(&e) => {
                     self.refresh()?;
                     continue;
                 }
@@ -482,7 +542,7 @@ impl Log {
                             return Err(format!("unit {unit} refused to fill {addr}: {other}"))
                         }
                     },
-                    Err(e) if sealed(&e) => {
+                    Err(e) if self.seen_sealed(&e) => {
                         self.refresh()?;
                         again = true;
                         break;
@@ -681,8 +741,9 @@ impl<'a> ChainJob<'a> {
 enum ChainOutcome {
     /// Every unit answered; per op, whether its address was lost to another writer.
     Done(Vec<bool>),
-    /// A unit is sealed at a newer epoch: refresh and retry at the same addresses.
-    Sealed,
+    /// A unit is sealed at a newer epoch (this one): refresh and retry at the
+    /// same addresses.
+    Sealed(u64),
     /// A unit failed (connecting or mid-call).
     Failed(u64, String),
     /// A unit refused for a reason no retry fixes.
@@ -713,8 +774,8 @@ fn chain_answer(round: usize, s: Status) -> Answer {
 }
 
 fn failed_call(unit: u64, e: ClientError) -> ChainOutcome {
-    if sealed(&e) {
-        ChainOutcome::Sealed
+    if let Some(at) = sealed(&e) {
+        ChainOutcome::Sealed(at)
     } else {
         ChainOutcome::Failed(unit, e.to_string())
     }

@@ -399,3 +399,50 @@ fn the_active_sequencer_replaces_a_dead_unit_by_a_spare_on_its_own() {
     );
     read_all(&mut log);
 }
+
+#[test]
+fn units_sealed_for_a_layout_never_installed_do_not_wedge_the_log() {
+    // A repair seals every unit at epoch e+1 and then installs e+1; if it dies
+    // in between, every request of epoch e is refused. Clients must get the
+    // log going again on their own.
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up(dir.path(), base);
+    let trex = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(args)
+            .env("TREX_ENDPOINTS", &eps)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "trex {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first: u64 = trex(&["append", "before"]).trim().parse().unwrap();
+    let epoch = Log::connect(&eps).unwrap().projection().epoch;
+    let stuck = (epoch + 1).to_string();
+    for u in 0..4 {
+        let node = format!("127.0.0.1:{}", base + 20 + u);
+        trex(&["unit", "seal", &stuck, "--node", &node]);
+    }
+    let t0 = Instant::now();
+    let next: u64 = trex(&["append", "after"]).trim().parse().unwrap();
+    assert!(next > first);
+    eprintln!("appended again {:?} after the stray seals", t0.elapsed());
+    let mut log = Log::connect(&eps).unwrap();
+    assert!(
+        log.projection().epoch > epoch,
+        "the layout caught up with the seals"
+    );
+    match log.read(first).unwrap() {
+        Slot::Data { data, .. } => assert_eq!(data, b"before"),
+        other => panic!("address {first} reads as {other:?}"),
+    }
+    match log.read(next).unwrap() {
+        Slot::Data { data, .. } => assert_eq!(data, b"after"),
+        other => panic!("address {next} reads as {other:?}"),
+    }
+}

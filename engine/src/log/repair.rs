@@ -23,7 +23,7 @@
 //! restarted) could hold values the log since decided otherwise. Wipe its data
 //! directory to reuse it.
 
-use super::{sealed, slot_of, Log, Slot};
+use super::{slot_of, Log, Slot};
 use crate::client::{ClientError, UnitApi};
 use crate::consensus::sm::{LayoutSegment, Op, Projection, Role};
 use std::collections::BTreeSet;
@@ -352,7 +352,7 @@ impl Log {
     ) -> Result<Option<usize>, String> {
         let epoch = self.projection.epoch;
         let refresh = |log: &mut Log, e: ClientError, who: u64| -> Result<Option<usize>, String> {
-            if sealed(&e) {
+            if log.seen_sealed(&e) {
                 log.refresh()?;
                 Ok(None)
             } else {
