@@ -7,7 +7,10 @@
 #   scripts/simulate.sh --cluster 500 9000     # 500 cluster seeds from 9000
 # A failing seed is printed with the command that replays it; add it to
 # engine/tests/sim-seeds.txt (consensus) or engine/tests/cluster-seeds.txt
-# (cluster) so every test run replays it from then on.
+# (cluster) so every test run replays it from then on. To see what a failing
+# cluster seed did: TREX_SIM_DEBUG=1 prints every event, TREX_SIM_ADDR=A the
+# history of address A and every layout, e.g.
+#   TREX_SIM_DEBUG=1 TREX_SIM_ADDR=21 target/release/trex-sim --cluster --seed 1133
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=()

@@ -241,6 +241,8 @@ struct World {
     faults: Faults,
     shutdown: bool,
     shutdown_clock: u64,
+    /// `TREX_SIM_DEBUG` set: print every event (to debug a failing seed).
+    debug: bool,
     hist: History,
     report: ClusterReport,
     error: Option<String>,
@@ -448,7 +450,7 @@ impl World {
                 if let Some(Node::Unit(u)) = self.nodes.get_mut(&addr) {
                     let mut store = u.unit.take().expect("up").into_store();
                     store.crash();
-                    if std::env::var_os("TREX_SIM_DEBUG").is_some() {
+                    if self.debug {
                         eprintln!("crash {addr}");
                     }
                     u.dead = Some(store);
@@ -497,7 +499,7 @@ impl World {
     /// Processes one event; returns the actor to run, if any.
     fn step(&mut self, e: Ev) -> Option<usize> {
         self.report.events += 1;
-        if std::env::var_os("TREX_SIM_DEBUG").is_some() {
+        if self.debug {
             let what = match &e {
                 Ev::Ready { actor, key, p } => format!(
                     "ready {} key {key} {}",
@@ -1242,6 +1244,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
         faults,
         shutdown: false,
         shutdown_clock: 0,
+        debug: std::env::var_os("TREX_SIM_DEBUG").is_some(),
         hist: History::default(),
         report: ClusterReport {
             seed,

@@ -57,6 +57,22 @@ impl<E: Env + ?Sized> UnitApi for At<'_, E> {
     }
 }
 
+/// Whether the unit at `addr` is fit to stay in the layout: it answers `info`
+/// on a fresh connection and is not poisoned. A unit at its connection limit
+/// counts as alive (it said so). One rule for every failure detector: the
+/// client that met an error, a sequencer taking over, a repair.
+pub fn unit_alive(env: &mut dyn Env, addr: &str) -> Result<(), String> {
+    env.forget(addr);
+    match At(env, addr).info() {
+        Ok(i) if i.flags & trex_wire::INFO_POISONED != 0 => {
+            Err(format!("{addr} is poisoned (a sync failed)"))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.is_busy() => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Monotonic time since the first call in this process; the clock [`TcpEnv`]
 /// and the sequencer's token path share.
 pub fn mono_now() -> Duration {

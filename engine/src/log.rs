@@ -21,8 +21,8 @@ pub use repair::RepairReport;
 
 use crate::client::{statuses, ClientError, ReadItem, UnitApi};
 use crate::consensus::sm::{Member, Projection};
-use crate::env::{At, Env, TcpEnv};
-use std::collections::BTreeMap;
+use crate::env::{unit_alive, At, Env, TcpEnv};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use trex_wire::{ErrorCode, Opcode, Status, TokenReply, WriteOp};
 
@@ -118,11 +118,6 @@ impl Log {
         &self.projection
     }
 
-    /// This client's writer id.
-    pub fn writer(&self) -> u64 {
-        self.writer
-    }
-
     /// Reads the layout again (after `SealedEpoch`, or a sequencer change).
     ///
     /// If a unit said it is sealed at an epoch the layout has not reached,
@@ -184,6 +179,11 @@ impl Log {
 
     /// The chain (unit ids, head first) serving `addr`.
     pub fn chain(&self, addr: u64) -> Result<Vec<u64>, String> {
+        self.chain_of(addr).map(<[u64]>::to_vec)
+    }
+
+    /// The chain serving `addr`, borrowed (the per-entry paths use this).
+    fn chain_of(&self, addr: u64) -> Result<&[u64], String> {
         let seg = self
             .projection
             .segments
@@ -202,7 +202,7 @@ impl Log {
                 self.projection.epoch
             ));
         }
-        Ok(seg.stripes[(addr % n) as usize].clone())
+        Ok(&seg.stripes[(addr % n) as usize])
     }
 
     /// Where node `id` listens.
@@ -305,10 +305,10 @@ impl Log {
         seqs: &[u64],
         entries: &[&'e [u8]],
     ) -> Result<Vec<ChainJob<'e>>, String> {
-        let mut by_chain: BTreeMap<Vec<u64>, Vec<usize>> = BTreeMap::new();
+        let mut by_chain: BTreeMap<&[u64], Vec<usize>> = BTreeMap::new();
         for i in items {
             let addr = addr_of[i].ok_or("an entry without an address")?;
-            by_chain.entry(self.chain(addr)?).or_default().push(i);
+            by_chain.entry(self.chain_of(addr)?).or_default().push(i);
         }
         Ok(by_chain
             .into_iter()
@@ -437,7 +437,7 @@ impl Log {
             let epoch = self.projection.epoch;
             let mut by_tail: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
             for a in from..from.saturating_add(count) {
-                let tail = *self.chain(a)?.last().ok_or("empty chain")?;
+                let tail = *self.chain_of(a)?.last().ok_or("empty chain")?;
                 by_tail.entry(tail).or_default().push(a);
             }
             let mut got: BTreeMap<u64, Slot> = BTreeMap::new();
@@ -587,13 +587,7 @@ impl Log {
         // A unit that still answers and is not poisoned is not gone (a timeout, a
         // dropped connection): leave it in, and let the caller retry.
         if let Ok(addr) = self.addr(failed) {
-            self.env.forget(&addr);
-            let probe = At(&mut *self.env, &addr).info();
-            let alive = match &probe {
-                Ok(i) => i.flags & trex_wire::INFO_POISONED == 0,
-                Err(e) => e.is_busy(), // at its connection limit: alive
-            };
-            if alive {
+            if unit_alive(&mut *self.env, &addr).is_ok() {
                 return Ok(());
             }
         }
@@ -699,6 +693,7 @@ impl Log {
             hole_wait,
             waiting_since: None,
             tail: 0,
+            ahead: VecDeque::new(),
         }
     }
 }
@@ -858,7 +853,12 @@ pub struct Subscription<'a> {
     waiting_since: Option<Duration>,
     /// The sequencer's next address when last asked (the fast check).
     tail: u64,
+    /// Decided slots read ahead, from `next` on (write-once: they stay true).
+    ahead: VecDeque<Slot>,
 }
+
+/// How many addresses a follower reads in one go below the tail.
+const READ_AHEAD: u64 = 256;
 
 impl Subscription<'_> {
     /// The next address it will yield.
@@ -887,7 +887,19 @@ impl Subscription<'_> {
                 return Ok(None); // nothing handed out there yet
             }
         }
-        match self.log.read(addr)? {
+        if self.ahead.is_empty() {
+            // Read up to the tail in one go; keep what is decided, up to the
+            // first address still unwritten.
+            let slots = self
+                .log
+                .read_range(addr, (self.tail - addr).min(READ_AHEAD))?;
+            let upto = slots
+                .iter()
+                .position(|s| *s == Slot::Unwritten)
+                .map_or(slots.len(), |k| k.max(1));
+            self.ahead = slots.into_iter().take(upto).collect();
+        }
+        match self.ahead.pop_front().ok_or("the log returned no slot")? {
             Slot::Unwritten => {
                 // Handed out, not written: its writer is slow, or died.
                 let now = self.log.env.now();

@@ -19,7 +19,7 @@ use crate::client::UnitApi;
 use crate::consensus::client::keep_registered;
 use crate::consensus::lock::LockClient;
 use crate::consensus::sm::{Op, Role};
-use crate::env::{mono_now, At, Env, TcpEnv};
+use crate::env::{mono_now, unit_alive, At, Env, TcpEnv};
 use crate::net::{EventLoop, Flow, LoopConfig, Service};
 use crate::unit::{violation, Reply, ReplyTo};
 use std::collections::VecDeque;
@@ -374,12 +374,7 @@ fn take_over(
         let down: Vec<u64> = all
             .iter()
             .copied()
-            .filter(|id| {
-                let addr = addr_of(id);
-                c.forget(&addr);
-                // At its connection limit is alive, not down.
-                At(&mut *c, &addr).info().is_err_and(|e| !e.is_busy())
-            })
+            .filter(|id| unit_alive(&mut *c, &addr_of(id)).is_err())
             .collect();
         for seg in &mut next.segments {
             for chain in &mut seg.stripes {

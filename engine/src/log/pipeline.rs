@@ -25,8 +25,9 @@ pub struct Pipeline<'a> {
     log: &'a mut Log,
     batch: usize,
     window: usize,
-    queued: Vec<Vec<u8>>,
-    queued_tickets: Vec<u64>,
+    /// Entries submitted and not yet in a flight (tickets
+    /// `next_ticket - queued.len()` onwards).
+    queued: Entries,
     flights: VecDeque<Flight>,
     done: VecDeque<(u64, Result<u64, String>)>,
     next_ticket: u64,
@@ -47,9 +48,37 @@ enum Stage {
     Fallback,
 }
 
+/// A batch's entries in one buffer (no allocation per entry).
+#[derive(Default)]
+struct Entries {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Entries {
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    fn refs(&self) -> Vec<&[u8]> {
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+}
+
 struct Flight {
-    tickets: Vec<u64>,
-    entries: Vec<Vec<u8>>,
+    /// Tickets `first_ticket ..` in entry order.
+    first_ticket: u64,
+    entries: Entries,
     seqs: Vec<u64>,
     addr_of: Vec<Option<u64>>,
     chains: Vec<Chain>,
@@ -72,8 +101,7 @@ impl Log {
             log: self,
             batch: batch.max(1),
             window: window.max(1),
-            queued: Vec::new(),
-            queued_tickets: Vec::new(),
+            queued: Entries::default(),
             flights: VecDeque::new(),
             done: VecDeque::new(),
             next_ticket: 0,
@@ -87,8 +115,7 @@ impl Pipeline<'_> {
     pub fn submit(&mut self, data: &[u8]) -> Result<u64, String> {
         let t = self.next_ticket;
         self.next_ticket += 1;
-        self.queued.push(data.to_vec());
-        self.queued_tickets.push(t);
+        self.queued.push(data);
         if self.queued.len() >= self.batch {
             self.launch();
             while self.flights.len() >= self.window {
@@ -115,18 +142,18 @@ impl Pipeline<'_> {
 
     /// Entries submitted and not yet completed.
     pub fn in_flight(&self) -> usize {
-        self.queued.len() + self.flights.iter().map(|f| f.tickets.len()).sum::<usize>()
+        self.queued.len() + self.flights.iter().map(|f| f.entries.len()).sum::<usize>()
     }
 
     /// Turns the queued entries into a flight.
     fn launch(&mut self) {
-        if self.queued.is_empty() {
+        if self.queued.len() == 0 {
             return;
         }
         let entries = std::mem::take(&mut self.queued);
         let n = entries.len();
         self.flights.push_back(Flight {
-            tickets: std::mem::take(&mut self.queued_tickets),
+            first_ticket: self.next_ticket - n as u64,
             seqs: self.log.next_seqs(n),
             addr_of: vec![None; n],
             entries,
@@ -183,7 +210,7 @@ impl Pipeline<'_> {
                                     addr: f.addr_of[i].unwrap_or_default(),
                                     writer: log.writer,
                                     seq: f.seqs[i],
-                                    data: &f.entries[i],
+                                    data: f.entries.get(i),
                                 }
                             })
                             .collect();
@@ -216,7 +243,7 @@ impl Pipeline<'_> {
                             for (k, a) in f.addr_of.iter_mut().enumerate() {
                                 *a = Some(first + k as u64);
                             }
-                            let refs: Vec<&[u8]> = f.entries.iter().map(Vec::as_slice).collect();
+                            let refs = f.entries.refs();
                             match log.chain_jobs(0..refs.len(), &f.addr_of, &f.seqs, &refs) {
                                 Ok(jobs) => {
                                     f.chains = jobs
@@ -273,8 +300,8 @@ impl Pipeline<'_> {
         while let Some(mut f) = self.flights.pop_front() {
             match f.stage {
                 Stage::Done if f.chains.iter().all(|c| c.lost.iter().all(|l| !l)) => {
-                    for (t, a) in f.tickets.iter().zip(&f.addr_of) {
-                        self.done.push_back((*t, Ok(a.unwrap_or_default())));
+                    for (t, a) in (f.first_ticket..).zip(&f.addr_of) {
+                        self.done.push_back((t, Ok(a.unwrap_or_default())));
                     }
                 }
                 Stage::Done | Stage::Fallback => {
@@ -287,20 +314,20 @@ impl Pipeline<'_> {
                             }
                         }
                     }
-                    let refs: Vec<&[u8]> = f.entries.iter().map(Vec::as_slice).collect();
+                    let refs = f.entries.refs();
                     let n = refs.len();
                     let r = self
                         .log
                         .append_resume(&refs, &f.seqs, f.addr_of, vec![f.epoch; n]);
                     match r {
                         Ok(addrs) => {
-                            for (t, a) in f.tickets.iter().zip(addrs) {
-                                self.done.push_back((*t, Ok(a)));
+                            for (t, a) in (f.first_ticket..).zip(addrs) {
+                                self.done.push_back((t, Ok(a)));
                             }
                         }
                         Err(e) => {
-                            for t in &f.tickets {
-                                self.done.push_back((*t, Err(e.clone())));
+                            for t in (f.first_ticket..).take(n) {
+                                self.done.push_back((t, Err(e.clone())));
                             }
                         }
                     }

@@ -26,6 +26,7 @@
 use super::{slot_of, Log, Slot};
 use crate::client::{ClientError, UnitApi};
 use crate::consensus::sm::{LayoutSegment, Op, Projection, Role};
+use crate::env::unit_alive;
 use std::collections::BTreeSet;
 use trex_wire::{Status, WriteOp};
 
@@ -123,13 +124,11 @@ impl Log {
             // Take out units that stopped answering first (as an append that
             // met them would): they are what the spares replace.
             let mut gone = None;
-            for id in &units_of(&p) {
-                match self.with_unit(*id, |c| c.info()) {
-                    Err(e) if !e.is_busy() => {
-                        gone = Some((*id, e.to_string()));
-                        break;
-                    }
-                    _ => {}
+            for id in units_of(&p) {
+                let addr = self.addr(id)?;
+                if let Err(e) = unit_alive(&mut *self.env, &addr) {
+                    gone = Some((id, e));
+                    break;
                 }
             }
             if let Some((id, e)) = gone {
