@@ -21,7 +21,10 @@ fn free_base() -> u16 {
     let seed = (std::process::id() as u16)
         .wrapping_add(NEXT.fetch_add(101, std::sync::atomic::Ordering::SeqCst));
     for k in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 30_000;
+        // Below the kernel's ephemeral range (32768 and up here), so that no
+        // client connection takes one of the ports between the check and the
+        // cluster's bind.
+        let base = 10_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 22_000;
         if (0..24).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
             return base;
         }
@@ -50,7 +53,7 @@ fn up_with(dir: &Path, base: u16, extra: &[&str]) -> Up {
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
@@ -58,8 +61,17 @@ fn up_with(dir: &Path, base: u16, extra: &[&str]) -> Up {
         .lines()
         .map_while(Result::ok)
         .any(|l| l.contains("cluster is up"));
+    // Its standard error: kept for the message if it failed, drained otherwise.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut err = String::new();
+    if ready {
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    } else {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+    }
     let cluster = Up(child); // stopped (and waited for) on drop, whatever happens
-    assert!(ready, "trex up did not come up; see {}/logs", dir.display());
+    assert!(ready, "trex up did not come up (base port {base}): {err}");
     cluster
 }
 
