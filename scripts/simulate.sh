@@ -6,7 +6,7 @@
 #   scripts/simulate.sh --cluster 2000         # cluster seeds 1..2000
 #   scripts/simulate.sh --cluster 500 9000     # 500 cluster seeds from 9000
 # A failing seed is printed with the command that replays it; add it to
-# engine/tests/sim-seeds.txt (consensus) or engine/tests/cluster-seeds.txt
+# engine/sim/tests/sim-seeds.txt (consensus) or engine/sim/tests/cluster-seeds.txt
 # (cluster) so every test run replays it from then on. To see what a failing
 # cluster seed did: TREX_SIM_DEBUG=1 prints every event, TREX_SIM_ADDR=A the
 # history of address A and every layout, e.g.
@@ -20,5 +20,5 @@ if [ "${1:-}" = "--cluster" ]; then
 fi
 SEEDS=${1:-1000}
 FIRST=${2:-1}
-cargo build --release --quiet -p trex-engine --bin trex-sim
+cargo build --release --quiet -p trex-sim --bin trex-sim
 exec target/release/trex-sim "${MODE[@]}" --seeds "$SEEDS" --first "$FIRST"

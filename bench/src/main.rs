@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trex_engine::client::{UnitApi, UnitClient};
-use trex_engine::util::{parse_duration, parse_size};
+use trex_net::unit_client::{UnitApi, UnitClient};
+use trex_net::util::{parse_duration, parse_size};
 use trex_wire::{
     self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp, HEADER_LEN,
 };
@@ -48,7 +48,7 @@ enum Cmd {
 #[derive(Args)]
 struct LogLoad {
     /// Consensus nodes, comma-separated HOST:PORT.
-    #[arg(long, default_value = trex_engine::consensus::client::DEFAULT_ENDPOINTS)]
+    #[arg(long, default_value = trex_consensus::client::DEFAULT_ENDPOINTS)]
     endpoints: String,
     /// Entry size.
     #[arg(long, default_value = "1KiB", value_parser = parse_size)]
@@ -97,7 +97,7 @@ struct TokenLoad {
 #[derive(Args)]
 struct ConsensusLoad {
     /// Consensus nodes, comma-separated HOST:PORT.
-    #[arg(long, default_value = trex_engine::consensus::client::DEFAULT_ENDPOINTS)]
+    #[arg(long, default_value = trex_consensus::client::DEFAULT_ENDPOINTS)]
     endpoints: String,
     /// Concurrent clients (threads), each with one command in flight.
     #[arg(long, default_value_t = 64)]
@@ -335,7 +335,7 @@ fn consensus_client(
     stop: &AtomicBool,
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
-    use trex_engine::consensus::sm::{Op, Role};
+    use trex_consensus::sm::{Op, Role};
     use trex_wire::consensus::{decode_submit_reply, encode_submit, SubmitReply};
     let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
     let mut hist = new_hist().map_err(|e| e.to_string())?;
@@ -605,8 +605,8 @@ fn lock_client(
     stop: &AtomicBool,
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
-    use trex_engine::consensus::client::ConsensusClient;
-    use trex_engine::consensus::lock::LockClient;
+    use trex_consensus::client::ConsensusClient;
+    use trex_consensus::lock::LockClient;
     let mut hist = new_hist().map_err(|e| e.to_string())?;
     let mut c = LockClient::new(ConsensusClient::new(endpoints, Duration::from_secs(2))?);
     let name = format!("bench-{}-{i}", std::process::id());
@@ -895,7 +895,7 @@ fn append_client(
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
     let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut log = trex_engine::log::Log::connect(&a.endpoints)?;
+    let mut log = trex_log::Log::connect(&a.endpoints)?;
     let entry: Vec<u8> = (0..a.size).map(|k| (k as usize ^ i) as u8).collect();
     let batch = a.batch.unwrap_or(a.depth).clamp(1, a.depth.max(1));
     let window = a.depth.div_ceil(batch);
@@ -903,7 +903,7 @@ fn append_client(
     let mut started: HashMap<u64, Instant> = HashMap::new();
     let b = batch as u64;
     // Completed appends: counted; a batch's last entry ends its latency.
-    let mut finish = |p: &mut trex_engine::log::Pipeline<'_>,
+    let mut finish = |p: &mut trex_log::Pipeline<'_>,
                       started: &mut HashMap<u64, Instant>|
      -> Result<(), String> {
         while let Some((t, r)) = p.poll() {
@@ -939,7 +939,7 @@ fn read_client(
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
     let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut log = trex_engine::log::Log::connect(&a.endpoints)?;
+    let mut log = trex_log::Log::connect(&a.endpoints)?;
     let tail = log.check()?;
     if tail < a.depth as u64 {
         return Err(format!(

@@ -1,0 +1,211 @@
+//! Helpers shared by the integration tests that run real `trex` processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `trex node storage` child process.
+pub struct UnitProcess {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::sync::mpsc::Receiver<String>,
+    early: Vec<String>,
+}
+
+impl UnitProcess {
+    /// Starts a unit on an ephemeral port and waits until it listens.
+    pub fn start(dir: &Path, extra: &[&str]) -> UnitProcess {
+        UnitProcess::start_with_env(dir, extra, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the child.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> UnitProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .envs(env.iter().copied())
+            .args(["node", "storage", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trex");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("storage unit did not start listening within 20s");
+            };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                early.push(line);
+                return UnitProcess {
+                    child,
+                    addr,
+                    log: rx,
+                    early,
+                };
+            }
+            early.push(line);
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Lines logged so far (each returned once).
+    pub fn drain_log(&mut self) -> Vec<String> {
+        let mut lines = std::mem::take(&mut self.early);
+        lines.extend(self.log.try_iter());
+        lines
+    }
+}
+
+impl Drop for UnitProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), seeded per test and printed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn from_time() -> Rng {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Rng(t | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+use trex_consensus::client::ConsensusClient;
+use trex_wire::consensus::NodeStatus;
+
+pub const T: Duration = Duration::from_secs(2);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Group {
+    pub addrs: Vec<String>,
+    pub dirs: Vec<std::path::PathBuf>,
+    pub procs: Vec<Option<Child>>,
+}
+
+impl Group {
+    pub fn start_node(&mut self, i: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args([
+                "node",
+                "consensus",
+                "--id",
+                &(i + 1).to_string(),
+                "--listen",
+                &self.addrs[i],
+            ])
+            .args(["--peers", &self.addrs.join(","), "--data-dir"])
+            .arg(&self.dirs[i])
+            .args(["--election-timeout", "200ms", "--heartbeat", "40ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn trex node consensus");
+        self.procs[i] = Some(child);
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status(&self, i: usize) -> Option<NodeStatus> {
+        ConsensusClient::node_status(&self.addrs[i], T).ok()
+    }
+
+    /// Waits until exactly one live node leads; returns its index.
+    pub fn wait_leader(&self, within: Duration) -> usize {
+        let t0 = Instant::now();
+        loop {
+            let leaders: Vec<usize> = (0..3)
+                .filter(|i| self.status(*i).is_some_and(|s| s.leading))
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no single leader within {within:?} (leaders: {leaders:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self) -> ConsensusClient {
+        ConsensusClient::new(&self.addrs.join(","), T).unwrap()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn group(root: &Path) -> Group {
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let dirs = (0..3).map(|i| root.join(format!("n{}", i + 1))).collect();
+    let mut g = Group {
+        addrs,
+        dirs,
+        procs: vec![None, None, None],
+    };
+    for i in 0..3 {
+        g.start_node(i);
+    }
+    g
+}

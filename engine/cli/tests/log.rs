@@ -1,0 +1,460 @@
+//! The shared log end to end on real processes: `trex up`, several clients
+//! appending while the active sequencer is stopped past its lease; every
+//! acknowledged append reads back with its bytes at its address, no address
+//! holds two values, holes stay holes; then the whole cluster restarts and
+//! everything reads back again.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trex_log::{Log, Slot};
+
+/// A base port with the 24 ports `trex up` uses free.
+fn free_base() -> u16 {
+    // Tests in this file run in parallel in one process: never hand out the
+    // same range twice.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16)
+        .wrapping_add(NEXT.fetch_add(101, std::sync::atomic::Ordering::SeqCst));
+    for k in 0..200u16 {
+        // Below the kernel's ephemeral range (32768 and up here), so that no
+        // client connection takes one of the ports between the check and the
+        // cluster's bind.
+        let base = 10_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 22_000;
+        if (0..24).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range for trex up");
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+fn up(dir: &Path, base: u16) -> Up {
+    up_with(dir, base, &[])
+}
+
+fn up_with(dir: &Path, base: u16, extra: &[&str]) -> Up {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["up", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("cluster is up"));
+    // Its standard error: kept for the message if it failed, drained otherwise.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut err = String::new();
+    if ready {
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    } else {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+    }
+    let cluster = Up(child); // stopped (and waited for) on drop, whatever happens
+    assert!(ready, "trex up did not come up (base port {base}): {err}");
+    cluster
+}
+
+/// Acknowledged appends by address.
+type Acked = Arc<Mutex<HashMap<u64, Vec<u8>>>>;
+
+/// Starts `clients` threads, each appending `batches` batches of `per_batch`
+/// entries (even clients with blocking batches, odd ones through a pipeline),
+/// recording every acknowledged address (and failing on a repeat).
+fn appenders(
+    eps: &str,
+    clients: usize,
+    batches: usize,
+    per_batch: usize,
+    acked: &Acked,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (eps, acked) = (eps.to_string(), acked.clone());
+            std::thread::spawn(move || {
+                let mut log = Log::connect(&eps).unwrap();
+                for i in 0..batches {
+                    let entries: Vec<Vec<u8>> = (0..per_batch)
+                        .map(|k| format!("client {c} batch {i} entry {k}").into_bytes())
+                        .collect();
+                    let addrs: Vec<u64> = if c % 2 == 0 {
+                        let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
+                        log.append_batch(&refs)
+                            .expect("every append is acknowledged, faults or not")
+                    } else {
+                        // Odd clients keep several small batches in flight.
+                        let mut p = log.pipeline(3, 4);
+                        for e in &entries {
+                            p.submit(e).unwrap();
+                        }
+                        p.flush().unwrap();
+                        let mut got = vec![0; entries.len()];
+                        while let Some((t, r)) = p.poll() {
+                            got[t as usize] =
+                                r.expect("every append is acknowledged, faults or not");
+                        }
+                        got
+                    };
+                    let mut a = acked.lock().unwrap();
+                    for (addr, e) in addrs.into_iter().zip(entries) {
+                        assert!(
+                            a.insert(addr, e).is_none(),
+                            "address {addr} acknowledged twice"
+                        );
+                    }
+                    drop(a);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect()
+}
+
+/// A free base port for `trex up` and the consensus endpoints it will use.
+fn ports() -> (u16, String) {
+    let base = free_base();
+    (
+        base,
+        format!(
+            "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+            base,
+            base + 1,
+            base + 2
+        ),
+    )
+}
+
+fn pid_of(pattern: &str) -> Option<i32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let cluster = up(dir.path(), base);
+    let acked: Acked = Arc::default();
+    let workers = appenders(&eps, 3, 60, 10, &acked);
+    // Stop the active sequencer past its lease while the clients append.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut log = Log::connect(&eps).unwrap();
+    let seq_port = log.projection().sequencer;
+    let pid =
+        pid_of(&format!("sequencer --listen 127.0.0.1:{seq_port}")).expect("sequencer process");
+    // SAFETY: signalling a process of our own cluster.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t0 = Instant::now();
+    for w in workers {
+        w.join().expect("a client failed");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1800);
+    eprintln!(
+        "1800 appends acknowledged in {:?} across a sequencer takeover",
+        t0.elapsed()
+    );
+    log.refresh().unwrap();
+    assert_ne!(
+        log.projection().sequencer,
+        seq_port,
+        "the standby took over"
+    );
+
+    let check = |log: &mut Log| {
+        let end = log.check().unwrap();
+        let slots = log.read_range(0, end).unwrap();
+        let mut holes = Vec::new();
+        for (a, s) in slots.iter().enumerate() {
+            let a = a as u64;
+            match (s, acked.get(&a)) {
+                (Slot::Data { data, .. }, Some(want)) => {
+                    assert_eq!(data, want, "address {a} has the wrong bytes")
+                }
+                (Slot::Data { .. }, None) => {
+                    panic!("address {a} holds data nobody was told was appended")
+                }
+                (_, Some(_)) => panic!("acknowledged address {a} reads as {s:?}"),
+                (Slot::Hole | Slot::Unwritten, None) => holes.push(a),
+                (Slot::Trimmed, None) => panic!("nothing was trimmed"),
+            }
+        }
+        holes
+    };
+    let holes = check(&mut log);
+    // Fill the holes; a filled hole stays a hole.
+    for a in &holes {
+        assert_eq!(log.fill(*a).unwrap(), Slot::Hole, "address {a}");
+    }
+    drop(cluster); // Ctrl-C: the whole cluster stops
+    let _cluster = up(dir.path(), base);
+    let mut log = Log::connect(&eps).unwrap();
+    let after = check(&mut log);
+    assert_eq!(after, holes, "the same holes after a restart");
+    for a in &after {
+        assert_eq!(
+            log.read(*a).unwrap(),
+            Slot::Hole,
+            "filled address {a} is still junk"
+        );
+    }
+    let next = log.append(b"after restart").unwrap();
+    assert!(
+        next > *acked.keys().max().unwrap(),
+        "the restarted sequencer starts past every written address"
+    );
+}
+
+fn kill(pattern: &str, sig: i32) -> i32 {
+    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
+    // SAFETY: signalling a process of our own cluster.
+    unsafe { libc::kill(pid, sig) };
+    pid
+}
+
+fn chains(log: &Log) -> Vec<Vec<Vec<u64>>> {
+    log.projection()
+        .segments
+        .iter()
+        .map(|s| s.stripes.clone())
+        .collect()
+}
+
+#[test]
+fn appends_go_on_through_a_unit_kill_and_a_sequencer_stop_and_a_spare_restores_replication() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    // Five units for a 2 x 2 layout: the fifth is a spare.
+    let cluster = up_with(dir.path(), base, &["--units", "5"]);
+    let acked: Acked = Arc::default();
+    let workers = appenders(&eps, 2, 80, 8, &acked);
+    // A client whose layout goes stale during the test.
+    let mut stale = Log::connect(&eps).unwrap();
+    let seq_port = stale.projection().sequencer;
+    // `trex status` shows the fifth unit as a spare.
+    let status = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["status", "-w", "json", "--endpoints", &eps])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!(
+            "\"id\":{},\"addr\":\"127.0.0.1:{}\",\"role\":\"spare\"",
+            base + 24,
+            base + 24
+        )),
+        "trex status: {status}"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    // Kill the tail of stripe 0 (the second unit) and stop the active sequencer.
+    let victim = base + 21;
+    kill(
+        &format!("storage --listen 127.0.0.1:{victim}"),
+        libc::SIGKILL,
+    );
+    let seq_pid = kill(
+        &format!("sequencer --listen 127.0.0.1:{seq_port}"),
+        libc::SIGSTOP,
+    );
+    // While the clients go on, an operator restores replication with the spare.
+    let repair = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["repair", "--endpoints", &eps])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&repair.stdout);
+    assert!(
+        repair.status.success() && said.contains(&format!("unit {} -> stripe 0", base + 24)),
+        "trex repair: {said} {}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    for w in workers {
+        w.join().expect("a client failed");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(seq_pid, libc::SIGCONT) };
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1280);
+    let mut log = Log::connect(&eps).unwrap();
+    let p = log.projection().clone();
+    assert_ne!(p.sequencer, seq_port, "the standby took over");
+    let (head, spare) = (u64::from(base + 20), u64::from(base + 24));
+    assert_eq!(
+        chains(&log),
+        vec![vec![
+            vec![head, spare],
+            vec![u64::from(base + 22), u64::from(base + 23)]
+        ]],
+        "the dead unit is out, the spare is in, the segments merged again"
+    );
+    let read_all = |log: &mut Log, who: &str| {
+        for (a, want) in &acked {
+            match log.read(*a).unwrap() {
+                Slot::Data { data, .. } => assert_eq!(&data, want, "{who}: address {a}"),
+                other => panic!("{who}: acknowledged address {a} reads as {other:?}"),
+            }
+        }
+    };
+    read_all(&mut log, "current layout");
+    // The stale client is never told "unwritten" for an address the current
+    // layout has as written: it refreshes on sealed-epoch or a dead unit.
+    assert!(
+        stale.projection().epoch < p.epoch,
+        "the client's layout really is stale"
+    );
+    read_all(&mut stale, "stale layout");
+    // No entry shows up twice: every address holding data was acknowledged for it.
+    let end = log.check().unwrap();
+    for (a, s) in log.read_range(0, end).unwrap().into_iter().enumerate() {
+        if let Slot::Data { data, .. } = s {
+            assert_eq!(
+                acked.get(&(a as u64)),
+                Some(&data),
+                "address {a} holds an entry that was not acknowledged there"
+            );
+        }
+    }
+    // The spare holds a full copy: with the other original replica of stripe 0
+    // gone too, everything still reads back (from the spare alone).
+    kill(&format!("storage --listen 127.0.0.1:{head}"), libc::SIGKILL);
+    read_all(&mut log, "after the second kill");
+    let more: Vec<&[u8]> = vec![b"after the second kill"; 4];
+    log.append_batch(&more).unwrap();
+    assert_eq!(chains(&log)[0][0], vec![spare], "appends took the head out");
+    // Stop and restart the whole cluster: the same again.
+    drop(cluster);
+    let _cluster = up_with(dir.path(), base, &["--units", "5"]);
+    let mut log = Log::connect(&eps).unwrap();
+    read_all(&mut log, "after a full restart");
+}
+
+#[test]
+fn the_active_sequencer_replaces_a_dead_unit_by_a_spare_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up_with(
+        dir.path(),
+        base,
+        &["--units", "5", "--repair-every", "500ms"],
+    );
+    let acked: Acked = Arc::default();
+    for w in appenders(&eps, 2, 20, 8, &acked) {
+        w.join().expect("a client failed");
+    }
+    // Kill the head of stripe 1; nobody appends, nobody runs `trex repair`.
+    let victim = u64::from(base + 22);
+    kill(
+        &format!("storage --listen 127.0.0.1:{victim}"),
+        libc::SIGKILL,
+    );
+    let spare = u64::from(base + 24);
+    let mut log = Log::connect(&eps).unwrap();
+    let t0 = Instant::now();
+    loop {
+        log.refresh().unwrap();
+        if chains(&log)
+            == vec![vec![
+                vec![u64::from(base + 20), u64::from(base + 21)],
+                vec![u64::from(base + 23), spare],
+            ]]
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no automatic repair within 30 s: {:?}",
+            chains(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("replaced by the spare in {:?}", t0.elapsed());
+    // Everything reads back; then, with the other original replica of stripe 1
+    // gone too, from the spare.
+    let read_all = |log: &mut Log| {
+        for (a, want) in acked.lock().unwrap().iter() {
+            match log.read(*a).unwrap() {
+                Slot::Data { data, .. } => assert_eq!(&data, want, "address {a}"),
+                other => panic!("acknowledged address {a} reads as {other:?}"),
+            }
+        }
+    };
+    read_all(&mut log);
+    kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 23),
+        libc::SIGKILL,
+    );
+    read_all(&mut log);
+}
+
+#[test]
+fn units_sealed_for_a_layout_never_installed_do_not_wedge_the_log() {
+    // A repair seals every unit at epoch e+1 and then installs e+1; if it dies
+    // in between, every request of epoch e is refused. Clients must get the
+    // log going again on their own.
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up(dir.path(), base);
+    let trex = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(args)
+            .env("TREX_ENDPOINTS", &eps)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "trex {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first: u64 = trex(&["append", "before"]).trim().parse().unwrap();
+    let epoch = Log::connect(&eps).unwrap().projection().epoch;
+    let stuck = (epoch + 1).to_string();
+    for u in 0..4 {
+        let node = format!("127.0.0.1:{}", base + 20 + u);
+        trex(&["unit", "seal", &stuck, "--node", &node]);
+    }
+    let t0 = Instant::now();
+    let next: u64 = trex(&["append", "after"]).trim().parse().unwrap();
+    assert!(next > first);
+    eprintln!("appended again {:?} after the stray seals", t0.elapsed());
+    let mut log = Log::connect(&eps).unwrap();
+    assert!(
+        log.projection().epoch > epoch,
+        "the layout caught up with the seals"
+    );
+    match log.read(first).unwrap() {
+        Slot::Data { data, .. } => assert_eq!(data, b"before"),
+        other => panic!("address {first} reads as {other:?}"),
+    }
+    match log.read(next).unwrap() {
+        Slot::Data { data, .. } => assert_eq!(data, b"after"),
+        other => panic!("address {next} reads as {other:?}"),
+    }
+}

@@ -1,0 +1,280 @@
+//! A blocking client of the consensus group: submits commands (following
+//! not-leader hints, retrying with the same sequence number so a command is
+//! applied once), and asks nodes for their status. Used by the command line and
+//! by storage units to register themselves.
+
+use super::sm::{decode_members, decode_projection, Member, Op, Projection, RESULT_OK};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+use trex_wire::consensus::{self as cw, NodeId, SubmitReply};
+use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, Reader, HEADER_LEN};
+
+/// The default consensus endpoints (the addresses `trex up` uses).
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:7402";
+
+/// A client of the consensus group.
+pub struct ConsensusClient {
+    endpoints: Vec<String>,
+    preferred: usize,
+    leader: Option<String>,
+    /// A connection kept open to the node that answered last.
+    conn: Option<(String, TcpStream)>,
+    client_id: u64,
+    seq: u64,
+    timeout: Duration,
+}
+
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let sa: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .collect();
+    let sa = sa
+        .first()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let s = TcpStream::connect_timeout(sa, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    Ok(s)
+}
+
+fn one_call(
+    addr: &str,
+    op: Opcode,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(Header, Vec<u8>), String> {
+    let mut s = connect(addr, timeout)?;
+    call_on(&mut s, addr, op, body)
+}
+
+fn call_on(
+    s: &mut TcpStream,
+    addr: &str,
+    op: Opcode,
+    body: &[u8],
+) -> Result<(Header, Vec<u8>), String> {
+    let mut f = Vec::new();
+    let st = begin_frame(&mut f);
+    f.extend_from_slice(body);
+    finish_frame(
+        &mut f,
+        st,
+        Header {
+            opcode: op as u8,
+            request_id: 1,
+            ..Header::default()
+        },
+    );
+    s.write_all(&f).map_err(|e| format!("{addr}: {e}"))?;
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head)
+        .map_err(|e| format!("{addr}: no reply ({e})"))?;
+    let h = Header::decode(&head).map_err(|e| format!("{addr}: {e}"))?;
+    let mut b = vec![0u8; h.body_len as usize];
+    s.read_exact(&mut b).map_err(|e| format!("{addr}: {e}"))?;
+    if h.is_error() {
+        let e = trex_wire::decode_error(&b).map_err(|e| e.to_string())?;
+        let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);
+        return Err(format!("{addr}: {name}: {}", e.message));
+    }
+    Ok((h, b))
+}
+
+impl ConsensusClient {
+    /// A client for `endpoints` (comma-separated HOST:PORT list).
+    pub fn new(endpoints: &str, timeout: Duration) -> Result<ConsensusClient, String> {
+        let endpoints: Vec<String> = endpoints
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err("no consensus endpoints given: pass --endpoints HOST:PORT,... or set TREX_ENDPOINTS".into());
+        }
+        Ok(ConsensusClient {
+            endpoints,
+            preferred: 0,
+            leader: None,
+            conn: None,
+            client_id: trex_net::util::random_u64() | 1,
+            seq: 0,
+            timeout,
+        })
+    }
+
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Submits an operation and returns its result, following the leader.
+    /// Retries (after timeouts too) reuse the sequence number, so the command is
+    /// applied at most once.
+    pub fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+        self.seq += 1;
+        let mut body = Vec::new();
+        cw::encode_submit(&mut body, self.client_id, self.seq, &op.encode());
+        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1)) * 3;
+        let mut last_err = String::new();
+        let mut tries = 0usize;
+        while Instant::now() < deadline {
+            let addr = match self.leader.take() {
+                Some(a) => a,
+                None => {
+                    let a = self.endpoints[(self.preferred + tries) % self.endpoints.len()].clone();
+                    tries += 1;
+                    a
+                }
+            };
+            match self.call_kept(&addr, &body) {
+                Ok((_, b)) => match cw::decode_submit_reply(&b).map_err(|e| e.to_string())? {
+                    SubmitReply::Applied(res) => {
+                        self.leader = Some(addr);
+                        return Ok(res);
+                    }
+                    SubmitReply::NotLeader { addr: hint, .. } if !hint.is_empty() => {
+                        self.leader = Some(hint);
+                    }
+                    SubmitReply::NotLeader { .. } => {
+                        last_err =
+                            format!("{addr} does not know a leader yet (election under way?)");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    SubmitReply::Timeout => last_err = format!("{addr} could not commit in time"),
+                },
+                Err(e) => {
+                    last_err = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        Err(format!(
+            "no consensus leader answered within {:?} (last: {last_err}); check that a majority of {} is running",
+            self.timeout * 3,
+            self.endpoints.join(",")
+        ))
+    }
+
+    /// Calls `addr` over the kept connection, opening one if needed.
+    fn call_kept(&mut self, addr: &str, body: &[u8]) -> Result<(Header, Vec<u8>), String> {
+        let mut conn = match self.conn.take() {
+            Some((a, s)) if a == addr => s,
+            _ => connect(addr, self.timeout)?,
+        };
+        let r = call_on(&mut conn, addr, Opcode::Submit, body);
+        if r.is_ok() {
+            self.conn = Some((addr.to_string(), conn));
+        }
+        r
+    }
+
+    /// One node's status (not through the log).
+    pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, String> {
+        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout)?;
+        cw::decode_node_status(&b).map_err(|e| e.to_string())
+    }
+}
+
+/// Anything that submits operations to the consensus group and returns their
+/// results: a [`ConsensusClient`], or an `Env` (trex-log).
+pub trait Submit {
+    /// Submits an operation and returns its raw result. Retries reuse the
+    /// command's sequence number, so it is applied at most once.
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String>;
+
+    /// Submits an operation whose result is a plain OK or an error message.
+    fn submit_ok(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+        let r = self.submit(op)?;
+        match r.split_first() {
+            Some((&RESULT_OK, rest)) => Ok(rest.to_vec()),
+            Some((_, msg)) => Err(String::from_utf8_lossy(msg).into_owned()),
+            None => Err("empty result from the state machine".into()),
+        }
+    }
+
+    /// The members, read through the log (linearizable).
+    fn members(&mut self) -> Result<BTreeMap<NodeId, Member>, String> {
+        let b = self.submit_ok(&Op::Members)?;
+        decode_members(&mut Reader::new(&b)).map_err(|e| e.to_string())
+    }
+
+    /// The current projection (if any) and how many were ever installed,
+    /// through the log.
+    fn layout(&mut self) -> Result<(u64, Option<Projection>), String> {
+        let b = self.submit_ok(&Op::Layout)?;
+        let mut r = Reader::new(&b);
+        let n = r.u64().map_err(|e| e.to_string())?;
+        let p = if r.remaining() > 0 {
+            Some(decode_projection(&mut r).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        Ok((n, p))
+    }
+}
+
+impl Submit for ConsensusClient {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+        ConsensusClient::submit(self, op)
+    }
+}
+
+impl<T: Submit + ?Sized> Submit for &mut T {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+        (**self).submit(op)
+    }
+}
+
+/// Registers node `id` with the consensus group and keeps the registration
+/// fresh (every 5 s) on a background thread, for as long as the process runs.
+/// Failures are logged and retried: a storage unit serves whether or not the
+/// group is reachable.
+pub fn keep_registered(endpoints: String, id: NodeId, role: super::sm::Role, addr: String) {
+    let spawned = std::thread::Builder::new()
+        .name("trex-register".into())
+        .spawn(move || {
+            let mut registered = false;
+            let mut client = match ConsensusClient::new(&endpoints, Duration::from_secs(2)) {
+                Ok(c) => c,
+                Err(e) => return trex_net::log_line!("ERROR", "cannot register: {e}"),
+            };
+            loop {
+                let op = if registered {
+                    Op::Heartbeat { id }
+                } else {
+                    Op::Register {
+                        id,
+                        role,
+                        addr: addr.clone(),
+                    }
+                };
+                match client.submit_ok(&op) {
+                    Ok(_) if !registered => {
+                        registered = true;
+                        trex_net::log_line!(
+                            "INFO",
+                            "registered as node {id} ({}) with {endpoints}",
+                            role.name()
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        trex_net::log_line!(
+                            "WARN",
+                            "registration with {endpoints} failed: {e}; retrying"
+                        );
+                        registered = false;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(if registered { 5 } else { 1 }));
+            }
+        });
+    if let Err(e) = spawned {
+        trex_net::log_line!("ERROR", "cannot start the registration thread: {e}");
+    }
+}

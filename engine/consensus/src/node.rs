@@ -1,0 +1,570 @@
+//! The consensus node: a [`Replica`] driven by the event loop, with its
+//! journal group-committed through the same sync path as the storage unit,
+//! outgoing links to its peers, and the client protocol (`submit`,
+//! `node-status`).
+//!
+//! The driver keeps the core's one rule: the messages and client answers of a
+//! step are released only once the journal writes of that step (and of every
+//! earlier step) are durable.
+
+use super::journal::Journal;
+use super::paxos::{Applied, Config, Replica};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trex_net::reply::{violation, Reply, ReplyTo};
+use trex_net::sync::Syncer;
+use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
+use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
+use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, FLAG_RESPONSE};
+
+const SYNC_TOKEN: usize = 0;
+const TICK_TIMER: u64 = 1;
+const TICK: Duration = Duration::from_millis(10);
+/// How long a submit waits to be applied before the client is told to retry.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Unsent bytes to one peer before messages to it are dropped (Paxos copes).
+const PEER_BUFFER_LIMIT: usize = 16 << 20;
+
+/// How to run a consensus node.
+#[derive(Clone, Debug)]
+pub struct ConsensusOptions {
+    /// This node's id (its position in `peers`, from 1).
+    pub id: NodeId,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Every node's address, in id order (node 1 first).
+    pub peers: Vec<SocketAddr>,
+    /// Data directory (the journal).
+    pub data_dir: PathBuf,
+    /// Base election timeout.
+    pub election_ms: u64,
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Event-loop limits.
+    pub limits: LoopConfig,
+}
+
+struct PeerLink {
+    addr: SocketAddr,
+    token: Token,
+    stream: Option<TcpStream>,
+    connected: bool,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    retry_at: Instant,
+}
+
+/// A client waiting for its command: where to answer, its request, since when.
+type Waiting = (ReplyTo, Header, Instant);
+
+struct Held {
+    lsn: u64,
+    send: Vec<(NodeId, Msg)>,
+    applied: Vec<Applied>,
+}
+
+/// The consensus node as an event-loop service.
+pub struct ConsensusService {
+    id: NodeId,
+    replica: Replica,
+    journal: Journal,
+    syncer: Syncer,
+    registry: Registry,
+    peers: BTreeMap<NodeId, PeerLink>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    held: VecDeque<Held>,
+    written_lsn: u64,
+    synced_lsn: u64,
+    syncing: bool,
+    /// Submits waiting to be applied, by (client, seq).
+    pending: HashMap<(u64, u64), Vec<Waiting>>,
+    replies: VecDeque<Reply>,
+    frame: Vec<u8>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn reply_frame(req: &Header, flags: u16, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut f = Vec::new();
+    let s = begin_frame(&mut f);
+    body(&mut f);
+    let h = Header {
+        opcode: req.opcode,
+        flags: FLAG_RESPONSE | flags,
+        request_id: req.request_id,
+        ..Header::default()
+    };
+    finish_frame(&mut f, s, h);
+    f
+}
+
+impl ConsensusService {
+    /// The replica inside (for status).
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    fn status(&self) -> cw::NodeStatus {
+        let s = self.replica.status();
+        cw::NodeStatus {
+            id: self.id,
+            leader: s.leader.unwrap_or(0),
+            leading: s.leading,
+            promised: s.promised,
+            commit: s.commit,
+            applied: s.applied,
+            snapshot: s.snapshot,
+            journal_bytes: self.journal.size_bytes(),
+        }
+    }
+
+    /// Takes the core's output: journal writes now, the rest once durable.
+    fn process(&mut self) {
+        loop {
+            let ready = self.replica.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            if !ready.persist.is_empty() {
+                match self.journal.append(&ready.persist) {
+                    Ok(lsn) => self.written_lsn = lsn,
+                    Err(e) => {
+                        // The promises of this step cannot be kept: stop rather than lie.
+                        trex_net::log_line!("ERROR", "journal write failed: {e}; stopping the node (restart it to recover from its journal)");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            self.held.push_back(Held {
+                lsn: self.written_lsn,
+                send: ready.send,
+                applied: ready.applied,
+            });
+            if !self.release() {
+                return;
+            }
+        }
+    }
+
+    /// Releases what is durable, in order. Returns true if messages to self were
+    /// delivered (their output then needs processing).
+    fn release(&mut self) -> bool {
+        let mut looped = false;
+        while self.held.front().is_some_and(|h| h.lsn <= self.synced_lsn) {
+            let h = self.held.pop_front().expect("checked above");
+            let now = unix_ms();
+            for (to, m) in h.send {
+                if to == self.id {
+                    self.replica.handle(self.id, m, now);
+                    looped = true;
+                } else {
+                    self.send_peer(to, &m);
+                }
+            }
+            for a in h.applied {
+                if let Some(waiting) = self.pending.remove(&(a.client, a.seq)) {
+                    for (to, req, _) in waiting {
+                        let frame = reply_frame(&req, 0, |b| {
+                            cw::encode_submit_reply(b, &SubmitReply::Applied(a.result.clone()))
+                        });
+                        self.replies.push_back(Reply {
+                            to,
+                            frame,
+                            close: false,
+                        });
+                    }
+                }
+            }
+        }
+        looped
+    }
+
+    fn send_peer(&mut self, to: NodeId, m: &Msg) {
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
+        if link.stream.is_none() || link.wbuf.len() - link.wpos > PEER_BUFFER_LIMIT {
+            return; // not connected or far behind: drop, retransmission covers it
+        }
+        self.frame.clear();
+        let s = begin_frame(&mut self.frame);
+        cw::encode_peer(&mut self.frame, self.id, m);
+        finish_frame(
+            &mut self.frame,
+            s,
+            Header {
+                opcode: Opcode::Peer as u8,
+                ..Header::default()
+            },
+        );
+        link.wbuf.extend_from_slice(&self.frame);
+        if link.connected {
+            flush_link(link);
+        }
+    }
+
+    fn reconnect_peers(&mut self) {
+        let now = Instant::now();
+        for link in self.peers.values_mut() {
+            if link.stream.is_some() && !link.connected && now >= link.retry_at {
+                // A connect that neither completed nor failed in time: start over.
+                if let Some(mut s) = link.stream.take() {
+                    let _ = self.registry.deregister(&mut s);
+                }
+            }
+            if link.stream.is_some() || now < link.retry_at {
+                continue;
+            }
+            link.retry_at = now + Duration::from_millis(300);
+            if let Ok(mut s) = TcpStream::connect(link.addr) {
+                let _ = s.set_nodelay(true);
+                if self
+                    .registry
+                    .register(&mut s, link.token, Interest::READABLE | Interest::WRITABLE)
+                    .is_ok()
+                {
+                    link.stream = Some(s);
+                    link.connected = false;
+                    link.wbuf.clear();
+                    link.wpos = 0;
+                }
+            }
+        }
+    }
+
+    fn on_peer_event(&mut self, token: Token) {
+        let registry = &self.registry;
+        let Some(link) = self.peers.values_mut().find(|l| l.token == token) else {
+            return;
+        };
+        let Some(stream) = link.stream.as_mut() else {
+            return;
+        };
+        let mut broken = !matches!(stream.take_error(), Ok(None));
+        if !broken && !link.connected {
+            match stream.peer_addr() {
+                Ok(_) => {
+                    link.connected = true;
+                    trex_net::log_line!("INFO", "connected to peer at {}", link.addr);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still connecting
+                Err(_) => broken = true,
+            }
+        }
+        if !broken {
+            // Peers never answer on this link; drain whatever arrives (e.g. an error frame).
+            let mut sink = [0u8; 4096];
+            loop {
+                match stream.read(&mut sink) {
+                    Ok(0) => {
+                        broken = true;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            broken |= !flush_link(link);
+        }
+        if broken {
+            if let Some(mut s) = link.stream.take() {
+                let _ = registry.deregister(&mut s);
+            }
+            if link.connected {
+                trex_net::log_line!(
+                    "WARN",
+                    "lost connection to peer at {}; reconnecting",
+                    link.addr
+                );
+            }
+            link.connected = false;
+            link.wbuf.clear();
+            link.wpos = 0;
+        }
+    }
+
+    fn reap_syncs(&mut self) {
+        while let Some((lsn, result)) = self.syncer.poll_done() {
+            self.syncing = false;
+            if let Err(e) = result {
+                trex_net::log_line!("ERROR", "journal sync failed: {e}; stopping the node: its promises can no longer be kept (restart it to recover from its journal)");
+                std::process::exit(2);
+            }
+            self.synced_lsn = self.synced_lsn.max(lsn);
+        }
+        if self.release() {
+            self.process();
+        }
+    }
+
+    fn on_submit(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
+        let (client, seq, op) = match cw::decode_submit(body) {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("submit body does not decode: {e}");
+                self.replies
+                    .push_back(violation(to, header, ErrorCode::MalformedBody, &msg));
+                return Flow::Close;
+            }
+        };
+        let cmd = Command {
+            client,
+            seq,
+            stamp_ms: 0,
+            op: op.to_vec(),
+        };
+        match self.replica.propose(cmd, unix_ms()) {
+            Ok(()) => {
+                self.pending
+                    .entry((client, seq))
+                    .or_default()
+                    .push((to, *header, Instant::now()));
+                self.process();
+            }
+            Err(nl) => {
+                let leader = nl.hint.unwrap_or(0);
+                let addr = self
+                    .addrs
+                    .get(&leader)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let frame = reply_frame(header, 0, |b| {
+                    cw::encode_submit_reply(b, &SubmitReply::NotLeader { leader, addr })
+                });
+                self.replies.push_back(Reply {
+                    to,
+                    frame,
+                    close: false,
+                });
+            }
+        }
+        Flow::Reply
+    }
+
+    fn expire_pending(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.pending.retain(|_, waiting| {
+            waiting.retain(|(to, req, at)| {
+                let keep = now.duration_since(*at) < SUBMIT_TIMEOUT;
+                if !keep {
+                    expired.push((*to, *req));
+                }
+                keep
+            });
+            !waiting.is_empty()
+        });
+        for (to, req) in expired {
+            let frame = reply_frame(&req, 0, |b| {
+                cw::encode_submit_reply(b, &SubmitReply::Timeout)
+            });
+            self.replies.push_back(Reply {
+                to,
+                frame,
+                close: false,
+            });
+        }
+    }
+}
+
+/// Writes what a peer link has queued; false if the link broke.
+fn flush_link(link: &mut PeerLink) -> bool {
+    let Some(stream) = link.stream.as_mut() else {
+        return false;
+    };
+    while link.wpos < link.wbuf.len() {
+        match stream.write(&link.wbuf[link.wpos..]) {
+            Ok(0) => return false,
+            Ok(n) => link.wpos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    link.wbuf.clear();
+    link.wpos = 0;
+    true
+}
+
+impl Service for ConsensusService {
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
+        match Opcode::from_u8(header.opcode) {
+            Some(Opcode::Peer) if !header.is_response() => {
+                match cw::decode_peer(body) {
+                    Ok((from, m)) => {
+                        self.replica.handle(from, m, unix_ms());
+                        self.process();
+                        Flow::NoReply
+                    }
+                    // A damaged or foreign peer message: drop the connection.
+                    Err(_) => Flow::Close,
+                }
+            }
+            Some(Opcode::Submit) if !header.is_response() => self.on_submit(to, header, body),
+            Some(Opcode::NodeStatus) if !header.is_response() => {
+                let st = self.status();
+                let frame = reply_frame(header, 0, |b| cw::encode_node_status(b, &st));
+                self.replies.push_back(Reply {
+                    to,
+                    frame,
+                    close: false,
+                });
+                Flow::Reply
+            }
+            _ => {
+                let msg = format!(
+                    "opcode {:#04x} is not a consensus-node request (submit 0x10, node-status 0x11, peer 0x20)",
+                    header.opcode
+                );
+                self.replies
+                    .push_back(violation(to, header, ErrorCode::UnknownOpcode, &msg));
+                Flow::Close
+            }
+        }
+    }
+
+    fn poll_reply(&mut self) -> Option<Reply> {
+        self.replies.pop_front()
+    }
+
+    fn on_event(&mut self, token: Token) {
+        if token == service_token(SYNC_TOKEN) {
+            self.reap_syncs();
+        } else {
+            self.on_peer_event(token);
+        }
+    }
+
+    fn on_wake(&mut self) {
+        self.reap_syncs();
+    }
+
+    fn periodic_timers(&self) -> Vec<(Duration, u64)> {
+        vec![(TICK, TICK_TIMER)]
+    }
+
+    fn on_timer(&mut self, _id: u64, _now: Instant) {
+        self.replica.tick(unix_ms());
+        self.process();
+        self.reconnect_peers();
+        self.expire_pending();
+    }
+
+    fn tick(&mut self) {
+        if !self.syncing && self.written_lsn > self.synced_lsn {
+            self.syncing = true;
+            let job = self.journal.sync_job();
+            self.syncer.submit(job);
+            self.reap_syncs();
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.syncing
+    }
+}
+
+/// Opens the journal, recovers, and serves until SIGINT/SIGTERM.
+pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
+    trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    let n = opts.peers.len() as u64;
+    if opts.id == 0 || opts.id > n {
+        return Err(format!(
+            "--id {} is not a position in --peers (1 to {n})",
+            opts.id
+        ));
+    }
+    if opts.peers[opts.id as usize - 1] != opts.listen {
+        trex_net::log_line!(
+            "WARN",
+            "--listen {} differs from this node's entry in --peers ({}); the others will look for it there",
+            opts.listen,
+            opts.peers[opts.id as usize - 1]
+        );
+    }
+    let (journal, records) = Journal::open(&opts.data_dir)?;
+    let ids: Vec<NodeId> = (1..=n).collect();
+    let mut cfg = Config::new(opts.id, ids.clone());
+    cfg.election_ms = opts.election_ms;
+    cfg.heartbeat_ms = opts.heartbeat_ms;
+    cfg.seed = unix_ms() ^ opts.id;
+    let count = records.len();
+    let replica = Replica::recover(cfg, records, unix_ms())?;
+    let st = replica.status();
+    trex_net::log_line!(
+        "INFO",
+        "node {} recovered {count} journal records from {}: promised {:?}, snapshot at slot {}",
+        opts.id,
+        opts.data_dir.display(),
+        st.promised,
+        st.snapshot
+    );
+    let addrs: BTreeMap<NodeId, SocketAddr> = ids
+        .iter()
+        .map(|i| (*i, opts.peers[*i as usize - 1]))
+        .collect();
+    let mut el = EventLoop::bind(opts.listen, opts.limits, |registry, waker| {
+        let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
+        trex_net::log_line!("INFO", "{how}");
+        let mut peers = BTreeMap::new();
+        for (k, (id, addr)) in addrs.iter().filter(|(id, _)| **id != opts.id).enumerate() {
+            let link = PeerLink {
+                addr: *addr,
+                token: service_token(1 + k),
+                stream: None,
+                connected: false,
+                wbuf: Vec::new(),
+                wpos: 0,
+                retry_at: Instant::now(),
+            };
+            peers.insert(*id, link);
+        }
+        Ok(ConsensusService {
+            id: opts.id,
+            replica,
+            journal,
+            syncer,
+            registry: registry.try_clone()?,
+            peers,
+            addrs: addrs.clone(),
+            held: VecDeque::new(),
+            written_lsn: 0,
+            synced_lsn: 0,
+            syncing: false,
+            pending: HashMap::new(),
+            replies: VecDeque::new(),
+            frame: Vec::new(),
+        })
+    })
+    .map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; is another process using the port?",
+            opts.listen
+        )
+    })?;
+    el.stop_on_signals()
+        .map_err(|e| format!("cannot install signal handling: {e}"))?;
+    trex_net::log_line!(
+        "INFO",
+        "consensus node {} listening on {} (group of {n})",
+        opts.id,
+        el.local_addr()
+    );
+    el.run().map_err(|e| format!("event loop failed: {e}"))?;
+    trex_net::log_line!("INFO", "consensus node {} stopped cleanly", opts.id);
+    Ok(())
+}

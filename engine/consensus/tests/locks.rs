@@ -1,0 +1,185 @@
+//! The advisory lock service: its rules in the state machine (decided with the
+//! leader's stamp, never a local clock), and `trex lock` against a real group.
+
+use trex_consensus::sm::{decode_lock, Op, StateMachine, RESULT_OK};
+use trex_wire::consensus::Command;
+use trex_wire::Reader;
+
+struct Sm {
+    sm: StateMachine,
+    seq: u64,
+}
+
+impl Sm {
+    /// Applies `op` as if the leader proposed it at `at_ms`.
+    fn at(&mut self, at_ms: u64, op: Op) -> Result<(String, u64, u64), String> {
+        self.seq += 1;
+        let r = self.sm.apply(&Command {
+            client: 1,
+            seq: self.seq,
+            stamp_ms: at_ms,
+            op: op.encode(),
+        });
+        match r.split_first() {
+            Some((&RESULT_OK, [])) => Ok((String::new(), 0, 0)),
+            // A lease when the result is one (installs answer a projection).
+            Some((&RESULT_OK, rest)) => Ok(decode_lock(&mut Reader::new(rest))
+                .map(|(_, l)| (l.holder, l.token, l.expire_ms))
+                .unwrap_or_default()),
+            Some((_, msg)) => Err(String::from_utf8_lossy(msg).into_owned()),
+            None => panic!("empty result"),
+        }
+    }
+}
+
+fn acquire(name: &str, holder: &str, ttl_ms: u64) -> Op {
+    Op::Acquire {
+        name: name.into(),
+        holder: holder.into(),
+        ttl_ms,
+    }
+}
+
+#[test]
+fn leases_conflict_expire_with_grace_and_fence_with_increasing_tokens() {
+    let mut s = Sm {
+        sm: StateMachine::default(),
+        seq: 0,
+    };
+    assert_eq!(
+        s.at(1000, acquire("a", "p", 500)),
+        Ok(("p".into(), 1, 1500))
+    );
+    let held = s.at(1200, acquire("a", "q", 500)).unwrap_err();
+    assert!(held.contains("held by \"p\""), "{held}");
+    // Locks conflict only by name.
+    assert_eq!(s.at(1200, acquire("b", "q", 500)).unwrap().1, 2);
+    // After expiry, but within the grace period (1 s by default): still refused.
+    let grace = s.at(2000, acquire("a", "q", 500)).unwrap_err();
+    assert!(grace.contains("grace"), "{grace}");
+    // Expiry plus grace passed: the lock changes hands with a higher token.
+    assert_eq!(
+        s.at(2500, acquire("a", "q", 500)),
+        Ok(("q".into(), 3, 3000))
+    );
+    // The old holder can neither renew nor release any more.
+    assert!(s
+        .at(
+            2600,
+            Op::Renew {
+                name: "a".into(),
+                token: 1,
+                ttl_ms: 500
+            }
+        )
+        .is_err());
+    assert!(s
+        .at(
+            2600,
+            Op::Release {
+                name: "a".into(),
+                token: 1
+            }
+        )
+        .is_err());
+    // The current holder renews (from any process: the handle is name + token)...
+    assert_eq!(
+        s.at(
+            2900,
+            Op::Renew {
+                name: "a".into(),
+                token: 3,
+                ttl_ms: 1000
+            }
+        ),
+        Ok(("q".into(), 3, 3900))
+    );
+    // ...and after a release the lock is free at once, with a higher token again.
+    assert!(s
+        .at(
+            3000,
+            Op::Release {
+                name: "a".into(),
+                token: 3
+            }
+        )
+        .is_ok());
+    assert_eq!(s.at(3001, acquire("a", "r", 500)).unwrap().1, 4);
+    // A lease that ran out cannot be renewed.
+    assert!(s
+        .at(
+            9999,
+            Op::Renew {
+                name: "a".into(),
+                token: 4,
+                ttl_ms: 500
+            }
+        )
+        .unwrap_err()
+        .contains("expired"));
+}
+
+#[test]
+fn the_grace_period_is_part_of_the_replicated_state() {
+    let mut s = Sm {
+        sm: StateMachine::default(),
+        seq: 0,
+    };
+    s.at(0, Op::SetLockGrace { grace_ms: 5000 }).unwrap();
+    s.at(1000, acquire("a", "p", 100)).unwrap();
+    assert!(
+        s.at(5000, acquire("a", "q", 100)).is_err(),
+        "expiry 1100 + grace 5000 not yet passed"
+    );
+    assert!(s.at(6100, acquire("a", "q", 100)).is_ok());
+    let snap = StateMachine::decode(&s.sm.encode()).unwrap();
+    assert_eq!(snap, s.sm, "locks, fence and grace survive a snapshot");
+    assert!(
+        s.at(7000, acquire("", "q", 100)).is_err(),
+        "a lock needs a name"
+    );
+    assert!(
+        s.at(7000, acquire("z", "q", 0)).is_err(),
+        "a zero ttl is refused"
+    );
+}
+
+#[test]
+fn a_sequencer_installs_a_layout_only_while_its_lease_is_live() {
+    use trex_consensus::sm::{LayoutSegment, Projection};
+    let mut s = Sm {
+        sm: StateMachine::default(),
+        seq: 0,
+    };
+    let p = |epoch| Projection {
+        epoch,
+        sequencer: 11,
+        segments: vec![LayoutSegment {
+            start: 0,
+            end: u64::MAX,
+            stripes: vec![vec![1]],
+        }],
+    };
+    let install = |epoch, lease_token| Op::InstallAsSequencer {
+        expected_epoch: epoch - 1,
+        projection: p(epoch),
+        lease_token,
+    };
+    let (_, token, _) = s.at(1000, acquire("sequencer", "11@a", 3000)).unwrap();
+    assert!(
+        s.at(1500, install(1, token)).is_ok(),
+        "a live lease installs"
+    );
+    assert!(
+        s.at(1500, install(2, token + 1))
+            .unwrap_err()
+            .contains("does not hold"),
+        "a wrong token does not"
+    );
+    let stale = s.at(4500, install(2, token)).unwrap_err();
+    assert!(
+        stale.contains("does not hold"),
+        "an expired lease does not: {stale}"
+    );
+    assert_eq!(s.sm.current().unwrap().epoch, 1);
+}

@@ -1,0 +1,338 @@
+//! The Paxos core's exact outputs for single steps: what it journals, what it
+//! sends, and in which order (messages only ever follow the journal writes of
+//! the same step, which the driver makes durable first).
+
+use trex_consensus::paxos::{Config, Record, Replica};
+use trex_consensus::sm::{Op, StateMachine};
+use trex_wire::consensus::{Ballot, Command, Msg};
+
+const NOW: u64 = 1_000_000;
+
+fn replica(id: u64) -> Replica {
+    Replica::recover(Config::new(id, vec![1, 2, 3]), Vec::new(), NOW).unwrap()
+}
+
+fn b(counter: u64, node: u64) -> Ballot {
+    Ballot { counter, node }
+}
+
+#[test]
+fn a_prepare_is_promised_durably_and_a_lower_one_refused() {
+    let mut r = replica(2);
+    r.handle(
+        1,
+        Msg::Prepare {
+            ballot: b(1, 1),
+            from: 0,
+        },
+        NOW,
+    );
+    let out = r.take_ready();
+    assert_eq!(out.persist, vec![Record::Promise(b(1, 1))]);
+    assert_eq!(
+        out.send,
+        vec![(
+            1,
+            Msg::Promise {
+                ballot: b(1, 1),
+                accepted: vec![],
+                snapshot: 0
+            }
+        )]
+    );
+    r.handle(
+        3,
+        Msg::Prepare {
+            ballot: b(0, 3),
+            from: 0,
+        },
+        NOW,
+    );
+    let out = r.take_ready();
+    assert!(out.persist.is_empty());
+    assert_eq!(
+        out.send,
+        vec![(
+            3,
+            Msg::Nack {
+                ballot: b(0, 3),
+                promised: b(1, 1)
+            }
+        )]
+    );
+}
+
+#[test]
+fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() {
+    let mut r = replica(2);
+    let v = vec![Command {
+        client: 1,
+        seq: 1,
+        stamp_ms: 5,
+        op: Op::Noop.encode(),
+    }];
+    r.handle(
+        1,
+        Msg::Accept {
+            ballot: b(1, 1),
+            slot: 0,
+            value: v.clone(),
+            commit: 0,
+        },
+        NOW,
+    );
+    let out = r.take_ready();
+    assert_eq!(
+        out.persist,
+        vec![Record::Accept {
+            slot: 0,
+            ballot: b(1, 1),
+            value: v.clone()
+        }]
+    );
+    assert_eq!(
+        out.send,
+        vec![(
+            1,
+            Msg::Accepted {
+                ballot: b(1, 1),
+                slot: 0
+            }
+        )]
+    );
+    // A later candidate learns what was accepted.
+    r.handle(
+        3,
+        Msg::Prepare {
+            ballot: b(2, 3),
+            from: 0,
+        },
+        NOW,
+    );
+    let out = r.take_ready();
+    assert_eq!(
+        out.send,
+        vec![(
+            3,
+            Msg::Promise {
+                ballot: b(2, 3),
+                accepted: vec![(0, b(1, 1), v.clone())],
+                snapshot: 0
+            }
+        )]
+    );
+    // A newer leader's commit does not say which value was chosen at slot 0:
+    // ours was accepted under 1.1, so ask rather than guess.
+    r.handle(
+        3,
+        Msg::Commit {
+            ballot: b(2, 3),
+            commit: 1,
+        },
+        NOW,
+    );
+    let out = r.take_ready();
+    assert_eq!(
+        r.status().applied,
+        0,
+        "a value accepted under 1.1 is not known chosen by 2.3's commit"
+    );
+    assert_eq!(
+        out.send,
+        vec![(3, Msg::CatchUp { from: 0 })],
+        "it asks for the chosen value instead"
+    );
+    // The leader of 1.1 saying slot 0 is chosen does: it proposed one value there.
+    r.handle(
+        1,
+        Msg::Commit {
+            ballot: b(1, 1),
+            commit: 1,
+        },
+        NOW,
+    );
+    assert_eq!(r.status().applied, 1);
+    assert_eq!(r.take_ready().applied.len(), 1);
+}
+
+#[test]
+fn a_lone_node_without_a_leader_asks_before_it_disrupts() {
+    let mut r = replica(1);
+    r.tick(NOW + 10_000);
+    let out = r.take_ready();
+    let ballot = b(1, 1);
+    assert!(out.persist.is_empty(), "a pre-vote changes nothing durable");
+    assert_eq!(
+        out.send,
+        vec![(2, Msg::PreVote { ballot }), (3, Msg::PreVote { ballot })]
+    );
+    // A follower that hears a live leader refuses the pre-vote.
+    let mut f = replica(2);
+    f.handle(
+        3,
+        Msg::Commit {
+            ballot: b(5, 3),
+            commit: 0,
+        },
+        NOW,
+    );
+    f.take_ready();
+    f.handle(1, Msg::PreVote { ballot: b(6, 1) }, NOW + 10);
+    assert_eq!(
+        f.take_ready().send,
+        vec![(
+            1,
+            Msg::PreVoteReply {
+                ballot: b(6, 1),
+                granted: false
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_new_leader_re_proposes_the_highest_accepted_value_and_fills_gaps_with_no_ops() {
+    let mut r = replica(1);
+    r.tick(NOW + 10_000);
+    r.take_ready();
+    r.handle(
+        2,
+        Msg::PreVoteReply {
+            ballot: b(1, 1),
+            granted: true,
+        },
+        NOW + 10_000,
+    );
+    let out = r.take_ready();
+    let bal = b(1, 1);
+    assert_eq!(
+        out.send[0],
+        (
+            1,
+            Msg::Prepare {
+                ballot: bal,
+                from: 0
+            }
+        )
+    );
+    r.handle(
+        1,
+        Msg::Prepare {
+            ballot: bal,
+            from: 0,
+        },
+        NOW + 10_000,
+    );
+    r.take_ready();
+    let old = vec![Command {
+        client: 7,
+        seq: 1,
+        stamp_ms: 1,
+        op: Op::Noop.encode(),
+    }];
+    let older = vec![Command {
+        client: 8,
+        seq: 1,
+        stamp_ms: 1,
+        op: Op::Noop.encode(),
+    }];
+    r.handle(
+        1,
+        Msg::Promise {
+            ballot: bal,
+            accepted: vec![],
+            snapshot: 0,
+        },
+        NOW + 10_000,
+    );
+    r.handle(
+        2,
+        Msg::Promise {
+            ballot: bal,
+            accepted: vec![(0, b(0, 3), older), (2, b(0, 2), old.clone())],
+            snapshot: 0,
+        },
+        NOW + 10_000,
+    );
+    let out = r.take_ready();
+    let accepts: Vec<(u64, usize)> = out
+        .send
+        .iter()
+        .filter_map(|(to, m)| match m {
+            Msg::Accept { slot, value, .. } if *to == 1 => Some((*slot, value.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        accepts,
+        vec![(0, 1), (1, 0), (2, 1)],
+        "slots 0 and 2 re-proposed, slot 1 a no-op"
+    );
+    assert!(r.status().leading);
+}
+
+#[test]
+fn the_state_machine_applies_a_retried_command_once() {
+    let mut sm = StateMachine::default();
+    let reg = |seq| Command {
+        client: 42,
+        seq,
+        stamp_ms: 10,
+        op: Op::Register {
+            id: 1,
+            role: trex_consensus::sm::Role::Storage,
+            addr: "a:1".into(),
+        }
+        .encode(),
+    };
+    let first = sm.apply(&reg(1));
+    let members_after_first = sm.members.clone();
+    assert_eq!(sm.apply(&reg(1)), first, "a retry gets the first result");
+    assert_eq!(sm.members, members_after_first, "and changes nothing");
+    assert!(String::from_utf8_lossy(&sm.apply(&Command { seq: 0, ..reg(0) })).contains("stale"));
+    // Time comes from the leader's stamp, never a local clock.
+    let hb = Command {
+        client: 42,
+        seq: 2,
+        stamp_ms: 99,
+        op: Op::Heartbeat { id: 1 }.encode(),
+    };
+    sm.apply(&hb);
+    assert_eq!(sm.members[&1].seen_ms, 99);
+    let snap = StateMachine::decode(&sm.encode()).unwrap();
+    assert_eq!(snap, sm, "snapshots round-trip");
+}
+
+#[test]
+fn idle_clients_are_forgotten_by_the_leaders_clock() {
+    let mut sm = StateMachine::default();
+    for client in 1..=1100u64 {
+        sm.apply(&Command {
+            client,
+            seq: 1,
+            stamp_ms: 1_000,
+            op: Op::Noop.encode(),
+        });
+    }
+    assert_eq!(sm.clients.len(), 1100);
+    // Two hours later, new clients arrive; the idle ones are swept away.
+    for client in 2000..2100u64 {
+        sm.apply(&Command {
+            client,
+            seq: 1,
+            stamp_ms: 7_201_000,
+            op: Op::Noop.encode(),
+        });
+    }
+    assert!(
+        sm.clients.len() < 200,
+        "idle clients were forgotten: {}",
+        sm.clients.len()
+    );
+    assert!(sm.clients.contains_key(&2099));
+    assert_eq!(
+        StateMachine::decode(&sm.encode()).unwrap(),
+        sm,
+        "snapshots keep the last-seen times"
+    );
+}

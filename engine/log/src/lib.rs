@@ -1,0 +1,931 @@
+//! The shared-log client: the "custom binary client" applications link.
+//!
+//! `Log::connect(endpoints)` learns the layout (the current projection and the
+//! members' addresses) from the consensus group and caches it. An append takes a
+//! token from the sequencer, maps the address through the projection to its
+//! stripe's chain, and writes the entry to every unit of the chain in chain order,
+//! head first; it is complete once the chain's tail holds it. Reads ask the tail.
+//! Filling a hole walks the chain: a value found at the head is copied down the
+//! chain (completing a torn append); otherwise junk is written down the chain.
+//!
+//! Every entry carries this client's writer id and a sequence number, so an append
+//! retried after a timeout is recognised by the units as the same write.
+//! `SealedEpoch` from a unit means the layout moved on: refresh and retry, within a
+//! bound. Units store entries under their global log address.
+
+pub mod env;
+mod pipeline;
+mod repair;
+
+pub use pipeline::Pipeline;
+pub use repair::RepairReport;
+
+use crate::env::{unit_alive, At, Env, TcpEnv};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use trex_consensus::sm::{Member, Projection};
+use trex_net::unit_client::{statuses, ClientError, ReadItem, UnitApi};
+use trex_wire::{ErrorCode, Opcode, Status, TokenReply, WriteOp};
+
+/// What a read finds at an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// An entry: writer id, writer sequence number, bytes.
+    Data {
+        /// Writer id.
+        writer: u64,
+        /// Writer sequence number.
+        seq: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A hole, filled with junk.
+    Hole,
+    /// Nothing written (yet).
+    Unwritten,
+    /// Below the trim mark.
+    Trimmed,
+}
+
+/// A client of the shared log.
+pub struct Log {
+    env: Box<dyn Env>,
+    projection: Projection,
+    members: BTreeMap<u64, Member>,
+    writer: u64,
+    seq: u64,
+    /// The highest epoch a unit said it is sealed at.
+    sealed_seen: u64,
+    /// How many times an operation refreshes the layout and retries.
+    pub max_retries: usize,
+}
+
+/// What a unit's read answer means: the address and its slot.
+fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), String> {
+    let s = match it.status {
+        Status::Ok => Slot::Data {
+            writer: it.writer,
+            seq: it.seq,
+            data: it.data,
+        },
+        Status::Junk => Slot::Hole,
+        Status::Trimmed => Slot::Trimmed,
+        Status::Unwritten => Slot::Unwritten,
+        other => {
+            return Err(format!(
+                "unit {unit} answered {other} for address {}",
+                it.addr
+            ))
+        }
+    };
+    Ok((it.addr, s))
+}
+
+/// The epoch a unit is sealed at, if it refused a request for that reason.
+fn sealed(e: &ClientError) -> Option<u64> {
+    match e {
+        ClientError::Server { epoch, .. } if e.code() == Some(ErrorCode::SealedEpoch) => {
+            Some(*epoch)
+        }
+        _ => None,
+    }
+}
+
+impl Log {
+    /// Connects: learns the layout from the consensus nodes at `endpoints`.
+    pub fn connect(endpoints: &str) -> Result<Log, String> {
+        let env = TcpEnv::new(endpoints, Duration::from_secs(2))?;
+        Log::with_env(Box::new(env), trex_net::util::random_u64() | 1)
+    }
+
+    /// A client in the given environment, writing as `writer` (unique per
+    /// client: it names this client's entries).
+    pub fn with_env(env: Box<dyn Env>, writer: u64) -> Result<Log, String> {
+        let mut log = Log {
+            env,
+            projection: Projection::default(),
+            members: BTreeMap::new(),
+            writer,
+            seq: 0,
+            sealed_seen: 0,
+            max_retries: 20,
+        };
+        log.refresh()?;
+        Ok(log)
+    }
+
+    /// The cached projection.
+    pub fn projection(&self) -> &Projection {
+        &self.projection
+    }
+
+    /// Reads the layout again (after `SealedEpoch`, or a sequencer change).
+    ///
+    /// If a unit said it is sealed at an epoch the layout has not reached,
+    /// someone sealed for a new layout and did not install it (a repair that
+    /// failed or died between its seals and its install): every request of the
+    /// current epoch would be refused for ever. After giving such a repair a
+    /// moment to finish, the layout is installed again unchanged at the sealed
+    /// epoch (compare-and-set): the seals fenced the old epoch; the chains stay.
+    pub fn refresh(&mut self) -> Result<(), String> {
+        self.read_layout()?;
+        for _ in 0..5 {
+            if self.sealed_seen <= self.projection.epoch {
+                return Ok(());
+            }
+            self.env.sleep(Duration::from_millis(200));
+            self.read_layout()?;
+        }
+        if self.sealed_seen <= self.projection.epoch {
+            return Ok(());
+        }
+        let mut next = self.projection.clone();
+        next.epoch = self.sealed_seen;
+        let op = trex_consensus::sm::Op::Install {
+            expected_epoch: self.projection.epoch,
+            projection: next,
+        };
+        match self.env.submit_ok(&op) {
+            Ok(_) => trex_net::log_line!(
+                "WARN",
+                "units were sealed at epoch {} but the layout stayed at {}: installed it again at {}",
+                self.sealed_seen,
+                self.projection.epoch,
+                self.sealed_seen
+            ),
+            Err(e) if e.contains("epoch is") => {} // someone else moved it
+            Err(e) => return Err(e),
+        }
+        self.read_layout()
+    }
+
+    fn read_layout(&mut self) -> Result<(), String> {
+        let (_, p) = self.env.layout()?;
+        self.projection =
+            p.ok_or("no layout is installed; run `trex layout init` (or `trex up`)")?;
+        self.members = self.env.members()?;
+        Ok(())
+    }
+
+    /// Whether `e` is a unit's `sealed-epoch` refusal (and notes its epoch).
+    fn seen_sealed(&mut self, e: &ClientError) -> bool {
+        match sealed(e) {
+            Some(at) => {
+                self.sealed_seen = self.sealed_seen.max(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The chain (unit ids, head first) serving `addr`.
+    pub fn chain(&self, addr: u64) -> Result<Vec<u64>, String> {
+        self.chain_of(addr).map(<[u64]>::to_vec)
+    }
+
+    /// The chain serving `addr`, borrowed (the per-entry paths use this).
+    fn chain_of(&self, addr: u64) -> Result<&[u64], String> {
+        let seg = self
+            .projection
+            .segments
+            .iter()
+            .find(|s| s.start <= addr && addr < s.end)
+            .ok_or_else(|| {
+                format!(
+                    "address {addr} is in no segment of layout epoch {}",
+                    self.projection.epoch
+                )
+            })?;
+        let n = seg.stripes.len() as u64;
+        if n == 0 {
+            return Err(format!(
+                "layout epoch {} has a segment without stripes",
+                self.projection.epoch
+            ));
+        }
+        Ok(&seg.stripes[(addr % n) as usize])
+    }
+
+    /// Where node `id` listens.
+    fn addr(&self, id: u64) -> Result<String, String> {
+        self.members
+            .get(&id)
+            .map(|m| m.addr.clone())
+            .ok_or_else(|| format!("node {id} is not registered (`trex members` lists who is)"))
+    }
+
+    /// Calls storage unit `id`: an unregistered unit is an I/O failure.
+    fn with_unit<T>(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut At<'_, dyn Env>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let addr = self.addr(id).map_err(ClientError::Io)?;
+        f(&mut At(&mut *self.env, &addr))
+    }
+
+    /// `count` consecutive addresses and their epoch from the sequencer.
+    pub fn token(&mut self, count: u32) -> Result<(u64, u64), String> {
+        // Long enough for a standby to take over (lease TTL + grace + sealing), or
+        // for the sequencer to adopt a reconfigured epoch (a third of its TTL).
+        let deadline = self.env.now() + Duration::from_secs(15);
+        while self.env.now() < deadline {
+            let id = self.projection.sequencer;
+            // The header carries our layout epoch: a sequencer behind it looks
+            // at the layout at once.
+            let epoch = self.projection.epoch;
+            let reply = match self.addr(id) {
+                Ok(addr) => At(&mut *self.env, &addr)
+                    .call(Opcode::Token, epoch, &|b| {
+                        trex_wire::encode_token_request(b, count)
+                    })
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("layout epoch {} names sequencer {id}: {e}; start one with `trex node sequencer`", self.projection.epoch)),
+            };
+            match reply
+                .and_then(|(_, b)| trex_wire::decode_token_reply(&b).map_err(|e| e.to_string()))
+            {
+                Ok(TokenReply::Granted { epoch, first }) => {
+                    if epoch > self.projection.epoch {
+                        self.refresh()?; // the sequencer took over at a newer layout
+                    }
+                    if epoch < self.projection.epoch {
+                        // The layout moved on (a reconfiguration) and the sequencer
+                        // has not adopted the new epoch yet: its tokens would be
+                        // refused. Wait for it.
+                        self.env.sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    return Ok((epoch, first));
+                }
+                Ok(TokenReply::NotSequencer { .. }) | Err(_) => {
+                    // Taking over, or gone: look again (the consensus group may
+                    // itself be electing; keep trying until the deadline).
+                    self.env.sleep(Duration::from_millis(100));
+                    let _ = self.refresh();
+                }
+            }
+        }
+        Err("no sequencer handed out addresses; is one running and holding the lease? (`trex status`)".into())
+    }
+
+    /// Appends one entry; returns its address.
+    pub fn append(&mut self, data: &[u8]) -> Result<u64, String> {
+        Ok(self.append_batch(&[data])?[0])
+    }
+
+    /// Appends entries; returns their addresses (consecutive unless a race
+    /// forced a retry).
+    ///
+    /// An entry keeps its address across a layout change (a seal, or a failed
+    /// unit taken out): it is written again at the same address under the new
+    /// epoch, which the units answer idempotently if part of the chain already has
+    /// it, so a retried append never shows up twice. Only an address another
+    /// writer or a filler took first is given up for a new one.
+    pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, String> {
+        let seqs = self.next_seqs(entries.len());
+        let n = entries.len();
+        self.append_resume(entries, &seqs, vec![None; n], vec![0; n])
+    }
+
+    /// `n` fresh writer sequence numbers.
+    fn next_seqs(&mut self, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                self.seq += 1;
+                self.seq
+            })
+            .collect()
+    }
+
+    /// The chain jobs writing entries `items` (all with addresses).
+    fn chain_jobs<'e>(
+        &self,
+        items: impl Iterator<Item = usize>,
+        addr_of: &[Option<u64>],
+        seqs: &[u64],
+        entries: &[&'e [u8]],
+    ) -> Result<Vec<ChainJob<'e>>, String> {
+        let mut by_chain: BTreeMap<&[u64], Vec<usize>> = BTreeMap::new();
+        for i in items {
+            let addr = addr_of[i].ok_or("an entry without an address")?;
+            by_chain.entry(self.chain_of(addr)?).or_default().push(i);
+        }
+        Ok(by_chain
+            .into_iter()
+            .map(|(chain, items)| {
+                let units = chain.iter().map(|u| (*u, self.addr(*u))).collect();
+                let ops = items
+                    .iter()
+                    .map(|i| WriteOp {
+                        addr: addr_of[*i].unwrap_or_default(),
+                        writer: self.writer,
+                        seq: seqs[*i],
+                        data: entries[*i],
+                    })
+                    .collect();
+                ChainJob::new(units, items, ops)
+            })
+            .collect())
+    }
+
+    /// Appends `entries` with sequence numbers `seqs`: those with an address
+    /// keep it (a retry), those `done` are skipped. The blocking path of
+    /// [`Log::append_batch`], and what a [`Pipeline`] falls back to.
+    fn append_resume(
+        &mut self,
+        entries: &[&[u8]],
+        seqs: &[u64],
+        mut addr_of: Vec<Option<u64>>,
+        mut granted: Vec<u64>,
+    ) -> Result<Vec<u64>, String> {
+        let n = entries.len();
+        let mut done = vec![false; n];
+        for _ in 0..self.max_retries {
+            // An address granted in an older epoch is kept (written again, the
+            // same entry, idempotently) only if it is below the current
+            // sequencer's next address. Above it, the entry reached no unit
+            // before the takeover sealed them (a sealed unit refuses the old
+            // epoch), and writing it now would put an entry where the new
+            // sequencer's counter — the fast check — says nothing is yet.
+            let epoch = self.projection.epoch;
+            if (0..n).any(|i| !done[i] && addr_of[i].is_some() && granted[i] < epoch) {
+                let (e, next) = self.token(0)?;
+                for i in 0..n {
+                    if let (false, Some(a)) = (done[i], addr_of[i]) {
+                        if granted[i] < e {
+                            if a >= next {
+                                addr_of[i] = None;
+                            } else {
+                                granted[i] = e;
+                            }
+                        }
+                    }
+                }
+            }
+            let need: Vec<usize> = (0..n)
+                .filter(|i| !done[*i] && addr_of[*i].is_none())
+                .collect();
+            if !need.is_empty() {
+                let (e, first) = self.token(need.len() as u32)?;
+                for (k, i) in need.iter().enumerate() {
+                    addr_of[*i] = Some(first + k as u64);
+                    granted[*i] = e;
+                }
+                // The token revealed a newer epoch (a takeover): check the kept
+                // addresses against it before writing anything.
+                if (0..n).any(|i| !done[i] && addr_of[i].is_some() && granted[i] < e) {
+                    continue;
+                }
+            }
+            let epoch = self.projection.epoch;
+            let mut jobs =
+                self.chain_jobs((0..n).filter(|i| !done[*i]), &addr_of, seqs, entries)?;
+            if jobs.is_empty() {
+                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+            }
+            let mut refresh = false;
+            // Every chain is written at once (a request to each chain's next
+            // unit in flight together); within a chain, head to tail.
+            write_chains(&mut *self.env, epoch, &mut jobs);
+            for job in jobs {
+                let items = job.items;
+                let lost = match job.outcome.unwrap_or(ChainOutcome::Done(job.lost)) {
+                    ChainOutcome::Done(lost) => lost,
+                    ChainOutcome::Sealed(at) => {
+                        self.sealed_seen = self.sealed_seen.max(at);
+                        refresh = true;
+                        continue;
+                    }
+                    ChainOutcome::Failed(unit, e) => {
+                        // The unit is gone: take it out of the layout, retry.
+                        self.reconfigure(unit, &e)?;
+                        refresh = true;
+                        continue;
+                    }
+                    ChainOutcome::Refused(e) => return Err(e),
+                };
+                for (k, i) in items.iter().enumerate() {
+                    if lost[k] {
+                        addr_of[*i] = None;
+                    } else {
+                        done[*i] = true;
+                    }
+                }
+            }
+            if done.iter().all(|d| *d) {
+                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+            }
+            if refresh {
+                self.refresh()?;
+            }
+        }
+        Err(format!(
+            "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled); others of this batch may already be in the log",
+            done.iter().filter(|d| !**d).count(),
+            self.max_retries
+        ))
+    }
+
+    /// Reads `addr` from the tail of its chain.
+    pub fn read(&mut self, addr: u64) -> Result<Slot, String> {
+        Ok(self.read_range(addr, 1)?.remove(0))
+    }
+
+    /// Reads `count` consecutive addresses.
+    pub fn read_range(&mut self, from: u64, count: u64) -> Result<Vec<Slot>, String> {
+        for _ in 0..self.max_retries {
+            let epoch = self.projection.epoch;
+            let mut by_tail: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            for a in from..from.saturating_add(count) {
+                let tail = *self.chain_of(a)?.last().ok_or("empty chain")?;
+                by_tail.entry(tail).or_default().push(a);
+            }
+            let mut got: BTreeMap<u64, Slot> = BTreeMap::new();
+            let mut refresh = false;
+            // (A reply full at 16 MiB answers `deferred` for the rest: ask again.)
+            let mut work: Vec<(u64, Vec<u64>)> = by_tail.into_iter().collect();
+            while let Some((unit, addrs)) = work.pop() {
+                let read = self.with_unit(unit, |c| c.read(epoch, &addrs));
+                match read {
+                    Ok(items) => {
+                        let deferred: Vec<u64> = items
+                            .iter()
+                            .filter(|it| it.status == Status::Deferred)
+                            .map(|it| it.addr)
+                            .collect();
+                        if !deferred.is_empty() {
+                            work.push((unit, deferred));
+                        }
+                        for it in items.into_iter().filter(|it| it.status != Status::Deferred) {
+                            let (a, s) = slot_of(unit, it)?;
+                            got.insert(a, s);
+                        }
+                    }
+                    Err(e) if self.seen_sealed(&e) => refresh = true,
+                    Err(e) => {
+                        self.reconfigure(unit, &e.to_string())?;
+                        refresh = true;
+                    }
+                }
+            }
+            if refresh {
+                self.refresh()?;
+                continue;
+            }
+            // Never answer "unwritten" from a stale layout: a unit taken out
+            // while it was unreachable (so never sealed) answers a client that
+            // still names it without knowing what was written since. Trust an
+            // "unwritten" only if the layout is still the one it was read with.
+            if got.values().any(|s| *s == Slot::Unwritten) {
+                self.refresh()?;
+                if self.projection.epoch != epoch {
+                    continue;
+                }
+            }
+            return Ok(got.into_values().collect());
+        }
+        Err("the layout kept changing while reading".into())
+    }
+
+    /// Fills a hole: completes a torn append if the head has a value, else junk
+    /// down the chain. Returns what the address holds afterwards.
+    pub fn fill(&mut self, addr: u64) -> Result<Slot, String> {
+        for _ in 0..self.max_retries {
+            let epoch = self.projection.epoch;
+            let chain = self.chain(addr)?;
+            let head = chain[0];
+            let read = self.with_unit(head, |c| c.read(epoch, &[addr]));
+            let found = match read {
+                Ok(mut v) => v.remove(0),
+                Err(e) if self.seen_sealed(&e) => {
+                    self.refresh()?;
+                    continue;
+                }
+                Err(e) => {
+                    self.reconfigure(head, &e.to_string())?;
+                    continue;
+                }
+            };
+            if found.status == Status::Trimmed {
+                return Ok(Slot::Trimmed);
+            }
+            // With a value at the head, copy it down the chain (completing a torn
+            // append); otherwise junk, head first.
+            let copy = (found.status == Status::Ok).then(|| WriteOp {
+                addr,
+                writer: found.writer,
+                seq: found.seq,
+                data: &found.data,
+            });
+            let units = if copy.is_some() {
+                &chain[1..]
+            } else {
+                &chain[..]
+            };
+            let mut again = false;
+            for unit in units {
+                let r = self.with_unit(*unit, |c| match &copy {
+                    Some(op) => c.write(epoch, &[*op]),
+                    None => c.fill(epoch, &[addr]),
+                });
+                match r {
+                    Ok(st) => match st[0] {
+                        Status::Ok => {}
+                        // A slow writer got there first (or the copy met a value):
+                        // start over from the head, which now decides.
+                        Status::Written | Status::Junk => {
+                            again = true;
+                            break;
+                        }
+                        Status::Trimmed => return Ok(Slot::Trimmed),
+                        other => {
+                            return Err(format!("unit {unit} refused to fill {addr}: {other}"))
+                        }
+                    },
+                    Err(e) if self.seen_sealed(&e) => {
+                        self.refresh()?;
+                        again = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.reconfigure(*unit, &e.to_string())?;
+                        again = true;
+                        break;
+                    }
+                }
+            }
+            if again {
+                continue;
+            }
+            return Ok(match copy {
+                Some(_) => Slot::Data {
+                    writer: found.writer,
+                    seq: found.seq,
+                    data: found.data.clone(),
+                },
+                None => Slot::Hole,
+            });
+        }
+        Err(format!("address {addr} could not be filled: the layout kept changing; try again (`trex status` shows the layout)"))
+    }
+
+    /// Takes a storage unit that stopped answering out of the layout: installs a
+    /// projection one epoch higher with `failed` removed from every chain (the
+    /// survivors keep serving the whole range), then seals every remaining unit at
+    /// that epoch so no write of the old epoch lands anywhere. Another client may
+    /// have done it already; that is fine.
+    pub fn reconfigure(&mut self, failed: u64, why: &str) -> Result<(), String> {
+        self.refresh()?;
+        let p = self.projection.clone();
+        if !p
+            .segments
+            .iter()
+            .any(|s| s.stripes.iter().any(|c| c.contains(&failed)))
+        {
+            return Ok(()); // someone else took it out already
+        }
+        // A unit that still answers and is not poisoned is not gone (a timeout, a
+        // dropped connection): leave it in, and let the caller retry.
+        if let Ok(addr) = self.addr(failed) {
+            if unit_alive(&mut *self.env, &addr).is_ok() {
+                return Ok(());
+            }
+        }
+        let mut next = p.clone();
+        next.epoch = p.epoch + 1;
+        for seg in &mut next.segments {
+            for chain in &mut seg.stripes {
+                chain.retain(|u| *u != failed);
+                if chain.is_empty() {
+                    return Err(format!(
+                        "storage unit {failed} failed ({why}) and was the last replica of its stripe: entries there are unavailable until it returns"
+                    ));
+                }
+            }
+        }
+        let op = trex_consensus::sm::Op::Install {
+            expected_epoch: p.epoch,
+            projection: next.clone(),
+        };
+        match self.env.submit_ok(&op) {
+            Ok(_) => {}
+            Err(e) if e.contains("epoch is") => return self.refresh(), // raced: read again
+            Err(e) => return Err(e),
+        }
+        trex_net::log_line!(
+            "WARN",
+            "storage unit {failed} failed ({why}); installed layout epoch {} without it",
+            next.epoch
+        );
+        let mut units: Vec<u64> = next
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        // The removed unit too, in case it is alive after all: then it refuses
+        // clients with the old layout instead of answering them "unwritten".
+        units.push(failed);
+        self.members = self.env.members()?;
+        for id in units {
+            if let Err(e) = self.with_unit(id, |c| c.seal(next.epoch)) {
+                if id != failed {
+                    trex_net::log_line!(
+                        "WARN",
+                        "could not seal unit {id} at epoch {}: {e}",
+                        next.epoch
+                    );
+                }
+            }
+        }
+        self.refresh()
+    }
+
+    /// The fast check: asks the sequencer (a token request for no addresses)
+    /// for the next address it would hand out. At least the tail of every
+    /// acknowledged append; above it by addresses granted and not yet written
+    /// (or never to be: holes to fill).
+    pub fn check_fast(&mut self) -> Result<u64, String> {
+        Ok(self.token(0)?.1)
+    }
+
+    /// The slow check: one past the highest address any unit of the current
+    /// projection holds.
+    pub fn check(&mut self) -> Result<u64, String> {
+        let ids: Vec<u64> = self
+            .projection
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        let mut tail = 0;
+        for id in ids {
+            let info = self
+                .with_unit(id, |c| c.info())
+                .map_err(|e| format!("unit {id}: {e}"))?;
+            tail = tail.max(info.tail);
+        }
+        Ok(tail)
+    }
+
+    /// Trims every unit of the projection below `prefix`.
+    pub fn trim(&mut self, prefix: u64) -> Result<(), String> {
+        let epoch = self.projection.epoch;
+        let ids: Vec<u64> = self
+            .projection
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        for id in ids {
+            self.with_unit(id, |c| c.trim(epoch, prefix))
+                .map_err(|e| format!("unit {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Follows the log from `from`: yields entries and holes in address order,
+    /// waits at the tail, and fills an address that stays unwritten below the
+    /// tail for longer than `hole_wait` (its writer probably died).
+    pub fn subscribe(&mut self, from: u64, hole_wait: Duration) -> Subscription<'_> {
+        Subscription {
+            log: self,
+            next: from,
+            hole_wait,
+            waiting_since: None,
+            tail: 0,
+            ahead: VecDeque::new(),
+        }
+    }
+}
+
+/// One chain's share of an append: its units (head first, with their
+/// addresses), the batch's entries that map to it (indices) and their ops.
+struct ChainJob<'a> {
+    units: Vec<(u64, Result<String, String>)>,
+    items: Vec<usize>,
+    ops: Vec<WriteOp<'a>>,
+    /// Per op: lost its address to another writer or a filler.
+    lost: Vec<bool>,
+    /// Set once the chain stops early (sealed, failed, refused).
+    outcome: Option<ChainOutcome>,
+}
+
+impl<'a> ChainJob<'a> {
+    fn new(
+        units: Vec<(u64, Result<String, String>)>,
+        items: Vec<usize>,
+        ops: Vec<WriteOp<'a>>,
+    ) -> ChainJob<'a> {
+        let lost = vec![false; ops.len()];
+        ChainJob {
+            units,
+            items,
+            ops,
+            lost,
+            outcome: None,
+        }
+    }
+
+    /// The ops still going down the chain.
+    fn active(&self) -> Vec<usize> {
+        (0..self.ops.len()).filter(|k| !self.lost[*k]).collect()
+    }
+}
+
+/// How writing one chain went.
+enum ChainOutcome {
+    /// Every unit answered; per op, whether its address was lost to another writer.
+    Done(Vec<bool>),
+    /// A unit is sealed at a newer epoch (this one): refresh and retry at the
+    /// same addresses.
+    Sealed(u64),
+    /// A unit failed (connecting or mid-call).
+    Failed(u64, String),
+    /// A unit refused for a reason no retry fixes.
+    Refused(String),
+}
+
+/// What a unit's status for one entry of a chain write means.
+enum Answer {
+    /// Stored (or already there, or trimmed after the head took it).
+    Stored,
+    /// Another writer or a filler took the address at the head: get another.
+    Lost,
+    /// Anything else: no retry fixes it.
+    Refused,
+}
+
+/// Only the head decides who owns an address. Further down the chain, a unit
+/// holding something else after the head took this entry is an inconsistency
+/// (giving the address up would put the entry at two addresses), and an
+/// address trimmed there meanwhile is done.
+fn chain_answer(round: usize, s: Status) -> Answer {
+    match (round, s) {
+        (_, Status::Ok) => Answer::Stored,
+        (0, Status::Written | Status::Junk | Status::Trimmed) => Answer::Lost,
+        (_, Status::Trimmed) => Answer::Stored,
+        _ => Answer::Refused,
+    }
+}
+
+fn failed_call(unit: u64, e: ClientError) -> ChainOutcome {
+    if let Some(at) = sealed(&e) {
+        ChainOutcome::Sealed(at)
+    } else {
+        ChainOutcome::Failed(unit, e.to_string())
+    }
+}
+
+/// Writes every chain's ops down its chain, head first, with one request per
+/// chain in flight at a time: round `r` sends to the `r`-th unit of every chain,
+/// then collects the replies. An op that lost its address at one unit goes no
+/// further down: a value is only ever copied down the chain in order.
+fn write_chains(env: &mut dyn Env, epoch: u64, jobs: &mut [ChainJob<'_>]) {
+    let depth = jobs.iter().map(|j| j.units.len()).max().unwrap_or(0);
+    for round in 0..depth {
+        let mut sent: Vec<Option<(u64, Vec<usize>)>> = Vec::with_capacity(jobs.len());
+        for job in jobs.iter_mut() {
+            let active = job.active();
+            if job.outcome.is_some() || round >= job.units.len() || active.is_empty() {
+                sent.push(None);
+                continue;
+            }
+            let (unit, addr) = &job.units[round];
+            let addr = match addr {
+                Ok(a) => a,
+                Err(e) => {
+                    job.outcome = Some(ChainOutcome::Failed(*unit, e.clone()));
+                    sent.push(None);
+                    continue;
+                }
+            };
+            let batch: Vec<WriteOp<'_>> = active.iter().map(|k| job.ops[*k]).collect();
+            match env.send(addr, Opcode::Write, epoch, &|b| {
+                trex_wire::encode_write_request(b, &batch)
+            }) {
+                Ok(id) => sent.push(Some((id, active))),
+                Err(e) => {
+                    job.outcome = Some(failed_call(*unit, e));
+                    sent.push(None);
+                }
+            }
+        }
+        for (job, s) in jobs.iter_mut().zip(sent) {
+            let Some((id, active)) = s else { continue };
+            let (unit, addr) = &job.units[round];
+            let addr = addr.as_ref().expect("sent above");
+            let reply = env
+                .recv(addr, id)
+                .and_then(|(_, body)| statuses(&body, active.len()));
+            match reply {
+                Ok(st) => {
+                    for (j, s) in st.iter().enumerate() {
+                        let k = active[j];
+                        match chain_answer(round, *s) {
+                            Answer::Stored => {}
+                            Answer::Lost => job.lost[k] = true,
+                            Answer::Refused => {
+                                job.outcome = Some(ChainOutcome::Refused(format!(
+                                    "unit {unit} refused address {}: {s}{}",
+                                    job.ops[k].addr,
+                                    if round > 0 {
+                                        " although the head of its chain took the entry (the chain is inconsistent; `trex status` shows the layout)"
+                                    } else {
+                                        ""
+                                    }
+                                )));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => job.outcome = Some(failed_call(*unit, e)),
+            }
+        }
+    }
+}
+
+/// An iterator over the log in address order (see [`Log::subscribe`]).
+pub struct Subscription<'a> {
+    log: &'a mut Log,
+    next: u64,
+    hole_wait: Duration,
+    waiting_since: Option<Duration>,
+    /// The sequencer's next address when last asked (the fast check).
+    tail: u64,
+    /// Decided slots read ahead, from `next` on (write-once: they stay true).
+    ahead: VecDeque<Slot>,
+}
+
+/// How many addresses a follower reads in one go below the tail.
+const READ_AHEAD: u64 = 256;
+
+impl Subscription<'_> {
+    /// The next address it will yield.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Blocks until the next address is decided; returns it and what it holds.
+    pub fn next_entry(&mut self) -> Result<(u64, Slot), String> {
+        loop {
+            if let Some(x) = self.try_next()? {
+                return Ok(x);
+            }
+            self.log.env.sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One look at the next address: `None` while it is still unwritten (at
+    /// the tail, or a hole not yet overdue for filling). At the tail this costs
+    /// one round trip to the sequencer (the fast check), not a read.
+    pub fn try_next(&mut self) -> Result<Option<(u64, Slot)>, String> {
+        let addr = self.next;
+        if addr >= self.tail {
+            self.tail = self.log.check_fast()?;
+            if addr >= self.tail {
+                return Ok(None); // nothing handed out there yet
+            }
+        }
+        if self.ahead.is_empty() {
+            // Read up to the tail in one go; keep what is decided, up to the
+            // first address still unwritten.
+            let slots = self
+                .log
+                .read_range(addr, (self.tail - addr).min(READ_AHEAD))?;
+            let upto = slots
+                .iter()
+                .position(|s| *s == Slot::Unwritten)
+                .map_or(slots.len(), |k| k.max(1));
+            self.ahead = slots.into_iter().take(upto).collect();
+        }
+        match self.ahead.pop_front().ok_or("the log returned no slot")? {
+            Slot::Unwritten => {
+                // Handed out, not written: its writer is slow, or died.
+                let now = self.log.env.now();
+                let since = *self.waiting_since.get_or_insert(now);
+                if now - since >= self.hole_wait {
+                    // Ask again before filling: after a takeover the new
+                    // sequencer may start below the old one's counter and hand
+                    // this address out afresh.
+                    self.tail = self.log.check_fast()?;
+                    if addr >= self.tail {
+                        self.waiting_since = None;
+                        return Ok(None);
+                    }
+                    let s = self.log.fill(addr)?;
+                    self.waiting_since = None;
+                    self.next += 1;
+                    return Ok(Some((addr, s)));
+                }
+                Ok(None)
+            }
+            s => {
+                self.waiting_since = None;
+                self.next += 1;
+                Ok(Some((addr, s)))
+            }
+        }
+    }
+}

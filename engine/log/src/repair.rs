@@ -1,0 +1,473 @@
+//! Restoring replication after a storage unit was taken out: a spare joins the
+//! short chains, first for new addresses, then — once it holds a copy of the
+//! old range — for old ones too.
+//!
+//! 1. **Join.** Seal every unit of the projection (and the spares) at epoch
+//!    `e+1`; the highest tail the seals report, `T`, bounds every address an
+//!    old-epoch write could have reached. Install `e+1` with the open segment
+//!    split at `T`: below `T` the short chains stay as they are; from `T` on the
+//!    spare is the new tail of each short chain. New appends are fully
+//!    replicated from here.
+//! 2. **Copy.** For each short chain of an old segment, in address order and in
+//!    batches: read what the spare already has (so a rerun resumes instead of
+//!    starting over), read the rest from the chain's tail, and write it to the
+//!    spare with its original writer and sequence number (data) or as junk
+//!    (holes). An address still unwritten is first filled through the old chain
+//!    (completing a torn append, or junk), so nothing can land there afterwards
+//!    that the spare would miss. Writes of identical data are idempotent at the
+//!    unit, so a copy interrupted at any point and run again is safe.
+//! 3. **Complete.** Install a projection with the spare at the tail of the old
+//!    segment's chain too, merging segments whose chains are now equal.
+//!
+//! A spare must be empty: a unit that held entries before (one taken out and
+//! restarted) could hold values the log since decided otherwise. Wipe its data
+//! directory to reuse it.
+
+use super::{slot_of, Log, Slot};
+use crate::env::unit_alive;
+use std::collections::BTreeSet;
+use trex_consensus::sm::{LayoutSegment, Op, Projection, Role};
+use trex_net::unit_client::{ClientError, UnitApi};
+use trex_wire::{Status, WriteOp};
+
+/// What a repair did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// (stripe, unit) pairs: which spare joined which stripe.
+    pub joined: Vec<(usize, u64)>,
+    /// Entries copied to spares.
+    pub copied: u64,
+    /// Holes copied (or filled first, then copied).
+    pub holes: u64,
+    /// Addresses the spare already held (a resumed copy).
+    pub present: u64,
+    /// Layout epoch at the end.
+    pub epoch: u64,
+}
+
+/// Addresses per copy batch.
+const BATCH: usize = 256;
+
+fn units_of(p: &Projection) -> BTreeSet<u64> {
+    p.segments
+        .iter()
+        .flat_map(|s| s.stripes.iter().flatten().copied())
+        .collect()
+}
+
+/// Merges adjacent segments whose chains are equal.
+fn merge(segments: Vec<LayoutSegment>) -> Vec<LayoutSegment> {
+    let mut out: Vec<LayoutSegment> = Vec::new();
+    for s in segments {
+        match out.last_mut() {
+            Some(prev) if prev.stripes == s.stripes && prev.end == s.start => prev.end = s.end,
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+impl Log {
+    /// Takes units that stopped answering out of the layout, then restores
+    /// every chain shorter than `replicas` (default: the longest chain) with
+    /// empty spare storage units (registered, answering, in no chain), copying
+    /// the old range to them. Resumable: run it again after an interruption and
+    /// it continues. `progress` gets one line now and then.
+    pub fn repair(
+        &mut self,
+        replicas: Option<usize>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<RepairReport, String> {
+        let mut report = RepairReport::default();
+        self.join_spares(replicas, &mut report, progress)?;
+        self.copy_to_joined(&mut report, progress)?;
+        report.epoch = self.projection.epoch;
+        Ok(report)
+    }
+
+    /// Empty spares, answering, not poisoned; why others were passed over.
+    fn spares(&mut self, used: &BTreeSet<u64>) -> (Vec<u64>, Vec<String>) {
+        let candidates: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(id, m)| m.role == Role::Storage && !used.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let (mut ok, mut passed) = (Vec::new(), Vec::new());
+        for id in candidates {
+            match self.with_unit(id, |c| c.info()) {
+                Ok(i) if i.flags & trex_wire::INFO_POISONED != 0 => {
+                    passed.push(format!("unit {id} is poisoned"));
+                }
+                Ok(i) if i.tail > 0 || i.trim_mark > 0 => passed.push(format!(
+                    "unit {id} holds entries from before (tail {}); wipe its data directory to use it as a spare",
+                    i.tail
+                )),
+                Ok(_) => ok.push(id),
+                Err(e) => passed.push(format!("unit {id} does not answer ({e})")),
+            }
+        }
+        (ok, passed)
+    }
+
+    /// Step 1: spares join the short chains of the open segment from the
+    /// sealed tail on.
+    fn join_spares(
+        &mut self,
+        replicas: Option<usize>,
+        report: &mut RepairReport,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        for _ in 0..self.max_retries {
+            self.refresh()?;
+            let p = self.projection.clone();
+            // Take out units that stopped answering first (as an append that
+            // met them would): they are what the spares replace.
+            let mut gone = None;
+            for id in units_of(&p) {
+                let addr = self.addr(id)?;
+                if let Err(e) = unit_alive(&mut *self.env, &addr) {
+                    gone = Some((id, e));
+                    break;
+                }
+            }
+            if let Some((id, e)) = gone {
+                self.reconfigure(id, &e)?;
+                continue;
+            }
+            let want = replicas.unwrap_or_else(|| {
+                p.segments
+                    .iter()
+                    .flat_map(|s| s.stripes.iter().map(Vec::len))
+                    .max()
+                    .unwrap_or(0)
+            });
+            let last = p.segments.last().ok_or("the layout has no segments")?;
+            let short: Vec<usize> = (0..last.stripes.len())
+                .filter(|i| last.stripes[*i].len() < want)
+                .collect();
+            if short.is_empty() {
+                return Ok(());
+            }
+            let used = units_of(&p);
+            let (spares, passed) = self.spares(&used);
+            if spares.is_empty() && !report.joined.is_empty() {
+                progress(&format!(
+                    "stripes {short:?} are still short: no more empty spares ({})",
+                    passed.join("; ")
+                ));
+                return Ok(());
+            }
+            if spares.is_empty() {
+                return Err(format!(
+                    "stripes {short:?} have fewer than {want} replicas and there is no empty spare storage unit{}; start one with `trex node storage --endpoints …` (or `trex up --units N` with N above stripes × replicas)",
+                    if passed.is_empty() { String::new() } else { format!(" ({})", passed.join("; ")) }
+                ));
+            }
+            let pairs: Vec<(usize, u64)> = short.iter().copied().zip(spares).collect();
+            let epoch = p.epoch + 1;
+            let mut tail = 0;
+            let mut again = false;
+            let sealing: Vec<u64> = used
+                .iter()
+                .copied()
+                .chain(pairs.iter().map(|(_, u)| *u))
+                .collect();
+            for id in sealing {
+                match self.with_unit(id, |c| c.seal(epoch)) {
+                    Ok(r) => {
+                        // Sealed higher already: someone installed a newer layout.
+                        again |= r.sealed_epoch > epoch;
+                        tail = tail.max(r.tail);
+                    }
+                    Err(e) if used.contains(&id) => {
+                        // A chain unit is gone: take it out first, then start over.
+                        self.reconfigure(id, &e.to_string())?;
+                        again = true;
+                        break;
+                    }
+                    Err(e) => return Err(format!("cannot seal spare unit {id}: {e}")),
+                }
+            }
+            if again {
+                continue;
+            }
+            let mut next = p.clone();
+            next.epoch = epoch;
+            let open = next.segments.pop().expect("checked above");
+            let mut joined = open.clone();
+            if tail > open.start {
+                next.segments.push(LayoutSegment {
+                    end: tail,
+                    ..open.clone()
+                });
+                joined.start = tail;
+            }
+            for (stripe, unit) in &pairs {
+                joined.stripes[*stripe].push(*unit);
+            }
+            next.segments.push(joined);
+            let op = Op::Install {
+                expected_epoch: p.epoch,
+                projection: next,
+            };
+            match self.env.submit_ok(&op) {
+                Ok(_) => {}
+                Err(e) if e.contains("epoch is") => continue,
+                Err(e) => return Err(e),
+            }
+            for (stripe, unit) in &pairs {
+                progress(&format!(
+                    "epoch {epoch}: unit {unit} joins stripe {stripe} for addresses from {tail}; copying the addresses below"
+                ));
+            }
+            report.joined.extend(pairs);
+            // More short stripes than spares: the loop reports that next time.
+        }
+        self.refresh()
+    }
+
+    /// Steps 2 and 3: copy old segments to the units that joined their stripe
+    /// later, then add them there too.
+    fn copy_to_joined(
+        &mut self,
+        report: &mut RepairReport,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        for _ in 0..self.max_retries * 4 {
+            self.refresh()?;
+            let p = self.projection.clone();
+            let last = p
+                .segments
+                .last()
+                .ok_or("the layout has no segments")?
+                .clone();
+            // The first (segment, stripe, unit) still to copy.
+            let todo = p.segments[..p.segments.len() - 1]
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.stripes.len() == last.stripes.len())
+                .find_map(|(si, s)| {
+                    s.stripes.iter().enumerate().find_map(|(i, chain)| {
+                        last.stripes[i]
+                            .iter()
+                            .find(|u| !chain.contains(u))
+                            .map(|u| (si, i, *u))
+                    })
+                });
+            let Some((si, stripe, unit)) = todo else {
+                let merged = merge(p.segments.clone());
+                if merged.len() == p.segments.len() {
+                    return Ok(());
+                }
+                let mut next = p.clone();
+                next.epoch += 1;
+                next.segments = merged;
+                let op = Op::Install {
+                    expected_epoch: p.epoch,
+                    projection: next,
+                };
+                match self.env.submit_ok(&op) {
+                    Ok(_) | Err(_) => continue, // installed, or raced: look again
+                }
+            };
+            let seg = p.segments[si].clone();
+            self.copy_stripe(&seg, stripe, unit, report, progress)?;
+            let mut next = p.clone();
+            next.epoch += 1;
+            next.segments[si].stripes[stripe].push(unit);
+            next.segments = merge(next.segments);
+            let op = Op::Install {
+                expected_epoch: p.epoch,
+                projection: next,
+            };
+            match self.env.submit_ok(&op) {
+                Ok(_) => progress(&format!(
+                    "epoch {}: unit {unit} holds stripe {stripe} of addresses {}..{} and serves them",
+                    p.epoch + 1,
+                    seg.start,
+                    seg.end
+                )),
+                Err(e) if e.contains("epoch is") => {} // raced: the copy is idempotent
+                Err(e) => return Err(e),
+            }
+        }
+        Err("the layout kept changing while copying to spares; run repair again".into())
+    }
+
+    /// Copies stripe `stripe` of `seg` to `unit`.
+    fn copy_stripe(
+        &mut self,
+        seg: &LayoutSegment,
+        stripe: usize,
+        unit: u64,
+        report: &mut RepairReport,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        let n = seg.stripes.len() as u64;
+        let source = *seg.stripes[stripe].last().ok_or("empty chain")?;
+        let mut a = seg.start + (stripe as u64 + n - seg.start % n) % n;
+        // Trimmed addresses are not copied: the spare starts at the trim mark.
+        let mark = self
+            .with_unit(source, |c| c.info())
+            .map_err(|e| format!("unit {source}: {e}"))?
+            .trim_mark;
+        if mark > 0 {
+            let epoch = self.projection.epoch;
+            self.with_unit(unit, |c| c.trim(epoch, mark))
+                .map_err(|e| format!("unit {unit}: {e}"))?;
+        }
+        let total = seg.end.saturating_sub(seg.start) / n;
+        let mut done = 0u64;
+        let mut batches = 0u64;
+        while a < seg.end {
+            let addrs: Vec<u64> = (0..BATCH as u64)
+                .map(|k| a + k * n)
+                .take_while(|x| *x < seg.end)
+                .collect();
+            if let Some(k) = self.copy_batch(&addrs, source, unit, report)? {
+                a = addrs[k - 1] + n;
+                done += k as u64;
+                batches += 1;
+                if batches.is_multiple_of(64) || a >= seg.end {
+                    progress(&format!(
+                        "unit {unit}, stripe {stripe}: {done} of {total} addresses copied"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch: how many of `addrs` (a prefix) are done, or `None` if the
+    /// layout moved (the caller repeats the batch). A reply the unit cut short
+    /// at its size limit (`deferred`) ends the prefix there.
+    fn copy_batch(
+        &mut self,
+        addrs: &[u64],
+        source: u64,
+        unit: u64,
+        report: &mut RepairReport,
+    ) -> Result<Option<usize>, String> {
+        let epoch = self.projection.epoch;
+        let refresh = |log: &mut Log, e: ClientError, who: u64| -> Result<Option<usize>, String> {
+            if log.seen_sealed(&e) {
+                log.refresh()?;
+                Ok(None)
+            } else {
+                Err(format!("unit {who}: {e}"))
+            }
+        };
+        let have = match self.with_unit(unit, |c| c.read(epoch, addrs)) {
+            Ok(v) => v,
+            Err(e) => return refresh(self, e, unit),
+        };
+        // What the spare lacks (a deferred answer: ask the source anyway; an
+        // identical rewrite is harmless).
+        let need: Vec<u64> = have
+            .iter()
+            .filter(|it| matches!(it.status, Status::Unwritten | Status::Deferred))
+            .map(|it| it.addr)
+            .collect();
+        let found = if need.is_empty() {
+            Vec::new()
+        } else {
+            match self.with_unit(source, |c| c.read(epoch, &need)) {
+                Ok(v) => v,
+                Err(e) => return refresh(self, e, source),
+            }
+        };
+        // The prefix of `addrs` this round covers.
+        let cut = found
+            .iter()
+            .find(|it| it.status == Status::Deferred)
+            .map(|it| it.addr);
+        let done = cut.map_or(addrs.len(), |c| {
+            addrs.iter().take_while(|a| **a < c).count()
+        });
+        if done == 0 {
+            return Err(format!(
+                "unit {source} cannot return even one entry of stripe addresses from {} in a reply",
+                addrs[0]
+            ));
+        }
+        let mut values: Vec<(u64, Slot)> = Vec::with_capacity(found.len());
+        for it in found
+            .into_iter()
+            .filter(|it| cut.is_none_or(|c| it.addr < c))
+        {
+            let (a, s) = slot_of(source, it)?;
+            // Undecided: decide it through the old chain first.
+            let s = match s {
+                Slot::Unwritten => self.fill(a)?,
+                s => s,
+            };
+            values.push((a, s));
+        }
+        report.present += (done - values.len()) as u64;
+        let ops: Vec<WriteOp<'_>> = values
+            .iter()
+            .filter_map(|(addr, s)| match s {
+                Slot::Data { writer, seq, data } => Some(WriteOp {
+                    addr: *addr,
+                    writer: *writer,
+                    seq: *seq,
+                    data,
+                }),
+                _ => None,
+            })
+            .collect();
+        let holes: Vec<u64> = values
+            .iter()
+            .filter(|(_, s)| *s == Slot::Hole)
+            .map(|(a, _)| *a)
+            .collect();
+        let epoch = self.projection.epoch;
+        // Writes in requests of at most 8 MiB of entries (frames are bounded).
+        let mut answers: Vec<(u64, Status)> = Vec::with_capacity(values.len());
+        let mut chunk_start = 0;
+        while chunk_start < ops.len() {
+            let mut bytes = 0;
+            let mut end = chunk_start;
+            while end < ops.len() && (end == chunk_start || bytes + ops[end].data.len() <= 8 << 20)
+            {
+                bytes += ops[end].data.len();
+                end += 1;
+            }
+            let chunk = &ops[chunk_start..end];
+            match self.with_unit(unit, |c| c.write(epoch, chunk)) {
+                Ok(st) => answers.extend(chunk.iter().map(|o| o.addr).zip(st)),
+                Err(e) => return refresh(self, e, unit),
+            }
+            chunk_start = end;
+        }
+        if !holes.is_empty() {
+            match self.with_unit(unit, |c| c.fill(epoch, &holes)) {
+                // Junk already there is the same thing.
+                Ok(st) => answers.extend(
+                    holes
+                        .iter()
+                        .copied()
+                        .zip(st)
+                        .map(|(a, s)| (a, if s == Status::Junk { Status::Ok } else { s })),
+                ),
+                Err(e) => return refresh(self, e, unit),
+            }
+        }
+        // Anything but `ok` means the spare already held something else there
+        // (a spare is empty when it joins).
+        let odd: Vec<u64> = answers
+            .iter()
+            .filter(|(_, s)| *s != Status::Ok)
+            .map(|(a, _)| *a)
+            .collect();
+        if !odd.is_empty() {
+            return Err(format!(
+                "unit {unit} already holds different values at addresses {odd:?}; it cannot serve as a copy of unit {source}: take it out and wipe it"
+            ));
+        }
+        report.copied += ops.len() as u64;
+        report.holes += holes.len() as u64;
+        Ok(Some(done))
+    }
+}

@@ -1,0 +1,748 @@
+//! The hand-rolled `mio` event loop every role runs: one listener, connections
+//! with bounded buffers, many requests in flight per connection, replies
+//! coalesced into one write per connection per loop turn, timers, a `Waker` for
+//! work finished on other threads, back-pressure, a connection cap, and a clean
+//! shutdown on SIGINT/SIGTERM (or a [`StopHandle`]).
+//!
+//! The loop only moves frames. What a frame means is the [`Service`]'s business:
+//! it gets every whole, checksum-verified frame and must eventually produce
+//! exactly one reply for it (matched by the connection token, [`ReplyTo`]).
+//! A frame the loop cannot parse gets an error reply where possible, and that
+//! connection is closed once the reply is flushed; all others carry on.
+
+use crate::reply::{error_frame, Reply, ReplyTo};
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trex_wire::{
+    check_frame, parse_frame, ErrorCode, FrameError, Header, Opcode, FLAG_ERROR, FLAG_RESPONSE,
+    HEADER_LEN, MAX_BODY_LEN,
+};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// First token a service may register its own sources under (up to 15).
+pub const SERVICE_TOKEN_BASE: usize = 3;
+const FIRST_CONN: usize = 16;
+const READ_CHUNK: usize = 64 * 1024;
+const ACCEPT_BACKOFF_TIMER: u64 = u64::MAX;
+
+/// What runs inside the loop.
+pub trait Service {
+    /// A whole frame with verified checksums arrived. Unless the service answers
+    /// [`Flow::NoReply`], exactly one reply to `to` must follow through
+    /// [`Service::poll_reply`], now or later.
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow;
+    /// The next reply ready to send.
+    fn poll_reply(&mut self) -> Option<Reply>;
+    /// A source the service registered under its own token is ready.
+    fn on_event(&mut self, _token: Token) {}
+    /// The waker fired (another thread finished something).
+    fn on_wake(&mut self) {}
+    /// A timer the service asked for is due.
+    fn on_timer(&mut self, _id: u64, _now: Instant) {}
+    /// Periodic timers, asked once when the loop starts: `(every, id)`. The
+    /// loop re-arms each after it fires.
+    fn periodic_timers(&self) -> Vec<(Duration, u64)> {
+        Vec::new()
+    }
+    /// Called once per loop turn after events: start background work here.
+    fn tick(&mut self) {}
+    /// Work in flight that a clean shutdown must wait for.
+    fn busy(&self) -> bool {
+        false
+    }
+}
+
+/// What a service wants after a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// One reply will follow; keep reading.
+    Reply,
+    /// A one-way message (e.g. between consensus nodes): no reply follows.
+    NoReply,
+    /// A protocol violation: its error reply follows, then the connection closes.
+    Close,
+}
+
+/// Limits of the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopConfig {
+    /// Connections served at once; more are refused with an error frame.
+    pub max_connections: usize,
+    /// Requests in flight per connection before it stops being read.
+    pub max_inflight: usize,
+    /// Unsent reply bytes per connection before it stops being read.
+    pub write_limit: usize,
+    /// How long a shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> LoopConfig {
+        LoopConfig {
+            max_connections: 1024,
+            max_inflight: 1024,
+            write_limit: 32 << 20,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Stops a running loop from another thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    /// Asks the loop to shut down cleanly.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    gen: u32,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    inflight: usize,
+    /// No more reads: EOF, a protocol error, or shutdown.
+    read_done: bool,
+    /// Close once everything queued is written.
+    close_after_flush: bool,
+    paused: bool,
+    /// A protocol error to send after every reply still owed (then close).
+    last_words: Option<Vec<u8>>,
+    /// Bytes of replies produced for this connection, not yet in `wbuf`.
+    owed: usize,
+}
+
+/// The loop, owning its service.
+pub struct EventLoop<S: Service> {
+    poll: Poll,
+    listener: TcpListener,
+    local: SocketAddr,
+    conns: Vec<Option<Conn>>,
+    gens: Vec<u32>,
+    free: Vec<usize>,
+    live: usize,
+    service: S,
+    cfg: LoopConfig,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Period of each of the service's timers, by id.
+    periods: Vec<(u64, Duration)>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    signals: Option<OwnedFd>,
+    accept_paused: bool,
+    dirty: Vec<usize>,
+    /// Replies taken from the service while frames were dispatched, with
+    /// whether they were counted in their connection's `owed`.
+    outbox: Vec<(Reply, bool)>,
+}
+
+impl<S: Service> EventLoop<S> {
+    /// Binds `addr` and builds the service with access to the registry (for its
+    /// own sources, under tokens from [`SERVICE_TOKEN_BASE`]) and the waker.
+    pub fn bind(
+        addr: SocketAddr,
+        cfg: LoopConfig,
+        make: impl FnOnce(&Registry, Arc<Waker>) -> io::Result<S>,
+    ) -> io::Result<EventLoop<S>> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let service = make(poll.registry(), waker.clone())?;
+        Ok(EventLoop {
+            poll,
+            listener,
+            local,
+            conns: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            service,
+            cfg,
+            timers: BinaryHeap::new(),
+            periods: Vec::new(),
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            signals: None,
+            accept_paused: false,
+            dirty: Vec::new(),
+            outbox: Vec::new(),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A handle that stops the loop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The service (for inspection before or after running).
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// Shuts down cleanly on SIGINT or SIGTERM. Blocks both signals in the
+    /// calling thread; call it before spawning other threads so they inherit
+    /// the mask and the signals are only seen here.
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        let set = block_shutdown_signals()?;
+        // SAFETY: set is a valid sigset; signalfd returns a new descriptor or -1.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.poll.registry().register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        self.signals = Some(fd);
+        Ok(())
+    }
+
+    /// Runs until stopped; returns the service after a clean shutdown.
+    pub fn run(mut self) -> io::Result<S> {
+        let mut events = Events::with_capacity(1024);
+        self.periods = self
+            .service
+            .periodic_timers()
+            .into_iter()
+            .map(|(every, id)| (id, every))
+            .collect();
+        for (id, every) in self.periods.clone() {
+            self.timers.push(Reverse((Instant::now() + every, id)));
+        }
+        let mut deadline: Option<Instant> = None;
+        let mut again = false;
+        loop {
+            let now = Instant::now();
+            let mut timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(now));
+            if deadline.is_some() {
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                    t.min(Duration::from_millis(50))
+                }));
+            }
+            if again {
+                timeout = Some(Duration::ZERO); // a paused connection can go on
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.service.on_wake(),
+                    SIGNALS => {
+                        if let Some(sig) = self.read_signal() {
+                            crate::log_line!("INFO", "received {sig}; shutting down cleanly");
+                            self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Token(t) if t < FIRST_CONN => self.service.on_event(ev.token()),
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_conn(idx);
+                        }
+                        if ev.is_writable() || ev.is_error() {
+                            self.dirty.push(idx);
+                        }
+                    }
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) && deadline.is_none() {
+                deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+                self.begin_shutdown();
+            }
+            self.fire_timers();
+            // Resumed connections first, so the replies and sync work their
+            // buffered frames produce go out in this same turn.
+            self.resume_paused();
+            self.service.tick();
+            self.route_replies();
+            self.flush_dirty();
+            again = self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| c.paused && under_limits(c, &self.cfg));
+            if let Some(d) = deadline {
+                let pending_out = self.conns.iter().flatten().any(|c| c.wpos < c.wbuf.len());
+                if (!self.service.busy() && !pending_out) || Instant::now() >= d {
+                    if self.service.busy() {
+                        crate::log_line!(
+                            "WARN",
+                            "shutdown grace period over with work still in flight"
+                        );
+                    }
+                    return Ok(self.service);
+                }
+            }
+        }
+    }
+
+    fn read_signal(&mut self) -> Option<&'static str> {
+        let fd = self.signals.as_ref()?.as_raw_fd();
+        // SAFETY: zeroed siginfo is valid; read fills at most its size.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading into a properly sized local struct.
+        let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        (n as usize == size).then_some(match info.ssi_signo as i32 {
+            libc::SIGINT => "SIGINT",
+            _ => "SIGTERM",
+        })
+    }
+
+    fn begin_shutdown(&mut self) {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        for c in self.conns.iter_mut().flatten() {
+            c.read_done = true;
+            c.close_after_flush = true;
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if id == ACCEPT_BACKOFF_TIMER {
+                let r =
+                    self.poll
+                        .registry()
+                        .register(&mut self.listener, LISTENER, Interest::READABLE);
+                self.accept_paused = r.is_err();
+                if !self.accept_paused {
+                    self.accept();
+                }
+            } else {
+                if let Some((_, every)) = self.periods.iter().find(|(i, _)| *i == id) {
+                    self.timers.push(Reverse((now + *every, id)));
+                }
+                self.service.on_timer(id, now);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        if self.accept_paused || self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors or similar: stop accepting for a moment
+                    // instead of spinning on a listener that stays readable.
+                    crate::log_line!("WARN", "accept failed ({e}); pausing accepts for 100ms");
+                    let _ = self.poll.registry().deregister(&mut self.listener);
+                    self.accept_paused = true;
+                    let at = Instant::now() + Duration::from_millis(100);
+                    self.timers.push(Reverse((at, ACCEPT_BACKOFF_TIMER)));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        if self.live >= self.cfg.max_connections {
+            let h = Header {
+                opcode: Opcode::Error as u8,
+                flags: FLAG_RESPONSE | FLAG_ERROR,
+                ..Header::default()
+            };
+            let msg = format!(
+                "server is at its limit of {} connections; retry later or raise --max-connections",
+                self.cfg.max_connections
+            );
+            let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
+            crate::log_line!(
+                "WARN",
+                "refused connection from {peer}: connection limit reached"
+            );
+            return;
+        }
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.gens.push(0);
+            self.conns.len() - 1
+        });
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(FIRST_CONN + idx), interest)
+        {
+            crate::log_line!("WARN", "cannot register connection from {peer}: {e}");
+            self.free.push(idx);
+            return;
+        }
+        self.live += 1;
+        self.conns[idx] = Some(Conn {
+            stream,
+            gen: self.gens[idx],
+            rbuf: vec![0; READ_CHUNK],
+            rstart: 0,
+            rend: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            inflight: 0,
+            read_done: false,
+            close_after_flush: false,
+            paused: false,
+            last_words: None,
+            owed: 0,
+        });
+        // Edge-triggered: data may already be waiting.
+        self.read_conn(idx);
+    }
+
+    fn close(&mut self, idx: usize) {
+        if let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.gens[idx] = self.gens[idx].wrapping_add(1);
+            self.free.push(idx);
+            self.live -= 1;
+        }
+    }
+
+    fn dispatch_buffered(&mut self, idx: usize) {
+        let EventLoop {
+            conns,
+            service,
+            cfg,
+            dirty,
+            outbox,
+            ..
+        } = self;
+        if let Some(Some(c)) = conns.get_mut(idx) {
+            let to = (u64::from(c.gen) << 32) | idx as u64;
+            dispatch(c, to, service, cfg, dirty, outbox);
+        }
+    }
+
+    fn read_conn(&mut self, idx: usize) {
+        let EventLoop {
+            conns,
+            service,
+            cfg,
+            dirty,
+            outbox,
+            ..
+        } = self;
+        let Some(Some(c)) = conns.get_mut(idx) else {
+            return;
+        };
+        let to = (u64::from(c.gen) << 32) | idx as u64;
+        let mut fatal = false;
+        while !c.read_done && !c.paused {
+            if c.rend == c.rbuf.len() {
+                make_room(c);
+                if c.rend == c.rbuf.len() {
+                    break; // cannot happen (see make_room); never read into nothing
+                }
+            }
+            match c.stream.read(&mut c.rbuf[c.rend..]) {
+                Ok(0) => c.read_done = true,
+                Ok(n) => c.rend += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    fatal = true;
+                    break;
+                }
+            }
+            dispatch(c, to, service, cfg, dirty, outbox);
+        }
+        let drained =
+            c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len() && c.last_words.is_none();
+        if fatal || drained {
+            self.close(idx);
+        }
+    }
+
+    fn route_replies(&mut self) {
+        for (r, counted) in std::mem::take(&mut self.outbox) {
+            self.deliver(r, counted);
+        }
+        while let Some(r) = self.service.poll_reply() {
+            self.deliver(r, false);
+        }
+    }
+
+    fn deliver(&mut self, r: Reply, counted: bool) {
+        {
+            let idx = (r.to & 0xffff_ffff) as usize;
+            let gen = (r.to >> 32) as u32;
+            let Some(Some(c)) = self.conns.get_mut(idx) else {
+                return;
+            };
+            if c.gen != gen {
+                return; // the connection went away; its reply has nowhere to go
+            }
+            if counted {
+                c.owed -= r.frame.len();
+            }
+            c.inflight = c.inflight.saturating_sub(1);
+            if c.wpos == c.wbuf.len() {
+                c.wbuf.clear();
+                c.wpos = 0;
+            }
+            c.wbuf.extend_from_slice(&r.frame);
+            if r.close {
+                c.read_done = true;
+                c.close_after_flush = true;
+            }
+            self.dirty.push(idx);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for idx in dirty.drain(..) {
+            let Some(Some(c)) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if c.inflight == 0 {
+                if let Some(words) = c.last_words.take() {
+                    c.wbuf.extend_from_slice(&words);
+                }
+            }
+            let mut failed = false;
+            while c.wpos < c.wbuf.len() {
+                match c.stream.write(&c.wbuf[c.wpos..]) {
+                    Ok(0) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(n) => c.wpos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if c.wpos == c.wbuf.len() {
+                c.wbuf.clear();
+                c.wpos = 0;
+                // Give memory back after a burst of large replies.
+                if c.wbuf.capacity() > 4 * READ_CHUNK {
+                    c.wbuf.shrink_to(READ_CHUNK);
+                }
+            }
+            // Reads have ended (EOF, protocol error or shutdown) and nothing is owed.
+            let done =
+                c.wbuf.is_empty() && c.read_done && c.inflight == 0 && c.last_words.is_none();
+            if failed || done {
+                self.close(idx);
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    fn resume_paused(&mut self) {
+        let cfg = self.cfg;
+        let mut resume = Vec::new();
+        for (idx, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            if c.paused && under_limits(c, &cfg) {
+                c.paused = false;
+                resume.push(idx);
+            }
+        }
+        for idx in resume {
+            // Frames already buffered first, then whatever waits in the socket.
+            self.dispatch_buffered(idx);
+            self.read_conn(idx);
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns
+/// afterwards), so that only the loop's signalfd sees them. Call it first thing
+/// in `main`, before any thread exists.
+pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(set)
+    }
+}
+
+/// Makes room at the end of the read buffer: compacts consumed bytes away and
+/// grows the buffer to fit the frame being received (bounded by the frame limit).
+fn make_room(c: &mut Conn) {
+    if c.rstart > 0 {
+        c.rbuf.copy_within(c.rstart..c.rend, 0);
+        c.rend -= c.rstart;
+        c.rstart = 0;
+    }
+    // Still full after compacting: grow by doubling as bytes actually arrive, up
+    // to one whole frame, so a peer that only announces a large frame does not
+    // get the memory reserved. (A full buffer of the largest size always holds
+    // a whole frame, which dispatch consumes before the next read.)
+    if c.rend == c.rbuf.len() {
+        let max = HEADER_LEN + MAX_BODY_LEN as usize + READ_CHUNK;
+        let target = (c.rbuf.len() * 2).max(READ_CHUNK).min(max);
+        c.rbuf.resize(target, 0);
+    }
+}
+
+/// Whether a connection may be read: few enough requests in flight and few
+/// enough reply bytes waiting to be sent.
+fn under_limits(c: &Conn, cfg: &LoopConfig) -> bool {
+    c.inflight < cfg.max_inflight && c.wbuf.len() - c.wpos + c.owed < cfg.write_limit
+}
+
+/// Hands every whole frame in the read buffer to the service; answers and
+/// closes on a frame the loop cannot parse.
+fn dispatch<S: Service>(
+    c: &mut Conn,
+    to: ReplyTo,
+    service: &mut S,
+    cfg: &LoopConfig,
+    dirty: &mut Vec<usize>,
+    outbox: &mut Vec<(Reply, bool)>,
+) {
+    let idx = (to & 0xffff_ffff) as usize;
+    while !c.paused && !c.close_after_flush {
+        let avail = &c.rbuf[c.rstart..c.rend];
+        // A short buffer only needs the cheap check (it still rejects a foreign
+        // peer by its first bytes); otherwise parse once, header and body.
+        let result = if avail.len() < HEADER_LEN {
+            check_frame(avail).map(|_| None)
+        } else {
+            parse_frame(avail).map(|f| f.map(|f| (f, HEADER_LEN + f.body.len())))
+        };
+        match result {
+            Ok(Some((frame, n))) => {
+                c.inflight += 1;
+                let flow = service.on_frame(to, &frame.header, frame.body);
+                if flow == Flow::NoReply {
+                    c.inflight -= 1;
+                }
+                // Take the replies now, so their bytes count against this
+                // connection's limit before the next frame is read.
+                while let Some(r) = service.poll_reply() {
+                    let mine = r.to == to;
+                    if mine {
+                        c.owed += r.frame.len();
+                    }
+                    outbox.push((r, mine));
+                }
+                c.rstart += n;
+                if flow == Flow::Close {
+                    c.read_done = true;
+                    c.close_after_flush = true;
+                }
+                if c.rstart == c.rend {
+                    c.rstart = 0;
+                    c.rend = 0;
+                    if c.rbuf.len() > 4 * READ_CHUNK {
+                        // Give the memory of a large frame back.
+                        c.rbuf = vec![0; READ_CHUNK];
+                    }
+                }
+                if !under_limits(c, cfg) {
+                    c.paused = true;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                c.last_words = Some(protocol_error(avail, &e));
+                c.read_done = true;
+                c.close_after_flush = true;
+                dirty.push(idx);
+                return;
+            }
+        }
+    }
+}
+
+/// The error reply for a frame that failed to parse: it names the request when
+/// the header could be trusted.
+fn protocol_error(buf: &[u8], e: &FrameError) -> Vec<u8> {
+    let mut h = Header {
+        opcode: Opcode::Error as u8,
+        ..Header::default()
+    };
+    if let (FrameError::BadBodyChecksum { .. }, Some(head)) = (e, buf.first_chunk::<HEADER_LEN>()) {
+        if let Ok(req) = Header::decode(head) {
+            h = Header {
+                opcode: req.opcode,
+                request_id: req.request_id,
+                ..h
+            };
+        }
+    }
+    h.flags = FLAG_RESPONSE | FLAG_ERROR;
+    error_frame(
+        &h,
+        ErrorCode::from(e),
+        &format!("{e}; closing the connection"),
+    )
+}
+
+/// Registers nothing; a helper so services can tell whether a token is theirs.
+pub fn service_token(n: usize) -> Token {
+    assert!(
+        n < FIRST_CONN - SERVICE_TOKEN_BASE,
+        "at most 13 service tokens"
+    );
+    Token(SERVICE_TOKEN_BASE + n)
+}

@@ -1,0 +1,13 @@
+//! Trex Corfu networking: the hand-rolled `mio` event loop every server role
+//! runs ([`event_loop`]), replies as it carries them ([`reply`]), durable syncs
+//! through `io_uring` or a thread ([`sync`]), the blocking client connection of
+//! the storage-unit protocol ([`unit_client`]), and small shared helpers
+//! ([`util`]: sizes, durations, log lines, random ids).
+
+pub mod event_loop;
+pub mod reply;
+pub mod sync;
+pub mod unit_client;
+pub mod util;
+
+pub use event_loop::*;

@@ -1,0 +1,333 @@
+//! A blocking client for one storage unit (what the `trex unit` commands and the
+//! tests use), and the unit's typed operations ([`UnitApi`]) over any
+//! request/reply channel.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+use trex_wire::{
+    self as wire, begin_frame, finish_frame, ErrorCode, Header, InfoReply, Opcode, SealReply,
+    Status, WriteOp, HEADER_LEN,
+};
+
+/// Why a call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Could not connect or the connection failed.
+    #[error("{0}")]
+    Io(String),
+    /// No reply within the timeout; the outcome is unknown.
+    #[error(
+        "no reply from {addr} within {timeout:?}; the request may or may not have taken effect"
+    )]
+    Timeout {
+        /// The server.
+        addr: SocketAddr,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The server refused the whole request.
+    #[error("{name}: {message}")]
+    Server {
+        /// Raw error code.
+        code: u16,
+        /// Its name.
+        name: &'static str,
+        /// The server's explanation.
+        message: String,
+        /// The epoch in the reply header (the unit's sealed epoch).
+        epoch: u64,
+    },
+    /// The reply did not make sense.
+    #[error("bad reply from server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The error code, if the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => ErrorCode::from_u16(*code),
+            _ => None,
+        }
+    }
+
+    /// The server is alive but refused the connection (at its connection
+    /// limit): not a failure to act on by taking it out of the layout.
+    pub fn is_busy(&self) -> bool {
+        self.code() == Some(ErrorCode::TooManyConnections)
+    }
+}
+
+/// One read result, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadItem {
+    /// Address.
+    pub addr: u64,
+    /// Outcome.
+    pub status: Status,
+    /// Writer id (when `Ok`).
+    pub writer: u64,
+    /// Writer sequence number (when `Ok`).
+    pub seq: u64,
+    /// The bytes (when `Ok`).
+    pub data: Vec<u8>,
+}
+
+/// A blocking connection to one storage unit.
+pub struct UnitClient {
+    stream: TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+    /// Requests sent and not yet answered.
+    outstanding: HashSet<u64>,
+    /// Replies that arrived before the one being waited for (a unit answers a
+    /// refusal or a read at once, while earlier writes wait for their sync).
+    early: HashMap<u64, (Header, Vec<u8>)>,
+    /// Cluster id put in every frame.
+    pub cluster_id: u32,
+    buf: Vec<u8>,
+}
+
+/// Request ids are unique in the process, not per connection: a reply read on
+/// a new connection can never be taken for the answer to a request sent on an
+/// old one.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+impl UnitClient {
+    /// Connects to `addr` (host:port).
+    pub fn connect(addr: &str, timeout: Duration) -> Result<UnitClient, ClientError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Io(format!("cannot resolve '{addr}': {e}; use HOST:PORT")))?
+            .collect();
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true).ok();
+                    stream.set_read_timeout(Some(timeout)).ok();
+                    stream.set_write_timeout(Some(timeout)).ok();
+                    let c = UnitClient {
+                        stream,
+                        addr: a,
+                        timeout,
+                        outstanding: HashSet::new(),
+                        early: HashMap::new(),
+                        cluster_id: 0,
+                        buf: Vec::new(),
+                    };
+                    return Ok(c);
+                }
+                Err(e) => last = Some((a, e)),
+            }
+        }
+        Err(match last {
+            Some((a, e)) => ClientError::Io(format!(
+                "cannot connect to {a}: {e}; is a storage unit listening there? (start one with `trex node storage`)"
+            )),
+            None => ClientError::Io(format!("'{addr}' resolves to no address")),
+        })
+    }
+
+    /// Sends one request frame; returns its request id (see [`UnitClient::recv`]).
+    pub fn send(
+        &mut self,
+        op: Opcode,
+        epoch: u64,
+        body: &dyn Fn(&mut Vec<u8>),
+    ) -> Result<u64, ClientError> {
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let mut frame = std::mem::take(&mut self.buf);
+        frame.clear();
+        let start = begin_frame(&mut frame);
+        body(&mut frame);
+        let header = Header {
+            opcode: op as u8,
+            request_id: id,
+            epoch,
+            cluster_id: self.cluster_id,
+            ..Header::default()
+        };
+        finish_frame(&mut frame, start, header);
+        let sent = self.stream.write_all(&frame);
+        self.buf = frame;
+        sent.map_err(|e| self.io_error(e))?;
+        self.outstanding.insert(id);
+        Ok(id)
+    }
+
+    /// Waits for the reply to request `id`. Replies to other requests still
+    /// outstanding on this connection are kept for their own `recv`; replies to
+    /// requests nobody waits for any more are skipped. A frame with request id 0
+    /// (a connection-level error) answers whoever is waiting.
+    pub fn recv(&mut self, id: u64) -> Result<(Header, Vec<u8>), ClientError> {
+        if let Some((h, body)) = self.early.remove(&id) {
+            self.outstanding.remove(&id);
+            return reply_or_error(h, body);
+        }
+        if !self.outstanding.contains(&id) {
+            return Err(ClientError::Protocol(format!(
+                "request {id} was not sent on this connection (or was answered already)"
+            )));
+        }
+        loop {
+            let (h, body) = match self.read_frame() {
+                Ok(f) => f,
+                Err(e) => {
+                    // Given up on: a late reply is skipped, not kept.
+                    self.outstanding.remove(&id);
+                    return Err(e);
+                }
+            };
+            if h.request_id == id || h.request_id == 0 {
+                self.outstanding.remove(&id);
+                return reply_or_error(h, body);
+            }
+            if self.outstanding.contains(&h.request_id) {
+                self.early.insert(h.request_id, (h, body));
+            }
+        }
+    }
+
+    fn io_error(&self, e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                addr: self.addr,
+                timeout: self.timeout,
+            },
+            _ => ClientError::Io(format!("connection to {} failed: {e}", self.addr)),
+        }
+    }
+
+    fn read_frame(&mut self) -> Result<(Header, Vec<u8>), ClientError> {
+        let mut head = [0u8; HEADER_LEN];
+        self.stream
+            .read_exact(&mut head)
+            .map_err(|e| self.io_error(e))?;
+        let h = Header::decode(&head).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut body = vec![0u8; h.body_len as usize];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| self.io_error(e))?;
+        if crc32fast::hash(&body) != h.body_crc {
+            return Err(ClientError::Protocol("reply body checksum mismatch".into()));
+        }
+        Ok((h, body))
+    }
+}
+
+/// Turns a reply frame into its header and body, or the server's refusal.
+pub fn reply_or_error(h: Header, body: Vec<u8>) -> Result<(Header, Vec<u8>), ClientError> {
+    if h.is_error() {
+        let e = wire::decode_error(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);
+        return Err(ClientError::Server {
+            code: e.code,
+            name,
+            message: e.message.into_owned(),
+            epoch: h.epoch,
+        });
+    }
+    Ok((h, body))
+}
+
+/// The storage unit's operations over any request/reply channel: a
+/// [`UnitClient`], or a unit reached through an `Env` (trex-log).
+pub trait UnitApi {
+    /// Sends one request and waits for its reply: header and body.
+    fn call(
+        &mut self,
+        op: Opcode,
+        epoch: u64,
+        body: &dyn Fn(&mut Vec<u8>),
+    ) -> Result<(Header, Vec<u8>), ClientError>;
+
+    /// Writes a batch; one status per op.
+    fn write(&mut self, epoch: u64, ops: &[WriteOp<'_>]) -> Result<Vec<Status>, ClientError> {
+        let (_, body) = self.call(Opcode::Write, epoch, &|b| {
+            wire::encode_write_request(b, ops)
+        })?;
+        statuses(&body, ops.len())
+    }
+
+    /// Fills a batch of addresses with junk; one status per address.
+    fn fill(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<Status>, ClientError> {
+        let (_, body) = self.call(Opcode::Fill, epoch, &|b| wire::encode_addr_list(b, addrs))?;
+        statuses(&body, addrs.len())
+    }
+
+    /// Reads a batch of addresses.
+    fn read(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<ReadItem>, ClientError> {
+        let (_, body) = self.call(Opcode::Read, epoch, &|b| wire::encode_addr_list(b, addrs))?;
+        let r = wire::decode_read_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if r.len() != addrs.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} results for {} addresses",
+                r.len(),
+                addrs.len()
+            )));
+        }
+        Ok(r.iter()
+            .map(|x| {
+                let e = x.entry.unwrap_or(wire::Entry {
+                    writer: 0,
+                    seq: 0,
+                    data: &[],
+                });
+                ReadItem {
+                    addr: x.addr,
+                    status: x.status,
+                    writer: e.writer,
+                    seq: e.seq,
+                    data: e.data.to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    /// Raises the trim mark; returns the mark afterwards.
+    fn trim(&mut self, epoch: u64, prefix: u64) -> Result<u64, ClientError> {
+        let (_, body) = self.call(Opcode::Trim, epoch, &|b| wire::encode_u64(b, prefix))?;
+        wire::decode_u64(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Seals the unit at `epoch`.
+    fn seal(&mut self, epoch: u64) -> Result<SealReply, ClientError> {
+        let (_, body) = self.call(Opcode::Seal, epoch, &|b| wire::encode_u64(b, epoch))?;
+        wire::decode_seal_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// The unit's state.
+    fn info(&mut self) -> Result<InfoReply, ClientError> {
+        let (_, body) = self.call(Opcode::Info, 0, &|_| {})?;
+        wire::decode_info_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+impl UnitApi for UnitClient {
+    fn call(
+        &mut self,
+        op: Opcode,
+        epoch: u64,
+        body: &dyn Fn(&mut Vec<u8>),
+    ) -> Result<(Header, Vec<u8>), ClientError> {
+        let id = self.send(op, epoch, body)?;
+        self.recv(id)
+    }
+}
+
+/// Decodes a status-list reply that must hold `want` statuses.
+pub fn statuses(body: &[u8], want: usize) -> Result<Vec<Status>, ClientError> {
+    let l = wire::decode_status_list(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if l.len() != want {
+        return Err(ClientError::Protocol(format!(
+            "{} statuses for {want} operations",
+            l.len()
+        )));
+    }
+    Ok(l.iter().collect())
+}

@@ -1,0 +1,587 @@
+//! The sequencer: hands out log addresses from a lock-free counter, and only
+//! while it holds the sequencer lease with a safety gap to spare.
+//!
+//! The token path is one atomic load of the serving deadline and one
+//! `fetch_add`. A background thread ("leadership") competes for the lock
+//! `sequencer` in the lock service, and on winning takes over in this order:
+//! install a projection naming this sequencer at the next epoch
+//! (compare-and-set through the layout service) → seal every storage unit of the
+//! projection at that epoch → start the counter at the highest tail the seals
+//! report → serve. It renews the lease every third of the TTL; the serving
+//! deadline is the *local monotonic* time the renewal was sent plus the TTL minus
+//! the safety gap, so neither clock drift against the consensus leader (bounded
+//! by the gap) nor a pause of this process (SIGSTOP, a long GC) lets it serve past
+//! the lease: after a pause the deadline has simply passed. A token it handed out
+//! just before a pause belongs to an epoch the next sequencer has sealed: storage
+//! units refuse it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use trex_consensus::client::keep_registered;
+use trex_consensus::lock::LockClient;
+use trex_consensus::sm::{Op, Role};
+use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
+use trex_net::reply::{violation, Reply, ReplyTo};
+use trex_net::unit_client::UnitApi;
+use trex_net::{EventLoop, Flow, LoopConfig, Service};
+use trex_wire::{
+    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_RESPONSE,
+};
+
+/// The name of the sequencer lease in the lock service.
+pub const SEQUENCER_LOCK: &str = trex_consensus::sm::SEQUENCER_LEASE;
+
+/// How to run a sequencer.
+#[derive(Clone, Debug)]
+pub struct SequencerOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Consensus endpoints.
+    pub endpoints: String,
+    /// Node id (registered as a sequencer).
+    pub id: u64,
+    /// Lease length.
+    pub ttl: Duration,
+    /// Stop serving this long before the lease could lapse.
+    pub safety_gap: Duration,
+    /// Event-loop limits.
+    pub limits: LoopConfig,
+    /// While active, run a repair this often (take out units that stopped
+    /// answering, let empty spares replace them): `None` leaves it to
+    /// `trex repair`.
+    pub repair_every: Option<Duration>,
+    /// Replicas every chain should have (default: the longest chain seen).
+    pub replicas: Option<usize>,
+}
+
+/// What the token path reads: all atomics, no locks.
+pub struct Shared {
+    /// Simulated time (ns), or `None` for the process's monotonic clock
+    /// ([`mono_now`], the clock of [`TcpEnv`]).
+    sim_clock: Option<Arc<AtomicU64>>,
+    /// Serve while the clock (ns) is below this.
+    serve_until_ns: AtomicU64,
+    epoch: AtomicU64,
+    counter: AtomicU64,
+    /// Where the active sequencer is, for not-sequencer hints.
+    hint: Mutex<String>,
+    /// Tokens handed out (for the log).
+    granted: AtomicU64,
+    stop: AtomicBool,
+    /// A client sent a token request naming a newer layout epoch than ours.
+    newer_layout: AtomicBool,
+}
+
+impl Shared {
+    /// Token state on the process's monotonic clock, or on a simulated one.
+    pub fn new(sim_clock: Option<Arc<AtomicU64>>) -> Shared {
+        Shared {
+            sim_clock,
+            serve_until_ns: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            counter: AtomicU64::new(0),
+            hint: Mutex::new(String::new()),
+            granted: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            newer_layout: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        match &self.sim_clock {
+            Some(c) => c.load(Ordering::Acquire),
+            None => mono_now().as_nanos() as u64,
+        }
+    }
+
+    /// The token path: `count` consecutive addresses, if the lease allows.
+    pub fn next(&self, count: u32) -> TokenReply {
+        if self.now_ns() >= self.serve_until_ns.load(Ordering::Acquire) {
+            let hint = self.hint.lock().map(|h| h.clone()).unwrap_or_default();
+            return TokenReply::NotSequencer { hint };
+        }
+        let first = self.counter.fetch_add(u64::from(count), Ordering::Relaxed);
+        self.granted.fetch_add(1, Ordering::Relaxed);
+        TokenReply::Granted {
+            epoch: self.epoch.load(Ordering::Acquire),
+            first,
+        }
+    }
+
+    fn stop_serving(&self) {
+        self.serve_until_ns.store(0, Ordering::Release);
+    }
+
+    /// Whether the token path serves now.
+    pub fn serving(&self) -> bool {
+        self.now_ns() < self.serve_until_ns.load(Ordering::Acquire)
+    }
+
+    /// Asks the lease thread to release the lease and end.
+    pub fn stop(&self) {
+        self.stop_serving();
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The token service in the event loop.
+pub struct SequencerService {
+    shared: Arc<Shared>,
+    replies: VecDeque<Reply>,
+}
+
+impl SequencerService {
+    /// The token service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> SequencerService {
+        SequencerService {
+            shared,
+            replies: VecDeque::new(),
+        }
+    }
+}
+
+impl Service for SequencerService {
+    fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
+        let bad = |code: ErrorCode, msg: String| violation(to, header, code, &msg);
+        if header.opcode != Opcode::Token as u8 || header.is_response() {
+            let msg = format!(
+                "opcode {:#04x} is not a sequencer request (token 0x30)",
+                header.opcode
+            );
+            self.replies.push_back(bad(ErrorCode::UnknownOpcode, msg));
+            return Flow::Close;
+        }
+        let count = match wire::decode_token_request(body) {
+            Ok(c) => c,
+            Err(e) => {
+                self.replies.push_back(bad(
+                    ErrorCode::MalformedBody,
+                    format!("token body does not decode: {e}"),
+                ));
+                return Flow::Close;
+            }
+        };
+        if header.epoch > self.shared.epoch.load(Ordering::Acquire) {
+            self.shared.newer_layout.store(true, Ordering::Release);
+        }
+        let t = self.shared.next(count);
+        let mut f = Vec::with_capacity(64);
+        let s = begin_frame(&mut f);
+        wire::encode_token_reply(&mut f, &t);
+        let h = Header {
+            opcode: header.opcode,
+            flags: FLAG_RESPONSE,
+            request_id: header.request_id,
+            ..Header::default()
+        };
+        finish_frame(&mut f, s, h);
+        self.replies.push_back(Reply {
+            to,
+            frame: f,
+            close: false,
+        });
+        Flow::Reply
+    }
+
+    fn poll_reply(&mut self) -> Option<Reply> {
+        self.replies.pop_front()
+    }
+}
+
+/// Seals every storage unit of the projection at `epoch`; returns the highest
+/// tail they report.
+fn seal_all(env: &mut dyn Env, units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
+    let mut tail = 0;
+    for (id, addr) in units {
+        let r = At(&mut *env, addr)
+            .seal(epoch)
+            .map_err(|e| format!("unit {id} at {addr}: {e}"))?;
+        if r.sealed_epoch > epoch {
+            return Err(format!(
+                "unit {id} is already sealed at epoch {} (a newer sequencer?)",
+                r.sealed_epoch
+            ));
+        }
+        tail = tail.max(r.tail);
+    }
+    Ok(tail)
+}
+
+/// Competes for the lease, takes over, renews; runs until [`Shared::stop`].
+/// One environment (one consensus client: an entry in the replicated client
+/// table) for the whole life of the process. `env`'s clock must be the one
+/// `shared` reads.
+pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn Env>) {
+    let holder = format!("{}@{}", opts.id, opts.listen);
+    let gap = opts.safety_gap;
+    let mut backoff_logged = false;
+    let serve_until = |until: Duration| {
+        shared
+            .serve_until_ns
+            .store(until.as_nanos() as u64, Ordering::Release);
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let sent = env.now();
+        let lease = match LockClient::new(&mut *env).acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
+            Ok(l) => l,
+            Err(e) => {
+                if !backoff_logged {
+                    trex_net::log_line!("INFO", "standing by: {e}");
+                    backoff_logged = true;
+                }
+                update_hint(&mut *env, &shared);
+                env.sleep(opts.ttl / 4);
+                continue;
+            }
+        };
+        backoff_logged = false;
+        trex_net::log_line!(
+            "INFO",
+            "won the sequencer lease (fencing token {}); taking over",
+            lease.token
+        );
+        let deadline = sent + opts.ttl.saturating_sub(gap);
+        match take_over(&opts, &mut *env, deadline, lease.token, &shared) {
+            Ok((epoch, start)) => {
+                shared.counter.store(start, Ordering::Release);
+                shared.epoch.store(epoch, Ordering::Release);
+                // Serve from a fresh renewal, not from the acquire the takeover used up.
+                let sent = env.now();
+                if LockClient::new(&mut *env)
+                    .renew(SEQUENCER_LOCK, lease.token, opts.ttl)
+                    .is_err()
+                {
+                    trex_net::log_line!(
+                        "WARN",
+                        "lost the lease right after the takeover; standing by"
+                    );
+                    continue;
+                }
+                serve_until(sent + opts.ttl.saturating_sub(gap));
+                trex_net::log_line!(
+                    "INFO",
+                    "serving tokens at epoch {epoch} from address {start}"
+                );
+            }
+            Err(e) => {
+                trex_net::log_line!(
+                    "WARN",
+                    "takeover failed: {e}; releasing the lease and retrying"
+                );
+                let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                env.sleep(opts.ttl / 4);
+                continue;
+            }
+        }
+        // Renew well before the lease could lapse. A renewal that fails for a
+        // transient reason (an election) is retried until the serving deadline;
+        // serving stops at that deadline whatever happens.
+        let mut last_ok = env.now();
+        let mut next_renew = last_ok + opts.ttl / 3;
+        let mut last_follow = Duration::ZERO;
+        shared.newer_layout.store(false, Ordering::Release);
+        'serving: loop {
+            // Renew every third of the TTL. Meanwhile, when a client reports a
+            // newer layout (a reconfiguration), read the layout at once — at
+            // most every 100 ms, and without renewing — rather than make every
+            // append wait for the next renewal.
+            while env.now() < next_renew && !shared.stop.load(Ordering::Relaxed) {
+                if env.now() >= last_follow + Duration::from_millis(100)
+                    && shared.newer_layout.swap(false, Ordering::AcqRel)
+                {
+                    last_follow = env.now();
+                    if !follow_layout(&opts, &mut *env, &shared) {
+                        let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                        break 'serving;
+                    }
+                }
+                env.sleep(
+                    next_renew
+                        .saturating_sub(env.now())
+                        .min(Duration::from_millis(50)),
+                );
+            }
+            if shared.stop.load(Ordering::Relaxed) {
+                let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                return;
+            }
+            let sent = env.now();
+            match LockClient::new(&mut *env).renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
+                Ok(_) => {
+                    serve_until(sent + opts.ttl.saturating_sub(gap));
+                    last_ok = sent;
+                    next_renew = sent + opts.ttl / 3;
+                    if !follow_layout(&opts, &mut *env, &shared) {
+                        // The layout names another sequencer: hand the lease over.
+                        let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let gone = e.contains("does not hold")
+                        || e.contains("expired")
+                        || e.contains("released");
+                    if !gone && env.now() - last_ok < opts.ttl.saturating_sub(gap) {
+                        trex_net::log_line!("WARN", "lease renewal failed ({e}); retrying");
+                        // A short pause, not a hot loop (an election, say).
+                        next_renew = env.now() + (opts.ttl / 10).max(Duration::from_millis(50));
+                        continue;
+                    }
+                    shared.stop_serving();
+                    if let Ok(mut h) = shared.hint.lock() {
+                        h.clear(); // no longer us; learned again while standing by
+                    }
+                    trex_net::log_line!(
+                        "WARN",
+                        "lost the sequencer lease ({e}); stopped serving, standing by"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Installs a projection naming this sequencer at the next epoch (without any
+/// storage unit that cannot be reached, unless it is a stripe's last replica),
+/// seals the units, and returns `(epoch, first address to hand out)`. Gives up
+/// once `deadline` (the end of the lease, less the safety gap) has passed.
+fn take_over(
+    opts: &SequencerOptions,
+    c: &mut dyn Env,
+    deadline: Duration,
+    lease_token: u64,
+    shared: &Shared,
+) -> Result<(u64, u64), String> {
+    for _ in 0..10 {
+        let (_, cur) = c.layout()?;
+        let cur = cur.ok_or("no layout is installed yet; bootstrap one with `trex layout init`")?;
+        let members = c.members()?;
+        let addr_of = |id: &u64| members.get(id).map(|m| m.addr.clone()).unwrap_or_default();
+        let mut next = cur.clone();
+        next.epoch = cur.epoch + 1;
+        next.sequencer = opts.id;
+        let mut all: Vec<u64> = next
+            .segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().flatten().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let down: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|id| unit_alive(&mut *c, &addr_of(id)).is_err())
+            .collect();
+        for seg in &mut next.segments {
+            for chain in &mut seg.stripes {
+                chain.retain(|u| !down.contains(u));
+                if chain.is_empty() {
+                    return Err(format!(
+                        "every replica of a stripe is unreachable (units {down:?}); restart them"
+                    ));
+                }
+            }
+        }
+        if c.now() >= deadline {
+            return Err("the lease ran out before the projection was installed".into());
+        }
+        // Checked against our lease inside the state machine, at the leader's time.
+        let op = Op::InstallAsSequencer {
+            expected_epoch: cur.epoch,
+            projection: next.clone(),
+            lease_token,
+        };
+        match c.submit_ok(&op) {
+            Ok(_) => {
+                if !down.is_empty() {
+                    trex_net::log_line!(
+                        "WARN",
+                        "took unreachable storage units {down:?} out of the layout"
+                    );
+                }
+                let units: Vec<(u64, String)> = all
+                    .iter()
+                    .filter(|u| !down.contains(u))
+                    .map(|u| (*u, addr_of(u)))
+                    .collect();
+                if c.now() >= deadline {
+                    return Err("the lease ran out before the units were sealed".into());
+                }
+                let tail = seal_all(c, &units, next.epoch)?;
+                // Units taken out as unreachable may only be slow: seal them
+                // too (best effort), so that they refuse the old epoch instead
+                // of serving clients that still name them.
+                for id in &down {
+                    if c.now() >= deadline {
+                        break; // the lease matters more
+                    }
+                    let addr = addr_of(id);
+                    let _ = At(&mut *c, &addr).seal(next.epoch);
+                }
+                if let Ok(mut h) = shared.hint.lock() {
+                    *h = opts.listen.to_string();
+                }
+                return Ok((next.epoch, tail));
+            }
+            Err(e) if e.contains("epoch is") => continue, // raced with another install: read again
+            Err(e) => return Err(e),
+        }
+    }
+    Err("the layout kept changing under the takeover".into())
+}
+
+/// A reconfiguration (a storage unit taken out) installs a newer projection that
+/// still names this sequencer and seals the units at its epoch: adopt that epoch,
+/// or tokens would be refused. Returns false if the layout names another
+/// sequencer (serving stops at once).
+fn follow_layout(opts: &SequencerOptions, c: &mut dyn Env, shared: &Shared) -> bool {
+    let Ok((_, Some(p))) = c.layout() else {
+        return true;
+    };
+    if p.sequencer != opts.id {
+        shared.stop_serving();
+        trex_net::log_line!(
+            "WARN",
+            "layout epoch {} names sequencer {}; stopped serving",
+            p.epoch,
+            p.sequencer
+        );
+        return false;
+    }
+    if p.epoch > shared.epoch.load(Ordering::Acquire) {
+        shared.epoch.store(p.epoch, Ordering::Release);
+        trex_net::log_line!(
+            "INFO",
+            "layout moved to epoch {} (reconfiguration); serving at it",
+            p.epoch
+        );
+    }
+    true
+}
+
+/// Learns where the active sequencer is, for hints.
+fn update_hint(c: &mut dyn Env, shared: &Shared) {
+    let Ok((_, Some(p))) = c.layout() else { return };
+    let Ok(members) = c.members() else { return };
+    if let (Some(m), Ok(mut h)) = (members.get(&p.sequencer), shared.hint.lock()) {
+        *h = m.addr.clone();
+    }
+}
+
+/// The active sequencer's repair loop (see [`SequencerOptions::repair_every`]).
+fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
+    let mut log: Option<trex_log::Log> = None;
+    let mut want = opts.replicas.unwrap_or(0);
+    let mut last_err = String::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(every);
+        if !shared.serving() {
+            continue; // only the active sequencer repairs
+        }
+        let l = match log.as_mut() {
+            Some(l) => l,
+            None => match trex_log::Log::connect(&opts.endpoints) {
+                Ok(l) => log.insert(l),
+                Err(e) => {
+                    trex_net::log_line!("WARN", "repair: cannot connect: {e}");
+                    continue;
+                }
+            },
+        };
+        if opts.replicas.is_none() {
+            let longest = l
+                .projection()
+                .segments
+                .iter()
+                .flat_map(|s| s.stripes.iter().map(Vec::len))
+                .max()
+                .unwrap_or(0);
+            want = want.max(longest);
+        }
+        match l.repair(Some(want), &mut |line| {
+            trex_net::log_line!("INFO", "repair: {line}")
+        }) {
+            Ok(r) => {
+                last_err.clear();
+                // Adopt whatever the repair installed at once.
+                shared.newer_layout.store(true, Ordering::Release);
+                if !r.joined.is_empty() {
+                    trex_net::log_line!(
+                        "INFO",
+                        "repair: {} spare(s) joined; {} entries and {} holes copied; layout epoch {}",
+                        r.joined.len(),
+                        r.copied,
+                        r.holes,
+                        r.epoch
+                    );
+                }
+            }
+            Err(e) => {
+                if e != last_err {
+                    trex_net::log_line!("WARN", "repair: {e}");
+                    last_err = e;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a sequencer until SIGINT/SIGTERM.
+pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
+    trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    if opts.safety_gap >= opts.ttl {
+        return Err(format!(
+            "--safety-gap {:?} must be below --ttl {:?}",
+            opts.safety_gap, opts.ttl
+        ));
+    }
+    let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;
+    let shared = Arc::new(Shared::new(None));
+    let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
+        Ok(SequencerService::new(shared.clone()))
+    })
+    .map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; is another process using the port?",
+            opts.listen
+        )
+    })?;
+    el.stop_on_signals()
+        .map_err(|e| format!("cannot install signal handling: {e}"))?;
+    keep_registered(
+        opts.endpoints.clone(),
+        opts.id,
+        Role::Sequencer,
+        opts.listen.to_string(),
+    );
+    let (o, s) = (opts.clone(), shared.clone());
+    std::thread::Builder::new()
+        .name("trex-lease".into())
+        .spawn(move || leadership(o, s, Box::new(env)))
+        .map_err(|e| format!("cannot start the lease thread: {e}"))?;
+    if let Some(every) = opts.repair_every {
+        let (o, s) = (opts.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("trex-repair".into())
+            .spawn(move || repair_loop(o, s, every))
+            .map_err(|e| format!("cannot start the repair thread: {e}"))?;
+    }
+    trex_net::log_line!(
+        "INFO",
+        "sequencer {} listening on {}",
+        opts.id,
+        el.local_addr()
+    );
+    el.run().map_err(|e| format!("event loop failed: {e}"))?;
+    shared.stop();
+    trex_net::log_line!(
+        "INFO",
+        "sequencer stopped; {} token requests served",
+        shared.granted.load(Ordering::Relaxed)
+    );
+    Ok(())
+}

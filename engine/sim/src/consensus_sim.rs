@@ -1,0 +1,883 @@
+//! A deterministic simulator for the consensus group: several [`Replica`]s and
+//! clients on one seeded PRNG and one queue of timed events, with message loss,
+//! duplication, reordering and delay, partitions (whole nodes, and single links
+//! cut and restored in random order), crashes that lose every journal write not
+//! yet synced, restarts, and clock skew. Fault rates are drawn per seed.
+//!
+//! A run has a safety phase under faults, then a liveness phase without faults
+//! in which the group must elect a leader, answer every client and converge.
+//! Invariants are checked after every event; a failure names the seed, and the
+//! same seed replays the same run (the event log hash is reported to prove it).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use trex_consensus::paxos::{Config, Record, Replica};
+use trex_consensus::sm::{decode_lock, LayoutSegment, Op, Projection, Role};
+use trex_wire::consensus::{Command, Msg, NodeId};
+use trex_wire::Reader;
+
+/// Settings of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    /// Simulated milliseconds of the safety phase.
+    pub safety_ms: u64,
+    /// Simulated milliseconds the liveness phase may take at most.
+    pub liveness_ms: u64,
+    /// Clients of the layout service.
+    pub clients: u64,
+    /// Clients of the lock service (competing for one lock).
+    pub lock_clients: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            safety_ms: 20_000,
+            liveness_ms: 20_000,
+            clients: 4,
+            lock_clients: 3,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// Seed.
+    pub seed: u64,
+    /// Nodes in the group.
+    pub nodes: usize,
+    /// Events processed.
+    pub events: u64,
+    /// Commands acknowledged to clients.
+    pub acked: u64,
+    /// Slots chosen.
+    pub slots: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// Messages dropped by the network.
+    pub dropped: u64,
+    /// Hash of the event log: equal for equal seeds.
+    pub trace_hash: u64,
+    /// Operations on the protected resource accepted with a current token.
+    pub fenced_ops: u64,
+    /// Operations by a paused lock holder refused for a stale token.
+    pub stale_refused: u64,
+}
+
+/// The simulators' PRNG (splitmix64): small, fast, and the same everywhere.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        msg: Msg,
+    },
+    Tick {
+        node: NodeId,
+    },
+    SyncDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Request {
+        node: NodeId,
+        client: u64,
+        seq: u64,
+    },
+    Reply {
+        client: u64,
+        seq: u64,
+        ok: bool,
+        hint: Option<NodeId>,
+        result: Vec<u8>,
+    },
+    /// A lock client acts on the protected resource with `token` (after a pause
+    /// that began once it had checked its lease).
+    LockAct {
+        client: u64,
+        token: u64,
+    },
+    ClientTimer {
+        client: u64,
+    },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Chaos,
+}
+
+/// One step's output waiting for its journal sync: records, the messages that
+/// depend on them, and the client commands to answer.
+type Unsynced = (Vec<Record>, Vec<(NodeId, Msg)>, Vec<(u64, u64, Vec<u8>)>);
+
+struct SimNode {
+    replica: Option<Replica>,
+    durable: Vec<Record>,
+    /// Readies whose journal records are written but not yet synced.
+    unsynced: Vec<Unsynced>,
+    syncing: bool,
+    incarnation: u64,
+    skew_ms: i64,
+    /// Next slot this node must apply (snapshots may jump it forward).
+    next_slot: u64,
+    /// Client commands this node took as leader: (client, seq).
+    proposed: BTreeSet<(u64, u64)>,
+}
+
+struct Client {
+    seq: u64,
+    target: NodeId,
+    inflight: Option<(u64, Op, u64)>, // seq, op, sent at
+    epoch_seen: u64,
+    /// Set for clients of the lock service.
+    lock: Option<LockRole>,
+    /// The next operation a lock client decided on.
+    planned: Option<Op>,
+}
+
+/// A client of the lock service: it acts on a protected resource only while its
+/// own (skewed) clock says its lease is valid with the safety gap to spare; a
+/// "pauser" sometimes stalls between that check and the act.
+struct LockRole {
+    holding: Option<(u64, u64)>, // token, expire_ms (leader clock)
+    skew_ms: i64,
+    pauser: bool,
+}
+
+/// Lease length and safety gap of the simulated lock clients (the gap exceeds
+/// the largest clock skew between any two parties, 200 ms).
+const LOCK_TTL_MS: u64 = 1_000;
+const LOCK_GAP_MS: u64 = 300;
+
+struct Faults {
+    loss: f64,
+    dup: f64,
+    delay_max: u64,
+    crash: f64,
+    partition: f64,
+}
+
+/// A failed check: what went wrong, with the seed.
+pub type SimError = String;
+
+struct Sim {
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Event>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    clients: BTreeMap<u64, Client>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    faults: Faults,
+    faulty: bool,
+    chosen: BTreeMap<u64, u64>,
+    acked: BTreeMap<(u64, u64), Vec<u8>>,
+    committed_cmds: BTreeSet<(u64, u64)>,
+    /// The highest fencing token the protected resource has accepted.
+    resource_max: u64,
+    report: SimReport,
+    cfg_base: Config,
+}
+
+impl Sim {
+    fn at(&mut self, delay: u64, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((self.now + delay, self.seq)));
+        self.events.insert(self.seq, e);
+    }
+
+    fn node_now(&self, id: NodeId) -> u64 {
+        (self.now as i64 + self.nodes[&id].skew_ms).max(0) as u64 + 1_000_000
+    }
+
+    fn trace(&mut self, x: u64) {
+        self.report.trace_hash = (self.report.trace_hash ^ x).wrapping_mul(0x100_0000_01b3);
+    }
+
+    fn cfg_for(&self, id: NodeId) -> Config {
+        Config {
+            id,
+            seed: self.cfg_base.seed ^ id.wrapping_mul(0x51),
+            ..self.cfg_base.clone()
+        }
+    }
+
+    /// Collects a replica's output: journal writes wait for a (simulated) sync,
+    /// and so do the messages that depend on them.
+    fn collect(&mut self, id: NodeId) -> Result<(), SimError> {
+        let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
+            return Ok(());
+        };
+        let ready = r.take_ready();
+        for a in &ready.applied {
+            self.committed_cmds.insert((a.client, a.seq));
+        }
+        if let Some(upto) = ready.installed_snapshot {
+            let n = self.nodes.get_mut(&id).expect("node exists");
+            if upto > n.next_slot {
+                n.next_slot = upto;
+            }
+        }
+        // Slots are checked when applied (applying needs no sync: it is derived).
+        for (slot, h) in &ready.applied_slots {
+            let n = self.nodes.get_mut(&id).expect("node exists");
+            if *slot < n.next_slot {
+                return Err(format!(
+                    "node {id} applied slot {slot} again (next was {})",
+                    n.next_slot
+                ));
+            }
+            if *slot != n.next_slot {
+                return Err(format!(
+                    "node {id} applied slot {slot} but slot {} came first",
+                    n.next_slot
+                ));
+            }
+            n.next_slot = slot + 1;
+            match self.chosen.get(slot) {
+                Some(prev) if prev != h => {
+                    return Err(format!(
+                        "two values chosen for slot {slot} (node {id} applied another)"
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    self.chosen.insert(*slot, *h);
+                    self.report.slots += 1;
+                }
+            }
+        }
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        // A node answers clients only for commands it proposed as leader.
+        let replies: Vec<(u64, u64, Vec<u8>)> = ready
+            .applied
+            .iter()
+            .filter(|a| n.proposed.remove(&(a.client, a.seq)))
+            .map(|a| (a.client, a.seq, a.result.clone()))
+            .collect();
+        let slots = replies.into_iter().collect::<Vec<_>>();
+        n.unsynced.push((ready.persist, ready.send, slots));
+        if !n.syncing {
+            n.syncing = true;
+            let inc = n.incarnation;
+            let d = 1 + self.rng.below(4);
+            self.at(
+                d,
+                Event::SyncDone {
+                    node: id,
+                    incarnation: inc,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        if from == to {
+            return self.at(0, Event::Deliver { to, from, msg });
+        }
+        if self.faulty && (self.cut.contains(&(from, to)) || self.rng.chance(self.faults.loss)) {
+            self.report.dropped += 1;
+            return;
+        }
+        let d = 1 + self.rng.below(if self.faulty {
+            self.faults.delay_max
+        } else {
+            3
+        });
+        if self.faulty && self.rng.chance(self.faults.dup) {
+            let d2 = 1 + self.rng.below(self.faults.delay_max);
+            self.at(
+                d2,
+                Event::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.at(d, Event::Deliver { to, from, msg });
+    }
+
+    /// A lock client with nothing in flight decides what to do next.
+    fn lock_step(&mut self, client: u64) -> Result<(), SimError> {
+        let now = self.now as i64 + 1_000_000;
+        let c = self.clients.get_mut(&client).expect("client");
+        let role = c.lock.as_mut().expect("a lock client");
+        let own_now = (now + role.skew_ms).max(0) as u64;
+        let plan = match role.holding {
+            None => Op::Acquire {
+                name: "L".into(),
+                holder: format!("c{client}"),
+                ttl_ms: LOCK_TTL_MS,
+            },
+            Some((token, expire)) if own_now + LOCK_GAP_MS < expire => {
+                let pauser = role.pauser;
+                match self.rng.below(100) {
+                    0..=49 => {
+                        self.access(client, token, false)?;
+                        let d = 20 + self.rng.below(80);
+                        self.at(d, Event::ClientTimer { client });
+                        return Ok(());
+                    }
+                    50..=64 if pauser => {
+                        // Checked the lease; now stalls 0.5-4x the TTL before acting.
+                        let d = LOCK_TTL_MS / 2 + self.rng.below(LOCK_TTL_MS * 7 / 2);
+                        self.at(d, Event::LockAct { client, token });
+                        return Ok(());
+                    }
+                    50..=84 => Op::Renew {
+                        name: "L".into(),
+                        token,
+                        ttl_ms: LOCK_TTL_MS,
+                    },
+                    _ => Op::Release {
+                        name: "L".into(),
+                        token,
+                    },
+                }
+            }
+            Some(_) => {
+                role.holding = None; // no longer safe to rely on
+                Op::Acquire {
+                    name: "L".into(),
+                    holder: format!("c{client}"),
+                    ttl_ms: LOCK_TTL_MS,
+                }
+            }
+        };
+        self.clients.get_mut(&client).expect("client").planned = Some(plan);
+        self.issue(client);
+        Ok(())
+    }
+
+    /// The protected resource: accepts only tokens at least as high as any it
+    /// has seen. A client that did not pause must never present a stale token
+    /// (its lease, checked with the safety gap, guarantees it); a paused one may,
+    /// and is refused.
+    fn access(&mut self, client: u64, token: u64, paused: bool) -> Result<(), SimError> {
+        if token < self.resource_max {
+            if !paused {
+                return Err(format!(
+                    "client {client} used lock token {token} while the resource had seen {}: two holders without a pause",
+                    self.resource_max
+                ));
+            }
+            self.report.stale_refused += 1;
+            return Ok(());
+        }
+        self.resource_max = token;
+        self.report.fenced_ops += 1;
+        Ok(())
+    }
+
+    fn next_op(&mut self, client: u64) -> Op {
+        if let Some(op) = self.clients.get_mut(&client).and_then(|c| c.planned.take()) {
+            return op;
+        }
+        let c = &self.clients[&client];
+        match self.rng.below(10) {
+            0..=3 => Op::Register {
+                id: 100 + self.rng.below(20),
+                role: Role::Storage,
+                addr: format!("10.0.0.{client}:7420"),
+            },
+            4 => Op::Heartbeat {
+                id: 100 + self.rng.below(20),
+            },
+            5 => Op::InitLayout {
+                stripes: 2,
+                replicas: 2,
+            },
+            6..=7 => Op::Install {
+                expected_epoch: c.epoch_seen,
+                projection: Projection {
+                    epoch: c.epoch_seen + 1,
+                    sequencer: client,
+                    segments: vec![LayoutSegment {
+                        start: 0,
+                        end: u64::MAX,
+                        stripes: vec![vec![100, 101]],
+                    }],
+                },
+            },
+            8 => Op::Layout,
+            _ => Op::Noop,
+        }
+    }
+
+    fn issue(&mut self, client: u64) {
+        let c = self.clients.get_mut(&client).expect("client");
+        let (seq, op) = match &c.inflight {
+            Some((seq, op, _)) => (*seq, op.clone()), // a retry: same sequence number
+            None => {
+                c.seq += 1;
+                let seq = c.seq;
+                let op = self.next_op(client);
+                (seq, op)
+            }
+        };
+        let c = self.clients.get_mut(&client).expect("client");
+        c.inflight = Some((seq, op, self.now));
+        let node = c.target;
+        let d = 1 + self.rng.below(3);
+        self.at(d, Event::Request { node, client, seq });
+        self.at(400, Event::ClientTimer { client });
+    }
+
+    fn check_state(&self, id: NodeId) -> Result<(), SimError> {
+        let Some(r) = &self.nodes[&id].replica else {
+            return Ok(());
+        };
+        let h = &r.state().history;
+        if h.windows(2).any(|w| w[1].epoch <= w[0].epoch) {
+            return Err(format!("node {id}: installed epochs do not increase"));
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, e: Event) -> Result<(), SimError> {
+        self.report.events += 1;
+        match e {
+            Event::Deliver { to, from, msg } => {
+                self.trace(to * 31 + from);
+                let now = self.node_now(to);
+                if let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.replica.as_mut()) {
+                    r.handle(from, msg, now);
+                    self.collect(to)?;
+                    self.check_state(to)?;
+                }
+            }
+            Event::Tick { node } => {
+                let now = self.node_now(node);
+                if let Some(r) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                    r.tick(now);
+                    self.collect(node)?;
+                }
+                self.at(10, Event::Tick { node });
+            }
+            Event::SyncDone { node, incarnation } => {
+                let n = self.nodes.get_mut(&node).expect("node");
+                if n.incarnation != incarnation || n.replica.is_none() {
+                    return Ok(());
+                }
+                n.syncing = false;
+                let batches = std::mem::take(&mut n.unsynced);
+                let mut out = Vec::new();
+                for (persist, send, replies) in batches {
+                    n.durable.extend(persist);
+                    out.push((send, replies));
+                }
+                for (send, replies) in out {
+                    for (to, m) in send {
+                        self.send(node, to, m);
+                    }
+                    for (client, seq, result) in replies {
+                        let d = 1 + self.rng.below(3);
+                        self.at(
+                            d,
+                            Event::Reply {
+                                client,
+                                seq,
+                                ok: true,
+                                hint: None,
+                                result,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Request { node, client, seq } => {
+                let now = self.node_now(node);
+                let Some(op) = self.clients[&client]
+                    .inflight
+                    .as_ref()
+                    .filter(|f| f.0 == seq)
+                    .map(|f| f.1.clone())
+                else {
+                    return Ok(());
+                };
+                let lost = self.faulty && self.rng.chance(self.faults.loss);
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(());
+                };
+                let Some(r) = n.replica.as_mut() else {
+                    return Ok(());
+                };
+                if lost {
+                    return Ok(());
+                }
+                let cmd = Command {
+                    client,
+                    seq,
+                    stamp_ms: 0,
+                    op: op.encode(),
+                };
+                match r.propose(cmd, now) {
+                    Ok(()) => {
+                        n.proposed.insert((client, seq));
+                        self.collect(node)?;
+                    }
+                    Err(nl) => {
+                        let d = 1 + self.rng.below(3);
+                        self.at(
+                            d,
+                            Event::Reply {
+                                client,
+                                seq,
+                                ok: false,
+                                hint: nl.hint,
+                                result: Vec::new(),
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Reply {
+                client,
+                seq,
+                ok,
+                hint,
+                result,
+            } => {
+                let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+                let pick = nodes[self.rng.below(nodes.len() as u64) as usize];
+                let c = self.clients.get_mut(&client).expect("client");
+                if c.inflight.as_ref().is_none_or(|f| f.0 != seq) {
+                    return Ok(()); // a duplicate or late reply
+                }
+                if !ok {
+                    c.target = hint.unwrap_or(pick);
+                    self.at(5, Event::ClientTimer { client });
+                    return Ok(());
+                }
+                let (_, op, _) = c.inflight.take().expect("checked above");
+                self.acked.insert((client, seq), Vec::new());
+                self.report.acked += 1;
+                if let Some(role) = c.lock.as_mut() {
+                    // What the lock service said decides what this client holds.
+                    role.holding = match (&op, result.split_first()) {
+                        (Op::Acquire { .. } | Op::Renew { .. }, Some((&0, lease))) => {
+                            let (_, l) = decode_lock(&mut Reader::new(lease))
+                                .map_err(|e| format!("bad lease: {e}"))?;
+                            Some((l.token, l.expire_ms))
+                        }
+                        _ => None,
+                    };
+                    let d = 20 + self.rng.below(80);
+                    self.at(d, Event::ClientTimer { client });
+                    return Ok(());
+                }
+                // Learn the current epoch, as a client reading the layout would.
+                let e = self
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.replica.as_ref())
+                    .map(|r| r.state().current().map_or(0, |p| p.epoch))
+                    .max()
+                    .unwrap_or(0);
+                self.clients.get_mut(&client).expect("client").epoch_seen = e;
+                self.issue(client);
+            }
+            Event::LockAct { client, token } => {
+                self.access(client, token, true)?;
+                let d = 20 + self.rng.below(80);
+                self.at(d, Event::ClientTimer { client });
+            }
+            Event::ClientTimer { client } => {
+                let c = &self.clients[&client];
+                let due = c.inflight.as_ref().is_some_and(|f| self.now >= f.2 + 390)
+                    || c.inflight.is_none();
+                if due && c.inflight.is_none() && c.lock.is_some() {
+                    return self.lock_step(client);
+                }
+                if due {
+                    let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+                    if self.clients[&client].inflight.is_some() && self.rng.chance(0.5) {
+                        let pick = nodes[self.rng.below(nodes.len() as u64) as usize];
+                        self.clients.get_mut(&client).expect("client").target = pick;
+                    }
+                    self.issue(client);
+                }
+            }
+            Event::Crash { node } => {
+                let n = self.nodes.get_mut(&node).expect("node");
+                if n.replica.take().is_some() {
+                    n.unsynced.clear(); // every write not yet synced is lost
+                    n.syncing = false;
+                    n.incarnation += 1;
+                    n.proposed.clear();
+                    self.report.crashes += 1;
+                    self.trace(node * 977);
+                    let d = 100 + self.rng.below(2000);
+                    self.at(d, Event::Restart { node });
+                }
+            }
+            Event::Restart { node } => {
+                let cfg = self.cfg_for(node);
+                let now = self.node_now(node);
+                let n = self.nodes.get_mut(&node).expect("node");
+                if n.replica.is_none() {
+                    let r = Replica::recover(cfg, n.durable.clone(), now)?;
+                    n.next_slot = r.status().applied;
+                    n.replica = Some(r);
+                }
+            }
+            Event::Chaos => {
+                if !self.faulty {
+                    return Ok(());
+                }
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
+                if self.rng.chance(self.faults.crash) {
+                    let n = pick(&mut self.rng);
+                    self.at(0, Event::Crash { node: n });
+                }
+                if self.rng.chance(self.faults.partition) {
+                    self.report.partitions += 1;
+                    match self.rng.below(3) {
+                        0 => {
+                            // isolate one node
+                            let n = pick(&mut self.rng);
+                            for m in &ids {
+                                if *m != n {
+                                    self.cut.insert((n, *m));
+                                    self.cut.insert((*m, n));
+                                }
+                            }
+                        }
+                        1 => {
+                            // cut one link, one way
+                            let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
+                            if a != b {
+                                self.cut.insert((a, b));
+                            }
+                        }
+                        _ => {
+                            // restore one cut link, in random order
+                            if !self.cut.is_empty() {
+                                let i = self.rng.below(self.cut.len() as u64) as usize;
+                                let l = *self.cut.iter().nth(i).expect("index in range");
+                                self.cut.remove(&l);
+                            }
+                        }
+                    }
+                }
+                if self.rng.chance(0.05) {
+                    self.cut.clear();
+                }
+                let d = 50 + self.rng.below(200);
+                self.at(d, Event::Chaos);
+            }
+        }
+        Ok(())
+    }
+
+    fn run_until(
+        &mut self,
+        end: u64,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Result<bool, SimError> {
+        while let Some(Reverse((t, id))) = self.queue.pop() {
+            if t > end {
+                self.queue.push(Reverse((t, id)));
+                return Ok(false);
+            }
+            self.now = t;
+            let e = self.events.remove(&id).expect("scheduled event");
+            self.step(e)?;
+            if done(self) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Runs one seed. `Err` names what broke; the same seed fails the same way.
+pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
+    let mut rng = Rng(seed);
+    let n_nodes = if rng.chance(0.3) { 5 } else { 3 };
+    let faults = Faults {
+        loss: rng.below(31) as f64 / 100.0,
+        dup: rng.below(11) as f64 / 100.0,
+        delay_max: 2 + rng.below(40),
+        crash: rng.below(6) as f64 / 100.0,
+        partition: rng.below(21) as f64 / 100.0,
+    };
+    let ids: Vec<NodeId> = (1..=n_nodes).collect();
+    let mut base = Config::new(1, ids.clone());
+    base.election_ms = 150;
+    base.heartbeat_ms = 30;
+    base.max_inflight = 1 + rng.below(8) as usize;
+    base.max_batch = 1 + rng.below(16) as usize;
+    base.snapshot_every = 5 + rng.below(50);
+    base.seed = seed;
+    let mut sim = Sim {
+        rng,
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        events: HashMap::new(),
+        nodes: BTreeMap::new(),
+        clients: BTreeMap::new(),
+        cut: BTreeSet::new(),
+        faults,
+        faulty: true,
+        chosen: BTreeMap::new(),
+        acked: BTreeMap::new(),
+        committed_cmds: BTreeSet::new(),
+        resource_max: 0,
+        report: SimReport {
+            seed,
+            nodes: n_nodes as usize,
+            ..SimReport::default()
+        },
+        cfg_base: base,
+    };
+    for id in &ids {
+        let skew = sim.rng.below(200) as i64 - 100;
+        let cfg = sim.cfg_for(*id);
+        let r = Replica::recover(cfg, Vec::new(), 1_000_000)?;
+        let node = SimNode {
+            replica: Some(r),
+            durable: Vec::new(),
+            unsynced: Vec::new(),
+            syncing: false,
+            incarnation: 0,
+            skew_ms: skew,
+            next_slot: 0,
+            proposed: BTreeSet::new(),
+        };
+        sim.nodes.insert(*id, node);
+        let d = sim.rng.below(10);
+        sim.at(d, Event::Tick { node: *id });
+    }
+    for c in 1..=opts.clients {
+        let target = 1 + sim.rng.below(n_nodes);
+        let client = Client {
+            seq: 0,
+            target,
+            inflight: None,
+            epoch_seen: 0,
+            lock: None,
+            planned: None,
+        };
+        sim.clients.insert(c, client);
+        let d = sim.rng.below(50);
+        sim.at(d, Event::ClientTimer { client: c });
+    }
+    // Clients of the lock service, with their own clock skew; some pause.
+    for c in 1001..1001 + opts.lock_clients {
+        let target = 1 + sim.rng.below(n_nodes);
+        let role = LockRole {
+            holding: None,
+            skew_ms: sim.rng.below(200) as i64 - 100,
+            pauser: sim.rng.chance(0.5),
+        };
+        let client = Client {
+            seq: 0,
+            target,
+            inflight: None,
+            epoch_seen: 0,
+            lock: Some(role),
+            planned: None,
+        };
+        sim.clients.insert(c, client);
+        let d = sim.rng.below(50);
+        sim.at(d, Event::ClientTimer { client: c });
+    }
+    sim.at(100, Event::Chaos);
+    // Safety phase: faults.
+    sim.run_until(opts.safety_ms, |_| false)
+        .map_err(|e| format!("seed {seed}: {e}"))?;
+    // Liveness phase: heal everything and require progress.
+    sim.faulty = false;
+    sim.cut.clear();
+    for id in ids.clone() {
+        sim.at(0, Event::Restart { node: id });
+    }
+    let start_acked = sim.report.acked;
+    let end = sim.now + opts.liveness_ms;
+    let want = (opts.clients + opts.lock_clients) * 3;
+    let healed = sim
+        .run_until(end, |s| {
+            s.report.acked >= start_acked + want && {
+                let applied: Vec<u64> = s
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.replica.as_ref())
+                    .map(|r| r.status().applied)
+                    .collect();
+                applied.len() == s.nodes.len()
+                    && applied.iter().all(|a| *a == applied[0])
+                    && s.nodes
+                        .values()
+                        .filter_map(|n| n.replica.as_ref())
+                        .filter(|r| r.status().leading)
+                        .count()
+                        == 1
+            }
+        })
+        .map_err(|e| format!("seed {seed}: {e}"))?;
+    if !healed {
+        let st: Vec<String> = sim
+            .nodes
+            .values()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| format!("{:?}", r.status()))
+            .collect();
+        return Err(format!(
+            "seed {seed}: no progress within {} ms after healing ({} of {want} new acks); nodes: {}",
+            opts.liveness_ms,
+            sim.report.acked - start_acked,
+            st.join("; ")
+        ));
+    }
+    // Every acknowledged command was chosen, and the replicas agree.
+    for (client, seq) in sim.acked.keys() {
+        if !sim.committed_cmds.contains(&(*client, *seq)) {
+            return Err(format!(
+                "seed {seed}: acknowledged command {client}/{seq} was never applied"
+            ));
+        }
+    }
+    let states: Vec<_> = sim
+        .nodes
+        .values()
+        .filter_map(|n| n.replica.as_ref())
+        .map(|r| r.state().clone())
+        .collect();
+    if states.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!(
+            "seed {seed}: replicas applied the same slots but hold different states"
+        ));
+    }
+    Ok(sim.report)
+}

@@ -1,0 +1,830 @@
+//! The real store: preallocated, fixed-size segment files mapped with `memmap2`.
+//!
+//! Layout of a data directory:
+//! - `LOCK` — held with `flock` while a unit runs; holds its pid.
+//! - `NNNNNNNNNN.seg` — segment files: a 64-byte header, then records
+//!   (see [`super::record`]). Records are appended in arrival order, so a
+//!   segment holds any mix of addresses. The first record of every segment is a
+//!   meta record carrying the sealed epoch and trim mark at its creation, so the
+//!   newest segment always knows them even after older ones are reclaimed.
+//! - `NNNNNNNNNN.idx` — the index of a full segment (addresses, offsets, kinds and
+//!   the segment's newest meta), written once the segment's data is durable.
+//!   At open, a segment with a valid index is not scanned; the rest are scanned
+//!   record by record. An index is only a cache: it carries its own checksum, and
+//!   a missing or damaged one just means a scan.
+//!
+//! Segment header: `magic "TRXS" | version u32 = 1 | id u64 | nonce u64 |
+//! size u64 | 28 zero bytes | crc32 u32 of bytes 0..60`.
+//!
+//! Files are never shrunk while mapped (a truncated mapping is SIGBUS), and the
+//! directory lock keeps a second process from touching them.
+
+use super::record::{decode_record, encode_record, record_size, Invalid, RECORD_HEADER_LEN};
+use super::{
+    AppendError, Appended, CorruptRecord, Kind, Loc, Meta, RecordHead, Recovered, Store,
+    StoreStats, SyncJob,
+};
+use memmap2::MmapMut;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Size of a segment file header.
+pub const SEGMENT_HEADER_LEN: usize = 64;
+const SEG_MAGIC: &[u8; 4] = b"TRXS";
+const IDX_MAGIC: &[u8; 4] = b"TRXI";
+const IDX_HEADER_LEN: usize = 64;
+const IDX_ENTRY_LEN: usize = 16;
+/// Bytes at the end of every segment that only meta records may use, so that a
+/// unit whose disk is full can still record a seal or the trim that frees space.
+const META_RESERVE: usize = 25 * RECORD_HEADER_LEN;
+/// Smallest segment size accepted.
+pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
+/// Largest segment size accepted (offsets are 32-bit).
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 31;
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct MmapOptions {
+    /// Size of each new segment file in bytes.
+    pub segment_size: u64,
+}
+
+/// What opening found, for the log.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    /// Segments loaded from their index file without a scan.
+    pub indexed: usize,
+    /// Segments scanned record by record.
+    pub scanned: usize,
+    /// Bytes of torn tail zeroed.
+    pub torn_bytes: u64,
+    /// Damaged records found.
+    pub corrupt: u64,
+    /// Human-readable notes (what was found and done).
+    pub notes: Vec<String>,
+}
+
+struct Segment {
+    file: Arc<File>,
+    map: MmapMut,
+    nonce: u64,
+    size: u32,
+    used: u32,
+    max_addr: Option<u64>,
+    meta: Meta,
+    /// (addr, off, kind) of every record, kept until the index file is written.
+    entries: Vec<(u64, u32, Kind)>,
+    indexed: bool,
+    /// Recovery found damage here: never index it (the index cannot say
+    /// "corrupt"), so every open scans it and reports the damage again.
+    damaged: bool,
+}
+
+impl Segment {
+    /// A segment with nothing scanned or appended yet.
+    fn new(file: File, map: MmapMut, nonce: u64, size: u64) -> Segment {
+        Segment {
+            file: Arc::new(file),
+            map,
+            nonce,
+            size: size as u32,
+            used: SEGMENT_HEADER_LEN as u32,
+            max_addr: None,
+            meta: Meta::default(),
+            entries: Vec::new(),
+            indexed: false,
+            damaged: false,
+        }
+    }
+}
+
+/// Memory-mapped segment files in one directory.
+pub struct MmapStore {
+    dir: PathBuf,
+    dir_file: Arc<File>,
+    _lock: File,
+    segment_size: u64,
+    segs: BTreeMap<u32, Segment>,
+    meta: Meta,
+    dirty: BTreeSet<u32>,
+    dir_dirty: bool,
+    durable_lsn: u64,
+    syncing: bool,
+    max_payload: usize,
+    /// Rollover waits for the old segment's fdatasync (see `append`).
+    rollover_barrier: bool,
+    /// What `open` and `recover` found.
+    pub report: OpenReport,
+}
+
+fn lsn(seg: u32, off: u32) -> u64 {
+    (u64::from(seg) << 32) | u64::from(off)
+}
+
+fn seg_path(dir: &Path, id: u32, ext: &str) -> PathBuf {
+    dir.join(format!("{id:010}.{ext}"))
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+fn random_nonce() -> u64 {
+    let mut x = [0u8; 8];
+    // SAFETY: getrandom writes at most x.len() bytes into x.
+    let n = unsafe { libc::getrandom(x.as_mut_ptr().cast(), x.len(), 0) };
+    if n != 8 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ (u64::from(std::process::id()) << 32) | 1;
+    }
+    u64::from_le_bytes(x) | 1
+}
+
+fn encode_seg_header(id: u32, nonce: u64, size: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[0..4].copy_from_slice(SEG_MAGIC);
+    h[4..8].copy_from_slice(&1u32.to_le_bytes());
+    h[8..16].copy_from_slice(&u64::from(id).to_le_bytes());
+    h[16..24].copy_from_slice(&nonce.to_le_bytes());
+    h[24..32].copy_from_slice(&size.to_le_bytes());
+    let crc = crc32fast::hash(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Returns the nonce and size of a valid segment header for segment `id`.
+fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64)> {
+    let h = h.get(..SEGMENT_HEADER_LEN)?;
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+    let crc = u32::from_le_bytes(h[60..64].try_into().ok()?);
+    let ok = &h[0..4] == SEG_MAGIC
+        && h[4..8] == 1u32.to_le_bytes()
+        && u64_at(8) == u64::from(id)
+        && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&u64_at(24))
+        && crc == crc32fast::hash(&h[..60]);
+    ok.then(|| (u64_at(16), u64_at(24)))
+}
+
+/// Whether a segment file holds nothing but zeros (its creation never got as far
+/// as a durable header).
+fn never_written(path: &Path, len: u64) -> Result<bool, String> {
+    let mut f = File::open(path).map_err(|e| io_err("cannot open", path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n =
+            std::io::Read::read(&mut f, &mut buf).map_err(|e| io_err("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        left = left.saturating_sub(n as u64);
+    }
+    Ok(true)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, String> {
+    let path = dir.join("LOCK");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("cannot open", &path, e))?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        return Err(format!(
+            "data directory {} is in use by another process (pid {}); stop that process or choose another --data-dir",
+            dir.display(),
+            holder.trim()
+        ));
+    }
+    f.set_len(0).map_err(|e| io_err("cannot write", &path, e))?;
+    write!(f, "{}", std::process::id()).map_err(|e| io_err("cannot write", &path, e))?;
+    Ok(f)
+}
+
+fn fsync_dir(dir: &File) -> io::Result<()> {
+    dir.sync_all()
+}
+
+impl MmapStore {
+    /// With `false` (for units run with `--sync never`, which promise no
+    /// durability), a rollover hands the old segment's fdatasync to a
+    /// background thread instead of waiting for it on the event loop: no stall
+    /// of tens of milliseconds per segment, at the price of the barrier's
+    /// guarantee — after a power loss (not a process crash: the page cache
+    /// survives that) records of an older segment may answer `corrupt` instead
+    /// of simply being lost.
+    pub fn set_rollover_barrier(&mut self, on: bool) {
+        self.rollover_barrier = on;
+    }
+
+    /// Opens (creating if needed) the store in `dir`, taking the directory lock.
+    /// Records are visited later by [`Store::recover`].
+    pub fn open(dir: &Path, opts: &MmapOptions) -> Result<MmapStore, String> {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&opts.segment_size) {
+            return Err(format!(
+                "segment size {} is out of range: choose between 64KiB and 2GiB",
+                opts.segment_size
+            ));
+        }
+        fs::create_dir_all(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
+        let lock = lock_dir(dir)?;
+        let dir_file = Arc::new(File::open(dir).map_err(|e| io_err("cannot open", dir, e))?);
+        let mut ids = Vec::new();
+        for ent in fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))? {
+            let ent = ent.map_err(|e| io_err("cannot list", dir, e))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                let _ = fs::remove_file(ent.path());
+            } else if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut store = MmapStore {
+            dir: dir.to_path_buf(),
+            dir_file,
+            _lock: lock,
+            segment_size: opts.segment_size,
+            segs: BTreeMap::new(),
+            meta: Meta::default(),
+            dirty: BTreeSet::new(),
+            dir_dirty: false,
+            durable_lsn: 0,
+            syncing: false,
+            rollover_barrier: true,
+            // Room for the opening meta record, the meta reserve and one header.
+            max_payload: (opts.segment_size as usize)
+                .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
+                .min(trex_wire::MAX_ENTRY_LEN as usize),
+            report: OpenReport::default(),
+        };
+        for (i, &id) in ids.iter().enumerate() {
+            let last = i + 1 == ids.len();
+            let path = seg_path(dir, id, "seg");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err("cannot open segment", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| io_err("cannot stat", &path, e))?
+                .len();
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+                .ok()
+                .and_then(|_| decode_seg_header(&head, id));
+            if let Some((_, size)) = header {
+                if len > size {
+                    store.report.notes.push(format!(
+                        "segment {}: ignoring {} bytes past its end (appended garbage)",
+                        path.display(),
+                        len - size
+                    ));
+                } else if len < size && last {
+                    // Shrunk behind our back: give the newest segment its size back;
+                    // the scan then finds where its intact records end.
+                    store.report.notes.push(format!(
+                        "segment {}: file was cut to {len} of {size} bytes; extended again",
+                        path.display()
+                    ));
+                    file.set_len(size)
+                        .map_err(|e| io_err("cannot extend", &path, e))?;
+                } else if len < size {
+                    return Err(format!(
+                        "segment {} was cut to {len} of {size} bytes; move it out of the data directory to start without it (its entries must then come from other replicas)",
+                        path.display()
+                    ));
+                }
+            }
+            let map = match header {
+                // SAFETY: the directory lock keeps other processes of ours away, and
+                // this process never truncates a mapped segment.
+                Some(_) => Some(
+                    unsafe { MmapMut::map_mut(&file) }
+                        .map_err(|e| io_err("cannot map", &path, e))?,
+                ),
+                None => None,
+            };
+            match (map, header) {
+                (Some(map), Some((nonce, size))) => {
+                    if last {
+                        let _ = map.advise(memmap2::Advice::Sequential);
+                    }
+                    store.segs.insert(id, Segment::new(file, map, nonce, size));
+                }
+                _ if last && never_written(&path, len)? => {
+                    // The newest segment's creation never completed (crash before
+                    // its header was durable): it holds nothing at all.
+                    store.report.notes.push(format!(
+                        "removed incomplete segment {} (all zeros: its creation never completed)",
+                        path.display()
+                    ));
+                    fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
+                    store.dir_dirty = true;
+                }
+                _ => {
+                    return Err(format!(
+                        "segment {} has a damaged header; move it out of the data directory to start without it (its entries must then come from other replicas)",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        // The newest segment is appended to from now on: an index file it may
+        // have (it was full once, before a newer empty segment was removed) would
+        // go stale.
+        if let Some((id, seg)) = store.segs.iter_mut().next_back() {
+            let idx = seg_path(dir, *id, "idx");
+            if idx.exists() {
+                fs::remove_file(&idx).map_err(|e| io_err("cannot remove", &idx, e))?;
+            }
+            seg.indexed = false;
+        }
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn active(&self) -> Option<u32> {
+        self.segs.keys().next_back().copied()
+    }
+
+    fn current_lsn(&self) -> u64 {
+        self.segs
+            .iter()
+            .next_back()
+            .map_or(0, |(id, s)| lsn(*id, s.used))
+    }
+
+    fn load_index(&mut self, id: u32, visit: &mut dyn FnMut(Recovered)) -> bool {
+        let Ok(bytes) = fs::read(seg_path(&self.dir, id, "idx")) else {
+            return false;
+        };
+        let Some(seg) = self.segs.get_mut(&id) else {
+            return false;
+        };
+        if bytes.len() < IDX_HEADER_LEN + 4 {
+            return false;
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().unwrap_or([0; 8]));
+        let count = u64_at(32) as usize;
+        let valid = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4])) == crc32fast::hash(body)
+            && &body[0..4] == IDX_MAGIC
+            && u64_at(8) == u64::from(id)
+            && u64_at(16) == seg.nonce
+            && u64_at(24) <= u64::from(seg.size)
+            && body.len() == IDX_HEADER_LEN + count * IDX_ENTRY_LEN;
+        if !valid {
+            return false;
+        }
+        seg.used = u64_at(24) as u32;
+        seg.meta = Meta {
+            sealed_epoch: u64_at(40),
+            trim_mark: u64_at(48),
+        };
+        seg.max_addr = u64_at(56).checked_sub(1);
+        seg.indexed = true;
+        for e in body[IDX_HEADER_LEN..].chunks_exact(IDX_ENTRY_LEN) {
+            let addr = u64::from_le_bytes(e[0..8].try_into().unwrap_or([0; 8]));
+            let off = u32::from_le_bytes(e[8..12].try_into().unwrap_or([0; 4]));
+            let kind = if e[12] == Kind::Junk as u8 {
+                Kind::Junk
+            } else {
+                Kind::Data
+            };
+            visit(Recovered::Record {
+                addr,
+                kind,
+                loc: Loc { seg: id, off },
+            });
+        }
+        visit(Recovered::Meta(seg.meta));
+        true
+    }
+
+    /// Scans a segment record by record. A record that fails verification is a
+    /// torn tail if nothing valid follows it in the newest segment (the bytes are
+    /// zeroed), and corruption otherwise (reported, never served).
+    fn scan(&mut self, id: u32, last: bool, visit: &mut dyn FnMut(Recovered)) {
+        let max_payload = self.max_payload;
+        let Some(seg) = self.segs.get_mut(&id) else {
+            return;
+        };
+        let size = seg.size as usize;
+        let mut off = SEGMENT_HEADER_LEN;
+        while off + RECORD_HEADER_LEN <= size {
+            let err = match decode_record(&seg.map[off..], seg.nonce, max_payload) {
+                Ok((h, _, rec_size)) => {
+                    let loc = Loc {
+                        seg: id,
+                        off: off as u32,
+                    };
+                    if h.kind == Kind::Meta {
+                        seg.meta = seg.meta.max(h.as_meta());
+                        visit(Recovered::Meta(h.as_meta()));
+                    } else {
+                        seg.max_addr = Some(seg.max_addr.map_or(h.addr, |m| m.max(h.addr)));
+                        seg.entries.push((h.addr, off as u32, h.kind));
+                        visit(Recovered::Record {
+                            addr: h.addr,
+                            kind: h.kind,
+                            loc,
+                        });
+                    }
+                    off += rec_size;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let nonzero_end = seg.map[off..size]
+                .iter()
+                .rposition(|b| *b != 0)
+                .map(|p| off + p + 1);
+            let Some(nonzero_end) = nonzero_end else {
+                break;
+            }; // clean end of data
+            let next = (off + 8..nonzero_end)
+                .step_by(8)
+                .find(|&o| decode_record(&seg.map[o..], seg.nonce, max_payload).is_ok());
+            let loc = Loc {
+                seg: id,
+                off: off as u32,
+            };
+            let claimed = match err {
+                Invalid::BadChecksum(h) if h.kind != Kind::Meta => Some(h.addr),
+                _ => None,
+            };
+            match next {
+                None if last => {
+                    seg.map[off..nonzero_end].fill(0);
+                    self.report.torn_bytes += (nonzero_end - off) as u64;
+                    self.report.notes.push(format!(
+                        "segment {id}: truncated a torn tail of {} bytes at offset {off}",
+                        nonzero_end - off
+                    ));
+                    break;
+                }
+                None => {
+                    seg.damaged = true;
+                    if let Some(a) = claimed {
+                        seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
+                    }
+                    self.report.corrupt += 1;
+                    self.report.notes.push(format!(
+                        "segment {id}: damaged data from offset {off} to the end of the segment; \
+                         the entries there are not served (read them from another replica)"
+                    ));
+                    visit(Recovered::Corrupt { addr: claimed, loc });
+                    off = nonzero_end.next_multiple_of(8);
+                    break;
+                }
+                Some(next) => {
+                    seg.damaged = true;
+                    if let Some(a) = claimed {
+                        // Keeps the segment from being reclaimed while the address
+                        // it claims is live.
+                        seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
+                    }
+                    self.report.corrupt += 1;
+                    self.report.notes.push(format!(
+                        "segment {id}: damaged record at offset {off}{}; skipped to offset {next} \
+                         (after a power loss this can also be unsynced data written back out of order)",
+                        claimed.map(|a| format!(" (address {a})")).unwrap_or_default()
+                    ));
+                    visit(Recovered::Corrupt { addr: claimed, loc });
+                    off = next;
+                }
+            }
+        }
+        seg.used = off.min(size) as u32;
+    }
+
+    /// Writes the index file of a full segment whose data is durable.
+    fn write_index(&mut self, id: u32) -> io::Result<()> {
+        let Some(seg) = self.segs.get_mut(&id) else {
+            return Ok(());
+        };
+        // A damaged segment is never indexed, and "one past the highest
+        // address" must be representable.
+        if seg.indexed || seg.damaged || seg.max_addr == Some(u64::MAX) {
+            return Ok(());
+        }
+        let mut b = Vec::with_capacity(IDX_HEADER_LEN + seg.entries.len() * IDX_ENTRY_LEN + 4);
+        b.extend_from_slice(IDX_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        for v in [
+            u64::from(id),
+            seg.nonce,
+            u64::from(seg.used),
+            seg.entries.len() as u64,
+            seg.meta.sealed_epoch,
+            seg.meta.trim_mark,
+            seg.max_addr.map_or(0, |m| m + 1),
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for (addr, off, kind) in &seg.entries {
+            b.extend_from_slice(&addr.to_le_bytes());
+            b.extend_from_slice(&off.to_le_bytes());
+            b.extend_from_slice(&[*kind as u8, 0, 0, 0]);
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        let tmp = seg_path(&self.dir, id, "idx.tmp");
+        fs::write(&tmp, &b)?;
+        fs::rename(&tmp, seg_path(&self.dir, id, "idx"))?;
+        seg.indexed = true;
+        seg.entries = Vec::new();
+        Ok(())
+    }
+
+    fn create_segment(&mut self, id: u32) -> Result<(), AppendError> {
+        let path = seg_path(&self.dir, id, "seg");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| AppendError::Io(io_err("cannot create segment", &path, e)))?;
+        let size = self.segment_size;
+        // SAFETY: fallocate on a valid, owned descriptor.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                let _ = fs::remove_file(&path);
+                return Err(AppendError::Full(format!(
+                    "cannot preallocate {} bytes for {}: disk full; trim the log or add space",
+                    size,
+                    path.display()
+                )));
+            }
+            // File systems without fallocate: write the zeros, so that a later
+            // write fault into a hole cannot hit ENOSPC (SIGBUS through a mapping).
+            let zeros = vec![0u8; 1 << 20];
+            let mut f = &file;
+            for _ in 0..size.div_ceil(zeros.len() as u64) {
+                if let Err(e) = f.write_all(&zeros) {
+                    let _ = fs::remove_file(&path);
+                    return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                        AppendError::Full(format!("disk full while creating {}", path.display()))
+                    } else {
+                        AppendError::Io(io_err("cannot write", &path, e))
+                    });
+                }
+            }
+            file.set_len(size)
+                .map_err(|e| AppendError::Io(io_err("cannot size", &path, e)))?;
+        }
+        // SAFETY: see `open`; the file is new, sized, and locked by our directory lock.
+        let mut map = unsafe { MmapMut::map_mut(&file) }
+            .map_err(|e| AppendError::Io(io_err("cannot map", &path, e)))?;
+        // Appends walk the segment front to back: ask for aggressive readahead,
+        // which faults the preallocated (zero-filled) pages in large batches
+        // (measured: ~8% more appends/s than the default, ~50% more than Random).
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let nonce = random_nonce();
+        map[..SEGMENT_HEADER_LEN].copy_from_slice(&encode_seg_header(id, nonce, size));
+        self.segs.insert(id, Segment::new(file, map, nonce, size));
+        self.dirty.insert(id);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    fn put(&mut self, id: u32, head: &RecordHead, payload: &[u8]) -> Appended {
+        let seg = self
+            .segs
+            .get_mut(&id)
+            .expect("put into a segment that exists");
+        let off = seg.used as usize;
+        let size = record_size(payload.len());
+        encode_record(&mut seg.map[off..off + size], seg.nonce, head, payload);
+        seg.used += size as u32;
+        if head.kind == Kind::Meta {
+            seg.meta = seg.meta.max(head.as_meta());
+        } else {
+            seg.max_addr = Some(seg.max_addr.map_or(head.addr, |m| m.max(head.addr)));
+            seg.entries.push((head.addr, off as u32, head.kind));
+        }
+        self.dirty.insert(id);
+        Appended {
+            loc: Loc {
+                seg: id,
+                off: off as u32,
+            },
+            lsn: lsn(id, seg.used),
+        }
+    }
+}
+
+impl Store for MmapStore {
+    fn recover(&mut self, visit: &mut dyn FnMut(Recovered)) -> Result<(), String> {
+        let ids: Vec<u32> = self.segs.keys().copied().collect();
+        let mut meta = Meta::default();
+        let mut wrap = |r: Recovered| {
+            if let Recovered::Meta(m) = r {
+                meta = meta.max(m);
+            }
+            visit(r)
+        };
+        for (i, &id) in ids.iter().enumerate() {
+            let last = i + 1 == ids.len();
+            if !last && self.load_index(id, &mut wrap) {
+                self.report.indexed += 1;
+                continue;
+            }
+            self.scan(id, last, &mut wrap);
+            self.report.scanned += 1;
+        }
+        self.meta = meta;
+        // Make everything recovered durable (a torn tail may have been zeroed, and
+        // after a process crash the page cache may hold unsynced records), then
+        // index the full segments that had no index.
+        for (id, seg) in &self.segs {
+            seg.file
+                .sync_data()
+                .map_err(|e| format!("cannot sync segment {id}: {e}"))?;
+        }
+        fsync_dir(&self.dir_file)
+            .map_err(|e| format!("cannot sync {}: {e}", self.dir.display()))?;
+        self.dir_dirty = false;
+        let active = self.active();
+        for id in ids.into_iter().filter(|id| Some(*id) != active) {
+            if let Err(e) = self.write_index(id) {
+                self.report
+                    .notes
+                    .push(format!("cannot write index of segment {id}: {e}"));
+            }
+        }
+        self.durable_lsn = self.current_lsn();
+        Ok(())
+    }
+
+    fn append(&mut self, head: &RecordHead, payload: &[u8]) -> Result<Appended, AppendError> {
+        if payload.len() > self.max_payload {
+            return Err(AppendError::Io(format!(
+                "payload of {} bytes exceeds the {}-byte limit",
+                payload.len(),
+                self.max_payload
+            )));
+        }
+        let reserve = if head.kind == Kind::Meta {
+            0
+        } else {
+            META_RESERVE as u64
+        };
+        let need = record_size(payload.len()) as u64 + reserve;
+        let room = self
+            .segs
+            .values()
+            .next_back()
+            .map(|s| u64::from(s.size - s.used));
+        if room.is_none_or(|r| r < need) {
+            // Rollover is a sync barrier: the old segment is made durable before
+            // anything of the new one can reach the disk. Otherwise, after a power
+            // loss, an unsynced torn tail of the old segment (not the newest any
+            // more) would look like corruption of acknowledged data.
+            // (Unconditional: a sync job in flight may not have covered it yet.)
+            if let Some((old, seg)) = self.segs.iter().next_back() {
+                if self.rollover_barrier {
+                    seg.file.sync_data().map_err(|e| {
+                        AppendError::Io(format!(
+                            "fdatasync of segment {old} before rollover failed: {e}"
+                        ))
+                    })?;
+                } else {
+                    let (old, file) = (*old, seg.file.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("trex-rollover-sync".into())
+                        .spawn(move || {
+                            if let Err(e) = file.sync_data() {
+                                trex_net::log_line!(
+                                    "WARN",
+                                    "background fdatasync of segment {old}: {e}"
+                                );
+                            }
+                        });
+                }
+            }
+            let id = self.active().map_or(1, |a| a + 1);
+            self.create_segment(id)?;
+            // Every segment opens with the current meta (see the module docs).
+            let meta = RecordHead::meta(self.meta);
+            self.put(id, &meta, &[]);
+        }
+        if head.kind == Kind::Meta {
+            self.meta = self.meta.max(head.as_meta());
+        }
+        let id = self.active().expect("a segment exists after rollover");
+        Ok(self.put(id, head, payload))
+    }
+
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord> {
+        let seg = self.segs.get(&loc.seg).ok_or(CorruptRecord(loc))?;
+        let src = seg
+            .map
+            .get(loc.off as usize..seg.used as usize)
+            .ok_or(CorruptRecord(loc))?;
+        match decode_record(src, seg.nonce, self.max_payload) {
+            Ok((h, p, _)) => Ok((h, p)),
+            Err(_) => Err(CorruptRecord(loc)),
+        }
+    }
+
+    fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    fn begin_sync(&mut self) -> Option<SyncJob> {
+        let lsn = self.current_lsn();
+        if self.syncing || (lsn == self.durable_lsn && !self.dir_dirty) {
+            return None;
+        }
+        self.syncing = true;
+        let files = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|id| self.segs.get(&id).map(|s| s.file.clone()))
+            .collect();
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir_file.clone());
+        Some(SyncJob { lsn, files, dir })
+    }
+
+    fn end_sync(&mut self, lsn: u64, ok: bool) {
+        self.syncing = false;
+        if !ok {
+            return;
+        }
+        self.durable_lsn = self.durable_lsn.max(lsn);
+        let durable_seg = (self.durable_lsn >> 32) as u32;
+        let full: Vec<u32> = self
+            .segs
+            .iter()
+            .filter(|(id, s)| **id < durable_seg && !s.indexed && !s.damaged)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in full {
+            if let Err(e) = self.write_index(id) {
+                // Only a cache: the segment is scanned at the next open instead.
+                eprintln!("warning: cannot write index of segment {id}: {e}");
+            }
+        }
+    }
+
+    fn reclaim(&mut self, trim_mark: u64) -> usize {
+        // A segment may go once a later segment's opening meta record is durable:
+        // that record then carries the trim mark and sealed epoch forward.
+        let durable_seg = (self.durable_lsn >> 32) as u32;
+        let doomed: Vec<u32> = self
+            .segs
+            .iter()
+            .filter(|(id, s)| **id < durable_seg && s.max_addr.is_none_or(|m| m < trim_mark))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &doomed {
+            self.segs.remove(id); // unmaps before the file goes
+            self.dirty.remove(id);
+            for ext in ["seg", "idx"] {
+                let p = seg_path(&self.dir, *id, ext);
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        eprintln!("warning: cannot remove {}: {e}", p.display());
+                    }
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            self.dir_dirty = true;
+        }
+        doomed.len()
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            segments: self.segs.len() as u32,
+            segment_size_bytes: self.segment_size,
+            used_bytes: self.segs.values().map(|s| u64::from(s.used)).sum(),
+        }
+    }
+}

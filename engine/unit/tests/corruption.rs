@@ -1,0 +1,296 @@
+//! Corruption test: flip bits and append garbage in real segment files, reopen,
+//! and check that damage is detected, never served, and that a torn tail is
+//! truncated while every intact entry reads back.
+
+mod common;
+
+use common::{replies, send, sync, write};
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use trex_unit::storage::mmap::{MmapOptions, MmapStore};
+use trex_unit::unit::{Unit, UnitConfig};
+use trex_wire::{self as wire, Opcode, Status};
+
+const SEG: u64 = 64 * 1024;
+
+fn open(dir: &Path) -> Unit<MmapStore> {
+    let store = MmapStore::open(dir, &MmapOptions { segment_size: SEG }).expect("open");
+    Unit::open(store, UnitConfig::default()).expect("recover").0
+}
+
+fn value(addr: u64) -> Vec<u8> {
+    format!("entry-{addr:05}-").repeat(60).into_bytes() // 720 bytes
+}
+
+fn read_all<S: trex_unit::storage::Store>(u: &mut Unit<S>, n: u64) -> Vec<(u64, Status, Vec<u8>)> {
+    let addrs: Vec<u64> = (0..n).collect();
+    send(u, 999, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &addrs)
+    });
+    let r = replies(u).pop().expect("read reply");
+    let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+    wire::decode_read_reply(f.body)
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x.addr,
+                x.status,
+                x.entry.map(|e| e.data.to_vec()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Finds the file offset of the payload of `addr`'s record in a segment.
+fn find(path: &Path, addr: u64) -> Option<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let needle = format!("entry-{addr:05}-");
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+}
+
+fn populate(dir: &Path, n: u64) {
+    let mut u = open(dir);
+    for a in 0..n {
+        write(&mut u, a + 1, a, &value(a));
+    }
+    sync(&mut u);
+    assert_eq!(replies(&mut u).len() as u64, n);
+}
+
+#[test]
+fn flipped_bits_are_detected_and_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200); // ~160 KiB: three segments, the older ones indexed
+    let segs = segments(dir.path());
+    assert!(
+        segs.len() >= 3,
+        "test needs several segments, got {}",
+        segs.len()
+    );
+    // Damage one entry in an indexed (full) segment and one in the newest.
+    let victims = [
+        (segs[0].clone(), 10u64),
+        (segs[segs.len() - 1].clone(), 195u64),
+    ];
+    for (path, addr) in &victims {
+        let off = find(path, *addr).expect("entry in segment");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        f.seek(SeekFrom::Start(off as u64 + 100)).unwrap();
+        f.write_all(&[0xFF]).unwrap();
+    }
+    let mut u = open(dir.path());
+    for (addr, status, data) in read_all(&mut u, 200) {
+        if addr == 10 || addr == 195 {
+            assert_eq!(
+                status,
+                Status::Corrupt,
+                "address {addr} is damaged and must not be served"
+            );
+        } else {
+            assert_eq!(
+                (status, data),
+                (Status::Ok, value(addr)),
+                "address {addr} is intact"
+            );
+        }
+    }
+    send(&mut u, 1, Opcode::Info, 0, |_| {});
+    let r = replies(&mut u).pop().unwrap();
+    let info = wire::decode_info_reply(wire::parse_frame(&r.frame).unwrap().unwrap().body).unwrap();
+    assert_eq!(info.corrupt, 2, "both damaged records are counted");
+}
+
+#[test]
+fn garbage_after_the_last_record_is_a_torn_tail_and_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 20);
+    let last = segments(dir.path()).pop().unwrap();
+    let end = find(&last, 19).unwrap() + value(19).len();
+    let garbage_at = end.next_multiple_of(8);
+    {
+        // A half-written record: a plausible header and a few payload bytes.
+        let mut f = OpenOptions::new().write(true).open(&last).unwrap();
+        f.seek(SeekFrom::Start(garbage_at as u64)).unwrap();
+        let mut torn = vec![0u8; 40];
+        torn[4..8].copy_from_slice(&500u32.to_le_bytes());
+        torn[8..16].copy_from_slice(&20u64.to_le_bytes());
+        torn[32] = 1;
+        torn.extend_from_slice(b"half-written payload");
+        f.write_all(&torn).unwrap();
+    }
+    let store = MmapStore::open(dir.path(), &MmapOptions { segment_size: SEG }).unwrap();
+    let (mut u, stats) = Unit::open(store, UnitConfig::default()).unwrap();
+    assert_eq!(stats.corrupt, 0, "a torn tail is not corruption");
+    assert!(
+        u.store().report.torn_bytes >= 60,
+        "torn tail truncated: {:?}",
+        u.store().report
+    );
+    let got = read_all(&mut u, 21);
+    assert_eq!(
+        got[20].1,
+        Status::Unwritten,
+        "the torn record is not served"
+    );
+    assert!(got[..20]
+        .iter()
+        .all(|(a, s, d)| *s == Status::Ok && *d == value(*a)));
+    // The space is reused cleanly: a new write there survives another reopen.
+    write(&mut u, 1, 20, &value(20));
+    sync(&mut u);
+    drop(u);
+    let mut u = open(dir.path());
+    assert_eq!(read_all(&mut u, 21)[20], (20, Status::Ok, value(20)));
+}
+
+#[test]
+fn random_garbage_appended_to_every_segment_never_turns_into_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 120);
+    let mut rng = common::Rng::from_time();
+    eprintln!("seed {}", rng.0);
+    for path in segments(dir.path()) {
+        let bytes = std::fs::read(&path).unwrap();
+        let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(used.next_multiple_of(8) as u64))
+            .unwrap();
+        let junk: Vec<u8> = (0..256).map(|_| rng.next() as u8).collect();
+        f.write_all(&junk).unwrap();
+    }
+    let mut u = open(dir.path());
+    for (addr, status, data) in read_all(&mut u, 130) {
+        if addr < 120 {
+            assert_eq!((status, data), (Status::Ok, value(addr)), "address {addr}");
+        } else {
+            assert_eq!(
+                status,
+                Status::Unwritten,
+                "address {addr} was never written"
+            );
+        }
+    }
+    assert!(
+        u.tail() == 120,
+        "garbage does not move the tail (tail {})",
+        u.tail()
+    );
+}
+
+#[test]
+fn a_damaged_segment_header_stops_the_unit_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200);
+    let first = segments(dir.path()).remove(0);
+    let mut f = OpenOptions::new().write(true).open(&first).unwrap();
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap(); // damage the magic
+    let err = MmapStore::open(dir.path(), &MmapOptions { segment_size: SEG })
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("damaged header") && err.contains("move it out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_newest_segment_is_dropped_only_when_it_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200);
+    let mut segs = segments(dir.path());
+    let newest = segs.pop().unwrap();
+    // A damaged header on the newest segment is not taken for an unfinished
+    // creation: acknowledged entries live there.
+    let saved = std::fs::read(&newest).unwrap();
+    let mut f = OpenOptions::new().write(true).open(&newest).unwrap();
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap(); // damage the magic
+    drop(f);
+    let err = MmapStore::open(dir.path(), &MmapOptions { segment_size: SEG })
+        .err()
+        .expect("refused");
+    assert!(err.contains("damaged header"), "{err}");
+    // An all-zero newest segment (creation cut short) is removed, and the segment
+    // before it takes appends again without a stale index.
+    std::fs::write(&newest, vec![0u8; saved.len()]).unwrap();
+    let extra = segs.last().unwrap().with_extension("idx");
+    assert!(extra.exists(), "the full segment before it was indexed");
+    {
+        let mut u = open(dir.path());
+        assert!(!newest.exists(), "the empty segment was removed");
+        assert!(
+            !extra.exists(),
+            "the index of the segment that is now appended to is gone"
+        );
+        write(&mut u, 1, 500, &value(500));
+        sync(&mut u);
+        assert_eq!(replies(&mut u).len(), 1);
+    }
+    let mut u = open(dir.path());
+    let got = read_all(&mut u, 501);
+    assert_eq!(
+        got[500],
+        (500, Status::Ok, value(500)),
+        "the append after reopening is found again"
+    );
+}
+
+#[test]
+fn damage_found_by_a_scan_is_still_reported_after_the_next_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200);
+    let segs = segments(dir.path());
+    for s in &segs {
+        let _ = std::fs::remove_file(s.with_extension("idx")); // force scans
+    }
+    let off = find(&segs[0], 10).unwrap();
+    let mut f = OpenOptions::new().write(true).open(&segs[0]).unwrap();
+    f.seek(SeekFrom::Start(off as u64 + 50)).unwrap();
+    f.write_all(&[0xAA]).unwrap();
+    drop(f);
+    for round in 0..2 {
+        let mut u = open(dir.path());
+        let got = read_all(&mut u, 200);
+        assert_eq!(
+            got[10].1,
+            Status::Corrupt,
+            "round {round}: damage is answered as corrupt"
+        );
+        assert!(got
+            .iter()
+            .filter(|g| g.0 != 10)
+            .all(|(a, s, d)| *s == Status::Ok && *d == value(*a)));
+        // A fill must not paper over an acknowledged (damaged) entry.
+        send(&mut u, 5, Opcode::Fill, 0, |b| {
+            wire::encode_addr_list(b, &[10])
+        });
+        let r = replies(&mut u).pop().unwrap();
+        let st: Vec<Status> =
+            wire::decode_status_list(wire::parse_frame(&r.frame).unwrap().unwrap().body)
+                .unwrap()
+                .iter()
+                .collect();
+        assert_eq!(st, vec![Status::Corrupt], "round {round}");
+    }
+    assert!(
+        !segs[0].with_extension("idx").exists(),
+        "a damaged segment is never indexed"
+    );
+}

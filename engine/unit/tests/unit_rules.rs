@@ -1,0 +1,262 @@
+//! Exact replies of the unit core for the rules the model test cannot see:
+//! when a reply is released, what a failed sync does, and how bad frames are
+//! answered.
+
+use trex_unit::storage::memory::MemStore;
+mod common;
+
+use common::{error_code, replies, send, sync, write};
+use trex_unit::unit::{Reply, Unit, UnitConfig};
+use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, Status};
+
+fn unit() -> Unit<MemStore> {
+    Unit::open(MemStore::new(), UnitConfig::default())
+        .expect("open")
+        .0
+}
+
+#[test]
+fn a_write_is_acknowledged_only_after_a_sync_covers_it() {
+    let mut u = unit();
+    write(&mut u, 1, 0, b"a");
+    write(&mut u, 2, 1, b"b");
+    assert!(replies(&mut u).is_empty(), "no ack before the sync");
+    let job = u.poll_sync().expect("sync due");
+    assert!(u.poll_sync().is_none(), "one sync at a time");
+    write(&mut u, 3, 2, b"c"); // arrives while the sync runs: not covered by it
+    u.on_synced(job.lsn, Ok(()));
+    let got: Vec<u64> = replies(&mut u).iter().map(|r| r.to).collect();
+    assert_eq!(
+        got,
+        vec![1, 2],
+        "one sync acknowledges the whole group, and only it"
+    );
+    sync(&mut u);
+    assert_eq!(
+        replies(&mut u).iter().map(|r| r.to).collect::<Vec<_>>(),
+        vec![3]
+    );
+}
+
+#[test]
+fn a_read_of_an_entry_not_yet_durable_waits_for_the_sync() {
+    let mut u = unit();
+    write(&mut u, 1, 7, b"x");
+    send(&mut u, 2, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[7])
+    });
+    send(&mut u, 3, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[8])
+    });
+    // The read of an unwritten address depends on nothing and goes at once.
+    assert_eq!(
+        replies(&mut u).iter().map(|r| r.to).collect::<Vec<_>>(),
+        vec![3]
+    );
+    sync(&mut u);
+    assert_eq!(
+        replies(&mut u).iter().map(|r| r.to).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+#[test]
+fn a_failed_sync_poisons_the_unit() {
+    let mut u = unit();
+    write(&mut u, 1, 0, b"a");
+    let job = u.poll_sync().unwrap();
+    u.on_synced(job.lsn, Err("EIO".into()));
+    let r = replies(&mut u);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        error_code(&r[0]),
+        Some(ErrorCode::Poisoned),
+        "the in-doubt write is not acknowledged"
+    );
+    assert!(u.poisoned().unwrap().contains("EIO"));
+    write(&mut u, 2, 1, b"b");
+    send(&mut u, 3, Opcode::Seal, 0, |b| wire::encode_u64(b, 5));
+    let r = replies(&mut u);
+    assert_eq!(
+        r.iter().map(error_code).collect::<Vec<_>>(),
+        vec![Some(ErrorCode::Poisoned); 2]
+    );
+    assert!(u.poll_sync().is_none(), "a poisoned unit never syncs again");
+    send(&mut u, 4, Opcode::Info, 0, |_| {});
+    let info = replies(&mut u).pop().unwrap();
+    let f = wire::parse_frame(&info.frame).unwrap().unwrap();
+    assert_ne!(
+        wire::decode_info_reply(f.body).unwrap().flags & wire::INFO_POISONED,
+        0
+    );
+}
+
+#[test]
+fn bad_frames_get_errors_and_protocol_violations_close() {
+    let mut u = unit();
+    send(&mut u, 1, Opcode::Write, 0, |b| {
+        b.extend_from_slice(&[1, 0, 0, 0, 9])
+    });
+    send(&mut u, 2, Opcode::Error, 0, |_| {});
+    let mut f = Vec::new();
+    let s = begin_frame(&mut f);
+    finish_frame(
+        &mut f,
+        s,
+        Header {
+            opcode: Opcode::Info as u8,
+            request_id: 3,
+            cluster_id: 9,
+            ..Header::default()
+        },
+    );
+    let fr = wire::parse_frame(&f).unwrap().unwrap();
+    assert!(
+        !u.on_frame(3, &fr.header, fr.body),
+        "a frame for another cluster ends the connection"
+    );
+    send(&mut u, 4, Opcode::Seal, 0, |b| wire::encode_u64(b, 2));
+    sync(&mut u);
+    send(&mut u, 5, Opcode::Read, 1, |b| {
+        wire::encode_addr_list(b, &[0])
+    });
+    let r = replies(&mut u);
+    let got: Vec<(u64, Option<ErrorCode>, bool)> =
+        r.iter().map(|r| (r.to, error_code(r), r.close)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some(ErrorCode::MalformedBody), true),
+            (2, Some(ErrorCode::UnknownOpcode), true),
+            (3, Some(ErrorCode::WrongCluster), true),
+            (4, None, false),
+            (5, Some(ErrorCode::SealedEpoch), false),
+        ]
+    );
+    let sealed = wire::parse_frame(&r[4].frame).unwrap().unwrap();
+    assert_eq!(
+        sealed.header.epoch, 2,
+        "a SealedEpoch reply carries the unit's epoch"
+    );
+    assert_eq!(sealed.header.request_id, 5);
+}
+
+#[test]
+fn a_corrupt_record_is_never_served() {
+    let mut u = unit();
+    write(&mut u, 1, 3, b"precious");
+    sync(&mut u);
+    replies(&mut u);
+    let mut store = u.into_store();
+    assert!(store.corrupt(3));
+    let (mut u, stats) = Unit::open(store, UnitConfig::default()).unwrap();
+    assert_eq!(stats.corrupt, 1, "recovery reports the damage");
+    send(&mut u, 2, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[3])
+    });
+    write(&mut u, 3, 3, b"other");
+    let r = replies(&mut u);
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    let read = wire::decode_read_reply(f.body).unwrap();
+    assert_eq!(read.iter().next().unwrap().status, Status::Corrupt);
+    let f = wire::parse_frame(&r[1].frame).unwrap().unwrap();
+    let st: Vec<Status> = wire::decode_status_list(f.body).unwrap().iter().collect();
+    assert_eq!(
+        st,
+        vec![Status::Corrupt],
+        "a corrupt address is not silently overwritten"
+    );
+}
+
+#[test]
+fn full_store_answers_full_and_keeps_serving() {
+    let mut store = MemStore::new();
+    store.capacity = Some(1);
+    let (mut u, _) = Unit::open(store, UnitConfig::default()).unwrap();
+    write(&mut u, 1, 0, b"a");
+    write(&mut u, 2, 1, b"b");
+    sync(&mut u);
+    let mut r = replies(&mut u);
+    r.sort_by_key(|r| r.to);
+    let st = |r: &Reply| {
+        let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+        wire::decode_status_list(f.body)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap()
+    };
+    assert_eq!((st(&r[0]), st(&r[1])), (Status::Ok, Status::Full));
+    assert!(u.poisoned().is_none(), "full is not a failure");
+}
+
+#[test]
+fn nothing_waits_forever_on_a_poisoned_unit() {
+    let mut u = unit();
+    write(&mut u, 1, 0, b"a");
+    let job = u.poll_sync().unwrap();
+    u.on_synced(job.lsn, Err("EIO".into()));
+    replies(&mut u);
+    // The entry at 0 never became durable; a read of it must not hang.
+    send(&mut u, 2, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[0])
+    });
+    let r = replies(&mut u);
+    assert_eq!(
+        r.iter().map(error_code).collect::<Vec<_>>(),
+        vec![Some(ErrorCode::Poisoned)]
+    );
+    assert_eq!(u.pending_replies(), 0);
+}
+
+#[test]
+fn the_reserved_address_is_refused() {
+    let mut u = unit();
+    write(&mut u, 1, u64::MAX, b"x");
+    send(&mut u, 2, Opcode::Fill, 0, |b| {
+        wire::encode_addr_list(b, &[u64::MAX])
+    });
+    let st: Vec<Status> = replies(&mut u)
+        .iter()
+        .map(|r| {
+            wire::decode_status_list(wire::parse_frame(&r.frame).unwrap().unwrap().body)
+                .unwrap()
+                .iter()
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(st, vec![Status::OutOfRange, Status::OutOfRange]);
+    assert_eq!(u.tail(), 0);
+}
+
+#[test]
+fn trimmed_is_only_reported_once_the_trim_is_durable() {
+    let mut u = unit();
+    write(&mut u, 1, 5, b"old");
+    sync(&mut u);
+    replies(&mut u);
+    send(&mut u, 2, Opcode::Trim, 0, |b| wire::encode_u64(b, 10));
+    send(&mut u, 3, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[5])
+    });
+    write(&mut u, 4, 6, b"new");
+    assert!(
+        replies(&mut u).is_empty(),
+        "a crash now would undo the trim: nothing may say 'trimmed' yet"
+    );
+    sync(&mut u);
+    let mut r = replies(&mut u);
+    r.sort_by_key(|r| r.to);
+    assert_eq!(r.iter().map(|r| r.to).collect::<Vec<_>>(), vec![2, 3, 4]);
+    let f = wire::parse_frame(&r[1].frame).unwrap().unwrap();
+    assert_eq!(
+        wire::decode_read_reply(f.body)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap()
+            .status,
+        Status::Trimmed
+    );
+}
