@@ -608,12 +608,16 @@ fn lock_client(
     use trex_consensus::client::ConsensusClient;
     use trex_consensus::lock::LockClient;
     let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut c = LockClient::new(ConsensusClient::new(endpoints, Duration::from_secs(2))?);
+    let mut c = LockClient::new(
+        ConsensusClient::new(endpoints, Duration::from_secs(2)).map_err(|e| e.to_string())?,
+    );
     let name = format!("bench-{}-{i}", std::process::id());
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        let l = c.acquire(&name, "bench", Duration::from_secs(30))?;
-        c.release(&name, l.token)?;
+        let l = c
+            .acquire(&name, "bench", Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        c.release(&name, l.token).map_err(|e| e.to_string())?;
         hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
         done.fetch_add(1, Ordering::Relaxed);
     }
@@ -895,7 +899,7 @@ fn append_client(
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
     let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut log = trex_log::Log::connect(&a.endpoints)?;
+    let mut log = trex_log::Log::connect(&a.endpoints).map_err(|e| e.to_string())?;
     let entry: Vec<u8> = (0..a.size).map(|k| (k as usize ^ i) as u8).collect();
     let batch = a.batch.unwrap_or(a.depth).clamp(1, a.depth.max(1));
     let window = a.depth.div_ceil(batch);
@@ -919,14 +923,14 @@ fn append_client(
     };
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..batch {
-            let t = p.submit(&entry)?;
+            let t = p.submit(&entry).map_err(|e| e.to_string())?;
             if t % b == 0 {
                 started.insert(t, Instant::now());
             }
         }
         finish(&mut p, &mut started)?;
     }
-    p.flush()?;
+    p.flush().map_err(|e| e.to_string())?;
     finish(&mut p, &mut started)?;
     Ok(hist)
 }
@@ -939,8 +943,8 @@ fn read_client(
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
     let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut log = trex_log::Log::connect(&a.endpoints)?;
-    let tail = log.check()?;
+    let mut log = trex_log::Log::connect(&a.endpoints).map_err(|e| e.to_string())?;
+    let tail = log.check().map_err(|e| e.to_string())?;
     if tail < a.depth as u64 {
         return Err(format!(
             "the log holds {tail} entries; append some first (trex-bench append)"
@@ -949,7 +953,8 @@ fn read_client(
     let mut at = (i as u64 * 7919) % (tail - a.depth as u64 + 1);
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        log.read_range(at, a.depth as u64)?;
+        log.read_range(at, a.depth as u64)
+            .map_err(|e| e.to_string())?;
         hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
         done.fetch_add(a.depth as u64, Ordering::Relaxed);
         at = (at + a.depth as u64 * 13) % (tail - a.depth as u64 + 1);

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod codes;
 pub mod consensus;
 pub mod framing;
+pub mod ops;
 
 pub use codec::*;
 pub use codes::*;

@@ -1,6 +1,9 @@
 //! `trex`: run Trex Corfu nodes and talk to them.
 
+mod error;
 mod up;
+
+use error::{failed, usage, CliError};
 
 use crate::up::{run_up, UpOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -19,6 +22,7 @@ use trex_net::util::{parse_duration, parse_size};
 use trex_net::LoopConfig;
 use trex_sequencer::{run_sequencer, SequencerOptions};
 use trex_unit::node::{run_storage, StorageOptions};
+use trex_wire::ops::Refusal;
 use trex_wire::{Status, WriteOp, INFO_IO_URING, INFO_POISONED, INFO_SYNC_NEVER};
 
 #[derive(Parser)]
@@ -449,10 +453,7 @@ fn main() -> ExitCode {
     let result = run(cli);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => e.report(),
     }
 }
 
@@ -475,11 +476,11 @@ fn resolve_endpoints(ep: &Endpoints) -> String {
     DEFAULT_ENDPOINTS.to_string()
 }
 
-fn consensus_client(ep: &Endpoints) -> Result<ConsensusClient, String> {
-    ConsensusClient::new(&resolve_endpoints(ep), ep.timeout)
+fn consensus_client(ep: &Endpoints) -> Result<ConsensusClient, CliError> {
+    Ok(ConsensusClient::new(&resolve_endpoints(ep), ep.timeout)?)
 }
 
-fn members_cmd(a: ShowArgs) -> Result<(), String> {
+fn members_cmd(a: ShowArgs) -> Result<(), CliError> {
     let m = consensus_client(&a.ep)?.members()?;
     match a.format {
         Format::Json => {
@@ -539,7 +540,7 @@ fn print_projection(p: &Projection) {
     }
 }
 
-fn layout_show(a: ShowArgs) -> Result<(), String> {
+fn layout_show(a: ShowArgs) -> Result<(), CliError> {
     let (n, p) = consensus_client(&a.ep)?.layout()?;
     let Some(p) = p else {
         return Err("no layout is installed yet; bootstrap one with `trex layout init --stripes 2 --replicas 2`".into());
@@ -578,7 +579,7 @@ fn layout_show(a: ShowArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn endpoint_status(a: ShowArgs) -> Result<(), String> {
+fn endpoint_status(a: ShowArgs) -> Result<(), CliError> {
     let eps = resolve_endpoints(&a.ep);
     let mut rows = Vec::new();
     let mut reachable = 0;
@@ -638,7 +639,7 @@ fn endpoint_status(a: ShowArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::Node(NodeCmd::Storage(a)) => {
             let opts = StorageOptions {
@@ -665,7 +666,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     a.listen.to_string(),
                 );
             }
-            run_storage(&opts)
+            Ok(run_storage(&opts)?)
         }
         Cmd::Node(NodeCmd::Sequencer(a)) => run_sequencer(&SequencerOptions {
             listen: a.listen,
@@ -676,7 +677,8 @@ fn run(cli: Cli) -> Result<(), String> {
             limits: LoopConfig::default(),
             repair_every: a.repair_every,
             replicas: a.replicas,
-        }),
+        })
+        .map_err(CliError::from),
         Cmd::Node(NodeCmd::Consensus(a)) => run_consensus(&ConsensusOptions {
             id: a.id,
             listen: a.listen,
@@ -685,7 +687,8 @@ fn run(cli: Cli) -> Result<(), String> {
             election_ms: a.election_timeout.as_millis().max(1) as u64,
             heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
             limits: LoopConfig::default(),
-        }),
+        })
+        .map_err(CliError::from),
         Cmd::Unit(u) => unit_cmd(u),
         Cmd::Members(a) => members_cmd(a),
         Cmd::Layout(LayoutCmd::Show(a)) => layout_show(a),
@@ -696,8 +699,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }) => {
             let mut c = consensus_client(&ep)?;
             let b = c.submit_ok(&Op::InitLayout { stripes, replicas })?;
-            let p = decode_projection(&mut trex_wire::Reader::new(&b)).map_err(|e| e.to_string());
-            p.map(|p| print_projection(&p))
+            let p = decode_projection(&mut trex_wire::Reader::new(&b))
+                .map_err(|e| failed!("bad layout from the consensus group: {e}"))?;
+            print_projection(&p);
+            Ok(())
         }
         Cmd::Endpoint(EndpointCmd::Status(a)) => endpoint_status(a),
         Cmd::Lock(cmd) => lock_cmd(cmd),
@@ -731,7 +736,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if data == "-" {
                 let stdin = std::io::stdin();
                 let mut lines: Vec<String> = Vec::new();
-                let flush = |log: &mut Log, lines: &mut Vec<String>| -> Result<(), String> {
+                let flush = |log: &mut Log, lines: &mut Vec<String>| -> Result<(), CliError> {
                     let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
                     for a in log.append_batch(&refs)? {
                         println!("{a}");
@@ -782,7 +787,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Repair { ep, replicas } => {
             if replicas == Some(0) {
-                return Err("--replicas must be at least 1".into());
+                return Err(usage!("--replicas must be at least 1"));
             }
             let mut log = Log::connect(&resolve_endpoints(&ep))?;
             let r = log.repair(replicas, &mut |line| eprintln!("{line}"))?;
@@ -834,11 +839,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     println!("epoch {epoch} first {first} count {count}");
                     Ok(())
                 }
-                trex_wire::TokenReply::NotSequencer { hint } if hint.is_empty() => Err(format!(
+                trex_wire::TokenReply::NotSequencer { hint } if hint.is_empty() => Err(failed!(
                     "{node} is not the active sequencer and knows of none; is a layout installed?"
                 )),
                 trex_wire::TokenReply::NotSequencer { hint } => {
-                    Err(format!("{node} is not the active sequencer; ask {hint}"))
+                    Err(failed!("{node} is not the active sequencer; ask {hint}"))
                 }
             }
         }
@@ -854,7 +859,7 @@ fn print_slot(addr: u64, s: &Slot) {
     }
 }
 
-fn cluster_status(a: ShowArgs) -> Result<(), String> {
+fn cluster_status(a: ShowArgs) -> Result<(), CliError> {
     let eps = resolve_endpoints(&a.ep);
     let log = Log::connect(&eps)?;
     let p = log.projection().clone();
@@ -983,7 +988,7 @@ fn print_lease(l: &Lease) {
     );
 }
 
-fn lock_cmd(cmd: LockCmd) -> Result<(), String> {
+fn lock_cmd(cmd: LockCmd) -> Result<(), CliError> {
     match cmd {
         LockCmd::Acquire {
             ep,
@@ -1025,21 +1030,21 @@ fn lock_run(
     ttl: Duration,
     holder: Option<String>,
     command: &[String],
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let holder = holder.unwrap_or_else(default_holder);
     let mut c = LockClient::new(consensus_client(ep)?);
     let mut told = false;
     let lease = loop {
         match c.acquire(name, &holder, ttl) {
             Ok(l) => break l,
-            Err(e) if e.contains("is held by") => {
+            Err(e) if e.is_refused(Refusal::LockHeld) => {
                 if !told {
                     eprintln!("waiting for {e}");
                     told = true;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     };
     eprintln!(
@@ -1116,7 +1121,7 @@ fn explain(status: Status) -> &'static str {
     }
 }
 
-fn unit_cmd(u: UnitArgs) -> Result<(), String> {
+fn unit_cmd(u: UnitArgs) -> Result<(), CliError> {
     let mut c = UnitClient::connect(&u.node, u.timeout).map_err(|e| e.to_string())?;
     c.cluster_id = u.cluster_id;
     let err = |e: ClientError| e.to_string();
@@ -1159,12 +1164,12 @@ fn unit_cmd(u: UnitArgs) -> Result<(), String> {
                     "{addr}\tok\twriter={writer}\tseq={seq}\tlen={}",
                     bytes.len()
                 ),
-                s => return Err(format!("address {addr}: {}", explain(s))),
+                s => return Err(failed!("address {addr}: {}", explain(s))),
             }
         }
         UnitCmd::Read { addr, count, raw } => {
             if raw && count != 1 {
-                return Err("--raw prints one entry; use --count 1".into());
+                return Err(usage!("--raw prints one entry; use --count 1"));
             }
             let addrs: Vec<u64> = (0..u64::from(count))
                 .filter_map(|i| addr.checked_add(i))
@@ -1216,7 +1221,7 @@ fn unit_cmd(u: UnitArgs) -> Result<(), String> {
         UnitCmd::Seal { epoch: new } => {
             let s = c.seal(new).map_err(err)?;
             if !s.sealed {
-                return Err(format!(
+                return Err(failed!(
                     "epoch {new} is not higher than the unit's sealed epoch {}; seal at {} or higher (tail {})",
                     s.sealed_epoch,
                     s.sealed_epoch + 1,
@@ -1264,7 +1269,7 @@ fn unit_cmd(u: UnitArgs) -> Result<(), String> {
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} address(es) not ok"));
+        return Err(failed!("{failed} address(es) not ok"));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `trex up`: a whole local cluster with one command. Every node is its own
 //! process running the same `trex node …` code a bare-metal deployment runs.
 
+use crate::error::{failed, CliError};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ struct Node {
     child: Child,
 }
 
-fn spawn(exe: &Path, name: &str, logs: &Path, args: &[String]) -> Result<Node, String> {
+fn spawn(exe: &Path, name: &str, logs: &Path, args: &[String]) -> Result<Node, CliError> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))
         .map_err(|e| format!("cannot create the log of {name}: {e}"))?;
     let child = Command::new(exe)
@@ -78,16 +79,16 @@ fn wait_for(
     within: Duration,
     set: &libc::sigset_t,
     mut ok: impl FnMut() -> bool,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let t0 = Instant::now();
     while !ok() {
         if let Some(sig) = interrupted(set) {
-            return Err(format!(
+            return Err(failed!(
                 "interrupted by signal {sig} while waiting for {what}; stopping what was started"
             ));
         }
         if t0.elapsed() > within {
-            return Err(format!(
+            return Err(failed!(
                 "{what} did not happen within {within:?}; see the logs"
             ));
         }
@@ -115,7 +116,7 @@ fn stop_all(nodes: &mut [Node]) {
 }
 
 /// Starts the cluster, waits until it serves, and runs until SIGINT/SIGTERM.
-pub fn run_up(o: &UpOptions) -> Result<(), String> {
+pub fn run_up(o: &UpOptions) -> Result<(), CliError> {
     let set =
         trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
@@ -128,7 +129,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
         || o.units > 80
         || o.base_port > 65_535 - 100
     {
-        return Err(format!(
+        return Err(failed!(
             "--consensus 1..9, --sequencers 1..9, --units up to 80 and --base-port up to 65435 (it uses the 100 ports from there); got {}, {}, {}, {}",
             o.consensus, o.sequencers, o.units, o.base_port
         ));
@@ -137,7 +138,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
     let consensus: Vec<String> = (0..o.consensus).map(port).collect();
     let eps = consensus.join(",");
     let mut nodes: Vec<Node> = Vec::new();
-    let started = (|| -> Result<(), String> {
+    let started = (|| -> Result<(), CliError> {
         for (i, addr) in consensus.iter().enumerate() {
             let dir = o.data_dir.join(format!("consensus-{}", i + 1));
             let args = vec![
@@ -259,12 +260,12 @@ pub fn run_up(o: &UpOptions) -> Result<(), String> {
     })();
     if let Err(e) = started {
         stop_all(&mut nodes);
-        return Err(format!("{e} (logs in {})", logs.display()));
+        return Err(failed!("{e} (logs in {})", logs.display()));
     }
     let ep_file = o.data_dir.join("endpoints");
     if let Err(e) = std::fs::write(&ep_file, format!("{eps}\n")) {
         stop_all(&mut nodes);
-        return Err(format!(
+        return Err(failed!(
             "cannot write {}: {e}; the cluster was stopped",
             ep_file.display()
         ));

@@ -71,9 +71,11 @@ fn the_group_survives_its_leader_and_the_leader_catches_up() {
         expected_epoch: 1,
         projection: next,
     });
+    let e = stale.unwrap_err();
     assert!(
-        stale.unwrap_err().contains("epoch is 2"),
-        "a stale install is refused"
+        e.is_refused(trex_wire::ops::Refusal::EpochMismatch)
+            && e.to_string().contains("epoch is 2"),
+        "a stale install is refused: {e}"
     );
     assert_eq!(c.members().unwrap().len(), 4);
     assert!(g.status(new).unwrap().commit > before);

@@ -3,7 +3,8 @@
 //! applied once), and asks nodes for their status. Used by the command line and
 //! by storage units to register themselves.
 
-use super::sm::{decode_members, decode_projection, Member, Op, Projection, RESULT_OK};
+use crate::error::ConsensusError;
+use crate::sm::{decode_members, decode_projection, decode_result, Member, Op, Projection};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -87,14 +88,17 @@ fn call_on(
 
 impl ConsensusClient {
     /// A client for `endpoints` (comma-separated HOST:PORT list).
-    pub fn new(endpoints: &str, timeout: Duration) -> Result<ConsensusClient, String> {
+    pub fn new(endpoints: &str, timeout: Duration) -> Result<ConsensusClient, ConsensusError> {
         let endpoints: Vec<String> = endpoints
             .split(',')
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
         if endpoints.is_empty() {
-            return Err("no consensus endpoints given: pass --endpoints HOST:PORT,... or set TREX_ENDPOINTS".into());
+            return Err(ConsensusError::Config(
+                "no consensus endpoints given: pass --endpoints HOST:PORT,... or set TREX_ENDPOINTS"
+                    .into(),
+            ));
         }
         Ok(ConsensusClient {
             endpoints,
@@ -115,7 +119,7 @@ impl ConsensusClient {
     /// Submits an operation and returns its result, following the leader.
     /// Retries (after timeouts too) reuse the sequence number, so the command is
     /// applied at most once.
-    pub fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    pub fn submit(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError> {
         self.seq += 1;
         let mut body = Vec::new();
         cw::encode_submit(&mut body, self.client_id, self.seq, &op.encode());
@@ -132,7 +136,9 @@ impl ConsensusClient {
                 }
             };
             match self.call_kept(&addr, &body) {
-                Ok((_, b)) => match cw::decode_submit_reply(&b).map_err(|e| e.to_string())? {
+                Ok((_, b)) => match cw::decode_submit_reply(&b)
+                    .map_err(|e| ConsensusError::Protocol(format!("{addr}: {e}")))?
+                {
                     SubmitReply::Applied(res) => {
                         self.leader = Some(addr);
                         return Ok(res);
@@ -153,11 +159,11 @@ impl ConsensusClient {
                 }
             }
         }
-        Err(format!(
-            "no consensus leader answered within {:?} (last: {last_err}); check that a majority of {} is running",
-            self.timeout * 3,
-            self.endpoints.join(",")
-        ))
+        Err(ConsensusError::Unavailable {
+            waited: self.timeout.max(Duration::from_secs(1)) * 3,
+            last: last_err,
+            endpoints: self.endpoints.join(","),
+        })
     }
 
     /// Calls `addr` over the kept connection, opening one if needed.
@@ -174,43 +180,51 @@ impl ConsensusClient {
     }
 
     /// One node's status (not through the log).
-    pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, String> {
-        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout)?;
-        cw::decode_node_status(&b).map_err(|e| e.to_string())
+    pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, ConsensusError> {
+        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout).map_err(|reason| {
+            ConsensusError::Unreachable {
+                addr: addr.to_string(),
+                reason,
+            }
+        })?;
+        cw::decode_node_status(&b).map_err(|e| ConsensusError::Protocol(format!("{addr}: {e}")))
     }
 }
 
 /// Anything that submits operations to the consensus group and returns their
 /// results: a [`ConsensusClient`], or an `Env` (trex-log).
 pub trait Submit {
-    /// Submits an operation and returns its raw result. Retries reuse the
+    /// Submits an operation and returns its raw result (a status byte, then
+    /// the payload or a refusal; see `trex_wire::ops`). Retries reuse the
     /// command's sequence number, so it is applied at most once.
-    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String>;
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError>;
 
-    /// Submits an operation whose result is a plain OK or an error message.
-    fn submit_ok(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    /// Submits an operation and returns its payload, or
+    /// [`ConsensusError::Refused`] with the state machine's typed reason.
+    fn submit_ok(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError> {
         let r = self.submit(op)?;
-        match r.split_first() {
-            Some((&RESULT_OK, rest)) => Ok(rest.to_vec()),
-            Some((_, msg)) => Err(String::from_utf8_lossy(msg).into_owned()),
-            None => Err("empty result from the state machine".into()),
+        match decode_result(&r) {
+            Ok(Ok(payload)) => Ok(payload.to_vec()),
+            Ok(Err(refused)) => Err(ConsensusError::Refused(refused)),
+            Err(e) => Err(ConsensusError::Protocol(format!("result of {op:?}: {e}"))),
         }
     }
 
     /// The members, read through the log (linearizable).
-    fn members(&mut self) -> Result<BTreeMap<NodeId, Member>, String> {
+    fn members(&mut self) -> Result<BTreeMap<NodeId, Member>, ConsensusError> {
         let b = self.submit_ok(&Op::Members)?;
-        decode_members(&mut Reader::new(&b)).map_err(|e| e.to_string())
+        decode_members(&mut Reader::new(&b)).map_err(|e| ConsensusError::Protocol(e.to_string()))
     }
 
     /// The current projection (if any) and how many were ever installed,
     /// through the log.
-    fn layout(&mut self) -> Result<(u64, Option<Projection>), String> {
+    fn layout(&mut self) -> Result<(u64, Option<Projection>), ConsensusError> {
         let b = self.submit_ok(&Op::Layout)?;
+        let bad = |e: trex_wire::DecodeError| ConsensusError::Protocol(e.to_string());
         let mut r = Reader::new(&b);
-        let n = r.u64().map_err(|e| e.to_string())?;
+        let n = r.u64().map_err(bad)?;
         let p = if r.remaining() > 0 {
-            Some(decode_projection(&mut r).map_err(|e| e.to_string())?)
+            Some(decode_projection(&mut r).map_err(bad)?)
         } else {
             None
         };
@@ -219,13 +233,13 @@ pub trait Submit {
 }
 
 impl Submit for ConsensusClient {
-    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError> {
         ConsensusClient::submit(self, op)
     }
 }
 
 impl<T: Submit + ?Sized> Submit for &mut T {
-    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError> {
         (**self).submit(op)
     }
 }
@@ -234,7 +248,7 @@ impl<T: Submit + ?Sized> Submit for &mut T {
 /// fresh (every 5 s) on a background thread, for as long as the process runs.
 /// Failures are logged and retried: a storage unit serves whether or not the
 /// group is reachable.
-pub fn keep_registered(endpoints: String, id: NodeId, role: super::sm::Role, addr: String) {
+pub fn keep_registered(endpoints: String, id: NodeId, role: crate::sm::Role, addr: String) {
     let spawned = std::thread::Builder::new()
         .name("trex-register".into())
         .spawn(move || {

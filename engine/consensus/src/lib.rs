@@ -2,9 +2,12 @@
 //! ([`paxos`]), the replicated state machine holding members, the layout and the
 //! advisory locks ([`sm`]), the durable journal ([`journal`]), the node that runs
 //! a replica on the event loop ([`node`]), and the clients of the group
-//! ([`client`], [`lock`]).
+//! ([`client`], [`lock`]); errors are typed ([`error::ConsensusError`]).
+
+pub use error::ConsensusError;
 
 pub mod client;
+pub mod error;
 pub mod journal;
 pub mod lock;
 pub mod node;

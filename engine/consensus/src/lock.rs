@@ -25,8 +25,9 @@
 //!   holder checks the token and refuses lower ones: only that makes a lease safe
 //!   against pauses (a lease alone cannot, as Jepsen showed for etcd).
 
-use super::client::{ConsensusClient, Submit};
-use super::sm::{decode_lock, Op};
+use crate::client::{ConsensusClient, Submit};
+use crate::error::ConsensusError;
+use crate::sm::{decode_lock, Op};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use trex_wire::Reader;
 
@@ -79,9 +80,9 @@ impl Lease {
             .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d)
     }
 
-    fn decode(result: &[u8]) -> Result<Lease, String> {
+    fn decode(result: &[u8]) -> Result<Lease, ConsensusError> {
         let (name, l) = decode_lock(&mut Reader::new(result))
-            .map_err(|e| format!("bad lease from the service: {e}"))?;
+            .map_err(|e| ConsensusError::Protocol(format!("bad lease from the service: {e}")))?;
         Ok(Lease {
             name,
             holder: l.holder,
@@ -108,7 +109,12 @@ impl<S: Submit> LockClient<S> {
     }
 
     /// Takes `name` for `holder` for `ttl`, or fails with who holds it until when.
-    pub fn acquire(&mut self, name: &str, holder: &str, ttl: Duration) -> Result<Lease, String> {
+    pub fn acquire(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, ConsensusError> {
         let op = Op::Acquire {
             name: name.into(),
             holder: holder.into(),
@@ -118,7 +124,12 @@ impl<S: Submit> LockClient<S> {
     }
 
     /// Extends the lease named by `name` and `token` to `ttl` from now.
-    pub fn renew(&mut self, name: &str, token: u64, ttl: Duration) -> Result<Lease, String> {
+    pub fn renew(
+        &mut self,
+        name: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<Lease, ConsensusError> {
         let op = Op::Renew {
             name: name.into(),
             token,
@@ -128,7 +139,7 @@ impl<S: Submit> LockClient<S> {
     }
 
     /// Gives the lock up.
-    pub fn release(&mut self, name: &str, token: u64) -> Result<(), String> {
+    pub fn release(&mut self, name: &str, token: u64) -> Result<(), ConsensusError> {
         self.inner
             .submit_ok(&Op::Release {
                 name: name.into(),
@@ -138,7 +149,7 @@ impl<S: Submit> LockClient<S> {
     }
 
     /// The lock's current (or last) lease, read through the log.
-    pub fn get(&mut self, name: &str) -> Result<Lease, String> {
+    pub fn get(&mut self, name: &str) -> Result<Lease, ConsensusError> {
         Lease::decode(&self.inner.submit_ok(&Op::GetLock { name: name.into() })?)
     }
 }

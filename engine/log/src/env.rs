@@ -8,11 +8,13 @@
 //! time is virtual. The log client and the sequencer's lease loop run unchanged
 //! on either, so the simulator tests the code users run.
 
+use crate::error::{fail, LogError};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use trex_consensus::client::{ConsensusClient, Submit};
 use trex_consensus::sm::Op;
+use trex_consensus::ConsensusError;
 use trex_net::unit_client::{ClientError, UnitApi, UnitClient};
 use trex_wire::{Header, Opcode};
 
@@ -61,15 +63,15 @@ impl<E: Env + ?Sized> UnitApi for At<'_, E> {
 /// on a fresh connection and is not poisoned. A unit at its connection limit
 /// counts as alive (it said so). One rule for every failure detector: the
 /// client that met an error, a sequencer taking over, a repair.
-pub fn unit_alive(env: &mut dyn Env, addr: &str) -> Result<(), String> {
+pub fn unit_alive(env: &mut dyn Env, addr: &str) -> Result<(), LogError> {
     env.forget(addr);
     match At(env, addr).info() {
         Ok(i) if i.flags & trex_wire::INFO_POISONED != 0 => {
-            Err(format!("{addr} is poisoned (a sync failed)"))
+            Err(fail!("{addr} is poisoned (a sync failed)"))
         }
         Ok(_) => Ok(()),
         Err(e) if e.is_busy() => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(fail!("{addr}: {e}")),
     }
 }
 
@@ -90,7 +92,7 @@ pub struct TcpEnv {
 impl TcpEnv {
     /// An environment talking to the consensus group at `endpoints`; every
     /// call waits at most `timeout`.
-    pub fn new(endpoints: &str, timeout: Duration) -> Result<TcpEnv, String> {
+    pub fn new(endpoints: &str, timeout: Duration) -> Result<TcpEnv, LogError> {
         Ok(TcpEnv {
             consensus: ConsensusClient::new(endpoints, timeout)?,
             conns: HashMap::new(),
@@ -100,7 +102,7 @@ impl TcpEnv {
 }
 
 impl Submit for TcpEnv {
-    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError> {
         self.consensus.submit(op)
     }
 }

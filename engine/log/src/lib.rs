@@ -14,17 +14,21 @@
 //! bound. Units store entries under their global log address.
 
 pub mod env;
+mod error;
 mod pipeline;
 mod repair;
 
+pub use error::LogError;
 pub use pipeline::Pipeline;
 pub use repair::RepairReport;
 
 use crate::env::{unit_alive, At, Env, TcpEnv};
+use crate::error::fail;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use trex_consensus::sm::{Member, Projection};
 use trex_net::unit_client::{statuses, ClientError, ReadItem, UnitApi};
+use trex_wire::ops::Refusal;
 use trex_wire::{ErrorCode, Opcode, Status, TokenReply, WriteOp};
 
 /// What a read finds at an address.
@@ -61,7 +65,7 @@ pub struct Log {
 }
 
 /// What a unit's read answer means: the address and its slot.
-fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), String> {
+fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), LogError> {
     let s = match it.status {
         Status::Ok => Slot::Data {
             writer: it.writer,
@@ -72,7 +76,7 @@ fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), String> {
         Status::Trimmed => Slot::Trimmed,
         Status::Unwritten => Slot::Unwritten,
         other => {
-            return Err(format!(
+            return Err(fail!(
                 "unit {unit} answered {other} for address {}",
                 it.addr
             ))
@@ -93,14 +97,14 @@ fn sealed(e: &ClientError) -> Option<u64> {
 
 impl Log {
     /// Connects: learns the layout from the consensus nodes at `endpoints`.
-    pub fn connect(endpoints: &str) -> Result<Log, String> {
+    pub fn connect(endpoints: &str) -> Result<Log, LogError> {
         let env = TcpEnv::new(endpoints, Duration::from_secs(2))?;
         Log::with_env(Box::new(env), trex_net::util::random_u64() | 1)
     }
 
     /// A client in the given environment, writing as `writer` (unique per
     /// client: it names this client's entries).
-    pub fn with_env(env: Box<dyn Env>, writer: u64) -> Result<Log, String> {
+    pub fn with_env(env: Box<dyn Env>, writer: u64) -> Result<Log, LogError> {
         let mut log = Log {
             env,
             projection: Projection::default(),
@@ -127,7 +131,7 @@ impl Log {
     /// current epoch would be refused for ever. After giving such a repair a
     /// moment to finish, the layout is installed again unchanged at the sealed
     /// epoch (compare-and-set): the seals fenced the old epoch; the chains stay.
-    pub fn refresh(&mut self) -> Result<(), String> {
+    pub fn refresh(&mut self) -> Result<(), LogError> {
         self.read_layout()?;
         for _ in 0..5 {
             if self.sealed_seen <= self.projection.epoch {
@@ -153,13 +157,13 @@ impl Log {
                 self.projection.epoch,
                 self.sealed_seen
             ),
-            Err(e) if e.contains("epoch is") => {} // someone else moved it
-            Err(e) => return Err(e),
+            Err(e) if e.is_refused(Refusal::EpochMismatch) => {} // someone else moved it
+            Err(e) => return Err(e.into()),
         }
         self.read_layout()
     }
 
-    fn read_layout(&mut self) -> Result<(), String> {
+    fn read_layout(&mut self) -> Result<(), LogError> {
         let (_, p) = self.env.layout()?;
         self.projection =
             p.ok_or("no layout is installed; run `trex layout init` (or `trex up`)")?;
@@ -179,12 +183,12 @@ impl Log {
     }
 
     /// The chain (unit ids, head first) serving `addr`.
-    pub fn chain(&self, addr: u64) -> Result<Vec<u64>, String> {
+    pub fn chain(&self, addr: u64) -> Result<Vec<u64>, LogError> {
         self.chain_of(addr).map(<[u64]>::to_vec)
     }
 
     /// The chain serving `addr`, borrowed (the per-entry paths use this).
-    fn chain_of(&self, addr: u64) -> Result<&[u64], String> {
+    fn chain_of(&self, addr: u64) -> Result<&[u64], LogError> {
         let seg = self
             .projection
             .segments
@@ -198,7 +202,7 @@ impl Log {
             })?;
         let n = seg.stripes.len() as u64;
         if n == 0 {
-            return Err(format!(
+            return Err(fail!(
                 "layout epoch {} has a segment without stripes",
                 self.projection.epoch
             ));
@@ -225,7 +229,7 @@ impl Log {
     }
 
     /// `count` consecutive addresses and their epoch from the sequencer.
-    pub fn token(&mut self, count: u32) -> Result<(u64, u64), String> {
+    pub fn token(&mut self, count: u32) -> Result<(u64, u64), LogError> {
         // Long enough for a standby to take over (lease TTL + grace + sealing), or
         // for the sequencer to adopt a reconfigured epoch (a third of its TTL).
         let deadline = self.env.now() + Duration::from_secs(15);
@@ -270,7 +274,7 @@ impl Log {
     }
 
     /// Appends one entry; returns its address.
-    pub fn append(&mut self, data: &[u8]) -> Result<u64, String> {
+    pub fn append(&mut self, data: &[u8]) -> Result<u64, LogError> {
         Ok(self.append_batch(&[data])?[0])
     }
 
@@ -282,7 +286,7 @@ impl Log {
     /// epoch, which the units answer idempotently if part of the chain already has
     /// it, so a retried append never shows up twice. Only an address another
     /// writer or a filler took first is given up for a new one.
-    pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, String> {
+    pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, LogError> {
         let seqs = self.next_seqs(entries.len());
         let n = entries.len();
         self.append_resume(entries, &seqs, vec![None; n], vec![0; n])
@@ -305,7 +309,7 @@ impl Log {
         addr_of: &[Option<u64>],
         seqs: &[u64],
         entries: &[&'e [u8]],
-    ) -> Result<Vec<ChainJob<'e>>, String> {
+    ) -> Result<Vec<ChainJob<'e>>, LogError> {
         let mut by_chain: BTreeMap<&[u64], Vec<usize>> = BTreeMap::new();
         for i in items {
             let addr = addr_of[i].ok_or("an entry without an address")?;
@@ -338,7 +342,7 @@ impl Log {
         seqs: &[u64],
         mut addr_of: Vec<Option<u64>>,
         mut granted: Vec<u64>,
-    ) -> Result<Vec<u64>, String> {
+    ) -> Result<Vec<u64>, LogError> {
         let n = entries.len();
         let mut done = vec![false; n];
         for _ in 0..self.max_retries {
@@ -403,7 +407,7 @@ impl Log {
                         refresh = true;
                         continue;
                     }
-                    ChainOutcome::Refused(e) => return Err(e),
+                    ChainOutcome::Refused(e) => return Err(e.into()),
                 };
                 for (k, i) in items.iter().enumerate() {
                     if lost[k] {
@@ -420,7 +424,7 @@ impl Log {
                 self.refresh()?;
             }
         }
-        Err(format!(
+        Err(fail!(
             "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled); others of this batch may already be in the log",
             done.iter().filter(|d| !**d).count(),
             self.max_retries
@@ -428,12 +432,12 @@ impl Log {
     }
 
     /// Reads `addr` from the tail of its chain.
-    pub fn read(&mut self, addr: u64) -> Result<Slot, String> {
+    pub fn read(&mut self, addr: u64) -> Result<Slot, LogError> {
         Ok(self.read_range(addr, 1)?.remove(0))
     }
 
     /// Reads `count` consecutive addresses.
-    pub fn read_range(&mut self, from: u64, count: u64) -> Result<Vec<Slot>, String> {
+    pub fn read_range(&mut self, from: u64, count: u64) -> Result<Vec<Slot>, LogError> {
         for _ in 0..self.max_retries {
             let epoch = self.projection.epoch;
             let mut by_tail: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -490,7 +494,7 @@ impl Log {
 
     /// Fills a hole: completes a torn append if the head has a value, else junk
     /// down the chain. Returns what the address holds afterwards.
-    pub fn fill(&mut self, addr: u64) -> Result<Slot, String> {
+    pub fn fill(&mut self, addr: u64) -> Result<Slot, LogError> {
         for _ in 0..self.max_retries {
             let epoch = self.projection.epoch;
             let chain = self.chain(addr)?;
@@ -539,9 +543,7 @@ impl Log {
                             break;
                         }
                         Status::Trimmed => return Ok(Slot::Trimmed),
-                        other => {
-                            return Err(format!("unit {unit} refused to fill {addr}: {other}"))
-                        }
+                        other => return Err(fail!("unit {unit} refused to fill {addr}: {other}")),
                     },
                     Err(e) if self.seen_sealed(&e) => {
                         self.refresh()?;
@@ -567,7 +569,7 @@ impl Log {
                 None => Slot::Hole,
             });
         }
-        Err(format!("address {addr} could not be filled: the layout kept changing; try again (`trex status` shows the layout)"))
+        Err(fail!("address {addr} could not be filled: the layout kept changing; try again (`trex status` shows the layout)"))
     }
 
     /// Takes a storage unit that stopped answering out of the layout: installs a
@@ -575,7 +577,7 @@ impl Log {
     /// survivors keep serving the whole range), then seals every remaining unit at
     /// that epoch so no write of the old epoch lands anywhere. Another client may
     /// have done it already; that is fine.
-    pub fn reconfigure(&mut self, failed: u64, why: &str) -> Result<(), String> {
+    pub fn reconfigure(&mut self, failed: u64, why: &str) -> Result<(), LogError> {
         self.refresh()?;
         let p = self.projection.clone();
         if !p
@@ -598,7 +600,7 @@ impl Log {
             for chain in &mut seg.stripes {
                 chain.retain(|u| *u != failed);
                 if chain.is_empty() {
-                    return Err(format!(
+                    return Err(fail!(
                         "storage unit {failed} failed ({why}) and was the last replica of its stripe: entries there are unavailable until it returns"
                     ));
                 }
@@ -610,8 +612,8 @@ impl Log {
         };
         match self.env.submit_ok(&op) {
             Ok(_) => {}
-            Err(e) if e.contains("epoch is") => return self.refresh(), // raced: read again
-            Err(e) => return Err(e),
+            Err(e) if e.is_refused(Refusal::EpochMismatch) => return self.refresh(), // raced: read again
+            Err(e) => return Err(e.into()),
         }
         trex_net::log_line!(
             "WARN",
@@ -645,13 +647,13 @@ impl Log {
     /// for the next address it would hand out. At least the tail of every
     /// acknowledged append; above it by addresses granted and not yet written
     /// (or never to be: holes to fill).
-    pub fn check_fast(&mut self) -> Result<u64, String> {
+    pub fn check_fast(&mut self) -> Result<u64, LogError> {
         Ok(self.token(0)?.1)
     }
 
     /// The slow check: one past the highest address any unit of the current
     /// projection holds.
-    pub fn check(&mut self) -> Result<u64, String> {
+    pub fn check(&mut self) -> Result<u64, LogError> {
         let ids: Vec<u64> = self
             .projection
             .segments
@@ -669,7 +671,7 @@ impl Log {
     }
 
     /// Trims every unit of the projection below `prefix`.
-    pub fn trim(&mut self, prefix: u64) -> Result<(), String> {
+    pub fn trim(&mut self, prefix: u64) -> Result<(), LogError> {
         let epoch = self.projection.epoch;
         let ids: Vec<u64> = self
             .projection
@@ -868,7 +870,7 @@ impl Subscription<'_> {
     }
 
     /// Blocks until the next address is decided; returns it and what it holds.
-    pub fn next_entry(&mut self) -> Result<(u64, Slot), String> {
+    pub fn next_entry(&mut self) -> Result<(u64, Slot), LogError> {
         loop {
             if let Some(x) = self.try_next()? {
                 return Ok(x);
@@ -880,7 +882,7 @@ impl Subscription<'_> {
     /// One look at the next address: `None` while it is still unwritten (at
     /// the tail, or a hole not yet overdue for filling). At the tail this costs
     /// one round trip to the sequencer (the fast check), not a read.
-    pub fn try_next(&mut self) -> Result<Option<(u64, Slot)>, String> {
+    pub fn try_next(&mut self) -> Result<Option<(u64, Slot)>, LogError> {
         let addr = self.next;
         if addr >= self.tail {
             self.tail = self.log.check_fast()?;

@@ -16,6 +16,7 @@
 //! a retried entry never shows up twice.
 
 use super::{chain_answer, Answer, Log};
+use crate::error::LogError;
 use std::collections::VecDeque;
 use trex_net::unit_client::statuses;
 use trex_wire::{Opcode, TokenReply, WriteOp};
@@ -29,7 +30,7 @@ pub struct Pipeline<'a> {
     /// `next_ticket - queued.len()` onwards).
     queued: Entries,
     flights: VecDeque<Flight>,
-    done: VecDeque<(u64, Result<u64, String>)>,
+    done: VecDeque<(u64, Result<u64, LogError>)>,
     next_ticket: u64,
 }
 
@@ -112,7 +113,7 @@ impl Log {
 impl Pipeline<'_> {
     /// Queues one entry; returns its ticket (tickets count up from 0). Blocks
     /// only while the window is full, driving the flights in the meantime.
-    pub fn submit(&mut self, data: &[u8]) -> Result<u64, String> {
+    pub fn submit(&mut self, data: &[u8]) -> Result<u64, LogError> {
         let t = self.next_ticket;
         self.next_ticket += 1;
         self.queued.push(data);
@@ -127,12 +128,12 @@ impl Pipeline<'_> {
 
     /// A completed append: its ticket and its address (or why it failed; a
     /// failed entry may or may not be in the log).
-    pub fn poll(&mut self) -> Option<(u64, Result<u64, String>)> {
+    pub fn poll(&mut self) -> Option<(u64, Result<u64, LogError>)> {
         self.done.pop_front()
     }
 
     /// Sends what is queued and waits until nothing is in flight.
-    pub fn flush(&mut self) -> Result<(), String> {
+    pub fn flush(&mut self) -> Result<(), LogError> {
         self.launch();
         while !self.flights.is_empty() {
             self.drive()?;
@@ -166,7 +167,7 @@ impl Pipeline<'_> {
 
     /// One round: every flight's next request out, every reply in, then
     /// completed flights reported and irregular ones finished the slow way.
-    fn drive(&mut self) -> Result<(), String> {
+    fn drive(&mut self) -> Result<(), LogError> {
         let log = &mut *self.log;
         let seq_addr = log.addr(log.projection.sequencer);
         let epoch = log.projection.epoch;

@@ -25,9 +25,11 @@
 
 use super::{slot_of, Log, Slot};
 use crate::env::unit_alive;
+use crate::error::{fail, LogError};
 use std::collections::BTreeSet;
 use trex_consensus::sm::{LayoutSegment, Op, Projection, Role};
 use trex_net::unit_client::{ClientError, UnitApi};
+use trex_wire::ops::Refusal;
 use trex_wire::{Status, WriteOp};
 
 /// What a repair did.
@@ -77,7 +79,7 @@ impl Log {
         &mut self,
         replicas: Option<usize>,
         progress: &mut dyn FnMut(&str),
-    ) -> Result<RepairReport, String> {
+    ) -> Result<RepairReport, LogError> {
         let mut report = RepairReport::default();
         self.join_spares(replicas, &mut report, progress)?;
         self.copy_to_joined(&mut report, progress)?;
@@ -117,7 +119,7 @@ impl Log {
         replicas: Option<usize>,
         report: &mut RepairReport,
         progress: &mut dyn FnMut(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), LogError> {
         for _ in 0..self.max_retries {
             self.refresh()?;
             let p = self.projection.clone();
@@ -132,7 +134,7 @@ impl Log {
                 }
             }
             if let Some((id, e)) = gone {
-                self.reconfigure(id, &e)?;
+                self.reconfigure(id, &e.to_string())?;
                 continue;
             }
             let want = replicas.unwrap_or_else(|| {
@@ -159,7 +161,7 @@ impl Log {
                 return Ok(());
             }
             if spares.is_empty() {
-                return Err(format!(
+                return Err(fail!(
                     "stripes {short:?} have fewer than {want} replicas and there is no empty spare storage unit{}; start one with `trex node storage --endpoints …` (or `trex up --units N` with N above stripes × replicas)",
                     if passed.is_empty() { String::new() } else { format!(" ({})", passed.join("; ")) }
                 ));
@@ -186,7 +188,7 @@ impl Log {
                         again = true;
                         break;
                     }
-                    Err(e) => return Err(format!("cannot seal spare unit {id}: {e}")),
+                    Err(e) => return Err(fail!("cannot seal spare unit {id}: {e}")),
                 }
             }
             if again {
@@ -213,8 +215,8 @@ impl Log {
             };
             match self.env.submit_ok(&op) {
                 Ok(_) => {}
-                Err(e) if e.contains("epoch is") => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.is_refused(Refusal::EpochMismatch) => continue,
+                Err(e) => return Err(e.into()),
             }
             for (stripe, unit) in &pairs {
                 progress(&format!(
@@ -233,7 +235,7 @@ impl Log {
         &mut self,
         report: &mut RepairReport,
         progress: &mut dyn FnMut(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), LogError> {
         for _ in 0..self.max_retries * 4 {
             self.refresh()?;
             let p = self.projection.clone();
@@ -288,8 +290,8 @@ impl Log {
                     seg.start,
                     seg.end
                 )),
-                Err(e) if e.contains("epoch is") => {} // raced: the copy is idempotent
-                Err(e) => return Err(e),
+                Err(e) if e.is_refused(Refusal::EpochMismatch) => {} // raced: the copy is idempotent
+                Err(e) => return Err(e.into()),
             }
         }
         Err("the layout kept changing while copying to spares; run repair again".into())
@@ -303,7 +305,7 @@ impl Log {
         unit: u64,
         report: &mut RepairReport,
         progress: &mut dyn FnMut(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), LogError> {
         let n = seg.stripes.len() as u64;
         let source = *seg.stripes[stripe].last().ok_or("empty chain")?;
         let mut a = seg.start + (stripe as u64 + n - seg.start % n) % n;
@@ -348,16 +350,17 @@ impl Log {
         source: u64,
         unit: u64,
         report: &mut RepairReport,
-    ) -> Result<Option<usize>, String> {
+    ) -> Result<Option<usize>, LogError> {
         let epoch = self.projection.epoch;
-        let refresh = |log: &mut Log, e: ClientError, who: u64| -> Result<Option<usize>, String> {
-            if log.seen_sealed(&e) {
-                log.refresh()?;
-                Ok(None)
-            } else {
-                Err(format!("unit {who}: {e}"))
-            }
-        };
+        let refresh =
+            |log: &mut Log, e: ClientError, who: u64| -> Result<Option<usize>, LogError> {
+                if log.seen_sealed(&e) {
+                    log.refresh()?;
+                    Ok(None)
+                } else {
+                    Err(fail!("unit {who}: {e}"))
+                }
+            };
         let have = match self.with_unit(unit, |c| c.read(epoch, addrs)) {
             Ok(v) => v,
             Err(e) => return refresh(self, e, unit),
@@ -386,7 +389,7 @@ impl Log {
             addrs.iter().take_while(|a| **a < c).count()
         });
         if done == 0 {
-            return Err(format!(
+            return Err(fail!(
                 "unit {source} cannot return even one entry of stripe addresses from {} in a reply",
                 addrs[0]
             ));
@@ -462,7 +465,7 @@ impl Log {
             .map(|(a, _)| *a)
             .collect();
         if !odd.is_empty() {
-            return Err(format!(
+            return Err(fail!(
                 "unit {unit} already holds different values at addresses {odd:?}; it cannot serve as a copy of unit {source}: take it out and wipe it"
             ));
         }

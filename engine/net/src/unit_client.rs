@@ -14,7 +14,7 @@ use trex_wire::{
 };
 
 /// Why a call failed.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum ClientError {
     /// Could not connect or the connection failed.
     #[error("{0}")]

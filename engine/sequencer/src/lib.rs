@@ -20,13 +20,17 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use thiserror::Error;
 use trex_consensus::client::keep_registered;
 use trex_consensus::lock::LockClient;
 use trex_consensus::sm::{Op, Role};
+use trex_consensus::ConsensusError;
 use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
+use trex_log::LogError;
 use trex_net::reply::{violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
+use trex_wire::ops::Refusal;
 use trex_wire::{
     self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_RESPONSE,
 };
@@ -321,9 +325,10 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                     }
                 }
                 Err(e) => {
-                    let gone = e.contains("does not hold")
-                        || e.contains("expired")
-                        || e.contains("released");
+                    // Typed: the state machine said the lease is gone (expired,
+                    // released, passed on). Anything else (no leader, a
+                    // timeout) is retried while the lease may still hold.
+                    let gone = e.refusal().is_some_and(Refusal::lease_lost);
                     if !gone && env.now() - last_ok < opts.ttl.saturating_sub(gap) {
                         trex_net::log_line!("WARN", "lease renewal failed ({e}); retrying");
                         // A short pause, not a hot loop (an election, say).
@@ -355,7 +360,7 @@ fn take_over(
     deadline: Duration,
     lease_token: u64,
     shared: &Shared,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), SequencerError> {
     for _ in 0..10 {
         let (_, cur) = c.layout()?;
         let cur = cur.ok_or("no layout is installed yet; bootstrap one with `trex layout init`")?;
@@ -382,7 +387,8 @@ fn take_over(
                 if chain.is_empty() {
                     return Err(format!(
                         "every replica of a stripe is unreachable (units {down:?}); restart them"
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -427,8 +433,8 @@ fn take_over(
                 }
                 return Ok((next.epoch, tail));
             }
-            Err(e) if e.contains("epoch is") => continue, // raced with another install: read again
-            Err(e) => return Err(e),
+            Err(e) if e.is_refused(Refusal::EpochMismatch) => continue, // raced with another install: read again
+            Err(e) => return Err(e.into()),
         }
     }
     Err("the layout kept changing under the takeover".into())
@@ -521,6 +527,7 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
                 }
             }
             Err(e) => {
+                let e = e.to_string();
                 if e != last_err {
                     trex_net::log_line!("WARN", "repair: {e}");
                     last_err = e;
@@ -531,13 +538,13 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
 }
 
 /// Runs a sequencer until SIGINT/SIGTERM.
-pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
+pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     if opts.safety_gap >= opts.ttl {
-        return Err(format!(
+        return Err(SequencerError::Failed(format!(
             "--safety-gap {:?} must be below --ttl {:?}",
             opts.safety_gap, opts.ttl
-        ));
+        )));
     }
     let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;
     let shared = Arc::new(Shared::new(None));
@@ -584,4 +591,30 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), String> {
         shared.granted.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// Why a sequencer could not take over or start.
+#[derive(Debug, Error)]
+pub enum SequencerError {
+    /// The consensus group refused an operation or could not be reached.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// A log operation (reading the layout, sealing) failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The takeover or the start failed; the text says why and what to do.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for SequencerError {
+    fn from(s: String) -> SequencerError {
+        SequencerError::Failed(s)
+    }
+}
+
+impl From<&str> for SequencerError {
+    fn from(s: &str) -> SequencerError {
+        SequencerError::Failed(s.to_string())
+    }
 }

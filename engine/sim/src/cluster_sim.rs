@@ -46,7 +46,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use trex_consensus::client::Submit;
 use trex_consensus::sm::{Op, Role, StateMachine};
+use trex_consensus::ConsensusError;
 use trex_log::env::Env;
+use trex_log::LogError;
 use trex_log::{Log, Slot};
 use trex_net::unit_client::{reply_or_error, ClientError};
 use trex_net::{Flow, LoopConfig, Service};
@@ -713,7 +715,7 @@ fn over() -> ClientError {
 }
 
 impl Submit for SimEnv {
-    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, String> {
+    fn submit(&mut self, op: &Op) -> Result<Vec<u8>, ConsensusError> {
         self.seq += 1;
         let bytes = op.encode();
         let deadline = self.now() + Duration::from_secs(3);
@@ -737,10 +739,19 @@ impl Submit for SimEnv {
             match self.h.block(self.me, key, Some(1_000 * MS)) {
                 Some(Payload::Result(r)) => return Ok(r),
                 Some(_) => {}
-                None => return Err(over().to_string()),
+                None => {
+                    return Err(ConsensusError::Unreachable {
+                        addr: "simulated consensus group".into(),
+                        reason: over().to_string(),
+                    })
+                }
             }
         }
-        Err("no consensus leader answered within 3s (simulated)".into())
+        Err(ConsensusError::Unavailable {
+            waited: Duration::from_secs(3),
+            last: "no result (simulated)".into(),
+            endpoints: "simulated consensus group".into(),
+        })
     }
 }
 
@@ -832,7 +843,7 @@ fn connect(h: &Arc<Handle>, me: usize, writer: u64) -> Result<Log, String> {
         };
         match Log::with_env(Box::new(env), writer) {
             Ok(log) => return Ok(log),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         h.sleep(me, 100 * MS)?;
     }
@@ -873,7 +884,7 @@ fn client_script(
                     log.append_batch(&refs)
                 } else {
                     let mut p = log.pipeline(1 + rng.below(2) as usize, 3);
-                    let mut out = vec![Err(String::new()); refs.len()];
+                    let mut out = vec![Err(LogError::Failed(String::new())); refs.len()];
                     let mut failed = None;
                     for e in &refs {
                         if let Err(e) = p.submit(e) {
@@ -973,7 +984,7 @@ fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
             Err(e) => {
                 errors += 1;
                 if errors > 10_000 {
-                    return Err(e);
+                    return Err(e.to_string());
                 }
                 continue;
             }

@@ -1,0 +1,126 @@
+//! What a `trex` command failed with, and its exit code.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | the operation failed or was refused (the message says why and what to do) |
+//! | 2 | usage: bad arguments or configuration (clap's own errors use 2 as well) |
+//! | 3 | a lock's lease was lost (`trex lock run`, `trex lock renew`, `trex lock release`) |
+//! | 4 | the cluster or a node did not answer in time: the outcome is unknown; retry |
+
+use std::process::ExitCode;
+use thiserror::Error;
+use trex_consensus::ConsensusError;
+use trex_log::LogError;
+use trex_net::unit_client::ClientError;
+use trex_sequencer::SequencerError;
+
+/// A failed command: what to print, and which exit code it maps to.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// The operation failed or was refused. Exit code 1.
+    #[error("{0}")]
+    Failed(String),
+    /// Bad arguments or configuration. Exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// A lease the command relied on is gone. Exit code 3.
+    #[error("{0}")]
+    LeaseLost(String),
+    /// No answer in time; the outcome is unknown. Exit code 4.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CliError {
+    /// The documented exit code (see the module documentation).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::LeaseLost(_) => 3,
+            CliError::Unavailable(_) => 4,
+        }
+    }
+
+    /// Prints the error and returns the process's exit code.
+    pub fn report(&self) -> ExitCode {
+        eprintln!("error: {self}");
+        ExitCode::from(self.exit_code())
+    }
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> CliError {
+        CliError::Failed(s)
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(s: &str) -> CliError {
+        CliError::Failed(s.to_string())
+    }
+}
+
+impl From<ConsensusError> for CliError {
+    fn from(e: ConsensusError) -> CliError {
+        let text = e.to_string();
+        match e {
+            ConsensusError::Refused(r) if r.code.lease_lost() => CliError::LeaseLost(text),
+            ConsensusError::Refused(_) | ConsensusError::Protocol(_) => CliError::Failed(text),
+            ConsensusError::Unavailable { .. } | ConsensusError::Unreachable { .. } => {
+                CliError::Unavailable(text)
+            }
+            ConsensusError::Config(_) => CliError::Usage(text),
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> CliError {
+        let text = e.to_string();
+        match e {
+            ClientError::Io(_) | ClientError::Timeout { .. } => CliError::Unavailable(text),
+            ClientError::Server { .. } | ClientError::Protocol(_) => CliError::Failed(text),
+        }
+    }
+}
+
+impl From<LogError> for CliError {
+    fn from(e: LogError) -> CliError {
+        match e {
+            LogError::Consensus(c) => c.into(),
+            LogError::Unit { unit, source } => match CliError::from(source) {
+                CliError::Unavailable(t) => CliError::Unavailable(format!("unit {unit}: {t}")),
+                other => CliError::Failed(format!("unit {unit}: {other}")),
+            },
+            LogError::Failed(t) => CliError::Failed(t),
+        }
+    }
+}
+
+impl From<SequencerError> for CliError {
+    fn from(e: SequencerError) -> CliError {
+        match e {
+            SequencerError::Consensus(c) => c.into(),
+            SequencerError::Log(l) => l.into(),
+            SequencerError::Failed(t) => CliError::Failed(t),
+        }
+    }
+}
+
+/// `CliError::Failed(format!(...))`.
+macro_rules! failed {
+    ($($t:tt)*) => {
+        $crate::error::CliError::Failed(format!($($t)*))
+    };
+}
+pub(crate) use failed;
+
+/// `CliError::Usage(format!(...))`.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        $crate::error::CliError::Usage(format!($($t)*))
+    };
+}
+pub(crate) use usage;

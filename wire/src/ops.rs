@@ -1,0 +1,635 @@
+//! The operations of the consensus group's replicated state machine and their
+//! results, as bytes: the cluster service (members and roles), the layout
+//! service (projections) and the lock service. Submitted inside a `submit`
+//! request (see [`crate::consensus`]); specified in `docs/wire.md`
+//! ("Operations").
+//!
+//! An operation is a tag byte and its fields, little-endian. Tags 1–15 belong
+//! to the cluster and layout services, 16–31 to the lock service. A result is a
+//! status byte: [`RESULT_OK`] and the operation's payload, or [`RESULT_ERR`]
+//! and a [`Refused`] (a [`Refusal`] code and a reason for people).
+
+use crate::codec::{put_u32, put_u64};
+use crate::consensus::NodeId;
+use crate::{DecodeError, Reader};
+use std::collections::BTreeMap;
+
+/// A node's role in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Role {
+    /// A consensus node.
+    Consensus = 1,
+    /// A sequencer.
+    Sequencer = 2,
+    /// A storage unit.
+    Storage = 3,
+}
+
+impl Role {
+    /// Parses a role byte.
+    pub fn from_u8(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Consensus),
+            2 => Some(Role::Sequencer),
+            3 => Some(Role::Storage),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Consensus => "consensus",
+            Role::Sequencer => "sequencer",
+            Role::Storage => "storage",
+        }
+    }
+}
+
+/// A registered node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Role.
+    pub role: Role,
+    /// Where it listens (HOST:PORT).
+    pub addr: String,
+    /// Leader time of its first registration (Unix ms).
+    pub registered_ms: u64,
+    /// Leader time of its latest registration or heartbeat (Unix ms).
+    pub seen_ms: u64,
+}
+
+/// A range of the log and the storage units serving it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutSegment {
+    /// First address.
+    pub start: u64,
+    /// One past the last address; `u64::MAX` for the open, current segment.
+    pub end: u64,
+    /// Stripes; each a chain of storage-unit ids, head first. Address `a` maps
+    /// to stripe `a % stripes.len()`, at position `a / stripes.len()` there.
+    pub stripes: Vec<Vec<NodeId>>,
+}
+
+/// A projection: the layout of the log at one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Projection {
+    /// Epoch; strictly increases from one installed projection to the next.
+    pub epoch: u64,
+    /// The active sequencer's node id (0: none yet).
+    pub sequencer: NodeId,
+    /// Segments in address order.
+    pub segments: Vec<LayoutSegment>,
+}
+
+/// Operations on the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Register (or re-register) a node.
+    Register {
+        /// Node id.
+        id: NodeId,
+        /// Role.
+        role: Role,
+        /// Address.
+        addr: String,
+    },
+    /// Remove a node.
+    Deregister {
+        /// Node id.
+        id: NodeId,
+    },
+    /// Keep a registration fresh.
+    Heartbeat {
+        /// Node id.
+        id: NodeId,
+    },
+    /// Bootstrap the first projection from the registered storage units.
+    InitLayout {
+        /// Stripes.
+        stripes: u32,
+        /// Replicas per stripe (chain length).
+        replicas: u32,
+    },
+    /// Install a projection if the current epoch is `expected_epoch`
+    /// (compare-and-set) and the new epoch is higher.
+    Install {
+        /// The epoch the caller saw.
+        expected_epoch: u64,
+        /// The new projection.
+        projection: Projection,
+    },
+    /// Read the members (linearizable: it goes through the log).
+    Members,
+    /// Read the current projection and the history length.
+    Layout,
+    /// Does nothing (a barrier).
+    Noop,
+    /// `Install`, by a sequencer taking over: refused unless `lease_token` holds
+    /// the `sequencer` lock, unexpired, at the command's stamp. A sequencer that
+    /// stalled past its lease cannot install a layout naming itself.
+    InstallAsSequencer {
+        /// The epoch the caller saw.
+        expected_epoch: u64,
+        /// The new projection.
+        projection: Projection,
+        /// The caller's sequencer lease (fencing token).
+        lease_token: u64,
+    },
+    /// Take an advisory lock for `ttl_ms` (of the leader's clock).
+    Acquire {
+        /// Lock name.
+        name: String,
+        /// Who takes it (free text: a process, a host, a role).
+        holder: String,
+        /// Lease length in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Extend a lease that has not expired.
+    Renew {
+        /// Lock name.
+        name: String,
+        /// The lease's fencing token.
+        token: u64,
+        /// New lease length from now, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Give a lock up.
+    Release {
+        /// Lock name.
+        name: String,
+        /// The lease's fencing token.
+        token: u64,
+    },
+    /// Read a lock's state.
+    GetLock {
+        /// Lock name.
+        name: String,
+    },
+    /// Set the grace period after a lease's expiry before another holder may
+    /// take the lock.
+    SetLockGrace {
+        /// Grace in milliseconds.
+        grace_ms: u64,
+    },
+}
+
+/// The lock whose holder is the active sequencer.
+pub const SEQUENCER_LEASE: &str = "sequencer";
+
+/// The state of one advisory lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockState {
+    /// Current (or last) holder.
+    pub holder: String,
+    /// Fencing token of the current (or last) grant.
+    pub token: u64,
+    /// Expiry of the lease, leader's clock, Unix ms.
+    pub expire_ms: u64,
+    /// Released by its holder (free at once).
+    pub released: bool,
+}
+
+const OP_REGISTER: u8 = 1;
+const OP_DEREGISTER: u8 = 2;
+const OP_HEARTBEAT: u8 = 3;
+const OP_INIT_LAYOUT: u8 = 4;
+const OP_INSTALL: u8 = 5;
+const OP_MEMBERS: u8 = 6;
+const OP_LAYOUT: u8 = 7;
+const OP_NOOP: u8 = 8;
+const OP_INSTALL_AS_SEQUENCER: u8 = 9;
+const OP_ACQUIRE: u8 = 16;
+const OP_RENEW: u8 = 17;
+const OP_RELEASE: u8 = 18;
+const OP_GET_LOCK: u8 = 19;
+const OP_SET_LOCK_GRACE: u8 = 20;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u32(out, s.len() as u32);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn get_str(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let n = r.u32()? as usize;
+    if n > 4096 {
+        return Err(DecodeError::EntryTooLarge {
+            len: n as u32,
+            max: 4096,
+        });
+    }
+    Ok(String::from_utf8_lossy(r.bytes(n)?).into_owned())
+}
+
+/// Encodes a projection: `epoch u64, sequencer u64, nsegments u32`, then per
+/// segment `start u64, end u64, nstripes u32`, then per stripe `len u32, ids u64…`.
+pub fn encode_projection(out: &mut Vec<u8>, p: &Projection) {
+    put_u64(out, p.epoch);
+    put_u64(out, p.sequencer);
+    put_u32(out, p.segments.len() as u32);
+    for s in &p.segments {
+        put_u64(out, s.start);
+        put_u64(out, s.end);
+        put_u32(out, s.stripes.len() as u32);
+        for chain in &s.stripes {
+            put_u32(out, chain.len() as u32);
+            for id in chain {
+                put_u64(out, *id);
+            }
+        }
+    }
+}
+
+/// Reads a `u32` count and refuses one above `max` (so a decoder never
+/// allocates or loops by a forged count).
+pub fn small_count(r: &mut Reader<'_>, max: u32) -> Result<u32, DecodeError> {
+    let n = r.u32()?;
+    if n > max {
+        return Err(DecodeError::TooManyOps { count: n, max });
+    }
+    Ok(n)
+}
+
+/// Decodes a projection.
+pub fn decode_projection(r: &mut Reader<'_>) -> Result<Projection, DecodeError> {
+    let epoch = r.u64()?;
+    let sequencer = r.u64()?;
+    let mut segments = Vec::new();
+    for _ in 0..small_count(r, 1024)? {
+        let (start, end) = (r.u64()?, r.u64()?);
+        let mut stripes = Vec::new();
+        for _ in 0..small_count(r, 256)? {
+            let mut chain = Vec::new();
+            for _ in 0..small_count(r, 16)? {
+                chain.push(r.u64()?);
+            }
+            stripes.push(chain);
+        }
+        segments.push(LayoutSegment {
+            start,
+            end,
+            stripes,
+        });
+    }
+    Ok(Projection {
+        epoch,
+        sequencer,
+        segments,
+    })
+}
+
+impl Op {
+    /// Encodes the operation.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Op::Register { id, role, addr } => {
+                out.push(OP_REGISTER);
+                put_u64(&mut out, *id);
+                out.push(*role as u8);
+                put_str(&mut out, addr);
+            }
+            Op::Deregister { id } => {
+                out.push(OP_DEREGISTER);
+                put_u64(&mut out, *id);
+            }
+            Op::Heartbeat { id } => {
+                out.push(OP_HEARTBEAT);
+                put_u64(&mut out, *id);
+            }
+            Op::InitLayout { stripes, replicas } => {
+                out.push(OP_INIT_LAYOUT);
+                put_u32(&mut out, *stripes);
+                put_u32(&mut out, *replicas);
+            }
+            Op::Install {
+                expected_epoch,
+                projection,
+            } => {
+                out.push(OP_INSTALL);
+                put_u64(&mut out, *expected_epoch);
+                encode_projection(&mut out, projection);
+            }
+            Op::Members => out.push(OP_MEMBERS),
+            Op::Layout => out.push(OP_LAYOUT),
+            Op::Noop => out.push(OP_NOOP),
+            Op::InstallAsSequencer {
+                expected_epoch,
+                projection,
+                lease_token,
+            } => {
+                out.push(OP_INSTALL_AS_SEQUENCER);
+                put_u64(&mut out, *expected_epoch);
+                encode_projection(&mut out, projection);
+                put_u64(&mut out, *lease_token);
+            }
+            Op::Acquire {
+                name,
+                holder,
+                ttl_ms,
+            } => {
+                out.push(OP_ACQUIRE);
+                put_str(&mut out, name);
+                put_str(&mut out, holder);
+                put_u64(&mut out, *ttl_ms);
+            }
+            Op::Renew {
+                name,
+                token,
+                ttl_ms,
+            } => {
+                out.push(OP_RENEW);
+                put_str(&mut out, name);
+                put_u64(&mut out, *token);
+                put_u64(&mut out, *ttl_ms);
+            }
+            Op::Release { name, token } => {
+                out.push(OP_RELEASE);
+                put_str(&mut out, name);
+                put_u64(&mut out, *token);
+            }
+            Op::GetLock { name } => {
+                out.push(OP_GET_LOCK);
+                put_str(&mut out, name);
+            }
+            Op::SetLockGrace { grace_ms } => {
+                out.push(OP_SET_LOCK_GRACE);
+                put_u64(&mut out, *grace_ms);
+            }
+        }
+        out
+    }
+
+    /// Decodes an operation; the whole input must be consumed.
+    pub fn decode(b: &[u8]) -> Result<Op, DecodeError> {
+        let mut r = Reader::new(b);
+        let op = match r.u8()? {
+            OP_REGISTER => {
+                let id = r.u64()?;
+                let offset = r.offset();
+                let rb = r.u8()?;
+                let role = Role::from_u8(rb).ok_or(DecodeError::BadStatus { offset, value: rb })?;
+                Op::Register {
+                    id,
+                    role,
+                    addr: get_str(&mut r)?,
+                }
+            }
+            OP_DEREGISTER => Op::Deregister { id: r.u64()? },
+            OP_HEARTBEAT => Op::Heartbeat { id: r.u64()? },
+            OP_INIT_LAYOUT => Op::InitLayout {
+                stripes: r.u32()?,
+                replicas: r.u32()?,
+            },
+            OP_INSTALL => Op::Install {
+                expected_epoch: r.u64()?,
+                projection: decode_projection(&mut r)?,
+            },
+            OP_INSTALL_AS_SEQUENCER => Op::InstallAsSequencer {
+                expected_epoch: r.u64()?,
+                projection: decode_projection(&mut r)?,
+                lease_token: r.u64()?,
+            },
+            OP_MEMBERS => Op::Members,
+            OP_LAYOUT => Op::Layout,
+            OP_NOOP => Op::Noop,
+            OP_ACQUIRE => Op::Acquire {
+                name: get_str(&mut r)?,
+                holder: get_str(&mut r)?,
+                ttl_ms: r.u64()?,
+            },
+            OP_RENEW => Op::Renew {
+                name: get_str(&mut r)?,
+                token: r.u64()?,
+                ttl_ms: r.u64()?,
+            },
+            OP_RELEASE => Op::Release {
+                name: get_str(&mut r)?,
+                token: r.u64()?,
+            },
+            OP_GET_LOCK => Op::GetLock {
+                name: get_str(&mut r)?,
+            },
+            OP_SET_LOCK_GRACE => Op::SetLockGrace { grace_ms: r.u64()? },
+            other => return Err(DecodeError::UnknownOpcode(other)),
+        };
+        r.finish()?;
+        Ok(op)
+    }
+}
+
+/// Result status byte: done; the operation's payload follows.
+pub const RESULT_OK: u8 = 0;
+/// Result status byte: refused; a [`Refused`] follows (`code u16`, then the
+/// reason as `len u32` and UTF-8 bytes).
+pub const RESULT_ERR: u8 = 1;
+
+/// Why the state machine refused an operation. Callers branch on this code,
+/// never on the reason's text (which is for people and may change). Codes are
+/// never reused; an unknown code decodes as [`Refusal::Unknown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Refusal {
+    /// A code this build does not know (a newer server).
+    Unknown = 0,
+    /// The command's sequence number is below the client's last applied one
+    /// (a retry that lost a race with a later command of the same client).
+    StaleCommand = 1,
+    /// The operation's bytes did not decode (unknown tag, truncated fields).
+    Undecodable = 2,
+    /// A field is out of its range (a TTL of 0 or above a day, an empty lock
+    /// name, a grace above the limit).
+    InvalidArgument = 3,
+    /// The node id is not registered (deregister, heartbeat).
+    NotRegistered = 4,
+    /// `init-layout` after a layout was installed.
+    LayoutExists = 5,
+    /// `init-layout` asked for more storage units than are registered.
+    NotEnoughUnits = 6,
+    /// Compare-and-set failed: the current epoch is not the caller's expected
+    /// one. Read the layout again and retry.
+    EpochMismatch = 7,
+    /// The new projection's epoch is not above the current one.
+    EpochNotAbove = 8,
+    /// `install-as-sequencer`: the lease token does not hold the sequencer
+    /// lock (expired, released or taken over). The caller must stand by.
+    NotSequencerLeaseholder = 9,
+    /// `acquire`: the lock is held (or in its grace period after expiry).
+    LockHeld = 10,
+    /// `renew`: the lease expired; acquire again.
+    LeaseExpired = 11,
+    /// `renew`/`release`: the lease was released.
+    LeaseReleased = 12,
+    /// `renew`/`release`: the token does not hold the lock (it passed to
+    /// another holder).
+    NotHolder = 13,
+    /// `renew`/`release`/`get-lock`: no lock of that name was ever taken.
+    NoSuchLock = 14,
+}
+
+impl Refusal {
+    /// Every code, in code order (for documentation and tests).
+    pub const ALL: [Refusal; 15] = [
+        Refusal::Unknown,
+        Refusal::StaleCommand,
+        Refusal::Undecodable,
+        Refusal::InvalidArgument,
+        Refusal::NotRegistered,
+        Refusal::LayoutExists,
+        Refusal::NotEnoughUnits,
+        Refusal::EpochMismatch,
+        Refusal::EpochNotAbove,
+        Refusal::NotSequencerLeaseholder,
+        Refusal::LockHeld,
+        Refusal::LeaseExpired,
+        Refusal::LeaseReleased,
+        Refusal::NotHolder,
+        Refusal::NoSuchLock,
+    ];
+
+    /// The code for `v`; [`Refusal::Unknown`] for codes this build does not know.
+    pub fn from_u16(v: u16) -> Refusal {
+        Refusal::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(Refusal::Unknown)
+    }
+
+    /// The kebab-case name used in `docs/wire.md` and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Unknown => "unknown",
+            Refusal::StaleCommand => "stale-command",
+            Refusal::Undecodable => "undecodable",
+            Refusal::InvalidArgument => "invalid-argument",
+            Refusal::NotRegistered => "not-registered",
+            Refusal::LayoutExists => "layout-exists",
+            Refusal::NotEnoughUnits => "not-enough-units",
+            Refusal::EpochMismatch => "epoch-mismatch",
+            Refusal::EpochNotAbove => "epoch-not-above",
+            Refusal::NotSequencerLeaseholder => "not-sequencer-leaseholder",
+            Refusal::LockHeld => "lock-held",
+            Refusal::LeaseExpired => "lease-expired",
+            Refusal::LeaseReleased => "lease-released",
+            Refusal::NotHolder => "not-holder",
+            Refusal::NoSuchLock => "no-such-lock",
+        }
+    }
+
+    /// Whether the refusal means "your lease is gone": the holder must stop
+    /// acting on it (expired, released, passed on, never existed, or not the
+    /// sequencer's).
+    pub fn lease_lost(self) -> bool {
+        matches!(
+            self,
+            Refusal::LeaseExpired
+                | Refusal::LeaseReleased
+                | Refusal::NotHolder
+                | Refusal::NoSuchLock
+                | Refusal::NotSequencerLeaseholder
+        )
+    }
+}
+
+/// A refused operation: the typed reason and a sentence for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// What to branch on.
+    pub code: Refusal,
+    /// What to print. Never parsed.
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Encodes a refused result: `RESULT_ERR u8, code u16, reason (len u32, UTF-8)`.
+pub fn encode_refused(out: &mut Vec<u8>, code: Refusal, message: &str) {
+    out.push(RESULT_ERR);
+    out.extend_from_slice(&(code as u16).to_le_bytes());
+    put_str(out, message);
+}
+
+/// Splits a result into its payload (after [`RESULT_OK`]) or its [`Refused`].
+/// Errors: an empty result, an unknown status byte, or a truncated refusal.
+pub fn decode_result(b: &[u8]) -> Result<Result<&[u8], Refused>, DecodeError> {
+    let mut r = Reader::new(b);
+    let offset = r.offset();
+    match r.u8()? {
+        RESULT_OK => Ok(Ok(&b[1..])),
+        RESULT_ERR => {
+            let code = Refusal::from_u16(r.u16()?);
+            let message = get_str(&mut r)?;
+            r.finish()?;
+            Ok(Err(Refused { code, message }))
+        }
+        value => Err(DecodeError::BadStatus { offset, value }),
+    }
+}
+
+/// Encodes a lock: `name string, holder string, token u64, expire_ms u64, released u8`.
+pub fn encode_lock(out: &mut Vec<u8>, name: &str, l: &LockState) {
+    put_str(out, name);
+    put_str(out, &l.holder);
+    put_u64(out, l.token);
+    put_u64(out, l.expire_ms);
+    out.push(l.released as u8);
+}
+
+/// Decodes a lock written by [`encode_lock`]: `(name, state)`.
+pub fn decode_lock(r: &mut Reader<'_>) -> Result<(String, LockState), DecodeError> {
+    let name = get_str(r)?;
+    let holder = get_str(r)?;
+    let (token, expire_ms) = (r.u64()?, r.u64()?);
+    let released = r.u8()? != 0;
+    Ok((
+        name,
+        LockState {
+            holder,
+            token,
+            expire_ms,
+            released,
+        },
+    ))
+}
+
+/// Encodes members: `count u32`, then per member `id u64, role u8,
+/// registered_ms u64, seen_ms u64, addr (len u32, bytes)`.
+pub fn encode_members(out: &mut Vec<u8>, m: &BTreeMap<NodeId, Member>) {
+    put_u32(out, m.len() as u32);
+    for (id, mm) in m {
+        put_u64(out, *id);
+        out.push(mm.role as u8);
+        put_u64(out, mm.registered_ms);
+        put_u64(out, mm.seen_ms);
+        put_str(out, &mm.addr);
+    }
+}
+
+/// Decodes members.
+pub fn decode_members(r: &mut Reader<'_>) -> Result<BTreeMap<NodeId, Member>, DecodeError> {
+    let mut m = BTreeMap::new();
+    for _ in 0..small_count(r, 1 << 16)? {
+        let id = r.u64()?;
+        let offset = r.offset();
+        let rb = r.u8()?;
+        let role = Role::from_u8(rb).ok_or(DecodeError::BadStatus { offset, value: rb })?;
+        let (registered_ms, seen_ms) = (r.u64()?, r.u64()?);
+        m.insert(
+            id,
+            Member {
+                role,
+                addr: get_str(r)?,
+                registered_ms,
+                seen_ms,
+            },
+        );
+    }
+    Ok(m)
+}
