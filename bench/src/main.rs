@@ -10,11 +10,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use trex_net::conn::{read_frame, read_frame_into};
 use trex_net::unit_client::{UnitApi, UnitClient};
 use trex_net::util::{parse_duration, parse_size};
-use trex_wire::{
-    self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp, HEADER_LEN,
-};
+use trex_wire::{self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp};
 
 #[derive(Parser)]
 #[command(name = "trex-bench", version, about = "Load generators for Trex Corfu")]
@@ -317,14 +316,7 @@ fn frame_of(opcode: Opcode, id: u64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8>
 }
 
 fn read_reply(s: &mut impl Read) -> Result<(Header, Vec<u8>), String> {
-    let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head)
-        .map_err(|e| format!("receive failed: {e}"))?;
-    let h = Header::decode(&head).map_err(|e| e.to_string())?;
-    let mut b = vec![0u8; h.body_len as usize];
-    s.read_exact(&mut b)
-        .map_err(|e| format!("receive failed: {e}"))?;
-    Ok((h, b))
+    read_frame(s).map_err(|e| format!("receive failed: {e}"))
 }
 
 /// One consensus client: registers node `1000 + i` over and over (a ~100-byte
@@ -567,21 +559,13 @@ fn token_client(
             trex_wire::encode_token_request(b, batch)
         }));
     }
-    let mut head = [0u8; HEADER_LEN];
     let mut body = Vec::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
         out.write_all(&burst)
             .map_err(|e| format!("send failed: {e}"))?;
         for _ in 0..depth {
-            input
-                .read_exact(&mut head)
-                .map_err(|e| format!("receive failed: {e}"))?;
-            let h = Header::decode(&head).map_err(|e| e.to_string())?;
-            body.resize(h.body_len as usize, 0);
-            input
-                .read_exact(&mut body)
-                .map_err(|e| format!("receive failed: {e}"))?;
+            read_frame_into(&mut input, &mut body).map_err(|e| format!("receive failed: {e}"))?;
             match trex_wire::decode_token_reply(&body).map_err(|e| e.to_string())? {
                 trex_wire::TokenReply::Granted { .. } => {
                     hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
@@ -783,15 +767,8 @@ fn write_client(load: &Load, node: &str, shared: &Shared) -> Result<Histogram<u6
         send_one(&mut out, &mut sent)?;
     }
     while !sent.is_empty() {
-        let mut head = [0u8; HEADER_LEN];
-        input
-            .read_exact(&mut head)
-            .map_err(|e| format!("receive failed: {e}"))?;
-        let h = Header::decode(&head).map_err(|e| e.to_string())?;
-        body.resize(h.body_len as usize, 0);
-        input
-            .read_exact(&mut body)
-            .map_err(|e| format!("receive failed: {e}"))?;
+        let h =
+            read_frame_into(&mut input, &mut body).map_err(|e| format!("receive failed: {e}"))?;
         let Some((t0, n)) = sent.remove(&h.request_id) else {
             return Err(format!("reply to unknown request {}", h.request_id));
         };

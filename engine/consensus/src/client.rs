@@ -6,11 +6,12 @@
 use crate::error::ConsensusError;
 use crate::sm::{decode_members, decode_projection, decode_result, Member, Op, Projection};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use trex_net::conn::{read_frame, ReadFrameError};
 use trex_wire::consensus::{self as cw, NodeId, SubmitReply};
-use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, Reader, HEADER_LEN};
+use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, Reader};
 
 /// The default consensus endpoints (the addresses `trex up` uses).
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:7402";
@@ -28,19 +29,9 @@ pub struct ConsensusClient {
 }
 
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
-    let sa: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-        .collect();
-    let sa = sa
-        .first()
-        .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    let s = TcpStream::connect_timeout(sa, timeout)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    s.set_nodelay(true).ok();
-    s.set_read_timeout(Some(timeout)).ok();
-    s.set_write_timeout(Some(timeout)).ok();
-    Ok(s)
+    trex_net::conn::connect(addr, timeout)
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
 }
 
 fn one_call(
@@ -72,12 +63,10 @@ fn call_on(
         },
     );
     s.write_all(&f).map_err(|e| format!("{addr}: {e}"))?;
-    let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head)
-        .map_err(|e| format!("{addr}: no reply ({e})"))?;
-    let h = Header::decode(&head).map_err(|e| format!("{addr}: {e}"))?;
-    let mut b = vec![0u8; h.body_len as usize];
-    s.read_exact(&mut b).map_err(|e| format!("{addr}: {e}"))?;
+    let (h, b) = read_frame(s).map_err(|e| match e {
+        ReadFrameError::Io(e) => format!("{addr}: no reply ({e})"),
+        ReadFrameError::Frame(e) => format!("{addr}: {e}"),
+    })?;
     if h.is_error() {
         let e = trex_wire::decode_error(&b).map_err(|e| e.to_string())?;
         let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);

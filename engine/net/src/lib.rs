@@ -1,9 +1,11 @@
 //! Trex Corfu networking: the hand-rolled `mio` event loop every server role
 //! runs ([`event_loop`]), replies as it carries them ([`reply`]), durable syncs
-//! through `io_uring` or a thread ([`sync`]), the blocking client connection of
+//! through `io_uring` or a thread ([`sync`]), blocking connections and the one
+//! frame reader every client uses ([`conn`]), the blocking client of
 //! the storage-unit protocol ([`unit_client`]), and small shared helpers
 //! ([`util`]: sizes, durations, log lines, random ids).
 
+pub mod conn;
 pub mod event_loop;
 pub mod reply;
 pub mod sync;

@@ -2,15 +2,16 @@
 //! tests use), and the unit's typed operations ([`UnitApi`]) over any
 //! request/reply channel.
 
+use crate::conn::{read_frame, ConnectError, ReadFrameError};
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use trex_wire::{
     self as wire, begin_frame, finish_frame, ErrorCode, Header, InfoReply, Opcode, SealReply,
-    Status, WriteOp, HEADER_LEN,
+    Status, WriteOp,
 };
 
 /// Why a call failed.
@@ -100,36 +101,20 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 impl UnitClient {
     /// Connects to `addr` (host:port).
     pub fn connect(addr: &str, timeout: Duration) -> Result<UnitClient, ClientError> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| ClientError::Io(format!("cannot resolve '{addr}': {e}; use HOST:PORT")))?
-            .collect();
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true).ok();
-                    stream.set_read_timeout(Some(timeout)).ok();
-                    stream.set_write_timeout(Some(timeout)).ok();
-                    let c = UnitClient {
-                        stream,
-                        addr: a,
-                        timeout,
-                        outstanding: HashSet::new(),
-                        early: HashMap::new(),
-                        cluster_id: 0,
-                        buf: Vec::new(),
-                    };
-                    return Ok(c);
-                }
-                Err(e) => last = Some((a, e)),
-            }
-        }
-        Err(match last {
-            Some((a, e)) => ClientError::Io(format!(
-                "cannot connect to {a}: {e}; is a storage unit listening there? (start one with `trex node storage`)"
+        let (stream, addr) = crate::conn::connect(addr, timeout).map_err(|e| match e {
+            ConnectError::Refused { .. } => ClientError::Io(format!(
+                "{e}; is a storage unit listening there? (start one with `trex node storage`)"
             )),
-            None => ClientError::Io(format!("'{addr}' resolves to no address")),
+            ConnectError::Resolve { .. } => ClientError::Io(e.to_string()),
+        })?;
+        Ok(UnitClient {
+            stream,
+            addr,
+            timeout,
+            outstanding: HashSet::new(),
+            early: HashMap::new(),
+            cluster_id: 0,
+            buf: Vec::new(),
         })
     }
 
@@ -204,19 +189,12 @@ impl UnitClient {
     }
 
     fn read_frame(&mut self) -> Result<(Header, Vec<u8>), ClientError> {
-        let mut head = [0u8; HEADER_LEN];
-        self.stream
-            .read_exact(&mut head)
-            .map_err(|e| self.io_error(e))?;
-        let h = Header::decode(&head).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut body = vec![0u8; h.body_len as usize];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|e| self.io_error(e))?;
-        if crc32fast::hash(&body) != h.body_crc {
-            return Err(ClientError::Protocol("reply body checksum mismatch".into()));
-        }
-        Ok((h, body))
+        read_frame(&mut self.stream).map_err(|e| match e {
+            ReadFrameError::Io(e) => self.io_error(e),
+            ReadFrameError::Frame(e) => {
+                ClientError::Protocol(format!("reply from {}: {e}", self.addr))
+            }
+        })
     }
 }
 
