@@ -233,13 +233,10 @@ fn read_write_op<'a>(r: &mut Reader<'a>) -> Result<WriteOp<'a>, DecodeError> {
     let addr = r.u64()?;
     let writer = r.u64()?;
     let seq = r.u64()?;
+    // An entry over MAX_ENTRY_LEN still decodes (the frame's own length
+    // bounds it): the unit answers that entry `too-large` and applies the
+    // rest of the batch, as docs/wire.md promises.
     let len = r.u32()?;
-    if len > MAX_ENTRY_LEN {
-        return Err(DecodeError::EntryTooLarge {
-            len,
-            max: MAX_ENTRY_LEN,
-        });
-    }
     let data = r.bytes(len as usize)?;
     Ok(WriteOp {
         addr,

@@ -287,6 +287,9 @@ impl Log {
     /// it, so a retried append never shows up twice. Only an address another
     /// writer or a filler took first is given up for a new one.
     pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, LogError> {
+        for (i, e) in entries.iter().enumerate() {
+            check_entry_len(i, e)?;
+        }
         let seqs = self.next_seqs(entries.len());
         let n = entries.len();
         self.append_resume(entries, &seqs, vec![None; n], vec![0; n])
@@ -762,6 +765,19 @@ enum Answer {
 /// holding something else after the head took this entry is an inconsistency
 /// (giving the address up would put the entry at two addresses), and an
 /// address trimmed there meanwhile is done.
+/// Refuses an entry the units would answer `too-large`, before it takes an
+/// address (which would otherwise become a hole).
+fn check_entry_len(i: usize, entry: &[u8]) -> Result<(), LogError> {
+    let max = trex_wire::MAX_ENTRY_LEN as usize;
+    if entry.len() > max {
+        return Err(fail!(
+            "entry {i} is {} bytes, above the {max}-byte limit of one log entry; split it",
+            entry.len()
+        ));
+    }
+    Ok(())
+}
+
 fn chain_answer(round: usize, s: Status) -> Answer {
     match (round, s) {
         (_, Status::Ok) => Answer::Stored,

@@ -321,7 +321,7 @@ impl<S: Store> Unit<S> {
         if addr < self.meta.trim_mark {
             return (Status::Trimmed, self.trimmed_tag(addr));
         }
-        if data.len() > self.store.max_payload() {
+        if data.len() > self.store.max_payload() || data.len() > wire::MAX_ENTRY_LEN as usize {
             return (Status::TooLarge, 0);
         }
         if let Some(slot) = self.index.get(addr).copied() {
