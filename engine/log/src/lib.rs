@@ -13,6 +13,7 @@
 //! `SealedEpoch` from a unit means the layout moved on: refresh and retry, within a
 //! bound. Units store entries under their global log address.
 
+mod chain;
 pub mod env;
 mod error;
 mod pipeline;
@@ -22,14 +23,15 @@ pub use error::LogError;
 pub use pipeline::Pipeline;
 pub use repair::RepairReport;
 
+use crate::chain::{sealed, write_chains, BatchView, ChainJob, ChainOutcome};
 use crate::env::{unit_alive, At, Env, TcpEnv};
 use crate::error::fail;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use trex_consensus::sm::{Member, Projection};
-use trex_net::unit_client::{statuses, ClientError, ReadItem, UnitApi};
+use trex_net::unit_client::{ClientError, ReadItem, UnitApi};
 use trex_wire::ops::Refusal;
-use trex_wire::{ErrorCode, Opcode, Status, TokenReply, WriteOp};
+use trex_wire::{Opcode, Status, TokenReply, WriteOp};
 
 /// What a read finds at an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,15 +88,6 @@ fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), LogError> {
 }
 
 /// The epoch a unit is sealed at, if it refused a request for that reason.
-fn sealed(e: &ClientError) -> Option<u64> {
-    match e {
-        ClientError::Server { epoch, .. } if e.code() == Some(ErrorCode::SealedEpoch) => {
-            Some(*epoch)
-        }
-        _ => None,
-    }
-}
-
 impl Log {
     /// Connects: learns the layout from the consensus nodes at `endpoints`.
     pub fn connect(endpoints: &str) -> Result<Log, LogError> {
@@ -305,14 +298,13 @@ impl Log {
             .collect()
     }
 
-    /// The chain jobs writing entries `items` (all with addresses).
-    fn chain_jobs<'e>(
+    /// The chain jobs writing entries `items` (all with addresses), one per
+    /// chain they map to.
+    fn chain_jobs(
         &self,
         items: impl Iterator<Item = usize>,
         addr_of: &[Option<u64>],
-        seqs: &[u64],
-        entries: &[&'e [u8]],
-    ) -> Result<Vec<ChainJob<'e>>, LogError> {
+    ) -> Result<Vec<ChainJob>, LogError> {
         let mut by_chain: BTreeMap<&[u64], Vec<usize>> = BTreeMap::new();
         for i in items {
             let addr = addr_of[i].ok_or("an entry without an address")?;
@@ -322,16 +314,7 @@ impl Log {
             .into_iter()
             .map(|(chain, items)| {
                 let units = chain.iter().map(|u| (*u, self.addr(*u))).collect();
-                let ops = items
-                    .iter()
-                    .map(|i| WriteOp {
-                        addr: addr_of[*i].unwrap_or_default(),
-                        writer: self.writer,
-                        seq: seqs[*i],
-                        data: entries[*i],
-                    })
-                    .collect();
-                ChainJob::new(units, items, ops)
+                ChainJob::new(units, items)
             })
             .collect())
     }
@@ -386,18 +369,23 @@ impl Log {
                 }
             }
             let epoch = self.projection.epoch;
-            let mut jobs =
-                self.chain_jobs((0..n).filter(|i| !done[*i]), &addr_of, seqs, entries)?;
+            let mut jobs = self.chain_jobs((0..n).filter(|i| !done[*i]), &addr_of)?;
             if jobs.is_empty() {
                 return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
             }
             let mut refresh = false;
             // Every chain is written at once (a request to each chain's next
             // unit in flight together); within a chain, head to tail.
-            write_chains(&mut *self.env, epoch, &mut jobs);
+            let batch = BatchView {
+                writer: self.writer,
+                addr_of: &addr_of,
+                seqs,
+                entries,
+            };
+            write_chains(&mut *self.env, epoch, &mut jobs, &batch);
             for job in jobs {
-                let items = job.items;
-                let lost = match job.outcome.unwrap_or(ChainOutcome::Done(job.lost)) {
+                let (items, outcome) = job.finish();
+                let lost = match outcome {
                     ChainOutcome::Done(lost) => lost,
                     ChainOutcome::Sealed(at) => {
                         self.sealed_seen = self.sealed_seen.max(at);
@@ -704,67 +692,6 @@ impl Log {
     }
 }
 
-/// One chain's share of an append: its units (head first, with their
-/// addresses), the batch's entries that map to it (indices) and their ops.
-struct ChainJob<'a> {
-    units: Vec<(u64, Result<String, String>)>,
-    items: Vec<usize>,
-    ops: Vec<WriteOp<'a>>,
-    /// Per op: lost its address to another writer or a filler.
-    lost: Vec<bool>,
-    /// Set once the chain stops early (sealed, failed, refused).
-    outcome: Option<ChainOutcome>,
-}
-
-impl<'a> ChainJob<'a> {
-    fn new(
-        units: Vec<(u64, Result<String, String>)>,
-        items: Vec<usize>,
-        ops: Vec<WriteOp<'a>>,
-    ) -> ChainJob<'a> {
-        let lost = vec![false; ops.len()];
-        ChainJob {
-            units,
-            items,
-            ops,
-            lost,
-            outcome: None,
-        }
-    }
-
-    /// The ops still going down the chain.
-    fn active(&self) -> Vec<usize> {
-        (0..self.ops.len()).filter(|k| !self.lost[*k]).collect()
-    }
-}
-
-/// How writing one chain went.
-enum ChainOutcome {
-    /// Every unit answered; per op, whether its address was lost to another writer.
-    Done(Vec<bool>),
-    /// A unit is sealed at a newer epoch (this one): refresh and retry at the
-    /// same addresses.
-    Sealed(u64),
-    /// A unit failed (connecting or mid-call).
-    Failed(u64, String),
-    /// A unit refused for a reason no retry fixes.
-    Refused(String),
-}
-
-/// What a unit's status for one entry of a chain write means.
-enum Answer {
-    /// Stored (or already there, or trimmed after the head took it).
-    Stored,
-    /// Another writer or a filler took the address at the head: get another.
-    Lost,
-    /// Anything else: no retry fixes it.
-    Refused,
-}
-
-/// Only the head decides who owns an address. Further down the chain, a unit
-/// holding something else after the head took this entry is an inconsistency
-/// (giving the address up would put the entry at two addresses), and an
-/// address trimmed there meanwhile is done.
 /// Refuses an entry the units would answer `too-large`, before it takes an
 /// address (which would otherwise become a hole).
 fn check_entry_len(i: usize, entry: &[u8]) -> Result<(), LogError> {
@@ -776,92 +703,6 @@ fn check_entry_len(i: usize, entry: &[u8]) -> Result<(), LogError> {
         ));
     }
     Ok(())
-}
-
-fn chain_answer(round: usize, s: Status) -> Answer {
-    match (round, s) {
-        (_, Status::Ok) => Answer::Stored,
-        (0, Status::Written | Status::Junk | Status::Trimmed) => Answer::Lost,
-        (_, Status::Trimmed) => Answer::Stored,
-        _ => Answer::Refused,
-    }
-}
-
-fn failed_call(unit: u64, e: ClientError) -> ChainOutcome {
-    if let Some(at) = sealed(&e) {
-        ChainOutcome::Sealed(at)
-    } else {
-        ChainOutcome::Failed(unit, e.to_string())
-    }
-}
-
-/// Writes every chain's ops down its chain, head first, with one request per
-/// chain in flight at a time: round `r` sends to the `r`-th unit of every chain,
-/// then collects the replies. An op that lost its address at one unit goes no
-/// further down: a value is only ever copied down the chain in order.
-fn write_chains(env: &mut dyn Env, epoch: u64, jobs: &mut [ChainJob<'_>]) {
-    let depth = jobs.iter().map(|j| j.units.len()).max().unwrap_or(0);
-    for round in 0..depth {
-        let mut sent: Vec<Option<(u64, Vec<usize>)>> = Vec::with_capacity(jobs.len());
-        for job in jobs.iter_mut() {
-            let active = job.active();
-            if job.outcome.is_some() || round >= job.units.len() || active.is_empty() {
-                sent.push(None);
-                continue;
-            }
-            let (unit, addr) = &job.units[round];
-            let addr = match addr {
-                Ok(a) => a,
-                Err(e) => {
-                    job.outcome = Some(ChainOutcome::Failed(*unit, e.clone()));
-                    sent.push(None);
-                    continue;
-                }
-            };
-            let batch: Vec<WriteOp<'_>> = active.iter().map(|k| job.ops[*k]).collect();
-            match env.send(addr, Opcode::Write, epoch, &|b| {
-                trex_wire::encode_write_request(b, &batch)
-            }) {
-                Ok(id) => sent.push(Some((id, active))),
-                Err(e) => {
-                    job.outcome = Some(failed_call(*unit, e));
-                    sent.push(None);
-                }
-            }
-        }
-        for (job, s) in jobs.iter_mut().zip(sent) {
-            let Some((id, active)) = s else { continue };
-            let (unit, addr) = &job.units[round];
-            let addr = addr.as_ref().expect("sent above");
-            let reply = env
-                .recv(addr, id)
-                .and_then(|(_, body)| statuses(&body, active.len()));
-            match reply {
-                Ok(st) => {
-                    for (j, s) in st.iter().enumerate() {
-                        let k = active[j];
-                        match chain_answer(round, *s) {
-                            Answer::Stored => {}
-                            Answer::Lost => job.lost[k] = true,
-                            Answer::Refused => {
-                                job.outcome = Some(ChainOutcome::Refused(format!(
-                                    "unit {unit} refused address {}: {s}{}",
-                                    job.ops[k].addr,
-                                    if round > 0 {
-                                        " although the head of its chain took the entry (the chain is inconsistent; `trex status` shows the layout)"
-                                    } else {
-                                        ""
-                                    }
-                                )));
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => job.outcome = Some(failed_call(*unit, e)),
-            }
-        }
-    }
 }
 
 /// An iterator over the log in address order (see [`Log::subscribe`]).

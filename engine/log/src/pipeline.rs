@@ -15,11 +15,11 @@
 //! sequence numbers and, where they were written anywhere, the same addresses:
 //! a retried entry never shows up twice.
 
-use super::{chain_answer, Answer, Log};
+use super::Log;
+use crate::chain::{BatchView, ChainJob, SentRound};
 use crate::error::LogError;
 use std::collections::VecDeque;
-use trex_net::unit_client::statuses;
-use trex_wire::{Opcode, TokenReply, WriteOp};
+use trex_wire::{Opcode, TokenReply};
 
 /// A handle keeping many appends in flight (see [`Log::pipeline`]).
 pub struct Pipeline<'a> {
@@ -32,13 +32,6 @@ pub struct Pipeline<'a> {
     flights: VecDeque<Flight>,
     done: VecDeque<(u64, Result<u64, LogError>)>,
     next_ticket: u64,
-}
-
-/// One chain's share of a flight.
-struct Chain {
-    units: Vec<(u64, Result<String, String>)>,
-    items: Vec<usize>,
-    lost: Vec<bool>,
 }
 
 enum Stage {
@@ -82,14 +75,16 @@ struct Flight {
     entries: Entries,
     seqs: Vec<u64>,
     addr_of: Vec<Option<u64>>,
-    chains: Vec<Chain>,
+    chains: Vec<ChainJob>,
     /// The layout epoch the chains were computed in: writes carry it, so a
     /// layout that moved on since makes the units refuse them (sealed), and the
     /// flight finishes through the blocking path with the new layout.
     epoch: u64,
     stage: Stage,
-    /// Requests of this round: (node address, request id, chain index).
-    sent: Vec<(String, u64, usize)>,
+    /// The token request of this round: (sequencer address, request id).
+    token: Option<(String, u64)>,
+    /// The writes of this round: (chain index, request).
+    writes: Vec<(usize, SentRound)>,
 }
 
 impl Log {
@@ -162,7 +157,8 @@ impl Pipeline<'_> {
             chains: Vec::new(),
             epoch: 0,
             stage: Stage::Token,
-            sent: Vec::new(),
+            token: None,
+            writes: Vec::new(),
         });
     }
 
@@ -173,57 +169,38 @@ impl Pipeline<'_> {
         let seq_addr = log.addr(log.projection.sequencer);
         let epoch = log.projection.epoch;
         for f in self.flights.iter_mut() {
-            f.sent.clear();
+            f.token = None;
+            f.writes.clear();
             match f.stage {
                 Stage::Token => {
                     let count = f.entries.len() as u32;
-                    let sent = seq_addr.as_ref().ok().and_then(|a| {
+                    f.token = seq_addr.as_ref().ok().and_then(|a| {
                         log.env
                             .send(a, Opcode::Token, epoch, &|b| {
                                 trex_wire::encode_token_request(b, count)
                             })
                             .ok()
-                            .map(|id| (a.clone(), id, 0))
+                            .map(|id| (a.clone(), id))
                     });
-                    match sent {
-                        Some(s) => f.sent.push(s),
-                        None => f.stage = Stage::Fallback,
+                    if f.token.is_none() {
+                        f.stage = Stage::Fallback;
                     }
                 }
                 Stage::Write(round) => {
-                    for (ci, c) in f.chains.iter().enumerate() {
-                        let Some((_, addr)) = c.units.get(round) else {
-                            continue;
-                        };
-                        let active: Vec<usize> =
-                            (0..c.items.len()).filter(|k| !c.lost[*k]).collect();
-                        if active.is_empty() {
-                            continue;
+                    let refs = f.entries.refs();
+                    let batch = BatchView {
+                        writer: log.writer,
+                        addr_of: &f.addr_of,
+                        seqs: &f.seqs,
+                        entries: &refs,
+                    };
+                    for (ci, c) in f.chains.iter_mut().enumerate() {
+                        if let Some(sent) = c.send_round(&mut *log.env, f.epoch, round, &batch) {
+                            f.writes.push((ci, sent));
                         }
-                        let Ok(addr) = addr else {
-                            f.stage = Stage::Fallback;
+                        if c.outcome.is_some() {
+                            f.stage = Stage::Fallback; // the blocking path sorts it out
                             break;
-                        };
-                        let ops: Vec<WriteOp<'_>> = active
-                            .iter()
-                            .map(|k| {
-                                let i = c.items[*k];
-                                WriteOp {
-                                    addr: f.addr_of[i].unwrap_or_default(),
-                                    writer: log.writer,
-                                    seq: f.seqs[i],
-                                    data: f.entries.get(i),
-                                }
-                            })
-                            .collect();
-                        match log.env.send(addr, Opcode::Write, f.epoch, &|b| {
-                            trex_wire::encode_write_request(b, &ops)
-                        }) {
-                            Ok(id) => f.sent.push((addr.clone(), id, ci)),
-                            Err(_) => {
-                                f.stage = Stage::Fallback;
-                                break;
-                            }
                         }
                     }
                 }
@@ -232,64 +209,42 @@ impl Pipeline<'_> {
         }
         // Replies, in the order the requests went out (per connection too).
         for f in self.flights.iter_mut() {
-            let wrote = matches!(f.stage, Stage::Write(_));
-            let sent = std::mem::take(&mut f.sent);
-            for (addr, id, ci) in sent {
+            if let Some((addr, id)) = f.token.take() {
                 let reply = log.env.recv(&addr, id);
-                if matches!(f.stage, Stage::Fallback) {
-                    continue; // read to keep the connection in step; the flight retries
-                }
-                match (&f.stage, reply) {
-                    (Stage::Token, Ok((_, body))) => match trex_wire::decode_token_reply(&body) {
-                        Ok(TokenReply::Granted { epoch: e, first }) if e == epoch => {
+                f.stage = Stage::Fallback;
+                if let Ok((_, body)) = reply {
+                    if let Ok(TokenReply::Granted { epoch: e, first }) =
+                        trex_wire::decode_token_reply(&body)
+                    {
+                        if e == epoch {
                             for (k, a) in f.addr_of.iter_mut().enumerate() {
                                 *a = Some(first + k as u64);
                             }
-                            let refs = f.entries.refs();
-                            match log.chain_jobs(0..refs.len(), &f.addr_of, &f.seqs, &refs) {
-                                Ok(jobs) => {
-                                    f.chains = jobs
-                                        .into_iter()
-                                        .map(|j| Chain {
-                                            lost: vec![false; j.items.len()],
-                                            units: j.units,
-                                            items: j.items,
-                                        })
-                                        .collect();
-                                    f.epoch = epoch;
-                                    f.stage = Stage::Write(0);
-                                }
-                                Err(_) => f.stage = Stage::Fallback,
+                            if let Ok(jobs) = log.chain_jobs(0..f.addr_of.len(), &f.addr_of) {
+                                f.chains = jobs;
+                                f.epoch = epoch;
+                                // The head is written next round.
+                                f.stage = Stage::Write(0);
                             }
-                        }
-                        _ => f.stage = Stage::Fallback,
-                    },
-                    (Stage::Write(round), Ok((_, body))) => {
-                        let round = *round;
-                        let c = &mut f.chains[ci];
-                        let active: Vec<usize> =
-                            (0..c.items.len()).filter(|k| !c.lost[*k]).collect();
-                        match statuses(&body, active.len()) {
-                            Ok(st) => {
-                                for (j, s) in st.iter().enumerate() {
-                                    match chain_answer(round, *s) {
-                                        Answer::Stored => {}
-                                        Answer::Lost => c.lost[active[j]] = true,
-                                        // The blocking path reports it.
-                                        Answer::Refused => f.stage = Stage::Fallback,
-                                    }
-                                }
-                            }
-                            Err(_) => f.stage = Stage::Fallback,
                         }
                     }
-                    _ => f.stage = Stage::Fallback,
                 }
+                continue;
             }
-            // (A flight that just got its token writes the head next round.)
-            if let (true, Stage::Write(round)) = (wrote, &f.stage) {
-                let round = *round;
-                let depth = f.chains.iter().map(|c| c.units.len()).max().unwrap_or(0);
+            let writes = std::mem::take(&mut f.writes);
+            for (ci, sent) in &writes {
+                let reply = log.env.recv(&sent.addr, sent.id);
+                if let Stage::Write(round) = f.stage {
+                    let c = &mut f.chains[*ci];
+                    c.on_reply(round, sent, reply, &f.addr_of);
+                    if c.outcome.is_some() {
+                        f.stage = Stage::Fallback; // the blocking path reports it
+                    }
+                } // else: read to keep the connection in step; the flight retries
+            }
+            f.writes = writes;
+            if let Stage::Write(round) = f.stage {
+                let depth = f.chains.iter().map(ChainJob::depth).max().unwrap_or(0);
                 f.stage = if round + 1 >= depth {
                     Stage::Done
                 } else {
@@ -301,7 +256,7 @@ impl Pipeline<'_> {
         let mut keep = VecDeque::with_capacity(self.flights.len());
         while let Some(mut f) = self.flights.pop_front() {
             match f.stage {
-                Stage::Done if f.chains.iter().all(|c| c.lost.iter().all(|l| !l)) => {
+                Stage::Done if f.chains.iter().all(ChainJob::all_stored) => {
                     for (t, a) in (f.first_ticket..).zip(&f.addr_of) {
                         self.done.push_back((t, Ok(a.unwrap_or_default())));
                     }
