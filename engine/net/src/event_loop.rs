@@ -678,12 +678,20 @@ fn dispatch<S: Service>(
                 }
                 // Take the replies now, so their bytes count against this
                 // connection's limit before the next frame is read.
+                let mut answered = false;
                 while let Some(r) = service.poll_reply() {
                     let mine = r.to == to;
                     if mine {
                         c.owed += r.frame.len();
+                        answered = true;
                     }
                     outbox.push((r, mine));
+                }
+                if flow == Flow::Close && !answered {
+                    // A service that closes without an error reply (a peer
+                    // message that does not decode): nothing will answer this
+                    // frame, so it must not hold the connection open.
+                    c.inflight -= 1;
                 }
                 c.rstart += n;
                 if flow == Flow::Close {
