@@ -1,10 +1,12 @@
 //! The Trex Corfu consensus nodes: Multi-Paxos with batched accepts
-//! ([`paxos`]), the replicated state machine holding members, the layout and the
+//! ([`paxos`]), the one driver that releases its output once durable
+//! ([`driver`]), the replicated state machine holding members, the layout and the
 //! advisory locks ([`sm`]), the durable journal ([`journal`]), the node that runs
 //! a replica on the event loop ([`node`]), and the clients of the group
 //! ([`client`], [`lock`]).
 
 pub mod client;
+pub mod driver;
 pub mod journal;
 pub mod lock;
 pub mod node;

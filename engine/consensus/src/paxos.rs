@@ -2,10 +2,11 @@
 //! in; journal records, messages and applied commands out (in a [`Ready`]).
 //! No sockets, clocks or files inside.
 //!
-//! The rule the driver must keep: **everything in `Ready::send` goes out only
-//! after `Ready::persist` is durable** (a promise or an acceptance must survive a
-//! crash before anyone hears of it). Messages a node sends to itself go through
-//! the same path.
+//! The rule a driver must keep is in the shape of [`Ready`]: **everything in
+//! `Ready::on_durable` takes effect only after `Ready::persist` is durable** (a
+//! promise or an acceptance must survive a crash before anyone hears of it).
+//! Messages a node sends to itself go through the same path. One function keeps
+//! it for every caller: [`crate::driver::Driver`].
 //!
 //! Leadership comes only from timeouts and `prepare` (Paxos Made Simple): a node
 //! that stops hearing a leader waits a randomised timeout, asks the others first
@@ -102,26 +103,43 @@ pub struct Applied {
     pub result: Vec<u8>,
 }
 
-/// What a step produced.
+/// What a step produced, in the order it must take effect: first `persist`
+/// is written to the journal, then `on_durable` is released, and only once
+/// those records (and every earlier step's) are durable. A promise or an
+/// acceptance must survive a crash before anyone hears of it. Messages a node
+/// sends to itself wait too. [`crate::driver::Driver`] keeps this order for the
+/// node and the simulator alike.
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Make these durable first.
+    /// Step 1: journal records to write and make durable, oldest first.
     pub persist: Vec<Record>,
-    /// Then send these (to self too).
-    pub send: Vec<(NodeId, Msg)>,
-    /// Commands applied, in order (for client replies).
-    pub applied: Vec<Applied>,
-    /// Every slot applied, in order, with a hash of its value (for checks).
+    /// Step 2: what others may observe only once `persist` is durable.
+    pub on_durable: OnDurable,
+    /// Every slot applied, in order, with a hash of its value (for checks;
+    /// applying is derived state and needs no sync).
     pub applied_slots: Vec<(u64, u64)>,
     /// A snapshot from a peer moved the applied index here (slots below were
     /// not applied one by one).
     pub installed_snapshot: Option<u64>,
 }
 
+/// The part of a step that must wait until the step's journal records are
+/// durable: its messages and the commands it applied (whose clients may be
+/// answered).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OnDurable {
+    /// Messages, to peers and to this node, in the order they were produced.
+    pub send: Vec<(NodeId, Msg)>,
+    /// Commands applied, in order (for client replies).
+    pub applied: Vec<Applied>,
+}
+
 impl Ready {
-    /// Whether there is nothing to do.
+    /// Whether there is nothing to write, send or answer.
     pub fn is_empty(&self) -> bool {
-        self.persist.is_empty() && self.send.is_empty() && self.applied.is_empty()
+        self.persist.is_empty()
+            && self.on_durable.send.is_empty()
+            && self.on_durable.applied.is_empty()
     }
 }
 
@@ -318,7 +336,7 @@ impl Replica {
     }
 
     fn send(&mut self, to: NodeId, m: Msg) {
-        self.ready.send.push((to, m));
+        self.ready.on_durable.send.push((to, m));
     }
 
     fn broadcast(&mut self, m: Msg, include_self: bool) {
@@ -418,7 +436,7 @@ impl Replica {
                             }
                         }
                     }
-                    self.ready.send.extend(resend);
+                    self.ready.on_durable.send.extend(resend);
                     self.broadcast(Msg::Commit { ballot, commit }, false);
                 }
                 self.send_batches(now_ms);
@@ -869,7 +887,7 @@ impl Replica {
             self.ready.applied_slots.push((self.applied, value_hash(v)));
             for cmd in v.clone() {
                 let result = self.sm.apply(&cmd);
-                self.ready.applied.push(Applied {
+                self.ready.on_durable.applied.push(Applied {
                     slot: self.applied,
                     client: cmd.client,
                     seq: cmd.seq,
