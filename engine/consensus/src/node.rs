@@ -18,11 +18,11 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use trex_net::reply::{violation, Reply, ReplyTo};
+use trex_net::reply::{reply_header, violation, Reply, ReplyTo};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
-use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, FLAG_RESPONSE};
+use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode};
 
 const SYNC_TOKEN: usize = 0;
 const TICK_TIMER: u64 = 1;
@@ -101,13 +101,7 @@ fn reply_frame(req: &Header, flags: u16, body: impl FnOnce(&mut Vec<u8>)) -> Vec
     let mut f = Vec::new();
     let s = begin_frame(&mut f);
     body(&mut f);
-    let h = Header {
-        opcode: req.opcode,
-        flags: FLAG_RESPONSE | flags,
-        request_id: req.request_id,
-        ..Header::default()
-    };
-    finish_frame(&mut f, s, h);
+    finish_frame(&mut f, s, reply_header(req, flags, 0, 0));
     f
 }
 
@@ -332,7 +326,7 @@ impl ConsensusService {
                 let msg = format!("submit body does not decode: {e}");
                 self.io
                     .replies
-                    .push_back(violation(to, header, ErrorCode::MalformedBody, &msg));
+                    .push_back(violation(to, header, 0, ErrorCode::MalformedBody, &msg));
                 return Flow::Close;
             }
         };
@@ -448,7 +442,7 @@ impl Service for ConsensusService {
                 );
                 self.io
                     .replies
-                    .push_back(violation(to, header, ErrorCode::UnknownOpcode, &msg));
+                    .push_back(violation(to, header, 0, ErrorCode::UnknownOpcode, &msg));
                 Flow::Close
             }
         }

@@ -24,12 +24,10 @@ use trex_consensus::client::keep_registered;
 use trex_consensus::lock::LockClient;
 use trex_consensus::sm::{Op, Role};
 use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
-use trex_net::reply::{violation, Reply, ReplyTo};
+use trex_net::reply::{reply_header, violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
-use trex_wire::{
-    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_RESPONSE,
-};
+use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply};
 
 /// The name of the sequencer lease in the lock service.
 pub const SEQUENCER_LOCK: &str = trex_consensus::sm::SEQUENCER_LEASE;
@@ -145,7 +143,7 @@ impl SequencerService {
 
 impl Service for SequencerService {
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
-        let bad = |code: ErrorCode, msg: String| violation(to, header, code, &msg);
+        let bad = |code: ErrorCode, msg: String| violation(to, header, 0, code, &msg);
         if header.opcode != Opcode::Token as u8 || header.is_response() {
             let msg = format!(
                 "opcode {:#04x} is not a sequencer request (token 0x30)",
@@ -171,13 +169,7 @@ impl Service for SequencerService {
         let mut f = Vec::with_capacity(64);
         let s = begin_frame(&mut f);
         wire::encode_token_reply(&mut f, &t);
-        let h = Header {
-            opcode: header.opcode,
-            flags: FLAG_RESPONSE,
-            request_id: header.request_id,
-            ..Header::default()
-        };
-        finish_frame(&mut f, s, h);
+        finish_frame(&mut f, s, reply_header(header, 0, 0, 0));
         self.replies.push_back(Reply {
             to,
             frame: f,

@@ -13,10 +13,11 @@ use crate::storage::{
     AppendError, Appended, Kind, Loc, Meta, RecordHead, Recovered, Store, SyncJob,
 };
 use std::collections::VecDeque;
+use trex_net::reply::reply_header;
 pub use trex_net::reply::{error_frame, violation, Reply, ReplyTo};
 use trex_wire::{
     self as wire, begin_frame, finish_frame, AddrList, Entry, ErrorCode, Header, InfoReply, Opcode,
-    ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR, FLAG_RESPONSE,
+    ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR,
 };
 
 /// Settings of a unit.
@@ -567,16 +568,10 @@ impl<S: Store> Unit<S> {
         }
     }
 
+    /// Replies carry the unit's sealed epoch (a client learns it was fenced)
+    /// and its cluster id.
     fn reply_header(&self, req: &Header, flags: u16) -> Header {
-        Header {
-            opcode: req.opcode,
-            flags: FLAG_RESPONSE | flags,
-            request_id: req.request_id,
-            epoch: self.meta.sealed_epoch,
-            cluster_id: self.cfg.cluster_id,
-            body_len: 0,
-            body_crc: 0,
-        }
+        reply_header(req, flags, self.meta.sealed_epoch, self.cfg.cluster_id)
     }
 
     fn respond(&mut self, to: ReplyTo, req: &Header, tag: u64, body: impl FnOnce(&mut Vec<u8>)) {
@@ -639,15 +634,12 @@ impl<S: Store> Unit<S> {
         self.poisoned = Some(why.clone());
         // Every reply still waiting depends on data whose fate is now unknown.
         for p in std::mem::take(&mut self.pending) {
-            let h = Header {
+            let req = Header {
                 opcode: p.opcode,
-                flags: FLAG_RESPONSE | FLAG_ERROR,
                 request_id: p.request_id,
-                epoch: self.meta.sealed_epoch,
-                cluster_id: self.cfg.cluster_id,
-                body_len: 0,
-                body_crc: 0,
+                ..Header::default()
             };
+            let h = self.reply_header(&req, FLAG_ERROR);
             let msg = format!(
                 "{why}: this request's outcome is unknown and the unit accepts no more writes; \
                  restart it to recover from its durable state"
