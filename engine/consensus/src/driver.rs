@@ -7,7 +7,7 @@
 //! [`Ready`] to a [`Driver`] and tell it when a sync completes; they differ
 //! only in their [`ReadyIo`].
 
-use crate::paxos::{Applied, OnDurable, Ready, Record};
+use crate::paxos::{Applied, JournalRecord, OnDurable, Ready};
 use std::collections::VecDeque;
 use trex_wire::consensus::{Msg, NodeId};
 
@@ -21,7 +21,7 @@ pub trait ReadyIo {
     /// them to be durable. Returns the journal position a sync must reach for
     /// these records and every earlier one to be durable. Positions never
     /// decrease from one call to the next.
-    fn write(&mut self, records: Vec<Record>) -> Result<u64, Self::Error>;
+    fn write(&mut self, records: Vec<JournalRecord>) -> Result<u64, Self::Error>;
 
     /// Sends `msg` to `to`; messages to this node itself come here too.
     fn send(&mut self, to: NodeId, msg: Msg);
@@ -112,7 +112,7 @@ mod tests {
 
     impl ReadyIo for Log {
         type Error = ();
-        fn write(&mut self, records: Vec<Record>) -> Result<u64, ()> {
+        fn write(&mut self, records: Vec<JournalRecord>) -> Result<u64, ()> {
             self.position += records.len() as u64;
             self.done.push(format!("write {}", records.len()));
             Ok(self.position)
@@ -131,7 +131,7 @@ mod tests {
             node: 1,
         };
         Ready {
-            persist: vec![Record::Promise(ballot); records],
+            persist: vec![JournalRecord::Promise(ballot); records],
             on_durable: OnDurable {
                 send: vec![(to, Msg::Commit { ballot, commit: 0 })],
                 applied: vec![Applied {

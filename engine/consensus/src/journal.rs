@@ -18,7 +18,7 @@
 //! cut off; damage anywhere else stops the node with advice
 //! ([`RecoveryMode::TolerateCorruptTail`]).
 
-use super::paxos::Record;
+use super::paxos::JournalRecord;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -65,13 +65,13 @@ fn get_ballot(r: &mut Reader<'_>) -> Result<Ballot, DecodeError> {
 }
 
 /// Encodes a record's payload.
-pub fn encode_record(out: &mut Vec<u8>, rec: &Record) {
+pub fn encode_record(out: &mut Vec<u8>, rec: &JournalRecord) {
     match rec {
-        Record::Promise(b) => {
+        JournalRecord::Promise(b) => {
             out.push(R_PROMISE);
             put_ballot(out, *b);
         }
-        Record::Accept {
+        JournalRecord::Accept {
             slot,
             ballot,
             value,
@@ -81,7 +81,7 @@ pub fn encode_record(out: &mut Vec<u8>, rec: &Record) {
             put_ballot(out, *ballot);
             encode_value(out, value);
         }
-        Record::Checkpoint {
+        JournalRecord::Checkpoint {
             promised,
             upto,
             state,
@@ -103,11 +103,11 @@ pub fn encode_record(out: &mut Vec<u8>, rec: &Record) {
 }
 
 /// Decodes a record's payload.
-pub fn decode_record(b: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode_record(b: &[u8]) -> Result<JournalRecord, DecodeError> {
     let mut r = Reader::new(b);
     let rec = match r.u8()? {
-        R_PROMISE => Record::Promise(get_ballot(&mut r)?),
-        R_ACCEPT => Record::Accept {
+        R_PROMISE => JournalRecord::Promise(get_ballot(&mut r)?),
+        R_ACCEPT => JournalRecord::Accept {
             slot: r.u64()?,
             ballot: get_ballot(&mut r)?,
             value: r.value()?,
@@ -121,7 +121,7 @@ pub fn decode_record(b: &[u8]) -> Result<Record, DecodeError> {
             for _ in 0..r.u32()? {
                 accepted.push((r.u64()?, get_ballot(&mut r)?, r.value()?));
             }
-            Record::Checkpoint {
+            JournalRecord::Checkpoint {
                 promised,
                 upto,
                 state,
@@ -158,7 +158,7 @@ fn err(what: &str, p: &Path, e: io::Error) -> String {
 impl Journal {
     /// Opens the journal in `dir` (creating it) and returns the records found,
     /// oldest first.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), String> {
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<JournalRecord>), String> {
         fs::create_dir_all(dir).map_err(|e| err("cannot create", dir, e))?;
         let mut gens: Vec<u64> = fs::read_dir(dir)
             .map_err(|e| err("cannot list", dir, e))?
@@ -261,9 +261,9 @@ impl Journal {
     /// Appends records (written, not yet durable). A checkpoint starts a new
     /// generation that replaces everything before it. Returns the LSN a sync
     /// must reach for them to be durable.
-    pub fn append(&mut self, records: &[Record]) -> io::Result<u64> {
+    pub fn append(&mut self, records: &[JournalRecord]) -> io::Result<u64> {
         for rec in records {
-            if matches!(rec, Record::Checkpoint { .. }) {
+            if matches!(rec, JournalRecord::Checkpoint { .. }) {
                 self.rotate(rec)?;
                 continue;
             }
@@ -275,7 +275,7 @@ impl Journal {
         Ok(self.lsn())
     }
 
-    fn frame(&mut self, rec: &Record) {
+    fn frame(&mut self, rec: &JournalRecord) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
         encode_record(&mut self.buf, rec);
@@ -287,7 +287,7 @@ impl Journal {
     }
 
     /// Writes a checkpoint into a new file, syncs it, and drops the old file.
-    fn rotate(&mut self, rec: &Record) -> io::Result<()> {
+    fn rotate(&mut self, rec: &JournalRecord) -> io::Result<()> {
         let next = self.generation + 1;
         let path = path_of(&self.dir, next);
         let file = OpenOptions::new()
@@ -338,7 +338,7 @@ mod tests {
     use super::*;
     use trex_wire::consensus::Command;
 
-    fn sample() -> Vec<Record> {
+    fn sample() -> Vec<JournalRecord> {
         let b = Ballot {
             counter: 3,
             node: 2,
@@ -350,13 +350,13 @@ mod tests {
             op: vec![8],
         }];
         vec![
-            Record::Promise(b),
-            Record::Accept {
+            JournalRecord::Promise(b),
+            JournalRecord::Accept {
                 slot: 0,
                 ballot: b,
                 value: v.clone(),
             },
-            Record::Accept {
+            JournalRecord::Accept {
                 slot: 1,
                 ballot: b,
                 value: Vec::new(),
@@ -398,7 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         j.append(&sample()).unwrap();
-        let cp = Record::Checkpoint {
+        let cp = JournalRecord::Checkpoint {
             promised: Ballot {
                 counter: 3,
                 node: 2,
@@ -409,7 +409,7 @@ mod tests {
         };
         j.append(&[
             cp.clone(),
-            Record::Promise(Ballot {
+            JournalRecord::Promise(Ballot {
                 counter: 4,
                 node: 1,
             }),
@@ -425,7 +425,7 @@ mod tests {
             found,
             vec![
                 cp,
-                Record::Promise(Ballot {
+                JournalRecord::Promise(Ballot {
                     counter: 4,
                     node: 1
                 })

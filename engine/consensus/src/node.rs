@@ -10,7 +10,7 @@
 
 use super::driver::{Driver, ReadyIo};
 use super::journal::Journal;
-use super::paxos::{Applied, Config, Record, Replica};
+use super::paxos::{Applied, Config, JournalRecord, Replica};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -134,7 +134,7 @@ impl NodeIo {
 impl ReadyIo for NodeIo {
     type Error = io::Error;
 
-    fn write(&mut self, records: Vec<Record>) -> io::Result<u64> {
+    fn write(&mut self, records: Vec<JournalRecord>) -> io::Result<u64> {
         // A step without records waits only for the writes before it.
         if records.is_empty() {
             return Ok(self.journal.lsn());

@@ -62,9 +62,9 @@ impl Config {
     }
 }
 
-/// A journal record.
+/// A journal record: what a replica must remember across a crash.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+pub enum JournalRecord {
     /// Promised not to accept ballots below this.
     Promise(Ballot),
     /// Accepted `value` at `slot` with `ballot` (implies a promise of `ballot`).
@@ -112,7 +112,7 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Step 1: journal records to write and make durable, oldest first.
-    pub persist: Vec<Record>,
+    pub persist: Vec<JournalRecord>,
     /// Step 2: what others may observe only once `persist` is durable.
     pub on_durable: OnDurable,
     /// Every slot applied, in order, with a hash of its value (for checks;
@@ -189,7 +189,7 @@ pub struct NotLeader {
 
 /// Observable state, for status output and checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
+pub struct ReplicaStatus {
     /// This node.
     pub id: NodeId,
     /// Whether this node leads.
@@ -235,7 +235,7 @@ impl Replica {
     /// Rebuilds a replica from its journal (oldest record first).
     pub fn recover(
         cfg: Config,
-        records: impl IntoIterator<Item = Record>,
+        records: impl IntoIterator<Item = JournalRecord>,
         now_ms: u64,
     ) -> Result<Replica, String> {
         let mut r = Replica {
@@ -261,8 +261,8 @@ impl Replica {
         };
         for rec in records {
             match rec {
-                Record::Promise(b) => r.promised = r.promised.max(b),
-                Record::Accept {
+                JournalRecord::Promise(b) => r.promised = r.promised.max(b),
+                JournalRecord::Accept {
                     slot,
                     ballot,
                     value,
@@ -272,7 +272,7 @@ impl Replica {
                         r.accepted.insert(slot, (ballot, value));
                     }
                 }
-                Record::Checkpoint {
+                JournalRecord::Checkpoint {
                     promised,
                     upto,
                     state,
@@ -306,8 +306,8 @@ impl Replica {
     }
 
     /// Observable state.
-    pub fn status(&self) -> Status {
-        Status {
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
             id: self.cfg.id,
             leading: matches!(self.role, Role::Leader(_)),
             leader: self.leader,
@@ -611,7 +611,7 @@ impl Replica {
         }
         if ballot > self.promised {
             self.promised = ballot;
-            self.ready.persist.push(Record::Promise(ballot));
+            self.ready.persist.push(JournalRecord::Promise(ballot));
         }
         if ballot.node != self.cfg.id {
             let mine = match &self.role {
@@ -760,7 +760,7 @@ impl Replica {
             .is_none_or(|(b, v)| *b != ballot || *v != value)
         {
             self.accepted.insert(slot, (ballot, value.clone()));
-            self.ready.persist.push(Record::Accept {
+            self.ready.persist.push(JournalRecord::Accept {
                 slot,
                 ballot,
                 value,
@@ -870,7 +870,7 @@ impl Replica {
             .iter()
             .map(|(s, (b, v))| (*s, *b, v.clone()))
             .collect();
-        self.ready.persist.push(Record::Checkpoint {
+        self.ready.persist.push(JournalRecord::Checkpoint {
             promised: self.promised,
             upto,
             state: state.clone(),

@@ -2,7 +2,7 @@
 //! sends, and in which order (messages only ever follow the journal writes of
 //! the same step, which the driver makes durable first).
 
-use trex_consensus::paxos::{Config, Record, Replica};
+use trex_consensus::paxos::{Config, JournalRecord, Replica};
 use trex_consensus::sm::{Op, StateMachine};
 use trex_wire::consensus::{Ballot, Command, Msg};
 
@@ -28,7 +28,7 @@ fn a_prepare_is_promised_durably_and_a_lower_one_refused() {
         NOW,
     );
     let out = r.take_ready();
-    assert_eq!(out.persist, vec![Record::Promise(b(1, 1))]);
+    assert_eq!(out.persist, vec![JournalRecord::Promise(b(1, 1))]);
     assert_eq!(
         out.on_durable.send,
         vec![(
@@ -84,7 +84,7 @@ fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() 
     let out = r.take_ready();
     assert_eq!(
         out.persist,
-        vec![Record::Accept {
+        vec![JournalRecord::Accept {
             slot: 0,
             ballot: b(1, 1),
             value: v.clone()

@@ -118,7 +118,7 @@ pub struct ClusterReport {
 }
 
 /// A failed check, naming the seed.
-pub type SimError = String;
+pub type ClusterSimError = String;
 
 enum Payload {
     Reply(Result<(Header, Vec<u8>), ClientError>),
@@ -1139,7 +1139,7 @@ fn check_history(w: &World) -> Result<(), String> {
 }
 
 /// Runs one seed.
-pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, SimError> {
+pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, ClusterSimError> {
     let mut rng = Rng(seed);
     let faults = Faults {
         loss: [0.0, 0.01, 0.03, 0.08][rng.below(4) as usize],

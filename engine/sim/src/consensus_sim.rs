@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use trex_consensus::driver::{Driver, ReadyIo};
-use trex_consensus::paxos::{Applied, Config, Record, Replica};
+use trex_consensus::paxos::{Applied, Config, JournalRecord, Replica};
 use trex_consensus::sm::{decode_lock, LayoutSegment, Op, Projection, Role};
 use trex_wire::consensus::{Command, Msg, NodeId};
 use trex_wire::Reader;
@@ -137,7 +137,7 @@ struct SimNode {
     /// Releases each step's messages and answers once its records are synced.
     driver: Driver,
     /// What a sync made durable: survives a crash.
-    durable: Vec<Record>,
+    durable: Vec<JournalRecord>,
     /// What was written since the last sync (a crash loses it), as the
     /// driver's I/O.
     disk: SimDisk,
@@ -161,7 +161,7 @@ struct SimNode {
 struct SimDisk {
     /// Steps written since the last sync.
     writes: u64,
-    records: Vec<Record>,
+    records: Vec<JournalRecord>,
     released: Vec<Released>,
 }
 
@@ -174,7 +174,7 @@ enum Released {
 impl ReadyIo for SimDisk {
     type Error = std::convert::Infallible;
 
-    fn write(&mut self, records: Vec<Record>) -> Result<u64, Self::Error> {
+    fn write(&mut self, records: Vec<JournalRecord>) -> Result<u64, Self::Error> {
         self.records.extend(records);
         self.writes += 1;
         Ok(self.writes)
@@ -223,7 +223,7 @@ struct Faults {
 }
 
 /// A failed check: what went wrong, with the seed.
-pub type SimError = String;
+pub type ConsensusSimError = String;
 
 struct Sim {
     rng: Rng,
@@ -270,7 +270,7 @@ impl Sim {
 
     /// Collects a replica's output: journal writes wait for a (simulated) sync,
     /// and so do the messages that depend on them.
-    fn collect(&mut self, id: NodeId) -> Result<(), SimError> {
+    fn collect(&mut self, id: NodeId) -> Result<(), ConsensusSimError> {
         let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
             return Ok(());
         };
@@ -366,7 +366,7 @@ impl Sim {
     }
 
     /// A lock client with nothing in flight decides what to do next.
-    fn lock_step(&mut self, client: u64) -> Result<(), SimError> {
+    fn lock_step(&mut self, client: u64) -> Result<(), ConsensusSimError> {
         let now = self.now as i64 + 1_000_000;
         let c = self.clients.get_mut(&client).expect("client");
         let role = c.lock.as_mut().expect("a lock client");
@@ -421,7 +421,7 @@ impl Sim {
     /// has seen. A client that did not pause must never present a stale token
     /// (its lease, checked with the safety gap, guarantees it); a paused one may,
     /// and is refused.
-    fn access(&mut self, client: u64, token: u64, paused: bool) -> Result<(), SimError> {
+    fn access(&mut self, client: u64, token: u64, paused: bool) -> Result<(), ConsensusSimError> {
         if token < self.resource_max {
             if !paused {
                 return Err(format!(
@@ -491,7 +491,7 @@ impl Sim {
         self.at(400, Event::ClientTimer { client });
     }
 
-    fn check_state(&self, id: NodeId) -> Result<(), SimError> {
+    fn check_state(&self, id: NodeId) -> Result<(), ConsensusSimError> {
         let Some(r) = &self.nodes[&id].replica else {
             return Ok(());
         };
@@ -502,7 +502,7 @@ impl Sim {
         Ok(())
     }
 
-    fn step(&mut self, e: Event) -> Result<(), SimError> {
+    fn step(&mut self, e: Event) -> Result<(), ConsensusSimError> {
         self.report.events += 1;
         match e {
             Event::Deliver { to, from, msg } => {
@@ -744,7 +744,7 @@ impl Sim {
         &mut self,
         end: u64,
         mut done: impl FnMut(&Sim) -> bool,
-    ) -> Result<bool, SimError> {
+    ) -> Result<bool, ConsensusSimError> {
         while let Some(Reverse((t, id))) = self.queue.pop() {
             if t > end {
                 self.queue.push(Reverse((t, id)));
@@ -762,7 +762,7 @@ impl Sim {
 }
 
 /// Runs one seed. `Err` names what broke; the same seed fails the same way.
-pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
+pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> {
     let mut rng = Rng(seed);
     let n_nodes = if rng.chance(0.3) { 5 } else { 3 };
     let faults = Faults {
