@@ -295,6 +295,10 @@ struct SequencerArgs {
     /// longest chain seen).
     #[arg(long)]
     replicas: Option<usize>,
+    /// Cluster id that frames must carry (sent to the consensus nodes and
+    /// storage units too).
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u32,
 }
 
 #[derive(Args)]
@@ -321,6 +325,9 @@ struct ConsensusArgs {
     /// Leader heartbeat interval.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Cluster id that client and peer frames must carry (sent to the peers too).
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -663,6 +670,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     id,
                     Role::Storage,
                     a.listen.to_string(),
+                    a.cluster_id,
                 );
             }
             run_storage(&opts)
@@ -676,6 +684,7 @@ fn run(cli: Cli) -> Result<(), String> {
             limits: LoopConfig::default(),
             repair_every: a.repair_every,
             replicas: a.replicas,
+            cluster_id: a.cluster_id,
         }),
         Cmd::Node(NodeCmd::Consensus(a)) => run_consensus(&ConsensusOptions {
             id: a.id,
@@ -685,6 +694,7 @@ fn run(cli: Cli) -> Result<(), String> {
             election_ms: a.election_timeout.as_millis().max(1) as u64,
             heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
             limits: LoopConfig::default(),
+            cluster_id: a.cluster_id,
         }),
         Cmd::Unit(u) => unit_cmd(u),
         Cmd::Members(a) => members_cmd(a),

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use trex_net::reply::{reply_header, violation, Reply, ReplyTo};
+use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
@@ -49,6 +49,9 @@ pub struct ConsensusOptions {
     pub heartbeat_ms: u64,
     /// Event-loop limits.
     pub limits: LoopConfig,
+    /// Cluster id: client and peer frames must carry it, and it is sent to
+    /// the peers.
+    pub cluster_id: u32,
 }
 
 struct PeerLink {
@@ -70,6 +73,7 @@ type Waiting = (ReplyTo, Header, Instant);
 /// replica cannot take them while its output is being driven).
 struct NodeIo {
     id: NodeId,
+    cluster_id: u32,
     journal: Journal,
     peers: BTreeMap<NodeId, PeerLink>,
     /// Submits waiting to be applied, by (client, seq).
@@ -97,11 +101,12 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn reply_frame(req: &Header, flags: u16, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+/// A reply of a node of `cluster_id` (consensus nodes have no epoch).
+fn reply_frame(req: &Header, cluster_id: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut f = Vec::new();
     let s = begin_frame(&mut f);
     body(&mut f);
-    finish_frame(&mut f, s, reply_header(req, flags, 0, 0));
+    finish_frame(&mut f, s, reply_header(req, 0, 0, cluster_id));
     f
 }
 
@@ -121,6 +126,7 @@ impl NodeIo {
             s,
             Header {
                 opcode: Opcode::Peer as u8,
+                cluster_id: self.cluster_id,
                 ..Header::default()
             },
         );
@@ -155,7 +161,7 @@ impl ReadyIo for NodeIo {
             return; // submitted elsewhere, or the client gave up
         };
         for (to, req, _) in waiting {
-            let frame = reply_frame(&req, 0, |b| {
+            let frame = reply_frame(&req, self.cluster_id, |b| {
                 cw::encode_submit_reply(b, &SubmitReply::Applied(a.result.clone()))
             });
             self.replies.push_back(Reply {
@@ -324,9 +330,13 @@ impl ConsensusService {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("submit body does not decode: {e}");
-                self.io
-                    .replies
-                    .push_back(violation(to, header, 0, ErrorCode::MalformedBody, &msg));
+                self.io.replies.push_back(violation(
+                    to,
+                    header,
+                    self.io.cluster_id,
+                    ErrorCode::MalformedBody,
+                    &msg,
+                ));
                 return Flow::Close;
             }
         };
@@ -352,7 +362,7 @@ impl ConsensusService {
                     .get(&leader)
                     .map(|a| a.to_string())
                     .unwrap_or_default();
-                let frame = reply_frame(header, 0, |b| {
+                let frame = reply_frame(header, self.io.cluster_id, |b| {
                     cw::encode_submit_reply(b, &SubmitReply::NotLeader { leader, addr })
                 });
                 self.io.replies.push_back(Reply {
@@ -379,7 +389,7 @@ impl ConsensusService {
             !waiting.is_empty()
         });
         for (to, req) in expired {
-            let frame = reply_frame(&req, 0, |b| {
+            let frame = reply_frame(&req, self.io.cluster_id, |b| {
                 cw::encode_submit_reply(b, &SubmitReply::Timeout)
             });
             self.io.replies.push_back(Reply {
@@ -412,6 +422,15 @@ fn flush_link(link: &mut PeerLink) -> bool {
 
 impl Service for ConsensusService {
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
+        // As a storage unit does, for client and peer frames alike: a request
+        // of another cluster is refused before its opcode is looked at.
+        let cluster_id = self.io.cluster_id;
+        if !header.is_response() {
+            if let Some(r) = refuse_foreign_cluster(to, header, "consensus node", 0, cluster_id) {
+                self.io.replies.push_back(r);
+                return Flow::Close;
+            }
+        }
         match Opcode::from_u8(header.opcode) {
             Some(Opcode::Peer) if !header.is_response() => {
                 match cw::decode_peer(body) {
@@ -427,7 +446,9 @@ impl Service for ConsensusService {
             Some(Opcode::Submit) if !header.is_response() => self.on_submit(to, header, body),
             Some(Opcode::NodeStatus) if !header.is_response() => {
                 let st = self.status();
-                let frame = reply_frame(header, 0, |b| cw::encode_node_status(b, &st));
+                let frame = reply_frame(header, self.io.cluster_id, |b| {
+                    cw::encode_node_status(b, &st)
+                });
                 self.io.replies.push_back(Reply {
                     to,
                     frame,
@@ -440,9 +461,13 @@ impl Service for ConsensusService {
                     "opcode {:#04x} is not a consensus-node request (submit 0x10, node-status 0x11, peer 0x20)",
                     header.opcode
                 );
-                self.io
-                    .replies
-                    .push_back(violation(to, header, 0, ErrorCode::UnknownOpcode, &msg));
+                self.io.replies.push_back(violation(
+                    to,
+                    header,
+                    self.io.cluster_id,
+                    ErrorCode::UnknownOpcode,
+                    &msg,
+                ));
                 Flow::Close
             }
         }
@@ -551,6 +576,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             driver: Driver::new(journal.lsn()),
             io: NodeIo {
                 id: opts.id,
+                cluster_id: opts.cluster_id,
                 journal,
                 peers,
                 pending: HashMap::new(),

@@ -49,6 +49,35 @@ pub fn violation(to: ReplyTo, req: &Header, cluster_id: u32, code: ErrorCode, ms
     }
 }
 
+/// The cluster check every server (storage unit, sequencer, consensus node)
+/// makes on each request frame before looking at its opcode: `None` if the
+/// frame is meant for `cluster_id`, else the `wrong-cluster` error reply,
+/// stamped like the server's other replies (`epoch`, `cluster_id`), after which
+/// the connection closes: a client or peer of another cluster must not keep
+/// talking to this one. `server` names the server in the message ("unit",
+/// "sequencer", "consensus node").
+pub fn refuse_foreign_cluster(
+    to: ReplyTo,
+    header: &Header,
+    server: &str,
+    epoch: u64,
+    cluster_id: u32,
+) -> Option<Reply> {
+    if header.cluster_id == cluster_id {
+        return None;
+    }
+    let msg = format!(
+        "frame is for cluster {} but this {server} serves cluster {cluster_id}; check the client's --cluster-id",
+        header.cluster_id
+    );
+    let h = reply_header(header, FLAG_ERROR, epoch, cluster_id);
+    Some(Reply {
+        to,
+        frame: error_frame(&h, ErrorCode::WrongCluster, &msg),
+        close: true,
+    })
+}
+
 /// Encodes a whole error reply frame.
 pub fn error_frame(header: &Header, code: ErrorCode, msg: &str) -> Vec<u8> {
     let mut frame = Vec::with_capacity(64 + msg.len());

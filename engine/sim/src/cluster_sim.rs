@@ -1187,7 +1187,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
         nodes.insert(
             seq_addr(i),
             Node::Seq(SimSeq {
-                service: SequencerService::new(shared.clone()),
+                service: SequencerService::new(shared.clone(), 0),
                 actor: actors.len(),
             }),
         );
@@ -1304,6 +1304,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
             // The simulator's operator actor repairs instead.
             repair_every: None,
             replicas: None,
+            cluster_id: 0,
         };
         let env = SimEnv {
             h: h.clone(),

@@ -13,8 +13,8 @@ use crate::storage::{
     AppendError, Appended, Kind, Loc, Meta, RecordHead, Recovered, Store, SyncJob,
 };
 use std::collections::VecDeque;
-use trex_net::reply::reply_header;
 pub use trex_net::reply::{error_frame, violation, Reply, ReplyTo};
+use trex_net::reply::{refuse_foreign_cluster, reply_header};
 use trex_wire::{
     self as wire, begin_frame, finish_frame, AddrList, Entry, ErrorCode, Header, InfoReply, Opcode,
     ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR,
@@ -222,12 +222,9 @@ impl<S: Store> Unit<S> {
             self.refuse(to, header, ErrorCode::UnexpectedResponse, msg, true);
             return false;
         }
-        if header.cluster_id != self.cfg.cluster_id {
-            let msg = format!(
-                "frame is for cluster {} but this unit serves cluster {}; check the client's --cluster-id",
-                header.cluster_id, self.cfg.cluster_id
-            );
-            self.refuse(to, header, ErrorCode::WrongCluster, &msg, true);
+        let (epoch, cluster) = (self.meta.sealed_epoch, self.cfg.cluster_id);
+        if let Some(r) = refuse_foreign_cluster(to, header, "unit", epoch, cluster) {
+            self.ready.push_back(r);
             return false;
         }
         let request = match wire::decode_request(header.opcode, body) {
