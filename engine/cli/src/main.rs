@@ -299,6 +299,10 @@ struct SequencerArgs {
     /// longest chain seen).
     #[arg(long)]
     replicas: Option<usize>,
+    /// Cluster id that frames must carry (sent to the consensus nodes and
+    /// storage units too).
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u32,
 }
 
 #[derive(Args)]
@@ -325,6 +329,9 @@ struct ConsensusArgs {
     /// Leader heartbeat interval.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Cluster id that client and peer frames must carry (sent to the peers too).
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -664,6 +671,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     id,
                     Role::Storage,
                     a.listen.to_string(),
+                    a.cluster_id,
                 );
             }
             Ok(run_storage(&opts)?)
@@ -677,6 +685,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             limits: LoopConfig::default(),
             repair_every: a.repair_every,
             replicas: a.replicas,
+            cluster_id: a.cluster_id,
         })
         .map_err(CliError::from),
         Cmd::Node(NodeCmd::Consensus(a)) => run_consensus(&ConsensusOptions {
@@ -687,6 +696,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             election_ms: a.election_timeout.as_millis().max(1) as u64,
             heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
             limits: LoopConfig::default(),
+            cluster_id: a.cluster_id,
         })
         .map_err(CliError::from),
         Cmd::Unit(u) => unit_cmd(u),

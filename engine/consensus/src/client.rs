@@ -26,6 +26,8 @@ pub struct ConsensusClient {
     client_id: u64,
     seq: u64,
     timeout: Duration,
+    /// Sent in every frame: the nodes refuse frames of another cluster.
+    cluster_id: u32,
 }
 
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
@@ -41,7 +43,7 @@ fn one_call(
     timeout: Duration,
 ) -> Result<(Header, Vec<u8>), String> {
     let mut s = connect(addr, timeout)?;
-    call_on(&mut s, addr, op, body)
+    call_on(&mut s, addr, op, body, 0)
 }
 
 fn call_on(
@@ -49,6 +51,7 @@ fn call_on(
     addr: &str,
     op: Opcode,
     body: &[u8],
+    cluster_id: u32,
 ) -> Result<(Header, Vec<u8>), String> {
     let mut f = Vec::new();
     let st = begin_frame(&mut f);
@@ -59,6 +62,7 @@ fn call_on(
         Header {
             opcode: op as u8,
             request_id: 1,
+            cluster_id,
             ..Header::default()
         },
     );
@@ -97,7 +101,15 @@ impl ConsensusClient {
             client_id: trex_net::util::random_u64() | 1,
             seq: 0,
             timeout,
+            cluster_id: 0,
         })
+    }
+
+    /// Sends `cluster_id` in every frame instead of the default 0 (the nodes'
+    /// `--cluster-id`).
+    pub fn with_cluster_id(mut self, cluster_id: u32) -> ConsensusClient {
+        self.cluster_id = cluster_id;
+        self
     }
 
     /// The endpoints.
@@ -161,14 +173,15 @@ impl ConsensusClient {
             Some((a, s)) if a == addr => s,
             _ => connect(addr, self.timeout)?,
         };
-        let r = call_on(&mut conn, addr, Opcode::Submit, body);
+        let r = call_on(&mut conn, addr, Opcode::Submit, body, self.cluster_id);
         if r.is_ok() {
             self.conn = Some((addr.to_string(), conn));
         }
         r
     }
 
-    /// One node's status (not through the log).
+    /// One node's status (not through the log), asked as cluster 0 (the
+    /// default; a node of another cluster refuses with `wrong-cluster`).
     pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, ConsensusError> {
         let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout).map_err(|reason| {
             ConsensusError::Unreachable {
@@ -234,16 +247,22 @@ impl<T: Submit + ?Sized> Submit for &mut T {
 }
 
 /// Registers node `id` with the consensus group and keeps the registration
-/// fresh (every 5 s) on a background thread, for as long as the process runs.
-/// Failures are logged and retried: a storage unit serves whether or not the
-/// group is reachable.
-pub fn keep_registered(endpoints: String, id: NodeId, role: crate::sm::Role, addr: String) {
+/// fresh (every 5 s) on a background thread, for as long as the process runs,
+/// sending `cluster_id` (the registering node's own). Failures are logged and
+/// retried: a storage unit serves whether or not the group is reachable.
+pub fn keep_registered(
+    endpoints: String,
+    id: NodeId,
+    role: crate::sm::Role,
+    addr: String,
+    cluster_id: u32,
+) {
     let spawned = std::thread::Builder::new()
         .name("trex-register".into())
         .spawn(move || {
             let mut registered = false;
             let mut client = match ConsensusClient::new(&endpoints, Duration::from_secs(2)) {
-                Ok(c) => c,
+                Ok(c) => c.with_cluster_id(cluster_id),
                 Err(e) => return trex_net::log_line!("ERROR", "cannot register: {e}"),
             };
             loop {

@@ -3,22 +3,51 @@
 //! group-committed syncs (the same io_uring / sync-thread path as the storage
 //! unit).
 //!
-//! File `journal-GGGGGG.log`: records of `crc u32 | len u32 | payload`, the CRC
-//! (CRC-32, as everywhere) over `len` and the payload. A checkpoint starts a new
-//! generation: it is written to a new file, synced, and the old file deleted
-//! (compaction below the snapshot). At open, a damaged record at the very end is
-//! a torn write and is cut off; damage anywhere else stops the node with advice.
+//! File `journal-GGGGGG.log`: records, back to back, of
+//!
+//! ```text
+//! offset size field
+//!      0    4 crc      CRC-32 (as everywhere) of bytes 4.. of the record
+//!      4    4 len      payload bytes
+//!      8  len payload  kind u8 (1 promise, 2 accept, 3 checkpoint), then its fields
+//! ```
+//!
+//! All integers little-endian. A checkpoint starts a new generation: it is
+//! written to a new file, synced, and the old file deleted (compaction below the
+//! snapshot). At open, a damaged record at the very end is a torn write and is
+//! cut off; damage anywhere else stops the node with advice
+//! ([`RecoveryMode::TolerateCorruptTail`]).
 
-use super::paxos::Record;
+use super::paxos::JournalRecord;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use trex_net::sync::SyncJob;
+use trex_net::sync::{Damage, RecoveryMode, SyncJob};
 use trex_wire::codec::{put_u32, put_u64};
 use trex_wire::consensus::{encode_value, Ballot};
 use trex_wire::{DecodeError, Reader};
 
+/// Record header: CRC-32 of the length and the payload, so a record is trusted
+/// only whole (a torn or damaged one never replays as a promise).
+const OFF_CRC: usize = 0;
+/// Record header: payload length, where the next record starts (and, at the
+/// end of the file, whether a damaged record was cut short by a crash).
+const OFF_LEN: usize = 4;
+/// Size of a record header; the payload follows.
+const RECORD_HEADER_LEN: usize = 8;
+/// What the CRC covers of the header: everything after the CRC.
+const CRC_COVERS: usize = OFF_LEN;
+
+// The layout above is on disk in every journal: fail the build if a field moves.
+const _: () = assert!(OFF_CRC + 4 == OFF_LEN);
+const _: () = assert!(OFF_LEN + 4 == RECORD_HEADER_LEN);
+
+/// How the journal tells a torn tail from corruption; corruption stops the
+/// node (its promises cannot come from anywhere else).
+const RECOVERY: RecoveryMode = RecoveryMode::TolerateCorruptTail;
+
+/// Payload kinds: the first payload byte.
 const R_PROMISE: u8 = 1;
 const R_ACCEPT: u8 = 2;
 const R_CHECKPOINT: u8 = 3;
@@ -36,13 +65,13 @@ fn get_ballot(r: &mut Reader<'_>) -> Result<Ballot, DecodeError> {
 }
 
 /// Encodes a record's payload.
-pub fn encode_record(out: &mut Vec<u8>, rec: &Record) {
+pub fn encode_record(out: &mut Vec<u8>, rec: &JournalRecord) {
     match rec {
-        Record::Promise(b) => {
+        JournalRecord::Promise(b) => {
             out.push(R_PROMISE);
             put_ballot(out, *b);
         }
-        Record::Accept {
+        JournalRecord::Accept {
             slot,
             ballot,
             value,
@@ -52,7 +81,7 @@ pub fn encode_record(out: &mut Vec<u8>, rec: &Record) {
             put_ballot(out, *ballot);
             encode_value(out, value);
         }
-        Record::Checkpoint {
+        JournalRecord::Checkpoint {
             promised,
             upto,
             state,
@@ -74,11 +103,11 @@ pub fn encode_record(out: &mut Vec<u8>, rec: &Record) {
 }
 
 /// Decodes a record's payload.
-pub fn decode_record(b: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode_record(b: &[u8]) -> Result<JournalRecord, DecodeError> {
     let mut r = Reader::new(b);
     let rec = match r.u8()? {
-        R_PROMISE => Record::Promise(get_ballot(&mut r)?),
-        R_ACCEPT => Record::Accept {
+        R_PROMISE => JournalRecord::Promise(get_ballot(&mut r)?),
+        R_ACCEPT => JournalRecord::Accept {
             slot: r.u64()?,
             ballot: get_ballot(&mut r)?,
             value: r.value()?,
@@ -92,7 +121,7 @@ pub fn decode_record(b: &[u8]) -> Result<Record, DecodeError> {
             for _ in 0..r.u32()? {
                 accepted.push((r.u64()?, get_ballot(&mut r)?, r.value()?));
             }
-            Record::Checkpoint {
+            JournalRecord::Checkpoint {
                 promised,
                 upto,
                 state,
@@ -129,7 +158,7 @@ fn err(what: &str, p: &Path, e: io::Error) -> String {
 impl Journal {
     /// Opens the journal in `dir` (creating it) and returns the records found,
     /// oldest first.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), String> {
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<JournalRecord>), String> {
         fs::create_dir_all(dir).map_err(|e| err("cannot create", dir, e))?;
         let mut gens: Vec<u64> = fs::read_dir(dir)
             .map_err(|e| err("cannot list", dir, e))?
@@ -158,17 +187,22 @@ impl Journal {
         let mut off = 0usize;
         while off < bytes.len() {
             let rest = &bytes[off..];
-            let parsed = (rest.len() >= 8)
+            let len_at = |rest: &[u8]| {
+                let b = rest.get(OFF_LEN..RECORD_HEADER_LEN)?;
+                Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
+            };
+            let parsed = (rest.len() >= RECORD_HEADER_LEN)
                 .then(|| {
-                    let crc = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default());
-                    let len =
-                        u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default()) as usize;
-                    let body = rest.get(8..8 + len)?;
+                    let crc = rest[OFF_CRC..OFF_LEN].try_into().unwrap_or_default();
+                    let len = len_at(rest)?;
+                    let body = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len)?;
                     let mut h = crc32fast::Hasher::new();
-                    h.update(&rest[4..8]);
+                    h.update(&rest[CRC_COVERS..RECORD_HEADER_LEN]);
                     h.update(body);
-                    (h.finalize() == crc).then_some(())?;
-                    decode_record(body).ok().map(|r| (r, 8 + len))
+                    (h.finalize() == u32::from_le_bytes(crc)).then_some(())?;
+                    decode_record(body)
+                        .ok()
+                        .map(|r| (r, RECORD_HEADER_LEN + len))
                 })
                 .flatten();
             match parsed {
@@ -177,11 +211,14 @@ impl Journal {
                     off += n;
                 }
                 None => {
-                    // Torn if nothing after this point could be a whole record.
-                    let len = rest.get(4..8).map_or(0, |b| {
-                        u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize
-                    });
-                    if 8 + len >= rest.len() || rest.len() < 8 {
+                    // Journal records are unaligned and carry no nonce, so the
+                    // next intact one cannot be searched for: something intact
+                    // may follow only if the damaged record ends before the file.
+                    let len = len_at(rest).unwrap_or(0);
+                    let intact_after =
+                        rest.len() >= RECORD_HEADER_LEN && RECORD_HEADER_LEN + len < rest.len();
+                    // Only the newest generation is read: the file appended to.
+                    if RECOVERY.judge(true, intact_after) == Damage::TornTail {
                         trex_net::log_line!(
                             "WARN",
                             "journal {}: cut a torn record of {} bytes at offset {off}",
@@ -224,9 +261,9 @@ impl Journal {
     /// Appends records (written, not yet durable). A checkpoint starts a new
     /// generation that replaces everything before it. Returns the LSN a sync
     /// must reach for them to be durable.
-    pub fn append(&mut self, records: &[Record]) -> io::Result<u64> {
+    pub fn append(&mut self, records: &[JournalRecord]) -> io::Result<u64> {
         for rec in records {
-            if matches!(rec, Record::Checkpoint { .. }) {
+            if matches!(rec, JournalRecord::Checkpoint { .. }) {
                 self.rotate(rec)?;
                 continue;
             }
@@ -238,18 +275,19 @@ impl Journal {
         Ok(self.lsn())
     }
 
-    fn frame(&mut self, rec: &Record) {
+    fn frame(&mut self, rec: &JournalRecord) {
         let start = self.buf.len();
-        self.buf.extend_from_slice(&[0u8; 8]);
+        self.buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
         encode_record(&mut self.buf, rec);
-        let len = (self.buf.len() - start - 8) as u32;
-        self.buf[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
-        let crc = crc32fast::hash(&self.buf[start + 4..]);
-        self.buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+        let len = (self.buf.len() - start - RECORD_HEADER_LEN) as u32;
+        let h = start..start + RECORD_HEADER_LEN;
+        self.buf[h.start + OFF_LEN..h.end].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf[h.start + CRC_COVERS..]);
+        self.buf[h.start + OFF_CRC..h.start + OFF_LEN].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Writes a checkpoint into a new file, syncs it, and drops the old file.
-    fn rotate(&mut self, rec: &Record) -> io::Result<()> {
+    fn rotate(&mut self, rec: &JournalRecord) -> io::Result<()> {
         let next = self.generation + 1;
         let path = path_of(&self.dir, next);
         let file = OpenOptions::new()
@@ -300,7 +338,7 @@ mod tests {
     use super::*;
     use trex_wire::consensus::Command;
 
-    fn sample() -> Vec<Record> {
+    fn sample() -> Vec<JournalRecord> {
         let b = Ballot {
             counter: 3,
             node: 2,
@@ -312,13 +350,13 @@ mod tests {
             op: vec![8],
         }];
         vec![
-            Record::Promise(b),
-            Record::Accept {
+            JournalRecord::Promise(b),
+            JournalRecord::Accept {
                 slot: 0,
                 ballot: b,
                 value: v.clone(),
             },
-            Record::Accept {
+            JournalRecord::Accept {
                 slot: 1,
                 ballot: b,
                 value: Vec::new(),
@@ -360,7 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         j.append(&sample()).unwrap();
-        let cp = Record::Checkpoint {
+        let cp = JournalRecord::Checkpoint {
             promised: Ballot {
                 counter: 3,
                 node: 2,
@@ -371,7 +409,7 @@ mod tests {
         };
         j.append(&[
             cp.clone(),
-            Record::Promise(Ballot {
+            JournalRecord::Promise(Ballot {
                 counter: 4,
                 node: 1,
             }),
@@ -387,7 +425,7 @@ mod tests {
             found,
             vec![
                 cp,
-                Record::Promise(Ballot {
+                JournalRecord::Promise(Ballot {
                     counter: 4,
                     node: 1
                 })

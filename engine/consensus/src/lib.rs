@@ -1,5 +1,6 @@
 //! The Trex Corfu consensus nodes: Multi-Paxos with batched accepts
-//! ([`paxos`]), the replicated state machine holding members, the layout and the
+//! ([`paxos`]), the one driver that releases its output once durable
+//! ([`driver`]), the replicated state machine holding members, the layout and the
 //! advisory locks ([`sm`]), the durable journal ([`journal`]), the node that runs
 //! a replica on the event loop ([`node`]), and the clients of the group
 //! ([`client`], [`lock`]); errors are typed ([`error::ConsensusError`]).
@@ -7,6 +8,7 @@
 pub use error::ConsensusError;
 
 pub mod client;
+pub mod driver;
 pub mod error;
 pub mod journal;
 pub mod lock;

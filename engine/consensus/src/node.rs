@@ -3,12 +3,14 @@
 //! outgoing links to its peers, and the client protocol (`submit`,
 //! `node-status`).
 //!
-//! The driver keeps the core's one rule: the messages and client answers of a
-//! step are released only once the journal writes of that step (and of every
-//! earlier step) are durable.
+//! The core's one rule (the messages and client answers of a step are released
+//! only once the journal writes of that step, and of every earlier step, are
+//! durable) is kept by the shared [`Driver`]; this node supplies its I/O
+//! (`NodeIo`) and tells the driver when a group-committed sync completes.
 
+use super::driver::{Driver, ReadyIo};
 use super::journal::Journal;
-use super::paxos::{Applied, Config, Replica};
+use super::paxos::{Applied, Config, JournalRecord, Replica};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -16,11 +18,11 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use trex_net::reply::{violation, Reply, ReplyTo};
+use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
-use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, FLAG_RESPONSE};
+use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode};
 
 const SYNC_TOKEN: usize = 0;
 const TICK_TIMER: u64 = 1;
@@ -47,6 +49,9 @@ pub struct ConsensusOptions {
     pub heartbeat_ms: u64,
     /// Event-loop limits.
     pub limits: LoopConfig,
+    /// Cluster id: client and peer frames must carry it, and it is sent to
+    /// the peers.
+    pub cluster_id: u32,
 }
 
 struct PeerLink {
@@ -62,29 +67,32 @@ struct PeerLink {
 /// A client waiting for its command: where to answer, its request, since when.
 type Waiting = (ReplyTo, Header, Instant);
 
-struct Held {
-    lsn: u64,
-    send: Vec<(NodeId, Msg)>,
-    applied: Vec<Applied>,
+/// What the [`Driver`] acts on for this node: the journal, the peer links, the
+/// clients waiting for their commands, and the messages this node sends itself
+/// (kept here and handed to the replica once the driver returns, because the
+/// replica cannot take them while its output is being driven).
+struct NodeIo {
+    id: NodeId,
+    cluster_id: u32,
+    journal: Journal,
+    peers: BTreeMap<NodeId, PeerLink>,
+    /// Submits waiting to be applied, by (client, seq).
+    pending: HashMap<(u64, u64), Vec<Waiting>>,
+    replies: VecDeque<Reply>,
+    to_self: Vec<Msg>,
+    frame: Vec<u8>,
 }
 
 /// The consensus node as an event-loop service.
 pub struct ConsensusService {
     id: NodeId,
     replica: Replica,
-    journal: Journal,
+    driver: Driver,
+    io: NodeIo,
     syncer: Syncer,
     registry: Registry,
-    peers: BTreeMap<NodeId, PeerLink>,
     addrs: BTreeMap<NodeId, SocketAddr>,
-    held: VecDeque<Held>,
-    written_lsn: u64,
-    synced_lsn: u64,
     syncing: bool,
-    /// Submits waiting to be applied, by (client, seq).
-    pending: HashMap<(u64, u64), Vec<Waiting>>,
-    replies: VecDeque<Reply>,
-    frame: Vec<u8>,
 }
 
 fn unix_ms() -> u64 {
@@ -93,18 +101,76 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn reply_frame(req: &Header, flags: u16, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+/// A reply of a node of `cluster_id` (consensus nodes have no epoch).
+fn reply_frame(req: &Header, cluster_id: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut f = Vec::new();
     let s = begin_frame(&mut f);
     body(&mut f);
-    let h = Header {
-        opcode: req.opcode,
-        flags: FLAG_RESPONSE | flags,
-        request_id: req.request_id,
-        ..Header::default()
-    };
-    finish_frame(&mut f, s, h);
+    finish_frame(&mut f, s, reply_header(req, 0, 0, cluster_id));
     f
+}
+
+impl NodeIo {
+    fn send_peer(&mut self, to: NodeId, m: &Msg) {
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
+        if link.stream.is_none() || link.wbuf.len() - link.wpos > PEER_BUFFER_LIMIT {
+            return; // not connected or far behind: drop, retransmission covers it
+        }
+        self.frame.clear();
+        let s = begin_frame(&mut self.frame);
+        cw::encode_peer(&mut self.frame, self.id, m);
+        finish_frame(
+            &mut self.frame,
+            s,
+            Header {
+                opcode: Opcode::Peer as u8,
+                cluster_id: self.cluster_id,
+                ..Header::default()
+            },
+        );
+        link.wbuf.extend_from_slice(&self.frame);
+        if link.connected {
+            flush_link(link);
+        }
+    }
+}
+
+impl ReadyIo for NodeIo {
+    type Error = io::Error;
+
+    fn write(&mut self, records: Vec<JournalRecord>) -> io::Result<u64> {
+        // A step without records waits only for the writes before it.
+        if records.is_empty() {
+            return Ok(self.journal.lsn());
+        }
+        self.journal.append(&records)
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        if to == self.id {
+            self.to_self.push(msg);
+        } else {
+            self.send_peer(to, &msg);
+        }
+    }
+
+    fn answer(&mut self, a: Applied) {
+        let Some(waiting) = self.pending.remove(&(a.client, a.seq)) else {
+            return; // submitted elsewhere, or the client gave up
+        };
+        for (to, req, _) in waiting {
+            let frame = reply_frame(&req, self.cluster_id, |b| {
+                cw::encode_submit_reply(b, &SubmitReply::Applied(a.result.clone()))
+            });
+            self.replies.push_back(Reply {
+                to,
+                frame,
+                close: false,
+            });
+        }
+    }
 }
 
 impl ConsensusService {
@@ -123,98 +189,46 @@ impl ConsensusService {
             commit: s.commit,
             applied: s.applied,
             snapshot: s.snapshot,
-            journal_bytes: self.journal.size_bytes(),
+            journal_bytes: self.io.journal.size_bytes(),
         }
     }
 
-    /// Takes the core's output: journal writes now, the rest once durable.
+    /// Takes the core's output through the driver: journal writes now, the
+    /// rest once durable. Messages to self are handled in turn, until the
+    /// replica has nothing more to say.
     fn process(&mut self) {
         loop {
             let ready = self.replica.take_ready();
             if ready.is_empty() {
                 return;
             }
-            if !ready.persist.is_empty() {
-                match self.journal.append(&ready.persist) {
-                    Ok(lsn) => self.written_lsn = lsn,
-                    Err(e) => {
-                        // The promises of this step cannot be kept: stop rather than lie.
-                        trex_net::log_line!("ERROR", "journal write failed: {e}; stopping the node (restart it to recover from its journal)");
-                        std::process::exit(2);
-                    }
-                }
+            if let Err(e) = self.driver.step(ready, &mut self.io) {
+                // The promises of this step cannot be kept: stop rather than lie.
+                trex_net::log_line!("ERROR", "journal write failed: {e}; stopping the node (restart it to recover from its journal)");
+                std::process::exit(2);
             }
-            self.held.push_back(Held {
-                lsn: self.written_lsn,
-                send: ready.send,
-                applied: ready.applied,
-            });
-            if !self.release() {
+            if !self.deliver_to_self() {
                 return;
             }
         }
     }
 
-    /// Releases what is durable, in order. Returns true if messages to self were
-    /// delivered (their output then needs processing).
-    fn release(&mut self) -> bool {
-        let mut looped = false;
-        while self.held.front().is_some_and(|h| h.lsn <= self.synced_lsn) {
-            let h = self.held.pop_front().expect("checked above");
-            let now = unix_ms();
-            for (to, m) in h.send {
-                if to == self.id {
-                    self.replica.handle(self.id, m, now);
-                    looped = true;
-                } else {
-                    self.send_peer(to, &m);
-                }
-            }
-            for a in h.applied {
-                if let Some(waiting) = self.pending.remove(&(a.client, a.seq)) {
-                    for (to, req, _) in waiting {
-                        let frame = reply_frame(&req, 0, |b| {
-                            cw::encode_submit_reply(b, &SubmitReply::Applied(a.result.clone()))
-                        });
-                        self.replies.push_back(Reply {
-                            to,
-                            frame,
-                            close: false,
-                        });
-                    }
-                }
-            }
+    /// Hands the replica the messages it sent itself that the driver released.
+    /// Returns true if there were any (their output then needs processing).
+    fn deliver_to_self(&mut self) -> bool {
+        if self.io.to_self.is_empty() {
+            return false;
         }
-        looped
-    }
-
-    fn send_peer(&mut self, to: NodeId, m: &Msg) {
-        let Some(link) = self.peers.get_mut(&to) else {
-            return;
-        };
-        if link.stream.is_none() || link.wbuf.len() - link.wpos > PEER_BUFFER_LIMIT {
-            return; // not connected or far behind: drop, retransmission covers it
+        let now = unix_ms();
+        for m in std::mem::take(&mut self.io.to_self) {
+            self.replica.handle(self.id, m, now);
         }
-        self.frame.clear();
-        let s = begin_frame(&mut self.frame);
-        cw::encode_peer(&mut self.frame, self.id, m);
-        finish_frame(
-            &mut self.frame,
-            s,
-            Header {
-                opcode: Opcode::Peer as u8,
-                ..Header::default()
-            },
-        );
-        link.wbuf.extend_from_slice(&self.frame);
-        if link.connected {
-            flush_link(link);
-        }
+        true
     }
 
     fn reconnect_peers(&mut self) {
         let now = Instant::now();
-        for link in self.peers.values_mut() {
+        for link in self.io.peers.values_mut() {
             if link.stream.is_some() && !link.connected && now >= link.retry_at {
                 // A connect that neither completed nor failed in time: start over.
                 if let Some(mut s) = link.stream.take() {
@@ -243,7 +257,7 @@ impl ConsensusService {
 
     fn on_peer_event(&mut self, token: Token) {
         let registry = &self.registry;
-        let Some(link) = self.peers.values_mut().find(|l| l.token == token) else {
+        let Some(link) = self.io.peers.values_mut().find(|l| l.token == token) else {
             return;
         };
         let Some(stream) = link.stream.as_mut() else {
@@ -304,9 +318,9 @@ impl ConsensusService {
                 trex_net::log_line!("ERROR", "journal sync failed: {e}; stopping the node: its promises can no longer be kept (restart it to recover from its journal)");
                 std::process::exit(2);
             }
-            self.synced_lsn = self.synced_lsn.max(lsn);
+            self.driver.synced(lsn, &mut self.io);
         }
-        if self.release() {
+        if self.deliver_to_self() {
             self.process();
         }
     }
@@ -316,8 +330,13 @@ impl ConsensusService {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("submit body does not decode: {e}");
-                self.replies
-                    .push_back(violation(to, header, ErrorCode::MalformedBody, &msg));
+                self.io.replies.push_back(violation(
+                    to,
+                    header,
+                    self.io.cluster_id,
+                    ErrorCode::MalformedBody,
+                    &msg,
+                ));
                 return Flow::Close;
             }
         };
@@ -329,10 +348,11 @@ impl ConsensusService {
         };
         match self.replica.propose(cmd, unix_ms()) {
             Ok(()) => {
-                self.pending
-                    .entry((client, seq))
-                    .or_default()
-                    .push((to, *header, Instant::now()));
+                self.io.pending.entry((client, seq)).or_default().push((
+                    to,
+                    *header,
+                    Instant::now(),
+                ));
                 self.process();
             }
             Err(nl) => {
@@ -342,10 +362,10 @@ impl ConsensusService {
                     .get(&leader)
                     .map(|a| a.to_string())
                     .unwrap_or_default();
-                let frame = reply_frame(header, 0, |b| {
+                let frame = reply_frame(header, self.io.cluster_id, |b| {
                     cw::encode_submit_reply(b, &SubmitReply::NotLeader { leader, addr })
                 });
-                self.replies.push_back(Reply {
+                self.io.replies.push_back(Reply {
                     to,
                     frame,
                     close: false,
@@ -358,7 +378,7 @@ impl ConsensusService {
     fn expire_pending(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        self.pending.retain(|_, waiting| {
+        self.io.pending.retain(|_, waiting| {
             waiting.retain(|(to, req, at)| {
                 let keep = now.duration_since(*at) < SUBMIT_TIMEOUT;
                 if !keep {
@@ -369,10 +389,10 @@ impl ConsensusService {
             !waiting.is_empty()
         });
         for (to, req) in expired {
-            let frame = reply_frame(&req, 0, |b| {
+            let frame = reply_frame(&req, self.io.cluster_id, |b| {
                 cw::encode_submit_reply(b, &SubmitReply::Timeout)
             });
-            self.replies.push_back(Reply {
+            self.io.replies.push_back(Reply {
                 to,
                 frame,
                 close: false,
@@ -402,6 +422,15 @@ fn flush_link(link: &mut PeerLink) -> bool {
 
 impl Service for ConsensusService {
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
+        // As a storage unit does, for client and peer frames alike: a request
+        // of another cluster is refused before its opcode is looked at.
+        let cluster_id = self.io.cluster_id;
+        if !header.is_response() {
+            if let Some(r) = refuse_foreign_cluster(to, header, "consensus node", 0, cluster_id) {
+                self.io.replies.push_back(r);
+                return Flow::Close;
+            }
+        }
         match Opcode::from_u8(header.opcode) {
             Some(Opcode::Peer) if !header.is_response() => {
                 match cw::decode_peer(body) {
@@ -417,8 +446,10 @@ impl Service for ConsensusService {
             Some(Opcode::Submit) if !header.is_response() => self.on_submit(to, header, body),
             Some(Opcode::NodeStatus) if !header.is_response() => {
                 let st = self.status();
-                let frame = reply_frame(header, 0, |b| cw::encode_node_status(b, &st));
-                self.replies.push_back(Reply {
+                let frame = reply_frame(header, self.io.cluster_id, |b| {
+                    cw::encode_node_status(b, &st)
+                });
+                self.io.replies.push_back(Reply {
                     to,
                     frame,
                     close: false,
@@ -430,15 +461,20 @@ impl Service for ConsensusService {
                     "opcode {:#04x} is not a consensus-node request (submit 0x10, node-status 0x11, peer 0x20)",
                     header.opcode
                 );
-                self.replies
-                    .push_back(violation(to, header, ErrorCode::UnknownOpcode, &msg));
+                self.io.replies.push_back(violation(
+                    to,
+                    header,
+                    self.io.cluster_id,
+                    ErrorCode::UnknownOpcode,
+                    &msg,
+                ));
                 Flow::Close
             }
         }
     }
 
     fn poll_reply(&mut self) -> Option<Reply> {
-        self.replies.pop_front()
+        self.io.replies.pop_front()
     }
 
     fn on_event(&mut self, token: Token) {
@@ -465,9 +501,9 @@ impl Service for ConsensusService {
     }
 
     fn tick(&mut self) {
-        if !self.syncing && self.written_lsn > self.synced_lsn {
+        if !self.syncing && self.io.journal.lsn() > self.driver.durable() {
             self.syncing = true;
-            let job = self.journal.sync_job();
+            let job = self.io.journal.sync_job();
             self.syncer.submit(job);
             self.reap_syncs();
         }
@@ -536,18 +572,22 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         Ok(ConsensusService {
             id: opts.id,
             replica,
-            journal,
+            // Journal::open synced what it read back: all of it is durable.
+            driver: Driver::new(journal.lsn()),
+            io: NodeIo {
+                id: opts.id,
+                cluster_id: opts.cluster_id,
+                journal,
+                peers,
+                pending: HashMap::new(),
+                replies: VecDeque::new(),
+                to_self: Vec::new(),
+                frame: Vec::new(),
+            },
             syncer,
             registry: registry.try_clone()?,
-            peers,
             addrs: addrs.clone(),
-            held: VecDeque::new(),
-            written_lsn: 0,
-            synced_lsn: 0,
             syncing: false,
-            pending: HashMap::new(),
-            replies: VecDeque::new(),
-            frame: Vec::new(),
         })
     })
     .map_err(|e| {

@@ -2,10 +2,11 @@
 //! in; journal records, messages and applied commands out (in a [`Ready`]).
 //! No sockets, clocks or files inside.
 //!
-//! The rule the driver must keep: **everything in `Ready::send` goes out only
-//! after `Ready::persist` is durable** (a promise or an acceptance must survive a
-//! crash before anyone hears of it). Messages a node sends to itself go through
-//! the same path.
+//! The rule a driver must keep is in the shape of [`Ready`]: **everything in
+//! `Ready::on_durable` takes effect only after `Ready::persist` is durable** (a
+//! promise or an acceptance must survive a crash before anyone hears of it).
+//! Messages a node sends to itself go through the same path. One function keeps
+//! it for every caller: [`crate::driver::Driver`].
 //!
 //! Leadership comes only from timeouts and `prepare` (Paxos Made Simple): a node
 //! that stops hearing a leader waits a randomised timeout, asks the others first
@@ -61,9 +62,9 @@ impl Config {
     }
 }
 
-/// A journal record.
+/// A journal record: what a replica must remember across a crash.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+pub enum JournalRecord {
     /// Promised not to accept ballots below this.
     Promise(Ballot),
     /// Accepted `value` at `slot` with `ballot` (implies a promise of `ballot`).
@@ -102,26 +103,43 @@ pub struct Applied {
     pub result: Vec<u8>,
 }
 
-/// What a step produced.
+/// What a step produced, in the order it must take effect: first `persist`
+/// is written to the journal, then `on_durable` is released, and only once
+/// those records (and every earlier step's) are durable. A promise or an
+/// acceptance must survive a crash before anyone hears of it. Messages a node
+/// sends to itself wait too. [`crate::driver::Driver`] keeps this order for the
+/// node and the simulator alike.
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Make these durable first.
-    pub persist: Vec<Record>,
-    /// Then send these (to self too).
-    pub send: Vec<(NodeId, Msg)>,
-    /// Commands applied, in order (for client replies).
-    pub applied: Vec<Applied>,
-    /// Every slot applied, in order, with a hash of its value (for checks).
+    /// Step 1: journal records to write and make durable, oldest first.
+    pub persist: Vec<JournalRecord>,
+    /// Step 2: what others may observe only once `persist` is durable.
+    pub on_durable: OnDurable,
+    /// Every slot applied, in order, with a hash of its value (for checks;
+    /// applying is derived state and needs no sync).
     pub applied_slots: Vec<(u64, u64)>,
     /// A snapshot from a peer moved the applied index here (slots below were
     /// not applied one by one).
     pub installed_snapshot: Option<u64>,
 }
 
+/// The part of a step that must wait until the step's journal records are
+/// durable: its messages and the commands it applied (whose clients may be
+/// answered).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OnDurable {
+    /// Messages, to peers and to this node, in the order they were produced.
+    pub send: Vec<(NodeId, Msg)>,
+    /// Commands applied, in order (for client replies).
+    pub applied: Vec<Applied>,
+}
+
 impl Ready {
-    /// Whether there is nothing to do.
+    /// Whether there is nothing to write, send or answer.
     pub fn is_empty(&self) -> bool {
-        self.persist.is_empty() && self.send.is_empty() && self.applied.is_empty()
+        self.persist.is_empty()
+            && self.on_durable.send.is_empty()
+            && self.on_durable.applied.is_empty()
     }
 }
 
@@ -171,7 +189,7 @@ pub struct NotLeader {
 
 /// Observable state, for status output and checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
+pub struct ReplicaStatus {
     /// This node.
     pub id: NodeId,
     /// Whether this node leads.
@@ -217,7 +235,7 @@ impl Replica {
     /// Rebuilds a replica from its journal (oldest record first).
     pub fn recover(
         cfg: Config,
-        records: impl IntoIterator<Item = Record>,
+        records: impl IntoIterator<Item = JournalRecord>,
         now_ms: u64,
     ) -> Result<Replica, String> {
         let mut r = Replica {
@@ -243,8 +261,8 @@ impl Replica {
         };
         for rec in records {
             match rec {
-                Record::Promise(b) => r.promised = r.promised.max(b),
-                Record::Accept {
+                JournalRecord::Promise(b) => r.promised = r.promised.max(b),
+                JournalRecord::Accept {
                     slot,
                     ballot,
                     value,
@@ -254,7 +272,7 @@ impl Replica {
                         r.accepted.insert(slot, (ballot, value));
                     }
                 }
-                Record::Checkpoint {
+                JournalRecord::Checkpoint {
                     promised,
                     upto,
                     state,
@@ -288,8 +306,8 @@ impl Replica {
     }
 
     /// Observable state.
-    pub fn status(&self) -> Status {
-        Status {
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
             id: self.cfg.id,
             leading: matches!(self.role, Role::Leader(_)),
             leader: self.leader,
@@ -318,7 +336,7 @@ impl Replica {
     }
 
     fn send(&mut self, to: NodeId, m: Msg) {
-        self.ready.send.push((to, m));
+        self.ready.on_durable.send.push((to, m));
     }
 
     fn broadcast(&mut self, m: Msg, include_self: bool) {
@@ -418,7 +436,7 @@ impl Replica {
                             }
                         }
                     }
-                    self.ready.send.extend(resend);
+                    self.ready.on_durable.send.extend(resend);
                     self.broadcast(Msg::Commit { ballot, commit }, false);
                 }
                 self.send_batches(now_ms);
@@ -593,7 +611,7 @@ impl Replica {
         }
         if ballot > self.promised {
             self.promised = ballot;
-            self.ready.persist.push(Record::Promise(ballot));
+            self.ready.persist.push(JournalRecord::Promise(ballot));
         }
         if ballot.node != self.cfg.id {
             let mine = match &self.role {
@@ -742,7 +760,7 @@ impl Replica {
             .is_none_or(|(b, v)| *b != ballot || *v != value)
         {
             self.accepted.insert(slot, (ballot, value.clone()));
-            self.ready.persist.push(Record::Accept {
+            self.ready.persist.push(JournalRecord::Accept {
                 slot,
                 ballot,
                 value,
@@ -852,7 +870,7 @@ impl Replica {
             .iter()
             .map(|(s, (b, v))| (*s, *b, v.clone()))
             .collect();
-        self.ready.persist.push(Record::Checkpoint {
+        self.ready.persist.push(JournalRecord::Checkpoint {
             promised: self.promised,
             upto,
             state: state.clone(),
@@ -869,7 +887,7 @@ impl Replica {
             self.ready.applied_slots.push((self.applied, value_hash(v)));
             for cmd in v.clone() {
                 let result = self.sm.apply(&cmd);
-                self.ready.applied.push(Applied {
+                self.ready.on_durable.applied.push(Applied {
                     slot: self.applied,
                     client: cmd.client,
                     seq: cmd.seq,

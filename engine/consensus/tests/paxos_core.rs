@@ -2,7 +2,7 @@
 //! sends, and in which order (messages only ever follow the journal writes of
 //! the same step, which the driver makes durable first).
 
-use trex_consensus::paxos::{Config, Record, Replica};
+use trex_consensus::paxos::{Config, JournalRecord, Replica};
 use trex_consensus::sm::{Op, StateMachine};
 use trex_wire::consensus::{Ballot, Command, Msg};
 
@@ -28,9 +28,9 @@ fn a_prepare_is_promised_durably_and_a_lower_one_refused() {
         NOW,
     );
     let out = r.take_ready();
-    assert_eq!(out.persist, vec![Record::Promise(b(1, 1))]);
+    assert_eq!(out.persist, vec![JournalRecord::Promise(b(1, 1))]);
     assert_eq!(
-        out.send,
+        out.on_durable.send,
         vec![(
             1,
             Msg::Promise {
@@ -51,7 +51,7 @@ fn a_prepare_is_promised_durably_and_a_lower_one_refused() {
     let out = r.take_ready();
     assert!(out.persist.is_empty());
     assert_eq!(
-        out.send,
+        out.on_durable.send,
         vec![(
             3,
             Msg::Nack {
@@ -84,14 +84,14 @@ fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() 
     let out = r.take_ready();
     assert_eq!(
         out.persist,
-        vec![Record::Accept {
+        vec![JournalRecord::Accept {
             slot: 0,
             ballot: b(1, 1),
             value: v.clone()
         }]
     );
     assert_eq!(
-        out.send,
+        out.on_durable.send,
         vec![(
             1,
             Msg::Accepted {
@@ -111,7 +111,7 @@ fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() 
     );
     let out = r.take_ready();
     assert_eq!(
-        out.send,
+        out.on_durable.send,
         vec![(
             3,
             Msg::Promise {
@@ -138,7 +138,7 @@ fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() 
         "a value accepted under 1.1 is not known chosen by 2.3's commit"
     );
     assert_eq!(
-        out.send,
+        out.on_durable.send,
         vec![(3, Msg::CatchUp { from: 0 })],
         "it asks for the chosen value instead"
     );
@@ -152,7 +152,7 @@ fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() 
         NOW,
     );
     assert_eq!(r.status().applied, 1);
-    assert_eq!(r.take_ready().applied.len(), 1);
+    assert_eq!(r.take_ready().on_durable.applied.len(), 1);
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn a_lone_node_without_a_leader_asks_before_it_disrupts() {
     let ballot = b(1, 1);
     assert!(out.persist.is_empty(), "a pre-vote changes nothing durable");
     assert_eq!(
-        out.send,
+        out.on_durable.send,
         vec![(2, Msg::PreVote { ballot }), (3, Msg::PreVote { ballot })]
     );
     // A follower that hears a live leader refuses the pre-vote.
@@ -179,7 +179,7 @@ fn a_lone_node_without_a_leader_asks_before_it_disrupts() {
     f.take_ready();
     f.handle(1, Msg::PreVote { ballot: b(6, 1) }, NOW + 10);
     assert_eq!(
-        f.take_ready().send,
+        f.take_ready().on_durable.send,
         vec![(
             1,
             Msg::PreVoteReply {
@@ -206,7 +206,7 @@ fn a_new_leader_re_proposes_the_highest_accepted_value_and_fills_gaps_with_no_op
     let out = r.take_ready();
     let bal = b(1, 1);
     assert_eq!(
-        out.send[0],
+        out.on_durable.send[0],
         (
             1,
             Msg::Prepare {
@@ -256,6 +256,7 @@ fn a_new_leader_re_proposes_the_highest_accepted_value_and_fills_gaps_with_no_op
     );
     let out = r.take_ready();
     let accepts: Vec<(u64, usize)> = out
+        .on_durable
         .send
         .iter()
         .filter_map(|(to, m)| match m {

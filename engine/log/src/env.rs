@@ -87,6 +87,8 @@ pub struct TcpEnv {
     consensus: ConsensusClient,
     conns: HashMap<String, UnitClient>,
     timeout: Duration,
+    /// Sent in every frame, to the consensus nodes and to every other node.
+    cluster_id: u32,
 }
 
 impl TcpEnv {
@@ -97,7 +99,17 @@ impl TcpEnv {
             consensus: ConsensusClient::new(endpoints, timeout)?,
             conns: HashMap::new(),
             timeout,
+            cluster_id: 0,
         })
+    }
+
+    /// Sends `cluster_id` in every frame instead of the default 0: to the
+    /// consensus nodes, the sequencer and the storage units alike (one id per
+    /// cluster).
+    pub fn with_cluster_id(mut self, cluster_id: u32) -> TcpEnv {
+        self.consensus = self.consensus.with_cluster_id(cluster_id);
+        self.cluster_id = cluster_id;
+        self
     }
 }
 
@@ -116,7 +128,8 @@ impl Env for TcpEnv {
         body: &dyn Fn(&mut Vec<u8>),
     ) -> Result<u64, ClientError> {
         if !self.conns.contains_key(addr) {
-            let c = UnitClient::connect(addr, self.timeout)?;
+            let mut c = UnitClient::connect(addr, self.timeout)?;
+            c.cluster_id = self.cluster_id;
             self.conns.insert(addr.to_string(), c);
         }
         let c = self.conns.get_mut(addr).expect("connected above");

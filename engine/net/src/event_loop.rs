@@ -10,7 +10,7 @@
 //! A frame the loop cannot parse gets an error reply where possible, and that
 //! connection is closed once the reply is flushed; all others carry on.
 
-use crate::reply::{error_frame, Reply, ReplyTo};
+use crate::reply::{error_frame, reply_header, Reply, ReplyTo};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trex_wire::{
-    check_frame, parse_frame, ErrorCode, FrameError, Header, Opcode, FLAG_ERROR, FLAG_RESPONSE,
-    HEADER_LEN, MAX_BODY_LEN,
+    check_frame, parse_frame, ErrorCode, FrameError, Header, Opcode, FLAG_ERROR, HEADER_LEN,
+    MAX_BODY_LEN,
 };
 
 const LISTENER: Token = Token(0);
@@ -391,11 +391,12 @@ impl<S: Service> EventLoop<S> {
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         if self.live >= self.cfg.max_connections {
-            let h = Header {
+            // No request was read: the reply names none.
+            let unread = Header {
                 opcode: Opcode::Error as u8,
-                flags: FLAG_RESPONSE | FLAG_ERROR,
                 ..Header::default()
             };
+            let h = reply_header(&unread, FLAG_ERROR, 0, 0);
             let msg = format!(
                 "server is at its limit of {} connections; retry later or raise --max-connections",
                 self.cfg.max_connections
@@ -725,20 +726,16 @@ fn dispatch<S: Service>(
 /// The error reply for a frame that failed to parse: it names the request when
 /// the header could be trusted.
 fn protocol_error(buf: &[u8], e: &FrameError) -> Vec<u8> {
-    let mut h = Header {
+    let mut req = Header {
         opcode: Opcode::Error as u8,
         ..Header::default()
     };
     if let (FrameError::BadBodyChecksum { .. }, Some(head)) = (e, buf.first_chunk::<HEADER_LEN>()) {
-        if let Ok(req) = Header::decode(head) {
-            h = Header {
-                opcode: req.opcode,
-                request_id: req.request_id,
-                ..h
-            };
+        if let Ok(trusted) = Header::decode(head) {
+            req = trusted;
         }
     }
-    h.flags = FLAG_RESPONSE | FLAG_ERROR;
+    let h = reply_header(&req, FLAG_ERROR, 0, 0);
     error_frame(
         &h,
         ErrorCode::from(e),

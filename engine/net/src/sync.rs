@@ -1,7 +1,10 @@
 //! Runs the storage unit's sync jobs off the event loop: through `io_uring`
 //! (fdatasync completions signalled on an eventfd the loop polls) where the
 //! kernel allows it, otherwise on a plain thread that wakes the loop through a
-//! `mio::Waker`. Which path runs is decided once at start and logged.
+//! `mio::Waker`. Which path runs is decided once at start and logged. Also the
+//! one rule recovery uses to tell a write a crash tore from corruption
+//! ([`RecoveryMode`]), shared by the storage unit's segments and the consensus
+//! journal.
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token, Waker};
@@ -20,6 +23,48 @@ pub struct SyncJob {
     pub files: Vec<Arc<File>>,
     /// A directory to `fsync` (a segment was created or deleted).
     pub dir: Option<Arc<File>>,
+}
+
+/// How recovery tells a torn write (a crash cut it short: cut it off) from
+/// corruption (data that was durable went bad), after fjall's
+/// `RecoveryMode::TolerateCorruptTail`. Shared by the storage unit's segment
+/// scan and the consensus journal reader, which differ only in how they find
+/// out whether anything intact follows the damage (segments look for the next
+/// record that verifies, at aligned offsets, with the segment's nonce; journal
+/// records are unaligned and unseeded, so the journal asks whether the damaged
+/// record's own length reaches the end of the file) and in what they do with
+/// corruption (a unit skips and reports it, never serving it: other replicas
+/// hold the entries; a consensus node refuses to start: its promises cannot
+/// come from anywhere else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Damage is a torn write only where a crash can leave one: in the file
+    /// still being appended to, with nothing intact after it. Everything
+    /// before a sync barrier (an older segment, a record followed by intact
+    /// ones) was durable, so damage there is corruption.
+    TolerateCorruptTail,
+}
+
+/// What recovery makes of a record that failed verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// A write a crash tore: cut it off (it was never acknowledged).
+    TornTail,
+    /// Durable data went bad: the store's own rule applies.
+    Corrupt,
+}
+
+impl RecoveryMode {
+    /// Judges a damaged record: `in_active_file` if it lies in the file still
+    /// being appended to, `intact_after` if a record that verifies follows it.
+    pub fn judge(self, in_active_file: bool, intact_after: bool) -> Damage {
+        match self {
+            RecoveryMode::TolerateCorruptTail if in_active_file && !intact_after => {
+                Damage::TornTail
+            }
+            RecoveryMode::TolerateCorruptTail => Damage::Corrupt,
+        }
+    }
 }
 
 /// Outcome of a finished job: its LSN and whether every sync in it succeeded.
@@ -294,5 +339,27 @@ impl ThreadSyncer {
 
     fn submit(&mut self, job: SyncJob) {
         let _ = self.jobs.send(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_damage_at_the_end_of_the_active_file_is_a_torn_tail() {
+        let mode = RecoveryMode::TolerateCorruptTail;
+        assert_eq!(mode.judge(true, false), Damage::TornTail);
+        assert_eq!(
+            mode.judge(true, true),
+            Damage::Corrupt,
+            "intact data follows"
+        );
+        assert_eq!(
+            mode.judge(false, false),
+            Damage::Corrupt,
+            "behind a barrier"
+        );
+        assert_eq!(mode.judge(false, true), Damage::Corrupt);
     }
 }

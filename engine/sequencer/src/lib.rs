@@ -27,13 +27,11 @@ use trex_consensus::sm::{Op, Role};
 use trex_consensus::ConsensusError;
 use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
 use trex_log::LogError;
-use trex_net::reply::{violation, Reply, ReplyTo};
+use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
 use trex_wire::ops::Refusal;
-use trex_wire::{
-    self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply, FLAG_RESPONSE,
-};
+use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply};
 
 /// The name of the sequencer lease in the lock service.
 pub const SEQUENCER_LOCK: &str = trex_consensus::sm::SEQUENCER_LEASE;
@@ -59,6 +57,9 @@ pub struct SequencerOptions {
     pub repair_every: Option<Duration>,
     /// Replicas every chain should have (default: the longest chain seen).
     pub replicas: Option<usize>,
+    /// Cluster id: token requests must carry it, and this sequencer sends it to
+    /// the consensus nodes and storage units.
+    pub cluster_id: u32,
 }
 
 /// What the token path reads: all atomics, no locks.
@@ -135,21 +136,32 @@ impl Shared {
 pub struct SequencerService {
     shared: Arc<Shared>,
     replies: VecDeque<Reply>,
+    cluster_id: u32,
 }
 
 impl SequencerService {
-    /// The token service over `shared`.
-    pub fn new(shared: Arc<Shared>) -> SequencerService {
+    /// The token service over `shared`, serving requests of `cluster_id` only.
+    pub fn new(shared: Arc<Shared>, cluster_id: u32) -> SequencerService {
         SequencerService {
             shared,
             replies: VecDeque::new(),
+            cluster_id,
         }
     }
 }
 
 impl Service for SequencerService {
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
-        let bad = |code: ErrorCode, msg: String| violation(to, header, code, &msg);
+        let cluster_id = self.cluster_id;
+        let bad = |code: ErrorCode, msg: String| violation(to, header, cluster_id, code, &msg);
+        // As a storage unit does: a request of another cluster is refused
+        // before its opcode is looked at (a reply frame is refused as such).
+        if !header.is_response() {
+            if let Some(r) = refuse_foreign_cluster(to, header, "sequencer", 0, cluster_id) {
+                self.replies.push_back(r);
+                return Flow::Close;
+            }
+        }
         if header.opcode != Opcode::Token as u8 || header.is_response() {
             let msg = format!(
                 "opcode {:#04x} is not a sequencer request (token 0x30)",
@@ -175,13 +187,7 @@ impl Service for SequencerService {
         let mut f = Vec::with_capacity(64);
         let s = begin_frame(&mut f);
         wire::encode_token_reply(&mut f, &t);
-        let h = Header {
-            opcode: header.opcode,
-            flags: FLAG_RESPONSE,
-            request_id: header.request_id,
-            ..Header::default()
-        };
-        finish_frame(&mut f, s, h);
+        finish_frame(&mut f, s, reply_header(header, 0, 0, self.cluster_id));
         self.replies.push_back(Reply {
             to,
             frame: f,
@@ -478,6 +484,13 @@ fn update_hint(c: &mut dyn Env, shared: &Shared) {
     }
 }
 
+/// A log client for the repair loop, of this sequencer's cluster.
+fn repair_client(opts: &SequencerOptions) -> Result<trex_log::Log, LogError> {
+    let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(2))?;
+    let env = env.with_cluster_id(opts.cluster_id);
+    trex_log::Log::with_env(Box::new(env), trex_net::util::random_u64() | 1)
+}
+
 /// The active sequencer's repair loop (see [`SequencerOptions::repair_every`]).
 fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
     let mut log: Option<trex_log::Log> = None;
@@ -490,7 +503,7 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
         }
         let l = match log.as_mut() {
             Some(l) => l,
-            None => match trex_log::Log::connect(&opts.endpoints) {
+            None => match repair_client(&opts) {
                 Ok(l) => log.insert(l),
                 Err(e) => {
                     trex_net::log_line!("WARN", "repair: cannot connect: {e}");
@@ -547,9 +560,10 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         )));
     }
     let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;
+    let env = env.with_cluster_id(opts.cluster_id);
     let shared = Arc::new(Shared::new(None));
     let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
-        Ok(SequencerService::new(shared.clone()))
+        Ok(SequencerService::new(shared.clone(), opts.cluster_id))
     })
     .map_err(|e| {
         format!(
@@ -564,6 +578,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         opts.id,
         Role::Sequencer,
         opts.listen.to_string(),
+        opts.cluster_id,
     );
     let (o, s) = (opts.clone(), shared.clone());
     std::thread::Builder::new()

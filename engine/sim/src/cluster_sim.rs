@@ -120,7 +120,7 @@ pub struct ClusterReport {
 }
 
 /// A failed check, naming the seed.
-pub type SimError = String;
+pub type ClusterSimError = String;
 
 enum Payload {
     Reply(Result<(Header, Vec<u8>), ClientError>),
@@ -1150,7 +1150,7 @@ fn check_history(w: &World) -> Result<(), String> {
 }
 
 /// Runs one seed.
-pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, SimError> {
+pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, ClusterSimError> {
     let mut rng = Rng(seed);
     let faults = Faults {
         loss: [0.0, 0.01, 0.03, 0.08][rng.below(4) as usize],
@@ -1198,7 +1198,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
         nodes.insert(
             seq_addr(i),
             Node::Seq(SimSeq {
-                service: SequencerService::new(shared.clone()),
+                service: SequencerService::new(shared.clone(), 0),
                 actor: actors.len(),
             }),
         );
@@ -1315,6 +1315,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Sim
             // The simulator's operator actor repairs instead.
             repair_every: None,
             replicas: None,
+            cluster_id: 0,
         };
         let env = SimEnv {
             h: h.clone(),

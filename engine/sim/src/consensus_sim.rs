@@ -11,7 +11,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use trex_consensus::paxos::{Config, Record, Replica};
+use trex_consensus::driver::{Driver, ReadyIo};
+use trex_consensus::paxos::{Applied, Config, JournalRecord, Replica};
 use trex_consensus::sm::{decode_lock, LayoutSegment, Op, Projection, Role};
 use trex_wire::consensus::{Command, Msg, NodeId};
 use trex_wire::Reader;
@@ -131,15 +132,15 @@ enum Event {
     Chaos,
 }
 
-/// One step's output waiting for its journal sync: records, the messages that
-/// depend on them, and the client commands to answer.
-type Unsynced = (Vec<Record>, Vec<(NodeId, Msg)>, Vec<(u64, u64, Vec<u8>)>);
-
 struct SimNode {
     replica: Option<Replica>,
-    durable: Vec<Record>,
-    /// Readies whose journal records are written but not yet synced.
-    unsynced: Vec<Unsynced>,
+    /// Releases each step's messages and answers once its records are synced.
+    driver: Driver,
+    /// What a sync made durable: survives a crash.
+    durable: Vec<JournalRecord>,
+    /// What was written since the last sync (a crash loses it), as the
+    /// driver's I/O.
+    disk: SimDisk,
     syncing: bool,
     incarnation: u64,
     skew_ms: i64,
@@ -147,6 +148,45 @@ struct SimNode {
     next_slot: u64,
     /// Client commands this node took as leader: (client, seq).
     proposed: BTreeSet<(u64, u64)>,
+}
+
+/// A node's simulated journal between syncs, as the driver's I/O. It counts
+/// every step as one write, even a step with no records, so every step's output
+/// waits for the next sync: stricter than the real node (whose record-less steps
+/// wait only for earlier writes), and kept so that recorded seeds replay as they
+/// always have. Sends and answers are queued in release order and carried out
+/// by the simulator once the driver returns (they need the network and the
+/// event queue).
+#[derive(Default)]
+struct SimDisk {
+    /// Steps written since the last sync.
+    writes: u64,
+    records: Vec<JournalRecord>,
+    released: Vec<Released>,
+}
+
+/// Something the driver released, in order.
+enum Released {
+    Send(NodeId, Msg),
+    Answer(Applied),
+}
+
+impl ReadyIo for SimDisk {
+    type Error = std::convert::Infallible;
+
+    fn write(&mut self, records: Vec<JournalRecord>) -> Result<u64, Self::Error> {
+        self.records.extend(records);
+        self.writes += 1;
+        Ok(self.writes)
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        self.released.push(Released::Send(to, msg));
+    }
+
+    fn answer(&mut self, applied: Applied) {
+        self.released.push(Released::Answer(applied));
+    }
 }
 
 struct Client {
@@ -183,7 +223,7 @@ struct Faults {
 }
 
 /// A failed check: what went wrong, with the seed.
-pub type SimError = String;
+pub type ConsensusSimError = String;
 
 struct Sim {
     rng: Rng,
@@ -230,12 +270,12 @@ impl Sim {
 
     /// Collects a replica's output: journal writes wait for a (simulated) sync,
     /// and so do the messages that depend on them.
-    fn collect(&mut self, id: NodeId) -> Result<(), SimError> {
+    fn collect(&mut self, id: NodeId) -> Result<(), ConsensusSimError> {
         let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
             return Ok(());
         };
-        let ready = r.take_ready();
-        for a in &ready.applied {
+        let mut ready = r.take_ready();
+        for a in &ready.on_durable.applied {
             self.committed_cmds.insert((a.client, a.seq));
         }
         if let Some(upto) = ready.installed_snapshot {
@@ -274,15 +314,15 @@ impl Sim {
             }
         }
         let n = self.nodes.get_mut(&id).expect("node exists");
-        // A node answers clients only for commands it proposed as leader.
-        let replies: Vec<(u64, u64, Vec<u8>)> = ready
+        // A node answers clients only for commands it proposed as leader
+        // (decided now, when applied, not when the answer is released).
+        ready
+            .on_durable
             .applied
-            .iter()
-            .filter(|a| n.proposed.remove(&(a.client, a.seq)))
-            .map(|a| (a.client, a.seq, a.result.clone()))
-            .collect();
-        let slots = replies.into_iter().collect::<Vec<_>>();
-        n.unsynced.push((ready.persist, ready.send, slots));
+            .retain(|a| n.proposed.remove(&(a.client, a.seq)));
+        let Ok(()) = n.driver.step(ready, &mut n.disk);
+        // Nothing is released here: every step waits for a sync (see SimDisk).
+        assert!(n.disk.released.is_empty(), "released before a sync");
         if !n.syncing {
             n.syncing = true;
             let inc = n.incarnation;
@@ -326,7 +366,7 @@ impl Sim {
     }
 
     /// A lock client with nothing in flight decides what to do next.
-    fn lock_step(&mut self, client: u64) -> Result<(), SimError> {
+    fn lock_step(&mut self, client: u64) -> Result<(), ConsensusSimError> {
         let now = self.now as i64 + 1_000_000;
         let c = self.clients.get_mut(&client).expect("client");
         let role = c.lock.as_mut().expect("a lock client");
@@ -381,7 +421,7 @@ impl Sim {
     /// has seen. A client that did not pause must never present a stale token
     /// (its lease, checked with the safety gap, guarantees it); a paused one may,
     /// and is refused.
-    fn access(&mut self, client: u64, token: u64, paused: bool) -> Result<(), SimError> {
+    fn access(&mut self, client: u64, token: u64, paused: bool) -> Result<(), ConsensusSimError> {
         if token < self.resource_max {
             if !paused {
                 return Err(format!(
@@ -451,7 +491,7 @@ impl Sim {
         self.at(400, Event::ClientTimer { client });
     }
 
-    fn check_state(&self, id: NodeId) -> Result<(), SimError> {
+    fn check_state(&self, id: NodeId) -> Result<(), ConsensusSimError> {
         let Some(r) = &self.nodes[&id].replica else {
             return Ok(());
         };
@@ -462,7 +502,7 @@ impl Sim {
         Ok(())
     }
 
-    fn step(&mut self, e: Event) -> Result<(), SimError> {
+    fn step(&mut self, e: Event) -> Result<(), ConsensusSimError> {
         self.report.events += 1;
         match e {
             Event::Deliver { to, from, msg } => {
@@ -488,28 +528,26 @@ impl Sim {
                     return Ok(());
                 }
                 n.syncing = false;
-                let batches = std::mem::take(&mut n.unsynced);
-                let mut out = Vec::new();
-                for (persist, send, replies) in batches {
-                    n.durable.extend(persist);
-                    out.push((send, replies));
-                }
-                for (send, replies) in out {
-                    for (to, m) in send {
-                        self.send(node, to, m);
-                    }
-                    for (client, seq, result) in replies {
-                        let d = 1 + self.rng.below(3);
-                        self.at(
-                            d,
-                            Event::Reply {
-                                client,
-                                seq,
-                                ok: true,
-                                hint: None,
-                                result,
-                            },
-                        );
+                // The sync covers every write made before it completes.
+                n.durable.append(&mut n.disk.records);
+                let position = n.disk.writes;
+                n.driver.synced(position, &mut n.disk);
+                for out in std::mem::take(&mut n.disk.released) {
+                    match out {
+                        Released::Send(to, m) => self.send(node, to, m),
+                        Released::Answer(a) => {
+                            let d = 1 + self.rng.below(3);
+                            self.at(
+                                d,
+                                Event::Reply {
+                                    client: a.client,
+                                    seq: a.seq,
+                                    ok: true,
+                                    hint: None,
+                                    result: a.result,
+                                },
+                            );
+                        }
                     }
                 }
             }
@@ -629,7 +667,10 @@ impl Sim {
             Event::Crash { node } => {
                 let n = self.nodes.get_mut(&node).expect("node");
                 if n.replica.take().is_some() {
-                    n.unsynced.clear(); // every write not yet synced is lost
+                    // Every write not yet synced is lost, and with it what
+                    // waited for it.
+                    n.disk = SimDisk::default();
+                    n.driver = Driver::default();
                     n.syncing = false;
                     n.incarnation += 1;
                     n.proposed.clear();
@@ -703,7 +744,7 @@ impl Sim {
         &mut self,
         end: u64,
         mut done: impl FnMut(&Sim) -> bool,
-    ) -> Result<bool, SimError> {
+    ) -> Result<bool, ConsensusSimError> {
         while let Some(Reverse((t, id))) = self.queue.pop() {
             if t > end {
                 self.queue.push(Reverse((t, id)));
@@ -721,7 +762,7 @@ impl Sim {
 }
 
 /// Runs one seed. `Err` names what broke; the same seed fails the same way.
-pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
+pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> {
     let mut rng = Rng(seed);
     let n_nodes = if rng.chance(0.3) { 5 } else { 3 };
     let faults = Faults {
@@ -767,8 +808,9 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimError> {
         let r = Replica::recover(cfg, Vec::new(), 1_000_000)?;
         let node = SimNode {
             replica: Some(r),
+            driver: Driver::default(),
             durable: Vec::new(),
-            unsynced: Vec::new(),
+            disk: SimDisk::default(),
             syncing: false,
             incarnation: 0,
             skew_ms: skew,

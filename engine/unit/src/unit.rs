@@ -14,9 +14,10 @@ use crate::storage::{
 };
 use std::collections::VecDeque;
 pub use trex_net::reply::{error_frame, violation, Reply, ReplyTo};
+use trex_net::reply::{refuse_foreign_cluster, reply_header};
 use trex_wire::{
     self as wire, begin_frame, finish_frame, AddrList, Entry, ErrorCode, Header, InfoReply, Opcode,
-    ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR, FLAG_RESPONSE,
+    ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR,
 };
 
 /// Settings of a unit.
@@ -221,12 +222,9 @@ impl<S: Store> Unit<S> {
             self.refuse(to, header, ErrorCode::UnexpectedResponse, msg, true);
             return false;
         }
-        if header.cluster_id != self.cfg.cluster_id {
-            let msg = format!(
-                "frame is for cluster {} but this unit serves cluster {}; check the client's --cluster-id",
-                header.cluster_id, self.cfg.cluster_id
-            );
-            self.refuse(to, header, ErrorCode::WrongCluster, &msg, true);
+        let (epoch, cluster) = (self.meta.sealed_epoch, self.cfg.cluster_id);
+        if let Some(r) = refuse_foreign_cluster(to, header, "unit", epoch, cluster) {
+            self.ready.push_back(r);
             return false;
         }
         let request = match wire::decode_request(header.opcode, body) {
@@ -567,16 +565,10 @@ impl<S: Store> Unit<S> {
         }
     }
 
+    /// Replies carry the unit's sealed epoch (a client learns it was fenced)
+    /// and its cluster id.
     fn reply_header(&self, req: &Header, flags: u16) -> Header {
-        Header {
-            opcode: req.opcode,
-            flags: FLAG_RESPONSE | flags,
-            request_id: req.request_id,
-            epoch: self.meta.sealed_epoch,
-            cluster_id: self.cfg.cluster_id,
-            body_len: 0,
-            body_crc: 0,
-        }
+        reply_header(req, flags, self.meta.sealed_epoch, self.cfg.cluster_id)
     }
 
     fn respond(&mut self, to: ReplyTo, req: &Header, tag: u64, body: impl FnOnce(&mut Vec<u8>)) {
@@ -639,15 +631,12 @@ impl<S: Store> Unit<S> {
         self.poisoned = Some(why.clone());
         // Every reply still waiting depends on data whose fate is now unknown.
         for p in std::mem::take(&mut self.pending) {
-            let h = Header {
+            let req = Header {
                 opcode: p.opcode,
-                flags: FLAG_RESPONSE | FLAG_ERROR,
                 request_id: p.request_id,
-                epoch: self.meta.sealed_epoch,
-                cluster_id: self.cfg.cluster_id,
-                body_len: 0,
-                body_crc: 0,
+                ..Header::default()
             };
+            let h = self.reply_header(&req, FLAG_ERROR);
             let msg = format!(
                 "{why}: this request's outcome is unknown and the unit accepts no more writes; \
                  restart it to recover from its durable state"

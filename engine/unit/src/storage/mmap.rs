@@ -13,13 +13,45 @@
 //!   record by record. An index is only a cache: it carries its own checksum, and
 //!   a missing or damaged one just means a scan.
 //!
-//! Segment header: `magic "TRXS" | version u32 = 1 | id u64 | nonce u64 |
-//! size u64 | 28 zero bytes | crc32 u32 of bytes 0..60`.
+//! Segment header (all integers little-endian):
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic    b"TRXS"
+//!      4    4 version  1
+//!      8    8 id       the segment's id (also its file name)
+//!     16    8 nonce    random, seeds every record checksum of this segment
+//!     24    8 size     bytes in the file
+//!     32   28 zero     reserved
+//!     60    4 crc      CRC-32 of bytes 0..60
+//! ```
+//!
+//! Index file (`.idx`): a 64-byte header, 16 bytes per record, a CRC trailer:
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic          b"TRXI"
+//!      4    4 version        1
+//!      8    8 id             segment id
+//!     16    8 nonce          the segment's nonce
+//!     24    8 used           bytes of the segment holding records
+//!     32    8 count          entries that follow
+//!     40    8 sealed_epoch   the segment's newest meta
+//!     48    8 trim_mark
+//!     56    8 max_addr + 1   0 if the segment holds no entry
+//!     64   16 × count        addr u64 | offset u32 | kind u8 | 3 zero bytes
+//!      …    4 crc            CRC-32 of everything before it
+//! ```
+//!
+//! There is no separate meta file: the sealed epoch and trim mark are meta
+//! records (see [`super::record`]), and an index carries its segment's newest.
 //!
 //! Files are never shrunk while mapped (a truncated mapping is SIGBUS), and the
 //! directory lock keeps a second process from touching them.
 
-use super::record::{decode_record, encode_record, record_size, Invalid, RECORD_HEADER_LEN};
+use super::record::{
+    decode_record, encode_record, record_size, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
+};
 use super::{
     AppendError, Appended, CorruptRecord, Kind, Loc, Meta, RecordHead, Recovered, Store,
     StoreStats, SyncJob,
@@ -31,16 +63,99 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use trex_net::sync::{Damage, RecoveryMode};
 
 /// Size of a segment file header.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 const SEG_MAGIC: &[u8; 4] = b"TRXS";
+/// The segment and index format this code writes and reads.
+const FORMAT_VERSION: u32 = 1;
+
+/// Segment header: the magic, so a foreign file is refused.
+const SEG_OFF_MAGIC: usize = 0;
+/// Segment header: the format version, so a later format is refused, not misread.
+const SEG_OFF_VERSION: usize = 4;
+/// Segment header: the segment id, so a renamed or copied file is noticed.
+const SEG_OFF_ID: usize = 8;
+/// Segment header: the random nonce seeding this segment's record checksums
+/// (a record image copied from elsewhere never verifies here).
+const SEG_OFF_NONCE: usize = 16;
+/// Segment header: the file's size, to notice a file cut or grown behind our back.
+const SEG_OFF_SIZE: usize = 24;
+/// Segment header: reserved, zero (room for later fields).
+const SEG_OFF_RESERVED: usize = 32;
+/// Segment header: CRC-32 of every byte before it.
+const SEG_OFF_CRC: usize = 60;
+
+// The segment header is on disk: fail the build if a field moves.
+const _: () = assert!(SEG_OFF_MAGIC + SEG_MAGIC.len() == SEG_OFF_VERSION);
+const _: () = assert!(SEG_OFF_VERSION + 4 == SEG_OFF_ID);
+const _: () = assert!(SEG_OFF_ID + 8 == SEG_OFF_NONCE);
+const _: () = assert!(SEG_OFF_NONCE + 8 == SEG_OFF_SIZE);
+const _: () = assert!(SEG_OFF_SIZE + 8 == SEG_OFF_RESERVED);
+const _: () = assert!(SEG_OFF_RESERVED + 28 == SEG_OFF_CRC);
+const _: () = assert!(SEG_OFF_CRC + 4 == SEGMENT_HEADER_LEN);
+// Records after the header keep their alignment.
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
+
 const IDX_MAGIC: &[u8; 4] = b"TRXI";
+/// Index header: the magic, so a foreign file is refused.
+const IDX_OFF_MAGIC: usize = 0;
+/// Index header: the format version.
+const IDX_OFF_VERSION: usize = 4;
+/// Index header: the segment id, so an index never describes another segment.
+const IDX_OFF_ID: usize = 8;
+/// Index header: the segment's nonce, so an index left over from an earlier
+/// segment with the same id (the directory was reused) is ignored.
+const IDX_OFF_NONCE: usize = 16;
+/// Index header: bytes of the segment holding records (where a scan would end).
+const IDX_OFF_USED: usize = 24;
+/// Index header: how many entries follow (the file's length must agree).
+const IDX_OFF_COUNT: usize = 32;
+/// Index header: the segment's newest sealed epoch, so its meta records need
+/// no scan either.
+const IDX_OFF_SEALED_EPOCH: usize = 40;
+/// Index header: the segment's newest trim mark.
+const IDX_OFF_TRIM_MARK: usize = 48;
+/// Index header: one past the highest address in the segment (0: none), which
+/// decides when the segment may be reclaimed.
+const IDX_OFF_MAX_ADDR_END: usize = 56;
+/// Size of the index header.
 const IDX_HEADER_LEN: usize = 64;
+/// Index entry: the record's log address.
+const IDX_ENTRY_OFF_ADDR: usize = 0;
+/// Index entry: the record's offset in the segment.
+const IDX_ENTRY_OFF_OFFSET: usize = 8;
+/// Index entry: the record's kind (data or junk), so a fill needs no read.
+const IDX_ENTRY_OFF_KIND: usize = 12;
+/// Index entry: reserved, zero (keeps entries 8-byte aligned).
+const IDX_ENTRY_OFF_RESERVED: usize = 13;
+/// Size of an index entry.
 const IDX_ENTRY_LEN: usize = 16;
+/// Size of the CRC-32 trailer over everything before it.
+const IDX_CRC_LEN: usize = 4;
+
+// The index file is on disk: fail the build if a field moves.
+const _: () = assert!(IDX_OFF_MAGIC + IDX_MAGIC.len() == IDX_OFF_VERSION);
+const _: () = assert!(IDX_OFF_VERSION + 4 == IDX_OFF_ID);
+const _: () = assert!(IDX_OFF_ID + 8 == IDX_OFF_NONCE);
+const _: () = assert!(IDX_OFF_NONCE + 8 == IDX_OFF_USED);
+const _: () = assert!(IDX_OFF_USED + 8 == IDX_OFF_COUNT);
+const _: () = assert!(IDX_OFF_COUNT + 8 == IDX_OFF_SEALED_EPOCH);
+const _: () = assert!(IDX_OFF_SEALED_EPOCH + 8 == IDX_OFF_TRIM_MARK);
+const _: () = assert!(IDX_OFF_TRIM_MARK + 8 == IDX_OFF_MAX_ADDR_END);
+const _: () = assert!(IDX_OFF_MAX_ADDR_END + 8 == IDX_HEADER_LEN);
+const _: () = assert!(IDX_ENTRY_OFF_ADDR + 8 == IDX_ENTRY_OFF_OFFSET);
+const _: () = assert!(IDX_ENTRY_OFF_OFFSET + 4 == IDX_ENTRY_OFF_KIND);
+const _: () = assert!(IDX_ENTRY_OFF_KIND + 1 == IDX_ENTRY_OFF_RESERVED);
+const _: () = assert!(IDX_ENTRY_OFF_RESERVED + 3 == IDX_ENTRY_LEN);
+const _: () = assert!(IDX_HEADER_LEN.is_multiple_of(8) && IDX_ENTRY_LEN.is_multiple_of(8));
 /// Bytes at the end of every segment that only meta records may use, so that a
 /// unit whose disk is full can still record a seal or the trim that frees space.
 const META_RESERVE: usize = 25 * RECORD_HEADER_LEN;
+/// How a scan tells a torn tail from corruption; corruption is skipped and
+/// reported (its entries come from other replicas), never fatal.
+const RECOVERY: RecoveryMode = RecoveryMode::TolerateCorruptTail;
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 /// Largest segment size accepted (offsets are 32-bit).
@@ -149,13 +264,14 @@ fn random_nonce() -> u64 {
 
 fn encode_seg_header(id: u32, nonce: u64, size: u64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
-    h[0..4].copy_from_slice(SEG_MAGIC);
-    h[4..8].copy_from_slice(&1u32.to_le_bytes());
-    h[8..16].copy_from_slice(&u64::from(id).to_le_bytes());
-    h[16..24].copy_from_slice(&nonce.to_le_bytes());
-    h[24..32].copy_from_slice(&size.to_le_bytes());
-    let crc = crc32fast::hash(&h[..60]);
-    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h[SEG_OFF_MAGIC..SEG_OFF_VERSION].copy_from_slice(SEG_MAGIC);
+    h[SEG_OFF_VERSION..SEG_OFF_ID].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[SEG_OFF_ID..SEG_OFF_NONCE].copy_from_slice(&u64::from(id).to_le_bytes());
+    h[SEG_OFF_NONCE..SEG_OFF_SIZE].copy_from_slice(&nonce.to_le_bytes());
+    h[SEG_OFF_SIZE..SEG_OFF_RESERVED].copy_from_slice(&size.to_le_bytes());
+    let crc = crc32fast::hash(&h[..SEG_OFF_CRC]);
+    h[SEG_OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(decode_seg_header(&h, id), Some((nonce, size)));
     h
 }
 
@@ -163,13 +279,14 @@ fn encode_seg_header(id: u32, nonce: u64, size: u64) -> [u8; SEGMENT_HEADER_LEN]
 fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64)> {
     let h = h.get(..SEGMENT_HEADER_LEN)?;
     let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
-    let crc = u32::from_le_bytes(h[60..64].try_into().ok()?);
-    let ok = &h[0..4] == SEG_MAGIC
-        && h[4..8] == 1u32.to_le_bytes()
-        && u64_at(8) == u64::from(id)
-        && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&u64_at(24))
-        && crc == crc32fast::hash(&h[..60]);
-    ok.then(|| (u64_at(16), u64_at(24)))
+    let crc = u32::from_le_bytes(h[SEG_OFF_CRC..].try_into().ok()?);
+    let size = u64_at(SEG_OFF_SIZE);
+    let ok = &h[SEG_OFF_MAGIC..SEG_OFF_VERSION] == SEG_MAGIC
+        && h[SEG_OFF_VERSION..SEG_OFF_ID] == FORMAT_VERSION.to_le_bytes()
+        && u64_at(SEG_OFF_ID) == u64::from(id)
+        && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size)
+        && crc == crc32fast::hash(&h[..SEG_OFF_CRC]);
+    ok.then(|| (u64_at(SEG_OFF_NONCE), size))
 }
 
 /// Whether a segment file holds nothing but zeros (its creation never got as far
@@ -384,32 +501,35 @@ impl MmapStore {
         let Some(seg) = self.segs.get_mut(&id) else {
             return false;
         };
-        if bytes.len() < IDX_HEADER_LEN + 4 {
+        if bytes.len() < IDX_HEADER_LEN + IDX_CRC_LEN {
             return false;
         }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let (body, crc) = bytes.split_at(bytes.len() - IDX_CRC_LEN);
         let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().unwrap_or([0; 8]));
-        let count = u64_at(32) as usize;
+        let count = u64_at(IDX_OFF_COUNT) as usize;
+        let used = u64_at(IDX_OFF_USED);
         let valid = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4])) == crc32fast::hash(body)
-            && &body[0..4] == IDX_MAGIC
-            && u64_at(8) == u64::from(id)
-            && u64_at(16) == seg.nonce
-            && u64_at(24) <= u64::from(seg.size)
+            && &body[IDX_OFF_MAGIC..IDX_OFF_VERSION] == IDX_MAGIC
+            && u64_at(IDX_OFF_ID) == u64::from(id)
+            && u64_at(IDX_OFF_NONCE) == seg.nonce
+            && used <= u64::from(seg.size)
             && body.len() == IDX_HEADER_LEN + count * IDX_ENTRY_LEN;
         if !valid {
             return false;
         }
-        seg.used = u64_at(24) as u32;
+        seg.used = used as u32;
         seg.meta = Meta {
-            sealed_epoch: u64_at(40),
-            trim_mark: u64_at(48),
+            sealed_epoch: u64_at(IDX_OFF_SEALED_EPOCH),
+            trim_mark: u64_at(IDX_OFF_TRIM_MARK),
         };
-        seg.max_addr = u64_at(56).checked_sub(1);
+        seg.max_addr = u64_at(IDX_OFF_MAX_ADDR_END).checked_sub(1);
         seg.indexed = true;
         for e in body[IDX_HEADER_LEN..].chunks_exact(IDX_ENTRY_LEN) {
-            let addr = u64::from_le_bytes(e[0..8].try_into().unwrap_or([0; 8]));
-            let off = u32::from_le_bytes(e[8..12].try_into().unwrap_or([0; 4]));
-            let kind = if e[12] == Kind::Junk as u8 {
+            let addr = &e[IDX_ENTRY_OFF_ADDR..IDX_ENTRY_OFF_OFFSET];
+            let addr = u64::from_le_bytes(addr.try_into().unwrap_or([0; 8]));
+            let off = &e[IDX_ENTRY_OFF_OFFSET..IDX_ENTRY_OFF_KIND];
+            let off = u32::from_le_bytes(off.try_into().unwrap_or([0; 4]));
+            let kind = if e[IDX_ENTRY_OFF_KIND] == Kind::Junk as u8 {
                 Kind::Junk
             } else {
                 Kind::Data
@@ -426,7 +546,7 @@ impl MmapStore {
 
     /// Scans a segment record by record. A record that fails verification is a
     /// torn tail if nothing valid follows it in the newest segment (the bytes are
-    /// zeroed), and corruption otherwise (reported, never served).
+    /// zeroed), and corruption otherwise (reported, never served): [`RECOVERY`].
     fn scan(&mut self, id: u32, last: bool, visit: &mut dyn FnMut(Recovered)) {
         let max_payload = self.max_payload;
         let Some(seg) = self.segs.get_mut(&id) else {
@@ -476,8 +596,8 @@ impl MmapStore {
                 Invalid::BadChecksum(h) if h.kind != Kind::Meta => Some(h.addr),
                 _ => None,
             };
-            match next {
-                None if last => {
+            match (RECOVERY.judge(last, next.is_some()), next) {
+                (Damage::TornTail, _) => {
                     seg.map[off..nonzero_end].fill(0);
                     self.report.torn_bytes += (nonzero_end - off) as u64;
                     self.report.notes.push(format!(
@@ -486,7 +606,7 @@ impl MmapStore {
                     ));
                     break;
                 }
-                None => {
+                (Damage::Corrupt, None) => {
                     seg.damaged = true;
                     if let Some(a) = claimed {
                         seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
@@ -500,7 +620,7 @@ impl MmapStore {
                     off = nonzero_end.next_multiple_of(8);
                     break;
                 }
-                Some(next) => {
+                (Damage::Corrupt, Some(next)) => {
                     seg.damaged = true;
                     if let Some(a) = claimed {
                         // Keeps the segment from being reclaimed while the address
@@ -531,24 +651,27 @@ impl MmapStore {
         if seg.indexed || seg.damaged || seg.max_addr == Some(u64::MAX) {
             return Ok(());
         }
-        let mut b = Vec::with_capacity(IDX_HEADER_LEN + seg.entries.len() * IDX_ENTRY_LEN + 4);
-        b.extend_from_slice(IDX_MAGIC);
-        b.extend_from_slice(&1u32.to_le_bytes());
-        for v in [
-            u64::from(id),
-            seg.nonce,
-            u64::from(seg.used),
-            seg.entries.len() as u64,
-            seg.meta.sealed_epoch,
-            seg.meta.trim_mark,
-            seg.max_addr.map_or(0, |m| m + 1),
+        let len = IDX_HEADER_LEN + seg.entries.len() * IDX_ENTRY_LEN;
+        let mut b = vec![0u8; len];
+        let h = &mut b[..IDX_HEADER_LEN];
+        h[IDX_OFF_MAGIC..IDX_OFF_VERSION].copy_from_slice(IDX_MAGIC);
+        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        for (off, v) in [
+            (IDX_OFF_ID, u64::from(id)),
+            (IDX_OFF_NONCE, seg.nonce),
+            (IDX_OFF_USED, u64::from(seg.used)),
+            (IDX_OFF_COUNT, seg.entries.len() as u64),
+            (IDX_OFF_SEALED_EPOCH, seg.meta.sealed_epoch),
+            (IDX_OFF_TRIM_MARK, seg.meta.trim_mark),
+            (IDX_OFF_MAX_ADDR_END, seg.max_addr.map_or(0, |m| m + 1)),
         ] {
-            b.extend_from_slice(&v.to_le_bytes());
+            h[off..off + 8].copy_from_slice(&v.to_le_bytes());
         }
-        for (addr, off, kind) in &seg.entries {
-            b.extend_from_slice(&addr.to_le_bytes());
-            b.extend_from_slice(&off.to_le_bytes());
-            b.extend_from_slice(&[*kind as u8, 0, 0, 0]);
+        let entries = b[IDX_HEADER_LEN..].chunks_exact_mut(IDX_ENTRY_LEN);
+        for (e, (addr, off, kind)) in entries.zip(&seg.entries) {
+            e[IDX_ENTRY_OFF_ADDR..IDX_ENTRY_OFF_OFFSET].copy_from_slice(&addr.to_le_bytes());
+            e[IDX_ENTRY_OFF_OFFSET..IDX_ENTRY_OFF_KIND].copy_from_slice(&off.to_le_bytes());
+            e[IDX_ENTRY_OFF_KIND] = *kind as u8; // the reserved bytes stay zero
         }
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());

@@ -11,14 +11,52 @@
 //!     33    7 zero    reserved, must be zero
 //!     40  len payload
 //! ```
-//! Records start on 8-byte boundaries. Seeding the CRC with the segment's random
+//! Records start on 8-byte boundaries. A meta record has no file of its own:
+//! it reuses this header, `writer` holding the sealed epoch and `seq` the trim
+//! mark, with an empty payload. Seeding the CRC with the segment's random
 //! nonce means a payload that happens to contain an image of a record (say, a
 //! backup of a segment stored in the log) never verifies as a record.
 
 /// Size of a record header.
 pub const RECORD_HEADER_LEN: usize = 40;
-/// Records are aligned to this many bytes.
+/// Records are aligned to this many bytes: a scan past a damaged record looks
+/// for the next one only at these boundaries, and the u64 fields stay aligned.
 pub const RECORD_ALIGN: usize = 8;
+
+/// Checksum over the rest of the header and the payload, seeded with the
+/// segment nonce: a record is served only if it verifies, and a record image
+/// inside a payload never does.
+const OFF_CRC: usize = 0;
+/// Payload length: where the record ends (and the next one starts, aligned).
+const OFF_LEN: usize = 4;
+/// Log address: what the index maps to this record (0 for meta records).
+const OFF_ADDR: usize = 8;
+/// Writer id (meta: the sealed epoch): with `seq`, tells a retried write from
+/// a conflicting one.
+const OFF_WRITER: usize = 16;
+/// Writer sequence number (meta: the trim mark).
+const OFF_SEQ: usize = 24;
+/// Kind byte ([`Kind`]); never 0, so zeroed space cannot pass for a record.
+const OFF_KIND: usize = 32;
+/// Reserved bytes, zero: room for later fields, and one more check that a
+/// header is plausible before its checksum is computed.
+const OFF_RESERVED: usize = 33;
+/// Where the payload starts.
+const OFF_PAYLOAD: usize = RECORD_HEADER_LEN;
+/// What the checksum covers of the header: everything after the checksum.
+const CRC_COVERS: usize = OFF_LEN;
+
+// The layout above is on disk in every segment: fail the build if a field moves.
+const _: () = assert!(OFF_CRC + 4 == OFF_LEN);
+const _: () = assert!(OFF_LEN + 4 == OFF_ADDR);
+const _: () = assert!(OFF_ADDR + 8 == OFF_WRITER);
+const _: () = assert!(OFF_WRITER + 8 == OFF_SEQ);
+const _: () = assert!(OFF_SEQ + 8 == OFF_KIND);
+const _: () = assert!(OFF_KIND + 1 == OFF_RESERVED);
+const _: () = assert!(OFF_RESERVED + 7 == OFF_PAYLOAD);
+const _: () = assert!(OFF_ADDR.is_multiple_of(8) && OFF_WRITER.is_multiple_of(8));
+const _: () = assert!(OFF_SEQ.is_multiple_of(8));
+const _: () = assert!(RECORD_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 
 /// What a record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,17 +142,17 @@ fn checksum(nonce: u64, head_tail: &[u8], payload: &[u8]) -> u32 {
 /// exactly `record_size(payload.len())` bytes.
 pub fn encode_record(dst: &mut [u8], nonce: u64, head: &RecordHead, payload: &[u8]) {
     debug_assert_eq!(dst.len(), record_size(payload.len()));
-    let (h, rest) = dst.split_at_mut(RECORD_HEADER_LEN);
-    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    h[8..16].copy_from_slice(&head.addr.to_le_bytes());
-    h[16..24].copy_from_slice(&head.writer.to_le_bytes());
-    h[24..32].copy_from_slice(&head.seq.to_le_bytes());
-    h[32] = head.kind as u8;
-    h[33..40].fill(0);
+    let (h, rest) = dst.split_at_mut(OFF_PAYLOAD);
+    h[OFF_LEN..OFF_ADDR].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[OFF_ADDR..OFF_WRITER].copy_from_slice(&head.addr.to_le_bytes());
+    h[OFF_WRITER..OFF_SEQ].copy_from_slice(&head.writer.to_le_bytes());
+    h[OFF_SEQ..OFF_KIND].copy_from_slice(&head.seq.to_le_bytes());
+    h[OFF_KIND] = head.kind as u8;
+    h[OFF_RESERVED..OFF_PAYLOAD].fill(0);
     rest[..payload.len()].copy_from_slice(payload);
     rest[payload.len()..].fill(0);
-    let crc = checksum(nonce, &h[4..], payload);
-    h[0..4].copy_from_slice(&crc.to_le_bytes());
+    let crc = checksum(nonce, &h[CRC_COVERS..], payload);
+    h[OFF_CRC..OFF_LEN].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Why bytes do not hold a valid record.
@@ -155,23 +193,23 @@ pub fn decode_record(
     if h.iter().all(|b| *b == 0) {
         return Err(Invalid::Empty);
     }
-    let len = u32_at(h, 4) as usize;
-    let kind = Kind::from_u8(h[32]);
-    let (Some(kind), true, true) = (kind, h[33..40].iter().all(|b| *b == 0), len <= max_payload)
-    else {
+    let len = u32_at(h, OFF_LEN) as usize;
+    let kind = Kind::from_u8(h[OFF_KIND]);
+    let reserved_zero = h[OFF_RESERVED..OFF_PAYLOAD].iter().all(|b| *b == 0);
+    let (Some(kind), true, true) = (kind, reserved_zero, len <= max_payload) else {
         return Err(Invalid::BadHeader);
     };
     let head = RecordHead {
         kind,
-        addr: u64_at(h, 8),
-        writer: u64_at(h, 16),
-        seq: u64_at(h, 24),
+        addr: u64_at(h, OFF_ADDR),
+        writer: u64_at(h, OFF_WRITER),
+        seq: u64_at(h, OFF_SEQ),
     };
     let size = record_size(len);
-    let Some(payload) = src.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) else {
+    let Some(payload) = src.get(OFF_PAYLOAD..OFF_PAYLOAD + len) else {
         return Err(Invalid::Truncated);
     };
-    if src.len() < size || checksum(nonce, &h[4..], payload) != u32_at(h, 0) {
+    if src.len() < size || checksum(nonce, &h[CRC_COVERS..], payload) != u32_at(h, OFF_CRC) {
         return Err(Invalid::BadChecksum(head));
     }
     Ok((head, payload, size))
