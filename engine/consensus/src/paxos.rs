@@ -663,6 +663,20 @@ impl Replica {
             return;
         }
         let promises = std::mem::take(promises);
+        self.become_leader(ballot, promises, now_ms);
+    }
+
+    /// Phase 1 is won with `promises` from a quorum: re-propose, per slot from
+    /// the recovery start, the value with the highest ballot reported (or a
+    /// no-op), then lead (Paxos Made Simple, §3: a new leader first completes
+    /// phase 2 for every slot it may have missed).
+    fn become_leader(
+        &mut self,
+        ballot: Ballot,
+        promises: BTreeMap<NodeId, PromiseInfo>,
+        now_ms: u64,
+    ) {
+        debug_assert!(promises.len() >= self.cfg.quorum(), "a quorum promised");
         // Every promiser reported all it accepted from our applied index on,
         // except below its own snapshot point: those slots are chosen, and their
         // values live only in that snapshot. So re-propose from the highest

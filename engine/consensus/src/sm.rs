@@ -92,48 +92,29 @@ impl StateMachine {
         result
     }
 
+    /// One operation, dispatched to its handler (each refuses with a typed
+    /// [`Refusal`]; see `docs/wire.md`, "Operations").
     fn apply_op(&mut self, op: Op, now_ms: u64) -> Vec<u8> {
         match op {
-            Op::Register { id, role, addr } => {
-                let registered_ms = self.members.get(&id).map_or(now_ms, |m| m.registered_ms);
-                self.members.insert(
-                    id,
-                    Member {
-                        role,
-                        addr,
-                        registered_ms,
-                        seen_ms: now_ms,
-                    },
-                );
-                vec![RESULT_OK]
-            }
+            Op::Register { id, role, addr } => self.on_register(id, role, addr, now_ms),
             Op::Deregister { id } => match self.members.remove(&id) {
                 Some(_) => vec![RESULT_OK],
-                None => refuse(Refusal::NotRegistered, format!("node {id} is not registered")),
+                None => refuse(
+                    Refusal::NotRegistered,
+                    format!("node {id} is not registered"),
+                ),
             },
-            Op::Heartbeat { id } => match self.members.get_mut(&id) {
-                Some(m) => {
-                    m.seen_ms = m.seen_ms.max(now_ms);
-                    vec![RESULT_OK]
-                }
-                None => refuse(Refusal::NotRegistered, format!("node {id} is not registered; register it first")),
-            },
+            Op::Heartbeat { id } => self.on_heartbeat(id, now_ms),
             Op::InitLayout { stripes, replicas } => self.init_layout(stripes, replicas),
             Op::Install {
                 expected_epoch,
                 projection,
             } => self.install(expected_epoch, projection),
-            Op::InstallAsSequencer { expected_epoch, projection, lease_token } => {
-                let live = self.locks.get(SEQUENCER_LEASE).is_some_and(|l| {
-                    l.token == lease_token && !l.released && now_ms < l.expire_ms
-                });
-                if !live {
-                    return refuse(Refusal::NotSequencerLeaseholder, format!(
-                        "lease token {lease_token} does not hold the {SEQUENCER_LEASE:?} lock (expired, released or taken over); this sequencer must stand by"
-                    ));
-                }
-                self.install(expected_epoch, projection)
-            }
+            Op::InstallAsSequencer {
+                expected_epoch,
+                projection,
+                lease_token,
+            } => self.on_install_as_sequencer(expected_epoch, projection, lease_token, now_ms),
             Op::Members => {
                 let mut out = vec![RESULT_OK];
                 encode_members(&mut out, &self.members);
@@ -148,35 +129,109 @@ impl StateMachine {
                 out
             }
             Op::Noop => vec![RESULT_OK],
-            Op::Acquire { name, holder, ttl_ms } => self.acquire(name, holder, ttl_ms, now_ms),
-            Op::Renew { name, token, ttl_ms } => self.renew(&name, token, ttl_ms, now_ms),
-            Op::Release { name, token } => match self.locks.get_mut(&name) {
-                Some(l) if l.token == token && !l.released => {
-                    l.released = true;
-                    vec![RESULT_OK]
-                }
-                Some(l) if l.token == token => refuse(Refusal::LeaseReleased, format!("lock {name:?} (token {token}) is already released")),
-                Some(l) => refuse(Refusal::NotHolder, format!(
-                    "token {token} does not hold lock {name:?}: it passed to token {} ({}); your lease is gone",
-                    l.token, l.holder
-                )),
-                None => refuse(Refusal::NoSuchLock, format!("lock {name:?} does not exist")),
-            },
+            Op::Acquire {
+                name,
+                holder,
+                ttl_ms,
+            } => self.acquire(name, holder, ttl_ms, now_ms),
+            Op::Renew {
+                name,
+                token,
+                ttl_ms,
+            } => self.renew(&name, token, ttl_ms, now_ms),
+            Op::Release { name, token } => self.on_release(&name, token),
             Op::GetLock { name } => match self.locks.get(&name) {
                 Some(l) => {
                     let mut out = vec![RESULT_OK];
                     encode_lock(&mut out, &name, l);
                     out
                 }
-                None => refuse(Refusal::NoSuchLock, format!("lock {name:?} has never been taken")),
+                None => refuse(
+                    Refusal::NoSuchLock,
+                    format!("lock {name:?} has never been taken"),
+                ),
             },
             Op::SetLockGrace { grace_ms } => {
                 if grace_ms > MAX_TTL_MS {
-                    return refuse(Refusal::InvalidArgument, format!("grace {grace_ms} ms is over the limit of {MAX_TTL_MS} ms"));
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!("grace {grace_ms} ms is over the limit of {MAX_TTL_MS} ms"),
+                    );
                 }
                 self.lock_grace_ms = grace_ms.max(1);
                 vec![RESULT_OK]
             }
+        }
+    }
+
+    fn on_register(&mut self, id: NodeId, role: Role, addr: String, now_ms: u64) -> Vec<u8> {
+        let registered_ms = self.members.get(&id).map_or(now_ms, |m| m.registered_ms);
+        let member = Member {
+            role,
+            addr,
+            registered_ms,
+            seen_ms: now_ms,
+        };
+        self.members.insert(id, member);
+        vec![RESULT_OK]
+    }
+
+    fn on_heartbeat(&mut self, id: NodeId, now_ms: u64) -> Vec<u8> {
+        match self.members.get_mut(&id) {
+            Some(m) => {
+                m.seen_ms = m.seen_ms.max(now_ms);
+                vec![RESULT_OK]
+            }
+            None => refuse(
+                Refusal::NotRegistered,
+                format!("node {id} is not registered; register it first"),
+            ),
+        }
+    }
+
+    /// A takeover's install: only while `lease_token` holds the sequencer lock
+    /// at the command's stamp, so a sequencer that stalled past its lease
+    /// cannot install a layout naming itself.
+    fn on_install_as_sequencer(
+        &mut self,
+        expected_epoch: u64,
+        projection: Projection,
+        lease_token: u64,
+        now_ms: u64,
+    ) -> Vec<u8> {
+        let live = self
+            .locks
+            .get(SEQUENCER_LEASE)
+            .is_some_and(|l| l.token == lease_token && !l.released && now_ms < l.expire_ms);
+        if !live {
+            return refuse(
+                Refusal::NotSequencerLeaseholder,
+                format!(
+                    "lease token {lease_token} does not hold the {SEQUENCER_LEASE:?} lock (expired, released or taken over); this sequencer must stand by"
+                ),
+            );
+        }
+        self.install(expected_epoch, projection)
+    }
+
+    fn on_release(&mut self, name: &str, token: u64) -> Vec<u8> {
+        match self.locks.get_mut(name) {
+            Some(l) if l.token == token && !l.released => {
+                l.released = true;
+                vec![RESULT_OK]
+            }
+            Some(l) if l.token == token => refuse(
+                Refusal::LeaseReleased,
+                format!("lock {name:?} (token {token}) is already released"),
+            ),
+            Some(l) => refuse(
+                Refusal::NotHolder,
+                format!(
+                    "token {token} does not hold lock {name:?}: it passed to token {} ({}); your lease is gone",
+                    l.token, l.holder
+                ),
+            ),
+            None => refuse(Refusal::NoSuchLock, format!("lock {name:?} does not exist")),
         }
     }
 

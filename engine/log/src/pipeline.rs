@@ -165,9 +165,19 @@ impl Pipeline<'_> {
     /// One round: every flight's next request out, every reply in, then
     /// completed flights reported and irregular ones finished the slow way.
     fn drive(&mut self) -> Result<(), LogError> {
+        let epoch = self.log.projection.epoch;
+        self.send_round(epoch);
+        self.collect_round(epoch);
+        self.report();
+        Ok(())
+    }
+
+    /// Every flight's next request out: a token request, or this round's
+    /// write to each of its chains (the same [`ChainJob::send_round`] as the
+    /// blocking path).
+    fn send_round(&mut self, epoch: u64) {
         let log = &mut *self.log;
         let seq_addr = log.addr(log.projection.sequencer);
-        let epoch = log.projection.epoch;
         for f in self.flights.iter_mut() {
             f.token = None;
             f.writes.clear();
@@ -207,7 +217,14 @@ impl Pipeline<'_> {
                 Stage::Done | Stage::Fallback => {}
             }
         }
-        // Replies, in the order the requests went out (per connection too).
+    }
+
+    /// Every reply in, in the order the requests went out (per connection
+    /// too): a granted token assigns addresses and chains; write statuses go
+    /// to [`ChainJob::on_reply`]; anything irregular marks the flight for the
+    /// blocking path.
+    fn collect_round(&mut self, epoch: u64) {
+        let log = &mut *self.log;
         for f in self.flights.iter_mut() {
             if let Some((addr, id)) = f.token.take() {
                 let reply = log.env.recv(&addr, id);
@@ -252,7 +269,10 @@ impl Pipeline<'_> {
                 };
             }
         }
-        // Report finished flights; finish irregular ones the blocking way.
+    }
+
+    /// Reports finished flights; finishes irregular ones the blocking way.
+    fn report(&mut self) {
         let mut keep = VecDeque::with_capacity(self.flights.len());
         while let Some(mut f) = self.flights.pop_front() {
             match f.stage {
@@ -293,6 +313,5 @@ impl Pipeline<'_> {
             }
         }
         self.flights = keep;
-        Ok(())
     }
 }
