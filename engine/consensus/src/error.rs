@@ -52,6 +52,14 @@ impl ConsensusError {
         }
     }
 
+    /// Whether retrying cannot help: a reply that does not decode, or a client
+    /// set up wrongly. The other kinds are the caller's to handle: a refusal by
+    /// its code (re-read the layout, stand by, acquire again), an unavailable
+    /// group by retrying later (the same client reuses the sequence number).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ConsensusError::Protocol(_) | ConsensusError::Config(_))
+    }
+
     /// Whether the state machine refused it with `code`.
     pub fn is_refused(&self, code: Refusal) -> bool {
         self.refusal() == Some(code)
