@@ -280,21 +280,42 @@ fn storage_vectors() -> Vec<(&'static str, Vec<u8>)> {
                         sealed_epoch: 4,
                         trim_mark: 0x10,
                         tail: 0x13,
-                        entries: 1,
+                        entries: 2,
                         junk: 1,
                         corrupt: 0,
                         segments: 1,
-                        flags: INFO_IO_URING,
+                        flags: 0,
                         segment_size_bytes: 64 << 20,
-                        used_bytes: 224,
+                        // The segment header (64), the opening meta record,
+                        // seal 3, trim and seal 4 (40 each), the entries at
+                        // 0x11 and 0x10 (48 each), the junk at 0x12 (40).
+                        used_bytes: 360,
                     },
+                )
+            }),
+        ),
+        (
+            "stale-write-request",
+            frame(Opcode::Write, REQ, 7, 3, |b| {
+                encode_write_request(
+                    b,
+                    &[WriteOp {
+                        addr: 0x13,
+                        writer: 7,
+                        seq: 3,
+                        data: b"hi",
+                    }],
                 )
             }),
         ),
         (
             "error-reply",
             frame(Opcode::Write, REP | FLAG_ERROR, 7, 4, |b| {
-                encode_error(b, ErrorCode::SealedEpoch as u16, "epoch 3 is sealed")
+                encode_error(
+                    b,
+                    ErrorCode::SealedEpoch as u16,
+                    "epoch 3 is sealed; the unit is at epoch 4: refresh the layout and retry",
+                )
             }),
         ),
     ]
