@@ -379,12 +379,14 @@ fn every_documented_vector_matches_the_code() {
             "vector '{name}' differs between docs/wire.md and the code"
         );
     }
-    // `op-…` vectors are state-machine operations, checked by the engine's
-    // `golden_ops` test; every other vector must be one of ours.
+    // `op-…`, `result-…` and `snapshot-…` vectors are the state machine's
+    // operations, results and state, checked by the engine's `golden_ops`
+    // test; every other vector must be one of ours.
+    let engine = ["op-", "result-", "snapshot-"];
     let unchecked: Vec<&str> = names
         .iter()
         .copied()
-        .filter(|n| !n.starts_with("op-") && !code.iter().any(|(c, _)| c == n))
+        .filter(|n| !engine.iter().any(|p| n.starts_with(p)) && !code.iter().any(|(c, _)| c == n))
         .collect();
     assert!(
         unchecked.is_empty(),
