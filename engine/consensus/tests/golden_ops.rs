@@ -478,3 +478,32 @@ fn the_snapshot_state_decodes_to_the_state_that_made_it() {
     assert_eq!(sm.locks.len(), 1);
     assert_eq!(StateMachine::decode(&sm.encode()).unwrap(), sm);
 }
+
+/// `peer-snapshot` (checked as a frame by `wire/tests/golden.rs`) carries the
+/// state of a state machine that applied the command of `peer-accept` alone.
+#[test]
+fn the_peer_snapshot_vector_carries_a_real_state() {
+    use trex_wire::consensus::{decode_peer, Msg};
+    let doc = documented();
+    let frame = &doc
+        .iter()
+        .find(|(n, _)| n == "peer-snapshot")
+        .expect("docs/wire.md has peer-snapshot")
+        .1;
+    let f = trex_wire::parse_frame(frame).unwrap().unwrap();
+    let (_, msg) = decode_peer(f.body).unwrap();
+    let Msg::Snapshot { upto: 5, state } = msg else {
+        panic!("peer-snapshot is a snapshot up to 5: {msg:?}");
+    };
+    let mut sm = StateMachine::default();
+    assert_eq!(
+        sm.apply(&Command {
+            client: 9,
+            seq: 1,
+            stamp_ms: T,
+            op: Op::Noop.encode(),
+        }),
+        vec![0]
+    );
+    assert_eq!(hex(&state), hex(&sm.encode()));
+}
