@@ -57,7 +57,10 @@ impl ConsensusError {
     /// its code (re-read the layout, stand by, acquire again), an unavailable
     /// group by retrying later (the same client reuses the sequence number).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ConsensusError::Protocol(_) | ConsensusError::Config(_))
+        matches!(
+            self,
+            ConsensusError::Protocol(_) | ConsensusError::Config(_)
+        )
     }
 
     /// Whether the state machine refused it with `code`.

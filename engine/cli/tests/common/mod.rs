@@ -116,12 +116,21 @@ use trex_wire::consensus::NodeStatus;
 
 pub const T: Duration = Duration::from_secs(2);
 
+/// A free port below the kernel's ephemeral range (32768 and up here): a port
+/// picked from that range can be taken by some client connection between this
+/// check and the server's bind. Successive calls in one process never repeat.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..22_000 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (seed.wrapping_add(k.wrapping_mul(7))) % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between 10000 and 32000");
 }
 
 pub struct Group {
