@@ -1,13 +1,16 @@
 //! `trex up`: a whole local cluster with one command. Every node is its own
 //! process running the same `trex node …` code a bare-metal deployment runs.
 
+use super::node::SyncMode;
 use crate::error::{failed, CliError};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use trex_consensus::client::{ConsensusClient, Submit};
 use trex_consensus::sm::{Op, Role};
 use trex_net::unit_client::UnitApi;
+use trex_net::util::parse_duration;
 
 /// Prints a line to standard output, ignoring a closed pipe (the caller may
 /// stop reading once the cluster is up).
@@ -19,26 +22,37 @@ macro_rules! say {
 }
 
 /// What to start.
-#[derive(Clone, Debug)]
-pub struct UpOptions {
-    /// Where every node keeps its data (and `endpoints`, and `logs/`).
-    pub data_dir: PathBuf,
-    /// Consensus nodes listen from here; sequencers from +10; units from +20.
-    pub base_port: u16,
+#[derive(Args)]
+pub struct UpArgs {
+    /// Data directory of every node (reused when run again).
+    #[arg(long, default_value = "./trex-data")]
+    data_dir: PathBuf,
+    /// Consensus nodes listen from this port, sequencers from +10, units from +20.
+    #[arg(long, default_value_t = 7400)]
+    base_port: u16,
     /// Consensus nodes.
-    pub consensus: u16,
+    #[arg(long, default_value_t = 3)]
+    consensus: u16,
     /// Sequencers.
-    pub sequencers: u16,
+    #[arg(long, default_value_t = 2)]
+    sequencers: u16,
     /// Storage units.
-    pub units: u16,
+    #[arg(long, default_value_t = 4)]
+    units: u16,
     /// Stripes of the first layout.
-    pub stripes: u32,
+    #[arg(long, default_value_t = 2)]
+    stripes: u32,
     /// Replicas per stripe.
-    pub replicas: u32,
-    /// `always` or `never` (benchmarks only).
-    pub sync: String,
-    /// Passed to every sequencer as `--repair-every`.
-    pub repair_every: Option<Duration>,
+    #[arg(long, default_value_t = 2)]
+    replicas: u32,
+    /// Storage units' sync mode (`never` for benchmarks only).
+    #[arg(long, value_enum, default_value = "always")]
+    sync: SyncMode,
+    /// Let the active sequencer repair this often (`trex node sequencer
+    /// --repair-every`): units that stop answering are replaced by spares
+    /// (start some with --units above stripes x replicas).
+    #[arg(long, value_parser = parse_duration)]
+    repair_every: Option<Duration>,
 }
 
 struct Node {
@@ -116,7 +130,7 @@ fn stop_all(nodes: &mut [Node]) {
 }
 
 /// Starts the cluster, waits until it serves, and runs until SIGINT/SIGTERM.
-pub fn run_up(o: &UpOptions) -> Result<(), CliError> {
+pub fn run(o: UpArgs) -> Result<(), CliError> {
     let set =
         trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
@@ -137,6 +151,11 @@ pub fn run_up(o: &UpOptions) -> Result<(), CliError> {
     let port = |off: u16| format!("127.0.0.1:{}", o.base_port + off);
     let consensus: Vec<String> = (0..o.consensus).map(port).collect();
     let eps = consensus.join(",");
+    let sync = if o.sync == SyncMode::Never {
+        "never"
+    } else {
+        "always"
+    };
     let mut nodes: Vec<Node> = Vec::new();
     let started = (|| -> Result<(), CliError> {
         for (i, addr) in consensus.iter().enumerate() {
@@ -174,7 +193,7 @@ pub fn run_up(o: &UpOptions) -> Result<(), CliError> {
                 "--endpoints".into(),
                 eps.clone(),
                 "--sync".into(),
-                o.sync.clone(),
+                sync.into(),
             ];
             nodes.push(spawn(&exe, &format!("unit-{}", i + 1), &logs, &args)?);
         }
