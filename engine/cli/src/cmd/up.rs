@@ -148,142 +148,24 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
             o.consensus, o.sequencers, o.units, o.base_port
         ));
     }
-    let port = |off: u16| format!("127.0.0.1:{}", o.base_port + off);
-    let consensus: Vec<String> = (0..o.consensus).map(port).collect();
-    let eps = consensus.join(",");
-    let sync = if o.sync == SyncMode::Never {
-        "never"
-    } else {
-        "always"
+    let mut cluster = Cluster {
+        o: &o,
+        exe,
+        logs,
+        set,
+        consensus: (0..o.consensus)
+            .map(|i| format!("127.0.0.1:{}", o.base_port + i))
+            .collect(),
+        nodes: Vec::new(),
     };
-    let mut nodes: Vec<Node> = Vec::new();
-    let started = (|| -> Result<(), CliError> {
-        for (i, addr) in consensus.iter().enumerate() {
-            let dir = o.data_dir.join(format!("consensus-{}", i + 1));
-            let args = vec![
-                "node".into(),
-                "consensus".into(),
-                "--id".into(),
-                (i + 1).to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--peers".into(),
-                eps.clone(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-            ];
-            nodes.push(spawn(&exe, &format!("consensus-{}", i + 1), &logs, &args)?);
-        }
-        eprintln!("started {} consensus nodes on {eps}", o.consensus);
-        wait_for("a consensus leader", Duration::from_secs(30), &set, || {
-            consensus.iter().any(|a| {
-                ConsensusClient::node_status(a, Duration::from_millis(300)).is_ok_and(|s| s.leading)
-            })
-        })?;
-        for i in 0..o.units {
-            let addr = port(20 + i);
-            let dir = o.data_dir.join(format!("unit-{}", i + 1));
-            let args = vec![
-                "node".into(),
-                "storage".into(),
-                "--listen".into(),
-                addr,
-                "--data-dir".into(),
-                dir.display().to_string(),
-                "--endpoints".into(),
-                eps.clone(),
-                "--sync".into(),
-                sync.into(),
-            ];
-            nodes.push(spawn(&exe, &format!("unit-{}", i + 1), &logs, &args)?);
-        }
-        let mut c = ConsensusClient::new(&eps, Duration::from_secs(2))?;
-        wait_for(
-            "storage unit registration",
-            Duration::from_secs(30),
-            &set,
-            || {
-                c.members().is_ok_and(|m| {
-                    m.values().filter(|m| m.role == Role::Storage).count() >= o.units as usize
-                })
-            },
-        )?;
-        // Registrations survive restarts: also wait until every unit answers.
-        wait_for(
-            "storage units answering",
-            Duration::from_secs(30),
-            &set,
-            || {
-                (0..o.units).all(|i| {
-                    trex_net::unit_client::UnitClient::connect(
-                        &port(20 + i),
-                        Duration::from_millis(300),
-                    )
-                    .and_then(|mut u| u.info())
-                    .is_ok()
-                })
-            },
-        )?;
-        eprintln!(
-            "started {} storage units on {}..{}",
-            o.units,
-            port(20),
-            port(20 + o.units.saturating_sub(1))
-        );
-        if c.layout()?.1.is_none() {
-            c.submit_ok(&Op::InitLayout {
-                stripes: o.stripes,
-                replicas: o.replicas,
-            })?;
-            eprintln!(
-                "installed the first layout: {} stripes x {} replicas",
-                o.stripes, o.replicas
-            );
-        }
-        let epoch0 = c.layout()?.1.map_or(0, |p| p.epoch);
-        for i in 0..o.sequencers {
-            let mut args = vec![
-                "node".into(),
-                "sequencer".into(),
-                "--listen".into(),
-                port(10 + i),
-                "--endpoints".into(),
-                eps.clone(),
-            ];
-            if let Some(d) = o.repair_every {
-                args.push("--repair-every".into());
-                args.push(format!("{}ms", d.as_millis().max(1)));
-                args.push("--replicas".into());
-                args.push(o.replicas.to_string());
-            }
-            nodes.push(spawn(&exe, &format!("sequencer-{}", i + 1), &logs, &args)?);
-        }
-        // Ready once a sequencer of this run has taken over (a newer layout naming
-        // it); asking for a token here would burn an address into a hole.
-        wait_for(
-            "a sequencer taking over",
-            Duration::from_secs(30),
-            &set,
-            || {
-                c.layout()
-                    .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
-            },
-        )?;
-        eprintln!(
-            "started {} sequencers on {}..{}",
-            o.sequencers,
-            port(10),
-            port(10 + o.sequencers.saturating_sub(1))
-        );
-        Ok(())
-    })();
-    if let Err(e) = started {
-        stop_all(&mut nodes);
-        return Err(failed!("{e} (logs in {})", logs.display()));
+    if let Err(e) = cluster.start() {
+        stop_all(&mut cluster.nodes);
+        return Err(failed!("{e} (logs in {})", cluster.logs.display()));
     }
+    let eps = cluster.endpoints();
     let ep_file = o.data_dir.join("endpoints");
     if let Err(e) = std::fs::write(&ep_file, format!("{eps}\n")) {
-        stop_all(&mut nodes);
+        stop_all(&mut cluster.nodes);
         return Err(failed!(
             "cannot write {}: {e}; the cluster was stopped",
             ep_file.display()
@@ -294,34 +176,236 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
         ep_file.display()
     );
     say!("try, in another terminal:  echo hello | trex append -  &&  trex tail --follow");
-    say!("logs in {}; stop with Ctrl-C", logs.display());
-    // Wait for SIGINT/SIGTERM (blocked above, so sigwait takes it), watching children.
-    let sig = loop {
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 500_000_000,
-        };
-        // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
-        let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-        if r > 0 {
-            break r;
-        }
-        for n in nodes.iter_mut() {
-            if let Ok(Some(st)) = n.child.try_wait() {
-                eprintln!(
-                    "warning: {} exited ({st}); see {}",
-                    n.name,
-                    logs.join(format!("{}.log", n.name)).display()
-                );
-            }
-        }
-        nodes.retain_mut(|n| n.child.try_wait().ok().flatten().is_none());
-    };
-    eprintln!("received signal {sig}; stopping {} nodes", nodes.len());
-    stop_all(&mut nodes);
+    say!("logs in {}; stop with Ctrl-C", cluster.logs.display());
+    let sig = cluster.watch();
+    eprintln!(
+        "received signal {sig}; stopping {} nodes",
+        cluster.nodes.len()
+    );
+    stop_all(&mut cluster.nodes);
     eprintln!(
         "stopped; data kept in {} (run `trex up` again to reuse it)",
         o.data_dir.display()
     );
     Ok(())
+}
+
+/// What `trex up` started, and what it needs to start more.
+struct Cluster<'a> {
+    o: &'a UpArgs,
+    /// This `trex` binary: every node runs it.
+    exe: PathBuf,
+    /// One log file per node.
+    logs: PathBuf,
+    /// SIGINT and SIGTERM, blocked: taken with sigtimedwait while starting
+    /// (to stop what was started) and while running (to stop everything).
+    set: libc::sigset_t,
+    /// The consensus nodes' addresses, in id order.
+    consensus: Vec<String>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster<'_> {
+    /// 127.0.0.1 and the port `off` above --base-port.
+    fn port(&self, off: u16) -> String {
+        format!("127.0.0.1:{}", self.o.base_port + off)
+    }
+
+    /// The consensus nodes, comma-separated (what `--endpoints` takes).
+    fn endpoints(&self) -> String {
+        self.consensus.join(",")
+    }
+
+    fn spawn(&mut self, name: &str, args: &[String]) -> Result<(), CliError> {
+        let node = spawn(&self.exe, name, &self.logs, args)?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Starts every node in dependency order, each kind once the previous one
+    /// serves, and installs the first layout if there is none.
+    fn start(&mut self) -> Result<(), CliError> {
+        self.start_consensus()?;
+        let mut c = self.start_units()?;
+        let epoch0 = self.install_layout(&mut c)?;
+        self.start_sequencers(&mut c, epoch0)
+    }
+
+    fn start_consensus(&mut self) -> Result<(), CliError> {
+        let eps = self.endpoints();
+        for (i, addr) in self.consensus.clone().into_iter().enumerate() {
+            let dir = self.o.data_dir.join(format!("consensus-{}", i + 1));
+            let args = vec![
+                "node".into(),
+                "consensus".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                addr,
+                "--peers".into(),
+                eps.clone(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+            ];
+            self.spawn(&format!("consensus-{}", i + 1), &args)?;
+        }
+        eprintln!("started {} consensus nodes on {eps}", self.o.consensus);
+        wait_for(
+            "a consensus leader",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                self.consensus.iter().any(|a| {
+                    ConsensusClient::node_status(a, Duration::from_millis(300))
+                        .is_ok_and(|s| s.leading)
+                })
+            },
+        )
+    }
+
+    /// Starts the storage units; returns a client of the consensus group once
+    /// every unit is registered and answers.
+    fn start_units(&mut self) -> Result<ConsensusClient, CliError> {
+        let o = self.o;
+        let eps = self.endpoints();
+        let sync = if o.sync == SyncMode::Never {
+            "never"
+        } else {
+            "always"
+        };
+        for i in 0..o.units {
+            let dir = o.data_dir.join(format!("unit-{}", i + 1));
+            let args = vec![
+                "node".into(),
+                "storage".into(),
+                "--listen".into(),
+                self.port(20 + i),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--endpoints".into(),
+                eps.clone(),
+                "--sync".into(),
+                sync.into(),
+            ];
+            self.spawn(&format!("unit-{}", i + 1), &args)?;
+        }
+        let mut c = ConsensusClient::new(&eps, Duration::from_secs(2))?;
+        wait_for(
+            "storage unit registration",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                c.members().is_ok_and(|m| {
+                    m.values().filter(|m| m.role == Role::Storage).count() >= o.units as usize
+                })
+            },
+        )?;
+        // Registrations survive restarts: also wait until every unit answers.
+        wait_for(
+            "storage units answering",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                (0..o.units).all(|i| {
+                    trex_net::unit_client::UnitClient::connect(
+                        &self.port(20 + i),
+                        Duration::from_millis(300),
+                    )
+                    .and_then(|mut u| u.info())
+                    .is_ok()
+                })
+            },
+        )?;
+        eprintln!(
+            "started {} storage units on {}..{}",
+            o.units,
+            self.port(20),
+            self.port(20 + o.units.saturating_sub(1))
+        );
+        Ok(c)
+    }
+
+    /// Installs the first layout unless one is (a data directory used
+    /// before); returns the current layout's epoch.
+    fn install_layout(&self, c: &mut ConsensusClient) -> Result<u64, CliError> {
+        if c.layout()?.1.is_none() {
+            c.submit_ok(&Op::InitLayout {
+                stripes: self.o.stripes,
+                replicas: self.o.replicas,
+            })?;
+            eprintln!(
+                "installed the first layout: {} stripes x {} replicas",
+                self.o.stripes, self.o.replicas
+            );
+        }
+        Ok(c.layout()?.1.map_or(0, |p| p.epoch))
+    }
+
+    /// Starts the sequencers and waits until one of them took over from
+    /// layout epoch `epoch0`.
+    fn start_sequencers(&mut self, c: &mut ConsensusClient, epoch0: u64) -> Result<(), CliError> {
+        let o = self.o;
+        for i in 0..o.sequencers {
+            let mut args = vec![
+                "node".into(),
+                "sequencer".into(),
+                "--listen".into(),
+                self.port(10 + i),
+                "--endpoints".into(),
+                self.endpoints(),
+            ];
+            if let Some(d) = o.repair_every {
+                args.push("--repair-every".into());
+                args.push(format!("{}ms", d.as_millis().max(1)));
+                args.push("--replicas".into());
+                args.push(o.replicas.to_string());
+            }
+            self.spawn(&format!("sequencer-{}", i + 1), &args)?;
+        }
+        // Ready once a sequencer of this run has taken over (a newer layout naming
+        // it); asking for a token here would burn an address into a hole.
+        wait_for(
+            "a sequencer taking over",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                c.layout()
+                    .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
+            },
+        )?;
+        eprintln!(
+            "started {} sequencers on {}..{}",
+            o.sequencers,
+            self.port(10),
+            self.port(10 + o.sequencers.saturating_sub(1))
+        );
+        Ok(())
+    }
+
+    /// Waits for SIGINT/SIGTERM (blocked, so sigtimedwait takes it), warning
+    /// about nodes that exit meanwhile; returns the signal.
+    fn watch(&mut self) -> i32 {
+        loop {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 500_000_000,
+            };
+            // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
+            let r = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if r > 0 {
+                return r;
+            }
+            for n in self.nodes.iter_mut() {
+                if let Ok(Some(st)) = n.child.try_wait() {
+                    eprintln!(
+                        "warning: {} exited ({st}); see {}",
+                        n.name,
+                        self.logs.join(format!("{}.log", n.name)).display()
+                    );
+                }
+            }
+            self.nodes
+                .retain_mut(|n| n.child.try_wait().ok().flatten().is_none());
+        }
+    }
 }
