@@ -8,11 +8,16 @@ mod error;
 use clap::{Parser, Subcommand};
 use cmd::{endpoint, layout, lock, log, members, node, repair, status, token, unit, up};
 use common::ShowArgs;
-use error::CliError;
+use error::{CliError, EXIT_CODES};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "trex", version, about = "Trex Corfu: a distributed shared log")]
+#[command(
+    name = "trex",
+    version,
+    about = "Trex Corfu: a distributed shared log",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
