@@ -18,6 +18,7 @@ use trex_consensus::ConsensusError;
 use trex_log::LogError;
 use trex_net::unit_client::ClientError;
 use trex_sequencer::SequencerError;
+use trex_wire::ops::Refusal;
 
 /// The exit codes as `trex --help` lists them (the table above, for people
 /// at a terminal).
@@ -82,6 +83,11 @@ impl From<ConsensusError> for CliError {
         let text = e.to_string();
         match e {
             ConsensusError::Refused(r) if r.code.lease_lost() => CliError::LeaseLost(text),
+            // A field out of range (a TTL of 0, an empty lock name): the
+            // command line has to change, so it is a usage error.
+            ConsensusError::Refused(r) if r.code == Refusal::InvalidArgument => {
+                CliError::Usage(text)
+            }
             ConsensusError::Refused(_) | ConsensusError::Protocol(_) => CliError::Failed(text),
             ConsensusError::Unavailable { .. } | ConsensusError::Unreachable { .. } => {
                 CliError::Unavailable(text)

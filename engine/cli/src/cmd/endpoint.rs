@@ -23,7 +23,7 @@ pub fn run(cmd: EndpointCmd) -> Result<(), CliError> {
 }
 
 fn status(a: ShowArgs) -> Result<(), CliError> {
-    let eps = resolve_endpoints(&a.ep);
+    let eps = resolve_endpoints(&a.ep)?;
     let mut rows: Vec<Row> = Vec::new();
     let mut reachable = 0;
     for ep in eps.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -36,10 +36,10 @@ fn status(a: ShowArgs) -> Result<(), CliError> {
         Format::Table => print_table(&rows),
     }
     if reachable == 0 {
-        return Err(
+        return Err(CliError::Unavailable(
             "no consensus node answered; start them with `trex node consensus` (or `trex up`)"
                 .into(),
-        );
+        ));
     }
     Ok(())
 }

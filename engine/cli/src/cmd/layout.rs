@@ -1,7 +1,7 @@
 //! `trex layout show|init`: the layout (projections).
 
 use crate::common::{consensus_client, print_projection, Endpoints, Format, ShowArgs};
-use crate::error::{failed, CliError};
+use crate::error::{failed, usage, CliError};
 use clap::Subcommand;
 use trex_consensus::client::Submit;
 use trex_consensus::sm::{decode_projection, Op, Projection};
@@ -77,6 +77,11 @@ fn json(p: &Projection, history: u64) -> String {
 }
 
 fn init(ep: &Endpoints, stripes: u32, replicas: u32) -> Result<(), CliError> {
+    if stripes == 0 || replicas == 0 {
+        return Err(usage!(
+            "--stripes and --replicas must be at least 1; got {stripes} and {replicas}"
+        ));
+    }
     let mut c = consensus_client(ep)?;
     let b = c.submit_ok(&Op::InitLayout { stripes, replicas })?;
     let p = decode_projection(&mut trex_wire::Reader::new(&b))

@@ -1,7 +1,7 @@
 //! `trex lock …`: advisory locks with leases and fencing tokens.
 
 use crate::common::{consensus_client, unix_ms, Endpoints};
-use crate::error::CliError;
+use crate::error::{failed, CliError};
 use clap::Subcommand;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -99,7 +99,15 @@ pub fn run(cmd: LockCmd) -> Result<(), CliError> {
             println!("released lock {name:?} (token {token})");
         }
         LockCmd::Show { ep, name } => {
-            print_lease(&LockClient::new(consensus_client(&ep)?).get(&name)?)
+            match LockClient::new(consensus_client(&ep)?).get(&name) {
+                Ok(l) => print_lease(&l),
+                // Asking about a lock never taken loses nobody's lease: a plain
+                // refusal (1), not "lease lost" (3).
+                Err(e) if e.is_refused(Refusal::NoSuchLock) => {
+                    return Err(failed!("{e}; take it with `trex lock acquire {name}`"))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         LockCmd::Run {
             ep,

@@ -1,6 +1,7 @@
 //! `trex node storage|consensus|sequencer`: run one node in the foreground.
 
-use crate::error::CliError;
+use crate::common::check_endpoints;
+use crate::error::{usage, CliError};
 use clap::{Args, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use trex_net::util::{parse_duration, parse_size};
 use trex_net::LoopConfig;
 use trex_sequencer::{run_sequencer, SequencerOptions};
 use trex_unit::node::{run_storage, StorageOptions};
+use trex_unit::storage::mmap::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
@@ -127,6 +129,17 @@ pub fn run(cmd: NodeCmd) -> Result<(), CliError> {
 }
 
 fn storage(a: StorageArgs) -> Result<(), CliError> {
+    // The unit checks this too, but only after the registration thread could
+    // have announced it; and a bad flag is a usage error.
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&a.segment_size) {
+        return Err(usage!(
+            "--segment-size {} is out of range: choose between 64KiB and 2GiB",
+            a.segment_size
+        ));
+    }
+    if let Some(ep) = &a.endpoints {
+        check_endpoints(ep, "--endpoints")?;
+    }
     let opts = StorageOptions {
         listen: a.listen,
         data_dir: a.data_dir,
@@ -150,6 +163,15 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
 }
 
 fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
+    // Checked again by the sequencer; here so that it is a usage error.
+    if a.safety_gap >= a.ttl {
+        return Err(usage!(
+            "--safety-gap {:?} must be below --ttl {:?}",
+            a.safety_gap,
+            a.ttl
+        ));
+    }
+    check_endpoints(&a.endpoints, "--endpoints (or TREX_ENDPOINTS)")?;
     Ok(run_sequencer(&SequencerOptions {
         listen: a.listen,
         endpoints: a.endpoints,
@@ -163,6 +185,14 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
 }
 
 fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
+    // Checked again by the node; here so that it is a usage error.
+    let n = a.peers.len() as u64;
+    if a.id == 0 || a.id > n {
+        return Err(usage!(
+            "--id {} is not a position in --peers (1 to {n})",
+            a.id
+        ));
+    }
     Ok(run_consensus(&ConsensusOptions {
         id: a.id,
         listen: a.listen,

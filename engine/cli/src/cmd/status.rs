@@ -22,7 +22,7 @@ struct UnitRow {
 }
 
 pub fn run(a: ShowArgs) -> Result<(), CliError> {
-    let eps = resolve_endpoints(&a.ep);
+    let eps = resolve_endpoints(&a.ep)?;
     let log = Log::connect(&eps)?;
     let p = log.projection().clone();
     let mut c = ConsensusClient::new(&eps, a.ep.timeout)?;

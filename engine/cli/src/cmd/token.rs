@@ -1,5 +1,6 @@
 //! `trex token`: ask a sequencer for log addresses.
 
+use crate::common::check_address;
 use crate::error::{failed, CliError};
 use clap::Args;
 use std::time::Duration;
@@ -18,13 +19,12 @@ pub struct TokenArgs {
 
 pub fn run(a: TokenArgs) -> Result<(), CliError> {
     let TokenArgs { node, count } = a;
-    let mut c = UnitClient::connect(&node, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    let (_, body) = c
-        .call(trex_wire::Opcode::Token, 0, &|b| {
-            trex_wire::encode_token_request(b, count)
-        })
-        .map_err(|e| e.to_string())?;
-    match trex_wire::decode_token_reply(&body).map_err(|e| e.to_string())? {
+    check_address(&node, "the sequencer (--node)", "127.0.0.1:7410")?;
+    let mut c = UnitClient::connect(&node, Duration::from_secs(2))?;
+    let (_, body) = c.call(trex_wire::Opcode::Token, 0, &|b| {
+        trex_wire::encode_token_request(b, count)
+    })?;
+    match trex_wire::decode_token_reply(&body).map_err(|e| failed!("{e}"))? {
         TokenReply::Granted { epoch, first } => {
             println!("epoch {epoch} first {first} count {count}");
             Ok(())

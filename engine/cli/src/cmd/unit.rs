@@ -1,11 +1,11 @@
 //! `trex unit …`: talk directly to one storage unit (an operator's tool).
 
-use crate::common::{escape, Format};
+use crate::common::{check_address, escape, Format};
 use crate::error::{failed, usage, CliError};
 use clap::{Args, Subcommand};
 use std::io::{Read, Write};
 use std::time::Duration;
-use trex_net::unit_client::{ClientError, UnitApi, UnitClient};
+use trex_net::unit_client::{UnitApi, UnitClient};
 use trex_net::util::parse_duration;
 use trex_wire::{Status, WriteOp, INFO_IO_URING, INFO_POISONED, INFO_SYNC_NEVER};
 
@@ -85,12 +85,27 @@ enum UnitCmd {
 }
 
 pub fn run(u: UnitArgs) -> Result<(), CliError> {
-    let mut c = UnitClient::connect(&u.node, u.timeout).map_err(|e| e.to_string())?;
+    // Usage errors before any connection: they are the same whether or not
+    // the unit is up.
+    if let UnitCmd::Read {
+        raw: true, count, ..
+    } = u.cmd
+    {
+        if count != 1 {
+            return Err(usage!("--raw prints one entry; use --count 1"));
+        }
+    }
+    check_address(
+        &u.node,
+        "the storage unit (--node or TREX_NODE)",
+        "127.0.0.1:7420",
+    )?;
+    let mut c = UnitClient::connect(&u.node, u.timeout)?;
     c.cluster_id = u.cluster_id;
     let epoch = match (u.epoch, &u.cmd) {
         (Some(e), _) => e,
         (None, UnitCmd::Info { .. } | UnitCmd::Seal { .. }) => 0,
-        (None, _) => c.info().map_err(err)?.sealed_epoch,
+        (None, _) => c.info()?.sealed_epoch,
     };
     let not_ok = match u.cmd {
         UnitCmd::Write {
@@ -102,7 +117,7 @@ pub fn run(u: UnitArgs) -> Result<(), CliError> {
         UnitCmd::Read { addr, count, raw } => read(&mut c, epoch, addr, count, raw)?,
         UnitCmd::Fill { addr, count } => fill(&mut c, epoch, addr, count)?,
         UnitCmd::Trim { prefix } => {
-            let mark = c.trim(epoch, prefix).map_err(err)?;
+            let mark = c.trim(epoch, prefix)?;
             println!("trim mark {mark}");
             0
         }
@@ -113,10 +128,6 @@ pub fn run(u: UnitArgs) -> Result<(), CliError> {
         return Err(failed!("{not_ok} address(es) not ok"));
     }
     Ok(())
-}
-
-fn err(e: ClientError) -> String {
-    e.to_string()
 }
 
 fn write(
@@ -143,7 +154,7 @@ fn write(
         seq,
         data: &bytes,
     };
-    match c.write(epoch, &[op]).map_err(err)?[0] {
+    match c.write(epoch, &[op])?[0] {
         Status::Ok => println!(
             "{addr}\tok\twriter={writer}\tseq={seq}\tlen={}",
             bytes.len()
@@ -161,13 +172,10 @@ fn read(
     count: u32,
     raw: bool,
 ) -> Result<usize, CliError> {
-    if raw && count != 1 {
-        return Err(usage!("--raw prints one entry; use --count 1"));
-    }
     let mut not_ok = 0;
     let mut out = std::io::stdout().lock();
     for chunk in addresses(addr, count).chunks(4096) {
-        for item in c.read(epoch, chunk).map_err(err)? {
+        for item in c.read(epoch, chunk)? {
             if raw && item.status == Status::Ok {
                 out.write_all(&item.data).map_err(|e| e.to_string())?;
             } else if item.status == Status::Ok {
@@ -195,7 +203,7 @@ fn read(
 fn fill(c: &mut UnitClient, epoch: u64, addr: u64, count: u32) -> Result<usize, CliError> {
     let mut not_ok = 0;
     for chunk in addresses(addr, count).chunks(4096) {
-        for (a, s) in chunk.iter().zip(c.fill(epoch, chunk).map_err(err)?) {
+        for (a, s) in chunk.iter().zip(c.fill(epoch, chunk)?) {
             println!("{a}\t{s}");
             if s != Status::Ok {
                 not_ok += 1;
@@ -216,7 +224,7 @@ fn addresses(addr: u64, count: u32) -> Vec<u64> {
 }
 
 fn seal(c: &mut UnitClient, new: u64) -> Result<(), CliError> {
-    let s = c.seal(new).map_err(err)?;
+    let s = c.seal(new)?;
     if !s.sealed {
         return Err(failed!(
             "epoch {new} is not higher than the unit's sealed epoch {}; seal at {} or higher (tail {})",
@@ -230,7 +238,7 @@ fn seal(c: &mut UnitClient, new: u64) -> Result<(), CliError> {
 }
 
 fn info(c: &mut UnitClient, node: &str, format: Format) -> Result<(), CliError> {
-    let i = c.info().map_err(err)?;
+    let i = c.info()?;
     let sync = if i.flags & INFO_SYNC_NEVER != 0 {
         "never"
     } else if i.flags & INFO_IO_URING != 0 {

@@ -2,7 +2,7 @@
 //! process running the same `trex node …` code a bare-metal deployment runs.
 
 use super::node::SyncMode;
-use crate::error::{failed, CliError};
+use crate::error::{failed, usage, CliError};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -131,23 +131,12 @@ fn stop_all(nodes: &mut [Node]) {
 
 /// Starts the cluster, waits until it serves, and runs until SIGINT/SIGTERM.
 pub fn run(o: UpArgs) -> Result<(), CliError> {
+    check(&o)?;
     let set =
         trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
     let logs = o.data_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
-    if o.consensus == 0
-        || o.consensus > 9
-        || o.sequencers == 0
-        || o.sequencers > 9
-        || o.units > 80
-        || o.base_port > 65_535 - 100
-    {
-        return Err(failed!(
-            "--consensus 1..9, --sequencers 1..9, --units up to 80 and --base-port up to 65435 (it uses the 100 ports from there); got {}, {}, {}, {}",
-            o.consensus, o.sequencers, o.units, o.base_port
-        ));
-    }
     let mut cluster = Cluster {
         o: &o,
         exe,
@@ -187,6 +176,30 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
         "stopped; data kept in {} (run `trex up` again to reuse it)",
         o.data_dir.display()
     );
+    Ok(())
+}
+
+/// Usage errors, found before anything is created or started.
+fn check(o: &UpArgs) -> Result<(), CliError> {
+    if o.consensus == 0
+        || o.consensus > 9
+        || o.sequencers == 0
+        || o.sequencers > 9
+        || o.units > 80
+        || o.base_port > 65_535 - 100
+    {
+        return Err(usage!(
+            "--consensus 1..9, --sequencers 1..9, --units up to 80 and --base-port up to 65435 (it uses the 100 ports from there); got {}, {}, {}, {}",
+            o.consensus, o.sequencers, o.units, o.base_port
+        ));
+    }
+    if o.stripes == 0 || o.replicas == 0 {
+        return Err(usage!(
+            "--stripes and --replicas must be at least 1; got {} and {}",
+            o.stripes,
+            o.replicas
+        ));
+    }
     Ok(())
 }
 
