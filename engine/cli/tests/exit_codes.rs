@@ -240,6 +240,23 @@ fn refusals_exit_1_and_lost_leases_exit_3() {
     let r = lock(3, &["renew", "jobs", "--token", &t]);
     assert!(r.stderr.contains("acquire it again"), "{}", r.stderr);
     lock(0, &["show", "jobs"]);
+    // A command that cannot start: refused, and the lock is free again at once.
+    let run = [
+        "lock",
+        "run",
+        "jobs",
+        "--endpoints",
+        &eps,
+        "--",
+        "/nonexistent/command",
+    ];
+    let r = expect(d, 1, &run);
+    assert!(
+        r.stderr.contains("cannot run /nonexistent/command"),
+        "{}",
+        r.stderr
+    );
+    lock(0, &["acquire", "jobs", "--holder", "carol"]);
 
     // The layout: refused without enough storage units, installed once there
     // is one, refused when asked again.

@@ -161,12 +161,20 @@ fn lock_run(
         lease.token,
         command.join(" ")
     );
-    let mut child = std::process::Command::new(&command[0])
+    let spawned = std::process::Command::new(&command[0])
         .args(&command[1..])
         .env("TREX_LOCK_NAME", name)
         .env("TREX_LOCK_TOKEN", lease.token.to_string())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            // Nothing ran under the lock: give it back now rather than make
+            // the next holder wait out the TTL. If that fails, it expires.
+            let _ = c.release(name, lease.token);
+            return Err(failed!("cannot run {}: {e}", command[0]));
+        }
+    };
     let (status, lost) = supervise(&mut c, &mut child, name, lease.token, ttl)?;
     if let Some(e) = lost {
         eprintln!(
