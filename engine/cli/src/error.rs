@@ -7,6 +7,10 @@
 //! | 2 | usage: bad arguments or configuration (clap's own errors use 2 as well) |
 //! | 3 | a lock's lease was lost (`trex lock run`, `trex lock renew`, `trex lock release`) |
 //! | 4 | the cluster or a node did not answer in time: the outcome is unknown; retry |
+//!
+//! Once its command ran, `trex lock run` exits with the command's exit code.
+//! [`EXIT_CODES`] says the same in `trex --help`; scripts branch on these codes,
+//! so a code never changes meaning.
 
 use std::process::ExitCode;
 use thiserror::Error;
@@ -14,6 +18,18 @@ use trex_consensus::ConsensusError;
 use trex_log::LogError;
 use trex_net::unit_client::ClientError;
 use trex_sequencer::SequencerError;
+use trex_wire::ops::Refusal;
+
+/// The exit codes as `trex --help` lists them (the table above, for people
+/// at a terminal).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  the operation failed or was refused (the message says why and what to do)
+  2  usage: bad arguments or configuration
+  3  a lock's lease was lost (trex lock run, trex lock renew, trex lock release)
+  4  the cluster or a node did not answer in time: the outcome is unknown; retry
+Once its command ran, trex lock run exits with the command's exit code.";
 
 /// A failed command: what to print, and which exit code it maps to.
 #[derive(Debug, Error)]
@@ -67,6 +83,11 @@ impl From<ConsensusError> for CliError {
         let text = e.to_string();
         match e {
             ConsensusError::Refused(r) if r.code.lease_lost() => CliError::LeaseLost(text),
+            // A field out of range (a TTL of 0, an empty lock name): the
+            // command line has to change, so it is a usage error.
+            ConsensusError::Refused(r) if r.code == Refusal::InvalidArgument => {
+                CliError::Usage(text)
+            }
             ConsensusError::Refused(_) | ConsensusError::Protocol(_) => CliError::Failed(text),
             ConsensusError::Unavailable { .. } | ConsensusError::Unreachable { .. } => {
                 CliError::Unavailable(text)
@@ -124,3 +145,23 @@ macro_rules! usage {
     };
 }
 pub(crate) use usage;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_lists_every_exit_code() {
+        let errors = [
+            CliError::Failed(String::new()),
+            CliError::Usage(String::new()),
+            CliError::LeaseLost(String::new()),
+            CliError::Unavailable(String::new()),
+        ];
+        for e in &errors {
+            let line = format!("\n  {}  ", e.exit_code());
+            assert!(EXIT_CODES.contains(&line), "{e:?} missing: {EXIT_CODES}");
+        }
+        assert!(EXIT_CODES.contains("\n  0  done"));
+    }
+}

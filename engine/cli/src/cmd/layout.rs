@@ -1,0 +1,91 @@
+//! `trex layout show|init`: the layout (projections).
+
+use crate::common::{consensus_client, print_projection, Endpoints, Format, ShowArgs};
+use crate::error::{failed, usage, CliError};
+use clap::Subcommand;
+use trex_consensus::client::Submit;
+use trex_consensus::sm::{decode_projection, Op, Projection};
+
+#[derive(Subcommand)]
+pub enum LayoutCmd {
+    /// Show the current projection.
+    Show(ShowArgs),
+    /// Install the first projection from the registered storage units.
+    Init {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Stripes.
+        #[arg(long, default_value_t = 2)]
+        stripes: u32,
+        /// Replicas per stripe (chain length).
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+    },
+}
+
+pub fn run(cmd: LayoutCmd) -> Result<(), CliError> {
+    match cmd {
+        LayoutCmd::Show(a) => show(a),
+        LayoutCmd::Init {
+            ep,
+            stripes,
+            replicas,
+        } => init(&ep, stripes, replicas),
+    }
+}
+
+fn show(a: ShowArgs) -> Result<(), CliError> {
+    let (n, p) = consensus_client(&a.ep)?.layout()?;
+    let Some(p) = p else {
+        return Err("no layout is installed yet; bootstrap one with `trex layout init --stripes 2 --replicas 2`".into());
+    };
+    match a.format {
+        Format::Json => println!("{}", json(&p, n)),
+        Format::Table => {
+            print_projection(&p);
+            println!("history    {n} projections");
+        }
+    }
+    Ok(())
+}
+
+/// The projection and the number of projections ever installed, as JSON.
+fn json(p: &Projection, history: u64) -> String {
+    let segs: Vec<String> = p
+        .segments
+        .iter()
+        .map(|s| {
+            let stripes: Vec<String> = s.stripes.iter().map(|c| format!("{c:?}")).collect();
+            let end = if s.end == u64::MAX {
+                "null".to_string()
+            } else {
+                s.end.to_string()
+            };
+            format!(
+                "{{\"start\":{},\"end\":{end},\"stripes\":[{}]}}",
+                s.start,
+                stripes.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"epoch\":{},\"sequencer\":{},\"history\":{history},\"segments\":[{}]}}",
+        p.epoch,
+        p.sequencer,
+        segs.join(",")
+    )
+}
+
+fn init(ep: &Endpoints, stripes: u32, replicas: u32) -> Result<(), CliError> {
+    if stripes == 0 || replicas == 0 {
+        return Err(usage!(
+            "--stripes and --replicas must be at least 1; got {stripes} and {replicas}"
+        ));
+    }
+    let mut c = consensus_client(ep)?;
+    let b = c.submit_ok(&Op::InitLayout { stripes, replicas })?;
+    let p = decode_projection(&mut trex_wire::Reader::new(&b))
+        .map_err(|e| failed!("bad layout from the consensus group: {e}"))?;
+    print_projection(&p);
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! `trex repair`: restore replication with empty spare units.
+
+use crate::common::{resolve_endpoints, Endpoints};
+use crate::error::{usage, CliError};
+use clap::Args;
+use trex_log::Log;
+
+#[derive(Args)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    ep: Endpoints,
+    /// Replicas every chain should have (default: as many as the longest
+    /// chain has now).
+    #[arg(long)]
+    replicas: Option<usize>,
+}
+
+pub fn run(a: RepairArgs) -> Result<(), CliError> {
+    if a.replicas == Some(0) {
+        return Err(usage!("--replicas must be at least 1"));
+    }
+    let mut log = Log::connect(&resolve_endpoints(&a.ep)?)?;
+    let r = log.repair(a.replicas, &mut |line| eprintln!("{line}"))?;
+    if r.joined.is_empty() {
+        println!(
+            "nothing to repair: every chain is complete (layout epoch {})",
+            r.epoch
+        );
+        return Ok(());
+    }
+    let joined: Vec<String> = r
+        .joined
+        .iter()
+        .map(|(s, u)| format!("unit {u} -> stripe {s}"))
+        .collect();
+    println!(
+        "repaired: {}; {} entries and {} holes copied, {} already there; layout epoch {}",
+        joined.join(", "),
+        r.copied,
+        r.holes,
+        r.present,
+        r.epoch
+    );
+    Ok(())
+}

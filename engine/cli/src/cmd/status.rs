@@ -1,0 +1,129 @@
+//! `trex status`: the cluster at a glance (layout, sequencer lease, units).
+
+use crate::common::{print_projection, resolve_endpoints, unix_ms, Format, ShowArgs};
+use crate::error::CliError;
+use std::collections::BTreeSet;
+use trex_consensus::client::{ConsensusClient, Submit};
+use trex_consensus::lock::{Lease, LockClient};
+use trex_consensus::sm::{Projection, Role};
+use trex_log::Log;
+use trex_net::unit_client::{UnitApi, UnitClient};
+use trex_wire::consensus::NodeId;
+use trex_wire::{InfoReply, INFO_POISONED};
+
+/// A registered storage unit as the table shows it.
+struct UnitRow {
+    id: NodeId,
+    addr: String,
+    info: Result<InfoReply, String>,
+    /// "chain" (in the layout), "spare" (empty and healthy: `trex repair`
+    /// can use it) or "out".
+    role: &'static str,
+}
+
+pub fn run(a: ShowArgs) -> Result<(), CliError> {
+    let eps = resolve_endpoints(&a.ep)?;
+    let log = Log::connect(&eps)?;
+    let p = log.projection().clone();
+    let mut c = ConsensusClient::new(&eps, a.ep.timeout)?;
+    let members = c.members()?;
+    let lease = LockClient::new(ConsensusClient::new(&eps, a.ep.timeout)?)
+        .get(trex_sequencer::SEQUENCER_LOCK)
+        .ok();
+    let in_layout: BTreeSet<NodeId> = p
+        .segments
+        .iter()
+        .flat_map(|s| s.stripes.iter().flatten().copied())
+        .collect();
+    let mut units = Vec::new();
+    for (id, m) in members.iter().filter(|(_, m)| m.role == Role::Storage) {
+        let info = UnitClient::connect(&m.addr, a.ep.timeout)
+            .and_then(|mut u| u.info())
+            .map_err(|e| e.to_string());
+        let role = match &info {
+            _ if in_layout.contains(id) => "chain",
+            Ok(i) if i.tail == 0 && i.trim_mark == 0 && i.flags & INFO_POISONED == 0 => "spare",
+            _ => "out",
+        };
+        units.push(UnitRow {
+            id: *id,
+            addr: m.addr.clone(),
+            info,
+            role,
+        });
+    }
+    // Those in a chain first, then the others.
+    units.sort_by_key(|u| (u.role != "chain", u.id));
+    match a.format {
+        Format::Json => print_json(&p, lease.as_ref(), &units),
+        Format::Table => print_table(&p, lease.as_ref(), &units),
+    }
+    Ok(())
+}
+
+fn print_json(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
+    let us: Vec<String> = units
+        .iter()
+        .map(|UnitRow { id, addr, info, role }| match info {
+            Ok(i) => format!(
+                "{{\"id\":{id},\"addr\":\"{addr}\",\"role\":\"{role}\",\"tail\":{},\"trim_mark\":{},\"sealed_epoch\":{},\"healthy\":{}}}",
+                i.tail, i.trim_mark, i.sealed_epoch, i.flags & INFO_POISONED == 0
+            ),
+            Err(e) => format!("{{\"id\":{id},\"addr\":\"{addr}\",\"role\":\"{role}\",\"healthy\":false,\"error\":{e:?}}}"),
+        })
+        .collect();
+    let l = lease.map_or("null".to_string(), |l| {
+        format!(
+            "{{\"holder\":{:?},\"token\":{},\"expire_ms\":{}}}",
+            l.holder,
+            l.token,
+            l.expire_time_unsafe()
+        )
+    });
+    println!(
+        "{{\"epoch\":{},\"sequencer\":{},\"sequencer_lease\":{l},\"units\":[{}]}}",
+        p.epoch,
+        p.sequencer,
+        us.join(",")
+    );
+}
+
+fn print_table(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
+    print_projection(p);
+    match lease {
+        Some(l) if l.released => println!("lease      {} (token {}), released", l.holder, l.token),
+        Some(l) => println!(
+            "lease      {} (token {}), expires in {:.1}s",
+            l.holder,
+            l.token,
+            (l.expire_time_unsafe() as i64 - unix_ms() as i64) as f64 / 1000.0
+        ),
+        None => println!("lease      none"),
+    }
+    println!(
+        "{:<8}{:<7}{:<22}{:<10}{:<10}{:<8}HEALTH",
+        "UNIT", "ROLE", "ADDRESS", "TAIL", "TRIM", "EPOCH"
+    );
+    for UnitRow {
+        id,
+        addr,
+        info,
+        role,
+    } in units
+    {
+        match info {
+            Ok(i) => println!(
+                "{id:<8}{role:<7}{addr:<22}{:<10}{:<10}{:<8}{}",
+                i.tail,
+                i.trim_mark,
+                i.sealed_epoch,
+                if i.flags & INFO_POISONED != 0 {
+                    "poisoned"
+                } else {
+                    "ok"
+                }
+            ),
+            Err(e) => println!("{id:<8}{role:<7}{addr:<22}unreachable: {e}"),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `trex token`: ask a sequencer for log addresses.
+
+use crate::common::check_address;
+use crate::error::{failed, CliError};
+use clap::Args;
+use std::time::Duration;
+use trex_net::unit_client::{UnitApi, UnitClient};
+use trex_wire::TokenReply;
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The sequencer, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7410")]
+    node: String,
+    /// How many addresses.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+}
+
+pub fn run(a: TokenArgs) -> Result<(), CliError> {
+    let TokenArgs { node, count } = a;
+    check_address(&node, "the sequencer (--node)", "127.0.0.1:7410")?;
+    let mut c = UnitClient::connect(&node, Duration::from_secs(2))?;
+    let (_, body) = c.call(trex_wire::Opcode::Token, 0, &|b| {
+        trex_wire::encode_token_request(b, count)
+    })?;
+    match trex_wire::decode_token_reply(&body).map_err(|e| failed!("{e}"))? {
+        TokenReply::Granted { epoch, first } => {
+            println!("epoch {epoch} first {first} count {count}");
+            Ok(())
+        }
+        TokenReply::NotSequencer { hint } if hint.is_empty() => Err(failed!(
+            "{node} is not the active sequencer and knows of none; is a layout installed?"
+        )),
+        TokenReply::NotSequencer { hint } => {
+            Err(failed!("{node} is not the active sequencer; ask {hint}"))
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! `trex up`: a whole local cluster with one command. Every node is its own
+//! process running the same `trex node …` code a bare-metal deployment runs.
+
+use super::node::SyncMode;
+use crate::error::{failed, usage, CliError};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use trex_consensus::client::{ConsensusClient, Submit};
+use trex_consensus::sm::{Op, Role};
+use trex_net::unit_client::UnitApi;
+use trex_net::util::parse_duration;
+
+/// Prints a line to standard output, ignoring a closed pipe (the caller may
+/// stop reading once the cluster is up).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// What to start.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Data directory of every node (reused when run again).
+    #[arg(long, default_value = "./trex-data")]
+    data_dir: PathBuf,
+    /// Consensus nodes listen from this port, sequencers from +10, units from +20.
+    #[arg(long, default_value_t = 7400)]
+    base_port: u16,
+    /// Consensus nodes.
+    #[arg(long, default_value_t = 3)]
+    consensus: u16,
+    /// Sequencers.
+    #[arg(long, default_value_t = 2)]
+    sequencers: u16,
+    /// Storage units.
+    #[arg(long, default_value_t = 4)]
+    units: u16,
+    /// Stripes of the first layout.
+    #[arg(long, default_value_t = 2)]
+    stripes: u32,
+    /// Replicas per stripe.
+    #[arg(long, default_value_t = 2)]
+    replicas: u32,
+    /// Storage units' sync mode (`never` for benchmarks only).
+    #[arg(long, value_enum, default_value = "always")]
+    sync: SyncMode,
+    /// Let the active sequencer repair this often (`trex node sequencer
+    /// --repair-every`): units that stop answering are replaced by spares
+    /// (start some with --units above stripes x replicas).
+    #[arg(long, value_parser = parse_duration)]
+    repair_every: Option<Duration>,
+}
+
+struct Node {
+    name: String,
+    child: Child,
+}
+
+fn spawn(exe: &Path, name: &str, logs: &Path, args: &[String]) -> Result<Node, CliError> {
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))
+        .map_err(|e| format!("cannot create the log of {name}: {e}"))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    Ok(Node {
+        name: name.to_string(),
+        child,
+    })
+}
+
+/// A shutdown signal taken while starting up, if one is pending (they are
+/// blocked, so they wait for us).
+fn interrupted(set: &libc::sigset_t) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
+    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (r > 0).then_some(r)
+}
+
+fn wait_for(
+    what: &str,
+    within: Duration,
+    set: &libc::sigset_t,
+    mut ok: impl FnMut() -> bool,
+) -> Result<(), CliError> {
+    let t0 = Instant::now();
+    while !ok() {
+        if let Some(sig) = interrupted(set) {
+            return Err(failed!(
+                "interrupted by signal {sig} while waiting for {what}; stopping what was started"
+            ));
+        }
+        if t0.elapsed() > within {
+            return Err(failed!(
+                "{what} did not happen within {within:?}; see the logs"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn stop_all(nodes: &mut [Node]) {
+    for n in nodes.iter() {
+        // SAFETY: signalling our own children.
+        unsafe { libc::kill(n.child.id() as i32, libc::SIGTERM) };
+    }
+    let t0 = Instant::now();
+    for n in nodes.iter_mut() {
+        while n.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if n.child.try_wait().ok().flatten().is_none() {
+            let _ = n.child.kill();
+        }
+        let _ = n.child.wait();
+    }
+}
+
+/// Starts the cluster, waits until it serves, and runs until SIGINT/SIGTERM.
+pub fn run(o: UpArgs) -> Result<(), CliError> {
+    check(&o)?;
+    let set =
+        trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
+    let logs = o.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let mut cluster = Cluster {
+        o: &o,
+        exe,
+        logs,
+        set,
+        consensus: (0..o.consensus)
+            .map(|i| format!("127.0.0.1:{}", o.base_port + i))
+            .collect(),
+        nodes: Vec::new(),
+    };
+    if let Err(e) = cluster.start() {
+        stop_all(&mut cluster.nodes);
+        return Err(failed!("{e} (logs in {})", cluster.logs.display()));
+    }
+    let eps = cluster.endpoints();
+    let ep_file = o.data_dir.join("endpoints");
+    if let Err(e) = std::fs::write(&ep_file, format!("{eps}\n")) {
+        stop_all(&mut cluster.nodes);
+        return Err(failed!(
+            "cannot write {}: {e}; the cluster was stopped",
+            ep_file.display()
+        ));
+    }
+    say!(
+        "trex cluster is up; consensus endpoints: {eps} (also in {})",
+        ep_file.display()
+    );
+    say!("try, in another terminal:  echo hello | trex append -  &&  trex tail --follow");
+    say!("logs in {}; stop with Ctrl-C", cluster.logs.display());
+    let sig = cluster.watch();
+    eprintln!(
+        "received signal {sig}; stopping {} nodes",
+        cluster.nodes.len()
+    );
+    stop_all(&mut cluster.nodes);
+    eprintln!(
+        "stopped; data kept in {} (run `trex up` again to reuse it)",
+        o.data_dir.display()
+    );
+    Ok(())
+}
+
+/// Usage errors, found before anything is created or started.
+fn check(o: &UpArgs) -> Result<(), CliError> {
+    if o.consensus == 0
+        || o.consensus > 9
+        || o.sequencers == 0
+        || o.sequencers > 9
+        || o.units > 80
+        || o.base_port > 65_535 - 100
+    {
+        return Err(usage!(
+            "--consensus 1..9, --sequencers 1..9, --units up to 80 and --base-port up to 65435 (it uses the 100 ports from there); got {}, {}, {}, {}",
+            o.consensus, o.sequencers, o.units, o.base_port
+        ));
+    }
+    if o.stripes == 0 || o.replicas == 0 {
+        return Err(usage!(
+            "--stripes and --replicas must be at least 1; got {} and {}",
+            o.stripes,
+            o.replicas
+        ));
+    }
+    Ok(())
+}
+
+/// What `trex up` started, and what it needs to start more.
+struct Cluster<'a> {
+    o: &'a UpArgs,
+    /// This `trex` binary: every node runs it.
+    exe: PathBuf,
+    /// One log file per node.
+    logs: PathBuf,
+    /// SIGINT and SIGTERM, blocked: taken with sigtimedwait while starting
+    /// (to stop what was started) and while running (to stop everything).
+    set: libc::sigset_t,
+    /// The consensus nodes' addresses, in id order.
+    consensus: Vec<String>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster<'_> {
+    /// 127.0.0.1 and the port `off` above --base-port.
+    fn port(&self, off: u16) -> String {
+        format!("127.0.0.1:{}", self.o.base_port + off)
+    }
+
+    /// The consensus nodes, comma-separated (what `--endpoints` takes).
+    fn endpoints(&self) -> String {
+        self.consensus.join(",")
+    }
+
+    fn spawn(&mut self, name: &str, args: &[String]) -> Result<(), CliError> {
+        let node = spawn(&self.exe, name, &self.logs, args)?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Starts every node in dependency order, each kind once the previous one
+    /// serves, and installs the first layout if there is none.
+    fn start(&mut self) -> Result<(), CliError> {
+        self.start_consensus()?;
+        let mut c = self.start_units()?;
+        let epoch0 = self.install_layout(&mut c)?;
+        self.start_sequencers(&mut c, epoch0)
+    }
+
+    fn start_consensus(&mut self) -> Result<(), CliError> {
+        let eps = self.endpoints();
+        for (i, addr) in self.consensus.clone().into_iter().enumerate() {
+            let dir = self.o.data_dir.join(format!("consensus-{}", i + 1));
+            let args = vec![
+                "node".into(),
+                "consensus".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                addr,
+                "--peers".into(),
+                eps.clone(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+            ];
+            self.spawn(&format!("consensus-{}", i + 1), &args)?;
+        }
+        eprintln!("started {} consensus nodes on {eps}", self.o.consensus);
+        wait_for(
+            "a consensus leader",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                self.consensus.iter().any(|a| {
+                    ConsensusClient::node_status(a, Duration::from_millis(300))
+                        .is_ok_and(|s| s.leading)
+                })
+            },
+        )
+    }
+
+    /// Starts the storage units; returns a client of the consensus group once
+    /// every unit is registered and answers.
+    fn start_units(&mut self) -> Result<ConsensusClient, CliError> {
+        let o = self.o;
+        let eps = self.endpoints();
+        let sync = if o.sync == SyncMode::Never {
+            "never"
+        } else {
+            "always"
+        };
+        for i in 0..o.units {
+            let dir = o.data_dir.join(format!("unit-{}", i + 1));
+            let args = vec![
+                "node".into(),
+                "storage".into(),
+                "--listen".into(),
+                self.port(20 + i),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--endpoints".into(),
+                eps.clone(),
+                "--sync".into(),
+                sync.into(),
+            ];
+            self.spawn(&format!("unit-{}", i + 1), &args)?;
+        }
+        let mut c = ConsensusClient::new(&eps, Duration::from_secs(2))?;
+        wait_for(
+            "storage unit registration",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                c.members().is_ok_and(|m| {
+                    m.values().filter(|m| m.role == Role::Storage).count() >= o.units as usize
+                })
+            },
+        )?;
+        // Registrations survive restarts: also wait until every unit answers.
+        wait_for(
+            "storage units answering",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                (0..o.units).all(|i| {
+                    trex_net::unit_client::UnitClient::connect(
+                        &self.port(20 + i),
+                        Duration::from_millis(300),
+                    )
+                    .and_then(|mut u| u.info())
+                    .is_ok()
+                })
+            },
+        )?;
+        eprintln!(
+            "started {} storage units on {}..{}",
+            o.units,
+            self.port(20),
+            self.port(20 + o.units.saturating_sub(1))
+        );
+        Ok(c)
+    }
+
+    /// Installs the first layout unless one is (a data directory used
+    /// before); returns the current layout's epoch.
+    fn install_layout(&self, c: &mut ConsensusClient) -> Result<u64, CliError> {
+        if c.layout()?.1.is_none() {
+            c.submit_ok(&Op::InitLayout {
+                stripes: self.o.stripes,
+                replicas: self.o.replicas,
+            })?;
+            eprintln!(
+                "installed the first layout: {} stripes x {} replicas",
+                self.o.stripes, self.o.replicas
+            );
+        }
+        Ok(c.layout()?.1.map_or(0, |p| p.epoch))
+    }
+
+    /// Starts the sequencers and waits until one of them took over from
+    /// layout epoch `epoch0`.
+    fn start_sequencers(&mut self, c: &mut ConsensusClient, epoch0: u64) -> Result<(), CliError> {
+        let o = self.o;
+        for i in 0..o.sequencers {
+            let mut args = vec![
+                "node".into(),
+                "sequencer".into(),
+                "--listen".into(),
+                self.port(10 + i),
+                "--endpoints".into(),
+                self.endpoints(),
+            ];
+            if let Some(d) = o.repair_every {
+                args.push("--repair-every".into());
+                args.push(format!("{}ms", d.as_millis().max(1)));
+                args.push("--replicas".into());
+                args.push(o.replicas.to_string());
+            }
+            self.spawn(&format!("sequencer-{}", i + 1), &args)?;
+        }
+        // Ready once a sequencer of this run has taken over (a newer layout naming
+        // it); asking for a token here would burn an address into a hole.
+        wait_for(
+            "a sequencer taking over",
+            Duration::from_secs(30),
+            &self.set,
+            || {
+                c.layout()
+                    .is_ok_and(|(_, p)| p.is_some_and(|p| p.sequencer != 0 && p.epoch > epoch0))
+            },
+        )?;
+        eprintln!(
+            "started {} sequencers on {}..{}",
+            o.sequencers,
+            self.port(10),
+            self.port(10 + o.sequencers.saturating_sub(1))
+        );
+        Ok(())
+    }
+
+    /// Waits for SIGINT/SIGTERM (blocked, so sigtimedwait takes it), warning
+    /// about nodes that exit meanwhile; returns the signal.
+    fn watch(&mut self) -> i32 {
+        loop {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 500_000_000,
+            };
+            // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
+            let r = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if r > 0 {
+                return r;
+            }
+            for n in self.nodes.iter_mut() {
+                if let Ok(Some(st)) = n.child.try_wait() {
+                    eprintln!(
+                        "warning: {} exited ({st}); see {}",
+                        n.name,
+                        self.logs.join(format!("{}.log", n.name)).display()
+                    );
+                }
+            }
+            self.nodes
+                .retain_mut(|n| n.child.try_wait().ok().flatten().is_none());
+        }
+    }
+}
