@@ -22,6 +22,8 @@ IC="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:2380
 rm -rf "$DIR" && mkdir -p "$DIR/results"
 stop_all() {
   pkill -f "trex node .*--data-dir $DIR" 2>/dev/null || true
+  # The sequencer has no data directory: stop it by its address.
+  pkill -f "trex node sequencer --listen 127.0.0.1:7480" 2>/dev/null || true
   pkill -f "etcd --name e[123] --data-dir $DIR" 2>/dev/null || true
   redis-cli -p 6399 shutdown nosave >/dev/null 2>&1 || true
   sleep 0.5

@@ -17,6 +17,9 @@ pub struct Endpoints {
     /// How long to wait for one reply.
     #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// The cluster id every frame carries (the servers' `--cluster-id`).
+    #[arg(long, global = true, env = "TREX_CLUSTER_ID", default_value_t = 0)]
+    pub cluster_id: u32,
 }
 
 #[derive(Args)]
@@ -99,7 +102,7 @@ fn is_host_port(s: &str) -> bool {
 
 /// A client of the consensus nodes `ep` names.
 pub fn consensus_client(ep: &Endpoints) -> Result<ConsensusClient, CliError> {
-    Ok(ConsensusClient::new(&resolve_endpoints(ep)?, ep.timeout)?)
+    Ok(ConsensusClient::new(&resolve_endpoints(ep)?, ep.timeout)?.with_cluster_id(ep.cluster_id))
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -102,6 +102,7 @@ impl From<ClientError> for CliError {
         let text = e.to_string();
         match e {
             ClientError::Io(_) | ClientError::Timeout { .. } => CliError::Unavailable(text),
+            ClientError::Address(_) => CliError::Usage(text),
             ClientError::Server { .. } | ClientError::Protocol(_) => CliError::Failed(text),
         }
     }
@@ -111,10 +112,6 @@ impl From<LogError> for CliError {
     fn from(e: LogError) -> CliError {
         match e {
             LogError::Consensus(c) => c.into(),
-            LogError::Unit { unit, source } => match CliError::from(source) {
-                CliError::Unavailable(t) => CliError::Unavailable(format!("unit {unit}: {t}")),
-                other => CliError::Failed(format!("unit {unit}: {other}")),
-            },
             LogError::Failed(t) => CliError::Failed(t),
         }
     }

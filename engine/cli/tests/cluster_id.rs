@@ -212,4 +212,33 @@ fn sequencer_and_consensus_nodes_refuse_a_foreign_cluster_and_serve_their_own() 
     assert!(!h.is_error() && !closed, "{h:?}");
     assert_eq!((h.request_id, h.cluster_id), (22, CLUSTER));
     wire::decode_token_reply(&body).unwrap();
+
+    // The command line talks to cluster 7 when told to, and says what to do
+    // (at once, exit 2) when not.
+    let trex = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(args)
+            .args(["--endpoints", &peers, "--timeout", "1s"])
+            .output()
+            .expect("run trex");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = trex(&["members", "--cluster-id", &cluster]);
+    assert_eq!(code, Some(0), "{err}");
+    let t0 = Instant::now();
+    let (code, err) = trex(&["members"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("wrong-cluster") && err.contains("--cluster-id"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "refused at once, not after retries"
+    );
+    let (code, err) = trex(&["endpoint", "status", "--cluster-id", &cluster]);
+    assert_eq!(code, Some(0), "{err}");
 }

@@ -36,14 +36,43 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Why one call to one node failed.
+enum CallError {
+    /// The node belongs to another cluster (`wrong-cluster`): no retry helps.
+    WrongCluster(String),
+    /// Anything else (no connection, no reply, a refusal): try again or elsewhere.
+    Failed(String),
+}
+
+impl From<String> for CallError {
+    fn from(s: String) -> CallError {
+        CallError::Failed(s)
+    }
+}
+
+impl CallError {
+    fn into_consensus(self, addr: &str) -> ConsensusError {
+        match self {
+            CallError::WrongCluster(t) => ConsensusError::Config(format!(
+                "{t}; pass the cluster's id with --cluster-id (or TREX_CLUSTER_ID)"
+            )),
+            CallError::Failed(reason) => ConsensusError::Unreachable {
+                addr: addr.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
 fn one_call(
     addr: &str,
     op: Opcode,
     body: &[u8],
     timeout: Duration,
-) -> Result<(Header, Vec<u8>), String> {
+    cluster_id: u32,
+) -> Result<(Header, Vec<u8>), CallError> {
     let mut s = connect(addr, timeout)?;
-    call_on(&mut s, addr, op, body, 0)
+    call_on(&mut s, addr, op, body, cluster_id)
 }
 
 fn call_on(
@@ -52,7 +81,7 @@ fn call_on(
     op: Opcode,
     body: &[u8],
     cluster_id: u32,
-) -> Result<(Header, Vec<u8>), String> {
+) -> Result<(Header, Vec<u8>), CallError> {
     let mut f = Vec::new();
     let st = begin_frame(&mut f);
     f.extend_from_slice(body);
@@ -73,8 +102,16 @@ fn call_on(
     })?;
     if h.is_error() {
         let e = trex_wire::decode_error(&b).map_err(|e| e.to_string())?;
-        let name = ErrorCode::from_u16(e.code).map_or("error", ErrorCode::name);
-        return Err(format!("{addr}: {name}: {}", e.message));
+        let code = ErrorCode::from_u16(e.code);
+        let text = format!(
+            "{addr}: {}: {}",
+            code.map_or("error", ErrorCode::name),
+            e.message
+        );
+        return Err(match code {
+            Some(ErrorCode::WrongCluster) => CallError::WrongCluster(text),
+            _ => CallError::Failed(text),
+        });
     }
     Ok((h, b))
 }
@@ -154,7 +191,10 @@ impl ConsensusClient {
                     }
                     SubmitReply::Timeout => last_err = format!("{addr} could not commit in time"),
                 },
-                Err(e) => {
+                Err(CallError::WrongCluster(t)) => {
+                    return Err(CallError::WrongCluster(t).into_consensus(&addr));
+                }
+                Err(CallError::Failed(e)) => {
                     last_err = e;
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -168,7 +208,7 @@ impl ConsensusClient {
     }
 
     /// Calls `addr` over the kept connection, opening one if needed.
-    fn call_kept(&mut self, addr: &str, body: &[u8]) -> Result<(Header, Vec<u8>), String> {
+    fn call_kept(&mut self, addr: &str, body: &[u8]) -> Result<(Header, Vec<u8>), CallError> {
         let mut conn = match self.conn.take() {
             Some((a, s)) if a == addr => s,
             _ => connect(addr, self.timeout)?,
@@ -183,12 +223,17 @@ impl ConsensusClient {
     /// One node's status (not through the log), asked as cluster 0 (the
     /// default; a node of another cluster refuses with `wrong-cluster`).
     pub fn node_status(addr: &str, timeout: Duration) -> Result<cw::NodeStatus, ConsensusError> {
-        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout).map_err(|reason| {
-            ConsensusError::Unreachable {
-                addr: addr.to_string(),
-                reason,
-            }
-        })?;
+        ConsensusClient::node_status_in(addr, timeout, 0)
+    }
+
+    /// One node's status, asked as cluster `cluster_id`.
+    pub fn node_status_in(
+        addr: &str,
+        timeout: Duration,
+        cluster_id: u32,
+    ) -> Result<cw::NodeStatus, ConsensusError> {
+        let (_, b) = one_call(addr, Opcode::NodeStatus, &[], timeout, cluster_id)
+            .map_err(|e| e.into_consensus(addr))?;
         cw::decode_node_status(&b).map_err(|e| ConsensusError::Protocol(format!("{addr}: {e}")))
     }
 }

@@ -205,7 +205,7 @@ impl ConsensusService {
             if let Err(e) = self.driver.step(ready, &mut self.io) {
                 // The promises of this step cannot be kept: stop rather than lie.
                 trex_net::log_line!("ERROR", "journal write failed: {e}; stopping the node (restart it to recover from its journal)");
-                std::process::exit(2);
+                std::process::exit(1);
             }
             if !self.deliver_to_self() {
                 return;
@@ -316,7 +316,7 @@ impl ConsensusService {
             self.syncing = false;
             if let Err(e) = result {
                 trex_net::log_line!("ERROR", "journal sync failed: {e}; stopping the node: its promises can no longer be kept (restart it to recover from its journal)");
-                std::process::exit(2);
+                std::process::exit(1);
             }
             self.driver.synced(lsn, &mut self.io);
         }

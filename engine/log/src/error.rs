@@ -2,8 +2,6 @@
 
 use thiserror::Error;
 use trex_consensus::ConsensusError;
-use trex_net::unit_client::ClientError;
-use trex_wire::consensus::NodeId;
 
 /// Why a log operation (append, read, fill, check, trim, reconfigure, repair)
 /// failed. The log client already retried what can be retried (sealed epochs,
@@ -14,15 +12,6 @@ pub enum LogError {
     /// The consensus group refused an operation or could not be reached.
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
-    /// A storage unit or the sequencer refused or failed a call.
-    #[error("unit {unit}: {source}")]
-    Unit {
-        /// The node's id in the layout.
-        unit: NodeId,
-        /// What the call returned.
-        #[source]
-        source: ClientError,
-    },
     /// The operation could not complete; the text says why and what to do.
     /// Nothing branches on it: it is for people.
     #[error("{0}")]

@@ -87,11 +87,16 @@ fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), LogError> {
     Ok((it.addr, s))
 }
 
-/// The epoch a unit is sealed at, if it refused a request for that reason.
 impl Log {
     /// Connects: learns the layout from the consensus nodes at `endpoints`.
     pub fn connect(endpoints: &str) -> Result<Log, LogError> {
-        let env = TcpEnv::new(endpoints, Duration::from_secs(2))?;
+        Log::connect_to(endpoints, 0)
+    }
+
+    /// Connects to the cluster `cluster_id` (every frame carries it; servers of
+    /// another cluster refuse with `wrong-cluster`).
+    pub fn connect_to(endpoints: &str, cluster_id: u32) -> Result<Log, LogError> {
+        let env = TcpEnv::new(endpoints, Duration::from_secs(2))?.with_cluster_id(cluster_id);
         Log::with_env(Box::new(env), trex_net::util::random_u64() | 1)
     }
 
@@ -694,7 +699,7 @@ impl Log {
 
 /// Refuses an entry the units would answer `too-large`, before it takes an
 /// address (which would otherwise become a hole).
-fn check_entry_len(i: usize, entry: &[u8]) -> Result<(), LogError> {
+fn check_entry_len(i: impl std::fmt::Display, entry: &[u8]) -> Result<(), LogError> {
     let max = trex_wire::MAX_ENTRY_LEN as usize;
     if entry.len() > max {
         return Err(fail!(

@@ -109,8 +109,8 @@ impl Pipeline<'_> {
     /// Queues one entry; returns its ticket (tickets count up from 0). Blocks
     /// only while the window is full, driving the flights in the meantime.
     pub fn submit(&mut self, data: &[u8]) -> Result<u64, LogError> {
-        super::check_entry_len(0, data)?;
         let t = self.next_ticket;
+        super::check_entry_len(t, data)?;
         self.next_ticket += 1;
         self.queued.push(data);
         if self.queued.len() >= self.batch {

@@ -20,6 +20,9 @@ pub enum ClientError {
     /// Could not connect or the connection failed.
     #[error("{0}")]
     Io(String),
+    /// The address does not resolve: fix it (a usage problem, no retry helps).
+    #[error("{0}")]
+    Address(String),
     /// No reply within the timeout; the outcome is unknown.
     #[error(
         "no reply from {addr} within {timeout:?}; the request may or may not have taken effect"
@@ -105,7 +108,7 @@ impl UnitClient {
             ConnectError::Refused { .. } => ClientError::Io(format!(
                 "{e}; is a storage unit listening there? (start one with `trex node storage`)"
             )),
-            ConnectError::Resolve { .. } => ClientError::Io(e.to_string()),
+            ConnectError::Resolve { .. } => ClientError::Address(e.to_string()),
         })?;
         Ok(UnitClient {
             stream,

@@ -27,13 +27,20 @@ fn status(a: ShowArgs) -> Result<(), CliError> {
     let mut rows: Vec<Row> = Vec::new();
     let mut reachable = 0;
     for ep in eps.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let st = ConsensusClient::node_status(ep, a.ep.timeout);
+        let st = ConsensusClient::node_status_in(ep, a.ep.timeout, a.ep.cluster_id);
         reachable += usize::from(st.is_ok());
         rows.push((ep.to_string(), st));
     }
     match a.format {
         Format::Json => print_json(&rows),
         Format::Table => print_table(&rows),
+    }
+    if let Some((_, Err(e))) = rows
+        .iter()
+        .find(|(_, st)| matches!(st, Err(e) if e.is_fatal()))
+    {
+        // A node of another cluster (or a foreign server): waiting won't help.
+        return Err(CliError::from(e.clone()));
     }
     if reachable == 0 {
         return Err(CliError::Unavailable(

@@ -59,7 +59,7 @@ pub struct CheckArgs {
 const APPEND_BATCH: usize = 1000;
 
 fn connect(ep: &Endpoints) -> Result<Log, CliError> {
-    Ok(Log::connect(&resolve_endpoints(ep)?)?)
+    Ok(Log::connect_to(&resolve_endpoints(ep)?, ep.cluster_id)?)
 }
 
 pub fn append(a: AppendArgs) -> Result<(), CliError> {

@@ -19,7 +19,7 @@ pub fn run(a: RepairArgs) -> Result<(), CliError> {
     if a.replicas == Some(0) {
         return Err(usage!("--replicas must be at least 1"));
     }
-    let mut log = Log::connect(&resolve_endpoints(&a.ep)?)?;
+    let mut log = Log::connect_to(&resolve_endpoints(&a.ep)?, a.ep.cluster_id)?;
     let r = log.repair(a.replicas, &mut |line| eprintln!("{line}"))?;
     if r.joined.is_empty() {
         println!(

@@ -23,13 +23,14 @@ struct UnitRow {
 
 pub fn run(a: ShowArgs) -> Result<(), CliError> {
     let eps = resolve_endpoints(&a.ep)?;
-    let log = Log::connect(&eps)?;
+    let log = Log::connect_to(&eps, a.ep.cluster_id)?;
     let p = log.projection().clone();
-    let mut c = ConsensusClient::new(&eps, a.ep.timeout)?;
+    let mut c = ConsensusClient::new(&eps, a.ep.timeout)?.with_cluster_id(a.ep.cluster_id);
     let members = c.members()?;
-    let lease = LockClient::new(ConsensusClient::new(&eps, a.ep.timeout)?)
-        .get(trex_sequencer::SEQUENCER_LOCK)
-        .ok();
+    let lease =
+        LockClient::new(ConsensusClient::new(&eps, a.ep.timeout)?.with_cluster_id(a.ep.cluster_id))
+            .get(trex_sequencer::SEQUENCER_LOCK)
+            .ok();
     let in_layout: BTreeSet<NodeId> = p
         .segments
         .iter()
@@ -38,7 +39,10 @@ pub fn run(a: ShowArgs) -> Result<(), CliError> {
     let mut units = Vec::new();
     for (id, m) in members.iter().filter(|(_, m)| m.role == Role::Storage) {
         let info = UnitClient::connect(&m.addr, a.ep.timeout)
-            .and_then(|mut u| u.info())
+            .and_then(|mut u| {
+                u.cluster_id = a.ep.cluster_id;
+                u.info()
+            })
             .map_err(|e| e.to_string());
         let role = match &info {
             _ if in_layout.contains(id) => "chain",

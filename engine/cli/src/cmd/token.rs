@@ -15,12 +15,20 @@ pub struct TokenArgs {
     /// How many addresses.
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Cluster id to send (the sequencer's `--cluster-id`).
+    #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
+    cluster_id: u32,
 }
 
 pub fn run(a: TokenArgs) -> Result<(), CliError> {
-    let TokenArgs { node, count } = a;
+    let TokenArgs {
+        node,
+        count,
+        cluster_id,
+    } = a;
     check_address(&node, "the sequencer (--node)", "127.0.0.1:7410")?;
     let mut c = UnitClient::connect(&node, Duration::from_secs(2))?;
+    c.cluster_id = cluster_id;
     let (_, body) = c.call(trex_wire::Opcode::Token, 0, &|b| {
         trex_wire::encode_token_request(b, count)
     })?;

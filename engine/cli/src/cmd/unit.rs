@@ -22,8 +22,8 @@ pub struct UnitArgs {
     /// Epoch to send; defaults to the unit's current sealed epoch (asked first).
     #[arg(long, global = true)]
     epoch: Option<u64>,
-    /// Cluster id to send.
-    #[arg(long, global = true, default_value_t = 0)]
+    /// Cluster id to send (the unit's `--cluster-id`).
+    #[arg(long, global = true, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     cluster_id: u32,
     /// How long to wait for a reply.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
