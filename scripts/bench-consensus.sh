@@ -18,7 +18,16 @@ B=target/release/trex-bench
 P=127.0.0.1:7450,127.0.0.1:7451,127.0.0.1:7452
 IC="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
 rm -rf "$DIR" && mkdir -p "$DIR/results"
-cleanup() { pkill -f "trex node consensus --id [123] --listen 127.0.0.1:745" 2>/dev/null || true; pkill -f "etcd --name e[123] --data-dir $DIR" 2>/dev/null || true; }
+# Stops both groups and waits (at most 10 s) until they are gone: an etcd still
+# shutting down can write into the next round's fresh data directory, and the new
+# cluster then refuses to start ("member has already been bootstrapped").
+cleanup() {
+  local pat
+  for pat in "trex node consensus --id [123] --listen 127.0.0.1:745" "etcd --name e[123] --data-dir $DIR"; do
+    pkill -f "$pat" 2>/dev/null || true
+    for _ in $(seq 100); do pgrep -f "$pat" >/dev/null || break; sleep 0.1; done
+  done
+}
 trap cleanup EXIT
 
 wait_leader() {

@@ -26,7 +26,11 @@ stop_all() {
   pkill -f "trex node sequencer --listen 127.0.0.1:7480" 2>/dev/null || true
   pkill -f "etcd --name e[123] --data-dir $DIR" 2>/dev/null || true
   redis-cli -p 6399 shutdown nosave >/dev/null 2>&1 || true
-  sleep 0.5
+  # Wait (at most 10 s) until they are gone, so the next round starts clean.
+  for _ in $(seq 100); do
+    pgrep -f "trex node .*127.0.0.1:74[678]|etcd --name e[123] --data-dir $DIR" >/dev/null || break
+    sleep 0.1
+  done
 }
 trap stop_all EXIT
 
