@@ -3,6 +3,10 @@
 //! `TREX_PRINT_VECTORS=1 cargo test -p trex-wire --test golden -- --nocapture`
 //! to print the vectors (e.g. after a deliberate, versioned protocol change).
 
+#[path = "support/doc_vectors.rs"]
+mod doc_vectors;
+
+use doc_vectors::{documented, hex};
 use trex_wire::*;
 
 fn frame(
@@ -416,50 +420,12 @@ fn storage_vectors() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn to_hex(b: &[u8]) -> String {
-    b.chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Vectors in the document: a fenced block whose info string is `hex NAME`.
-fn documented() -> Vec<(String, Vec<u8>)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire.md");
-    let doc = std::fs::read_to_string(path).expect("docs/wire.md exists");
-    let mut out = Vec::new();
-    let mut cur: Option<(String, Vec<u8>)> = None;
-    for line in doc.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("```hex ") {
-            cur = Some((name.trim().to_string(), Vec::new()));
-        } else if t == "```" {
-            if let Some(v) = cur.take() {
-                out.push(v);
-            }
-        } else if let Some((_, bytes)) = cur.as_mut() {
-            for h in t.split_whitespace() {
-                bytes.push(
-                    u8::from_str_radix(h, 16)
-                        .unwrap_or_else(|_| panic!("bad hex '{h}' in docs/wire.md")),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn every_documented_vector_matches_the_code() {
     let code = vectors();
     if std::env::var("TREX_PRINT_VECTORS").is_ok() {
         for (name, bytes) in &code {
-            println!("```hex {name}\n{}\n```\n", to_hex(bytes));
+            println!("```hex {name}\n{}\n```\n", hex(bytes));
         }
     }
     let doc = documented();
@@ -469,8 +435,8 @@ fn every_documented_vector_matches_the_code() {
             panic!("docs/wire.md lacks the vector '{name}' (has {names:?})");
         };
         assert_eq!(
-            to_hex(d),
-            to_hex(bytes),
+            hex(d),
+            hex(bytes),
             "vector '{name}' differs between docs/wire.md and the code"
         );
     }

@@ -5,9 +5,13 @@
 //! byte for byte and unmasked. A client written from the document alone sees
 //! exactly these bytes.
 
+#[path = "../../../wire/tests/support/doc_vectors.rs"]
+mod doc_vectors;
+
 mod common;
 
 use common::UnitProcess;
+use doc_vectors::{documented, hex};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -27,49 +31,11 @@ const SESSION: [(&str, &str); 7] = [
     ("stale-write-request", "error-reply"),
 ];
 
-/// Vectors in the document: a fenced block whose info string is `hex NAME`.
-fn documented() -> Vec<(String, Vec<u8>)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/wire.md");
-    let doc = std::fs::read_to_string(path).expect("docs/wire.md exists");
-    let mut out = Vec::new();
-    let mut cur: Option<(String, Vec<u8>)> = None;
-    for line in doc.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("```hex ") {
-            cur = Some((name.trim().to_string(), Vec::new()));
-        } else if t == "```" {
-            if let Some(v) = cur.take() {
-                out.push(v);
-            }
-        } else if let Some((_, bytes)) = cur.as_mut() {
-            for h in t.split_whitespace() {
-                bytes.push(
-                    u8::from_str_radix(h, 16)
-                        .unwrap_or_else(|_| panic!("bad hex '{h}' in docs/wire.md")),
-                );
-            }
-        }
-    }
-    out
-}
-
 fn vector<'a>(doc: &'a [(String, Vec<u8>)], name: &str) -> &'a [u8] {
     &doc.iter()
         .find(|(n, _)| n == name)
         .unwrap_or_else(|| panic!("docs/wire.md lacks the vector '{name}'"))
         .1
-}
-
-fn hex(b: &[u8]) -> String {
-    b.chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Reads one whole frame, exactly as it came off the socket.

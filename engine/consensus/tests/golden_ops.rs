@@ -5,6 +5,10 @@
 //! `TREX_PRINT_VECTORS=1 cargo test -p trex-consensus --test golden_ops -- --nocapture`
 //! to print them.
 
+#[path = "../../../wire/tests/support/doc_vectors.rs"]
+mod doc_vectors;
+
+use doc_vectors::{documented, hex};
 use trex_consensus::sm::{
     decode_lock, decode_members, decode_projection, decode_result, LayoutSegment, Op, Projection,
     Refusal, Role, StateMachine,
@@ -336,44 +340,6 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
     v.extend(result_vectors().0.into_iter().map(|(n, r, _)| (n, r)));
     v.push(("snapshot-state", snapshot_history().encode()));
     v
-}
-
-fn hex(b: &[u8]) -> String {
-    b.chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Vectors in the document: a fenced block whose info string is `hex NAME`.
-fn documented() -> Vec<(String, Vec<u8>)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/wire.md"))
-        .expect("docs/wire.md exists");
-    let mut out = Vec::new();
-    let mut cur: Option<(String, Vec<u8>)> = None;
-    for line in doc.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("```hex ") {
-            cur = Some((name.trim().to_string(), Vec::new()));
-        } else if t == "```" {
-            if let Some(v) = cur.take() {
-                out.push(v);
-            }
-        } else if let Some((_, bytes)) = cur.as_mut() {
-            for h in t.split_whitespace() {
-                bytes.push(
-                    u8::from_str_radix(h, 16)
-                        .unwrap_or_else(|_| panic!("bad hex '{h}' in docs/wire.md")),
-                );
-            }
-        }
-    }
-    out
 }
 
 /// The prefixes of the vectors this test owns (`wire/tests/golden.rs` checks
