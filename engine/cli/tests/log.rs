@@ -458,3 +458,212 @@ fn units_sealed_for_a_layout_never_installed_do_not_wedge_the_log() {
         other => panic!("address {next} reads as {other:?}"),
     }
 }
+
+/// Runs `trex ARGS --endpoints EPS` to completion (at most `within`); returns
+/// its exit code, standard output and standard error.
+fn trex_cli(eps: &str, args: &[&str], within: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(args)
+        .args(["--endpoints", eps])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                st.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if t0.elapsed() > within {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`trex {}` did not finish within {within:?}; stderr: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Appends `lines` through `trex append -`.
+fn append_lines(eps: &str, lines: &[&str]) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["append", "-", "--endpoints", eps])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(input, "{l}").unwrap();
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success(), "trex append failed");
+}
+
+/// Issue 10, case 1: one dead unit (SIGKILL) in one chain and one hung unit
+/// (SIGSTOP) in the other cost no reader and no admin command: `trex tail`,
+/// `trex check`, `trex trim`, `trex read` and `trex tail --follow` all work
+/// from the surviving replicas.
+#[test]
+fn a_dead_and_a_hung_unit_cost_no_reader_and_no_admin_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up(dir.path(), base);
+    append_lines(&eps, &["e0", "e1", "e2", "e3"]);
+    // Chains [[b20, b21], [b22, b23]]: kill one tail, hang the other.
+    kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 21),
+        libc::SIGKILL,
+    );
+    let hung = kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 23),
+        libc::SIGSTOP,
+    );
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            // SAFETY: our own cluster's process.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let _resume = Resume(hung);
+    let within = Duration::from_secs(40);
+
+    let (code, out, err) = trex_cli(&eps, &["check"], within);
+    assert_eq!(code, Some(0), "check: {err}");
+    assert_eq!(out.trim(), "4", "the slow check covers every entry");
+
+    let (code, out, err) = trex_cli(&eps, &["tail"], within);
+    assert_eq!(code, Some(0), "tail: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["0\te0", "1\te1", "2\te2", "3\te3"], "tail: {err}");
+
+    let (code, out, err) = trex_cli(&eps, &["read", "0", "--count", "4"], within);
+    assert_eq!(code, Some(0), "read: {err}");
+    for e in ["e0", "e1", "e2", "e3"] {
+        assert!(out.contains(e), "read: {out}");
+    }
+
+    let (code, _, err) = trex_cli(&eps, &["trim", "1"], within);
+    assert_eq!(
+        code,
+        Some(0),
+        "a trim that took effect is not reported failed: {err}"
+    );
+
+    // The follower prints what is there and keeps following.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["tail", "--follow", "--endpoints", &eps])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(follow.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match rx.recv_timeout(within) {
+            Ok(l) => seen.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        seen,
+        ["0\t(trimmed)", "1\te1", "2\te2", "3\te3"],
+        "tail --follow"
+    );
+}
+
+/// Issue 10, case 3: one damaged record on a chain's tail does not fail reads:
+/// the reader gets the value from the other replica, and the addresses around
+/// it read as before.
+#[test]
+fn a_damaged_record_on_the_tail_is_read_from_the_other_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up_with(
+        dir.path(),
+        base,
+        &["--stripes", "1", "--replicas", "2", "--units", "2"],
+    );
+    append_lines(&eps, &["first-entry", "DAMAGE-ME-entry", "third-entry"]);
+    // Stop the tail (b21), flip one payload byte of address 1, restart it.
+    let tail = format!("storage --listen 127.0.0.1:{}", base + 21);
+    let pid = pid_of(&tail).expect("the tail unit runs");
+    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    kill(&tail, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let data_dir = cmdline
+        .iter()
+        .position(|a| a == "--data-dir")
+        .map(|i| cmdline[i + 1].clone())
+        .expect("the unit has a --data-dir");
+    let mut flipped = 0;
+    for f in std::fs::read_dir(&data_dir).unwrap() {
+        let p = f.unwrap().path();
+        let Ok(mut bytes) = std::fs::read(&p) else {
+            continue;
+        };
+        if let Some(i) = bytes.windows(9).position(|w| w == b"DAMAGE-ME") {
+            bytes[i] ^= 0x20;
+            std::fs::write(&p, &bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1, "the entry is in exactly one segment file");
+    let _restarted = Up(Command::new(&cmdline[0])
+        .args(&cmdline[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", base + 21)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the unit did not restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let within = Duration::from_secs(30);
+    for _ in 0..2 {
+        let (code, out, err) = trex_cli(&eps, &["read", "0", "--count", "3"], within);
+        assert_eq!(code, Some(0), "read: {err}");
+        for e in ["first-entry", "DAMAGE-ME-entry", "third-entry"] {
+            assert!(out.contains(e), "read: {out} / {err}");
+        }
+        let (code, out, err) = trex_cli(&eps, &["tail"], within);
+        assert_eq!(code, Some(0), "tail: {err}");
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["0\tfirst-entry", "1\tDAMAGE-ME-entry", "2\tthird-entry"],
+            "tail: {err}"
+        );
+    }
+}

@@ -61,6 +61,10 @@ pub(crate) enum ChainOutcome {
     Sealed(u64),
     /// A unit failed (connecting or mid-call).
     Failed(u64, String),
+    /// A unit answers but cannot store (`full`, or `io`: poisoned by a failed
+    /// sync): it is a failed replica for the chain, to be taken out although
+    /// it still answers.
+    Unfit(u64, Status),
     /// A unit refused for a reason no retry fixes.
     Refused(String),
 }
@@ -71,6 +75,8 @@ enum Answer {
     Stored,
     /// Another writer or a filler took the address at the head: get another.
     Lost,
+    /// The unit cannot store anything (full, poisoned): take it out.
+    Unfit,
     /// Anything else: no retry fixes it.
     Refused,
 }
@@ -84,6 +90,7 @@ fn chain_answer(round: usize, s: Status) -> Answer {
         (_, Status::Ok) => Answer::Stored,
         (0, Status::Written | Status::Junk | Status::Trimmed) => Answer::Lost,
         (_, Status::Trimmed) => Answer::Stored,
+        (_, Status::Full | Status::Io) => Answer::Unfit,
         _ => Answer::Refused,
     }
 }
@@ -196,6 +203,10 @@ impl ChainJob {
             match chain_answer(round, *s) {
                 Answer::Stored => {}
                 Answer::Lost => self.lost[k] = true,
+                Answer::Unfit => {
+                    self.outcome = Some(ChainOutcome::Unfit(unit, *s));
+                    return;
+                }
                 Answer::Refused => {
                     let inconsistent = if round > 0 {
                         " although the head of its chain took the entry (the chain is inconsistent; `trex status` shows the layout)"

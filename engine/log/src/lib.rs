@@ -26,7 +26,7 @@ pub use repair::RepairReport;
 use crate::chain::{sealed, write_chains, BatchView, ChainJob, ChainOutcome};
 use crate::env::{unit_alive, At, Env, TcpEnv};
 use crate::error::fail;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use trex_consensus::sm::{Member, Projection};
 use trex_net::unit_client::{ClientError, ReadItem, UnitApi};
@@ -85,6 +85,24 @@ fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), LogError> {
         }
     };
     Ok((it.addr, s))
+}
+
+/// What a trim did: the units that applied it, and those that did not answer
+/// (with why).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Units that recorded the new trim mark.
+    pub applied: Vec<u64>,
+    /// Units that did not, and the error each gave.
+    pub missed: Vec<(u64, String)>,
+}
+
+/// Every unit of projection `p`, each once, in id order.
+pub(crate) fn units_of(p: &Projection) -> BTreeSet<u64> {
+    p.segments
+        .iter()
+        .flat_map(|s| s.stripes.iter().flatten().copied())
+        .collect()
 }
 
 impl Log {
@@ -403,6 +421,12 @@ impl Log {
                         refresh = true;
                         continue;
                     }
+                    ChainOutcome::Unfit(unit, status) => {
+                        // It answers but cannot store: a failed replica all the same.
+                        self.take_out(unit, &format!("it answers {status}"))?;
+                        refresh = true;
+                        continue;
+                    }
                     ChainOutcome::Refused(e) => return Err(e.into()),
                 };
                 for (k, i) in items.iter().enumerate() {
@@ -458,6 +482,14 @@ impl Log {
                             work.push((unit, deferred));
                         }
                         for it in items.into_iter().filter(|it| it.status != Status::Deferred) {
+                            let it = if it.status == Status::Corrupt {
+                                // A damaged copy at the tail: the chain's other
+                                // replicas hold the same value (it reached the
+                                // tail through them, in chain order).
+                                self.read_elsewhere(it.addr, unit, epoch)?
+                            } else {
+                                it
+                            };
                             let (a, s) = slot_of(unit, it)?;
                             got.insert(a, s);
                         }
@@ -488,6 +520,39 @@ impl Log {
         Err("the layout kept changing while reading".into())
     }
 
+    /// Reads `addr` from the replicas of its chain other than `bad` (which
+    /// answered `corrupt`), tail first. Returns the first answer that is not
+    /// `corrupt` or a failure; `unwritten` if no other replica holds it (an
+    /// append that reached only the damaged unit), and an error naming the units
+    /// when every replica is damaged or unreachable.
+    fn read_elsewhere(&mut self, addr: u64, bad: u64, epoch: u64) -> Result<ReadItem, LogError> {
+        let chain = self.chain(addr)?;
+        let mut why = vec![format!("unit {bad}: corrupt")];
+        let mut unwritten = None;
+        for unit in chain.iter().rev().filter(|u| **u != bad) {
+            match self.with_unit(*unit, |c| c.read(epoch, &[addr])) {
+                Ok(mut v) => match v[0].status {
+                    Status::Corrupt => why.push(format!("unit {unit}: corrupt")),
+                    Status::Unwritten => unwritten = Some(v.remove(0)),
+                    _ => {
+                        trex_net::log_line!(
+                            "WARN",
+                            "address {addr} is damaged on unit {bad}; read it from unit {unit}"
+                        );
+                        return Ok(v.remove(0));
+                    }
+                },
+                Err(e) => why.push(format!("unit {unit}: {e}")),
+            }
+        }
+        unwritten.ok_or_else(|| {
+            fail!(
+                "address {addr} is damaged or unreachable on every replica ({}); restore one of them",
+                why.join("; ")
+            )
+        })
+    }
+
     /// Fills a hole: completes a torn append if the head has a value, else junk
     /// down the chain. Returns what the address holds afterwards.
     pub fn fill(&mut self, addr: u64) -> Result<Slot, LogError> {
@@ -497,6 +562,11 @@ impl Log {
             let head = chain[0];
             let read = self.with_unit(head, |c| c.read(epoch, &[addr]));
             let found = match read {
+                Ok(v) if v[0].status == Status::Corrupt => {
+                    // The head's copy is damaged; what it held is on the rest
+                    // of the chain if the append got that far.
+                    self.read_elsewhere(addr, head, epoch)?
+                }
                 Ok(mut v) => v.remove(0),
                 Err(e) if self.seen_sealed(&e) => {
                     self.refresh()?;
@@ -539,6 +609,12 @@ impl Log {
                             break;
                         }
                         Status::Trimmed => return Ok(Slot::Trimmed),
+                        Status::Full | Status::Io => {
+                            // It answers but cannot store: a failed replica.
+                            self.take_out(*unit, &format!("it answers {}", st[0]))?;
+                            again = true;
+                            break;
+                        }
                         other => return Err(fail!("unit {unit} refused to fill {addr}: {other}")),
                     },
                     Err(e) if self.seen_sealed(&e) => {
@@ -575,6 +651,21 @@ impl Log {
     /// have done it already; that is fine.
     pub fn reconfigure(&mut self, failed: u64, why: &str) -> Result<(), LogError> {
         self.refresh()?;
+        // A unit that still answers and is not poisoned is not gone (a timeout, a
+        // dropped connection): leave it in, and let the caller retry.
+        if let Ok(addr) = self.addr(failed) {
+            if unit_alive(&mut *self.env, &addr).is_ok() {
+                return Ok(());
+            }
+        }
+        self.take_out(failed, why)
+    }
+
+    /// Takes `failed` out of the layout whether or not it answers (a unit that
+    /// is full or poisoned answers, but cannot store): as [`Log::reconfigure`]
+    /// without its liveness check.
+    pub fn take_out(&mut self, failed: u64, why: &str) -> Result<(), LogError> {
+        self.refresh()?;
         let p = self.projection.clone();
         if !p
             .segments
@@ -582,13 +673,6 @@ impl Log {
             .any(|s| s.stripes.iter().any(|c| c.contains(&failed)))
         {
             return Ok(()); // someone else took it out already
-        }
-        // A unit that still answers and is not poisoned is not gone (a timeout, a
-        // dropped connection): leave it in, and let the caller retry.
-        if let Ok(addr) = self.addr(failed) {
-            if unit_alive(&mut *self.env, &addr).is_ok() {
-                return Ok(());
-            }
         }
         let mut next = p.clone();
         next.epoch = p.epoch + 1;
@@ -648,38 +732,86 @@ impl Log {
     }
 
     /// The slow check: one past the highest address any unit of the current
-    /// projection holds.
+    /// projection holds. A unit that does not answer is passed over as long as
+    /// every chain of the open segment has a replica that answered: an
+    /// acknowledged append is on every replica of its chain, so the survivors'
+    /// tails cover it (ARCHITECTURE §7: one bad unit per chain costs no check).
     pub fn check(&mut self) -> Result<u64, LogError> {
-        let ids: Vec<u64> = self
-            .projection
+        let p = self.projection.clone();
+        let mut tail = 0;
+        let mut answered: BTreeSet<u64> = BTreeSet::new();
+        let mut failed: Vec<String> = Vec::new();
+        for id in units_of(&p) {
+            match self.with_unit(id, |c| c.info()) {
+                Ok(info) => {
+                    tail = tail.max(info.tail);
+                    answered.insert(id);
+                }
+                Err(e) => failed.push(format!("unit {id}: {e}")),
+            }
+        }
+        if let Some(chain) = p
             .segments
             .iter()
-            .flat_map(|s| s.stripes.iter().flatten().copied())
-            .collect();
-        let mut tail = 0;
-        for id in ids {
-            let info = self
-                .with_unit(id, |c| c.info())
-                .map_err(|e| format!("unit {id}: {e}"))?;
-            tail = tail.max(info.tail);
+            .flat_map(|s| s.stripes.iter())
+            .find(|c| !c.iter().any(|u| answered.contains(u)))
+        {
+            return Err(fail!(
+                "no replica of the chain {chain:?} answered ({}); restart one of them (`trex status` shows each unit)",
+                failed.join("; ")
+            ));
+        }
+        for f in &failed {
+            trex_net::log_line!(
+                "WARN",
+                "slow check: {f}; its chain's other replicas answered"
+            );
         }
         Ok(tail)
     }
 
-    /// Trims every unit of the projection below `prefix`.
-    pub fn trim(&mut self, prefix: u64) -> Result<(), LogError> {
-        let epoch = self.projection.epoch;
-        let ids: Vec<u64> = self
-            .projection
-            .segments
-            .iter()
-            .flat_map(|s| s.stripes.iter().flatten().copied())
-            .collect();
-        for id in ids {
-            self.with_unit(id, |c| c.trim(epoch, prefix))
-                .map_err(|e| format!("unit {id}: {e}"))?;
+    /// Trims every unit of the projection below `prefix`. A unit that does not
+    /// answer is passed over and named in the report (the trim took effect on
+    /// the others, so it is not an error): run the trim again once it is back,
+    /// or let it be taken out of the layout. Fails only if no unit applied it.
+    pub fn trim(&mut self, prefix: u64) -> Result<TrimReport, LogError> {
+        let mut report = TrimReport::default();
+        for id in units_of(&self.projection.clone()) {
+            let mut last = None;
+            for _ in 0..2 {
+                let epoch = self.projection.epoch;
+                match self.with_unit(id, |c| c.trim(epoch, prefix)) {
+                    Ok(_) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) if self.seen_sealed(&e) => {
+                        self.refresh()?; // the layout moved on: trim at its epoch
+                        last = Some(e.to_string());
+                    }
+                    Err(e) => {
+                        last = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            match last {
+                None => report.applied.push(id),
+                Some(e) => report.missed.push((id, e)),
+            }
         }
-        Ok(())
+        if report.applied.is_empty() {
+            return Err(fail!(
+                "no storage unit applied the trim below {prefix}: {}",
+                report
+                    .missed
+                    .iter()
+                    .map(|(id, e)| format!("unit {id}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        Ok(report)
     }
 
     /// Follows the log from `from`: yields entries and holes in address order,

@@ -23,11 +23,11 @@
 //! restarted) could hold values the log since decided otherwise. Wipe its data
 //! directory to reuse it.
 
-use super::{slot_of, Log, Slot};
+use super::{slot_of, units_of, Log, Slot};
 use crate::env::unit_alive;
 use crate::error::{fail, LogError};
 use std::collections::BTreeSet;
-use trex_consensus::sm::{LayoutSegment, Op, Projection, Role};
+use trex_consensus::sm::{LayoutSegment, Op, Role};
 use trex_net::unit_client::{ClientError, UnitApi};
 use trex_wire::ops::Refusal;
 use trex_wire::{Status, WriteOp};
@@ -49,13 +49,6 @@ pub struct RepairReport {
 
 /// Addresses per copy batch.
 const BATCH: usize = 256;
-
-fn units_of(p: &Projection) -> BTreeSet<u64> {
-    p.segments
-        .iter()
-        .flat_map(|s| s.stripes.iter().flatten().copied())
-        .collect()
-}
 
 /// Merges adjacent segments whose chains are equal.
 fn merge(segments: Vec<LayoutSegment>) -> Vec<LayoutSegment> {

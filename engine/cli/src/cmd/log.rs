@@ -117,8 +117,14 @@ pub fn tail(a: TailArgs) -> Result<(), CliError> {
 }
 
 pub fn trim(a: TrimArgs) -> Result<(), CliError> {
-    connect(&a.ep)?.trim(a.prefix)?;
+    let r = connect(&a.ep)?.trim(a.prefix)?;
     println!("trimmed below {}", a.prefix);
+    for (id, e) in &r.missed {
+        eprintln!(
+            "warning: unit {id} did not apply the trim ({e}); the others did. Run `trex trim {}` again once it answers",
+            a.prefix
+        );
+    }
     Ok(())
 }
 
