@@ -667,3 +667,74 @@ fn a_damaged_record_on_the_tail_is_read_from_the_other_replica() {
         );
     }
 }
+
+/// Issue 10, case 2: with the defaults, nobody appending and nobody running a
+/// command, a killed unit is taken out and the spare restores full
+/// replication (the failure detector is on by default: two failed probes 2 s
+/// apart).
+#[test]
+fn with_the_defaults_a_killed_unit_is_replaced_with_no_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up_with(dir.path(), base, &["--units", "5"]);
+    append_lines(&eps, &["a", "b", "c", "d"]);
+    kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 21),
+        libc::SIGKILL,
+    );
+    let spare = u64::from(base + 24);
+    let mut log = Log::connect(&eps).unwrap();
+    let t0 = Instant::now();
+    loop {
+        log.refresh().unwrap();
+        let p = log.projection();
+        let full = p
+            .segments
+            .iter()
+            .all(|s| s.stripes.iter().all(|c| c.len() == 2));
+        if full
+            && p.segments
+                .iter()
+                .any(|s| s.stripes.iter().any(|c| c.contains(&spare)))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not back at 2 replicas within 20 s: {:?}",
+            chains(&log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("full replication again {:?} after the kill", t0.elapsed());
+    for (a, want) in ["a", "b", "c", "d"].iter().enumerate() {
+        match log.read(a as u64).unwrap() {
+            Slot::Data { data, .. } => assert_eq!(data, want.as_bytes()),
+            other => panic!("address {a} reads as {other:?}"),
+        }
+    }
+}
+
+/// The failure detector does not churn on a blip: a unit stopped for less
+/// than two probe intervals stays in the layout.
+#[test]
+fn a_unit_that_pauses_briefly_is_not_taken_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up_with(dir.path(), base, &["--units", "5"]);
+    append_lines(&eps, &["a"]);
+    let mut log = Log::connect(&eps).unwrap();
+    let before = chains(&log);
+    let epoch = log.projection().epoch;
+    let pid = kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 22),
+        libc::SIGSTOP,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: our own cluster's process.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_secs(6));
+    log.refresh().unwrap();
+    assert_eq!(chains(&log), before, "a 1.5 s pause changed the layout");
+    assert_eq!(log.projection().epoch, epoch);
+}

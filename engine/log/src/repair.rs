@@ -80,6 +80,29 @@ impl Log {
         Ok(report)
     }
 
+    /// The units of the current projection that do not answer `info` on a
+    /// fresh connection, or are poisoned, with why (the failure detector's
+    /// probe; the same liveness rule as every other path, `env::unit_alive`).
+    pub fn unreachable_units(&mut self) -> Result<Vec<(u64, String)>, LogError> {
+        self.refresh()?;
+        let mut down = Vec::new();
+        for id in units_of(&self.projection.clone()) {
+            let addr = self.addr(id)?;
+            if let Err(e) = unit_alive(&mut *self.env, &addr) {
+                down.push((id, e.to_string()));
+            }
+        }
+        Ok(down)
+    }
+
+    /// Whether some chain of the open segment has fewer than `want` replicas.
+    pub fn degraded(&self, want: usize) -> bool {
+        self.projection
+            .segments
+            .last()
+            .is_some_and(|s| s.stripes.iter().any(|c| c.len() < want))
+    }
+
     /// Empty spares, answering, not poisoned; why others were passed over.
     fn spares(&mut self, used: &BTreeSet<u64>) -> (Vec<u64>, Vec<String>) {
         let candidates: Vec<u64> = self

@@ -496,6 +496,7 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
     let mut log: Option<trex_log::Log> = None;
     let mut want = opts.replicas.unwrap_or(0);
     let mut last_err = String::new();
+    let mut suspects: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     while !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(every);
         if !shared.serving() {
@@ -520,6 +521,30 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
                 .max()
                 .unwrap_or(0);
             want = want.max(longest);
+        }
+        // A unit is taken out only once it has failed two probes in a row,
+        // `every` apart: a blip shorter than that costs nothing.
+        let down = match l.unreachable_units() {
+            Ok(d) => d,
+            Err(e) => {
+                trex_net::log_line!("WARN", "repair: cannot probe the units: {e}");
+                continue;
+            }
+        };
+        let confirmed = down.iter().any(|(id, _)| suspects.contains(id));
+        let was_suspect = std::mem::take(&mut suspects);
+        for (id, why) in &down {
+            if !was_suspect.contains(id) {
+                trex_net::log_line!(
+                    "WARN",
+                    "repair: unit {id} does not answer ({why}); taking it out if it still does not in {every:?}"
+                );
+            }
+            suspects.insert(*id);
+        }
+        let spare_may_join = down.is_empty() && l.degraded(want);
+        if !(confirmed || spare_may_join) {
+            continue; // nothing to do, or waiting for a second failed probe
         }
         match l.repair(Some(want), &mut |line| {
             trex_net::log_line!("INFO", "repair: {line}")

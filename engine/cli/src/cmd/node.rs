@@ -43,11 +43,12 @@ pub struct SequencerArgs {
     /// against the consensus leader).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     safety_gap: Duration,
-    /// While this sequencer is active, run `trex repair` this often: take out
-    /// storage units that stopped answering and let empty spares replace them
-    /// (default: never; leave it to the operator).
-    #[arg(long, value_parser = parse_duration)]
-    repair_every: Option<Duration>,
+    /// While this sequencer is active, probe every storage unit of the layout
+    /// this often; a unit that fails two probes in a row is taken out and empty
+    /// spares replace it (`trex repair` without an operator). `0s` turns the
+    /// failure detector off.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    repair_every: Duration,
     /// With --repair-every: replicas every chain should have (default: the
     /// longest chain seen).
     #[arg(long)]
@@ -192,7 +193,7 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         ttl: a.ttl,
         safety_gap: a.safety_gap,
         limits: LoopConfig::default(),
-        repair_every: a.repair_every,
+        repair_every: (!a.repair_every.is_zero()).then_some(a.repair_every),
         replicas: a.replicas,
         cluster_id: a.cluster_id,
     })?)

@@ -48,11 +48,12 @@ pub struct UpArgs {
     /// Storage units' sync mode (`never` for benchmarks only).
     #[arg(long, value_enum, default_value = "always")]
     sync: SyncMode,
-    /// Let the active sequencer repair this often (`trex node sequencer
-    /// --repair-every`): units that stop answering are replaced by spares
-    /// (start some with --units above stripes x replicas).
-    #[arg(long, value_parser = parse_duration)]
-    repair_every: Option<Duration>,
+    /// How often the active sequencer probes the storage units (`trex node
+    /// sequencer --repair-every`): units that stop answering are taken out and
+    /// replaced by spares (start some with --units above stripes x replicas).
+    /// `0s` turns the failure detector off.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    repair_every: Duration,
 }
 
 struct Node {
@@ -367,9 +368,9 @@ impl Cluster<'_> {
                 "--endpoints".into(),
                 self.endpoints(),
             ];
-            if let Some(d) = o.repair_every {
-                args.push("--repair-every".into());
-                args.push(format!("{}ms", d.as_millis().max(1)));
+            args.push("--repair-every".into());
+            args.push(format!("{}ms", o.repair_every.as_millis()));
+            if !o.repair_every.is_zero() {
                 args.push("--replicas".into());
                 args.push(o.replicas.to_string());
             }
