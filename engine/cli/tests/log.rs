@@ -738,3 +738,69 @@ fn a_unit_that_pauses_briefly_is_not_taken_out() {
     assert_eq!(chains(&log), before, "a 1.5 s pause changed the layout");
     assert_eq!(log.projection().epoch, epoch);
 }
+
+/// Issue 10, case 9: a unit whose disk fills is a failed replica for its chain:
+/// appends go on (the unit is taken out although it answers), and the spare
+/// restores replication. Root only (a small tmpfs for the unit's data).
+#[test]
+fn a_unit_with_a_full_disk_is_taken_out_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("unit-4");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=70m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let (base, eps) = ports();
+    let cluster = up_with(dir.path(), base, &["--units", "5"]);
+    let mut log = Log::connect(&eps).unwrap();
+    let full_unit = u64::from(base + 23);
+    assert!(
+        chains(&log)[0][1].contains(&full_unit),
+        "unit-4 is the tail of stripe 1"
+    );
+    // 3 MiB entries, two per batch: stripe 1 gets 3 MiB per batch, and its
+    // tail's 70 MiB filesystem fills after one 64 MiB segment.
+    let entry = |i: usize| {
+        let mut e = vec![b'x'; 3 << 20];
+        e[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        e
+    };
+    let mut acked = Vec::new();
+    for b in 0..35 {
+        let (e0, e1) = (entry(2 * b), entry(2 * b + 1));
+        let addrs = log
+            .append_batch(&[&e0, &e1])
+            .unwrap_or_else(|e| panic!("batch {b} failed: {e}"));
+        acked.extend(addrs.into_iter().zip([2 * b, 2 * b + 1]));
+    }
+    log.refresh().unwrap();
+    assert!(
+        !chains(&log)
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|u| *u == full_unit),
+        "the full unit was taken out: {:?}",
+        chains(&log)
+    );
+    for (a, i) in acked.iter().step_by(7) {
+        match log.read(*a).unwrap() {
+            Slot::Data { data, .. } => assert_eq!(data, entry(*i), "address {a}"),
+            other => panic!("acknowledged address {a} reads as {other:?}"),
+        }
+    }
+    drop(cluster);
+}
