@@ -545,6 +545,9 @@ pub const INFO_POISONED: u32 = 1 << 0;
 pub const INFO_SYNC_NEVER: u32 = 1 << 1;
 /// Info flag: syncs go through io_uring (otherwise a sync thread).
 pub const INFO_IO_URING: u32 = 1 << 2;
+/// Info flag: the unit's last write failed for lack of space (`full`) and it
+/// has stored nothing since; clients take such a unit out of its chains.
+pub const INFO_FULL: u32 = 1 << 3;
 
 /// The reply to an info request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -802,5 +802,13 @@ fn a_unit_with_a_full_disk_is_taken_out_and_appends_go_on() {
             other => panic!("acknowledged address {a} reads as {other:?}"),
         }
     }
+    // `trex status` says which unit is full.
+    let (code, out, err) = trex_cli(&eps, &["status"], Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{full_unit}")))
+        .unwrap_or_else(|| panic!("no row for the full unit: {out}"));
+    assert!(row.contains("full") && row.contains("out"), "{row}");
     drop(cluster);
 }

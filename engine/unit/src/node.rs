@@ -39,6 +39,8 @@ pub struct StorageService {
     frames: u64,
     syncs: u64,
     last_stats: (u64, u64),
+    /// Whether the unit said `full` last time we looked (logged on change).
+    was_full: bool,
 }
 
 impl StorageService {
@@ -61,10 +63,19 @@ impl StorageService {
 impl Service for StorageService {
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
         self.frames += 1;
-        match self.unit.on_frame(to, header, body) {
+        let flow = match self.unit.on_frame(to, header, body) {
             true => Flow::Reply,
             false => Flow::Close,
+        };
+        if self.unit.full() != self.was_full {
+            self.was_full = self.unit.full();
+            if self.was_full {
+                trex_net::log_line!("ERROR", "the data directory is full: writes are answered `full` and clients take this unit out of its chains; free space (or move the data to a larger disk) and restart it");
+            } else {
+                trex_net::log_line!("INFO", "writes succeed again: there is space");
+            }
         }
+        flow
     }
 
     fn poll_reply(&mut self) -> Option<Reply> {
@@ -173,6 +184,7 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
             frames: 0,
             syncs: 0,
             last_stats: (0, 0),
+            was_full: false,
         })
     })
     .map_err(|e| {

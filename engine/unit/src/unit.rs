@@ -79,6 +79,8 @@ pub struct Unit<S: Store> {
     durable_lsn: u64,
     syncing: bool,
     poisoned: Option<String>,
+    /// The last append failed for lack of space and none succeeded since.
+    full: bool,
     pending: VecDeque<Pending>,
     ready: VecDeque<Reply>,
     statuses: Vec<Status>,
@@ -142,6 +144,7 @@ impl<S: Store> Unit<S> {
             durable_lsn: 0,
             syncing: false,
             poisoned: None,
+            full: false,
             pending: VecDeque::new(),
             ready: VecDeque::new(),
             statuses: Vec::new(),
@@ -197,6 +200,9 @@ impl<S: Store> Unit<S> {
         }
         if self.cfg.io_uring {
             flags |= wire::INFO_IO_URING;
+        }
+        if self.full {
+            flags |= wire::INFO_FULL;
         }
         InfoReply {
             sealed_epoch: self.meta.sealed_epoch,
@@ -389,13 +395,17 @@ impl<S: Store> Unit<S> {
                     },
                 );
                 self.tail = self.tail.max(head.addr.saturating_add(1));
+                self.full = false;
                 match head.kind {
                     Kind::Junk => self.junk += 1,
                     _ => self.entries += 1,
                 }
                 (Status::Ok, if self.cfg.sync_never { 0 } else { lsn })
             }
-            Err(AppendError::Full(_)) => (Status::Full, 0),
+            Err(AppendError::Full(_)) => {
+                self.full = true;
+                (Status::Full, 0)
+            }
             Err(AppendError::Io(e)) => {
                 self.poison(format!("append failed: {e}"));
                 (Status::Io, 0)
@@ -698,6 +708,11 @@ impl<S: Store> Unit<S> {
         if self.trim_durable > 0 {
             self.store.reclaim(self.trim_durable);
         }
+    }
+
+    /// Whether the last append failed for lack of space (and none succeeded since).
+    pub fn full(&self) -> bool {
+        self.full
     }
 
     /// Whether a sync is running.

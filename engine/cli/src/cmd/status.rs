@@ -9,7 +9,7 @@ use trex_consensus::sm::{Projection, Role};
 use trex_log::Log;
 use trex_net::unit_client::{UnitApi, UnitClient};
 use trex_wire::consensus::NodeId;
-use trex_wire::{InfoReply, INFO_POISONED};
+use trex_wire::{InfoReply, INFO_FULL, INFO_POISONED};
 
 /// A registered storage unit as the table shows it.
 struct UnitRow {
@@ -71,7 +71,7 @@ fn print_json(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
         .map(|UnitRow { id, addr, info, role }| match info {
             Ok(i) => format!(
                 "{{\"id\":{id},\"addr\":\"{addr}\",\"role\":\"{role}\",\"tail\":{},\"trim_mark\":{},\"sealed_epoch\":{},\"healthy\":{}}}",
-                i.tail, i.trim_mark, i.sealed_epoch, i.flags & INFO_POISONED == 0
+                i.tail, i.trim_mark, i.sealed_epoch, i.flags & (INFO_POISONED | INFO_FULL) == 0
             ),
             Err(e) => format!("{{\"id\":{id},\"addr\":\"{addr}\",\"role\":\"{role}\",\"healthy\":false,\"error\":{e:?}}}"),
         })
@@ -123,6 +123,8 @@ fn print_table(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
                 i.sealed_epoch,
                 if i.flags & INFO_POISONED != 0 {
                     "poisoned"
+                } else if i.flags & INFO_FULL != 0 {
+                    "full"
                 } else {
                     "ok"
                 }
