@@ -234,6 +234,12 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
             .store(until.as_nanos() as u64, Ordering::Release);
     };
     while !shared.stop.load(Ordering::Relaxed) {
+        // Compete only while clients can reach us (see the serving loop).
+        if !reachable(&opts, &mut *env) {
+            update_hint(&mut *env, &shared);
+            env.sleep(opts.ttl / 4);
+            continue;
+        }
         let sent = env.now();
         let lease = match LockClient::new(&mut *env).acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
             Ok(l) => l,
@@ -292,6 +298,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
         let mut last_ok = env.now();
         let mut next_renew = last_ok + opts.ttl / 3;
         let mut last_follow = Duration::ZERO;
+        let mut unreachable = 0;
         shared.newer_layout.store(false, Ordering::Release);
         'serving: loop {
             // Renew every third of the TTL. Meanwhile, when a client reports a
@@ -317,6 +324,28 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
             if shared.stop.load(Ordering::Relaxed) {
                 let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
                 return;
+            }
+            // A sequencer its clients cannot reach must not keep the lease: it
+            // renews over its own outgoing connections, so nothing else would
+            // make it let go (issue 10, case 8). Two failed self-probes in a
+            // row: hand the lease over at once.
+            if reachable(&opts, &mut *env) {
+                unreachable = 0;
+            } else {
+                unreachable += 1;
+                if unreachable >= 2 {
+                    shared.stop_serving();
+                    let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                    if let Ok(mut h) = shared.hint.lock() {
+                        h.clear();
+                    }
+                    trex_net::log_line!(
+                        "WARN",
+                        "clients cannot reach this sequencer at {} (two probes of its own address failed); released the lease, standing by until it is reachable again",
+                        opts.listen
+                    );
+                    break;
+                }
             }
             let sent = env.now();
             match LockClient::new(&mut *env).renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
@@ -354,6 +383,25 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
             }
         }
     }
+}
+
+/// Whether clients can reach this sequencer: a token request for no addresses
+/// (the fast check) sent to its own listen address, through the network like a
+/// client's, is answered (granted or not) within the environment's timeout.
+/// What it cannot see: a partition that cuts only some clients off; those
+/// clients keep their appends waiting until it heals (docs/locks.md).
+fn reachable(opts: &SequencerOptions, env: &mut dyn Env) -> bool {
+    let addr = opts.listen.to_string();
+    let ok = env
+        .send(&addr, Opcode::Token, 0, &|b| {
+            wire::encode_token_request(b, 0)
+        })
+        .and_then(|id| env.recv(&addr, id))
+        .is_ok_and(|(_, body)| wire::decode_token_reply(&body).is_ok());
+    if !ok {
+        env.forget(&addr);
+    }
+    ok
 }
 
 /// Installs a projection naming this sequencer at the next epoch (without any
