@@ -592,6 +592,21 @@ fn a_dead_and_a_hung_unit_cost_no_reader_and_no_admin_command() {
         ["0\t(trimmed)", "1\te1", "2\te2", "3\te3"],
         "tail --follow"
     );
+    // The failure detector takes the dead and the hung unit out; with no spare,
+    // `trex status` shows one replica per chain.
+    let t0 = Instant::now();
+    loop {
+        let (code, out, err) = trex_cli(&eps, &["status"], within);
+        assert_eq!(code, Some(0), "status: {err}");
+        if out.contains("replicas   stripe 0: 1, stripe 1: 1") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the units were not taken out: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Issue 10, case 3: one damaged record on a chain's tail does not fail reads:

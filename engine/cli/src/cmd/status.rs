@@ -92,6 +92,28 @@ fn print_json(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
     );
 }
 
+/// Chains shorter than the longest chain of the layout (the replication the
+/// cluster had): `(segment, stripe, replicas, wanted)`.
+fn degraded(p: &Projection) -> Vec<(usize, usize, usize, usize)> {
+    let want = p
+        .segments
+        .iter()
+        .flat_map(|s| s.stripes.iter().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    p.segments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            s.stripes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.len() < want)
+                .map(move |(j, c)| (i, j, c.len(), want))
+        })
+        .collect()
+}
+
 fn print_table(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
     print_projection(p);
     match lease {
@@ -103,6 +125,22 @@ fn print_table(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
             (l.expire_time_unsafe() as i64 - unix_ms() as i64) as f64 / 1000.0
         ),
         None => println!("lease      none"),
+    }
+    // Replicas per chain of the open segment; "degraded" against the longest
+    // chain of the layout (the replication factor is not stored yet).
+    if let Some(open) = p.segments.last() {
+        let counts: Vec<String> = open
+            .stripes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("stripe {i}: {}", c.len()))
+            .collect();
+        println!("replicas   {}", counts.join(", "));
+    }
+    for (seg, stripe, have, want) in degraded(p) {
+        println!(
+            "degraded   segment {seg} stripe {stripe} has {have} of {want} replicas; the active sequencer restores it when an empty spare is registered"
+        );
     }
     println!(
         "{:<8}{:<7}{:<22}{:<10}{:<10}{:<8}HEALTH",
