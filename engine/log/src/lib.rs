@@ -19,7 +19,7 @@ mod error;
 mod pipeline;
 mod repair;
 
-pub use error::LogError;
+pub use error::{EntryFailure, LogError};
 pub use pipeline::Pipeline;
 pub use repair::RepairReport;
 
@@ -273,11 +273,16 @@ impl Log {
 
     /// Appends one entry; returns its address.
     pub fn append(&mut self, data: &[u8]) -> Result<u64, LogError> {
+        check_entry_len("", data)?;
         Ok(self.append_batch(&[data])?[0])
     }
 
     /// Appends entries; returns their addresses (consecutive unless a race
-    /// forced a retry).
+    /// forced a retry, or the batch was split to fit a frame).
+    ///
+    /// An entry over the size limit fails the whole call at once, before any
+    /// address is taken. Otherwise the first entry that could not be appended
+    /// fails the call; [`Log::append_each`] says per entry what happened.
     ///
     /// An entry keeps its address across a layout change (a seal, or a failed
     /// unit taken out): it is written again at the same address under the new
@@ -286,11 +291,57 @@ impl Log {
     /// writer or a filler took first is given up for a new one.
     pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, LogError> {
         for (i, e) in entries.iter().enumerate() {
-            check_entry_len(i, e)?;
+            check_entry_len(&format!("batch entry {i}: "), e)?;
         }
-        let seqs = self.next_seqs(entries.len());
-        let n = entries.len();
-        self.append_resume(entries, &seqs, vec![None; n], vec![0; n])
+        self.append_each(entries)
+            .into_iter()
+            .map(|r| r.map_err(EntryFailure::into_error))
+            .collect()
+    }
+
+    /// Appends entries; returns per entry its address, or why it was not
+    /// appended and which address it held (where it may be in the log).
+    ///
+    /// An entry over the size limit fails at once and takes no address; the
+    /// others are appended. The batch is split into parts whose writes fit a
+    /// frame (one token request per part); once a part fails, the later parts
+    /// are not tried (they fail holding no address).
+    pub fn append_each(&mut self, entries: &[&[u8]]) -> Vec<Result<u64, EntryFailure>> {
+        let mut out: Vec<Option<Result<u64, EntryFailure>>> = entries
+            .iter()
+            .map(|e| {
+                check_entry_len("", e)
+                    .err()
+                    .map(|error| Err(EntryFailure { addr: None, error }))
+            })
+            .collect();
+        let ok: Vec<usize> = (0..entries.len()).filter(|i| out[*i].is_none()).collect();
+        let mut failed: Option<LogError> = None;
+        for part in frame_parts(ok.iter().map(|i| entries[*i].len())) {
+            let idx = &ok[part];
+            if let Some(e) = &failed {
+                for i in idx {
+                    out[*i] = Some(Err(EntryFailure {
+                        addr: None,
+                        error: fail!("not tried: an earlier part of the batch failed ({e})"),
+                    }));
+                }
+                continue;
+            }
+            let part: Vec<&[u8]> = idx.iter().map(|i| entries[*i]).collect();
+            let seqs = self.next_seqs(part.len());
+            let n = part.len();
+            let rs = self.append_resume(&part, &seqs, vec![None; n], vec![0; n]);
+            for (i, r) in idx.iter().zip(rs) {
+                if let Err(f) = &r {
+                    failed.get_or_insert_with(|| f.error.clone());
+                }
+                out[*i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every entry has a result"))
+            .collect()
     }
 
     /// `n` fresh writer sequence numbers.
@@ -327,15 +378,43 @@ impl Log {
     /// Appends `entries` with sequence numbers `seqs`: those with an address
     /// keep it (a retry), those `done` are skipped. The blocking path of
     /// [`Log::append_batch`], and what a [`Pipeline`] falls back to.
+    /// Per entry: its address, or why not and the address it held.
     fn append_resume(
         &mut self,
         entries: &[&[u8]],
         seqs: &[u64],
         mut addr_of: Vec<Option<u64>>,
         mut granted: Vec<u64>,
-    ) -> Result<Vec<u64>, LogError> {
+    ) -> Vec<Result<u64, EntryFailure>> {
+        let mut done = vec![false; entries.len()];
+        let r = self.append_tries(entries, seqs, &mut addr_of, &mut granted, &mut done);
+        done.iter()
+            .zip(addr_of)
+            .map(|(d, addr)| match (d, addr, &r) {
+                (true, Some(a), _) => Ok(a),
+                (_, addr, Err(e)) => Err(EntryFailure {
+                    addr,
+                    error: e.clone(),
+                }),
+                (_, addr, Ok(())) => Err(EntryFailure {
+                    addr,
+                    error: "the append stopped with the entry not done".into(),
+                }),
+            })
+            .collect()
+    }
+
+    /// The tries of [`Log::append_resume`]: `Ok` once every entry is `done`.
+    /// Entries done before a failure stay marked done.
+    fn append_tries(
+        &mut self,
+        entries: &[&[u8]],
+        seqs: &[u64],
+        addr_of: &mut [Option<u64>],
+        granted: &mut [u64],
+        done: &mut [bool],
+    ) -> Result<(), LogError> {
         let n = entries.len();
-        let mut done = vec![false; n];
         for _ in 0..self.max_retries {
             // An address granted in an older epoch is kept (written again, the
             // same entry, idempotently) only if it is below the current
@@ -374,20 +453,23 @@ impl Log {
                 }
             }
             let epoch = self.projection.epoch;
-            let mut jobs = self.chain_jobs((0..n).filter(|i| !done[*i]), &addr_of)?;
+            let mut jobs = self.chain_jobs((0..n).filter(|i| !done[*i]), addr_of)?;
             if jobs.is_empty() {
-                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+                return Ok(());
             }
             let mut refresh = false;
             // Every chain is written at once (a request to each chain's next
             // unit in flight together); within a chain, head to tail.
             let batch = BatchView {
                 writer: self.writer,
-                addr_of: &addr_of,
+                addr_of,
                 seqs,
                 entries,
             };
             write_chains(&mut *self.env, epoch, &mut jobs, &batch);
+            // Every chain's outcome is taken in before a failure ends the
+            // call, so entries complete on other chains are reported done.
+            let mut fatal: Option<LogError> = None;
             for job in jobs {
                 let (items, outcome) = job.finish();
                 let lost = match outcome {
@@ -399,11 +481,16 @@ impl Log {
                     }
                     ChainOutcome::Failed(unit, e) => {
                         // The unit is gone: take it out of the layout, retry.
-                        self.reconfigure(unit, &e)?;
+                        if fatal.is_none() {
+                            fatal = self.reconfigure(unit, &e).err();
+                        }
                         refresh = true;
                         continue;
                     }
-                    ChainOutcome::Refused(e) => return Err(e.into()),
+                    ChainOutcome::Refused(e) => {
+                        fatal.get_or_insert(e.into());
+                        continue;
+                    }
                 };
                 for (k, i) in items.iter().enumerate() {
                     if lost[k] {
@@ -413,15 +500,18 @@ impl Log {
                     }
                 }
             }
+            if let Some(e) = fatal {
+                return Err(e);
+            }
             if done.iter().all(|d| *d) {
-                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+                return Ok(());
             }
             if refresh {
                 self.refresh()?;
             }
         }
         Err(fail!(
-            "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled); others of this batch may already be in the log",
+            "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled)",
             done.iter().filter(|d| !**d).count(),
             self.max_retries
         ))
@@ -667,7 +757,12 @@ impl Log {
     }
 
     /// Trims every unit of the projection below `prefix`.
+    ///
+    /// A mark above the log's tail (the sequencer's next address, the fast
+    /// check) is refused before any unit is asked: every address the
+    /// sequencer handed out below it would be refused `trimmed`.
     pub fn trim(&mut self, prefix: u64) -> Result<(), LogError> {
+        self.check_trim_mark(prefix)?;
         let epoch = self.projection.epoch;
         let ids: Vec<u64> = self
             .projection
@@ -697,17 +792,65 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Refuses a trim mark above the log's tail: the units would then answer
+    /// `trimmed` to every address the sequencer hands out below the mark, and
+    /// appends would lose address after address. (A mark is never moved back.)
+    fn check_trim_mark(&mut self, prefix: u64) -> Result<(), LogError> {
+        let tail = self.check_fast()?;
+        if prefix > tail {
+            return Err(LogError::Invalid(format!(
+                "cannot trim below {prefix}: the log's tail is {tail} (the next address the sequencer hands out), and a trim mark above it would make the units refuse the addresses in between to every append; trim at most {tail}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Refuses an entry the units would answer `too-large`, before it takes an
 /// address (which would otherwise become a hole).
-fn check_entry_len(i: impl std::fmt::Display, entry: &[u8]) -> Result<(), LogError> {
+/// `which` names the entry in the message ("" for none).
+fn check_entry_len(which: &str, entry: &[u8]) -> Result<(), LogError> {
     let max = trex_wire::MAX_ENTRY_LEN as usize;
     if entry.len() > max {
-        return Err(fail!(
-            "entry {i} is {} bytes, above the {max}-byte limit of one log entry; split it",
-            entry.len()
-        ));
+        return Err(LogError::Invalid(format!(
+            "{which}entry too large: {} bytes, above the limit of one log entry, {} MiB ({max} bytes); split it",
+            entry.len(),
+            max >> 20
+        )));
     }
     Ok(())
+}
+
+/// Bytes one write request may spend on its entries (its body less the count).
+const WRITE_BUDGET: usize = trex_wire::MAX_BODY_LEN as usize - 4;
+
+/// Whether `count` entries taking `bytes` together fit one write request (each
+/// entry costs its length plus [`trex_wire::WRITE_OP_OVERHEAD`]).
+pub(crate) fn fits_frame(count: usize, bytes: usize) -> bool {
+    count <= trex_wire::MAX_OPS_PER_FRAME as usize
+        && bytes + count * trex_wire::WRITE_OP_OVERHEAD <= WRITE_BUDGET
+}
+
+/// Splits a batch (by its entries' lengths, each within the entry limit) into
+/// consecutive parts whose write requests fit a frame even if every entry of a
+/// part maps to the same chain. Splitting before the token keeps one part's
+/// addresses together, and any regrouping on a retry within the part fits too.
+fn frame_parts(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut count, mut bytes) = (0, 0, 0);
+    for (i, len) in lens.enumerate() {
+        if count > 0 && !fits_frame(count + 1, bytes + len) {
+            parts.push(start..i);
+            (start, count, bytes) = (i, 0, 0);
+        }
+        count += 1;
+        bytes += len;
+    }
+    if count > 0 {
+        parts.push(start..start + count);
+    }
+    parts
 }
 
 /// An iterator over the log in address order (see [`Log::subscribe`]).
