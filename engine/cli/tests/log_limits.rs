@@ -1,8 +1,8 @@
-//! Issue 10, cases 4 and 5 on real processes (`trex up`, then the `trex`
+//! Issue 10, cases 4, 5 and 10 on real processes (`trex up`, then the `trex`
 //! commands a user types): a trim above the log's tail is refused and appends
 //! go on; batches larger than one frame land whole, an entry over the limit
 //! takes no address, and a batch that fails part-way says which entries got
-//! addresses.
+//! addresses; a follower pays the hole wait once per dead range.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -186,13 +186,13 @@ fn batches_larger_than_a_frame_land_whole_and_oversized_entries_take_no_address(
     append_all_and_read_back(&c, 10, 3584 * 1024);
     append_all_and_read_back(&c, 400, 100_000);
 
-    // The pipeline: one flight of 40 entries of 1 MiB.
+    // The pipeline: 20 entries of 1 MiB, more than one frame.
     let mut log = Log::connect(&c.eps).unwrap();
     let from = next_address(&c);
     {
         let mut p = log.pipeline(1000, 2);
         let e = vec![b'p'; 1 << 20];
-        for _ in 0..40 {
+        for _ in 0..20 {
             p.submit(&e).unwrap();
         }
         p.flush().unwrap();
@@ -201,9 +201,9 @@ fn batches_larger_than_a_frame_land_whole_and_oversized_entries_take_no_address(
             r.unwrap_or_else(|e| panic!("pipelined entry {t}: {e}"));
             n += 1;
         }
-        assert_eq!(n, 40);
+        assert_eq!(n, 20);
     }
-    assert_eq!(next_address(&c), from + 40);
+    assert_eq!(next_address(&c), from + 20);
 
     // One line of 4 MiB + 1 byte: refused at once, with the limit, no address.
     let from = next_address(&c);
@@ -271,4 +271,67 @@ fn a_batch_failing_part_way_reports_each_entry() {
         }
     }
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+}
+
+/// Case 10: a writer takes 30 addresses and dies; the next entry reaches a
+/// follower after one hole wait (1 s), not thirty.
+#[test]
+fn a_follower_pays_the_hole_wait_once_per_dead_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = up(dir.path());
+    let log = Log::connect(&c.eps).unwrap();
+    let seq = log.projection().sequencer;
+    let out = trex(
+        &c,
+        &[
+            "token",
+            "--node",
+            &format!("127.0.0.1:{seq}"),
+            "--count",
+            "30",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = trex(&c, &["append", "x"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "30");
+
+    let t0 = Instant::now();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["tail", "--follow"])
+        .env("TREX_ENDPOINTS", &c.eps)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let deadline = t0 + Duration::from_secs(60);
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let done = l == "30\tx";
+        got.push(l);
+        if done {
+            break;
+        }
+    }
+    let took = t0.elapsed();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert_eq!(got.last().map(String::as_str), Some("30\tx"), "{got:?}");
+    assert_eq!(got.len(), 31);
+    assert!(got[..30].iter().all(|l| l.ends_with("\t(hole)")), "{got:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the follower reached x after {took:?}: the 1 s hole wait is paid once per dead range"
+    );
 }

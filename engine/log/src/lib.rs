@@ -16,6 +16,7 @@
 mod chain;
 pub mod env;
 mod error;
+mod fill_many;
 mod pipeline;
 mod repair;
 
@@ -788,6 +789,8 @@ impl Log {
             waiting_since: None,
             tail: 0,
             ahead: VecDeque::new(),
+            wait_tail: 0,
+            overdue_below: 0,
         }
     }
 }
@@ -863,6 +866,13 @@ pub struct Subscription<'a> {
     tail: u64,
     /// Decided slots read ahead, from `next` on (write-once: they stay true).
     ahead: VecDeque<Slot>,
+    /// The tail when the current hole wait began: every address below it was
+    /// handed out before the wait began.
+    wait_tail: u64,
+    /// Addresses below this are overdue: handed out before a hole wait that
+    /// expired, so one still unwritten has waited as long, and is filled
+    /// without a wait of its own (one wait per dead range, not per address).
+    overdue_below: u64,
 }
 
 /// How many addresses a follower reads in one go below the tail.
@@ -895,36 +905,42 @@ impl Subscription<'_> {
                 return Ok(None); // nothing handed out there yet
             }
         }
+        if self.ahead.is_empty() && addr < self.overdue_below {
+            self.fill_overdue(addr)?;
+        }
         if self.ahead.is_empty() {
             // Read up to the tail in one go; keep what is decided, up to the
             // first address still unwritten.
             let slots = self
                 .log
                 .read_range(addr, (self.tail - addr).min(READ_AHEAD))?;
-            let upto = slots
-                .iter()
-                .position(|s| *s == Slot::Unwritten)
-                .map_or(slots.len(), |k| k.max(1));
-            self.ahead = slots.into_iter().take(upto).collect();
+            self.keep_decided(slots);
         }
         match self.ahead.pop_front().ok_or("the log returned no slot")? {
             Slot::Unwritten => {
                 // Handed out, not written: its writer is slow, or died.
                 let now = self.log.env.now();
-                let since = *self.waiting_since.get_or_insert(now);
+                let since = match self.waiting_since {
+                    Some(since) => since,
+                    None => {
+                        self.wait_tail = self.tail;
+                        *self.waiting_since.insert(now)
+                    }
+                };
                 if now - since >= self.hole_wait {
                     // Ask again before filling: after a takeover the new
                     // sequencer may start below the old one's counter and hand
                     // this address out afresh.
                     self.tail = self.log.check_fast()?;
+                    self.waiting_since = None;
                     if addr >= self.tail {
-                        self.waiting_since = None;
                         return Ok(None);
                     }
-                    let s = self.log.fill(addr)?;
-                    self.waiting_since = None;
-                    self.next += 1;
-                    return Ok(Some((addr, s)));
+                    // Everything handed out before the wait began has waited
+                    // as long: fill what of it is still unwritten together.
+                    self.overdue_below = self.wait_tail.max(addr + 1);
+                    self.fill_overdue(addr)?;
+                    return self.try_next();
                 }
                 Ok(None)
             }
@@ -934,5 +950,38 @@ impl Subscription<'_> {
                 Ok(Some((addr, s)))
             }
         }
+    }
+
+    /// Keeps the decided slots of a read from `next` on, up to the first
+    /// unwritten one (just that one if it comes first).
+    fn keep_decided(&mut self, slots: Vec<Slot>) {
+        let upto = slots
+            .iter()
+            .position(|s| *s == Slot::Unwritten)
+            .map_or(slots.len(), |k| k.max(1));
+        self.ahead = slots.into_iter().take(upto).collect();
+    }
+
+    /// Reads from `addr` (overdue) up to `overdue_below` and fills every
+    /// address there still unwritten in one batch ([`Log::fill_many`]), after
+    /// asking the sequencer again (a new one may hand some of them out afresh:
+    /// those are not overdue).
+    fn fill_overdue(&mut self, addr: u64) -> Result<(), LogError> {
+        let end = self.overdue_below.min(addr.saturating_add(READ_AHEAD));
+        let mut slots = self.log.read_range(addr, end - addr)?;
+        if slots.contains(&Slot::Unwritten) {
+            self.tail = self.log.check_fast()?;
+            self.overdue_below = self.overdue_below.min(self.tail);
+            let holes: Vec<u64> = (addr..end)
+                .filter(|a| {
+                    *a < self.overdue_below && slots[(a - addr) as usize] == Slot::Unwritten
+                })
+                .collect();
+            for (a, s) in holes.iter().zip(self.log.fill_many(&holes)?) {
+                slots[(a - addr) as usize] = s;
+            }
+        }
+        self.keep_decided(slots);
+        Ok(())
     }
 }
