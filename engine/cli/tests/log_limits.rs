@@ -138,6 +138,52 @@ fn a_trim_above_the_tail_is_refused_and_appends_go_on() {
     assert_eq!(text(&out.stdout), "0\t(trimmed)\n1\t(trimmed)\n2\tthree\n");
 }
 
+/// Case 4: a trim is never reported failed after it took effect: with one
+/// unit dead, `trex trim` applies the mark on the others and exits 0.
+#[test]
+fn a_trim_that_took_effect_is_not_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = up(dir.path());
+    let out = trex(&c, &["append", "-"], b"a\nb\nc\nd\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = Log::connect(&c.eps).unwrap();
+    // The last unit asked (the tail of the last stripe) is dead.
+    let unit = *log.projection().segments[0].stripes[1].last().unwrap();
+    kill_unit(unit);
+    let out = trex(&c, &["trim", "2"], b"");
+    assert!(
+        out.status.success(),
+        "the trim took effect on the live units: {}",
+        text(&out.stderr)
+    );
+    let out = trex(&c, &["read", "0", "--count", "4"], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "0\t(trimmed)\n1\t(trimmed)\n2\tc\n3\td\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `kill -9` the storage unit `unit` of a `trex up` cluster (unit ids are
+/// their ports there).
+fn kill_unit(unit: u64) {
+    let pattern = format!("storage --listen 127.0.0.1:{unit} ");
+    let out = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    let pid: i32 = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: a process of our own cluster.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
 /// `n` lines of `len` bytes each (`len` of one letter per line).
 fn lines(n: usize, len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(n * (len + 1));

@@ -54,6 +54,15 @@ pub enum Slot {
     Trimmed,
 }
 
+/// What a trim did (see [`Log::trim`]).
+#[derive(Clone, Debug, Default)]
+pub struct TrimReport {
+    /// The units that applied the mark.
+    pub applied: Vec<u64>,
+    /// The units that did not, and why.
+    pub failed: Vec<(u64, String)>,
+}
+
 /// A client of the shared log.
 pub struct Log {
     env: Box<dyn Env>,
@@ -762,7 +771,12 @@ impl Log {
     /// A mark above the log's tail (the sequencer's next address, the fast
     /// check) is refused before any unit is asked: every address the
     /// sequencer handed out below it would be refused `trimmed`.
-    pub fn trim(&mut self, prefix: u64) -> Result<(), LogError> {
+    ///
+    /// Every unit is asked, whatever the others answered: once one applied
+    /// the mark, the trim took effect (reads there answer `trimmed`), so it is
+    /// reported done, with the units that did not apply it (call again for
+    /// them). Only a trim no unit applied fails.
+    pub fn trim(&mut self, prefix: u64) -> Result<TrimReport, LogError> {
         self.check_trim_mark(prefix)?;
         let epoch = self.projection.epoch;
         let ids: Vec<u64> = self
@@ -771,11 +785,25 @@ impl Log {
             .iter()
             .flat_map(|s| s.stripes.iter().flatten().copied())
             .collect();
+        let mut report = TrimReport::default();
         for id in ids {
-            self.with_unit(id, |c| c.trim(epoch, prefix))
-                .map_err(|e| format!("unit {id}: {e}"))?;
+            if report.applied.contains(&id) || report.failed.iter().any(|(u, _)| *u == id) {
+                continue; // a unit in several chains
+            }
+            match self.with_unit(id, |c| c.trim(epoch, prefix)) {
+                Ok(_) => report.applied.push(id),
+                Err(e) => report.failed.push((id, e.to_string())),
+            }
         }
-        Ok(())
+        if report.applied.is_empty() {
+            let why: Vec<String> = report
+                .failed
+                .iter()
+                .map(|(u, e)| format!("unit {u}: {e}"))
+                .collect();
+            return Err(fail!("no unit applied the trim: {}", why.join("; ")));
+        }
+        Ok(report)
     }
 
     /// Follows the log from `from`: yields entries and holes in address order,

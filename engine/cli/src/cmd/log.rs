@@ -170,8 +170,15 @@ pub fn tail(a: TailArgs) -> Result<(), CliError> {
 }
 
 pub fn trim(a: TrimArgs) -> Result<(), CliError> {
-    connect(&a.ep)?.trim(a.prefix)?;
+    let report = connect(&a.ep)?.trim(a.prefix)?;
     println!("trimmed below {}", a.prefix);
+    // It took effect: not a failure, but say where it did not (yet).
+    for (unit, why) in &report.failed {
+        eprintln!(
+            "warning: unit {unit} did not apply the trim ({why}); run `trex trim {}` again once it answers",
+            a.prefix
+        );
+    }
     Ok(())
 }
 
