@@ -49,6 +49,16 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The same kind of error (the same exit code), its message rewritten.
+    pub fn reword(self, f: impl FnOnce(&str) -> String) -> CliError {
+        match self {
+            CliError::Failed(t) => CliError::Failed(f(&t)),
+            CliError::Usage(t) => CliError::Usage(f(&t)),
+            CliError::LeaseLost(t) => CliError::LeaseLost(f(&t)),
+            CliError::Unavailable(t) => CliError::Unavailable(f(&t)),
+        }
+    }
+
     /// The documented exit code (see the module documentation).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -113,6 +123,7 @@ impl From<LogError> for CliError {
         match e {
             LogError::Consensus(c) => c.into(),
             LogError::Failed(t) => CliError::Failed(t),
+            LogError::Invalid(t) => CliError::Usage(t),
         }
     }
 }

@@ -16,10 +16,11 @@
 mod chain;
 pub mod env;
 mod error;
+mod fill_many;
 mod pipeline;
 mod repair;
 
-pub use error::LogError;
+pub use error::{EntryFailure, LogError};
 pub use pipeline::Pipeline;
 pub use repair::RepairReport;
 
@@ -51,6 +52,15 @@ pub enum Slot {
     Unwritten,
     /// Below the trim mark.
     Trimmed,
+}
+
+/// What a trim did (see [`Log::trim`]).
+#[derive(Clone, Debug, Default)]
+pub struct TrimReport {
+    /// The units that applied the mark.
+    pub applied: Vec<u64>,
+    /// The units that did not, and why.
+    pub failed: Vec<(u64, String)>,
 }
 
 /// A client of the shared log.
@@ -85,16 +95,6 @@ fn slot_of(unit: u64, it: ReadItem) -> Result<(u64, Slot), LogError> {
         }
     };
     Ok((it.addr, s))
-}
-
-/// What a trim did: the units that applied it, and those that did not answer
-/// (with why).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrimReport {
-    /// Units that recorded the new trim mark.
-    pub applied: Vec<u64>,
-    /// Units that did not, and the error each gave.
-    pub missed: Vec<(u64, String)>,
 }
 
 /// Every unit of projection `p`, each once, in id order.
@@ -294,11 +294,16 @@ impl Log {
 
     /// Appends one entry; returns its address.
     pub fn append(&mut self, data: &[u8]) -> Result<u64, LogError> {
+        check_entry_len("", data)?;
         Ok(self.append_batch(&[data])?[0])
     }
 
     /// Appends entries; returns their addresses (consecutive unless a race
-    /// forced a retry).
+    /// forced a retry, or the batch was split to fit a frame).
+    ///
+    /// An entry over the size limit fails the whole call at once, before any
+    /// address is taken. Otherwise the first entry that could not be appended
+    /// fails the call; [`Log::append_each`] says per entry what happened.
     ///
     /// An entry keeps its address across a layout change (a seal, or a failed
     /// unit taken out): it is written again at the same address under the new
@@ -307,11 +312,57 @@ impl Log {
     /// writer or a filler took first is given up for a new one.
     pub fn append_batch(&mut self, entries: &[&[u8]]) -> Result<Vec<u64>, LogError> {
         for (i, e) in entries.iter().enumerate() {
-            check_entry_len(i, e)?;
+            check_entry_len(&format!("batch entry {i}: "), e)?;
         }
-        let seqs = self.next_seqs(entries.len());
-        let n = entries.len();
-        self.append_resume(entries, &seqs, vec![None; n], vec![0; n])
+        self.append_each(entries)
+            .into_iter()
+            .map(|r| r.map_err(EntryFailure::into_error))
+            .collect()
+    }
+
+    /// Appends entries; returns per entry its address, or why it was not
+    /// appended and which address it held (where it may be in the log).
+    ///
+    /// An entry over the size limit fails at once and takes no address; the
+    /// others are appended. The batch is split into parts whose writes fit a
+    /// frame (one token request per part); once a part fails, the later parts
+    /// are not tried (they fail holding no address).
+    pub fn append_each(&mut self, entries: &[&[u8]]) -> Vec<Result<u64, EntryFailure>> {
+        let mut out: Vec<Option<Result<u64, EntryFailure>>> = entries
+            .iter()
+            .map(|e| {
+                check_entry_len("", e)
+                    .err()
+                    .map(|error| Err(EntryFailure { addr: None, error }))
+            })
+            .collect();
+        let ok: Vec<usize> = (0..entries.len()).filter(|i| out[*i].is_none()).collect();
+        let mut failed: Option<LogError> = None;
+        for part in frame_parts(ok.iter().map(|i| entries[*i].len())) {
+            let idx = &ok[part];
+            if let Some(e) = &failed {
+                for i in idx {
+                    out[*i] = Some(Err(EntryFailure {
+                        addr: None,
+                        error: fail!("not tried: an earlier part of the batch failed ({e})"),
+                    }));
+                }
+                continue;
+            }
+            let part: Vec<&[u8]> = idx.iter().map(|i| entries[*i]).collect();
+            let seqs = self.next_seqs(part.len());
+            let n = part.len();
+            let rs = self.append_resume(&part, &seqs, vec![None; n], vec![0; n]);
+            for (i, r) in idx.iter().zip(rs) {
+                if let Err(f) = &r {
+                    failed.get_or_insert_with(|| f.error.clone());
+                }
+                out[*i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every entry has a result"))
+            .collect()
     }
 
     /// `n` fresh writer sequence numbers.
@@ -348,15 +399,43 @@ impl Log {
     /// Appends `entries` with sequence numbers `seqs`: those with an address
     /// keep it (a retry), those `done` are skipped. The blocking path of
     /// [`Log::append_batch`], and what a [`Pipeline`] falls back to.
+    /// Per entry: its address, or why not and the address it held.
     fn append_resume(
         &mut self,
         entries: &[&[u8]],
         seqs: &[u64],
         mut addr_of: Vec<Option<u64>>,
         mut granted: Vec<u64>,
-    ) -> Result<Vec<u64>, LogError> {
+    ) -> Vec<Result<u64, EntryFailure>> {
+        let mut done = vec![false; entries.len()];
+        let r = self.append_tries(entries, seqs, &mut addr_of, &mut granted, &mut done);
+        done.iter()
+            .zip(addr_of)
+            .map(|(d, addr)| match (d, addr, &r) {
+                (true, Some(a), _) => Ok(a),
+                (_, addr, Err(e)) => Err(EntryFailure {
+                    addr,
+                    error: e.clone(),
+                }),
+                (_, addr, Ok(())) => Err(EntryFailure {
+                    addr,
+                    error: "the append stopped with the entry not done".into(),
+                }),
+            })
+            .collect()
+    }
+
+    /// The tries of [`Log::append_resume`]: `Ok` once every entry is `done`.
+    /// Entries done before a failure stay marked done.
+    fn append_tries(
+        &mut self,
+        entries: &[&[u8]],
+        seqs: &[u64],
+        addr_of: &mut [Option<u64>],
+        granted: &mut [u64],
+        done: &mut [bool],
+    ) -> Result<(), LogError> {
         let n = entries.len();
-        let mut done = vec![false; n];
         for _ in 0..self.max_retries {
             // An address granted in an older epoch is kept (written again, the
             // same entry, idempotently) only if it is below the current
@@ -395,20 +474,23 @@ impl Log {
                 }
             }
             let epoch = self.projection.epoch;
-            let mut jobs = self.chain_jobs((0..n).filter(|i| !done[*i]), &addr_of)?;
+            let mut jobs = self.chain_jobs((0..n).filter(|i| !done[*i]), addr_of)?;
             if jobs.is_empty() {
-                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+                return Ok(());
             }
             let mut refresh = false;
             // Every chain is written at once (a request to each chain's next
             // unit in flight together); within a chain, head to tail.
             let batch = BatchView {
                 writer: self.writer,
-                addr_of: &addr_of,
+                addr_of,
                 seqs,
                 entries,
             };
             write_chains(&mut *self.env, epoch, &mut jobs, &batch);
+            // Every chain's outcome is taken in before a failure ends the
+            // call, so entries complete on other chains are reported done.
+            let mut fatal: Option<LogError> = None;
             for job in jobs {
                 let (items, outcome) = job.finish();
                 let lost = match outcome {
@@ -420,7 +502,9 @@ impl Log {
                     }
                     ChainOutcome::Failed(unit, e) => {
                         // The unit is gone: take it out of the layout, retry.
-                        self.reconfigure(unit, &e)?;
+                        if fatal.is_none() {
+                            fatal = self.reconfigure(unit, &e).err();
+                        }
                         refresh = true;
                         continue;
                     }
@@ -430,7 +514,10 @@ impl Log {
                         refresh = true;
                         continue;
                     }
-                    ChainOutcome::Refused(e) => return Err(e.into()),
+                    ChainOutcome::Refused(e) => {
+                        fatal.get_or_insert(e.into());
+                        continue;
+                    }
                 };
                 for (k, i) in items.iter().enumerate() {
                     if lost[k] {
@@ -440,15 +527,18 @@ impl Log {
                     }
                 }
             }
+            if let Some(e) = fatal {
+                return Err(e);
+            }
             if done.iter().all(|d| *d) {
-                return Ok(addr_of.into_iter().map(|a| a.unwrap_or_default()).collect());
+                return Ok(());
             }
             if refresh {
                 self.refresh()?;
             }
         }
         Err(fail!(
-            "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled); others of this batch may already be in the log",
+            "{} entries could not be appended after {} tries (the layout kept changing, or addresses kept being filled)",
             done.iter().filter(|d| !**d).count(),
             self.max_retries
         ))
@@ -782,11 +872,19 @@ impl Log {
         Ok(tail)
     }
 
-    /// Trims every unit of the projection below `prefix`. A unit that does not
-    /// answer is passed over and named in the report (the trim took effect on
-    /// the others, so it is not an error): run the trim again once it is back,
-    /// or let it be taken out of the layout. Fails only if no unit applied it.
+    /// Trims every unit of the projection below `prefix`.
+    ///
+    /// A mark above the log's tail (the sequencer's next address, the fast
+    /// check) is refused before any unit is asked: every address the
+    /// sequencer handed out below it would be refused `trimmed`.
+    ///
+    /// Every unit is asked, whatever the others answered (a unit that does not
+    /// answer is passed over; one sealed at a newer epoch is asked again at
+    /// it): once one applied the mark, the trim took effect (reads there
+    /// answer `trimmed`), so it is reported done, with the units that did not
+    /// apply it (call again for them). Only a trim no unit applied fails.
     pub fn trim(&mut self, prefix: u64) -> Result<TrimReport, LogError> {
+        self.check_trim_mark(prefix)?;
         let mut report = TrimReport::default();
         for id in units_of(&self.projection.clone()) {
             let mut last = None;
@@ -809,18 +907,18 @@ impl Log {
             }
             match last {
                 None => report.applied.push(id),
-                Some(e) => report.missed.push((id, e)),
+                Some(e) => report.failed.push((id, e)),
             }
         }
         if report.applied.is_empty() {
+            let why: Vec<String> = report
+                .failed
+                .iter()
+                .map(|(u, e)| format!("unit {u}: {e}"))
+                .collect();
             return Err(fail!(
-                "no storage unit applied the trim below {prefix}: {}",
-                report
-                    .missed
-                    .iter()
-                    .map(|(id, e)| format!("unit {id}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                "no unit applied the trim below {prefix}: {}",
+                why.join("; ")
             ));
         }
         Ok(report)
@@ -837,21 +935,71 @@ impl Log {
             waiting_since: None,
             tail: 0,
             ahead: VecDeque::new(),
+            wait_tail: 0,
+            overdue_below: 0,
         }
+    }
+}
+
+impl Log {
+    /// Refuses a trim mark above the log's tail: the units would then answer
+    /// `trimmed` to every address the sequencer hands out below the mark, and
+    /// appends would lose address after address. (A mark is never moved back.)
+    fn check_trim_mark(&mut self, prefix: u64) -> Result<(), LogError> {
+        let tail = self.check_fast()?;
+        if prefix > tail {
+            return Err(LogError::Invalid(format!(
+                "cannot trim below {prefix}: the log's tail is {tail} (the next address the sequencer hands out), and a trim mark above it would make the units refuse the addresses in between to every append; trim at most {tail}"
+            )));
+        }
+        Ok(())
     }
 }
 
 /// Refuses an entry the units would answer `too-large`, before it takes an
 /// address (which would otherwise become a hole).
-fn check_entry_len(i: impl std::fmt::Display, entry: &[u8]) -> Result<(), LogError> {
+/// `which` names the entry in the message ("" for none).
+fn check_entry_len(which: &str, entry: &[u8]) -> Result<(), LogError> {
     let max = trex_wire::MAX_ENTRY_LEN as usize;
     if entry.len() > max {
-        return Err(fail!(
-            "entry {i} is {} bytes, above the {max}-byte limit of one log entry; split it",
-            entry.len()
-        ));
+        return Err(LogError::Invalid(format!(
+            "{which}entry too large: {} bytes, above the limit of one log entry, {} MiB ({max} bytes); split it",
+            entry.len(),
+            max >> 20
+        )));
     }
     Ok(())
+}
+
+/// Bytes one write request may spend on its entries (its body less the count).
+const WRITE_BUDGET: usize = trex_wire::MAX_BODY_LEN as usize - 4;
+
+/// Whether `count` entries taking `bytes` together fit one write request (each
+/// entry costs its length plus [`trex_wire::WRITE_OP_OVERHEAD`]).
+pub(crate) fn fits_frame(count: usize, bytes: usize) -> bool {
+    count <= trex_wire::MAX_OPS_PER_FRAME as usize
+        && bytes + count * trex_wire::WRITE_OP_OVERHEAD <= WRITE_BUDGET
+}
+
+/// Splits a batch (by its entries' lengths, each within the entry limit) into
+/// consecutive parts whose write requests fit a frame even if every entry of a
+/// part maps to the same chain. Splitting before the token keeps one part's
+/// addresses together, and any regrouping on a retry within the part fits too.
+fn frame_parts(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut count, mut bytes) = (0, 0, 0);
+    for (i, len) in lens.enumerate() {
+        if count > 0 && !fits_frame(count + 1, bytes + len) {
+            parts.push(start..i);
+            (start, count, bytes) = (i, 0, 0);
+        }
+        count += 1;
+        bytes += len;
+    }
+    if count > 0 {
+        parts.push(start..start + count);
+    }
+    parts
 }
 
 /// An iterator over the log in address order (see [`Log::subscribe`]).
@@ -864,6 +1012,13 @@ pub struct Subscription<'a> {
     tail: u64,
     /// Decided slots read ahead, from `next` on (write-once: they stay true).
     ahead: VecDeque<Slot>,
+    /// The tail when the current hole wait began: every address below it was
+    /// handed out before the wait began.
+    wait_tail: u64,
+    /// Addresses below this are overdue: handed out before a hole wait that
+    /// expired, so one still unwritten has waited as long, and is filled
+    /// without a wait of its own (one wait per dead range, not per address).
+    overdue_below: u64,
 }
 
 /// How many addresses a follower reads in one go below the tail.
@@ -896,36 +1051,42 @@ impl Subscription<'_> {
                 return Ok(None); // nothing handed out there yet
             }
         }
+        if self.ahead.is_empty() && addr < self.overdue_below {
+            self.fill_overdue(addr)?;
+        }
         if self.ahead.is_empty() {
             // Read up to the tail in one go; keep what is decided, up to the
             // first address still unwritten.
             let slots = self
                 .log
                 .read_range(addr, (self.tail - addr).min(READ_AHEAD))?;
-            let upto = slots
-                .iter()
-                .position(|s| *s == Slot::Unwritten)
-                .map_or(slots.len(), |k| k.max(1));
-            self.ahead = slots.into_iter().take(upto).collect();
+            self.keep_decided(slots);
         }
         match self.ahead.pop_front().ok_or("the log returned no slot")? {
             Slot::Unwritten => {
                 // Handed out, not written: its writer is slow, or died.
                 let now = self.log.env.now();
-                let since = *self.waiting_since.get_or_insert(now);
+                let since = match self.waiting_since {
+                    Some(since) => since,
+                    None => {
+                        self.wait_tail = self.tail;
+                        *self.waiting_since.insert(now)
+                    }
+                };
                 if now - since >= self.hole_wait {
                     // Ask again before filling: after a takeover the new
                     // sequencer may start below the old one's counter and hand
                     // this address out afresh.
                     self.tail = self.log.check_fast()?;
+                    self.waiting_since = None;
                     if addr >= self.tail {
-                        self.waiting_since = None;
                         return Ok(None);
                     }
-                    let s = self.log.fill(addr)?;
-                    self.waiting_since = None;
-                    self.next += 1;
-                    return Ok(Some((addr, s)));
+                    // Everything handed out before the wait began has waited
+                    // as long: fill what of it is still unwritten together.
+                    self.overdue_below = self.wait_tail.max(addr + 1);
+                    self.fill_overdue(addr)?;
+                    return self.try_next();
                 }
                 Ok(None)
             }
@@ -935,5 +1096,38 @@ impl Subscription<'_> {
                 Ok(Some((addr, s)))
             }
         }
+    }
+
+    /// Keeps the decided slots of a read from `next` on, up to the first
+    /// unwritten one (just that one if it comes first).
+    fn keep_decided(&mut self, slots: Vec<Slot>) {
+        let upto = slots
+            .iter()
+            .position(|s| *s == Slot::Unwritten)
+            .map_or(slots.len(), |k| k.max(1));
+        self.ahead = slots.into_iter().take(upto).collect();
+    }
+
+    /// Reads from `addr` (overdue) up to `overdue_below` and fills every
+    /// address there still unwritten in one batch ([`Log::fill_many`]), after
+    /// asking the sequencer again (a new one may hand some of them out afresh:
+    /// those are not overdue).
+    fn fill_overdue(&mut self, addr: u64) -> Result<(), LogError> {
+        let end = self.overdue_below.min(addr.saturating_add(READ_AHEAD));
+        let mut slots = self.log.read_range(addr, end - addr)?;
+        if slots.contains(&Slot::Unwritten) {
+            self.tail = self.log.check_fast()?;
+            self.overdue_below = self.overdue_below.min(self.tail);
+            let holes: Vec<u64> = (addr..end)
+                .filter(|a| {
+                    *a < self.overdue_below && slots[(a - addr) as usize] == Slot::Unwritten
+                })
+                .collect();
+            for (a, s) in holes.iter().zip(self.log.fill_many(&holes)?) {
+                slots[(a - addr) as usize] = s;
+            }
+        }
+        self.keep_decided(slots);
+        Ok(())
     }
 }

@@ -95,7 +95,7 @@ impl Log {
     pub fn pipeline(&mut self, batch: usize, window: usize) -> Pipeline<'_> {
         Pipeline {
             log: self,
-            batch: batch.max(1),
+            batch: batch.clamp(1, trex_wire::MAX_OPS_PER_FRAME as usize),
             window: window.max(1),
             queued: Entries::default(),
             flights: VecDeque::new(),
@@ -108,18 +108,33 @@ impl Log {
 impl Pipeline<'_> {
     /// Queues one entry; returns its ticket (tickets count up from 0). Blocks
     /// only while the window is full, driving the flights in the meantime.
+    ///
+    /// An entry over the size limit is refused at once (no ticket, no
+    /// address). A batch is launched early when the next entry would make its
+    /// write requests exceed a frame.
     pub fn submit(&mut self, data: &[u8]) -> Result<u64, LogError> {
         let t = self.next_ticket;
-        super::check_entry_len(t, data)?;
+        super::check_entry_len(&format!("ticket {t}: "), data)?;
+        let (count, bytes) = (self.queued.len(), self.queued.bytes.len());
+        if count > 0 && !super::fits_frame(count + 1, bytes + data.len()) {
+            self.launch_and_wait()?;
+        }
         self.next_ticket += 1;
         self.queued.push(data);
         if self.queued.len() >= self.batch {
-            self.launch();
-            while self.flights.len() >= self.window {
-                self.drive()?;
-            }
+            self.launch_and_wait()?;
         }
         Ok(t)
+    }
+
+    /// Launches the queued entries; then drives the flights until the window
+    /// has room.
+    fn launch_and_wait(&mut self) -> Result<(), LogError> {
+        self.launch();
+        while self.flights.len() >= self.window {
+            self.drive()?;
+        }
+        Ok(())
     }
 
     /// A completed append: its ticket and its address (or why it failed; a
@@ -271,7 +286,9 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Reports finished flights; finishes irregular ones the blocking way.
+    /// Reports finished flights; finishes irregular ones the blocking way (each
+    /// entry with its own result: a flight failing part-way fails only the
+    /// entries not done, naming the address each held).
     fn report(&mut self) {
         let mut keep = VecDeque::with_capacity(self.flights.len());
         while let Some(mut f) = self.flights.pop_front() {
@@ -296,17 +313,9 @@ impl Pipeline<'_> {
                     let r = self
                         .log
                         .append_resume(&refs, &f.seqs, f.addr_of, vec![f.epoch; n]);
-                    match r {
-                        Ok(addrs) => {
-                            for (t, a) in (f.first_ticket..).zip(addrs) {
-                                self.done.push_back((t, Ok(a)));
-                            }
-                        }
-                        Err(e) => {
-                            for t in (f.first_ticket..).take(n) {
-                                self.done.push_back((t, Err(e.clone())));
-                            }
-                        }
+                    for (t, r) in (f.first_ticket..).zip(r) {
+                        self.done
+                            .push_back((t, r.map_err(crate::EntryFailure::into_error)));
                     }
                 }
                 Stage::Token | Stage::Write(_) => keep.push_back(f),

@@ -4,7 +4,7 @@ use crate::common::{escape, resolve_endpoints, Endpoints};
 use crate::error::CliError;
 use clap::Args;
 use std::time::Duration;
-use trex_log::{Log, Slot};
+use trex_log::{Log, LogError, Slot};
 
 #[derive(Args)]
 pub struct AppendArgs {
@@ -57,6 +57,10 @@ pub struct CheckArgs {
 
 /// How many lines of standard input `trex append -` appends in one batch.
 const APPEND_BATCH: usize = 1000;
+/// How many bytes of lines `trex append -` holds before it appends them (the
+/// library splits a batch into frames of at most 16 MiB anyway; this bounds
+/// the memory it holds).
+const APPEND_BATCH_BYTES: usize = 16 << 20;
 
 fn connect(ep: &Endpoints) -> Result<Log, CliError> {
     Ok(Log::connect_to(&resolve_endpoints(ep)?, ep.cluster_id)?)
@@ -68,27 +72,76 @@ pub fn append(a: AppendArgs) -> Result<(), CliError> {
         println!("{}", log.append(a.data.as_bytes())?);
         return Ok(());
     }
-    let mut lines: Vec<String> = Vec::new();
+    let mut input = Lines::default();
     for line in std::io::BufRead::lines(std::io::stdin().lock()) {
-        lines.push(line.map_err(|e| format!("cannot read standard input: {e}"))?);
-        if lines.len() == APPEND_BATCH {
-            append_lines(&mut log, &mut lines)?;
+        input.push(line.map_err(|e| format!("cannot read standard input: {e}"))?);
+        if (input.lines.len() == APPEND_BATCH || input.bytes >= APPEND_BATCH_BYTES)
+            && !input.append(&mut log)
+        {
+            break; // the cluster failed: later lines would too
         }
     }
-    if !lines.is_empty() {
-        append_lines(&mut log, &mut lines)?;
+    input.append(&mut log);
+    match input.first_error {
+        None => Ok(()),
+        Some(e) => Err(CliError::from(e).reword(|t| {
+            format!(
+                "{} of {} lines not appended (each is named above); the first: {t}",
+                input.failed, input.read
+            )
+        })),
     }
-    Ok(())
 }
 
-/// Appends `lines` as one batch, prints their addresses, and empties `lines`.
-fn append_lines(log: &mut Log, lines: &mut Vec<String>) -> Result<(), CliError> {
-    let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-    for a in log.append_batch(&refs)? {
-        println!("{a}");
+/// Lines of standard input read and not yet appended, and how the others went.
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    bytes: usize,
+    /// Lines read so far (the number of the last one).
+    read: usize,
+    failed: usize,
+    first_error: Option<LogError>,
+}
+
+impl Lines {
+    fn push(&mut self, line: String) {
+        self.bytes += line.len();
+        self.read += 1;
+        self.lines.push(line);
     }
-    lines.clear();
-    Ok(())
+
+    /// Appends the held lines as one batch and prints, per line in order, its
+    /// address (or `-`, with why on standard error and the address it held, if
+    /// any). Returns false if a line failed for a reason other than itself
+    /// (the cluster's), so that no more lines are tried.
+    fn append(&mut self, log: &mut Log) -> bool {
+        let refs: Vec<&[u8]> = self.lines.iter().map(|l| l.as_bytes()).collect();
+        let first_line = self.read - self.lines.len() + 1;
+        let mut go_on = true;
+        for (k, r) in log.append_each(&refs).into_iter().enumerate() {
+            match r {
+                Ok(a) => println!("{a}"),
+                Err(f) => {
+                    println!("-");
+                    let line = first_line + k;
+                    match f.addr {
+                        Some(a) => eprintln!(
+                            "line {line}: not appended; it held address {a} (it may be in the log there, or become a hole): {}",
+                            f.error
+                        ),
+                        None => eprintln!("line {line}: not appended: {}", f.error),
+                    }
+                    go_on &= matches!(f.error, LogError::Invalid(_));
+                    self.failed += 1;
+                    self.first_error.get_or_insert(f.error);
+                }
+            }
+        }
+        self.lines.clear();
+        self.bytes = 0;
+        go_on
+    }
 }
 
 pub fn read(a: ReadArgs) -> Result<(), CliError> {
@@ -117,11 +170,12 @@ pub fn tail(a: TailArgs) -> Result<(), CliError> {
 }
 
 pub fn trim(a: TrimArgs) -> Result<(), CliError> {
-    let r = connect(&a.ep)?.trim(a.prefix)?;
+    let report = connect(&a.ep)?.trim(a.prefix)?;
     println!("trimmed below {}", a.prefix);
-    for (id, e) in &r.missed {
+    // It took effect: not a failure, but say where it did not (yet).
+    for (unit, why) in &report.failed {
         eprintln!(
-            "warning: unit {id} did not apply the trim ({e}); the others did. Run `trex trim {}` again once it answers",
+            "warning: unit {unit} did not apply the trim ({why}); run `trex trim {}` again once it answers",
             a.prefix
         );
     }
