@@ -61,15 +61,20 @@ pub enum Msg {
         /// First slot asked about.
         from: u64,
     },
-    /// Phase 1b.
+    /// Phase 1b. The promise holds for every slot; the report of accepted
+    /// values is bounded in size, so it may cover only slots `from..upto`
+    /// (the proposer asks again, with the same ballot, from `upto`).
     Promise {
         /// The ballot promised.
         ballot: Ballot,
-        /// Accepted `(slot, ballot, value)` at or above `from`.
+        /// Accepted `(slot, ballot, value)` at or above `from` and below `upto`.
         accepted: Vec<(u64, Ballot, Value)>,
         /// Slots below this are compacted into the replier's snapshot: chosen,
         /// and no longer reported as accepted.
         snapshot: u64,
+        /// Every value accepted in `from..upto` is reported; `u64::MAX` when the
+        /// report is complete (nothing accepted at or above `from` is left out).
+        upto: u64,
     },
     /// Phase 2a.
     Accept {
@@ -133,6 +138,11 @@ fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_u32(out, b.len() as u32);
     out.extend_from_slice(b);
+}
+
+/// Bytes [`encode_value`] writes for `v`.
+pub fn value_len(v: &Value) -> usize {
+    4 + v.iter().map(|c| 28 + c.op.len()).sum::<usize>()
 }
 
 /// Encodes a batch: `count u32`, then per command `client u64, seq u64,
@@ -220,6 +230,7 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
             ballot,
             accepted,
             snapshot,
+            upto,
         } => {
             out.push(T_PROMISE);
             put_ballot(out, *ballot);
@@ -230,6 +241,7 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
                 encode_value(out, v);
             }
             put_u64(out, *snapshot);
+            put_u64(out, *upto);
         }
         Msg::Accept {
             ballot,
@@ -312,6 +324,7 @@ pub fn decode_msg(body: &[u8]) -> Result<Msg, DecodeError> {
                 ballot,
                 accepted,
                 snapshot: r.u64()?,
+                upto: r.u64()?,
             }
         }
         T_ACCEPT => Msg::Accept {

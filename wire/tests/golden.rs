@@ -131,6 +131,7 @@ fn consensus_vectors() -> Vec<(&'static str, Vec<u8>)> {
                             vec![],
                         )],
                         snapshot: 0,
+                        upto: u64::MAX,
                     },
                 )
             }),

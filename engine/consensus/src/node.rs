@@ -121,6 +121,18 @@ impl NodeIo {
         self.frame.clear();
         let s = begin_frame(&mut self.frame);
         cw::encode_peer(&mut self.frame, self.id, m);
+        let body = self.frame.len() - s - trex_wire::HEADER_LEN;
+        if body > trex_wire::MAX_BODY_LEN as usize {
+            // The peer would refuse the frame and close the link, and every
+            // message queued behind it would be lost with it. The core bounds
+            // what one message carries; reaching this is a bug, so say so.
+            trex_net::log_line!(
+                "ERROR",
+                "not sending a {body}-byte peer message to node {to}: over the {}-byte frame limit",
+                trex_wire::MAX_BODY_LEN
+            );
+            return;
+        }
         finish_frame(
             &mut self.frame,
             s,
