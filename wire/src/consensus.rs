@@ -128,6 +128,13 @@ pub enum Msg {
         /// The encoded state machine.
         state: Vec<u8>,
     },
+    /// A follower's answer to a `commit` heartbeat: it heard the leader of
+    /// `ballot`. A leader that stops getting these from a quorum steps down
+    /// (check-quorum).
+    CommitAck {
+        /// The heartbeat's ballot.
+        ballot: Ballot,
+    },
 }
 
 fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
@@ -207,6 +214,7 @@ const T_COMMIT: u8 = 8;
 const T_CATCHUP: u8 = 9;
 const T_CHOSEN: u8 = 10;
 const T_SNAPSHOT: u8 = 11;
+const T_COMMIT_ACK: u8 = 12;
 
 /// Encodes a message: a type byte, then its fields in declaration order
 /// (ballots as `counter u64, node u64`; lists as `count u32` then items).
@@ -288,6 +296,10 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
             put_u64(out, *upto);
             put_bytes(out, state);
         }
+        Msg::CommitAck { ballot } => {
+            out.push(T_COMMIT_ACK);
+            put_ballot(out, *ballot);
+        }
     }
 }
 
@@ -360,6 +372,9 @@ pub fn decode_msg(body: &[u8]) -> Result<Msg, DecodeError> {
         T_SNAPSHOT => Msg::Snapshot {
             upto: r.u64()?,
             state: r.blob(crate::MAX_BODY_LEN)?,
+        },
+        T_COMMIT_ACK => Msg::CommitAck {
+            ballot: r.ballot()?,
         },
         other => return Err(DecodeError::UnknownOpcode(other)),
     };

@@ -222,6 +222,12 @@ fn consensus_vectors() -> Vec<(&'static str, Vec<u8>)> {
                 )
             }),
         ),
+        (
+            "peer-commit-ack",
+            frame(Opcode::Peer, REQ, 0, 0, |x| {
+                encode_peer(x, 3, &Msg::CommitAck { ballot: b })
+            }),
+        ),
     ]
 }
 

@@ -189,6 +189,11 @@ struct Leading {
     inflight: BTreeMap<u64, InFlight>,
     buffer: VecDeque<Command>,
     last_heartbeat_ms: u64,
+    /// When this node became leader (check-quorum gives it one election
+    /// timeout before it judges).
+    since_ms: u64,
+    /// When each other node was last heard from (any message).
+    heard: BTreeMap<NodeId, u64>,
     /// Phase 1 is not over: promises so far reported only the slots below
     /// `Recovery::from` (their reports are bounded in size). New commands wait
     /// in `buffer` until every slot a quorum may have accepted is re-proposed.
@@ -455,8 +460,29 @@ impl Replica {
         }
     }
 
+    /// Check-quorum: whether a leader has heard from a quorum (itself included)
+    /// within the last election timeout, or leads for less than that.
+    fn hears_quorum(&self, now_ms: u64) -> bool {
+        let Role::Leader(l) = &self.role else {
+            return true;
+        };
+        let e = self.cfg.election_ms;
+        if now_ms < l.since_ms + e {
+            return true;
+        }
+        let recent = l.heard.values().filter(|t| **t + e > now_ms).count();
+        1 + recent >= self.cfg.quorum()
+    }
+
     /// Time passes.
     pub fn tick(&mut self, now_ms: u64) {
+        if !self.hears_quorum(now_ms) {
+            // It may still reach the others, but without hearing a quorum it
+            // cannot commit; its heartbeats would only keep them from
+            // electing someone who can. Silence lets them time out.
+            self.step_down(now_ms);
+            self.leader = None;
+        }
         match &mut self.role {
             Role::Leader(l) => {
                 let (ballot, commit) = (l.ballot, self.commit);
@@ -536,6 +562,11 @@ impl Replica {
         if !self.cfg.nodes.contains(&from) {
             return; // not a member of this group
         }
+        if let Role::Leader(l) = &mut self.role {
+            if from != self.cfg.id {
+                l.heard.insert(from, now_ms);
+            }
+        }
         match m {
             Msg::PreVote { ballot } => {
                 let leader_alive = match self.role {
@@ -585,8 +616,13 @@ impl Replica {
             }
             Msg::Commit { ballot, commit } => {
                 self.observe_leader(ballot, now_ms);
+                if ballot >= self.promised && from != self.cfg.id {
+                    self.send(from, Msg::CommitAck { ballot });
+                }
                 self.learn_commit(commit, ballot, from, now_ms);
             }
+            // Only a sign of life (recorded above).
+            Msg::CommitAck { .. } => {}
             Msg::CatchUp { from: slot } => self.on_catchup(from, slot),
             Msg::Chosen { entries, commit } => {
                 if let Role::Leader(l) = &self.role {
@@ -747,6 +783,8 @@ impl Replica {
             inflight: BTreeMap::new(),
             buffer: VecDeque::new(),
             last_heartbeat_ms: now_ms,
+            since_ms: now_ms,
+            heard: BTreeMap::new(),
             recovery: None,
         });
         self.leader = Some(self.cfg.id);

@@ -141,8 +141,11 @@ fn an_accept_is_journalled_before_it_is_acknowledged_and_reported_in_promises() 
     );
     assert_eq!(
         out.on_durable.send,
-        vec![(3, Msg::CatchUp { from: 0 })],
-        "it asks for the chosen value instead"
+        vec![
+            (3, Msg::CommitAck { ballot: b(2, 3) }),
+            (3, Msg::CatchUp { from: 0 })
+        ],
+        "it answers the heartbeat and asks for the chosen value instead"
     );
     // The leader of 1.1 saying slot 0 is chosen does: it proposed one value there.
     r.handle(
@@ -547,6 +550,116 @@ fn a_leader_recovers_a_long_log_in_bounded_rounds_before_it_takes_new_commands()
         .collect();
     assert_eq!(new, vec![(4, 2)], "the commands that waited share slot 4");
     assert_eq!(r.status().commit, 4);
+}
+
+#[test]
+fn followers_answer_heartbeats_and_a_leader_that_hears_no_quorum_steps_down() {
+    // Elected at NOW + 10_000 (election timeout 300 ms by default).
+    let t = NOW + 10_000;
+    let bal = b(1, 1);
+    let done = || Msg::Promise {
+        ballot: bal,
+        accepted: vec![],
+        snapshot: 0,
+        upto: u64::MAX,
+    };
+    let (mut r, _) = elect(Config::new(1, vec![1, 2, 3]), done(), done());
+    assert!(r.status().leading);
+    // A follower answers a heartbeat of the ballot it follows, and only that.
+    let mut f = replica(2);
+    f.handle(
+        1,
+        Msg::Commit {
+            ballot: bal,
+            commit: 0,
+        },
+        t,
+    );
+    assert_eq!(
+        f.take_ready().on_durable.send,
+        vec![(1, Msg::CommitAck { ballot: bal })]
+    );
+    f.handle(
+        3,
+        Msg::Prepare {
+            ballot: b(2, 3),
+            from: 0,
+        },
+        t,
+    );
+    f.take_ready();
+    f.handle(
+        1,
+        Msg::Commit {
+            ballot: bal,
+            commit: 0,
+        },
+        t,
+    );
+    assert!(
+        f.take_ready()
+            .on_durable
+            .send
+            .iter()
+            .all(|(_, m)| !matches!(m, Msg::CommitAck { .. })),
+        "a deposed leader gets no sign of support"
+    );
+    // The leader heard node 2 at t + 250: still leading at t + 540 (within
+    // 300 ms of it), heartbeats going out.
+    r.handle(2, Msg::CommitAck { ballot: bal }, t + 250);
+    r.tick(t + 540);
+    assert!(r.status().leading);
+    assert!(r.take_ready().on_durable.send.contains(&(
+        2,
+        Msg::Commit {
+            ballot: bal,
+            commit: 0
+        }
+    )));
+    // Nothing from anyone since t + 250: at t + 550 it no longer hears a
+    // quorum; it steps down, names no leader, and sends no heartbeat.
+    r.tick(t + 550);
+    let st = r.status();
+    assert!(!st.leading && st.leader.is_none(), "{st:?}");
+    let out = r.take_ready();
+    assert!(
+        out.persist.is_empty(),
+        "stepping down changes nothing durable"
+    );
+    assert!(
+        out.on_durable.send.is_empty(),
+        "no heartbeat: {:?}",
+        out.on_durable.send
+    );
+    assert!(r.propose(cmd(1), t + 550).is_err());
+}
+
+#[test]
+fn a_new_leader_has_one_election_timeout_before_check_quorum_judges() {
+    let t = NOW + 10_000;
+    let bal = b(1, 1);
+    let done = || Msg::Promise {
+        ballot: bal,
+        accepted: vec![],
+        snapshot: 0,
+        upto: u64::MAX,
+    };
+    let (mut r, _) = elect(Config::new(1, vec![1, 2, 3]), done(), done());
+    r.tick(t + 299);
+    assert!(r.status().leading, "the promises were its quorum just now");
+    // Any message counts as hearing a node, an accepted as well as an ack.
+    r.handle(
+        3,
+        Msg::Accepted {
+            ballot: bal,
+            slot: 9,
+        },
+        t + 299,
+    );
+    r.tick(t + 598);
+    assert!(r.status().leading);
+    r.tick(t + 599);
+    assert!(!r.status().leading);
 }
 
 #[test]

@@ -59,6 +59,23 @@ fn a_full_group_restart_with_a_long_uncompacted_journal_recovers() {
     );
 }
 
+/// Case 7 of issue 10: a leader that can send but not receive (every link
+/// into it cut one way, clients' requests too). It must step down (it hears
+/// no quorum), the others must stop deferring to it, elect a leader among
+/// themselves and answer new commands; once healed it catches up.
+#[test]
+fn a_leader_that_hears_nothing_is_replaced() {
+    let opts = SimOptions {
+        deaf_leader: true,
+        ..SimOptions::default()
+    };
+    for seed in 1..=40 {
+        if let Err(e) = run(seed, opts) {
+            panic!("{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --deaf-leader --seed {seed}");
+        }
+    }
+}
+
 #[test]
 fn a_seed_replays_identically() {
     for seed in [3, 77, 1234] {
