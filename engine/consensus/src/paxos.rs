@@ -16,6 +16,13 @@
 //! with the highest ballot reported (or a no-op) and then "gallops": phase 2
 //! only, with commands that arrive while accepts are in flight batched into the
 //! next slots, several slots in flight.
+//!
+//! Phase 1 runs in rounds when the journals are long: a promise reports a
+//! bounded prefix of what its sender accepted (`upto` says where it stopped),
+//! and the leader, having re-proposed that prefix, asks again from there with
+//! the same ballot. A leader that has not heard from a quorum for an election
+//! timeout steps down (check-quorum), so followers it can still reach stop
+//! deferring to it. `docs/consensus.md` argues both.
 
 use super::sm::StateMachine;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
