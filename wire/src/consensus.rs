@@ -61,15 +61,20 @@ pub enum Msg {
         /// First slot asked about.
         from: u64,
     },
-    /// Phase 1b.
+    /// Phase 1b. The promise holds for every slot; the report of accepted
+    /// values is bounded in size, so it may cover only slots `from..upto`
+    /// (the proposer asks again, with the same ballot, from `upto`).
     Promise {
         /// The ballot promised.
         ballot: Ballot,
-        /// Accepted `(slot, ballot, value)` at or above `from`.
+        /// Accepted `(slot, ballot, value)` at or above `from` and below `upto`.
         accepted: Vec<(u64, Ballot, Value)>,
         /// Slots below this are compacted into the replier's snapshot: chosen,
         /// and no longer reported as accepted.
         snapshot: u64,
+        /// Every value accepted in `from..upto` is reported; `u64::MAX` when the
+        /// report is complete (nothing accepted at or above `from` is left out).
+        upto: u64,
     },
     /// Phase 2a.
     Accept {
@@ -123,6 +128,13 @@ pub enum Msg {
         /// The encoded state machine.
         state: Vec<u8>,
     },
+    /// A follower's answer to a `commit` heartbeat: it heard the leader of
+    /// `ballot`. A leader that stops getting these from a quorum steps down
+    /// (check-quorum).
+    CommitAck {
+        /// The heartbeat's ballot.
+        ballot: Ballot,
+    },
 }
 
 fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
@@ -133,6 +145,11 @@ fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_u32(out, b.len() as u32);
     out.extend_from_slice(b);
+}
+
+/// Bytes [`encode_value`] writes for `v`.
+pub fn value_len(v: &Value) -> usize {
+    4 + v.iter().map(|c| 28 + c.op.len()).sum::<usize>()
 }
 
 /// Encodes a batch: `count u32`, then per command `client u64, seq u64,
@@ -197,6 +214,7 @@ const T_COMMIT: u8 = 8;
 const T_CATCHUP: u8 = 9;
 const T_CHOSEN: u8 = 10;
 const T_SNAPSHOT: u8 = 11;
+const T_COMMIT_ACK: u8 = 12;
 
 /// Encodes a message: a type byte, then its fields in declaration order
 /// (ballots as `counter u64, node u64`; lists as `count u32` then items).
@@ -220,6 +238,7 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
             ballot,
             accepted,
             snapshot,
+            upto,
         } => {
             out.push(T_PROMISE);
             put_ballot(out, *ballot);
@@ -230,6 +249,7 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
                 encode_value(out, v);
             }
             put_u64(out, *snapshot);
+            put_u64(out, *upto);
         }
         Msg::Accept {
             ballot,
@@ -276,6 +296,10 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
             put_u64(out, *upto);
             put_bytes(out, state);
         }
+        Msg::CommitAck { ballot } => {
+            out.push(T_COMMIT_ACK);
+            put_ballot(out, *ballot);
+        }
     }
 }
 
@@ -312,6 +336,7 @@ pub fn decode_msg(body: &[u8]) -> Result<Msg, DecodeError> {
                 ballot,
                 accepted,
                 snapshot: r.u64()?,
+                upto: r.u64()?,
             }
         }
         T_ACCEPT => Msg::Accept {
@@ -347,6 +372,9 @@ pub fn decode_msg(body: &[u8]) -> Result<Msg, DecodeError> {
         T_SNAPSHOT => Msg::Snapshot {
             upto: r.u64()?,
             state: r.blob(crate::MAX_BODY_LEN)?,
+        },
+        T_COMMIT_ACK => Msg::CommitAck {
+            ballot: r.ballot()?,
         },
         other => return Err(DecodeError::UnknownOpcode(other)),
     };

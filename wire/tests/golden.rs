@@ -131,6 +131,7 @@ fn consensus_vectors() -> Vec<(&'static str, Vec<u8>)> {
                             vec![],
                         )],
                         snapshot: 0,
+                        upto: u64::MAX,
                     },
                 )
             }),
@@ -219,6 +220,12 @@ fn consensus_vectors() -> Vec<(&'static str, Vec<u8>)> {
                         state: state_after_one_noop(&cmd),
                     },
                 )
+            }),
+        ),
+        (
+            "peer-commit-ack",
+            frame(Opcode::Peer, REQ, 0, 0, |x| {
+                encode_peer(x, 3, &Msg::CommitAck { ballot: b })
             }),
         ),
     ]

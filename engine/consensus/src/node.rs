@@ -93,6 +93,8 @@ pub struct ConsensusService {
     registry: Registry,
     addrs: BTreeMap<NodeId, SocketAddr>,
     syncing: bool,
+    /// Whether the replica led when last looked at (leadership changes are logged).
+    leading: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -121,6 +123,18 @@ impl NodeIo {
         self.frame.clear();
         let s = begin_frame(&mut self.frame);
         cw::encode_peer(&mut self.frame, self.id, m);
+        let body = self.frame.len() - s - trex_wire::HEADER_LEN;
+        if body > trex_wire::MAX_BODY_LEN as usize {
+            // The peer would refuse the frame and close the link, and every
+            // message queued behind it would be lost with it. The core bounds
+            // what one message carries; reaching this is a bug, so say so.
+            trex_net::log_line!(
+                "ERROR",
+                "not sending a {body}-byte peer message to node {to}: over the {}-byte frame limit",
+                trex_wire::MAX_BODY_LEN
+            );
+            return;
+        }
         finish_frame(
             &mut self.frame,
             s,
@@ -200,7 +214,7 @@ impl ConsensusService {
         loop {
             let ready = self.replica.take_ready();
             if ready.is_empty() {
-                return;
+                break;
             }
             if let Err(e) = self.driver.step(ready, &mut self.io) {
                 // The promises of this step cannot be kept: stop rather than lie.
@@ -208,8 +222,34 @@ impl ConsensusService {
                 std::process::exit(1);
             }
             if !self.deliver_to_self() {
-                return;
+                break;
             }
+        }
+        self.log_leadership();
+    }
+
+    /// Logs when this node starts or stops leading.
+    fn log_leadership(&mut self) {
+        let s = self.replica.status();
+        if s.leading == self.leading {
+            return;
+        }
+        self.leading = s.leading;
+        if s.leading {
+            trex_net::log_line!(
+                "INFO",
+                "node {} leads with ballot {}.{} from slot {}",
+                self.id,
+                s.promised.counter,
+                s.promised.node,
+                s.commit
+            );
+        } else {
+            trex_net::log_line!(
+                "INFO",
+                "node {} no longer leads (a higher ballot, or it heard no quorum for an election timeout)",
+                self.id
+            );
         }
     }
 
@@ -588,6 +628,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             registry: registry.try_clone()?,
             addrs: addrs.clone(),
             syncing: false,
+            leading: false,
         })
     })
     .map_err(|e| {

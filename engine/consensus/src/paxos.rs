@@ -16,10 +16,24 @@
 //! with the highest ballot reported (or a no-op) and then "gallops": phase 2
 //! only, with commands that arrive while accepts are in flight batched into the
 //! next slots, several slots in flight.
+//!
+//! Phase 1 runs in rounds when the journals are long: a promise reports a
+//! bounded prefix of what its sender accepted (`upto` says where it stopped),
+//! and the leader, having re-proposed that prefix, asks again from there with
+//! the same ballot. A leader that has not heard from a quorum for an election
+//! timeout steps down (check-quorum), so followers it can still reach stop
+//! deferring to it. `docs/consensus.md` argues both.
 
 use super::sm::StateMachine;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use trex_wire::consensus::{Ballot, Command, Msg, NodeId, Value};
+use trex_wire::consensus::{value_len, Ballot, Command, Msg, NodeId, Value};
+
+/// Default for [`Config::report_bytes`]: a quarter of the 16 MiB frame, so a
+/// report plus its one oversized entry still fits.
+pub const REPORT_BYTES: usize = 4 << 20;
+/// Default for [`Config::slot_bytes`]: one command's operation is at most
+/// 1 MiB, so a slot stays under 2 MiB.
+pub const SLOT_BYTES: usize = 1 << 20;
 
 /// Settings of a replica.
 #[derive(Clone, Debug)]
@@ -38,6 +52,14 @@ pub struct Config {
     pub max_batch: usize,
     /// Applied slots between snapshots (journal compaction).
     pub snapshot_every: u64,
+    /// Bytes of values one promise or one `chosen` message carries at most
+    /// (always at least one slot's value). A promise that would carry more
+    /// reports a prefix and says where it stopped; the leader asks again from
+    /// there, with the same ballot, once it has re-proposed what it learned.
+    pub report_bytes: usize,
+    /// Bytes of commands the leader puts into one slot at most (always at
+    /// least one command).
+    pub slot_bytes: usize,
     /// Seeds the timeout randomisation (deterministic in the simulator).
     pub seed: u64,
 }
@@ -53,6 +75,8 @@ impl Config {
             max_inflight: 4,
             max_batch: 1024,
             snapshot_every: 10_000,
+            report_bytes: REPORT_BYTES,
+            slot_bytes: SLOT_BYTES,
             seed: id,
         }
     }
@@ -143,9 +167,10 @@ impl Ready {
     }
 }
 
-/// What one promise reported: accepted `(slot, ballot, value)` and the
-/// promiser's snapshot point.
-type PromiseInfo = (Vec<(u64, Ballot, Value)>, u64);
+/// What one promise reported: accepted `(slot, ballot, value)`, the
+/// promiser's snapshot point, and the end of the slots the report covers
+/// (`u64::MAX`: all).
+type PromiseInfo = (Vec<(u64, Ballot, Value)>, u64, u64);
 
 /// Where leadership stands at this node.
 #[derive(Debug)]
@@ -171,6 +196,24 @@ struct Leading {
     inflight: BTreeMap<u64, InFlight>,
     buffer: VecDeque<Command>,
     last_heartbeat_ms: u64,
+    /// When this node became leader (check-quorum gives it one election
+    /// timeout before it judges).
+    since_ms: u64,
+    /// When each other node was last heard from (any message).
+    heard: BTreeMap<NodeId, u64>,
+    /// Phase 1 is not over: promises so far reported only the slots below
+    /// `Recovery::from` (their reports are bounded in size). New commands wait
+    /// in `buffer` until every slot a quorum may have accepted is re-proposed.
+    recovery: Option<Recovery>,
+}
+
+/// A leader's next round of phase 1 with its own ballot, for the slots from
+/// `from` on (asked once the slots below are chosen).
+#[derive(Debug)]
+struct Recovery {
+    from: u64,
+    promises: BTreeMap<NodeId, PromiseInfo>,
+    asked_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -381,13 +424,26 @@ impl Replica {
     /// Moves buffered commands into slots while the window has room.
     fn send_batches(&mut self, now_ms: u64) {
         let (max_inflight, max_batch) = (self.cfg.max_inflight, self.cfg.max_batch);
+        let slot_bytes = self.cfg.slot_bytes;
         let commit = self.commit;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
+        if l.recovery.is_some() {
+            return; // slots from `next_slot` on may still hold accepted values
+        }
         let mut out = Vec::new();
         while l.inflight.len() < max_inflight && !l.buffer.is_empty() {
-            let n = l.buffer.len().min(max_batch);
+            let mut n = 0;
+            let mut bytes = 4;
+            for c in l.buffer.iter().take(max_batch) {
+                let len = 28 + c.op.len();
+                if n > 0 && bytes + len > slot_bytes {
+                    break;
+                }
+                n += 1;
+                bytes += len;
+            }
             let value: Value = l.buffer.drain(..n).collect();
             let slot = l.next_slot;
             l.next_slot += 1;
@@ -411,8 +467,29 @@ impl Replica {
         }
     }
 
+    /// Check-quorum: whether a leader has heard from a quorum (itself included)
+    /// within the last election timeout, or leads for less than that.
+    fn hears_quorum(&self, now_ms: u64) -> bool {
+        let Role::Leader(l) = &self.role else {
+            return true;
+        };
+        let e = self.cfg.election_ms;
+        if now_ms < l.since_ms + e {
+            return true;
+        }
+        let recent = l.heard.values().filter(|t| **t + e > now_ms).count();
+        1 + recent >= self.cfg.quorum()
+    }
+
     /// Time passes.
     pub fn tick(&mut self, now_ms: u64) {
+        if !self.hears_quorum(now_ms) {
+            // It may still reach the others, but without hearing a quorum it
+            // cannot commit; its heartbeats would only keep them from
+            // electing someone who can. Silence lets them time out.
+            self.step_down(now_ms);
+            self.leader = None;
+        }
         match &mut self.role {
             Role::Leader(l) => {
                 let (ballot, commit) = (l.ballot, self.commit);
@@ -440,6 +517,7 @@ impl Replica {
                     self.broadcast(Msg::Commit { ballot, commit }, false);
                 }
                 self.send_batches(now_ms);
+                self.continue_recovery(now_ms);
             }
             _ if now_ms >= self.deadline_ms => {
                 // Missed the leader (or an election stalled): ask first.
@@ -491,6 +569,11 @@ impl Replica {
         if !self.cfg.nodes.contains(&from) {
             return; // not a member of this group
         }
+        if let Role::Leader(l) = &mut self.role {
+            if from != self.cfg.id {
+                l.heard.insert(from, now_ms);
+            }
+        }
         match m {
             Msg::PreVote { ballot } => {
                 let leader_alive = match self.role {
@@ -518,7 +601,8 @@ impl Replica {
                 ballot,
                 accepted,
                 snapshot,
-            } => self.on_promise(from, ballot, accepted, snapshot, now_ms),
+                upto,
+            } => self.on_promise(from, ballot, (accepted, snapshot, upto), now_ms),
             Msg::Accept {
                 ballot,
                 slot,
@@ -539,8 +623,13 @@ impl Replica {
             }
             Msg::Commit { ballot, commit } => {
                 self.observe_leader(ballot, now_ms);
+                if ballot >= self.promised && from != self.cfg.id {
+                    self.send(from, Msg::CommitAck { ballot });
+                }
                 self.learn_commit(commit, ballot, from, now_ms);
             }
+            // Only a sign of life (recorded above).
+            Msg::CommitAck { .. } => {}
             Msg::CatchUp { from: slot } => self.on_catchup(from, slot),
             Msg::Chosen { entries, commit } => {
                 if let Role::Leader(l) = &self.role {
@@ -624,52 +713,69 @@ impl Replica {
             }
             self.reset_deadline(now_ms); // give the candidate time
         }
-        let accepted = self
-            .accepted
-            .range(slot..)
-            .map(|(s, (b, v))| (*s, *b, v.clone()))
-            .collect();
+        // Report what was accepted from `slot` on, bounded in size (a long
+        // uncompacted journal would not fit one frame): the report covers
+        // `slot..upto`, and the proposer asks again from `upto`.
+        let mut accepted = Vec::new();
+        let mut bytes = 0;
+        let mut upto = u64::MAX;
+        for (s, (b, v)) in self.accepted.range(slot..) {
+            let len = 24 + value_len(v);
+            if !accepted.is_empty() && bytes + len > self.cfg.report_bytes {
+                upto = *s;
+                break;
+            }
+            bytes += len;
+            accepted.push((*s, *b, v.clone()));
+        }
         self.send(
             from,
             Msg::Promise {
                 ballot,
                 accepted,
                 snapshot: self.snap_upto,
+                upto,
             },
         );
     }
 
-    fn on_promise(
-        &mut self,
-        from: NodeId,
-        ballot: Ballot,
-        accepted: Vec<(u64, Ballot, Value)>,
-        snapshot: u64,
-        now_ms: u64,
-    ) {
+    fn on_promise(&mut self, from: NodeId, ballot: Ballot, info: PromiseInfo, now_ms: u64) {
         let quorum = self.cfg.quorum();
-        let Role::Candidate {
-            ballot: b,
-            promises,
-        } = &mut self.role
-        else {
-            return;
-        };
-        if *b != ballot {
-            return;
+        match &mut self.role {
+            Role::Candidate {
+                ballot: b,
+                promises,
+            } if *b == ballot => {
+                promises.insert(from, info);
+                if promises.len() >= quorum {
+                    let promises = std::mem::take(promises);
+                    self.become_leader(ballot, promises, now_ms);
+                }
+            }
+            Role::Leader(l) if l.ballot == ballot => {
+                let Some(r) = &mut l.recovery else {
+                    return;
+                };
+                // Every promise for this ballot answered a prepare from at most
+                // `r.from` (rounds only move forward), so it reports all it
+                // accepted in `r.from..upto`; one that stops before `r.from`
+                // says nothing about this round.
+                if info.2 <= r.from {
+                    return;
+                }
+                r.promises.insert(from, info);
+                if r.promises.len() >= quorum {
+                    let (start, promises) = (r.from, std::mem::take(&mut r.promises));
+                    self.recover_window(start, promises, now_ms);
+                }
+            }
+            _ => {}
         }
-        promises.insert(from, (accepted, snapshot));
-        if promises.len() < quorum {
-            return;
-        }
-        let promises = std::mem::take(promises);
-        self.become_leader(ballot, promises, now_ms);
     }
 
-    /// Phase 1 is won with `promises` from a quorum: re-propose, per slot from
-    /// the recovery start, the value with the highest ballot reported (or a
-    /// no-op), then lead (Paxos Made Simple, §3: a new leader first completes
-    /// phase 2 for every slot it may have missed).
+    /// Phase 1 is won with `promises` from a quorum: lead, and re-propose what
+    /// the promises reported (Paxos Made Simple, §3: a new leader first
+    /// completes phase 2 for every slot it may have missed).
     fn become_leader(
         &mut self,
         ballot: Ballot,
@@ -677,38 +783,79 @@ impl Replica {
         now_ms: u64,
     ) {
         debug_assert!(promises.len() >= self.cfg.quorum(), "a quorum promised");
-        // Every promiser reported all it accepted from our applied index on,
-        // except below its own snapshot point: those slots are chosen, and their
-        // values live only in that snapshot. So re-propose from the highest
-        // snapshot point reported (or our applied index), and fetch the snapshot
-        // for what lies below.
-        let (best_node, start) = promises
+        self.role = Role::Leader(Leading {
+            ballot,
+            start: self.applied,
+            next_slot: self.applied,
+            inflight: BTreeMap::new(),
+            buffer: VecDeque::new(),
+            last_heartbeat_ms: now_ms,
+            since_ms: now_ms,
+            heard: BTreeMap::new(),
+            recovery: None,
+        });
+        self.leader = Some(self.cfg.id);
+        let from = self.applied;
+        self.recover_window(from, promises, now_ms);
+        self.broadcast(
+            Msg::Commit {
+                ballot,
+                commit: self.commit,
+            },
+            false,
+        );
+    }
+
+    /// A quorum promised this leader's ballot and reported what it accepted
+    /// from slot `from` on (every slot below `from` is chosen): re-propose,
+    /// per slot, the value with the highest ballot reported (a no-op where
+    /// none was), for the slots every report covers. If some report stopped
+    /// short (its size is bounded), ask the next round from there once these
+    /// are chosen; until then no new command gets a slot.
+    fn recover_window(&mut self, from: u64, promises: BTreeMap<NodeId, PromiseInfo>, now_ms: u64) {
+        // Every promiser reported all it accepted from `from` on, except below
+        // its own snapshot point: those slots are chosen, and their values live
+        // only in that snapshot. So re-propose from the highest snapshot point
+        // reported, and fetch the snapshot for what lies below.
+        let (best_node, snap) = promises
             .iter()
-            .map(|(n, (_, snap))| (*n, *snap))
+            .map(|(n, (_, snap, _))| (*n, *snap))
             .max_by_key(|(_, snap)| *snap)
-            .unwrap_or((self.cfg.id, self.applied));
-        let start = start.max(self.applied);
+            .unwrap_or((self.cfg.id, 0));
+        let start = from.max(snap).max(self.applied);
+        // Slots at or above `end` were left out of some report.
+        let end = promises
+            .values()
+            .map(|(_, _, upto)| *upto)
+            .min()
+            .unwrap_or(u64::MAX);
         let mut highest: BTreeMap<u64, (Ballot, Value)> = BTreeMap::new();
-        for (_, (acc, _)) in promises {
+        for (acc, _, _) in promises.into_values() {
             for (slot, b, v) in acc {
-                if slot >= start && highest.get(&slot).is_none_or(|(hb, _)| b > *hb) {
+                if slot >= start && slot < end && highest.get(&slot).is_none_or(|(hb, _)| b > *hb) {
                     highest.insert(slot, (b, v));
                 }
             }
         }
-        let last = highest.keys().next_back().map_or(start, |s| s + 1);
-        let mut leading = Leading {
-            ballot,
-            start,
-            next_slot: last,
-            inflight: BTreeMap::new(),
-            buffer: VecDeque::new(),
-            last_heartbeat_ms: now_ms,
+        let last = if end == u64::MAX {
+            highest.keys().next_back().map_or(start, |s| s + 1)
+        } else {
+            end.max(start)
         };
+        self.commit = self.commit.max(start);
+        let commit = self.commit;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        if start > from {
+            // Chosen by earlier leaders, compacted by some promiser.
+            l.start = l.start.max(start);
+        }
         let mut accepts = Vec::new();
         for slot in start..last {
             let value = highest.remove(&slot).map(|(_, v)| v).unwrap_or_default(); // no-op
-            leading.inflight.insert(
+            l.inflight.insert(
                 slot,
                 InFlight {
                     value: value.clone(),
@@ -720,12 +867,15 @@ impl Replica {
                 ballot,
                 slot,
                 value,
-                commit: start,
+                commit,
             });
         }
-        self.role = Role::Leader(leading);
-        self.leader = Some(self.cfg.id);
-        self.commit = self.commit.max(start);
+        l.next_slot = last;
+        l.recovery = (end != u64::MAX).then(|| Recovery {
+            from: last,
+            promises: BTreeMap::new(),
+            asked_ms: None,
+        });
         if start > self.applied {
             self.catchup_from = Some(best_node);
             self.request_catchup(Some(best_node), now_ms);
@@ -733,13 +883,38 @@ impl Replica {
         for m in accepts {
             self.broadcast(m, true);
         }
-        self.broadcast(
-            Msg::Commit {
-                ballot,
-                commit: self.commit,
-            },
-            false,
-        );
+        self.continue_recovery(now_ms);
+    }
+
+    /// A leader still in phase 1 for the slots from `Recovery::from` asks for
+    /// them once every slot below is chosen (so at most one bounded window of
+    /// re-proposals is in flight), and asks again those that did not answer.
+    fn continue_recovery(&mut self, now_ms: u64) {
+        let retry_ms = 2 * self.cfg.heartbeat_ms;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(r) = &mut l.recovery else {
+            return;
+        };
+        if !l.inflight.is_empty() || r.asked_ms.is_some_and(|t| now_ms < t + retry_ms) {
+            return;
+        }
+        r.asked_ms = Some(now_ms);
+        let m = Msg::Prepare {
+            ballot: l.ballot,
+            from: r.from,
+        };
+        let ask: Vec<NodeId> = self
+            .cfg
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| !r.promises.contains_key(n))
+            .collect();
+        for n in ask {
+            self.send(n, m.clone());
+        }
     }
 
     fn on_accept(
@@ -806,6 +981,7 @@ impl Replica {
         }
         self.apply(now_ms);
         self.send_batches(now_ms);
+        self.continue_recovery(now_ms);
     }
 
     /// Slots below `commit` are chosen, according to the holder of `ballot`:
@@ -842,10 +1018,20 @@ impl Replica {
             };
             return self.send(from, m);
         }
-        let entries: Vec<(u64, Value)> = (slot..self.commit)
-            .take(64)
-            .map_while(|s| self.chosen.get(&s).map(|v| (s, v.clone())))
-            .collect();
+        // At most 64 slots and about `report_bytes` (at least one slot).
+        let mut entries: Vec<(u64, Value)> = Vec::new();
+        let mut bytes = 0;
+        for s in (slot..self.commit).take(64) {
+            let Some(v) = self.chosen.get(&s) else {
+                break;
+            };
+            let len = 8 + value_len(v);
+            if !entries.is_empty() && bytes + len > self.cfg.report_bytes {
+                break;
+            }
+            bytes += len;
+            entries.push((s, v.clone()));
+        }
         if !entries.is_empty() {
             self.send(
                 from,

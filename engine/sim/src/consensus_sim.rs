@@ -28,6 +28,16 @@ pub struct SimOptions {
     pub clients: u64,
     /// Clients of the lock service (competing for one lock).
     pub lock_clients: u64,
+    /// The full-group restart scenario: no compaction (the journal only
+    /// grows), small promise reports (so recovery takes many rounds), and at
+    /// the end of the safety phase every node crashes at once; the liveness
+    /// phase then starts from the journals alone.
+    pub full_restart: bool,
+    /// The deaf-leader scenario: after the safety phase, every message to the
+    /// leader is lost (it still sends: a one-way cut of all its incoming
+    /// links, clients' requests included) until the others have elected a new
+    /// leader and answered new commands; then it is healed.
+    pub deaf_leader: bool,
 }
 
 impl Default for SimOptions {
@@ -37,6 +47,8 @@ impl Default for SimOptions {
             liveness_ms: 20_000,
             clients: 4,
             lock_clients: 3,
+            full_restart: false,
+            deaf_leader: false,
         }
     }
 }
@@ -66,6 +78,12 @@ pub struct SimReport {
     pub fenced_ops: u64,
     /// Operations by a paused lock holder refused for a stale token.
     pub stale_refused: u64,
+    /// Full-group restart: the most journal records one node recovered from.
+    pub restart_journal: u64,
+    /// Messages lost for being larger than the (simulated) frame limit.
+    pub oversized: u64,
+    /// Deaf leader: from the cut to a new leader with new commands answered.
+    pub deaf_recovery_ms: u64,
 }
 
 /// The simulators' PRNG (splitmix64): small, fast, and the same everywhere.
@@ -243,6 +261,11 @@ struct Sim {
     resource_max: u64,
     report: SimReport,
     cfg_base: Config,
+    /// The largest peer message the network carries (encoded bytes); a larger
+    /// one is lost, as a real peer refuses the frame and drops the link.
+    frame_limit: Option<usize>,
+    /// A node that receives nothing (faults or not).
+    deaf: Option<NodeId>,
 }
 
 impl Sim {
@@ -341,6 +364,19 @@ impl Sim {
     fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
         if from == to {
             return self.at(0, Event::Deliver { to, from, msg });
+        }
+        if self.deaf == Some(to) {
+            self.report.dropped += 1;
+            return;
+        }
+        if let Some(limit) = self.frame_limit {
+            let mut b = Vec::new();
+            trex_wire::consensus::encode_msg(&mut b, &msg);
+            if b.len() > limit {
+                self.report.dropped += 1;
+                self.report.oversized += 1;
+                return;
+            }
         }
         if self.faulty && (self.cut.contains(&(from, to)) || self.rng.chance(self.faults.loss)) {
             self.report.dropped += 1;
@@ -561,7 +597,8 @@ impl Sim {
                 else {
                     return Ok(());
                 };
-                let lost = self.faulty && self.rng.chance(self.faults.loss);
+                let lost =
+                    (self.faulty && self.rng.chance(self.faults.loss)) || self.deaf == Some(node);
                 let Some(n) = self.nodes.get_mut(&node) else {
                     return Ok(());
                 };
@@ -761,6 +798,53 @@ impl Sim {
     }
 }
 
+fn leaders(sim: &Sim) -> Vec<NodeId> {
+    sim.nodes
+        .iter()
+        .filter(|(_, n)| n.replica.as_ref().is_some_and(|r| r.status().leading))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Waits (without faults) for a leader, then cuts every link into it, one
+/// way: it still sends (heartbeats included) but hears nothing. Within the
+/// liveness bound the others must elect a leader among themselves and answer
+/// `want` new commands; then the cut heals.
+fn deafen_the_leader(sim: &mut Sim, want: u64, opts: SimOptions) -> Result<(), String> {
+    let end = sim.now + opts.liveness_ms;
+    sim.run_until(end, |s| leaders(s).len() == 1)?;
+    let Some(&deaf) = leaders(sim).first() else {
+        return Err("no leader to deafen".into());
+    };
+    sim.deaf = Some(deaf);
+    sim.trace(deaf * 7919);
+    let (t0, start_acked) = (sim.now, sim.report.acked);
+    let end = sim.now + opts.liveness_ms;
+    let ok = sim.run_until(end, |s| {
+        s.report.acked >= start_acked + want && {
+            let l = leaders(s);
+            l.len() == 1 && l[0] != deaf
+        }
+    })?;
+    if !ok {
+        let st: Vec<String> = sim
+            .nodes
+            .values()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| format!("{:?}", r.status()))
+            .collect();
+        return Err(format!(
+            "leader {deaf} cannot hear anyone: no new leader with {want} new acks within {} ms ({} acks); nodes: {}",
+            opts.liveness_ms,
+            sim.report.acked - start_acked,
+            st.join("; ")
+        ));
+    }
+    sim.report.deaf_recovery_ms = sim.now - t0;
+    sim.deaf = None;
+    Ok(())
+}
+
 /// Runs one seed. `Err` names what broke; the same seed fails the same way.
 pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> {
     let mut rng = Rng(seed);
@@ -780,6 +864,16 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
     base.max_batch = 1 + rng.below(16) as usize;
     base.snapshot_every = 5 + rng.below(50);
     base.seed = seed;
+    // Drawn from a stream of their own, so the draws above (and the runs of
+    // the seeds recorded before these settings existed) stay as they were.
+    let mut more = Rng(seed ^ 0x7265_706f_7274);
+    if opts.full_restart {
+        base.snapshot_every = u64::MAX;
+        base.report_bytes = 300 + more.below(3000) as usize;
+    } else if more.chance(0.5) {
+        // Promises and catch-up answers cut into many bounded pieces.
+        base.report_bytes = 60 + more.below(600) as usize;
+    }
     let mut sim = Sim {
         rng,
         now: 0,
@@ -801,6 +895,9 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             ..SimReport::default()
         },
         cfg_base: base,
+        // Scaled down with the reports: 16 KiB stands for the 16 MiB frame.
+        frame_limit: opts.full_restart.then_some(16 << 10),
+        deaf: None,
     };
     for id in &ids {
         let skew = sim.rng.below(200) as i64 - 100;
@@ -859,15 +956,36 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
     // Safety phase: faults.
     sim.run_until(opts.safety_ms, |_| false)
         .map_err(|e| format!("seed {seed}: {e}"))?;
+    let slots_before = sim.report.slots;
     // Liveness phase: heal everything and require progress.
     sim.faulty = false;
     sim.cut.clear();
+    if opts.full_restart {
+        // Every node goes down at the same moment; each comes back (after
+        // 0.1-2.1 s) from what its journal holds.
+        for id in ids.clone() {
+            sim.at(0, Event::Crash { node: id });
+        }
+        sim.run_until(sim.now, |_| false)
+            .map_err(|e| format!("seed {seed}: {e}"))?;
+        // The journal must be long enough that reporting it in one promise
+        // would not fit a frame.
+        sim.report.restart_journal = sim
+            .nodes
+            .values()
+            .map(|n| n.durable.len() as u64)
+            .max()
+            .unwrap_or(0);
+    }
     for id in ids.clone() {
         sim.at(0, Event::Restart { node: id });
     }
+    let want = (opts.clients + opts.lock_clients) * 3;
+    if opts.deaf_leader {
+        deafen_the_leader(&mut sim, want, opts).map_err(|e| format!("seed {seed}: {e}"))?;
+    }
     let start_acked = sim.report.acked;
     let end = sim.now + opts.liveness_ms;
-    let want = (opts.clients + opts.lock_clients) * 3;
     let healed = sim
         .run_until(end, |s| {
             s.report.acked >= start_acked + want && {
@@ -896,7 +1014,7 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             .map(|r| format!("{:?}", r.status()))
             .collect();
         return Err(format!(
-            "seed {seed}: no progress within {} ms after healing ({} of {want} new acks); nodes: {}",
+            "seed {seed}: no progress within {} ms after healing ({} of {want} new acks; {slots_before} slots chosen before); nodes: {}",
             opts.liveness_ms,
             sim.report.acked - start_acked,
             st.join("; ")

@@ -31,6 +31,14 @@ struct Args {
     /// log clients and a follower) and check P1-P5 of TESTING.md.
     #[arg(long)]
     cluster: bool,
+    /// The full-group restart scenario: no compaction, small promise
+    /// reports, every node crashes at once at the end of the safety phase.
+    #[arg(long)]
+    full_restart: bool,
+    /// The deaf-leader scenario: after the safety phase the leader receives
+    /// nothing (it still sends) until the others elect a leader and serve.
+    #[arg(long)]
+    deaf_leader: bool,
     /// With --cluster: operations per client.
     #[arg(long, default_value_t = 40)]
     ops: usize,
@@ -40,6 +48,8 @@ fn main() -> ExitCode {
     let a = Args::parse();
     let opts = SimOptions {
         safety_ms: a.safety_ms.unwrap_or(20_000),
+        full_restart: a.full_restart,
+        deaf_leader: a.deaf_leader,
         ..SimOptions::default()
     };
     let copts = ClusterOptions {
@@ -76,13 +86,19 @@ fn main() -> ExitCode {
             Ok(r) => {
                 if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
                     eprintln!(
-                        "[{}/{}] seed {seed}: ok ({} nodes, {} events, {} acked, {} slots, {} crashes, {} partitions, {} dropped; {} fenced lock ops, {} stale refused; trace {:016x}) {:.1?}",
-                        i + 1, seeds.len(), r.nodes, r.events, r.acked, r.slots, r.crashes, r.partitions, r.dropped, r.fenced_ops, r.stale_refused, r.trace_hash, started.elapsed()
+                        "[{}/{}] seed {seed}: ok ({} nodes, {} events, {} acked, {} slots, {} crashes, {} partitions, {} dropped; {} fenced lock ops, {} stale refused; {} journal records at the restart; {} ms to replace a deaf leader; trace {:016x}) {:.1?}",
+                        i + 1, seeds.len(), r.nodes, r.events, r.acked, r.slots, r.crashes, r.partitions, r.dropped, r.fenced_ops, r.stale_refused, r.restart_journal, r.deaf_recovery_ms, r.trace_hash, started.elapsed()
                     );
                 }
             }
             Err(e) => {
-                eprintln!("FAILED {e}\n  replay: cargo run --release -p trex-sim --bin trex-sim -- --seed {seed}");
+                let fr = match (a.full_restart, a.deaf_leader) {
+                    (true, true) => " --full-restart --deaf-leader",
+                    (true, false) => " --full-restart",
+                    (false, true) => " --deaf-leader",
+                    _ => "",
+                };
+                eprintln!("FAILED {e}\n  replay: cargo run --release -p trex-sim --bin trex-sim --{fr} --seed {seed}");
                 failed.push(*seed);
             }
         }
