@@ -7,6 +7,7 @@
 #   sequencer-stop   SIGSTOP of the active sequencer for 6 s (past its 3 s lease)
 #   sequencer-cut    nft drops every packet to the active sequencer's port for 6 s
 #   consensus-kill   kill -9 of the consensus leader
+#   consensus-cut    nft drops every packet to the consensus leader's port for 6 s
 # Load: trex-bench append, 100 B, 4 clients x 64 per blocking batch, SECS seconds
 # (default 14), the fault at second 4. Printed per fault: the median rate of
 # seconds 1-3 (undisturbed), the rate in the second of the fault, the lowest
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-14}
 DIR=${BENCH_DIR:-$PWD/target/bench-faults}
-FAULTS=${FAULTS:-"unit-kill unit-cut sequencer-stop sequencer-cut consensus-kill"}
+FAULTS=${FAULTS:-"unit-kill unit-cut sequencer-stop sequencer-cut consensus-kill consensus-cut"}
 BASE=7800
 E=127.0.0.1:7800,127.0.0.1:7801,127.0.0.1:7802
 echo "== building release binaries" >&2
@@ -57,6 +58,7 @@ for f in $FAULTS; do
     sequencer-stop) p=$(active_sequencer_port); pkill -STOP -f "sequencer --listen 127.0.0.1:$p"; sleep 6; pkill -CONT -f "sequencer --listen 127.0.0.1:$p" ;;
     sequencer-cut) p=$(active_sequencer_port); cut_port "$p"; sleep 6; nft delete table inet trex_bench_faults ;;
     consensus-kill) p=$(leader_port); pkill -9 -f "consensus --id [0-9]* --listen 127.0.0.1:$p" ;;
+    consensus-cut) cut_port "$(leader_port)"; sleep 6; nft delete table inet trex_bench_faults ;;
   esac
   wait $LOAD || echo "warning: the load generator reported errors for $f" >&2
   cleanup

@@ -243,3 +243,28 @@ fn a_unit_its_clients_cannot_reach_costs_no_append() {
     eprintln!("longest gap between acknowledged appends: {gap:?}");
     assert!(gap < Duration::from_secs(7), "appends stalled for {gap:?}");
 }
+
+/// Issue 10, case 7: the consensus leader cut off one way (it still sends, it
+/// hears nothing) steps down (check-quorum), the others elect a leader, and
+/// appends (whose sequencer renews its lease through the group) go on.
+#[test]
+fn a_consensus_leader_that_hears_nothing_is_replaced() {
+    if !can_cut() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, base, eps) = up(dir.path());
+    let leader = (0..3)
+        .map(|i| base + i)
+        .find(|p| {
+            trex_consensus::client::ConsensusClient::node_status(
+                &format!("127.0.0.1:{p}"),
+                Duration::from_secs(1),
+            )
+            .is_ok_and(|s| s.leading)
+        })
+        .expect("a consensus node leads");
+    let gap = appends_through_a_cut(&eps, leader, Duration::from_secs(6));
+    eprintln!("longest gap between acknowledged appends: {gap:?}");
+    assert!(gap < Duration::from_secs(4), "appends stalled for {gap:?}");
+}
