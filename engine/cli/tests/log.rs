@@ -827,3 +827,83 @@ fn a_unit_with_a_full_disk_is_taken_out_and_appends_go_on() {
     assert!(row.contains("full") && row.contains("out"), "{row}");
     drop(cluster);
 }
+
+/// The command line of the process matching `pattern`, to start it again.
+fn cmdline_of(pattern: &str) -> Vec<String> {
+    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Issue 10, case 2: a unit that restarts on its data after being taken out
+/// rejoins on its own (its entries checked against the chain while it catches
+/// up) and serves: the chain's other replica can die afterwards.
+#[test]
+fn a_unit_that_restarts_after_being_taken_out_rejoins_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up(dir.path(), base);
+    let lines: Vec<String> = (0..40).map(|i| format!("entry-{i}")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    append_lines(&eps, &refs);
+    let unit = format!("storage --listen 127.0.0.1:{}", base + 21);
+    let cmdline = cmdline_of(&unit);
+    kill(&unit, libc::SIGKILL);
+    let returning = u64::from(base + 21);
+    let mut log = Log::connect(&eps).unwrap();
+    let wait_for = |log: &mut Log, what: &str, ok: &dyn Fn(&Log) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            log.refresh().unwrap();
+            if ok(log) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what} within 30 s: {:?}",
+                chains(log)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let in_layout = move |log: &Log| {
+        chains(log)
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|u| *u == returning)
+    };
+    wait_for(&mut log, "taken out", &|l| !in_layout(l));
+    // More entries while it is away, then it restarts on its old data.
+    append_lines(&eps, &["while-away-1", "while-away-2"]);
+    let _restarted = Up(Command::new(&cmdline[0])
+        .args(&cmdline[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let took = wait_for(&mut log, "rejoined at full replication", &|l| {
+        let p = l.projection();
+        in_layout(l) && p.segments.len() == 1 && p.segments[0].stripes.iter().all(|c| c.len() == 2)
+    });
+    eprintln!("rejoined and caught up {took:?} after its restart");
+    // The chain's other replica dies: everything reads from the returned unit.
+    kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 20),
+        libc::SIGKILL,
+    );
+    let (code, out, err) = trex_cli(&eps, &["tail"], Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    for l in lines
+        .iter()
+        .map(String::as_str)
+        .chain(["while-away-1", "while-away-2"])
+    {
+        assert!(out.contains(&format!("\t{l}\n")), "{l} missing: {out}");
+    }
+}

@@ -26,9 +26,9 @@
 use super::{slot_of, units_of, Log, Slot};
 use crate::env::unit_alive;
 use crate::error::{fail, LogError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use trex_consensus::sm::{LayoutSegment, Op, Role};
-use trex_net::unit_client::{ClientError, UnitApi};
+use trex_net::unit_client::{ClientError, ReadItem, UnitApi};
 use trex_wire::ops::Refusal;
 use trex_wire::{Status, WriteOp};
 
@@ -103,7 +103,9 @@ impl Log {
             .is_some_and(|s| s.stripes.iter().any(|c| c.len() < want))
     }
 
-    /// Empty spares, answering, not poisoned; why others were passed over.
+    /// Units that may join short chains — empty spares first, then units that
+    /// returned with data (verified against the chain while they catch up) —
+    /// answering, not poisoned, not full; why others were passed over.
     fn spares(&mut self, used: &BTreeSet<u64>) -> (Vec<u64>, Vec<String>) {
         let candidates: Vec<u64> = self
             .members
@@ -111,20 +113,24 @@ impl Log {
             .filter(|(id, m)| m.role == Role::Storage && !used.contains(id))
             .map(|(id, _)| *id)
             .collect();
-        let (mut ok, mut passed) = (Vec::new(), Vec::new());
+        let (mut ok, mut passed, mut returning) = (Vec::new(), Vec::new(), Vec::new());
         for id in candidates {
             match self.with_unit(id, |c| c.info()) {
                 Ok(i) if i.flags & trex_wire::INFO_POISONED != 0 => {
                     passed.push(format!("unit {id} is poisoned"));
                 }
-                Ok(i) if i.tail > 0 || i.trim_mark > 0 => passed.push(format!(
-                    "unit {id} holds entries from before (tail {}); wipe its data directory to use it as a spare",
-                    i.tail
-                )),
+                Ok(i) if i.flags & trex_wire::INFO_FULL != 0 => {
+                    passed.push(format!("unit {id} is full"));
+                }
+                // A unit returning with data rejoins like a spare: what it holds
+                // is checked against the chain while it catches up. Empty spares
+                // first.
+                Ok(i) if i.tail > 0 || i.trim_mark > 0 => returning.push(id),
                 Ok(_) => ok.push(id),
                 Err(e) => passed.push(format!("unit {id} does not answer ({e})")),
             }
         }
+        ok.extend(returning);
         (ok, passed)
     }
 
@@ -382,16 +388,28 @@ impl Log {
             Err(e) => return refresh(self, e, unit),
         };
         // What the spare lacks (a deferred answer: ask the source anyway; an
-        // identical rewrite is harmless).
+        // identical rewrite is harmless), and what it already holds: a unit
+        // returning with its old data, or a copy resumed, is only trusted where
+        // its value is the one the chain decided (checked below).
         let need: Vec<u64> = have
             .iter()
             .filter(|it| matches!(it.status, Status::Unwritten | Status::Deferred))
             .map(|it| it.addr)
             .collect();
-        let found = if need.is_empty() {
+        let held: BTreeMap<u64, ReadItem> = have
+            .into_iter()
+            .filter(|it| matches!(it.status, Status::Ok | Status::Junk))
+            .map(|it| (it.addr, it))
+            .collect();
+        let ask: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| need.contains(a) || held.contains_key(a))
+            .collect();
+        let found = if ask.is_empty() {
             Vec::new()
         } else {
-            match self.with_unit(source, |c| c.read(epoch, &need)) {
+            match self.with_unit(source, |c| c.read(epoch, &ask)) {
                 Ok(v) => v,
                 Err(e) => return refresh(self, e, source),
             }
@@ -411,6 +429,8 @@ impl Log {
             ));
         }
         let mut values: Vec<(u64, Slot)> = Vec::with_capacity(found.len());
+        let mut conflicts = Vec::new();
+        let mut verified = 0u64;
         for it in found
             .into_iter()
             .filter(|it| cut.is_none_or(|c| it.addr < c))
@@ -421,9 +441,35 @@ impl Log {
                 Slot::Unwritten => self.fill(a)?,
                 s => s,
             };
-            values.push((a, s));
+            match held.get(&a) {
+                None => values.push((a, s)),
+                Some(mine) => {
+                    let same = match (&s, mine.status) {
+                        (Slot::Data { writer, seq, data }, Status::Ok) => {
+                            *writer == mine.writer && *seq == mine.seq && *data == mine.data
+                        }
+                        (Slot::Hole, Status::Junk) | (Slot::Trimmed, _) => true,
+                        _ => false,
+                    };
+                    if same {
+                        verified += 1;
+                    } else {
+                        conflicts.push(a);
+                    }
+                }
+            }
         }
-        report.present += (done - values.len()) as u64;
+        if !conflicts.is_empty() {
+            // It returned with values the log decided otherwise (it was a head
+            // whose write never got further, say): it cannot be a replica.
+            let why =
+                format!("it holds values the log decided otherwise at addresses {conflicts:?}");
+            self.take_out(unit, &why)?;
+            return Err(fail!(
+                "unit {unit} was taken out again: {why}; wipe its data directory to use it as a spare"
+            ));
+        }
+        report.present += verified;
         let ops: Vec<WriteOp<'_>> = values
             .iter()
             .filter_map(|(addr, s)| match s {
