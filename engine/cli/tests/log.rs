@@ -907,3 +907,51 @@ fn a_unit_that_restarts_after_being_taken_out_rejoins_on_its_own() {
         assert!(out.contains(&format!("\t{l}\n")), "{l} missing: {out}");
     }
 }
+
+/// A unit that missed a trim (down while it ran) applies it once it answers
+/// again: the failure detector brings every unit to the highest trim mark
+/// (never above the log's tail).
+#[test]
+fn a_unit_that_missed_a_trim_applies_it_when_it_answers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, eps) = ports();
+    let _cluster = up(dir.path(), base);
+    let lines: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    append_lines(&eps, &refs);
+    // The unit is down while the trim runs (killed, so the request cannot
+    // wait in its socket), and back on its data right after.
+    let unit = format!("storage --listen 127.0.0.1:{}", base + 21);
+    let cmdline = cmdline_of(&unit);
+    kill(&unit, libc::SIGKILL);
+    let (code, _, err) = trex_cli(&eps, &["trim", "6"], Duration::from_secs(20));
+    let _restarted = Up(Command::new(&cmdline[0])
+        .args(&cmdline[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("did not apply the trim"),
+        "the dead unit is named: {err}"
+    );
+    let node = format!("127.0.0.1:{}", base + 21);
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(["unit", "info", "-w", "json", "--node", &node])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("\"trim_mark\":6,") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the unit never applied the trim: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -590,6 +590,12 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
             }
             suspects.insert(*id);
         }
+        if down.is_empty() {
+            // A unit that missed a trim applies it now (cheap: one info each).
+            if let Err(e) = l.converge_trim() {
+                trex_net::log_line!("WARN", "repair: cannot bring trim marks together: {e}");
+            }
+        }
         let spare_may_join = down.is_empty() && l.degraded(want);
         if !(confirmed || spare_may_join) {
             continue; // nothing to do, or waiting for a second failed probe
