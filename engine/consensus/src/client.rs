@@ -53,9 +53,8 @@ impl From<String> for CallError {
 impl CallError {
     fn into_consensus(self, addr: &str) -> ConsensusError {
         match self {
-            CallError::WrongCluster(t) => ConsensusError::Config(format!(
-                "{t}; pass the cluster's id with --cluster-id (or TREX_CLUSTER_ID)"
-            )),
+            // The server's message says what to do (check --cluster-id).
+            CallError::WrongCluster(t) => ConsensusError::Config(t),
             CallError::Failed(reason) => ConsensusError::Unreachable {
                 addr: addr.to_string(),
                 reason,
