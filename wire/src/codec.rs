@@ -647,6 +647,8 @@ pub fn decode_error(body: &[u8]) -> Result<ErrorBody<'_>, DecodeError> {
 pub enum Request<'a> {
     /// Batched writes.
     Write(WriteBatch<'a>),
+    /// Batched repairs: writes that may also replace a damaged record.
+    Repair(WriteBatch<'a>),
     /// Batched reads.
     Read(AddrList<'a>),
     /// Batched fills.
@@ -669,6 +671,7 @@ pub enum Request<'a> {
 pub fn decode_request(opcode: u8, body: &[u8]) -> Result<Request<'_>, DecodeError> {
     Ok(match Opcode::from_u8(opcode) {
         Some(Opcode::Write) => Request::Write(decode_write_request(body)?),
+        Some(Opcode::Repair) => Request::Repair(decode_write_request(body)?),
         Some(Opcode::Read) => Request::Read(decode_addr_list(body)?),
         Some(Opcode::Fill) => Request::Fill(decode_addr_list(body)?),
         Some(Opcode::Trim) => Request::Trim {
@@ -693,6 +696,7 @@ impl Request<'_> {
     pub fn opcode(&self) -> Opcode {
         match self {
             Request::Write(_) => Opcode::Write,
+            Request::Repair(_) => Opcode::Repair,
             Request::Read(_) => Opcode::Read,
             Request::Fill(_) => Opcode::Fill,
             Request::Trim { .. } => Opcode::Trim,

@@ -20,6 +20,9 @@ pub enum Opcode {
     Seal = 0x05,
     /// Report the unit's state.
     Info = 0x06,
+    /// Rewrite entries whose stored copy is damaged (read repair): like
+    /// `write`, and also over an address whose record fails its checksum.
+    Repair = 0x07,
     /// Consensus: submit a command to the replicated state machine.
     Submit = 0x10,
     /// Consensus: report a node's Paxos state.
@@ -42,6 +45,7 @@ impl Opcode {
             0x04 => Opcode::Trim,
             0x05 => Opcode::Seal,
             0x06 => Opcode::Info,
+            0x07 => Opcode::Repair,
             0x10 => Opcode::Submit,
             0x11 => Opcode::NodeStatus,
             0x20 => Opcode::Peer,
@@ -60,6 +64,7 @@ impl Opcode {
             Opcode::Trim => "trim",
             Opcode::Seal => "seal",
             Opcode::Info => "info",
+            Opcode::Repair => "repair",
             Opcode::Submit => "submit",
             Opcode::NodeStatus => "node-status",
             Opcode::Peer => "peer",

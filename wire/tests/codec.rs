@@ -108,7 +108,7 @@ proptest! {
         if let Ok(req) = decode_request(op, &bytes) {
             let mut again = Vec::new();
             match req {
-                Request::Write(w) => encode_write_request(&mut again, &w.iter().collect::<Vec<_>>()),
+                Request::Write(w) | Request::Repair(w) => encode_write_request(&mut again, &w.iter().collect::<Vec<_>>()),
                 Request::Read(a) | Request::Fill(a) => encode_addr_list(&mut again, &a.iter().collect::<Vec<_>>()),
                 Request::Trim { prefix } => encode_u64(&mut again, prefix),
                 Request::Seal { epoch } => encode_u64(&mut again, epoch),

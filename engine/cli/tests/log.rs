@@ -610,8 +610,8 @@ fn a_dead_and_a_hung_unit_cost_no_reader_and_no_admin_command() {
 }
 
 /// Issue 10, case 3: one damaged record on a chain's tail does not fail reads:
-/// the reader gets the value from the other replica, and the addresses around
-/// it read as before.
+/// the reader gets the value from the other replica, the addresses around it
+/// read as before, and the damaged copy is rewritten (read repair).
 #[test]
 fn a_damaged_record_on_the_tail_is_read_from_the_other_replica() {
     let dir = tempfile::tempdir().unwrap();
@@ -681,6 +681,25 @@ fn a_damaged_record_on_the_tail_is_read_from_the_other_replica() {
             "tail: {err}"
         );
     }
+    // Read repair: the reads rewrote the damaged copy, so the tail serves it
+    // alone once the head is gone.
+    let info = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["unit", "info", "-w", "json", "--node"])
+        .arg(format!("127.0.0.1:{}", base + 21))
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("\"corrupt\":0,"),
+        "the copy was repaired: {info}"
+    );
+    kill(
+        &format!("storage --listen 127.0.0.1:{}", base + 20),
+        libc::SIGKILL,
+    );
+    let (code, out, err) = trex_cli(&eps, &["read", "1"], within);
+    assert_eq!(code, Some(0), "read from the repaired tail alone: {err}");
+    assert!(out.contains("DAMAGE-ME-entry"), "{out}");
 }
 
 /// Issue 10, case 2: with the defaults, nobody appending and nobody running a

@@ -628,11 +628,9 @@ impl Log {
                     Status::Corrupt => why.push(format!("unit {unit}: corrupt")),
                     Status::Unwritten => unwritten = Some(v.remove(0)),
                     _ => {
-                        trex_net::log_line!(
-                            "WARN",
-                            "address {addr} is damaged on unit {bad}; read it from unit {unit}"
-                        );
-                        return Ok(v.remove(0));
+                        let good = v.remove(0);
+                        self.repair_copy(bad, &good, epoch, *unit);
+                        return Ok(good);
                     }
                 },
                 Err(e) => why.push(format!("unit {unit}: {e}")),
@@ -644,6 +642,41 @@ impl Log {
                 why.join("; ")
             )
         })
+    }
+
+    /// Read repair: rewrites `bad`'s damaged copy of `good.addr` with the value
+    /// read from unit `from` (the chain's decided value). Best effort: the read
+    /// is answered either way; a hole's junk record is not rewritten.
+    fn repair_copy(&mut self, bad: u64, good: &ReadItem, epoch: u64, from: u64) {
+        let addr = good.addr;
+        if good.status != Status::Ok {
+            trex_net::log_line!(
+                "WARN",
+                "address {addr} is damaged on unit {bad}; read it from unit {from} ({})",
+                good.status
+            );
+            return;
+        }
+        let op = WriteOp {
+            addr,
+            writer: good.writer,
+            seq: good.seq,
+            data: &good.data,
+        };
+        match self.with_unit(bad, |c| c.repair(epoch, &[op])) {
+            Ok(st) if st == [Status::Ok] => trex_net::log_line!(
+                "WARN",
+                "address {addr} was damaged on unit {bad}: read it from unit {from} and repaired the copy"
+            ),
+            Ok(st) => trex_net::log_line!(
+                "WARN",
+                "address {addr} is damaged on unit {bad}; read it from unit {from}; the repair was answered {st:?}"
+            ),
+            Err(e) => trex_net::log_line!(
+                "WARN",
+                "address {addr} is damaged on unit {bad}; read it from unit {from}; the repair failed: {e}"
+            ),
+        }
     }
 
     /// Fills a hole: completes a torn append if the head has a value, else junk

@@ -235,6 +235,15 @@ pub trait UnitApi {
         statuses(&body, ops.len())
     }
 
+    /// Repairs a batch: writes that may also replace a record whose checksum
+    /// fails (read repair, with the value the chain decided); one status per op.
+    fn repair(&mut self, epoch: u64, ops: &[WriteOp<'_>]) -> Result<Vec<Status>, ClientError> {
+        let (_, body) = self.call(Opcode::Repair, epoch, &|b| {
+            wire::encode_write_request(b, ops)
+        })?;
+        statuses(&body, ops.len())
+    }
+
     /// Fills a batch of addresses with junk; one status per address.
     fn fill(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<Status>, ClientError> {
         let (_, body) = self.call(Opcode::Fill, epoch, &|b| wire::encode_addr_list(b, addrs))?;

@@ -237,7 +237,7 @@ impl<S: Store> Unit<S> {
             Ok(r) => r,
             Err(wire::DecodeError::UnknownOpcode(op)) => {
                 let msg =
-                    format!("opcode {op:#04x} is not a storage-unit request (known: 0x01-0x06)");
+                    format!("opcode {op:#04x} is not a storage-unit request (known: 0x01-0x07)");
                 self.refuse(to, header, ErrorCode::UnknownOpcode, &msg, true);
                 return false;
             }
@@ -266,7 +266,8 @@ impl<S: Store> Unit<S> {
             }
         }
         match request {
-            Request::Write(batch) => self.on_write(to, header, batch),
+            Request::Write(batch) => self.on_write(to, header, batch, false),
+            Request::Repair(batch) => self.on_write(to, header, batch, true),
             Request::Read(addrs) => self.on_read(to, header, addrs),
             Request::Fill(addrs) => self.on_fill(to, header, addrs),
             Request::Trim { prefix } => self.on_trim(to, header, prefix),
@@ -279,12 +280,16 @@ impl<S: Store> Unit<S> {
         true
     }
 
-    fn on_write(&mut self, to: ReplyTo, header: &Header, batch: WriteBatch<'_>) {
+    /// `write`, or with `repair` a write that may also replace a record that
+    /// fails its checksum (read repair: the client copies the value the chain
+    /// decided, read from another replica; a damaged record is never served,
+    /// so nothing anyone saw changes).
+    fn on_write(&mut self, to: ReplyTo, header: &Header, batch: WriteBatch<'_>, repair: bool) {
         let mut statuses = std::mem::take(&mut self.statuses);
         statuses.clear();
         let mut tag = 0;
         for op in batch.iter() {
-            let (status, t) = self.write_one(op.addr, op.writer, op.seq, op.data);
+            let (status, t) = self.write_one(op.addr, op.writer, op.seq, op.data, repair);
             statuses.push(status);
             tag = tag.max(t);
         }
@@ -318,7 +323,14 @@ impl<S: Store> Unit<S> {
         }
     }
 
-    fn write_one(&mut self, addr: u64, writer: u64, seq: u64, data: &[u8]) -> (Status, u64) {
+    fn write_one(
+        &mut self,
+        addr: u64,
+        writer: u64,
+        seq: u64,
+        data: &[u8],
+        repair: bool,
+    ) -> (Status, u64) {
         if addr == u64::MAX {
             return (Status::OutOfRange, 0);
         }
@@ -328,7 +340,12 @@ impl<S: Store> Unit<S> {
         if data.len() > self.store.max_payload() || data.len() > wire::MAX_ENTRY_LEN as usize {
             return (Status::TooLarge, 0);
         }
-        if let Some(slot) = self.index.get(addr).copied() {
+        if let Some(slot) = self
+            .index
+            .get(addr)
+            .copied()
+            .filter(|s| !(repair && s.corrupt))
+        {
             let tag = self.slot_tag(&slot);
             if slot.corrupt {
                 return (Status::Corrupt, 0);
@@ -385,15 +402,20 @@ impl<S: Store> Unit<S> {
         match self.store.append(head, data) {
             Ok(Appended { loc, lsn }) => {
                 self.appended_lsn = self.appended_lsn.max(lsn);
-                self.index.insert(
-                    head.addr,
-                    Slot {
-                        loc,
-                        lsn,
-                        kind: head.kind,
-                        corrupt: false,
-                    },
-                );
+                let slot = Slot {
+                    loc,
+                    lsn,
+                    kind: head.kind,
+                    corrupt: false,
+                };
+                if self
+                    .index
+                    .insert(head.addr, slot)
+                    .is_some_and(|old| old.corrupt)
+                {
+                    // A repair replaced a damaged record.
+                    self.corrupt = self.corrupt.saturating_sub(1);
+                }
                 self.tail = self.tail.max(head.addr.saturating_add(1));
                 self.full = false;
                 match head.kind {
