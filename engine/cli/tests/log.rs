@@ -4,75 +4,25 @@
 //! holds two values, holes stay holes; then the whole cluster restarts and
 //! everything reads back again.
 
+use common::{cmdline_of, kill, pid_of};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trex_log::{Log, Slot};
 
-/// A base port with the 24 ports `trex up` uses free.
-fn free_base() -> u16 {
-    // Tests in this file run in parallel in one process: never hand out the
-    // same range twice.
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = (std::process::id() as u16)
-        .wrapping_add(NEXT.fetch_add(101, std::sync::atomic::Ordering::SeqCst));
-    for k in 0..200u16 {
-        // Below the kernel's ephemeral range (32768 and up here), so that no
-        // client connection takes one of the ports between the check and the
-        // cluster's bind.
-        let base = 10_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 22_000;
-        if (0..24).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range for trex up");
-}
+mod common;
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
+type Up = common::Cluster;
 
 fn up(dir: &Path, base: u16) -> Up {
-    up_with(dir, base, &[])
+    common::trex_up_at(dir, base, &[])
 }
 
 fn up_with(dir: &Path, base: u16, extra: &[&str]) -> Up {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["up", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let ready = out
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("cluster is up"));
-    // Its standard error: kept for the message if it failed, drained otherwise.
-    let mut stderr = child.stderr.take().unwrap();
-    let mut err = String::new();
-    if ready {
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    } else {
-        use std::io::Read;
-        let _ = stderr.read_to_string(&mut err);
-    }
-    let cluster = Up(child); // stopped (and waited for) on drop, whatever happens
-    assert!(ready, "trex up did not come up (base port {base}): {err}");
-    cluster
+    common::trex_up_at(dir, base, extra)
 }
 
 /// Acknowledged appends by address.
@@ -132,7 +82,7 @@ fn appenders(
 
 /// A free base port for `trex up` and the consensus endpoints it will use.
 fn ports() -> (u16, String) {
-    let base = free_base();
+    let base = common::free_base();
     (
         base,
         format!(
@@ -142,16 +92,6 @@ fn ports() -> (u16, String) {
             base + 2
         ),
     )
-}
-
-fn pid_of(pattern: &str) -> Option<i32> {
-    let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[test]
@@ -230,13 +170,6 @@ fn acknowledged_appends_survive_a_sequencer_pause_and_a_full_restart() {
         next > *acked.keys().max().unwrap(),
         "the restarted sequencer starts past every written address"
     );
-}
-
-fn kill(pattern: &str, sig: i32) -> i32 {
-    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
-    // SAFETY: signalling a process of our own cluster.
-    unsafe { libc::kill(pid, sig) };
-    pid
 }
 
 fn chains(log: &Log) -> Vec<Vec<Vec<u64>>> {
@@ -624,13 +557,7 @@ fn a_damaged_record_on_the_tail_is_read_from_the_other_replica() {
     append_lines(&eps, &["first-entry", "DAMAGE-ME-entry", "third-entry"]);
     // Stop the tail (b21), flip one payload byte of address 1, restart it.
     let tail = format!("storage --listen 127.0.0.1:{}", base + 21);
-    let pid = pid_of(&tail).expect("the tail unit runs");
-    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let cmdline = cmdline_of(&tail);
     kill(&tail, libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
     let data_dir = cmdline
@@ -651,13 +578,7 @@ fn a_damaged_record_on_the_tail_is_read_from_the_other_replica() {
         }
     }
     assert_eq!(flipped, 1, "the entry is in exactly one segment file");
-    let _restarted = Up(Command::new(&cmdline[0])
-        .args(&cmdline[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _restarted = common::restart(&cmdline);
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", base + 21)).is_err() {
         assert!(
@@ -847,17 +768,6 @@ fn a_unit_with_a_full_disk_is_taken_out_and_appends_go_on() {
     drop(cluster);
 }
 
-/// The command line of the process matching `pattern`, to start it again.
-fn cmdline_of(pattern: &str) -> Vec<String> {
-    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
 /// Issue 10, case 2: a unit that restarts on its data after being taken out
 /// rejoins on its own (its entries checked against the chain while it catches
 /// up) and serves: the chain's other replica can die afterwards.
@@ -899,13 +809,7 @@ fn a_unit_that_restarts_after_being_taken_out_rejoins_on_its_own() {
     wait_for(&mut log, "taken out", &|l| !in_layout(l));
     // More entries while it is away, then it restarts on its old data.
     append_lines(&eps, &["while-away-1", "while-away-2"]);
-    let _restarted = Up(Command::new(&cmdline[0])
-        .args(&cmdline[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _restarted = common::restart(&cmdline);
     let took = wait_for(&mut log, "rejoined at full replication", &|l| {
         let p = l.projection();
         in_layout(l) && p.segments.len() == 1 && p.segments[0].stripes.iter().all(|c| c.len() == 2)
@@ -944,13 +848,7 @@ fn a_unit_that_missed_a_trim_applies_it_when_it_answers_again() {
     let cmdline = cmdline_of(&unit);
     kill(&unit, libc::SIGKILL);
     let (code, _, err) = trex_cli(&eps, &["trim", "6"], Duration::from_secs(20));
-    let _restarted = Up(Command::new(&cmdline[0])
-        .args(&cmdline[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _restarted = common::restart(&cmdline);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("did not apply the trim"),

@@ -5,73 +5,17 @@
 //! addresses; a follower pays the hole wait once per dead range.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use trex_log::{Log, Slot};
 
-/// A base port with the 24 ports `trex up` uses free.
-fn free_base() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = (std::process::id() as u16)
-        .wrapping_add(NEXT.fetch_add(113, std::sync::atomic::Ordering::SeqCst));
-    for k in 0..200u16 {
-        // Below the kernel's ephemeral range, as in tests/log.rs.
-        let base = 10_000 + (seed.wrapping_mul(11).wrapping_add(k * 41)) % 22_000;
-        if (0..24).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range for trex up");
-}
+mod common;
 
-/// A `trex up` cluster, stopped (and waited for) on drop.
-struct Up {
-    child: Child,
-    eps: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-    }
-}
+type Up = common::Cluster;
 
 fn up(dir: &Path) -> Up {
-    let base = free_base();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["up", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let ready = out
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("cluster is up"));
-    let mut stderr = child.stderr.take().unwrap();
-    let mut err = String::new();
-    if ready {
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    } else {
-        use std::io::Read;
-        let _ = stderr.read_to_string(&mut err);
-    }
-    let eps = format!(
-        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
-        base,
-        base + 1,
-        base + 2
-    );
-    let cluster = Up { child, eps };
-    assert!(ready, "trex up did not come up (base port {base}): {err}");
-    cluster
+    common::trex_up(dir, &[])
 }
 
 /// Runs `trex ARGS` against the cluster with `stdin` as its standard input.
@@ -168,20 +112,10 @@ fn a_trim_that_took_effect_is_not_reported_failed() {
 /// `kill -9` the storage unit `unit` of a `trex up` cluster (unit ids are
 /// their ports there).
 fn kill_unit(unit: u64) {
-    let pattern = format!("storage --listen 127.0.0.1:{unit} ");
-    let out = Command::new("pgrep")
-        .args(["-f", &pattern])
-        .output()
-        .unwrap();
-    let pid: i32 = text(&out.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: a process of our own cluster.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    common::kill(
+        &format!("storage --listen 127.0.0.1:{unit} "),
+        libc::SIGKILL,
+    );
 }
 
 /// `n` lines of `len` bytes each (`len` of one letter per line).

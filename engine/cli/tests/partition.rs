@@ -9,8 +9,7 @@
 //! own, removed when the test ends.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,54 +70,11 @@ fn can_cut() -> bool {
     }
 }
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
-
-/// `trex up` on 24 free ports from `base`; returns it and its endpoints.
-fn up(dir: &std::path::Path) -> (Up, u16, String) {
-    let base = loop {
-        let b = common::free_port();
-        if b < 32_000 - 30
-            && (0..24).all(|o| std::net::TcpListener::bind(("127.0.0.1", b + o)).is_ok())
-        {
-            break b;
-        }
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args([
-            "up",
-            "--units",
-            "5",
-            "--base-port",
-            &base.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ready = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("cluster is up"));
-    let cluster = Up(child);
-    assert!(ready, "trex up did not come up");
-    let eps = format!(
-        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
-        base,
-        base + 1,
-        base + 2
-    );
-    (cluster, base, eps)
+/// `trex up --units 5` on free ports; returns it, its base port and endpoints.
+fn up(dir: &std::path::Path) -> (common::Cluster, u16, String) {
+    let c = common::trex_up(dir, &["--units", "5"]);
+    let (base, eps) = (c.base, c.eps.clone());
+    (c, base, eps)
 }
 
 /// Acknowledged appends, and the time of each acknowledgement.

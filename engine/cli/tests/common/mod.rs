@@ -218,3 +218,129 @@ pub fn group(root: &Path) -> Group {
     }
     g
 }
+
+/// A base port with the 24 ports `trex up` uses free, below the kernel's
+/// ephemeral range (so no client connection takes one between this check and
+/// the cluster's bind); never the same range twice in one process.
+pub fn free_base() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_add(NEXT.fetch_add(101, Ordering::SeqCst));
+    for k in 0..200u16 {
+        let base = 10_000 + (seed.wrapping_mul(7).wrapping_add(k * 37)) % 22_000;
+        if (0..24).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range for trex up");
+}
+
+/// A `trex up` cluster: stopped with SIGINT (and waited for) on drop.
+pub struct Cluster {
+    pub child: Child,
+    /// Its base port (consensus nodes from here, sequencers +10, units +20).
+    pub base: u16,
+    /// Its consensus endpoints.
+    pub eps: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `trex up --base-port BASE --data-dir DIR EXTRA…` and waits until
+/// the cluster serves; panics with its standard error if it does not.
+pub fn trex_up_at(dir: &Path, base: u16, extra: &[&str]) -> Cluster {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["up", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("cluster is up"));
+    // Its standard error: kept for the message if it failed, drained otherwise.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut err = String::new();
+    if ready {
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    } else {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+    }
+    let eps = format!(
+        "127.0.0.1:{base},127.0.0.1:{},127.0.0.1:{}",
+        base + 1,
+        base + 2
+    );
+    let cluster = Cluster { child, base, eps };
+    assert!(ready, "trex up did not come up (base port {base}): {err}");
+    cluster
+}
+
+/// `trex up` on a free port range.
+pub fn trex_up(dir: &Path, extra: &[&str]) -> Cluster {
+    trex_up_at(dir, free_base(), extra)
+}
+
+/// The pid of the first process whose command line matches `pattern`.
+pub fn pid_of(pattern: &str) -> Option<i32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends `sig` to the process matching `pattern`; returns its pid.
+pub fn kill(pattern: &str, sig: i32) -> i32 {
+    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
+    // SAFETY: signalling a process of our own cluster.
+    unsafe { libc::kill(pid, sig) };
+    pid
+}
+
+/// The command line of the process matching `pattern`, to start it again.
+pub fn cmdline_of(pattern: &str) -> Vec<String> {
+    let pid = pid_of(pattern).unwrap_or_else(|| panic!("no process matches {pattern:?}"));
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// A process of a test, killed (and waited for) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmdline` again (a node killed by the test), output discarded.
+pub fn restart(cmdline: &[String]) -> Proc {
+    Proc(
+        Command::new(&cmdline[0])
+            .args(&cmdline[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart the node"),
+    )
+}
