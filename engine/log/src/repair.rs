@@ -178,6 +178,11 @@ impl Log {
         report: &mut RepairReport,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), LogError> {
+        // Spares that could not be sealed (one that ran out of space answers
+        // `info` as not full after a restart, until it fails to record
+        // something): passed over by the next attempt, so one bad spare does
+        // not stop the repair for good while another could join.
+        let mut refused: BTreeSet<u64> = BTreeSet::new();
         for _ in 0..self.max_retries {
             self.refresh()?;
             let p = self.projection.clone();
@@ -210,7 +215,12 @@ impl Log {
                 return Ok(());
             }
             let used = units_of(&p);
-            let (spares, passed) = self.spares(&used);
+            let (spares, mut passed) = self.spares(&used.union(&refused).copied().collect());
+            passed.extend(
+                refused
+                    .iter()
+                    .map(|id| format!("unit {id} could not be sealed")),
+            );
             if spares.is_empty() && !report.joined.is_empty() {
                 progress(&format!(
                     "stripes {short:?} are still short: no more empty spares ({})",
@@ -246,7 +256,14 @@ impl Log {
                         again = true;
                         break;
                     }
-                    Err(e) => return Err(fail!("cannot seal spare unit {id}: {e}")),
+                    Err(e) => {
+                        progress(&format!(
+                            "spare unit {id} cannot be sealed ({e}): passed over"
+                        ));
+                        refused.insert(id);
+                        again = true;
+                        break;
+                    }
                 }
             }
             if again {

@@ -71,6 +71,10 @@ pub struct ClusterOptions {
     pub clients: usize,
     /// Operations per client.
     pub ops: usize,
+    /// Also damage records and fill a unit (off by default: seeds 34, 82
+    /// (a damaged copy left as the only replica) and 52 (a full unit blocks
+    /// sealing) fail; see docs/testing.md).
+    pub hard_faults: bool,
 }
 
 impl Default for ClusterOptions {
@@ -80,6 +84,7 @@ impl Default for ClusterOptions {
             liveness_ms: 60_000,
             clients: 3,
             ops: 40,
+            hard_faults: false,
         }
     }
 }
@@ -115,6 +120,34 @@ pub struct ClusterReport {
     pub stale_refused: u64,
     /// Messages dropped.
     pub dropped: u64,
+    /// Records damaged on one replica (at a unit's restart, before recovery).
+    pub damaged_records: u64,
+    /// Units given a byte budget they then run into (answering `full`).
+    pub full_units: u64,
+    /// Whether the full unit had left the layout at the end.
+    pub full_taken_out: u64,
+    /// Readers-only windows (a unit down, appenders and operator stopped).
+    pub reader_windows: u64,
+    /// Reads, range reads and checks the reader ran inside those windows.
+    pub reader_ops: u64,
+    /// Of those, how many returned an error.
+    pub reader_failures: u64,
+    /// Trims below the tail asked for, and how many were reported applied.
+    pub trims: u64,
+    /// Trims below the tail reported applied.
+    pub trims_applied: u64,
+    /// Trims above the tail asked for (each must be refused).
+    pub trims_above: u64,
+    /// Of those, refused with `LogError::Invalid`.
+    pub trims_refused: u64,
+    /// Addresses read as trimmed.
+    pub trimmed_seen: u64,
+    /// Simulated ms from the end of the faults until every chain of the open
+    /// segment was back at 2 replicas, all of them up.
+    pub restored_ms: u64,
+    /// Units the operator wiped because repair said so (a returning unit
+    /// holding values the log decided otherwise).
+    pub wipes: u64,
     /// Hash of the event trace (replays must match).
     pub trace_hash: u64,
 }
@@ -214,12 +247,22 @@ struct History {
     grants: BTreeMap<u64, BTreeMap<u64, (u64, String)>>,
     /// Where the follower is.
     follower_at: u64,
+    /// The highest trim mark any client asked for (applied or not).
+    trim_mark: u64,
 }
 
 struct Faults {
     loss: f64,
     delay_max: u64,
     chaos_every: u64,
+    /// Chance that a unit's restart also damages one of its records.
+    damage: f64,
+    /// Whether one unit runs out of space during the run.
+    fill: bool,
+    /// Whether readers-only windows happen.
+    readers: bool,
+    /// Whether clients trim.
+    trims: bool,
 }
 
 struct World {
@@ -248,6 +291,14 @@ struct World {
     hist: History,
     report: ClusterReport,
     error: Option<String>,
+    /// Units holding a damaged record (for good: nothing rewrites it in place).
+    damaged: BTreeSet<String>,
+    /// The unit that runs out of space (at most one per run).
+    full_unit: Option<String>,
+    /// The end of the current readers-only window (0: none).
+    readers_until: u64,
+    /// When the faults stop (simulated ms).
+    end_faults_ms: u64,
 }
 
 impl World {
@@ -439,28 +490,149 @@ impl World {
         self.reply(actor, key, Payload::Result(result));
     }
 
+    /// The operator wipes the unit at `addr` (taken out of the layout) and
+    /// starts it again, empty, on a disk of the same size.
+    fn wipe_unit(&mut self, addr: &str) {
+        let Some(Node::Unit(u)) = self.nodes.get_mut(addr) else {
+            return;
+        };
+        let budget = match (u.unit.take(), u.dead.take()) {
+            (Some(unit), _) => unit.into_store().budget_bytes,
+            (None, Some(store)) => store.budget_bytes,
+            (None, None) => None,
+        };
+        let mut store = MemStore::new();
+        store.budget_bytes = budget;
+        match Unit::open(store, UnitConfig::default()) {
+            Ok((unit, _)) => u.unit = Some(unit),
+            Err(e) => return self.fail(format!("{addr} did not start empty: {e}")),
+        }
+        u.incarnation += 1;
+        self.damaged.remove(addr);
+        self.report.wipes += 1;
+        if self.debug {
+            eprintln!("operator wipes {addr}");
+        }
+    }
+
+    /// Whether the storage unit at `addr` is running.
+    fn unit_up(&self, addr: &str) -> bool {
+        matches!(self.nodes.get(addr), Some(Node::Unit(u)) if u.unit.is_some())
+    }
+
+    /// The units sharing a chain with the unit at `addr` in any segment of
+    /// the current layout.
+    fn partners(&self, addr: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Some(id) = unit_id(addr) else { return out };
+        if let Some(p) = self.sm.current() {
+            for c in p.segments.iter().flat_map(|s| s.stripes.iter()) {
+                if c.contains(&id) {
+                    out.extend(c.iter().filter(|u| **u != id).map(|u| unit_addr(*u)));
+                }
+            }
+        }
+        out
+    }
+
+    /// A unit with a fault that lasts (a damaged record, no space left).
+    fn lasting_fault(&self, addr: &str) -> bool {
+        self.damaged.contains(addr) || self.full_unit.as_deref() == Some(addr)
+    }
+
+    /// Whether a new fault on `addr` keeps one fault per chain: none of its
+    /// chain partners has a lasting fault (and, with `partners_up`, every
+    /// partner is running).
+    fn chain_free(&self, addr: &str, partners_up: bool) -> bool {
+        self.partners(addr)
+            .iter()
+            .all(|p| !self.lasting_fault(p) && (!partners_up || self.unit_up(p)))
+    }
+
+    /// Crashes the unit at `addr` (unsynced records lost); it restarts after
+    /// `down_ns`.
+    fn crash_unit(&mut self, addr: &str, down_ns: u64) {
+        if let Some(Node::Unit(u)) = self.nodes.get_mut(addr) {
+            let Some(unit) = u.unit.take() else { return };
+            let mut store = unit.into_store();
+            store.crash();
+            if self.debug {
+                eprintln!("crash {addr}");
+            }
+            u.dead = Some(store);
+            u.incarnation += 1;
+        }
+        self.report.unit_crashes += 1;
+        self.at(
+            down_ns,
+            Ev::Restart {
+                addr: addr.to_string(),
+            },
+        );
+    }
+
+    /// An address whose newest record on the (crashed) unit at `addr` may be
+    /// damaged: in the current layout it belongs to a chain of that unit with
+    /// at least one other replica, every one of them running and holding a
+    /// record of it; no partner of the unit has a fault of its own.
+    fn damage_candidate(&mut self, addr: &str, store: &MemStore) -> Option<u64> {
+        if self.lasting_fault(addr) || !self.chain_free(addr, true) {
+            return None;
+        }
+        let id = unit_id(addr)?;
+        let p = self.sm.current()?.clone();
+        let mut held: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        for u in 1..=5u64 {
+            if let Some(Node::Unit(n)) = self.nodes.get(&unit_addr(u)) {
+                if let Some(unit) = n.unit.as_ref() {
+                    held.insert(u, unit.store().addresses().into_iter().collect());
+                }
+            }
+        }
+        let candidates: Vec<u64> = store
+            .addresses()
+            .into_iter()
+            .filter(|a| {
+                let Some(seg) = p.segments.iter().find(|s| s.start <= *a && *a < s.end) else {
+                    return false;
+                };
+                let chain = &seg.stripes[(*a % seg.stripes.len() as u64) as usize];
+                chain.contains(&id)
+                    && chain.len() > 1
+                    && chain
+                        .iter()
+                        .filter(|u| **u != id)
+                        .all(|u| held.get(u).is_some_and(|h| h.contains(a)))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(candidates[self.rng.below(candidates.len() as u64) as usize])
+    }
+
     fn chaos(&mut self) {
+        let d = (self.faults.chaos_every / 2 + self.rng.below(self.faults.chaos_every)) * MS;
+        self.at(d, Ev::Chaos);
+        if self.now < self.readers_until {
+            return; // a readers-only window: one fault at a time
+        }
+        // A crash never hits a unit whose chain partner has a lasting fault;
+        // after a record is damaged no unit fails any more (nothing rewrites
+        // the damaged copy, and the layout may move the good ones around).
+        let damaged = !self.damaged.is_empty();
         let units: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, n)| matches!(n, Node::Unit(u) if u.unit.is_some()))
             .map(|(a, _)| a.clone())
+            .filter(|a| !damaged && self.chain_free(a, false))
             .collect();
         match self.rng.below(100) {
             0..=24 if !units.is_empty() => {
                 let addr = units[self.rng.below(units.len() as u64) as usize].clone();
-                if let Some(Node::Unit(u)) = self.nodes.get_mut(&addr) {
-                    let mut store = u.unit.take().expect("up").into_store();
-                    store.crash();
-                    if self.debug {
-                        eprintln!("crash {addr}");
-                    }
-                    u.dead = Some(store);
-                    u.incarnation += 1;
-                }
-                self.report.unit_crashes += 1;
                 let d = (100 + self.rng.below(1500)) * MS;
-                self.at(d, Ev::Restart { addr });
+                self.crash_unit(&addr, d);
             }
             25..=44 => {
                 let seqs: Vec<usize> = self
@@ -492,10 +664,66 @@ impl World {
                 self.consensus_down_until = self.now + d;
                 self.leader_skew_ms = self.rng.below(201) as i64 - 100;
             }
+            85..=91 if self.faults.fill && self.full_unit.is_none() => {
+                // A disk that fills: a unit of the layout, running, whose
+                // partners run and have no fault, gets a byte budget a little
+                // above what it holds.
+                let fits: Vec<String> = units
+                    .iter()
+                    .filter(|a| {
+                        !self.partners(a).is_empty()
+                            && !self.lasting_fault(a)
+                            && self.chain_free(a, true)
+                    })
+                    .cloned()
+                    .collect();
+                if fits.is_empty() {
+                    return;
+                }
+                let addr = fits[self.rng.below(fits.len() as u64) as usize].clone();
+                let extra = self.rng.below(3_000);
+                if let Some(Node::Unit(u)) = self.nodes.get_mut(&addr) {
+                    if let Some(unit) = u.unit.as_mut() {
+                        let store = unit.store_mut();
+                        store.budget_bytes = Some(store.used_bytes() + extra);
+                    }
+                }
+                if self.debug {
+                    eprintln!("{addr} fills up after {extra} more bytes");
+                }
+                self.full_unit = Some(addr);
+                self.report.full_units += 1;
+            }
+            92..=97 if self.faults.readers && self.report.reader_windows < 2 => {
+                // Readers only: a unit of the layout goes down while the
+                // appenders and the operator stand still, so only the reader
+                // and the follower meet it and must route around it.
+                let fits: Vec<String> = units
+                    .iter()
+                    .filter(|a| !self.partners(a).is_empty() && self.chain_free(a, true))
+                    .cloned()
+                    .collect();
+                if fits.is_empty() {
+                    return;
+                }
+                let addr = fits[self.rng.below(fits.len() as u64) as usize].clone();
+                let d = (1_500 + self.rng.below(1_500)) * MS;
+                self.crash_unit(&addr, d);
+                for a in 0..self.actors.len() {
+                    let name = &self.actors[a].name;
+                    if name.starts_with("client") || name == "operator" {
+                        self.actors[a].paused_until =
+                            self.actors[a].paused_until.max(self.now + d + 100 * MS);
+                    }
+                }
+                if self.debug {
+                    eprintln!("readers only while {addr} is down");
+                }
+                self.readers_until = self.now + d;
+                self.report.reader_windows += 1;
+            }
             _ => {}
         }
-        let d = (self.faults.chaos_every / 2 + self.rng.below(self.faults.chaos_every)) * MS;
-        self.at(d, Ev::Chaos);
     }
 
     /// Processes one event; returns the actor to run, if any.
@@ -606,15 +834,32 @@ impl World {
                 None
             }
             Ev::Restart { addr } => {
-                if let Some(Node::Unit(u)) = self.nodes.get_mut(&addr) {
-                    if let Some(store) = u.dead.take() {
-                        match Unit::open(store, UnitConfig::default()) {
-                            Ok((unit, _)) => u.unit = Some(unit),
-                            Err(e) => {
-                                let msg = format!("{addr} did not recover: {e}");
-                                self.fail(msg);
+                let store = match self.nodes.get_mut(&addr) {
+                    Some(Node::Unit(u)) => u.dead.take(),
+                    _ => None,
+                };
+                let mut store = store?;
+                // A damaged record: flipped before recovery reads it.
+                if self.faulty && self.rng.chance(self.faults.damage) {
+                    if let Some(a) = self.damage_candidate(&addr, &store) {
+                        if store.corrupt_payload(a) {
+                            if self.debug {
+                                eprintln!("damage address {a} on {addr}");
                             }
+                            self.damaged.insert(addr.clone());
+                            self.report.damaged_records += 1;
                         }
+                    }
+                }
+                match Unit::open(store, UnitConfig::default()) {
+                    Ok((unit, _)) => {
+                        if let Some(Node::Unit(u)) = self.nodes.get_mut(&addr) {
+                            u.unit = Some(unit);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("{addr} did not recover: {e}");
+                        self.fail(msg);
                     }
                 }
                 None
@@ -825,6 +1070,10 @@ fn unit_addr(i: u64) -> String {
     format!("10.0.1.{i}:7420")
 }
 
+fn unit_id(addr: &str) -> Option<u64> {
+    (1..=5).find(|i| unit_addr(*i) == addr)
+}
+
 fn seq_addr(i: u64) -> String {
     format!("10.0.2.{i}:7410")
 }
@@ -863,9 +1112,15 @@ fn client_script(
     let mut rng = Rng(seed ^ writer.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let now = |h: &Arc<Handle>| h.lock().now;
     let mut n = 0u64;
+    let trims = h.lock().faults.trims;
     for _ in 0..ops {
         let start = now(h);
         let known = h.lock().hist.acked.keys().next_back().map_or(0, |a| a + 1);
+        if trims && rng.chance(0.04) {
+            trim_op(h, &mut log, &mut rng, known);
+            h.sleep(me, (rng.below(30) + 1) * MS)?;
+            continue;
+        }
         match rng.below(100) {
             0..=59 => {
                 let k = 1 + rng.below(3) as usize;
@@ -957,6 +1212,85 @@ fn client_script(
     Ok(())
 }
 
+/// A trim: above the tail (it must be refused) or below it (a mark in the
+/// lower half of what is acknowledged; recorded before it is asked, since it
+/// may take effect even if the call fails).
+fn trim_op(h: &Arc<Handle>, log: &mut Log, rng: &mut Rng, known: u64) {
+    if rng.chance(0.4) {
+        let mark = known + 100_000;
+        h.lock().report.trims_above += 1;
+        match log.trim(mark) {
+            Ok(r) => h.lock().fail(format!(
+                "a trim below {mark}, far above the tail, was accepted: {r:?}"
+            )),
+            Err(LogError::Invalid(_)) => h.lock().report.trims_refused += 1,
+            Err(_) => {} // the tail could not be asked: nothing was trimmed
+        }
+    } else {
+        let mark = rng.below(known / 2 + 1);
+        {
+            let mut w = h.lock();
+            w.hist.trim_mark = w.hist.trim_mark.max(mark);
+            w.report.trims += 1;
+        }
+        if log.trim(mark).is_ok() {
+            h.lock().report.trims_applied += 1;
+        }
+    }
+}
+
+/// The reader: idle until a readers-only window (a unit down, nobody
+/// appending), then reads, range-reads and checks until it closes, recording
+/// what it sees; done once the clients are and the faults have stopped.
+fn reader_script(h: &Arc<Handle>, me: usize, clients: &[usize], seed: u64) -> Result<(), String> {
+    let mut log = connect(h, me, 9_003)?;
+    let mut rng = Rng(seed ^ 0x7265_6164_6572);
+    loop {
+        h.sleep(me, 40 * MS)?;
+        let (start, until, known, done) = {
+            let w = h.lock();
+            let known = w.hist.acked.keys().next_back().map_or(0, |a| a + 1);
+            let done = clients.iter().all(|c| w.actors[*c].done) && !w.faulty;
+            (w.now, w.readers_until, known, done)
+        };
+        if start >= until {
+            if done {
+                return Ok(());
+            }
+            continue;
+        }
+        let ok = match rng.below(4) {
+            0 => {
+                let from = rng.below(known + 1);
+                let count = 1 + rng.below(8);
+                log.read_range(from, count).map(|slots| {
+                    let mut w = h.lock();
+                    for (i, s) in slots.into_iter().enumerate() {
+                        w.hist.seen.push((from + i as u64, s, start));
+                    }
+                })
+            }
+            1 => {
+                let addr = rng.below(known + 1);
+                log.read(addr)
+                    .map(|s| h.lock().hist.seen.push((addr, s, start)))
+            }
+            2 => log.check().map(|t| h.lock().hist.checks.push((t, start))),
+            _ => log
+                .check_fast()
+                .map(|t| h.lock().hist.checks.push((t, start))),
+        };
+        let mut w = h.lock();
+        w.report.reader_ops += 1;
+        if let Err(e) = ok {
+            w.report.reader_failures += 1;
+            if w.debug {
+                eprintln!("reader: {e}");
+            }
+        }
+    }
+}
+
 /// The follower: yields the log in address order from 0, filling holes that
 /// stay unwritten, until the clients are done and it has passed every
 /// acknowledged address.
@@ -996,20 +1330,66 @@ fn follower_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
 }
 
 /// The operator: now and then runs a repair (take out units that stopped
-/// answering, let the spare join a short chain, copy the old range to it),
-/// until the clients are done.
+/// answering, let the spare or a returning unit join a short chain, copy the
+/// old range to it), until the clients are done, the faults have stopped and
+/// every chain of the open segment is back at 2 replicas, all running
+/// (liveness: full replication restored).
 fn operator_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), String> {
     let mut log = connect(h, me, 9_002)?;
     loop {
         h.sleep(me, 1_500 * MS)?;
-        if clients.iter().all(|c| h.lock().actors[*c].done) {
-            return Ok(());
+        let settled = {
+            let w = h.lock();
+            clients.iter().all(|c| w.actors[*c].done) && !w.faulty
+        };
+        if settled && log.refresh().is_ok() && !log.degraded(2) {
+            let mut w = h.lock();
+            let open = w.sm.current().and_then(|p| p.segments.last()).cloned();
+            let all_up = open.as_ref().is_some_and(|s| {
+                s.stripes
+                    .iter()
+                    .flatten()
+                    .all(|u| w.unit_up(&unit_addr(*u)))
+            });
+            if all_up {
+                w.report.restored_ms = (w.now / MS).saturating_sub(w.end_faults_ms);
+                if let (Some(full), Some(s)) = (w.full_unit.clone(), open) {
+                    let in_open = s.stripes.iter().flatten().any(|u| unit_addr(*u) == full);
+                    if !in_open {
+                        w.report.full_taken_out = 1;
+                    }
+                }
+                return Ok(());
+            }
         }
         // Under faults a repair may fail part way; the next one resumes.
-        if let Ok(r) = log.repair(Some(2), &mut |_| {}) {
-            let mut w = h.lock();
-            w.report.spares_joined += r.joined.len() as u64;
-            w.report.copied += r.copied + r.holes;
+        let debug = h.lock().debug;
+        let mut say = |m: &str| {
+            if debug {
+                eprintln!("operator: {m}");
+            }
+        };
+        match log.repair(Some(2), &mut say) {
+            Ok(r) => {
+                let mut w = h.lock();
+                w.report.spares_joined += r.joined.len() as u64;
+                w.report.copied += r.copied + r.holes;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                say(&format!("repair failed: {e}"));
+                // The operator does what the message asks: a unit that holds
+                // values the log decided otherwise (a head whose write went no
+                // further) must be wiped before it can serve again.
+                if let Some(id) = e
+                    .strip_prefix("unit ")
+                    .filter(|_| e.contains("wipe its data directory"))
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    h.lock().wipe_unit(&unit_addr(id));
+                }
+            }
         }
     }
 }
@@ -1094,7 +1474,11 @@ fn check_history(w: &World) -> Result<(), String> {
                     }
                 }
                 if let Some(other) = at_addr.insert(data, *addr) {
-                    if other != *addr {
+                    // Below a trim mark an append's write may have landed on a
+                    // unit before the trim refused the rest, and the append
+                    // then went on at a new address: trimmed addresses are out
+                    // of the log, a copy there is no duplicate.
+                    if other != *addr && other.min(*addr) >= hist.trim_mark {
                         return Err(format!(
                             "P2: entry {:?} appears at addresses {other} and {addr} (a retry appended it twice)",
                             String::from_utf8_lossy(data)
@@ -1102,7 +1486,17 @@ fn check_history(w: &World) -> Result<(), String> {
                     }
                 }
             }
-            Slot::Hole | Slot::Unwritten | Slot::Trimmed => {
+            Slot::Trimmed => {
+                // P1 excludes trimmed addresses; nothing at or above every
+                // mark asked for may read as trimmed.
+                if *addr >= hist.trim_mark {
+                    return Err(format!(
+                        "address {addr} read as trimmed, but no trim mark above it was ever asked for (highest {})",
+                        hist.trim_mark
+                    ));
+                }
+            }
+            Slot::Hole | Slot::Unwritten => {
                 if let Some((a, t)) = acked {
                     if t < start {
                         return Err(format!(
@@ -1126,6 +1520,7 @@ fn check_history(w: &World) -> Result<(), String> {
     for (addr, (data, _)) in &hist.acked {
         match value.get(addr) {
             Some(Slot::Data { data: d, .. }) if d == data => {}
+            None if *addr < hist.trim_mark => {} // trimmed away
             other => {
                 return Err(format!(
                     "P1: acknowledged address {addr} ({:?}) reads back as {other:?}",
@@ -1156,6 +1551,23 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
         loss: [0.0, 0.01, 0.03, 0.08][rng.below(4) as usize],
         delay_max: 1 + rng.below(10),
         chaos_every: 300 + rng.below(900),
+        damage: 0.0,
+        fill: false,
+        readers: false,
+        trims: false,
+    };
+    // The kinds added later are drawn from their own stream.
+    let mut more = Rng(seed ^ 0x6661_756c_7473);
+    let faults = Faults {
+        damage: if more.chance(0.5) && opts.hard_faults {
+            0.5
+        } else {
+            0.0
+        },
+        fill: more.chance(0.4) && opts.hard_faults,
+        readers: more.chance(0.5),
+        trims: more.chance(0.5),
+        ..faults
     };
     let clock = Arc::new(AtomicU64::new(0));
     let mut sm = StateMachine::default();
@@ -1229,6 +1641,11 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
         name: "operator".into(),
         ..Actor::default()
     });
+    let reader = actors.len();
+    actors.push(Actor {
+        name: "reader".into(),
+        ..Actor::default()
+    });
     let checker = actors.len();
     actors.push(Actor {
         name: "checker".into(),
@@ -1253,6 +1670,10 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
         leader_skew_ms: 0,
         faulty: true,
         faults,
+        damaged: BTreeSet::new(),
+        full_unit: None,
+        readers_until: 0,
+        end_faults_ms: opts.safety_ms,
         shutdown: false,
         shutdown_clock: 0,
         debug: std::env::var_os("TREX_SIM_DEBUG").is_some(),
@@ -1355,6 +1776,12 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
             Box::new(move || operator_script(&hh, operator, &cl)),
         ));
         let hh = h.clone();
+        let cl = clients.clone();
+        threads.push(spawn(
+            reader,
+            Box::new(move || reader_script(&hh, reader, &cl, seed)),
+        ));
+        let hh = h.clone();
         threads.push(spawn(
             checker,
             Box::new(move || checker_script(&hh, checker)),
@@ -1402,7 +1829,8 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
         }
         let others_done = clients.iter().all(|c| w.actors[*c].done)
             && w.actors[follower].done
-            && w.actors[operator].done;
+            && w.actors[operator].done
+            && w.actors[reader].done;
         if others_done && !checker_started && !w.faulty {
             checker_started = true;
             w.at(
@@ -1467,6 +1895,12 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
             .collect::<BTreeSet<_>>()
             .len() as u64;
         w.report.observations = w.hist.seen.len() as u64;
+        w.report.trimmed_seen = w
+            .hist
+            .seen
+            .iter()
+            .filter(|(_, s, _)| *s == Slot::Trimmed)
+            .count() as u64;
         w.report.clone()
     };
     for t in threads {

@@ -42,6 +42,9 @@ struct Args {
     /// With --cluster: operations per client.
     #[arg(long, default_value_t = 40)]
     ops: usize,
+    /// With --cluster: also damage records and fill a unit (known failures).
+    #[arg(long)]
+    hard_faults: bool,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let copts = ClusterOptions {
         safety_ms: a.safety_ms.unwrap_or(10_000),
         ops: a.ops,
+        hard_faults: a.hard_faults,
         ..ClusterOptions::default()
     };
     let flag = if a.cluster { " --cluster" } else { "" };
@@ -64,10 +68,31 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let mut failed = Vec::new();
+    // With --cluster: fault and outcome totals over the passing seeds.
+    let mut t = trex_sim::cluster_sim::ClusterReport::default();
     for (i, seed) in seeds.iter().enumerate() {
         if a.cluster {
             match run_cluster(*seed, copts) {
                 Ok(r) => {
+                    t.acked += r.acked;
+                    t.unit_crashes += r.unit_crashes;
+                    t.damaged_records += r.damaged_records;
+                    t.full_units += r.full_units;
+                    t.full_taken_out += r.full_taken_out;
+                    t.reader_windows += r.reader_windows;
+                    t.reader_ops += r.reader_ops;
+                    t.reader_failures += r.reader_failures;
+                    t.trims += r.trims;
+                    t.trims_applied += r.trims_applied;
+                    t.trims_above += r.trims_above;
+                    t.trims_refused += r.trims_refused;
+                    t.trimmed_seen += r.trimmed_seen;
+                    t.spares_joined += r.spares_joined;
+                    t.wipes += r.wipes;
+                    t.restored_ms = t.restored_ms.max(r.restored_ms);
+                    if a.seed.is_some() {
+                        eprintln!("{r:?}");
+                    }
                     if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
                         eprintln!(
                             "[{}/{}] seed {seed}: ok ({} events, {} appends acked, {} failed, {} observations, {} holes, {} epochs, {} spares joined, {} copied, {} unit crashes, {} sequencer pauses, {} client pauses, {} stale writes refused, {} dropped; trace {:016x}) {:.1?}",
@@ -102,6 +127,12 @@ fn main() -> ExitCode {
                 failed.push(*seed);
             }
         }
+    }
+    if a.cluster {
+        println!(
+            "totals over the passing seeds: {} appends acked, {} unit crashes, {} records damaged, {} units filled ({} taken out by the end), {} readers-only windows ({} reader ops, {} failed), {} trims below the tail ({} applied), {} above ({} refused), {} addresses read as trimmed, {} spares joined, {} units wiped by the operator; full replication restored at most {} ms after the faults stopped",
+            t.acked, t.unit_crashes, t.damaged_records, t.full_units, t.full_taken_out, t.reader_windows, t.reader_ops, t.reader_failures, t.trims, t.trims_applied, t.trims_above, t.trims_refused, t.trimmed_seen, t.spares_joined, t.wipes, t.restored_ms
+        );
     }
     if failed.is_empty() {
         println!("{} seeds passed", seeds.len());

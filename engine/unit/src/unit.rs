@@ -158,6 +158,12 @@ impl<S: Store> Unit<S> {
         &self.store
     }
 
+    /// The store, to change in place (the simulator gives a memory store a
+    /// byte budget it then runs into).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Records whether syncs run through io_uring (reported by `info`).
     pub fn set_io_uring(&mut self, on: bool) {
         self.cfg.io_uring = on;

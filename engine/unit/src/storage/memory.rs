@@ -20,6 +20,10 @@ pub struct MemStore {
     max_payload: usize,
     /// Appends fail with `Full` once this many records exist (None: never).
     pub capacity: Option<usize>,
+    /// A byte budget, like a small disk: an append fails with `Full` when the
+    /// encoded records kept (crash-dropped and reclaimed ones do not count)
+    /// would exceed it (None: never). Data and meta records alike.
+    pub budget_bytes: Option<u64>,
 }
 
 impl MemStore {
@@ -50,6 +54,52 @@ impl MemStore {
             }
         }
         false
+    }
+
+    /// Flips one byte of the newest record that names `addr`, inside what the
+    /// checksum covers but outside the fields that name the record: a payload
+    /// byte, or the writer id of a record without payload. Recovery then sees
+    /// a record of `addr` failing its checksum (unlike [`MemStore::corrupt`],
+    /// whose flip may land in the header and leave the record unattributed).
+    /// Returns false if there is none.
+    pub fn corrupt_payload(&mut self, addr: u64) -> bool {
+        for r in self.records.iter_mut().rev().flatten() {
+            if let Ok((h, p, _)) = decode_record(r, NONCE, usize::MAX) {
+                if h.addr == addr && h.kind != Kind::Meta {
+                    let at = if p.is_empty() {
+                        16
+                    } else {
+                        super::record::RECORD_HEADER_LEN + p.len() / 2
+                    };
+                    r[at] ^= 0x40;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Bytes of the records kept (what [`MemStore::budget_bytes`] limits).
+    pub fn used_bytes(&self) -> u64 {
+        self.records.iter().flatten().map(|r| r.len() as u64).sum()
+    }
+
+    /// The addresses the store holds a record for (any kind but meta, intact
+    /// or not), oldest record first, each once.
+    pub fn addresses(&self) -> Vec<u64> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for r in self.records.iter().flatten() {
+            let h = match decode_record(r, NONCE, usize::MAX) {
+                Ok((h, _, _)) => h,
+                Err(super::record::Invalid::BadChecksum(h)) => h,
+                Err(_) => continue,
+            };
+            if h.kind != Kind::Meta && seen.insert(h.addr) {
+                out.push(h.addr);
+            }
+        }
+        out
     }
 
     /// Records appended and not yet durable.
@@ -87,6 +137,14 @@ impl Store for MemStore {
     fn append(&mut self, head: &RecordHead, payload: &[u8]) -> Result<Appended, AppendError> {
         if self.capacity.is_some_and(|c| self.records.len() >= c) {
             return Err(AppendError::Full("memory store at capacity".into()));
+        }
+        if let Some(budget) = self.budget_bytes {
+            let need = record_size(payload.len()) as u64;
+            if self.used_bytes() + need > budget {
+                return Err(AppendError::Full(format!(
+                    "memory store over its budget of {budget} bytes"
+                )));
+            }
         }
         let mut buf = vec![0u8; record_size(payload.len())];
         encode_record(&mut buf, NONCE, head, payload);
@@ -154,7 +212,53 @@ impl Store for MemStore {
         StoreStats {
             segments: 1,
             segment_size_bytes: 0,
-            used_bytes: self.records.iter().flatten().map(|r| r.len() as u64).sum(),
+            used_bytes: self.used_bytes(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Kind, RecordHead};
+
+    fn head(addr: u64) -> RecordHead {
+        RecordHead {
+            kind: Kind::Data,
+            addr,
+            writer: 1,
+            seq: addr,
+        }
+    }
+
+    #[test]
+    fn a_byte_budget_refuses_appends_that_would_exceed_it() {
+        let mut s = MemStore::new();
+        let one = record_size(10) as u64;
+        s.budget_bytes = Some(2 * one + one / 2);
+        assert!(s.append(&head(0), &[1; 10]).is_ok());
+        assert!(s.append(&head(1), &[1; 10]).is_ok());
+        assert!(matches!(
+            s.append(&head(2), &[1; 10]),
+            Err(AppendError::Full(_))
+        ));
+        assert_eq!(s.used_bytes(), 2 * one);
+        assert_eq!(s.addresses(), vec![0, 1]);
+        // A crash drops unsynced records, and their bytes free the budget.
+        s.crash();
+        assert_eq!(s.used_bytes(), 0);
+        assert!(s.append(&head(2), &[1; 10]).is_ok());
+        // Corruption keeps the address listed, and a damaged payload keeps
+        // the record attributed to its address.
+        assert!(s.corrupt_payload(2));
+        assert_eq!(s.addresses(), vec![2]);
+        let mut seen = Vec::new();
+        s.recover(&mut |r| {
+            if let Recovered::Corrupt { addr, .. } = r {
+                seen.push(addr);
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, vec![Some(2)]);
     }
 }
