@@ -868,41 +868,65 @@ impl Log {
 
     /// The slow check: one past the highest address any unit of the current
     /// projection holds. A unit that does not answer is passed over as long as
-    /// every chain of the open segment has a replica that answered: an
-    /// acknowledged append is on every replica of its chain, so the survivors'
-    /// tails cover it (ARCHITECTURE §7: one bad unit per chain costs no check).
+    /// every chain has a replica that answered *and is sealed at the layout's
+    /// epoch* (so it is a member of that layout, not a unit taken out and back
+    /// with an old tail): an acknowledged append is on every replica of its
+    /// chain, so those tails cover it (ARCHITECTURE §7: one bad unit per chain
+    /// costs no check). The layout is read again first when a unit fails.
     pub fn check(&mut self) -> Result<u64, LogError> {
-        let p = self.projection.clone();
-        let mut tail = 0;
-        let mut answered: BTreeSet<u64> = BTreeSet::new();
-        let mut failed: Vec<String> = Vec::new();
-        for id in units_of(&p) {
-            match self.with_unit(id, |c| c.info()) {
-                Ok(info) => {
-                    tail = tail.max(info.tail);
-                    answered.insert(id);
+        for _ in 0..self.max_retries {
+            let p = self.projection.clone();
+            let mut tail = 0;
+            let mut current: BTreeSet<u64> = BTreeSet::new();
+            let mut failed: Vec<String> = Vec::new();
+            let mut newer = false;
+            for id in units_of(&p) {
+                match self.with_unit(id, |c| c.info()) {
+                    Ok(info) => {
+                        tail = tail.max(info.tail);
+                        newer |= info.sealed_epoch > p.epoch;
+                        if info.sealed_epoch == p.epoch {
+                            current.insert(id);
+                        }
+                    }
+                    Err(e) => failed.push(format!("unit {id}: {e}")),
                 }
-                Err(e) => failed.push(format!("unit {id}: {e}")),
             }
+            if failed.is_empty() {
+                return Ok(tail);
+            }
+            if newer {
+                self.refresh()?; // our layout is behind: ask the current one
+                continue;
+            }
+            let before = self.projection.epoch;
+            self.refresh()?;
+            if self.projection.epoch != before {
+                continue;
+            }
+            if let Some(chain) = p
+                .segments
+                .iter()
+                .flat_map(|s| s.stripes.iter())
+                .find(|c| !c.iter().any(|u| current.contains(u)))
+            {
+                return Err(fail!(
+                    "no replica of the chain {chain:?} answered as a member of layout epoch {} ({}); restart one of them (`trex status` shows each unit)",
+                    p.epoch,
+                    failed.join("; ")
+                ));
+            }
+            for f in &failed {
+                trex_net::log_line!(
+                    "WARN",
+                    "slow check: {f}; its chain's other replicas answered"
+                );
+            }
+            return Ok(tail);
         }
-        if let Some(chain) = p
-            .segments
-            .iter()
-            .flat_map(|s| s.stripes.iter())
-            .find(|c| !c.iter().any(|u| answered.contains(u)))
-        {
-            return Err(fail!(
-                "no replica of the chain {chain:?} answered ({}); restart one of them (`trex status` shows each unit)",
-                failed.join("; ")
-            ));
-        }
-        for f in &failed {
-            trex_net::log_line!(
-                "WARN",
-                "slow check: {f}; its chain's other replicas answered"
-            );
-        }
-        Ok(tail)
+        Err(fail!(
+            "the layout kept changing during the slow check; try again"
+        ))
     }
 
     /// Trims every unit of the projection below `prefix`.
