@@ -868,26 +868,23 @@ impl Log {
 
     /// The slow check: one past the highest address any unit of the current
     /// projection holds. A unit that does not answer is passed over as long as
-    /// every chain has a replica that answered *and is sealed at the layout's
-    /// epoch* (so it is a member of that layout, not a unit taken out and back
-    /// with an old tail): an acknowledged append is on every replica of its
-    /// chain, so those tails cover it (ARCHITECTURE §7: one bad unit per chain
-    /// costs no check). The layout is read again first when a unit fails.
+    /// every chain has a replica that answered, and the layout the units were
+    /// asked with is still the current one when they have answered (read
+    /// again to make sure): a member of the current layout's chain holds every
+    /// acknowledged append of that chain's range, so those tails cover them
+    /// (ARCHITECTURE §7: one bad unit per chain costs no check). A stale layout
+    /// could name a unit taken out and back with an old tail.
     pub fn check(&mut self) -> Result<u64, LogError> {
         for _ in 0..self.max_retries {
             let p = self.projection.clone();
             let mut tail = 0;
-            let mut current: BTreeSet<u64> = BTreeSet::new();
+            let mut answered: BTreeSet<u64> = BTreeSet::new();
             let mut failed: Vec<String> = Vec::new();
-            let mut newer = false;
             for id in units_of(&p) {
                 match self.with_unit(id, |c| c.info()) {
                     Ok(info) => {
                         tail = tail.max(info.tail);
-                        newer |= info.sealed_epoch > p.epoch;
-                        if info.sealed_epoch == p.epoch {
-                            current.insert(id);
-                        }
+                        answered.insert(id);
                     }
                     Err(e) => failed.push(format!("unit {id}: {e}")),
                 }
@@ -895,24 +892,18 @@ impl Log {
             if failed.is_empty() {
                 return Ok(tail);
             }
-            if newer {
-                self.refresh()?; // our layout is behind: ask the current one
-                continue;
-            }
-            let before = self.projection.epoch;
             self.refresh()?;
-            if self.projection.epoch != before {
-                continue;
+            if self.projection.epoch != p.epoch {
+                continue; // asked with an old layout: ask the current one
             }
             if let Some(chain) = p
                 .segments
                 .iter()
                 .flat_map(|s| s.stripes.iter())
-                .find(|c| !c.iter().any(|u| current.contains(u)))
+                .find(|c| !c.iter().any(|u| answered.contains(u)))
             {
                 return Err(fail!(
-                    "no replica of the chain {chain:?} answered as a member of layout epoch {} ({}); restart one of them (`trex status` shows each unit)",
-                    p.epoch,
+                    "no replica of the chain {chain:?} answered ({}); restart one of them (`trex status` shows each unit)",
                     failed.join("; ")
                 ));
             }
@@ -943,7 +934,14 @@ impl Log {
     pub fn trim(&mut self, prefix: u64) -> Result<TrimReport, LogError> {
         self.check_trim_mark(prefix)?;
         let mut report = TrimReport::default();
-        for id in units_of(&self.projection.clone()) {
+        let mut asked: BTreeSet<u64> = BTreeSet::new();
+        // Until every unit of the layout as it is at the end was asked: a unit
+        // that joined a chain while the trim ran (a repair) gets it too.
+        while let Some(id) = units_of(&self.projection)
+            .into_iter()
+            .find(|u| !asked.contains(u))
+        {
+            asked.insert(id);
             let mut last = None;
             for _ in 0..2 {
                 let epoch = self.projection.epoch;

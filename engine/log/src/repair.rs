@@ -413,6 +413,19 @@ impl Log {
                 }
             }
         }
+        // A trim that ran during the copy reached the source but maybe not the
+        // spare (not yet in the chain when it started): the source answered
+        // `trimmed` there and nothing was copied, so the spare must not answer
+        // `unwritten` once it serves the range.
+        let now = self
+            .with_unit(source, |c| c.info())
+            .map_err(|e| format!("unit {source}: {e}"))?
+            .trim_mark;
+        if now > mark {
+            let epoch = self.projection.epoch;
+            self.with_unit(unit, |c| c.trim(epoch, now))
+                .map_err(|e| format!("unit {unit}: {e}"))?;
+        }
         Ok(())
     }
 
