@@ -173,6 +173,16 @@ pub enum Op {
         /// Grace in milliseconds.
         grace_ms: u64,
     },
+    /// Record the log's trim mark: raise it to `mark` if that is higher (a mark
+    /// never moves back). The result is the mark now recorded (`u64`); `mark`
+    /// 0 only reads it. Recorded here, a trim outlives the units that applied
+    /// it: a unit that was down or cut off when it ran applies it when it
+    /// answers again (the failure detector spreads it). The state machine does
+    /// not know the log's tail; the client refuses a mark above it first.
+    Trim {
+        /// Addresses below `mark` may be discarded.
+        mark: u64,
+    },
 }
 
 /// The lock whose holder is the active sequencer.
@@ -200,6 +210,7 @@ const OP_MEMBERS: u8 = 6;
 const OP_LAYOUT: u8 = 7;
 const OP_NOOP: u8 = 8;
 const OP_INSTALL_AS_SEQUENCER: u8 = 9;
+const OP_TRIM: u8 = 10;
 const OP_ACQUIRE: u8 = 16;
 const OP_RENEW: u8 = 17;
 const OP_RELEASE: u8 = 18;
@@ -357,6 +368,10 @@ impl Op {
                 out.push(OP_SET_LOCK_GRACE);
                 put_u64(&mut out, *grace_ms);
             }
+            Op::Trim { mark } => {
+                out.push(OP_TRIM);
+                put_u64(&mut out, *mark);
+            }
         }
         out
     }
@@ -412,6 +427,7 @@ impl Op {
                 name: get_str(&mut r)?,
             },
             OP_SET_LOCK_GRACE => Op::SetLockGrace { grace_ms: r.u64()? },
+            OP_TRIM => Op::Trim { mark: r.u64()? },
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         r.finish()?;

@@ -250,6 +250,7 @@ fn state_after_one_noop(c: &trex_wire::consensus::Command) -> Vec<u8> {
     put_u32(&mut s, 1); // client stamps
     put_u64(&mut s, c.client);
     put_u64(&mut s, c.stamp_ms);
+    put_u64(&mut s, 0); // trim_mark
     s
 }
 

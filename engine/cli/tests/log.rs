@@ -851,7 +851,7 @@ fn a_unit_that_missed_a_trim_applies_it_when_it_answers_again() {
     let _restarted = common::restart(&cmdline);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("did not apply the trim"),
+        err.contains("has not applied the trim"),
         "the dead unit is named: {err}"
     );
     let node = format!("127.0.0.1:{}", base + 21);

@@ -109,6 +109,78 @@ fn a_trim_that_took_effect_is_not_reported_failed() {
     );
 }
 
+/// A trim is recorded with the consensus group before any unit is asked: with
+/// every unit of the chain down it still takes effect (exit 0, each unit
+/// named), and the units apply it when they come back, with no command (the
+/// active sequencer's repair loop spreads the recorded mark). Before the mark
+/// was recorded this trim failed ("no unit applied the trim"), and a trim
+/// that reached only units later replaced was lost.
+#[test]
+fn a_recorded_trim_reaches_units_that_were_down_when_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::trex_up(
+        dir.path(),
+        &["--stripes", "1", "--replicas", "2", "--units", "2"],
+    );
+    let out = trex(&c, &["append", "-"], b"a\nb\nc\nd\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = Log::connect(&c.eps).unwrap();
+    let chain = log.projection().segments[0].stripes[0].clone();
+    let cmdlines: Vec<Vec<String>> = chain
+        .iter()
+        .map(|u| common::cmdline_of(&format!("storage --listen 127.0.0.1:{u} ")))
+        .collect();
+    for u in &chain {
+        kill_unit(*u);
+    }
+    let out = trex(&c, &["trim", "2"], b"");
+    assert!(
+        out.status.success(),
+        "a recorded trim took effect: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "trimmed below 2\n");
+    for u in &chain {
+        assert!(
+            text(&out.stderr).contains(&format!("unit {u} has not applied the trim")),
+            "unit {u} is named: {}",
+            text(&out.stderr)
+        );
+    }
+    let _back: Vec<common::Proc> = cmdlines.iter().map(|c| common::restart(c)).collect();
+    let t0 = Instant::now();
+    loop {
+        let out = trex(&c, &["read", "0", "--count", "4"], b"");
+        if text(&out.stdout) == "0\t(trimmed)\n1\t(trimmed)\n2\tc\n3\td\n" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the returning units never applied the recorded trim: {} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Both replicas, not only the one reads go to.
+    for u in &chain {
+        let t0 = Instant::now();
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+                .args(["unit", "info", "-w", "json", "--node"])
+                .arg(format!("127.0.0.1:{u}"))
+                .output()
+                .unwrap();
+            let t = text(&out.stdout);
+            if t.contains("\"trim_mark\":2,") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "unit {u}: {t}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
 /// `kill -9` the storage unit `unit` of a `trex up` cluster (unit ids are
 /// their ports there).
 fn kill_unit(unit: u64) {

@@ -54,6 +54,9 @@ pub struct StateMachine {
     pub fence: u64,
     /// Grace after expiry before a lock changes hands (ms); 0 means the default.
     pub lock_grace_ms: u64,
+    /// The log's trim mark (see [`Op::Trim`]): addresses below it may be
+    /// discarded by every unit. Only grows.
+    pub trim_mark: u64,
 }
 
 impl StateMachine {
@@ -160,6 +163,12 @@ impl StateMachine {
                 }
                 self.lock_grace_ms = grace_ms.max(1);
                 vec![RESULT_OK]
+            }
+            Op::Trim { mark } => {
+                self.trim_mark = self.trim_mark.max(mark);
+                let mut out = vec![RESULT_OK];
+                put_u64(&mut out, self.trim_mark);
+                out
             }
         }
     }
@@ -432,6 +441,7 @@ impl StateMachine {
             put_u64(&mut out, *c);
             put_u64(&mut out, *t);
         }
+        put_u64(&mut out, self.trim_mark);
         out
     }
 
@@ -460,6 +470,8 @@ impl StateMachine {
             let (c, t) = (r.u64()?, r.u64()?);
             client_seen_ms.insert(c, t);
         }
+        // Snapshots of builds before the trim mark was recorded end here.
+        let trim_mark = if r.remaining() == 0 { 0 } else { r.u64()? };
         r.finish()?;
         Ok(StateMachine {
             members,
@@ -469,6 +481,7 @@ impl StateMachine {
             locks,
             fence,
             lock_grace_ms,
+            trim_mark,
         })
     }
 }

@@ -98,6 +98,7 @@ fn op_vectors() -> Vec<(&'static str, Op)> {
             },
         ),
         ("op-set-lock-grace", Op::SetLockGrace { grace_ms: 2_000 }),
+        ("op-trim", Op::Trim { mark: 4096 }),
     ]
 }
 
@@ -137,6 +138,7 @@ enum Payload {
     Layout,
     Members,
     Lease,
+    Mark,
     Refused(Refusal),
 }
 
@@ -289,6 +291,18 @@ fn result_vectors() -> (
     ));
     ok.push(("noop", h.apply(T + 22_000, Op::Noop)));
     ok.push(("deregister", h.apply(T + 22_000, Op::Deregister { id: 2 })));
+    v.push((
+        "result-trim",
+        h.apply(T + 23_000, Op::Trim { mark: 4096 }),
+        Payload::Mark,
+    ));
+    // A lower mark (and 0, a read) leaves the recorded one: a mark never moves back.
+    let lower = h.apply(T + 23_000, Op::Trim { mark: 100 });
+    assert_eq!(
+        lower,
+        v.last().unwrap().1,
+        "a lower trim mark moved the mark back"
+    );
     // Every operation whose result is "—" answers the same bytes: register's.
     v.push(("result-ok", ok[0].1.clone(), Payload::Nothing));
     (v, ok)
@@ -428,6 +442,9 @@ fn result_vectors_decode_as_the_document_says() {
             }
             Payload::Lease => {
                 decode_lock(&mut rd).unwrap();
+            }
+            Payload::Mark => {
+                rd.u64().unwrap();
             }
             Payload::Refused(code) => panic!("{name} was not refused with {code:?}"),
         }

@@ -57,6 +57,9 @@ pub enum Slot {
 /// What a trim did (see [`Log::trim`]).
 #[derive(Clone, Debug, Default)]
 pub struct TrimReport {
+    /// The trim mark recorded with the consensus group and applied: the one
+    /// asked for, or a higher one recorded before.
+    pub mark: u64,
     /// The units that applied the mark.
     pub applied: Vec<u64>,
     /// The units that did not, and why.
@@ -920,39 +923,85 @@ impl Log {
         ))
     }
 
-    /// Trims every unit of the projection below `prefix`.
+    /// Trims the log below `prefix`: records the mark with the consensus group,
+    /// then asks every unit of the projection to apply it.
     ///
     /// A mark above the log's tail (the sequencer's next address, the fast
-    /// check) is refused before any unit is asked: every address the
-    /// sequencer handed out below it would be refused `trimmed`.
+    /// check) is refused with [`LogError::Invalid`] before anything is
+    /// recorded: every address the sequencer handed out below it would be
+    /// refused `trimmed`. If the consensus group cannot record it, nothing was
+    /// trimmed and the error says so.
     ///
-    /// Every unit is asked, whatever the others answered (a unit that does not
-    /// answer is passed over; one sealed at a newer epoch is asked again at
-    /// it): once one applied the mark, the trim took effect (reads there
-    /// answer `trimmed`), so it is reported done, with the units that did not
-    /// apply it (call again for them). Only a trim no unit applied fails.
+    /// Once recorded, the trim has taken effect (a mark never moves back), so
+    /// the call succeeds whatever the units answer: it reports the units that
+    /// applied the mark and those that did not yet, with why. Those apply it
+    /// when they answer again — the sequencer's failure detector spreads the
+    /// recorded mark ([`Log::converge_trim`]) — or on the next `trim`. The mark
+    /// applied is the recorded one ([`TrimReport::mark`]), which is `prefix` or
+    /// an earlier, higher mark.
     pub fn trim(&mut self, prefix: u64) -> Result<TrimReport, LogError> {
         self.check_trim_mark(prefix)?;
-        let mut report = TrimReport::default();
+        let mark = self.record_trim(prefix)?;
+        let mut report = self.apply_trim(mark, None);
+        report.mark = mark;
+        Ok(report)
+    }
+
+    /// The log's trim mark as the consensus group recorded it (0: never
+    /// trimmed).
+    pub fn trim_mark(&mut self) -> Result<u64, LogError> {
+        self.record_trim(0)
+    }
+
+    /// Raises the recorded trim mark to `mark` (0: reads it); returns the mark
+    /// now recorded.
+    fn record_trim(&mut self, mark: u64) -> Result<u64, LogError> {
+        let b = self.env.submit_ok(&trex_consensus::sm::Op::Trim { mark })?;
+        let mut r = trex_wire::Reader::new(&b);
+        r.u64().map_err(|e| {
+            LogError::Consensus(trex_consensus::ConsensusError::Protocol(format!(
+                "result of trim: {e}"
+            )))
+        })
+    }
+
+    /// Asks every unit of the layout (as it is when the last one was asked: a
+    /// unit that joined a chain meanwhile gets it too) to apply trim mark
+    /// `mark`; with `marks`, only units whose mark (as they reported it) is
+    /// below. A unit sealed at a newer epoch is asked again at it.
+    pub(crate) fn apply_trim(
+        &mut self,
+        mark: u64,
+        marks: Option<&BTreeMap<u64, u64>>,
+    ) -> TrimReport {
+        let mut report = TrimReport {
+            mark,
+            ..TrimReport::default()
+        };
         let mut asked: BTreeSet<u64> = BTreeSet::new();
-        // Until every unit of the layout as it is at the end was asked: a unit
-        // that joined a chain while the trim ran (a repair) gets it too.
         while let Some(id) = units_of(&self.projection)
             .into_iter()
             .find(|u| !asked.contains(u))
         {
             asked.insert(id);
+            if marks.is_some_and(|m| m.get(&id).is_none_or(|have| *have >= mark)) {
+                continue; // already there, or did not answer
+            }
             let mut last = None;
             for _ in 0..2 {
                 let epoch = self.projection.epoch;
-                match self.with_unit(id, |c| c.trim(epoch, prefix)) {
+                match self.with_unit(id, |c| c.trim(epoch, mark)) {
                     Ok(_) => {
                         last = None;
                         break;
                     }
                     Err(e) if self.seen_sealed(&e) => {
-                        self.refresh()?; // the layout moved on: trim at its epoch
                         last = Some(e.to_string());
+                        // The layout moved on: trim at its epoch.
+                        if let Err(e) = self.refresh() {
+                            last = Some(e.to_string());
+                            break;
+                        }
                     }
                     Err(e) => {
                         last = Some(e.to_string());
@@ -965,18 +1014,7 @@ impl Log {
                 Some(e) => report.failed.push((id, e)),
             }
         }
-        if report.applied.is_empty() {
-            let why: Vec<String> = report
-                .failed
-                .iter()
-                .map(|(u, e)| format!("unit {u}: {e}"))
-                .collect();
-            return Err(fail!(
-                "no unit applied the trim below {prefix}: {}",
-                why.join("; ")
-            ));
-        }
-        Ok(report)
+        report
     }
 
     /// Follows the log from `from`: yields entries and holes in address order,

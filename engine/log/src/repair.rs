@@ -95,40 +95,45 @@ impl Log {
         Ok(down)
     }
 
-    /// Brings every answering unit of the layout up to the highest trim mark
-    /// any of them holds: a unit that missed a trim (down or cut off when it
-    /// ran) applies it once it answers again. Returns the units trimmed now.
-    /// Units that do not answer are left for the next call.
+    /// Brings every answering unit of the layout up to the log's trim mark as
+    /// the consensus group recorded it ([`Log::trim`]): a unit that missed a
+    /// trim (down or cut off when it ran, or a spare that joined later)
+    /// applies it once it answers again. Returns the units trimmed now; units
+    /// that do not answer are left for the next call.
+    ///
+    /// A unit's own mark above the recorded one (set on that unit alone with
+    /// `trex unit trim`, or by a build that did not record trims) is recorded
+    /// first, unless it is above the log's tail: spreading that would make
+    /// every unit refuse the addresses the sequencer hands out below it, so it
+    /// is only logged.
     pub fn converge_trim(&mut self) -> Result<Vec<u64>, LogError> {
-        let epoch = self.projection.epoch;
-        let mut marks = Vec::new();
+        let mut marks = BTreeMap::new();
         for id in units_of(&self.projection.clone()) {
             if let Ok(i) = self.with_unit(id, |c| c.info()) {
-                marks.push((id, i.trim_mark));
+                marks.insert(id, i.trim_mark);
             }
         }
-        let Some(top) = marks.iter().map(|(_, m)| *m).max() else {
-            return Ok(Vec::new());
-        };
-        // Never spread a mark above the log's tail: no trim through the log
-        // sets one (it refuses), so it came from elsewhere (`trex unit trim`
-        // on one unit) and would destroy entries everywhere.
-        let tail = self.check_fast()?;
-        if top > tail {
-            trex_net::log_line!(
-                "WARN",
-                "a unit's trim mark {top} is above the log's tail {tail}; not spreading it (see `trex status`)"
-            );
-            return Ok(Vec::new());
-        }
-        let mut trimmed = Vec::new();
-        for (id, mark) in marks {
-            if mark < top && self.with_unit(id, |c| c.trim(epoch, top)).is_ok() {
-                trex_net::log_line!("INFO", "unit {id} missed a trim: trimmed it below {top}");
-                trimmed.push(id);
+        let mut mark = self.trim_mark()?;
+        let top = marks.values().copied().max().unwrap_or(0);
+        if top > mark {
+            let tail = self.check_fast()?;
+            if top > tail {
+                trex_net::log_line!(
+                    "WARN",
+                    "a unit's trim mark {top} is above the log's tail {tail}; not spreading it (see `trex status`)"
+                );
+            } else {
+                mark = self.record_trim(top)?;
             }
         }
-        Ok(trimmed)
+        if marks.values().all(|m| *m >= mark) {
+            return Ok(Vec::new());
+        }
+        let report = self.apply_trim(mark, Some(&marks));
+        for id in &report.applied {
+            trex_net::log_line!("INFO", "unit {id} missed a trim: trimmed it below {mark}");
+        }
+        Ok(report.applied)
     }
 
     /// Whether some chain of the open segment has fewer than `want` replicas.

@@ -1345,11 +1345,14 @@ fn operator_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
         if settled && log.refresh().is_ok() && !log.degraded(2) {
             let mut w = h.lock();
             let open = w.sm.current().and_then(|p| p.segments.last()).cloned();
+            // Every unit of the open segment runs and holds the recorded
+            // trim mark (one that missed a trim applied it on its return).
+            let mark = w.sm.trim_mark;
             let all_up = open.as_ref().is_some_and(|s| {
-                s.stripes
-                    .iter()
-                    .flatten()
-                    .all(|u| w.unit_up(&unit_addr(*u)))
+                s.stripes.iter().flatten().all(|u| {
+                    matches!(w.nodes.get(&unit_addr(*u)), Some(Node::Unit(n))
+                        if n.unit.as_ref().is_some_and(|x| x.info().trim_mark >= mark))
+                })
             });
             if all_up {
                 w.report.restored_ms = (w.now / MS).saturating_sub(w.end_faults_ms);
@@ -1369,6 +1372,11 @@ fn operator_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
                 eprintln!("operator: {m}");
             }
         };
+        // As the sequencer's repair loop does: units that missed a trim
+        // apply the recorded mark.
+        if let Err(e) = log.converge_trim() {
+            say(&format!("cannot bring trim marks together: {e}"));
+        }
         match log.repair(Some(2), &mut say) {
             Ok(r) => {
                 let mut w = h.lock();

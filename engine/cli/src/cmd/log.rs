@@ -171,12 +171,20 @@ pub fn tail(a: TailArgs) -> Result<(), CliError> {
 
 pub fn trim(a: TrimArgs) -> Result<(), CliError> {
     let report = connect(&a.ep)?.trim(a.prefix)?;
-    println!("trimmed below {}", a.prefix);
-    // It took effect: not a failure, but say where it did not (yet).
+    if report.mark > a.prefix {
+        println!(
+            "trimmed below {} (asked {}: the log was already trimmed there)",
+            report.mark, a.prefix
+        );
+    } else {
+        println!("trimmed below {}", report.mark);
+    }
+    // It took effect (the mark is recorded): not a failure, but say where it
+    // is not applied yet.
     for (unit, why) in &report.failed {
         eprintln!(
-            "warning: unit {unit} did not apply the trim ({why}); run `trex trim {}` again once it answers",
-            a.prefix
+            "warning: unit {unit} has not applied the trim yet ({why}); it applies the recorded mark when it answers again (the active sequencer's repair loop spreads it), or run `trex trim {}` again",
+            report.mark
         );
     }
     Ok(())

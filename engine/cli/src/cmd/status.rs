@@ -23,8 +23,10 @@ struct UnitRow {
 
 pub fn run(a: ShowArgs) -> Result<(), CliError> {
     let eps = resolve_endpoints(&a.ep)?;
-    let log = Log::connect_to(&eps, a.ep.cluster_id)?;
+    let mut log = Log::connect_to(&eps, a.ep.cluster_id)?;
     let p = log.projection().clone();
+    // The log's trim mark as recorded (units below it apply it when they answer).
+    let trim_mark = log.trim_mark()?;
     let mut c = ConsensusClient::new(&eps, a.ep.timeout)?.with_cluster_id(a.ep.cluster_id);
     let members = c.members()?;
     let lease =
@@ -59,13 +61,13 @@ pub fn run(a: ShowArgs) -> Result<(), CliError> {
     // Those in a chain first, then the others.
     units.sort_by_key(|u| (u.role != "chain", u.id));
     match a.format {
-        Format::Json => print_json(&p, lease.as_ref(), &units),
-        Format::Table => print_table(&p, lease.as_ref(), &units),
+        Format::Json => print_json(&p, trim_mark, lease.as_ref(), &units),
+        Format::Table => print_table(&p, trim_mark, lease.as_ref(), &units),
     }
     Ok(())
 }
 
-fn print_json(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
+fn print_json(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[UnitRow]) {
     let us: Vec<String> = units
         .iter()
         .map(|UnitRow { id, addr, info, role }| match info {
@@ -85,7 +87,7 @@ fn print_json(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
         )
     });
     println!(
-        "{{\"epoch\":{},\"sequencer\":{},\"sequencer_lease\":{l},\"units\":[{}]}}",
+        "{{\"epoch\":{},\"sequencer\":{},\"trim_mark\":{trim_mark},\"sequencer_lease\":{l},\"units\":[{}]}}",
         p.epoch,
         p.sequencer,
         us.join(",")
@@ -114,8 +116,9 @@ fn degraded(p: &Projection) -> Vec<(usize, usize, usize, usize)> {
         .collect()
 }
 
-fn print_table(p: &Projection, lease: Option<&Lease>, units: &[UnitRow]) {
+fn print_table(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[UnitRow]) {
     print_projection(p);
+    println!("trim mark  {trim_mark} (recorded; units apply it when they answer)");
     match lease {
         Some(l) if l.released => println!("lease      {} (token {}), released", l.holder, l.token),
         Some(l) => println!(
