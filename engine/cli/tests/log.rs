@@ -392,39 +392,7 @@ fn units_sealed_for_a_layout_never_installed_do_not_wedge_the_log() {
     }
 }
 
-/// Runs `trex ARGS --endpoints EPS` to completion (at most `within`); returns
-/// its exit code, standard output and standard error.
-fn trex_cli(eps: &str, args: &[&str], within: Duration) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(args)
-        .args(["--endpoints", eps])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            return (
-                st.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            );
-        }
-        if t0.elapsed() > within {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "`trex {}` did not finish within {within:?}; stderr: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::trex_cli;
 
 /// Appends `lines` through `trex append -`.
 fn append_lines(eps: &str, lines: &[&str]) {

@@ -9,7 +9,6 @@
 //! own, removed when the test ends.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,58 +16,7 @@ use trex_log::{Log, Slot};
 
 mod common;
 
-/// An nft table of this process; dropped rules go with it.
-struct Cut {
-    table: String,
-}
-
-impl Cut {
-    /// Drops every TCP packet to `port` on this host, if nft can be used here.
-    fn port(port: u16) -> Option<Cut> {
-        let table = format!("trex_test_{}_{port}", std::process::id());
-        let script = format!(
-            "add table inet {table}\n\
-             add chain inet {table} input {{ type filter hook input priority 0; }}\n\
-             add rule inet {table} input tcp dport {port} drop\n"
-        );
-        let ok = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(script.as_bytes())?;
-                c.wait()
-            })
-            .is_ok_and(|s| s.success());
-        ok.then_some(Cut { table })
-    }
-
-    fn heal(self) {}
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status();
-    }
-}
-
-/// Whether this machine can cut a port (root and nft); says why not otherwise.
-fn can_cut() -> bool {
-    match Cut::port(1) {
-        Some(c) => {
-            c.heal();
-            true
-        }
-        None => {
-            eprintln!("skipped: cutting a port needs root and nft (apt-get install -y nftables)");
-            false
-        }
-    }
-}
+use common::{can_cut, Cut};
 
 /// `trex up --units 5` on free ports; returns it, its base port and endpoints.
 fn up(dir: &std::path::Path) -> (common::Cluster, u16, String) {

@@ -71,6 +71,36 @@ fn populate(dir: &Path, n: u64) {
     assert_eq!(replies(&mut u).len() as u64, n);
 }
 
+/// A run of damaged records (here two in a row, then an intact one): each is
+/// attributed to its address and answers `corrupt`. Before, the scan searched
+/// for the next valid record and passed over the second damaged one: the unit
+/// then answered `unwritten` for an entry it had acknowledged, and a reader
+/// trusting the chain's tail read a hole where the log had data.
+#[test]
+fn every_record_of_a_damaged_run_answers_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 30); // one segment (the newest, scanned on open)
+    let seg = segments(dir.path()).remove(0);
+    for addr in [10u64, 11, 12] {
+        let off = find(&seg, addr).expect("entry in segment");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        f.seek(SeekFrom::Start(off as u64 + 100)).unwrap();
+        f.write_all(&[0xFF]).unwrap();
+    }
+    let mut u = open(dir.path());
+    for (addr, status, data) in read_all(&mut u, 30) {
+        if (10..=12).contains(&addr) {
+            assert_eq!(status, Status::Corrupt, "address {addr} is damaged");
+        } else {
+            assert_eq!((status, data), (Status::Ok, value(addr)), "address {addr}");
+        }
+    }
+}
+
 #[test]
 fn flipped_bits_are_detected_and_never_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use trex_consensus::client::{ConsensusClient, Submit};
 use trex_consensus::sm::{Op, Role};
 use trex_net::unit_client::UnitApi;
-use trex_net::util::parse_duration;
+use trex_net::util::{parse_duration, parse_size};
 
 /// Prints a line to standard output, ignoring a closed pipe (the caller may
 /// stop reading once the cluster is up).
@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// Storage units' sync mode (`never` for benchmarks only).
     #[arg(long, value_enum, default_value = "always")]
     sync: SyncMode,
+    /// Size of each storage unit's segment files (`trex node storage
+    /// --segment-size`; 64KiB to 2GiB). Used when a unit's directory is new.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    segment_size: u64,
     /// How often the active sequencer probes the storage units (`trex node
     /// sequencer --repair-every`): units that stop answering are taken out and
     /// replaced by spares (start some with --units above stripes x replicas).
@@ -201,6 +205,13 @@ fn check(o: &UpArgs) -> Result<(), CliError> {
             o.replicas
         ));
     }
+    use trex_unit::storage::mmap::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&o.segment_size) {
+        return Err(usage!(
+            "--segment-size {} is out of range: choose between 64KiB and 2GiB",
+            o.segment_size
+        ));
+    }
     Ok(())
 }
 
@@ -300,6 +311,8 @@ impl Cluster<'_> {
                 eps.clone(),
                 "--sync".into(),
                 sync.into(),
+                "--segment-size".into(),
+                o.segment_size.to_string(),
             ];
             self.spawn(&format!("unit-{}", i + 1), &args)?;
         }

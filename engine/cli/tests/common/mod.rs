@@ -344,3 +344,97 @@ pub fn restart(cmdline: &[String]) -> Proc {
             .expect("restart the node"),
     )
 }
+
+/// An nft table of this process; dropped rules go with it.
+pub struct Cut {
+    table: String,
+}
+
+impl Cut {
+    /// Drops every TCP packet to `port` on this host, if nft can be used here.
+    pub fn port(port: u16) -> Option<Cut> {
+        let table = format!("trex_test_{}_{port}", std::process::id());
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority 0; }}\n\
+             add rule inet {table} input tcp dport {port} drop\n"
+        );
+        let ok = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(script.as_bytes())?;
+                c.wait()
+            })
+            .is_ok_and(|s| s.success());
+        ok.then_some(Cut { table })
+    }
+
+    /// Removes the rule (as dropping it does).
+    pub fn heal(self) {}
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+/// Whether this machine can cut a port (root and nft); says why not otherwise.
+pub fn can_cut() -> bool {
+    match Cut::port(1) {
+        Some(c) => {
+            c.heal();
+            true
+        }
+        None => {
+            eprintln!("skipped: cutting a port needs root and nft (apt-get install -y nftables)");
+            false
+        }
+    }
+}
+
+/// Runs `trex ARGS --endpoints EPS` to completion (at most `within`); returns
+/// its exit code, standard output and standard error.
+pub fn trex_cli(eps: &str, args: &[&str], within: Duration) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(args)
+        .args(["--endpoints", eps])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drained while it runs: a long output must not fill the pipe and stall it.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st.code(), out.join().unwrap(), err.join().unwrap());
+        }
+        if t0.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`trex {}` did not finish within {within:?}; stderr: {}",
+                args.join(" "),
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

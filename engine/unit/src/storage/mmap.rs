@@ -596,6 +596,27 @@ impl MmapStore {
                 Invalid::BadChecksum(h) if h.kind != Kind::Meta => Some(h.addr),
                 _ => None,
             };
+            // A record whose header is plausible but whose checksum fails most
+            // likely has a damaged payload (the payload is most of a record's
+            // bytes), and its length leads to the next record. Stepping there
+            // attributes every damaged record of a run to its address; a search
+            // for the next valid record would pass over the others unattributed,
+            // and the unit would answer `unwritten` for entries it acknowledged.
+            let step = match err {
+                Invalid::BadChecksum(_) => {
+                    let len =
+                        u32::from_le_bytes(seg.map[off + 4..off + 8].try_into().expect("4 bytes"))
+                            as usize;
+                    let to = off + record_size(len);
+                    let looks_like_a_record = to + RECORD_HEADER_LEN <= size
+                        && matches!(
+                            decode_record(&seg.map[to..], seg.nonce, max_payload),
+                            Ok(_) | Err(Invalid::BadChecksum(_))
+                        );
+                    looks_like_a_record.then_some(to)
+                }
+                _ => None,
+            };
             match (RECOVERY.judge(last, next.is_some()), next) {
                 (Damage::TornTail, _) => {
                     seg.map[off..nonzero_end].fill(0);
@@ -612,15 +633,24 @@ impl MmapStore {
                         seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
                     }
                     self.report.corrupt += 1;
+                    visit(Recovered::Corrupt { addr: claimed, loc });
+                    if let Some(to) = step {
+                        self.report.notes.push(format!(
+                            "segment {id}: damaged record at offset {off}{}; no valid record follows, going on at offset {to}",
+                            claimed.map(|a| format!(" (address {a})")).unwrap_or_default()
+                        ));
+                        off = to;
+                        continue;
+                    }
                     self.report.notes.push(format!(
                         "segment {id}: damaged data from offset {off} to the end of the segment; \
                          the entries there are not served (read them from another replica)"
                     ));
-                    visit(Recovered::Corrupt { addr: claimed, loc });
                     off = nonzero_end.next_multiple_of(8);
                     break;
                 }
                 (Damage::Corrupt, Some(next)) => {
+                    let next = step.filter(|to| *to <= next).unwrap_or(next);
                     seg.damaged = true;
                     if let Some(a) = claimed {
                         // Keeps the segment from being reclaimed while the address
