@@ -74,6 +74,12 @@ pub struct Log {
     sealed_seen: u64,
     /// How many times an operation refreshes the layout and retries.
     pub max_retries: usize,
+    /// Units whose damaged copies [`Log::repair_damaged`] could not all
+    /// rewrite, with their damaged count then: not read again until it changes.
+    scrubbed: BTreeMap<u64, u64>,
+    /// Units a repair found holding values the log decided otherwise, and
+    /// why: not joined again until they are wiped (empty).
+    conflicted: BTreeMap<u64, String>,
 }
 
 /// What a unit's read answer means: the address and its slot.
@@ -132,6 +138,8 @@ impl Log {
             seq: 0,
             sealed_seen: 0,
             max_retries: 20,
+            scrubbed: BTreeMap::new(),
+            conflicted: BTreeMap::new(),
         };
         log.refresh()?;
         Ok(log)
@@ -618,7 +626,12 @@ impl Log {
     /// `corrupt` or a failure; `unwritten` if no other replica holds it (an
     /// append that reached only the damaged unit), and an error naming the units
     /// when every replica is damaged or unreachable.
-    fn read_elsewhere(&mut self, addr: u64, bad: u64, epoch: u64) -> Result<ReadItem, LogError> {
+    pub(crate) fn read_elsewhere(
+        &mut self,
+        addr: u64,
+        bad: u64,
+        epoch: u64,
+    ) -> Result<ReadItem, LogError> {
         let chain = self.chain(addr)?;
         let mut why = vec![format!("unit {bad}: corrupt")];
         let mut unwritten = None;

@@ -71,9 +71,8 @@ pub struct ClusterOptions {
     pub clients: usize,
     /// Operations per client.
     pub ops: usize,
-    /// Also damage records and fill a unit (off by default: seeds 34, 82
-    /// (a damaged copy left as the only replica) and 52 (a full unit blocks
-    /// sealing) fail; see docs/testing.md).
+    /// Also damage records and fill a unit (off by default; the regression
+    /// list and a range of seeds run with it; see docs/testing.md).
     pub hard_faults: bool,
 }
 
