@@ -822,8 +822,15 @@ impl Log {
         }
         let mut next = p.clone();
         next.epoch = p.epoch + 1;
-        for seg in &mut next.segments {
+        let open = next.segments.len().saturating_sub(1);
+        for (i, seg) in next.segments.iter_mut().enumerate() {
             for chain in &mut seg.stripes {
+                if seal_it && i < open && chain.as_slice() == [failed] {
+                    // It answers (full, say) and is the last replica of an
+                    // older range: it stays there and serves reads, while
+                    // the layout moves on without it for new addresses.
+                    continue;
+                }
                 chain.retain(|u| *u != failed);
                 if chain.is_empty() {
                     return Err(fail!(
@@ -831,6 +838,11 @@ impl Log {
                     ));
                 }
             }
+        }
+        if next.segments == p.segments {
+            return Err(fail!(
+                "storage unit {failed} failed ({why}) and is the last replica of its stripe for older addresses: it keeps serving them until a spare holds a copy"
+            ));
         }
         let op = trex_consensus::sm::Op::Install {
             expected_epoch: p.epoch,
