@@ -77,6 +77,12 @@ pub struct Log {
     sealed_seen: u64,
     /// How many times an operation refreshes the layout and retries.
     pub max_retries: usize,
+    /// Units whose damaged copies [`Log::repair_damaged`] could not all
+    /// rewrite, with their damaged count then: not read again until it changes.
+    scrubbed: BTreeMap<u64, u64>,
+    /// Units a repair found holding values the log decided otherwise, and
+    /// why: not joined again until they are wiped (empty).
+    conflicted: BTreeMap<u64, String>,
 }
 
 /// What a unit's read answer means: the address and its slot.
@@ -135,6 +141,8 @@ impl Log {
             seq: 0,
             sealed_seen: 0,
             max_retries: 20,
+            scrubbed: BTreeMap::new(),
+            conflicted: BTreeMap::new(),
         };
         log.refresh()?;
         Ok(log)
@@ -621,7 +629,12 @@ impl Log {
     /// `corrupt` or a failure; `unwritten` if no other replica holds it (an
     /// append that reached only the damaged unit), and an error naming the units
     /// when every replica is damaged or unreachable.
-    fn read_elsewhere(&mut self, addr: u64, bad: u64, epoch: u64) -> Result<ReadItem, LogError> {
+    pub(crate) fn read_elsewhere(
+        &mut self,
+        addr: u64,
+        bad: u64,
+        epoch: u64,
+    ) -> Result<ReadItem, LogError> {
         let chain = self.chain(addr)?;
         let mut why = vec![format!("unit {bad}: corrupt")];
         let mut unwritten = None;
@@ -812,8 +825,15 @@ impl Log {
         }
         let mut next = p.clone();
         next.epoch = p.epoch + 1;
-        for seg in &mut next.segments {
+        let open = next.segments.len().saturating_sub(1);
+        for (i, seg) in next.segments.iter_mut().enumerate() {
             for chain in &mut seg.stripes {
+                if seal_it && i < open && chain.as_slice() == [failed] {
+                    // It answers (full, say) and is the last replica of an
+                    // older range: it stays there and serves reads, while
+                    // the layout moves on without it for new addresses.
+                    continue;
+                }
                 chain.retain(|u| *u != failed);
                 if chain.is_empty() {
                     return Err(fail!(
@@ -821,6 +841,11 @@ impl Log {
                     ));
                 }
             }
+        }
+        if next.segments == p.segments {
+            return Err(fail!(
+                "storage unit {failed} failed ({why}) and is the last replica of its stripe for older addresses: it keeps serving them until a spare holds a copy"
+            ));
         }
         let op = trex_consensus::sm::Op::Install {
             expected_epoch: p.epoch,

@@ -45,6 +45,9 @@ pub struct RepairReport {
     pub present: u64,
     /// Layout epoch at the end.
     pub epoch: u64,
+    /// Damaged copies on units of the layout rewritten from another replica
+    /// (see [`Log::repair_damaged`]).
+    pub rewritten: u64,
 }
 
 /// Addresses per copy batch.
@@ -74,6 +77,11 @@ impl Log {
         progress: &mut dyn FnMut(&str),
     ) -> Result<RepairReport, LogError> {
         let mut report = RepairReport::default();
+        // First, while the replicas holding them intact are still in the
+        // layout: a spare's copy or a unit taken out could leave a damaged
+        // copy the only one.
+        self.refresh()?;
+        report.rewritten = self.repair_damaged(progress)?;
         self.join_spares(replicas, &mut report, progress)?;
         self.copy_to_joined(&mut report, progress)?;
         report.epoch = self.projection.epoch;
@@ -136,6 +144,92 @@ impl Log {
         Ok(report.applied)
     }
 
+    /// Read repair for the copies no client reads (a head's, say): every
+    /// unit of the layout whose `info` counts damaged records has the
+    /// addresses of its chains read, and each it answers `corrupt` for is
+    /// read from the chain's other replicas and rewritten on it, as a read
+    /// that met the damage at the tail does (`repair`, allowed only over a
+    /// damaged record; a damaged hole stays: junk is not rewritten). A unit
+    /// whose damage could not all be repaired is read again only once its
+    /// count changes. Returns the copies rewritten.
+    pub fn repair_damaged(&mut self, progress: &mut dyn FnMut(&str)) -> Result<u64, LogError> {
+        let p = self.projection.clone();
+        let epoch = p.epoch;
+        let mut rewritten = 0;
+        for id in units_of(&p) {
+            let Ok(info) = self.with_unit(id, |c| c.info()) else {
+                continue;
+            };
+            if info.corrupt == 0 {
+                self.scrubbed.remove(&id);
+                continue;
+            }
+            if self.scrubbed.get(&id) == Some(&info.corrupt) {
+                continue;
+            }
+            let mut unreadable = false;
+            'segments: for seg in &p.segments {
+                let n = seg.stripes.len() as u64;
+                for (stripe, chain) in seg.stripes.iter().enumerate() {
+                    if !chain.contains(&id) || chain.len() < 2 {
+                        continue;
+                    }
+                    let from = seg.start.max(info.trim_mark);
+                    let end = seg.end.min(info.tail);
+                    let mut a = from + (stripe as u64 + n - from % n) % n;
+                    while a < end {
+                        let addrs: Vec<u64> = (0..BATCH as u64)
+                            .map(|k| a + k * n)
+                            .take_while(|x| *x < end)
+                            .collect();
+                        let items = match self.with_unit(id, |c| c.read(epoch, &addrs)) {
+                            Ok(v) => v,
+                            Err(_) => {
+                                unreadable = true;
+                                break 'segments;
+                            }
+                        };
+                        let cut = items
+                            .iter()
+                            .find(|it| it.status == Status::Deferred)
+                            .map(|it| it.addr);
+                        for it in items.iter().filter(|it| it.status == Status::Corrupt) {
+                            if let Err(e) = self.read_elsewhere(it.addr, id, epoch) {
+                                progress(&format!("unit {id}: {e}"));
+                            }
+                        }
+                        a = match cut {
+                            Some(c) if c > a => c,
+                            Some(_) => {
+                                unreadable = true;
+                                break 'segments;
+                            }
+                            None => addrs[addrs.len() - 1] + n,
+                        };
+                    }
+                }
+            }
+            let now = match self.with_unit(id, |c| c.info()) {
+                Ok(i) => i.corrupt,
+                Err(_) => continue,
+            };
+            let fixed = info.corrupt.saturating_sub(now);
+            rewritten += fixed;
+            if fixed > 0 {
+                progress(&format!(
+                    "unit {id}: rewrote {fixed} damaged copies from other replicas"
+                ));
+            }
+            if now > 0 && !unreadable {
+                progress(&format!(
+                    "unit {id} still holds {now} damaged records no other replica could replace (holes, or damaged everywhere; `trex status`)"
+                ));
+                self.scrubbed.insert(id, now);
+            }
+        }
+        Ok(rewritten)
+    }
+
     /// Whether some chain of the open segment has fewer than `want` replicas.
     pub fn degraded(&self, want: usize) -> bool {
         self.projection
@@ -163,11 +257,24 @@ impl Log {
                 Ok(i) if i.flags & trex_wire::INFO_FULL != 0 => {
                     passed.push(format!("unit {id} is full"));
                 }
+                // A repair found it holding values the log decided otherwise:
+                // joining it again would only take it out again (two epochs
+                // per attempt) until someone wipes it.
+                Ok(i) if (i.tail > 0 || i.trim_mark > 0) && self.conflicted.contains_key(&id) => {
+                    let why = &self.conflicted[&id];
+                    passed.push(format!(
+                        "unit {id}: {why}; wipe its data directory to use it as a spare"
+                    ));
+                }
                 // A unit returning with data rejoins like a spare: what it holds
                 // is checked against the chain while it catches up. Empty spares
                 // first.
                 Ok(i) if i.tail > 0 || i.trim_mark > 0 => returning.push(id),
-                Ok(_) => ok.push(id),
+                Ok(_) => {
+                    // Empty: wiped, if it was found in conflict before.
+                    self.conflicted.remove(&id);
+                    ok.push(id)
+                }
                 Err(e) => passed.push(format!("unit {id} does not answer ({e})")),
             }
         }
@@ -506,6 +613,13 @@ impl Log {
             .into_iter()
             .filter(|it| cut.is_none_or(|c| it.addr < c))
         {
+            // A damaged copy on the source: read it from the chain's other
+            // replicas (which also rewrites the source's copy).
+            let it = if it.status == Status::Corrupt {
+                self.read_elsewhere(it.addr, source, epoch)?
+            } else {
+                it
+            };
             let (a, s) = slot_of(source, it)?;
             // Undecided: decide it through the old chain first.
             let s = match s {
@@ -535,6 +649,11 @@ impl Log {
             // whose write never got further, say): it cannot be a replica.
             let why =
                 format!("it holds values the log decided otherwise at addresses {conflicts:?}");
+            trex_net::log_line!(
+                "WARN",
+                "unit {unit}: {why}; taking it out; it is not joined again until its data directory is wiped (then it joins as an empty spare)"
+            );
+            self.conflicted.insert(unit, why.clone());
             self.take_out(unit, &why)?;
             return Err(fail!(
                 "unit {unit} was taken out again: {why}; wipe its data directory to use it as a spare"

@@ -595,6 +595,14 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
             if let Err(e) = l.converge_trim() {
                 trex_net::log_line!("WARN", "repair: cannot bring trim marks together: {e}");
             }
+            // Damaged copies no client reads (a head's) are rewritten from the
+            // other replicas while those are still in the layout (one info
+            // each; a unit is read through only when it reports damage).
+            if let Err(e) =
+                l.repair_damaged(&mut |line| trex_net::log_line!("WARN", "repair: {line}"))
+            {
+                trex_net::log_line!("WARN", "repair: cannot rewrite damaged copies: {e}");
+            }
         }
         let spare_may_join = down.is_empty() && l.degraded(want);
         if !(confirmed || spare_may_join) {

@@ -71,9 +71,8 @@ pub struct ClusterOptions {
     pub clients: usize,
     /// Operations per client.
     pub ops: usize,
-    /// Also damage records and fill a unit (off by default: seeds 34, 82
-    /// (a damaged copy left as the only replica) and 52 (a full unit blocks
-    /// sealing) fail; see docs/testing.md).
+    /// Also damage records and fill a unit (off by default; the regression
+    /// list and a range of seeds run with it; see docs/testing.md).
     pub hard_faults: bool,
 }
 
@@ -1389,12 +1388,24 @@ fn operator_script(h: &Arc<Handle>, me: usize, clients: &[usize]) -> Result<(), 
                 // The operator does what the message asks: a unit that holds
                 // values the log decided otherwise (a head whose write went no
                 // further) must be wiped before it can serve again.
-                if let Some(id) = e
-                    .strip_prefix("unit ")
+                // The message names it ("unit N was taken out again: …", or
+                // among the units passed over, "unit N: it holds values …").
+                let named = |part: &str| {
+                    part.strip_prefix("unit ")
+                        .and_then(|r| r.split([' ', ':']).next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                };
+                let ids: BTreeSet<u64> = e
+                    .split(['(', ';'])
+                    .map(str::trim)
                     .filter(|_| e.contains("wipe its data directory"))
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
+                    .filter(|p| {
+                        p.contains("was taken out again")
+                            || p.contains("holds values the log decided otherwise")
+                    })
+                    .filter_map(named)
+                    .collect();
+                for id in ids {
                     h.lock().wipe_unit(&unit_addr(id));
                 }
             }

@@ -42,7 +42,7 @@ struct Args {
     /// With --cluster: operations per client.
     #[arg(long, default_value_t = 40)]
     ops: usize,
-    /// With --cluster: also damage records and fill a unit (known failures).
+    /// With --cluster: also damage records and fill a unit.
     #[arg(long)]
     hard_faults: bool,
 }
@@ -61,7 +61,11 @@ fn main() -> ExitCode {
         hard_faults: a.hard_faults,
         ..ClusterOptions::default()
     };
-    let flag = if a.cluster { " --cluster" } else { "" };
+    let flag = match (a.cluster, a.hard_faults) {
+        (true, true) => " --cluster --hard-faults",
+        (true, false) => " --cluster",
+        _ => "",
+    };
     let seeds: Vec<u64> = match a.seed {
         Some(s) => vec![s],
         None => (a.first..a.first + a.seeds).collect(),

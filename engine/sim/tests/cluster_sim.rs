@@ -9,18 +9,62 @@ mod common;
 use trex_sim::cluster_sim::{run_cluster, ClusterOptions};
 
 fn check(seed: u64) {
-    if let Err(e) = run_cluster(seed, ClusterOptions::default()) {
+    check_with(seed, ClusterOptions::default());
+}
+
+fn check_with(seed: u64, opts: ClusterOptions) {
+    if let Err(e) = run_cluster(seed, opts) {
+        let hard = if opts.hard_faults {
+            " --hard-faults"
+        } else {
+            ""
+        };
         panic!(
-            "{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --cluster --seed {seed}"
+            "{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --cluster{hard} --seed {seed}"
         );
     }
 }
 
 #[test]
 fn cluster_seeds_that_once_failed_pass() {
-    for seed in common::seed_list(include_str!("cluster-seeds.txt")) {
-        check(seed);
+    let list = common::seed_list_with_flags(include_str!("cluster-seeds.txt"));
+    for (seed, flags) in list {
+        let mut opts = ClusterOptions::default();
+        for f in flags {
+            match f {
+                "--hard-faults" => opts.hard_faults = true,
+                other => panic!("seed {seed}: unknown flag {other} in cluster-seeds.txt"),
+            }
+        }
+        check_with(seed, opts);
     }
+}
+
+/// Damaged records and a unit that runs full (`--hard-faults`): the log
+/// keeps every promise and heals (a full unit is sealed and replaced, damaged
+/// copies are rewritten from other replicas).
+#[test]
+fn a_range_of_hard_fault_cluster_seeds_passes() {
+    let n: u64 = std::env::var("TREX_CLUSTER_SIM_HARD_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let opts = ClusterOptions {
+        hard_faults: true,
+        ..ClusterOptions::default()
+    };
+    let (mut damaged, mut full) = (0, 0);
+    for seed in 200_000..200_000 + n {
+        let r = run_cluster(seed, opts).unwrap_or_else(|e| {
+            panic!("{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --cluster --hard-faults --seed {seed}")
+        });
+        damaged += r.damaged_records;
+        full += r.full_units;
+    }
+    assert!(
+        n < 20 || (damaged > 0 && full > 0),
+        "{n} seeds damaged {damaged} records and filled {full} units"
+    );
 }
 
 #[test]

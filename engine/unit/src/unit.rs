@@ -529,6 +529,9 @@ impl<S: Store> Unit<S> {
                 Ok(lsn) => {
                     tag = lsn;
                     self.trim_pending = Some((lsn, prefix));
+                    // Durable at once (a full store records it outside the
+                    // segments): no sync will come to settle it.
+                    self.settle_trim();
                     let before = self.index.len();
                     let (mut data, mut junk) = (0, 0);
                     self.index.retain(|addr, s| {
@@ -727,8 +730,14 @@ impl<S: Store> Unit<S> {
                 .partition(|p| p.tag <= durable);
         self.pending = waiting;
         self.ready.extend(done.into_iter().map(|p| p.reply));
+        self.settle_trim();
+    }
+
+    /// A pending trim whose record is durable becomes the durable mark, and
+    /// the store reclaims what lies below it.
+    fn settle_trim(&mut self) {
         if let Some((tlsn, mark)) = self.trim_pending {
-            if tlsn <= durable {
+            if tlsn <= self.durable_lsn {
                 self.trim_durable = self.trim_durable.max(mark);
                 self.trim_pending = None;
             }

@@ -20,9 +20,12 @@ pub struct MemStore {
     max_payload: usize,
     /// Appends fail with `Full` once this many records exist (None: never).
     pub capacity: Option<usize>,
-    /// A byte budget, like a small disk: an append fails with `Full` when the
-    /// encoded records kept (crash-dropped and reclaimed ones do not count)
-    /// would exceed it (None: never). Data and meta records alike.
+    /// A byte budget, like a small disk: a data or junk append fails with
+    /// `Full` when the encoded records kept (crash-dropped and reclaimed ones
+    /// do not count) would exceed it (None: never). Meta records (a seal, a
+    /// trim mark) are never refused for space, as the disk store keeps room
+    /// for them outside its data space (`mmap.rs`, the `META` file): a full
+    /// unit can always be fenced.
     pub budget_bytes: Option<u64>,
 }
 
@@ -138,7 +141,7 @@ impl Store for MemStore {
         if self.capacity.is_some_and(|c| self.records.len() >= c) {
             return Err(AppendError::Full("memory store at capacity".into()));
         }
-        if let Some(budget) = self.budget_bytes {
+        if let Some(budget) = self.budget_bytes.filter(|_| head.kind != Kind::Meta) {
             let need = record_size(payload.len()) as u64;
             if self.used_bytes() + need > budget {
                 return Err(AppendError::Full(format!(
@@ -243,6 +246,19 @@ mod tests {
             Err(AppendError::Full(_))
         ));
         assert_eq!(s.used_bytes(), 2 * one);
+        // A seal is recorded whatever the budget (a full unit can be fenced).
+        let seal = RecordHead::meta(crate::storage::Meta {
+            sealed_epoch: 7,
+            trim_mark: 0,
+        });
+        for _ in 0..100 {
+            assert!(s.append(&seal, &[]).is_ok());
+        }
+        assert!(s.append(&head(2), &[1; 10]).is_err(), "data still refused");
+        s.crash();
+        assert_eq!(s.used_bytes(), 0);
+        assert!(s.append(&head(0), &[1; 10]).is_ok());
+        assert!(s.append(&head(1), &[1; 10]).is_ok());
         assert_eq!(s.addresses(), vec![0, 1]);
         // A crash drops unsynced records, and their bytes free the budget.
         s.crash();

@@ -43,8 +43,28 @@
 //!      …    4 crc            CRC-32 of everything before it
 //! ```
 //!
-//! There is no separate meta file: the sealed epoch and trim mark are meta
-//! records (see [`super::record`]), and an index carries its segment's newest.
+//! The sealed epoch and trim mark are meta records (see [`super::record`]), and
+//! an index carries its segment's newest. When a meta record fits neither the
+//! newest segment nor a new one (the disk is full and the room kept at the end
+//! of each segment, [`META_RESERVE`], is used up by earlier seals), it goes to
+//! the `META` file instead: created and preallocated at open, two 64-byte slots
+//! written in turn and `fdatasync`ed at once, so a seal (the fence of P5) can
+//! always be recorded on a full unit:
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic         b"TRXM"
+//!      4    4 version       1
+//!      8    8 generation    one more than the other slot's when written
+//!     16    8 sealed_epoch
+//!     24    8 trim_mark
+//!     32   28 zero          reserved
+//!     60    4 crc           CRC-32 of bytes 0..60
+//! ```
+//!
+//! At open the valid slot with the higher generation is taken with the
+//! segments' meta records (each field the larger: both only grow); a slot torn
+//! by a crash fails its CRC and the other one stands.
 //!
 //! Files are never shrunk while mapped (a truncated mapping is SIGBUS), and the
 //! directory lock keeps a second process from touching them.
@@ -151,8 +171,31 @@ const _: () = assert!(IDX_ENTRY_OFF_KIND + 1 == IDX_ENTRY_OFF_RESERVED);
 const _: () = assert!(IDX_ENTRY_OFF_RESERVED + 3 == IDX_ENTRY_LEN);
 const _: () = assert!(IDX_HEADER_LEN.is_multiple_of(8) && IDX_ENTRY_LEN.is_multiple_of(8));
 /// Bytes at the end of every segment that only meta records may use, so that a
-/// unit whose disk is full can still record a seal or the trim that frees space.
+/// unit whose disk is full can still record a seal or the trim that frees space
+/// (once they are used up too, the `META` file takes the rest).
 const META_RESERVE: usize = 25 * RECORD_HEADER_LEN;
+/// The file for meta records that fit no segment (see the module docs).
+const META_FILE: &str = "META";
+/// Its preallocated size: one block, so writing a slot never needs new space.
+const META_FILE_LEN: u64 = 4096;
+const META_MAGIC: &[u8; 4] = b"TRXM";
+/// A slot of the `META` file.
+const META_SLOT_LEN: usize = 64;
+const META_OFF_MAGIC: usize = 0;
+const META_OFF_VERSION: usize = 4;
+const META_OFF_GEN: usize = 8;
+const META_OFF_SEALED_EPOCH: usize = 16;
+const META_OFF_TRIM_MARK: usize = 24;
+const META_OFF_RESERVED: usize = 32;
+const META_OFF_CRC: usize = 60;
+const _: () = assert!(META_OFF_MAGIC + META_MAGIC.len() == META_OFF_VERSION);
+const _: () = assert!(META_OFF_VERSION + 4 == META_OFF_GEN);
+const _: () = assert!(META_OFF_GEN + 8 == META_OFF_SEALED_EPOCH);
+const _: () = assert!(META_OFF_SEALED_EPOCH + 8 == META_OFF_TRIM_MARK);
+const _: () = assert!(META_OFF_TRIM_MARK + 8 == META_OFF_RESERVED);
+const _: () = assert!(META_OFF_RESERVED + 28 == META_OFF_CRC);
+const _: () = assert!(META_OFF_CRC + 4 == META_SLOT_LEN);
+const _: () = assert!(2 * META_SLOT_LEN as u64 <= META_FILE_LEN);
 /// How a scan tells a torn tail from corruption; corruption is skipped and
 /// reported (its entries come from other replicas), never fatal.
 const RECOVERY: RecoveryMode = RecoveryMode::TolerateCorruptTail;
@@ -232,6 +275,10 @@ pub struct MmapStore {
     max_payload: usize,
     /// Rollover waits for the old segment's fdatasync (see `append`).
     rollover_barrier: bool,
+    /// The `META` file, if it could be created (see the module docs).
+    meta_file: Option<File>,
+    /// Generation of the newest slot written to it.
+    meta_gen: u64,
     /// What `open` and `recover` found.
     pub report: OpenReport,
 }
@@ -336,6 +383,74 @@ fn fsync_dir(dir: &File) -> io::Result<()> {
     dir.sync_all()
 }
 
+fn encode_meta_slot(gen: u64, m: Meta) -> [u8; META_SLOT_LEN] {
+    let mut b = [0u8; META_SLOT_LEN];
+    b[META_OFF_MAGIC..META_OFF_VERSION].copy_from_slice(META_MAGIC);
+    b[META_OFF_VERSION..META_OFF_GEN].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[META_OFF_GEN..META_OFF_SEALED_EPOCH].copy_from_slice(&gen.to_le_bytes());
+    b[META_OFF_SEALED_EPOCH..META_OFF_TRIM_MARK].copy_from_slice(&m.sealed_epoch.to_le_bytes());
+    b[META_OFF_TRIM_MARK..META_OFF_RESERVED].copy_from_slice(&m.trim_mark.to_le_bytes());
+    let crc = crc32fast::hash(&b[..META_OFF_CRC]);
+    b[META_OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The generation and meta of a valid slot of the `META` file.
+fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta)> {
+    let b = b.get(..META_SLOT_LEN)?;
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let crc = u32::from_le_bytes(b[META_OFF_CRC..].try_into().ok()?);
+    let ok = &b[META_OFF_MAGIC..META_OFF_VERSION] == META_MAGIC
+        && b[META_OFF_VERSION..META_OFF_GEN] == FORMAT_VERSION.to_le_bytes()
+        && crc == crc32fast::hash(&b[..META_OFF_CRC]);
+    ok.then(|| {
+        let m = Meta {
+            sealed_epoch: u64_at(META_OFF_SEALED_EPOCH),
+            trim_mark: u64_at(META_OFF_TRIM_MARK),
+        };
+        (u64_at(META_OFF_GEN), m)
+    })
+}
+
+/// Opens the `META` file, creating and preallocating it if needed. `Ok(None)`
+/// (with a note) if the disk has no room left even for it.
+fn open_meta_file(dir: &Path, notes: &mut Vec<String>) -> Result<Option<File>, String> {
+    let path = dir.join(META_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("cannot open", &path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| io_err("cannot stat", &path, e))?
+        .len();
+    if len >= META_FILE_LEN {
+        return Ok(Some(file));
+    }
+    // SAFETY: fallocate on a valid, owned descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, META_FILE_LEN as libc::off_t) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            notes.push(format!(
+                "cannot preallocate {}: disk full; a seal that fits no segment will be refused until there is room",
+                path.display()
+            ));
+            return Ok(None);
+        }
+        // Without fallocate: write the zeros (a later slot write then needs no
+        // new block).
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; META_FILE_LEN as usize], 0)
+            .map_err(|e| io_err("cannot write", &path, e))?;
+    }
+    file.sync_all()
+        .map_err(|e| io_err("cannot sync", &path, e))?;
+    Ok(Some(file))
+}
+
 impl MmapStore {
     /// With `false` (for units run with `--sync never`, which promise no
     /// durability), a rollover hands the old segment's fdatasync to a
@@ -386,6 +501,8 @@ impl MmapStore {
             durable_lsn: 0,
             syncing: false,
             rollover_barrier: true,
+            meta_file: None,
+            meta_gen: 0,
             // Room for the opening meta record, the meta reserve and one header.
             max_payload: (opts.segment_size as usize)
                 .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
@@ -465,6 +582,8 @@ impl MmapStore {
                 }
             }
         }
+        store.meta_file = open_meta_file(dir, &mut store.report.notes)?;
+        store.dir_dirty = true;
         // The newest segment is appended to from now on: an index file it may
         // have (it was full once, before a newer empty segment was removed) would
         // go stale.
@@ -792,10 +911,68 @@ impl MmapStore {
     }
 }
 
+impl MmapStore {
+    /// Records `head` (a meta record that fits no segment: `why`) in the
+    /// `META` file, durably before it returns.
+    fn append_meta_file(
+        &mut self,
+        head: &RecordHead,
+        why: String,
+    ) -> Result<Appended, AppendError> {
+        let path = self.dir.join(META_FILE);
+        let Some(file) = self.meta_file.as_ref() else {
+            return Err(AppendError::Full(format!(
+                "{why}; and there is no {} to record it in",
+                path.display()
+            )));
+        };
+        let meta = self.meta.max(head.as_meta());
+        let gen = self.meta_gen + 1;
+        let off = (gen % 2) * META_SLOT_LEN as u64;
+        std::os::unix::fs::FileExt::write_all_at(file, &encode_meta_slot(gen, meta), off)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| AppendError::Io(io_err("cannot write", &path, e)))?;
+        self.meta_gen = gen;
+        self.meta = meta;
+        if let Some(seg) = self.segs.values_mut().next_back() {
+            seg.meta = seg.meta.max(meta);
+        }
+        // Durable already; a reply about it still waits for data appended
+        // before it and not yet durable (as after a meta record in a segment).
+        // With none, 0: nothing to wait for (no sync would come).
+        let (seg, off) = self
+            .segs
+            .iter()
+            .next_back()
+            .map_or((0, 0), |(id, s)| (*id, s.used));
+        let now = self.current_lsn();
+        Ok(Appended {
+            loc: Loc { seg, off },
+            lsn: if now > self.durable_lsn { now } else { 0 },
+        })
+    }
+
+    /// The newest valid slot of the `META` file, if any.
+    fn read_meta_file(&self) -> Option<(u64, Meta)> {
+        let file = self.meta_file.as_ref()?;
+        let mut b = [0u8; 2 * META_SLOT_LEN];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut b, 0).ok()?;
+        [&b[..META_SLOT_LEN], &b[META_SLOT_LEN..]]
+            .into_iter()
+            .filter_map(decode_meta_slot)
+            .max_by_key(|(gen, _)| *gen)
+    }
+}
+
 impl Store for MmapStore {
     fn recover(&mut self, visit: &mut dyn FnMut(Recovered)) -> Result<(), String> {
         let ids: Vec<u32> = self.segs.keys().copied().collect();
         let mut meta = Meta::default();
+        if let Some((gen, m)) = self.read_meta_file() {
+            self.meta_gen = gen;
+            meta = m;
+            visit(Recovered::Meta(m));
+        }
         let mut wrap = |r: Recovered| {
             if let Recovered::Meta(m) = r {
                 meta = meta.max(m);
@@ -882,7 +1059,15 @@ impl Store for MmapStore {
                 }
             }
             let id = self.active().map_or(1, |a| a + 1);
-            self.create_segment(id)?;
+            match self.create_segment(id) {
+                Ok(()) => {}
+                // No room for a seal or trim anywhere in the segments: the
+                // META file keeps it (a full unit can always be fenced).
+                Err(AppendError::Full(why)) if head.kind == Kind::Meta => {
+                    return self.append_meta_file(head, why);
+                }
+                Err(e) => return Err(e),
+            }
             // Every segment opens with the current meta (see the module docs).
             let meta = RecordHead::meta(self.meta);
             self.put(id, &meta, &[]);
