@@ -181,6 +181,9 @@ pub enum ErrorCode {
     TooManyConnections = 14,
     /// The unit has no room to record a seal or trim; free disk space.
     Full = 15,
+    /// A counter is outside its range ([`crate::range`]): an epoch more than
+    /// 2^24 above the receiver's, or above 2^62. Nothing was stored.
+    OutOfRange = 16,
 }
 
 impl ErrorCode {
@@ -202,6 +205,7 @@ impl ErrorCode {
             13 => ErrorCode::UnexpectedResponse,
             14 => ErrorCode::TooManyConnections,
             15 => ErrorCode::Full,
+            16 => ErrorCode::OutOfRange,
             _ => return None,
         })
     }
@@ -224,6 +228,7 @@ impl ErrorCode {
             ErrorCode::UnexpectedResponse => "unexpected-response",
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::Full => "full",
+            ErrorCode::OutOfRange => "out-of-range",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod codes;
 pub mod consensus;
 pub mod framing;
 pub mod ops;
+pub mod range;
 
 pub use codec::*;
 pub use codes::*;

@@ -482,11 +482,14 @@ pub enum Refusal {
     NotHolder = 13,
     /// `renew`/`release`/`get-lock`: no lock of that name was ever taken.
     NoSuchLock = 14,
+    /// A counter outside its range ([`crate::range`]): an epoch more than
+    /// 2^24 above the current one, or above 2^62.
+    OutOfRange = 15,
 }
 
 impl Refusal {
     /// Every code, in code order (for documentation and tests).
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::Unknown,
         Refusal::StaleCommand,
         Refusal::Undecodable,
@@ -502,6 +505,7 @@ impl Refusal {
         Refusal::LeaseReleased,
         Refusal::NotHolder,
         Refusal::NoSuchLock,
+        Refusal::OutOfRange,
     ];
 
     /// The code for `v`; [`Refusal::Unknown`] for codes this build does not know.
@@ -530,6 +534,7 @@ impl Refusal {
             Refusal::LeaseReleased => "lease-released",
             Refusal::NotHolder => "not-holder",
             Refusal::NoSuchLock => "no-such-lock",
+            Refusal::OutOfRange => "out-of-range",
         }
     }
 

@@ -98,8 +98,11 @@ pub struct LockClient<S: Submit = ConsensusClient> {
     inner: S,
 }
 
+/// A lease length in whole milliseconds, as the state machine takes it. Not
+/// clamped: 0 (a lease expired when granted) and more than a day are sent as
+/// they are and refused by the state machine (`invalid-argument`).
 fn ttl_ms(ttl: Duration) -> u64 {
-    ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<S: Submit> LockClient<S> {

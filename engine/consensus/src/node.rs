@@ -95,6 +95,9 @@ pub struct ConsensusService {
     syncing: bool,
     /// Whether the replica led when last looked at (leadership changes are logged).
     leading: bool,
+    /// Peer messages refused (a forged sender, a ballot out of range), logged
+    /// once per interval with a count.
+    refused_peer: trex_net::util::Throttle,
 }
 
 fn unix_ms() -> u64 {
@@ -474,10 +477,30 @@ impl Service for ConsensusService {
         match Opcode::from_u8(header.opcode) {
             Some(Opcode::Peer) if !header.is_response() => {
                 match cw::decode_peer(body) {
-                    Ok((from, m)) => {
+                    // Only peers of this group, never this node itself.
+                    Ok((from, m)) if from != self.id && self.addrs.contains_key(&from) => {
+                        let before = self.replica.dropped_out_of_range();
                         self.replica.handle(from, m, unix_ms());
+                        if self.replica.dropped_out_of_range() > before {
+                            if let Some(n) = self.refused_peer.hit() {
+                                trex_net::log_line!(
+                                    "WARN",
+                                    "dropped {n} peer message(s) whose ballot is out of range (the latest claiming to be from node {from}): {}",
+                                    "a forged or damaged message; a ballot may be at most 2^24 above the highest seen and at most 2^62"
+                                );
+                            }
+                        }
                         self.process();
                         Flow::NoReply
+                    }
+                    Ok((from, _)) => {
+                        if let Some(n) = self.refused_peer.hit() {
+                            trex_net::log_line!(
+                                "WARN",
+                                "refused {n} peer message(s) from a sender outside this group (the latest claiming node id {from}); closing its connection"
+                            );
+                        }
+                        Flow::Close
                     }
                     // A damaged or foreign peer message: drop the connection.
                     Err(_) => Flow::Close,
@@ -629,6 +652,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             addrs: addrs.clone(),
             syncing: false,
             leading: false,
+            refused_peer: trex_net::util::Throttle::new(Duration::from_secs(10)),
         })
     })
     .map_err(|e| {

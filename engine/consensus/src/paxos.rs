@@ -272,6 +272,9 @@ pub struct Replica {
     max_counter: u64,
     rng: u64,
     ready: Ready,
+    /// Peer messages dropped because a ballot in them was out of range
+    /// ([`trex_wire::range`]).
+    dropped_out_of_range: u64,
 }
 
 impl Replica {
@@ -301,6 +304,7 @@ impl Replica {
             catchup_tries: 0,
             max_counter: 0,
             ready: Ready::default(),
+            dropped_out_of_range: 0,
         };
         for rec in records {
             match rec {
@@ -392,7 +396,13 @@ impl Replica {
 
     fn next_ballot(&self) -> Ballot {
         Ballot {
-            counter: self.max_counter.max(self.promised.counter) + 1,
+            // Every counter adopted passed the range check (at most 2^62), so
+            // this cannot wrap; saturating all the same for a journal written
+            // before the check.
+            counter: self
+                .max_counter
+                .max(self.promised.counter)
+                .saturating_add(1),
             node: self.cfg.id,
         }
     }
@@ -564,10 +574,43 @@ impl Replica {
         self.send(target, Msg::CatchUp { from: self.applied });
     }
 
+    /// Peer messages dropped so far because a ballot in them was out of range.
+    pub fn dropped_out_of_range(&self) -> u64 {
+        self.dropped_out_of_range
+    }
+
     /// A message arrived from `from`.
+    ///
+    /// A message from outside the group is ignored (the node refuses one
+    /// claiming to come from itself before it gets here); so is one whose ballot lies more than
+    /// [`trex_wire::range::MAX_STEP`] above the highest this node has seen, or
+    /// above [`trex_wire::range::MAX_COUNTER`] (counted in
+    /// [`Replica::dropped_out_of_range`]): adopting it would leave no ballot
+    /// above it for anyone. Dropping a message is always safe for Paxos.
     pub fn handle(&mut self, from: NodeId, m: Msg, now_ms: u64) {
         if !self.cfg.nodes.contains(&from) {
             return; // not a member of this group
+        }
+        let seen = self.max_counter.max(self.promised.counter);
+        let (a, b) = match &m {
+            Msg::PreVote { ballot }
+            | Msg::PreVoteReply { ballot, .. }
+            | Msg::Prepare { ballot, .. }
+            | Msg::Promise { ballot, .. }
+            | Msg::Accept { ballot, .. }
+            | Msg::Accepted { ballot, .. }
+            | Msg::Commit { ballot, .. }
+            | Msg::CommitAck { ballot } => (Some(ballot.counter), None),
+            Msg::Nack { ballot, promised } => (Some(ballot.counter), Some(promised.counter)),
+            _ => (None, None),
+        };
+        if [a, b]
+            .into_iter()
+            .flatten()
+            .any(|c| trex_wire::range::check_step("ballot", seen, c).is_err())
+        {
+            self.dropped_out_of_range += 1;
+            return;
         }
         if let Role::Leader(l) = &mut self.role {
             if from != self.cfg.id {

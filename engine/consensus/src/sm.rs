@@ -409,6 +409,9 @@ impl StateMachine {
                 format!("new epoch {} must be above the current {current}", p.epoch),
             );
         }
+        if let Err(e) = trex_wire::range::check_step("epoch", current, p.epoch) {
+            return refuse(Refusal::OutOfRange, e.to_string());
+        }
         let mut out = vec![RESULT_OK];
         encode_projection(&mut out, &p);
         self.history.push(p);

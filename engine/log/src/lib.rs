@@ -173,6 +173,18 @@ impl Log {
         if self.sealed_seen <= self.projection.epoch {
             return Ok(());
         }
+        // A unit claiming a seal far above the layout (damaged, or sealed by
+        // hand) does not drag the layout there: the install would be refused
+        // (out-of-range) anyway; say so instead.
+        if let Err(e) =
+            trex_wire::range::check_step("epoch", self.projection.epoch, self.sealed_seen)
+        {
+            return Err(fail!(
+                "a storage unit is sealed at epoch {} while the layout is at {}: {e}; find it with `trex status` and take it out",
+                self.sealed_seen,
+                self.projection.epoch
+            ));
+        }
         let mut next = self.projection.clone();
         next.epoch = self.sealed_seen;
         let op = trex_consensus::sm::Op::Install {
@@ -824,7 +836,7 @@ impl Log {
             return Ok(()); // someone else took it out already
         }
         let mut next = p.clone();
-        next.epoch = p.epoch + 1;
+        next.epoch = trex_wire::range::next("epoch", p.epoch).map_err(|e| fail!("{e}"))?;
         let open = next.segments.len().saturating_sub(1);
         for (i, seg) in next.segments.iter_mut().enumerate() {
             for chain in &mut seg.stripes {

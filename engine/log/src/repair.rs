@@ -347,7 +347,7 @@ impl Log {
                 ));
             }
             let pairs: Vec<(usize, u64)> = short.iter().copied().zip(spares).collect();
-            let epoch = p.epoch + 1;
+            let epoch = trex_wire::range::next("epoch", p.epoch).map_err(|e| fail!("{e}"))?;
             let mut tail = 0;
             let mut again = false;
             let sealing: Vec<u64> = used

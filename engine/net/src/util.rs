@@ -160,3 +160,39 @@ mod tests {
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 }
+
+/// Logs a repeated event at most once per interval, with how many times it
+/// happened since the last line: a flood of refused connections or dropped
+/// messages costs one log line per interval, not one per event.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl Throttle {
+    /// At most one line per `every`.
+    pub const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one event; returns how many happened (this one included) since
+    /// the last time it returned `Some`, when a line is due now.
+    pub fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}

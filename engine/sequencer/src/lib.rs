@@ -421,7 +421,7 @@ fn take_over(
         let members = c.members()?;
         let addr_of = |id: &u64| members.get(id).map(|m| m.addr.clone()).unwrap_or_default();
         let mut next = cur.clone();
-        next.epoch = cur.epoch + 1;
+        next.epoch = trex_wire::range::next("epoch", cur.epoch).map_err(|e| e.to_string())?;
         next.sequencer = opts.id;
         let mut all: Vec<u64> = next
             .segments

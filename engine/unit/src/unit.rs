@@ -563,6 +563,10 @@ impl<S: Store> Unit<S> {
             tail: self.tail,
         };
         let mut tag = self.meta_tag();
+        if let Err(e) = wire::range::check_step("epoch", self.meta.sealed_epoch, epoch) {
+            let msg = format!("seal refused: {e}");
+            return self.refuse(to, header, ErrorCode::OutOfRange, &msg, false);
+        }
         if epoch > self.meta.sealed_epoch {
             let meta = Meta {
                 sealed_epoch: epoch,

@@ -19,7 +19,7 @@ pub enum LockCmd {
         /// Lock name.
         name: String,
         /// Lease length.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = parse_ttl)]
         ttl: Duration,
         /// Who holds it (default: HOSTNAME:PID).
         #[arg(long)]
@@ -35,7 +35,7 @@ pub enum LockCmd {
         #[arg(long)]
         token: u64,
         /// New lease length from now.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = parse_ttl)]
         ttl: Duration,
     },
     /// Give a lock up.
@@ -65,7 +65,7 @@ pub enum LockCmd {
         /// Lock name.
         name: String,
         /// Lease length.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = parse_ttl)]
         ttl: Duration,
         /// Who holds it (default: HOSTNAME:PID).
         #[arg(long)]
@@ -242,4 +242,17 @@ fn supervise(
             }
         }
     }
+}
+
+/// A lease length: 1 ms to one day (what the lock service grants). A lease of
+/// 0 would be expired when granted.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let max = Duration::from_millis(trex_consensus::sm::MAX_TTL_MS);
+    if d < Duration::from_millis(1) || d > max {
+        return Err(format!(
+            "ttl {s} is out of range: a lease lasts from 1ms to 24h"
+        ));
+    }
+    Ok(d)
 }
