@@ -35,6 +35,13 @@ pub const SERVICE_TOKEN_BASE: usize = 3;
 const FIRST_CONN: usize = 16;
 const READ_CHUNK: usize = 64 * 1024;
 const ACCEPT_BACKOFF_TIMER: u64 = u64::MAX;
+/// The loop's own timer: connection deadlines and the buffer budget.
+const SWEEP_TIMER: u64 = u64::MAX - 1;
+/// How often connection deadlines are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// At the connection limit, a connection idle (or stuck in one frame) for at
+/// least this long may be closed to make room for a new one.
+const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// What runs inside the loop.
 pub trait Service {
@@ -85,6 +92,19 @@ pub struct LoopConfig {
     pub write_limit: usize,
     /// How long a shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// A connection with nothing in flight and nothing buffered that sends
+    /// nothing for this long is closed (clients reconnect on their next call).
+    pub idle_timeout: Duration,
+    /// Once a frame's first byte has arrived, the whole frame must arrive
+    /// within this time, or the connection is closed (a stalled or
+    /// trickling sender holds no memory and no connection slot for longer).
+    pub frame_timeout: Duration,
+    /// Bytes of read buffers beyond the first 64 KiB of each connection
+    /// (frames being received), summed over all connections. A connection
+    /// whose frame would grow the sum past it stops being read until others
+    /// finish or close; with `frame_timeout`, this bounds what half-sent
+    /// frames can hold.
+    pub buffer_budget: usize,
 }
 
 impl Default for LoopConfig {
@@ -94,6 +114,9 @@ impl Default for LoopConfig {
             max_inflight: 1024,
             write_limit: 32 << 20,
             shutdown_grace: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(10),
+            buffer_budget: 128 << 20,
         }
     }
 }
@@ -131,6 +154,37 @@ struct Conn {
     last_words: Option<Vec<u8>>,
     /// Bytes of replies produced for this connection, not yet in `wbuf`.
     owed: usize,
+    /// When a byte last came in or a reply went out.
+    last_active: Instant,
+    /// When the first byte of the frame being received arrived (None: no
+    /// partial frame buffered).
+    frame_since: Option<Instant>,
+    /// Not read because its frame would grow the buffers past the budget.
+    starved: bool,
+}
+
+impl Conn {
+    /// Nothing in flight, nothing buffered either way.
+    fn idle(&self) -> bool {
+        self.rstart == self.rend
+            && self.inflight == 0
+            && self.owed == 0
+            && self.wpos == self.wbuf.len()
+    }
+}
+
+/// Bytes of a read buffer counted against [`LoopConfig::buffer_budget`].
+fn over_chunk(rbuf: &[u8]) -> usize {
+    rbuf.len().saturating_sub(READ_CHUNK)
+}
+
+/// Connections closed or refused by the loop's own rules, logged once per
+/// interval with a count (a flood costs one line per rule per 10 s).
+struct Refusals {
+    at_limit: crate::util::Throttle,
+    evicted: crate::util::Throttle,
+    slow_frame: crate::util::Throttle,
+    idle: crate::util::Throttle,
 }
 
 /// The loop, owning its service.
@@ -155,6 +209,9 @@ pub struct EventLoop<S: Service> {
     /// Replies taken from the service while frames were dispatched, with
     /// whether they were counted in their connection's `owed`.
     outbox: Vec<(Reply, bool)>,
+    /// Σ over connections of their read buffer beyond 64 KiB.
+    buffered: usize,
+    refusals: Refusals,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -190,6 +247,13 @@ impl<S: Service> EventLoop<S> {
             accept_paused: false,
             dirty: Vec::new(),
             outbox: Vec::new(),
+            buffered: 0,
+            refusals: Refusals {
+                at_limit: crate::util::Throttle::new(Duration::from_secs(10)),
+                evicted: crate::util::Throttle::new(Duration::from_secs(10)),
+                slow_frame: crate::util::Throttle::new(Duration::from_secs(10)),
+                idle: crate::util::Throttle::new(Duration::from_secs(10)),
+            },
         })
     }
 
@@ -244,6 +308,8 @@ impl<S: Service> EventLoop<S> {
         for (id, every) in self.periods.clone() {
             self.timers.push(Reverse((Instant::now() + every, id)));
         }
+        self.timers
+            .push(Reverse((Instant::now() + SWEEP_EVERY, SWEEP_TIMER)));
         let mut deadline: Option<Instant> = None;
         let mut again = false;
         loop {
@@ -347,7 +413,10 @@ impl<S: Service> EventLoop<S> {
                 break;
             }
             self.timers.pop();
-            if id == ACCEPT_BACKOFF_TIMER {
+            if id == SWEEP_TIMER {
+                self.timers.push(Reverse((now + SWEEP_EVERY, SWEEP_TIMER)));
+                self.sweep(now);
+            } else if id == ACCEPT_BACKOFF_TIMER {
                 let r =
                     self.poll
                         .registry()
@@ -390,7 +459,7 @@ impl<S: Service> EventLoop<S> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        if self.live >= self.cfg.max_connections {
+        if self.live >= self.cfg.max_connections && !self.evict_one() {
             // No request was read: the reply names none.
             let unread = Header {
                 opcode: Opcode::Error as u8,
@@ -402,10 +471,13 @@ impl<S: Service> EventLoop<S> {
                 self.cfg.max_connections
             );
             let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
-            crate::log_line!(
-                "WARN",
-                "refused connection from {peer}: connection limit reached"
-            );
+            if let Some(n) = self.refusals.at_limit.hit() {
+                crate::log_line!(
+                    "WARN",
+                    "refused {n} connection(s) at the limit of {} (the latest from {peer}); none was idle or stuck long enough to close instead",
+                    self.cfg.max_connections
+                );
+            }
             return;
         }
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -438,6 +510,9 @@ impl<S: Service> EventLoop<S> {
             paused: false,
             last_words: None,
             owed: 0,
+            last_active: Instant::now(),
+            frame_since: None,
+            starved: false,
         });
         // Edge-triggered: data may already be waiting.
         self.read_conn(idx);
@@ -445,6 +520,7 @@ impl<S: Service> EventLoop<S> {
 
     fn close(&mut self, idx: usize) {
         if let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) {
+            self.buffered -= over_chunk(&c.rbuf);
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.gens[idx] = self.gens[idx].wrapping_add(1);
             self.free.push(idx);
@@ -459,11 +535,14 @@ impl<S: Service> EventLoop<S> {
             cfg,
             dirty,
             outbox,
+            buffered,
             ..
         } = self;
         if let Some(Some(c)) = conns.get_mut(idx) {
             let to = (u64::from(c.gen) << 32) | idx as u64;
-            dispatch(c, to, service, cfg, dirty, outbox);
+            if dispatch(c, to, service, cfg, dirty, outbox, buffered) > 0 {
+                c.frame_since = (c.rend > c.rstart).then(Instant::now);
+            }
         }
     }
 
@@ -474,6 +553,7 @@ impl<S: Service> EventLoop<S> {
             cfg,
             dirty,
             outbox,
+            buffered,
             ..
         } = self;
         let Some(Some(c)) = conns.get_mut(idx) else {
@@ -481,16 +561,22 @@ impl<S: Service> EventLoop<S> {
         };
         let to = (u64::from(c.gen) << 32) | idx as u64;
         let mut fatal = false;
-        while !c.read_done && !c.paused {
+        while !c.read_done && !c.paused && !c.starved {
             if c.rend == c.rbuf.len() {
-                make_room(c);
+                make_room(c, buffered, cfg.buffer_budget);
                 if c.rend == c.rbuf.len() {
-                    break; // cannot happen (see make_room); never read into nothing
+                    // The frame would grow the buffers past the budget: read
+                    // no more from it until others finish (the sweep retries).
+                    c.starved = true;
+                    break;
                 }
             }
             match c.stream.read(&mut c.rbuf[c.rend..]) {
                 Ok(0) => c.read_done = true,
-                Ok(n) => c.rend += n,
+                Ok(n) => {
+                    c.rend += n;
+                    c.last_active = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -498,12 +584,110 @@ impl<S: Service> EventLoop<S> {
                     break;
                 }
             }
-            dispatch(c, to, service, cfg, dirty, outbox);
+            if dispatch(c, to, service, cfg, dirty, outbox, buffered) > 0 {
+                c.frame_since = None;
+            }
+            if c.rend > c.rstart && c.frame_since.is_none() {
+                c.frame_since = Some(c.last_active);
+            }
         }
         let drained =
             c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len() && c.last_words.is_none();
         if fatal || drained {
             self.close(idx);
+        }
+    }
+
+    /// Makes room for a new connection at the limit: closes the connection
+    /// idle the longest (at least [`EVICT_AFTER`]), else the one stuck in a
+    /// frame the longest (as long). False if none qualifies.
+    fn evict_one(&mut self) -> bool {
+        let now = Instant::now();
+        let idle = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| c.idle() && now.duration_since(c.last_active) >= EVICT_AFTER)
+            .min_by_key(|(_, c)| c.last_active)
+            .map(|(i, _)| i);
+        let stuck = || {
+            self.conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+                .filter_map(|(i, c)| c.frame_since.map(|t| (i, t)))
+                .filter(|(_, t)| now.duration_since(*t) >= EVICT_AFTER)
+                .min_by_key(|(_, t)| *t)
+                .map(|(i, _)| i)
+        };
+        let Some(victim) = idle.or_else(stuck) else {
+            return false;
+        };
+        self.close(victim);
+        if let Some(n) = self.refusals.evicted.hit() {
+            crate::log_line!(
+                "INFO",
+                "closed {n} idle or stalled connection(s) to make room at the limit of {} connections",
+                self.cfg.max_connections
+            );
+        }
+        true
+    }
+
+    /// Connection deadlines ([`LoopConfig::frame_timeout`],
+    /// [`LoopConfig::idle_timeout`]) and starved connections (read again
+    /// while the budget allows).
+    fn sweep(&mut self, now: Instant) {
+        let (mut slow, mut idle, mut starved) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            // A paused connection waits on this node, not on its sender.
+            let late = c
+                .frame_since
+                .is_some_and(|t| now.duration_since(t) >= self.cfg.frame_timeout);
+            if late && !c.paused {
+                slow.push(i);
+            } else if c.idle()
+                && !c.read_done
+                && now.duration_since(c.last_active) >= self.cfg.idle_timeout
+            {
+                idle.push(i);
+            } else if c.starved {
+                starved.push((c.rbuf.len(), i));
+            }
+        }
+        for &i in &slow {
+            self.close(i);
+        }
+        for &i in &idle {
+            self.close(i);
+        }
+        if !slow.is_empty() {
+            if let Some(n) = self.refusals.slow_frame.hit() {
+                crate::log_line!(
+                    "WARN",
+                    "closed {n} connection(s) that did not finish a frame within {:?} of its first byte",
+                    self.cfg.frame_timeout
+                );
+            }
+        }
+        if !idle.is_empty() {
+            if let Some(n) = self.refusals.idle.hit() {
+                crate::log_line!(
+                    "INFO",
+                    "closed {n} connection(s) idle for {:?}",
+                    self.cfg.idle_timeout
+                );
+            }
+        }
+        // Closest to a whole frame first: most likely to finish and free room.
+        starved.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, i) in starved {
+            if let Some(Some(c)) = self.conns.get_mut(i) {
+                c.starved = false;
+            }
+            self.read_conn(i);
         }
     }
 
@@ -530,6 +714,7 @@ impl<S: Service> EventLoop<S> {
                 c.owed -= r.frame.len();
             }
             c.inflight = c.inflight.saturating_sub(1);
+            c.last_active = Instant::now();
             if c.wpos == c.wbuf.len() {
                 c.wbuf.clear();
                 c.wpos = 0;
@@ -627,7 +812,7 @@ pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
 
 /// Makes room at the end of the read buffer: compacts consumed bytes away and
 /// grows the buffer to fit the frame being received (bounded by the frame limit).
-fn make_room(c: &mut Conn) {
+fn make_room(c: &mut Conn, buffered: &mut usize, budget: usize) {
     if c.rstart > 0 {
         c.rbuf.copy_within(c.rstart..c.rend, 0);
         c.rend -= c.rstart;
@@ -636,10 +821,17 @@ fn make_room(c: &mut Conn) {
     // Still full after compacting: grow by doubling as bytes actually arrive, up
     // to one whole frame, so a peer that only announces a large frame does not
     // get the memory reserved. (A full buffer of the largest size always holds
-    // a whole frame, which dispatch consumes before the next read.)
+    // a whole frame, which dispatch consumes before the next read.) Not past
+    // the node's budget for frames being received: then the buffer stays full
+    // and the caller stops reading the connection.
     if c.rend == c.rbuf.len() {
         let max = HEADER_LEN + MAX_BODY_LEN as usize + READ_CHUNK;
         let target = (c.rbuf.len() * 2).max(READ_CHUNK).min(max);
+        let grow = target - c.rbuf.len();
+        if *buffered + grow > budget {
+            return;
+        }
+        *buffered += grow;
         c.rbuf.resize(target, 0);
     }
 }
@@ -659,8 +851,10 @@ fn dispatch<S: Service>(
     cfg: &LoopConfig,
     dirty: &mut Vec<usize>,
     outbox: &mut Vec<(Reply, bool)>,
-) {
+    buffered: &mut usize,
+) -> usize {
     let idx = (to & 0xffff_ffff) as usize;
+    let mut frames = 0;
     while !c.paused && !c.close_after_flush {
         let avail = &c.rbuf[c.rstart..c.rend];
         // A short buffer only needs the cheap check (it still rejects a foreign
@@ -695,6 +889,7 @@ fn dispatch<S: Service>(
                     c.inflight -= 1;
                 }
                 c.rstart += n;
+                frames += 1;
                 if flow == Flow::Close {
                     c.read_done = true;
                     c.close_after_flush = true;
@@ -704,6 +899,7 @@ fn dispatch<S: Service>(
                     c.rend = 0;
                     if c.rbuf.len() > 4 * READ_CHUNK {
                         // Give the memory of a large frame back.
+                        *buffered -= over_chunk(&c.rbuf);
                         c.rbuf = vec![0; READ_CHUNK];
                     }
                 }
@@ -711,16 +907,17 @@ fn dispatch<S: Service>(
                     c.paused = true;
                 }
             }
-            Ok(None) => return,
+            Ok(None) => return frames,
             Err(e) => {
                 c.last_words = Some(protocol_error(avail, &e));
                 c.read_done = true;
                 c.close_after_flush = true;
                 dirty.push(idx);
-                return;
+                return frames;
             }
         }
     }
+    frames
 }
 
 /// The error reply for a frame that failed to parse: it names the request when

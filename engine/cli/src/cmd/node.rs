@@ -25,6 +25,37 @@ pub enum NodeCmd {
     Sequencer(SequencerArgs),
 }
 
+/// Connection deadlines every server applies (`trex_net::LoopConfig`).
+#[derive(Args)]
+pub struct ConnArgs {
+    /// Close a client connection that has nothing in flight and sends nothing
+    /// for this long (clients reconnect on their next call).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Once a frame's first byte has arrived, the whole frame must arrive
+    /// within this time, or the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    frame_timeout: Duration,
+}
+
+impl ConnArgs {
+    /// The loop's limits with these deadlines; a zero duration is a usage error.
+    fn limits(&self, base: LoopConfig) -> Result<LoopConfig, CliError> {
+        if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
+            return Err(usage!(
+                "--idle-timeout and --frame-timeout must be above 0 (got {:?} and {:?})",
+                self.idle_timeout,
+                self.frame_timeout
+            ));
+        }
+        Ok(LoopConfig {
+            idle_timeout: self.idle_timeout,
+            frame_timeout: self.frame_timeout,
+            ..base
+        })
+    }
+}
+
 #[derive(Args)]
 pub struct SequencerArgs {
     /// Address to listen on.
@@ -57,6 +88,8 @@ pub struct SequencerArgs {
     /// storage units too).
     #[arg(long, default_value_t = 0)]
     cluster_id: u32,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Args)]
@@ -86,6 +119,8 @@ pub struct ConsensusArgs {
     /// Cluster id that client and peer frames must carry (sent to the peers too).
     #[arg(long, default_value_t = 0)]
     cluster_id: u32,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -126,6 +161,8 @@ pub struct StorageArgs {
     /// Node id to register under (default: the listen port).
     #[arg(long)]
     id: Option<u64>,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 pub fn run(cmd: NodeCmd) -> Result<(), CliError> {
@@ -154,11 +191,11 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
         segment_size: a.segment_size,
         sync_never: a.sync == SyncMode::Never,
         cluster_id: a.cluster_id,
-        limits: LoopConfig {
+        limits: a.conn.limits(LoopConfig {
             max_connections: a.max_connections,
             max_inflight: a.max_inflight.max(1),
             ..LoopConfig::default()
-        },
+        })?,
     };
     if let Some(ep) = a.endpoints {
         // Before the registration thread exists, so that only the event
@@ -192,7 +229,7 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         id: a.id.unwrap_or(u64::from(a.listen.port())),
         ttl: a.ttl,
         safety_gap: a.safety_gap,
-        limits: LoopConfig::default(),
+        limits: a.conn.limits(LoopConfig::default())?,
         repair_every: (!a.repair_every.is_zero()).then_some(a.repair_every),
         replicas: a.replicas,
         cluster_id: a.cluster_id,
@@ -215,7 +252,7 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         data_dir: a.data_dir,
         election_ms: a.election_timeout.as_millis().max(1) as u64,
         heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
-        limits: LoopConfig::default(),
+        limits: a.conn.limits(LoopConfig::default())?,
         cluster_id: a.cluster_id,
     })?)
 }
