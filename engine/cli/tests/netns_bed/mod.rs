@@ -159,6 +159,7 @@ impl Bed {
             }
         }
         assert!(nodes.iter().all(|n| (1..=99).contains(n)), "nodes 1..=99");
+        sweep_orphans();
         let (x, lock) = Bed::claim()?;
         let bed = Bed {
             x,
@@ -176,12 +177,7 @@ impl Bed {
         let start = std::process::id() as usize;
         for k in 0..235 {
             let x = (16 + (start + k * 17) % 235) as u8;
-            let path = format!("/tmp/trex-netns-{x}.lock");
-            let Ok(f) = File::create(&path) else { continue };
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                continue;
-            }
+            let Some(f) = try_lock(x) else { continue };
             // Ours now: whatever is left of an earlier bed with this X (a test
             // process killed outright) is ours to remove first.
             remove_stale(x);
@@ -328,6 +324,50 @@ impl Bed {
         let ns = self.ns(n);
         nft_in(&ns, &script).expect("nft worked when the bed was built");
         Cut { ns }
+    }
+}
+
+/// Lock file of bed number X.
+fn lock_path(x: u8) -> String {
+    format!("/tmp/trex-netns-{x}.lock")
+}
+
+/// Takes the lock of bed number X if nobody holds it.
+fn try_lock(x: u8) -> Option<File> {
+    let f = File::create(lock_path(x)).ok()?;
+    // SAFETY: flock on a descriptor we own.
+    (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(f)
+}
+
+/// Removes the beds of test processes killed outright (SIGKILL: no Drop ran;
+/// their nodes died with them): namespaces and bridges named like a bed's
+/// whose lock nobody holds.
+fn sweep_orphans() {
+    let mut xs: Vec<u8> = namespaces()
+        .iter()
+        .filter_map(|ns| ns.strip_prefix("trex")?.split_once('n')?.0.parse().ok())
+        .collect();
+    if let Ok(o) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    {
+        xs.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|w| {
+                    w.strip_prefix("trexbr")?
+                        .trim_end_matches(':')
+                        .parse::<u8>()
+                        .ok()
+                }),
+        );
+    }
+    xs.sort_unstable();
+    xs.dedup();
+    for x in xs {
+        if let Some(_lock) = try_lock(x) {
+            remove_stale(x);
+        }
     }
 }
 
