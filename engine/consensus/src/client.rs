@@ -19,6 +19,8 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:740
 /// A client of the consensus group.
 pub struct ConsensusClient {
     endpoints: Vec<String>,
+    /// Where the next round through the endpoints starts: after the last one
+    /// whose call failed.
     preferred: usize,
     leader: Option<String>,
     /// A connection kept open to the node that answered last.
@@ -195,6 +197,14 @@ impl ConsensusClient {
                 }
                 Err(CallError::Failed(e)) => {
                     last_err = e;
+                    // Go on with the endpoint after the one that failed, not
+                    // with it again: a leader cut off (its calls time out)
+                    // would otherwise cost a second timeout when it is first in
+                    // the list, as long as a whole sequencer lease.
+                    if let Some(i) = self.endpoints.iter().position(|a| *a == addr) {
+                        self.preferred = (i + 1) % self.endpoints.len();
+                        tries = 0;
+                    }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
