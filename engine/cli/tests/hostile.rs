@@ -233,8 +233,8 @@ fn attack(port: u16, slow: usize, half: usize, until: Instant, frame: std::sync:
             let ok = s.as_mut().is_some_and(|st| {
                 let byte = frame[*sent % 32];
                 match st.write(&[byte]) {
-                    Ok(_) => {
-                        *sent += 1;
+                    Ok(n) => {
+                        *sent += n;
                         true
                     }
                     Err(e) => e.kind() == ErrorKind::WouldBlock,
@@ -334,7 +334,7 @@ fn slow_and_half_sent_connections_cost_a_good_client_nothing() {
             Err(e) => failed.push(e.to_string()),
         }
         i += 1;
-        if i % 20 == 0 {
+        if i.is_multiple_of(20) {
             for (k, p) in ports.iter().enumerate() {
                 peak[k] = peak[k].max(rss_of(*p));
             }
