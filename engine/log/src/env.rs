@@ -36,6 +36,23 @@ pub trait Env: Submit + Send {
     /// Drops any connection kept to `addr` (the next call connects anew).
     fn forget(&mut self, addr: &str);
 
+    /// A liveness probe: one request (`op`, header epoch 0) to the node at
+    /// `addr` on a fresh connection, answered within `timeout` (connecting
+    /// included) — shorter than a call's, so a failure detector that already
+    /// waited out one call does not wait a whole call again. By default a
+    /// forget and an ordinary call.
+    fn probe(
+        &mut self,
+        addr: &str,
+        op: Opcode,
+        body: &dyn Fn(&mut Vec<u8>),
+        timeout: Duration,
+    ) -> Result<(Header, Vec<u8>), ClientError> {
+        let _ = timeout;
+        self.forget(addr);
+        At(self, addr).call(op, 0, body)
+    }
+
     /// Monotonic time since an arbitrary origin fixed for the process.
     fn now(&self) -> Duration;
 
@@ -64,8 +81,12 @@ impl<E: Env + ?Sized> UnitApi for At<'_, E> {
 /// counts as alive (it said so). One rule for every failure detector: the
 /// client that met an error, a sequencer taking over, a repair.
 pub fn unit_alive(env: &mut dyn Env, addr: &str) -> Result<(), LogError> {
-    env.forget(addr);
-    match At(env, addr).info() {
+    let info = env
+        .probe(addr, Opcode::Info, &|_| {}, PROBE_TIMEOUT)
+        .and_then(|(_, body)| {
+            trex_wire::decode_info_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        });
+    match info {
         Ok(i) if i.flags & trex_wire::INFO_POISONED != 0 => {
             Err(fail!("{addr} is poisoned (a sync failed)"))
         }
@@ -74,6 +95,13 @@ pub fn unit_alive(env: &mut dyn Env, addr: &str) -> Result<(), LogError> {
         Err(e) => Err(fail!("{addr}: {e}")),
     }
 }
+
+/// How long a liveness probe ([`unit_alive`]) waits, connecting included. A
+/// unit answers `info` from its event loop at once; 400 ms leaves room for a
+/// loop held up by a segment preallocation under load (measured up to ~160
+/// ms, docs/benchmarks.md) while a dead or cut-off unit costs a failure
+/// detector 0.4 s, not another whole call timeout.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Monotonic time since the first call in this process; the clock [`TcpEnv`]
 /// and the sequencer's token path share.
@@ -157,6 +185,19 @@ impl Env for TcpEnv {
 
     fn forget(&mut self, addr: &str) {
         self.conns.remove(addr);
+    }
+
+    fn probe(
+        &mut self,
+        addr: &str,
+        op: Opcode,
+        body: &dyn Fn(&mut Vec<u8>),
+        timeout: Duration,
+    ) -> Result<(Header, Vec<u8>), ClientError> {
+        self.conns.remove(addr);
+        let mut c = UnitClient::connect(addr, timeout.min(self.timeout))?;
+        c.cluster_id = self.cluster_id;
+        c.call(op, 0, body)
     }
 
     fn now(&self) -> Duration {

@@ -304,15 +304,44 @@ impl Log {
                     }
                     return Ok((epoch, first));
                 }
-                Ok(TokenReply::NotSequencer { .. }) | Err(_) => {
+                Ok(TokenReply::NotSequencer { .. }) => {
                     // Taking over, or gone: look again (the consensus group may
                     // itself be electing; keep trying until the deadline).
+                    self.env.sleep(Duration::from_millis(100));
+                    let _ = self.refresh();
+                }
+                Err(_) => {
+                    // The active sequencer did not answer: tell the others
+                    // (docs/locks.md), then look again.
+                    self.report_unreachable_sequencer(id, epoch);
                     self.env.sleep(Duration::from_millis(100));
                     let _ = self.refresh();
                 }
             }
         }
         Err("no sequencer handed out addresses; is one running and holding the lease? (`trex status`)".into())
+    }
+
+    /// Tells every registered sequencer other than `active` that this client
+    /// could not reach the active one: a token request for no addresses at
+    /// the client's layout `epoch`, sent without waiting for the answer. A
+    /// standby that gets one probes the active sequencer itself and, if it
+    /// cannot reach it either, ends its lease (`trex_sequencer`; docs/locks.md):
+    /// the active sequencer's own probes cannot see a cut of its inbound
+    /// traffic, since they reach it over loopback.
+    fn report_unreachable_sequencer(&mut self, active: u64, epoch: u64) {
+        let others: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(id, m)| **id != active && m.role == trex_consensus::sm::Role::Sequencer)
+            .map(|(_, m)| m.addr.clone())
+            .collect();
+        for addr in others {
+            let _ = self.env.send(&addr, Opcode::Token, epoch.max(1), &|b| {
+                trex_wire::encode_token_request(b, 0)
+            });
+            self.env.forget(&addr);
+        }
     }
 
     /// Appends one entry; returns its address.

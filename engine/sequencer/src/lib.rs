@@ -78,6 +78,10 @@ pub struct Shared {
     stop: AtomicBool,
     /// A client sent a token request naming a newer layout epoch than ours.
     newer_layout: AtomicBool,
+    /// When (clock ns; 0: never) a client's token request reached this
+    /// sequencer while it was not serving: a client that could not reach the
+    /// active one reports it so ([`Log::token`](trex_log::Log::token)).
+    reported_ns: AtomicU64,
 }
 
 impl Shared {
@@ -92,6 +96,7 @@ impl Shared {
             granted: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             newer_layout: AtomicBool::new(false),
+            reported_ns: AtomicU64::new(0),
         }
     }
 
@@ -184,6 +189,15 @@ impl Service for SequencerService {
             self.shared.newer_layout.store(true, Ordering::Release);
         }
         let t = self.shared.next(count);
+        // A client's request (its layout epoch, never 0; this sequencer's own
+        // reachability probe sends 0) while not serving: it could not reach the
+        // active sequencer, or has an old layout. The standby loop probes the
+        // active one on it.
+        if header.epoch > 0 && matches!(t, TokenReply::NotSequencer { .. }) {
+            self.shared
+                .reported_ns
+                .store(self.shared.now_ns().max(1), Ordering::Release);
+        }
         let mut f = Vec::with_capacity(64);
         let s = begin_frame(&mut f);
         wire::encode_token_reply(&mut f, &t);
@@ -249,7 +263,14 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                     backoff_logged = true;
                 }
                 update_hint(&mut *env, &shared);
-                env.sleep(opts.ttl / 4);
+                if e.is_refused(Refusal::LockHeld) && revoke_unreachable(&opts, &mut *env, &shared)
+                {
+                    continue; // the lease is free: compete at once
+                }
+                // Often enough that a lapsed lease changes hands soon after
+                // its grace ends (a tenth of the TTL: one small command per
+                // 300 ms with the default 3 s).
+                env.sleep((opts.ttl / 10).max(Duration::from_millis(50)));
                 continue;
             }
         };
@@ -385,22 +406,82 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
     }
 }
 
+/// A standby's check on the active sequencer, run when a client reported it
+/// could not reach it (within the last lease TTL): two token requests for no
+/// addresses to the active sequencer, 100 ms apart, each within the
+/// environment's timeout. If neither is answered while this standby reaches the
+/// consensus group, the active sequencer's lease is released for it (by its
+/// fencing token) and this returns true; the active one learns it at its next
+/// renewal (a third of the TTL) and stops serving, and tokens it handed out
+/// meanwhile are refused by the units the takeover seals.
+///
+/// Why a standby and a client: the active sequencer's own probe reaches it
+/// over loopback and cannot see a cut of its inbound traffic (issue 10, case
+/// 8); a client alone cannot tell a dead sequencer from its own partition, and a
+/// standby alone could end a healthy lease it merely cannot see. Both failing
+/// to reach it is the signal; a standby cut off from the active one and
+/// reported to by a client with an old layout at the same time could still end
+/// a healthy lease: that costs one takeover, never safety (docs/locks.md).
+fn revoke_unreachable(opts: &SequencerOptions, env: &mut dyn Env, shared: &Shared) -> bool {
+    let reported = shared.reported_ns.load(Ordering::Acquire);
+    if reported == 0 || shared.now_ns().saturating_sub(reported) > opts.ttl.as_nanos() as u64 {
+        return false;
+    }
+    shared.reported_ns.store(0, Ordering::Release);
+    let active = shared.hint.lock().map(|h| h.clone()).unwrap_or_default();
+    if active.is_empty() || active == opts.listen.to_string() {
+        return false;
+    }
+    for attempt in 0..2 {
+        if attempt > 0 {
+            env.sleep(Duration::from_millis(100));
+        }
+        if answers(env, &active) {
+            return false;
+        }
+    }
+    let mut locks = LockClient::new(&mut *env);
+    let Ok(lease) = locks.get(SEQUENCER_LOCK) else {
+        return false; // the consensus group does not answer either: not our call
+    };
+    if lease.released {
+        return true;
+    }
+    match locks.release(SEQUENCER_LOCK, lease.token) {
+        Ok(()) => {
+            trex_net::log_line!(
+                "WARN",
+                "a client could not reach the active sequencer at {active} and neither could this standby (two probes): released its lease (fencing token {}) to take over",
+                lease.token
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Whether clients can reach this sequencer: a token request for no addresses
 /// (the fast check) sent to its own listen address, through the network like a
 /// client's, is answered (granted or not) within the environment's timeout.
 /// What it cannot see: a partition that cuts only some clients off; those
 /// clients keep their appends waiting until it heals (docs/locks.md).
 fn reachable(opts: &SequencerOptions, env: &mut dyn Env) -> bool {
-    let addr = opts.listen.to_string();
+    answers(env, &opts.listen.to_string())
+}
+
+/// Whether the sequencer at `addr` answers a token request for no addresses
+/// (header epoch 0: not a client's report) on a fresh connection within
+/// [`trex_log::env::PROBE_TIMEOUT`], granted or not.
+fn answers(env: &mut dyn Env, addr: &str) -> bool {
     let ok = env
-        .send(&addr, Opcode::Token, 0, &|b| {
-            wire::encode_token_request(b, 0)
-        })
-        .and_then(|id| env.recv(&addr, id))
+        .probe(
+            addr,
+            Opcode::Token,
+            &|b| wire::encode_token_request(b, 0),
+            trex_log::env::PROBE_TIMEOUT,
+        )
         .is_ok_and(|(_, body)| wire::decode_token_reply(&body).is_ok());
-    if !ok {
-        env.forget(&addr);
-    }
+    env.forget(addr);
     ok
 }
 
