@@ -67,7 +67,16 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().cmd) {
+    let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Node(_) | Cmd::Up(_)) {
+        // A client command whose reader goes away (`trex tail | head -2`) ends
+        // quietly, as any Unix filter does, instead of panicking on the
+        // broken pipe. Servers keep SIGPIPE ignored: a peer that closes its
+        // socket is an error to handle, not a reason to die.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.report(),
     }

@@ -80,12 +80,27 @@ fn a_forged_ballot_at_the_top_of_the_range_moves_no_node() {
         counter: trex_wire::range::MAX_STEP + 1_000,
         node: 2,
     };
+    // A ballot the nodes accept, carrying commit indexes and slots at the top
+    // of their range (a node once looped over every slot up to a forged
+    // commit index, and never answered again).
+    let current = Ballot {
+        counter: 1,
+        node: 1,
+    };
     for port in base..base + 3 {
         for from in [1, 2, 3] {
             for ballot in [top, past_step] {
                 send_to(port, &peer_frame(from, &Msg::Prepare { ballot, from: 0 }));
                 send_to(port, &peer_frame(from, &Msg::Commit { ballot, commit: 0 }));
                 send_to(port, &peer_frame(from, &Msg::PreVote { ballot }));
+            }
+            for commit in [u64::MAX, 1 << 62, (1 << 62) + 1] {
+                let m = Msg::Commit {
+                    ballot: current,
+                    commit,
+                };
+                send_to(port, &peer_frame(from, &m));
+                send_to(port, &peer_frame(from, &Msg::CatchUp { from: commit }));
             }
         }
     }

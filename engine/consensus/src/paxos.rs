@@ -608,6 +608,7 @@ impl Replica {
             .into_iter()
             .flatten()
             .any(|c| trex_wire::range::check_step("ballot", seen, c).is_err())
+            || !slots_in_range(&m)
         {
             self.dropped_out_of_range += 1;
             return;
@@ -789,6 +790,10 @@ impl Replica {
                 ballot: b,
                 promises,
             } if *b == ballot => {
+                if !plausible_report(&info, self.applied) {
+                    self.dropped_out_of_range += 1;
+                    return;
+                }
                 promises.insert(from, info);
                 if promises.len() >= quorum {
                     let promises = std::mem::take(promises);
@@ -803,7 +808,7 @@ impl Replica {
                 // `r.from` (rounds only move forward), so it reports all it
                 // accepted in `r.from..upto`; one that stops before `r.from`
                 // says nothing about this round.
-                if info.2 <= r.from {
+                if info.2 <= r.from || !plausible_report(&info, r.from) {
                     return;
                 }
                 r.promises.insert(from, info);
@@ -1037,16 +1042,15 @@ impl Replica {
         // Only slots below *this message's* commit index are known chosen by the
         // holder of `ballot`: a later leader's larger index says nothing about
         // what an earlier one proposed there.
-        for slot in self.applied..commit {
-            if self.chosen.contains_key(&slot) {
-                continue;
-            }
-            if let Some((b, v)) = self.accepted.get(&slot) {
-                if *b == ballot {
-                    self.chosen.insert(slot, v.clone());
-                }
-            }
-        }
+        // Only the accepted slots of that range (a commit index far ahead —
+        // a node that was away, or a forged one — costs nothing per slot).
+        let learned: Vec<(u64, Value)> = self
+            .accepted
+            .range(self.applied..commit.max(self.applied))
+            .filter(|(s, (b, _))| *b == ballot && !self.chosen.contains_key(*s))
+            .map(|(s, (_, v))| (*s, v.clone()))
+            .collect();
+        self.chosen.extend(learned);
         self.apply(now_ms);
         if self.applied < self.commit && now_ms >= self.catchup_ms + self.cfg.heartbeat_ms {
             self.request_catchup(Some(from), now_ms);
@@ -1158,4 +1162,45 @@ pub fn value_hash(v: &Value) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// Whether every slot number and commit index a message carries is at most
+/// [`trex_wire::range::MAX_COUNTER`] (2^62): slots grow by one per chosen
+/// value, so nothing legitimate comes near it, and `+ 1` on any accepted one
+/// cannot wrap.
+fn slots_in_range(m: &Msg) -> bool {
+    let max = trex_wire::range::MAX_COUNTER;
+    match m {
+        Msg::Prepare { from, .. } | Msg::CatchUp { from } => *from <= max,
+        Msg::Promise {
+            accepted,
+            snapshot,
+            upto,
+            ..
+        } => {
+            *snapshot <= max
+                && (*upto <= max || *upto == u64::MAX)
+                && accepted.iter().all(|(s, _, _)| *s <= max)
+        }
+        Msg::Accept { slot, commit, .. } => *slot <= max && *commit <= max,
+        Msg::Accepted { slot, .. } => *slot <= max,
+        Msg::Commit { commit, .. } => *commit <= max,
+        Msg::Chosen { entries, commit } => *commit <= max && entries.iter().all(|(s, _)| *s <= max),
+        Msg::Snapshot { upto, .. } => *upto <= max,
+        _ => true,
+    }
+}
+
+/// Whether a promise's report of accepted slots is one a real acceptor could
+/// send to a proposer that asked from `from`: every reported slot at most
+/// [`trex_wire::range::MAX_STEP`] past the later of `from` and the reporter's
+/// snapshot. An acceptor holds accepted values only above its snapshot (it
+/// compacts every `snapshot_every` slots), so a legitimate report spans far
+/// less; a new leader re-proposes every slot of the reported window, so a
+/// forged slot far ahead would make it queue a no-op for each slot in between.
+fn plausible_report(info: &PromiseInfo, from: u64) -> bool {
+    let base = info.1.max(from);
+    info.0
+        .iter()
+        .all(|(s, _, _)| *s <= base.saturating_add(trex_wire::range::MAX_STEP))
 }

@@ -54,6 +54,11 @@ pub enum Slot {
     Trimmed,
 }
 
+/// How long a client does not call again a sequencer that did not answer,
+/// while the layout still names it (it watches the layout for a takeover
+/// instead).
+const SEQUENCER_BACKOFF: Duration = Duration::from_secs(2);
+
 /// What a trim did (see [`Log::trim`]).
 #[derive(Clone, Debug, Default)]
 pub struct TrimReport {
@@ -83,6 +88,9 @@ pub struct Log {
     /// Units a repair found holding values the log decided otherwise, and
     /// why: not joined again until they are wiped (empty).
     conflicted: BTreeMap<u64, String>,
+    /// The sequencer that last failed to answer a token request: its id, the
+    /// layout epoch that named it, and when.
+    seq_failed: Option<(u64, u64, Duration)>,
 }
 
 /// What a unit's read answer means: the address and its slot.
@@ -143,6 +151,7 @@ impl Log {
             max_retries: 20,
             scrubbed: BTreeMap::new(),
             conflicted: BTreeMap::new(),
+            seq_failed: None,
         };
         log.refresh()?;
         Ok(log)
@@ -280,6 +289,18 @@ impl Log {
             // The header carries our layout epoch: a sequencer behind it looks
             // at the layout at once.
             let epoch = self.projection.epoch;
+            // A sequencer that just failed to answer, while the layout still
+            // names it, is not called again for `SEQUENCER_BACKOFF` (each call
+            // to a dead or cut-off sequencer costs a whole call timeout); the
+            // layout is read every 100 ms instead, to see the takeover the
+            // reports set off.
+            if self.seq_failed.is_some_and(|(fid, fepoch, at)| {
+                fid == id && fepoch == epoch && self.env.now() < at + SEQUENCER_BACKOFF
+            }) {
+                self.env.sleep(Duration::from_millis(100));
+                let _ = self.refresh();
+                continue;
+            }
             let reply = match self.addr(id) {
                 Ok(addr) => At(&mut *self.env, &addr)
                     .call(Opcode::Token, epoch, &|b| {
@@ -313,7 +334,7 @@ impl Log {
                 Err(_) => {
                     // The active sequencer did not answer: tell the others
                     // (docs/locks.md), then look again.
-                    self.report_unreachable_sequencer(id, epoch);
+                    self.sequencer_failed(id, epoch);
                     self.env.sleep(Duration::from_millis(100));
                     let _ = self.refresh();
                 }
@@ -329,6 +350,13 @@ impl Log {
     /// cannot reach it either, ends its lease (`trex_sequencer`; docs/locks.md):
     /// the active sequencer's own probes cannot see a cut of its inbound
     /// traffic, since they reach it over loopback.
+    /// Notes that sequencer `id` (named by the layout at `epoch`) did not
+    /// answer a token request, and reports it to the other sequencers.
+    pub(crate) fn sequencer_failed(&mut self, id: u64, epoch: u64) {
+        self.seq_failed = Some((id, epoch, self.env.now()));
+        self.report_unreachable_sequencer(id, epoch);
+    }
+
     fn report_unreachable_sequencer(&mut self, active: u64, epoch: u64) {
         let others: Vec<String> = self
             .members
@@ -834,6 +862,9 @@ impl Log {
     /// have done it already; that is fine.
     pub fn reconfigure(&mut self, failed: u64, why: &str) -> Result<(), LogError> {
         self.refresh()?;
+        if !units_of(&self.projection).contains(&failed) {
+            return Ok(()); // another client took it out already: no probe needed
+        }
         // A unit that still answers and is not poisoned is not gone (a timeout, a
         // dropped connection): leave it in, and let the caller retry.
         if let Ok(addr) = self.addr(failed) {

@@ -16,9 +16,9 @@
 //! a retried entry never shows up twice.
 
 use super::Log;
-use crate::chain::{BatchView, ChainJob, SentRound};
+use crate::chain::{BatchView, ChainJob, ChainOutcome, SentRound};
 use crate::error::LogError;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use trex_wire::{Opcode, TokenReply};
 
 /// A handle keeping many appends in flight (see [`Log::pipeline`]).
@@ -244,6 +244,12 @@ impl Pipeline<'_> {
             if let Some((addr, id)) = f.token.take() {
                 let reply = log.env.recv(&addr, id);
                 f.stage = Stage::Fallback;
+                if reply.is_err() && log.seq_failed.is_none_or(|(_, e, _)| e != epoch) {
+                    // Tell the standbys now (once per layout epoch), not after
+                    // the blocking retry timed out again.
+                    let seq = log.projection.sequencer;
+                    log.sequencer_failed(seq, epoch);
+                }
                 if let Ok((_, body)) = reply {
                     if let Ok(TokenReply::Granted { epoch: e, first }) =
                         trex_wire::decode_token_reply(&body)
@@ -307,6 +313,21 @@ impl Pipeline<'_> {
                                 f.addr_of[*i] = None;
                             }
                         }
+                    }
+                    // A unit that failed mid-flight is dealt with first (probe,
+                    // take out): the blocking retry would otherwise meet it
+                    // again and wait out another connect timeout.
+                    let failed: BTreeSet<(u64, String)> = f
+                        .chains
+                        .iter()
+                        .filter_map(|c| match &c.outcome {
+                            Some(ChainOutcome::Failed(unit, e)) => Some((*unit, e.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    for (unit, e) in failed {
+                        // A failure here is the retry's to report.
+                        let _ = self.log.reconfigure(unit, &e);
                     }
                     let refs = f.entries.refs();
                     let n = refs.len();
