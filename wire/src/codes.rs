@@ -99,7 +99,7 @@ pub enum Status {
     TooLarge = 8,
     /// Not served in this frame because the reply would exceed the frame limit; ask again.
     Deferred = 9,
-    /// The address is out of range: `u64::MAX` is reserved (one past it is no tail).
+    /// The address is out of range: above 2^62 ([`crate::range::MAX_COUNTER`]).
     OutOfRange = 10,
 }
 

@@ -295,3 +295,56 @@ fn refusals_exit_1_and_lost_leases_exit_3() {
     let r = layout(1);
     assert!(r.stderr.contains("already installed"), "{}", r.stderr);
 }
+
+/// Issue 12: `trex tail | head -2` (and `trex read … | head`) end quietly when
+/// the reader goes away, like any Unix filter: killed by SIGPIPE, no panic, no
+/// exit 134 (abort).
+#[test]
+fn a_closed_pipe_ends_a_reader_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::trex_up(
+        dir.path(),
+        &["--stripes", "1", "--replicas", "1", "--units", "1"],
+    );
+    // More than a pipe buffer of output (64 KiB): 600 lines of 200 bytes.
+    let line = "x".repeat(200);
+    let input: String = (0..600).map(|_| format!("{line}\n")).collect();
+    let mut append = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["append", "-", "--endpoints", &cluster.eps])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut append.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    assert!(append.wait().unwrap().success());
+    for args in [vec!["tail"], vec!["read", "0", "--count", "600"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(&args)
+            .args(["--endpoints", &cluster.eps])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read two lines, then close the pipe, as `head -2` does.
+        let mut out = child.stdout.take().unwrap();
+        let mut first = vec![0u8; 512];
+        let n = out.read(&mut first).unwrap();
+        assert!(n > 0, "trex {args:?} printed nothing");
+        drop(out);
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.signal() == Some(libc::SIGPIPE) || status.code() == Some(0),
+            "trex {args:?} on a closed pipe: {status:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "trex {args:?}: {err}");
+    }
+}

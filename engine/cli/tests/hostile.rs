@@ -395,3 +395,187 @@ fn slow_and_half_sent_connections_cost_a_good_client_nothing() {
         assert!(warns < 100, "{}: {warns} WARN lines", p.display());
     }
 }
+
+/// Issue 11, the family: a value at the edge of its range (0, just past each
+/// limit, 2^62 + 1, `u64::MAX − 1`, `u64::MAX`) in every field of every request
+/// a client can send — storage units (write, fill, read, trim, seal), the
+/// sequencer (token counts), the consensus group (every state-machine
+/// operation) — is refused or harmless, nothing crashes, and afterwards the
+/// cluster appends, takes over and reads every earlier acknowledged entry.
+#[test]
+fn extreme_values_in_every_request_leave_the_cluster_serving() {
+    use trex_consensus::client::ConsensusClient;
+    use trex_consensus::sm::{decode_result, LayoutSegment, Op, Projection, Role};
+    use trex_net::unit_client::{ClientError, UnitApi, UnitClient};
+    use trex_wire::{Status, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_base();
+    let cluster = common::trex_up_at(dir.path(), base, &[]);
+    let eps = cluster.eps.clone();
+    let within = Duration::from_secs(30);
+    let before: Vec<u64> = (0..4)
+        .map(|i| append(&eps, &format!("before-{i}"), within))
+        .collect();
+    let edges = [
+        u64::MAX,
+        u64::MAX - 1,
+        (1 << 62) + 1,
+        1 << 63,
+        trex_wire::range::MAX_STEP + 7,
+    ];
+    // Storage units.
+    for port in base + 20..base + 24 {
+        let mut u = UnitClient::connect(&format!("127.0.0.1:{port}"), within).unwrap();
+        let epoch = u.info().unwrap().sealed_epoch;
+        for &a in &edges[..4] {
+            let w = u
+                .write(
+                    epoch,
+                    &[WriteOp {
+                        addr: a,
+                        writer: 9,
+                        seq: 1,
+                        data: b"x",
+                    }],
+                )
+                .unwrap();
+            assert_eq!(w, vec![Status::OutOfRange], "write at {a}");
+            assert_eq!(
+                u.fill(epoch, &[a]).unwrap(),
+                vec![Status::OutOfRange],
+                "fill at {a}"
+            );
+            let r = u.read(epoch, &[a]).unwrap();
+            assert_ne!(r[0].status, Status::Ok, "read at {a}");
+            match u.trim(epoch, a) {
+                Err(ClientError::Server { .. }) => {}
+                other => panic!("trim at {a}: {other:?}"),
+            }
+        }
+        for &e in &edges {
+            match u.seal(e) {
+                Err(ClientError::Server { .. }) => {}
+                other => panic!("seal at {e}: {other:?}"),
+            }
+        }
+        // A write at an epoch far above the seal is not a seal: it is served
+        // (fencing refuses only older epochs) and moves nothing.
+        let info = u.info().unwrap();
+        assert_eq!(info.sealed_epoch, epoch, "unit {port}'s seal moved");
+        assert_eq!(info.trim_mark, 0, "unit {port} was trimmed");
+    }
+    // The sequencers: absurd token counts are refused, the connection closed.
+    for port in base + 10..base + 12 {
+        for count in [u32::MAX, (1 << 20) + 1] {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut f = Vec::new();
+            let st = begin_frame(&mut f);
+            trex_wire::encode_token_request(&mut f, count);
+            finish_frame(
+                &mut f,
+                st,
+                Header {
+                    opcode: Opcode::Token as u8,
+                    request_id: 1,
+                    epoch: 1,
+                    ..Header::default()
+                },
+            );
+            s.write_all(&f).unwrap();
+            s.set_read_timeout(Some(within)).unwrap();
+            let mut reply = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut reply);
+            assert!(
+                !reply.is_empty(),
+                "sequencer {port} answered nothing to count {count}"
+            );
+        }
+    }
+    // Every state-machine operation with its fields at the edges.
+    let mut c = ConsensusClient::new(&eps, within).unwrap();
+    let one_segment = |epoch: u64| Projection {
+        epoch,
+        sequencer: u64::from(base + 10),
+        segments: vec![LayoutSegment {
+            start: 0,
+            end: u64::MAX,
+            stripes: vec![vec![u64::from(base + 20)]],
+        }],
+    };
+    let ops = [
+        Op::Register {
+            id: u64::MAX,
+            role: Role::Storage,
+            addr: "127.0.0.1:1".into(),
+        },
+        Op::Register {
+            id: 0,
+            role: Role::Sequencer,
+            addr: "127.0.0.1:1".into(),
+        },
+        Op::Heartbeat { id: u64::MAX },
+        Op::Deregister { id: u64::MAX },
+        Op::InitLayout {
+            stripes: u32::MAX,
+            replicas: u32::MAX,
+        },
+        Op::Install {
+            expected_epoch: u64::MAX,
+            projection: one_segment(u64::MAX),
+        },
+        Op::Acquire {
+            name: "edge".into(),
+            holder: "x".into(),
+            ttl_ms: u64::MAX,
+        },
+        Op::Acquire {
+            name: "edge".into(),
+            holder: "x".into(),
+            ttl_ms: 0,
+        },
+        Op::Renew {
+            name: "sequencer".into(),
+            token: u64::MAX,
+            ttl_ms: u64::MAX,
+        },
+        Op::Release {
+            name: "sequencer".into(),
+            token: u64::MAX,
+        },
+        Op::SetLockGrace { grace_ms: u64::MAX },
+        Op::Trim { mark: u64::MAX },
+        Op::Trim {
+            mark: (1 << 62) + 1,
+        },
+    ];
+    for op in &ops {
+        let r = c.submit(op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        assert!(
+            matches!(decode_result(&r), Ok(Err(_))),
+            "{op:?} was not refused"
+        );
+    }
+    // An install at the current epoch + a step past the bound is refused too.
+    let layout = trex_log::Log::connect(&eps).unwrap().projection().clone();
+    let op = Op::Install {
+        expected_epoch: layout.epoch,
+        projection: one_segment(layout.epoch + trex_wire::range::MAX_STEP + 1),
+    };
+    assert!(matches!(decode_result(&c.submit(&op).unwrap()), Ok(Err(_))));
+    // Still serving: appends, a takeover, and every earlier entry.
+    append(&eps, "after-the-edges", within);
+    let (_, status, _) = trex_cli(&eps, &["status"], within);
+    let active = status
+        .lines()
+        .find_map(|l| l.strip_prefix("sequencer  "))
+        .unwrap()
+        .trim()
+        .to_string();
+    common::kill(&format!("[-]-listen 127.0.0.1:{active} "), libc::SIGKILL);
+    append_eventually(&eps, "after-a-takeover", Duration::from_secs(20));
+    let (code, out, err) = trex_cli(&eps, &["read", "0", "--count", "4"], within);
+    assert_eq!(code, Some(0), "{err}");
+    for (i, a) in before.iter().enumerate() {
+        assert!(out.contains(&format!("{a}\tbefore-{i}")), "{out}");
+    }
+}

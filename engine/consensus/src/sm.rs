@@ -165,6 +165,15 @@ impl StateMachine {
                 vec![RESULT_OK]
             }
             Op::Trim { mark } => {
+                if mark > trex_wire::range::MAX_COUNTER {
+                    return refuse(
+                        Refusal::OutOfRange,
+                        format!(
+                            "trim mark {mark} is out of range: addresses are at most {}",
+                            trex_wire::range::MAX_COUNTER
+                        ),
+                    );
+                }
                 self.trim_mark = self.trim_mark.max(mark);
                 let mut out = vec![RESULT_OK];
                 put_u64(&mut out, self.trim_mark);
@@ -174,6 +183,17 @@ impl StateMachine {
     }
 
     fn on_register(&mut self, id: NodeId, role: Role, addr: String, now_ms: u64) -> Vec<u8> {
+        // 0 means "none" in a projection (no sequencer); ids above 2^62 are
+        // out of every range (trex_wire::range).
+        if id == 0 || id > trex_wire::range::MAX_COUNTER {
+            return refuse(
+                Refusal::InvalidArgument,
+                format!(
+                    "node id {id} is out of range: use 1 to {}",
+                    trex_wire::range::MAX_COUNTER
+                ),
+            );
+        }
         let registered_ms = self.members.get(&id).map_or(now_ms, |m| m.registered_ms);
         let member = Member {
             role,

@@ -123,8 +123,21 @@ impl Log {
         }
         let mut mark = self.trim_mark()?;
         let top = marks.values().copied().max().unwrap_or(0);
+        if top.max(mark) == 0 {
+            return Ok(Vec::new());
+        }
+        let tail = self.check_fast()?;
+        if mark > tail {
+            // Recorded by a client that did not check the tail (the state
+            // machine cannot): spreading it would make every unit refuse the
+            // addresses the sequencer hands out below it.
+            trex_net::log_line!(
+                "WARN",
+                "the recorded trim mark {mark} is above the log's tail {tail}; not spreading it until the log reaches it"
+            );
+            return Ok(Vec::new());
+        }
         if top > mark {
-            let tail = self.check_fast()?;
             if top > tail {
                 trex_net::log_line!(
                     "WARN",

@@ -337,7 +337,10 @@ impl<S: Store> Unit<S> {
         data: &[u8],
         repair: bool,
     ) -> (Status, u64) {
-        if addr == u64::MAX {
+        // Addresses grow by one per entry; nothing legitimate comes near
+        // 2^62, and a unit's tail above it would make the next sequencer
+        // start its counter there (trex_wire::range).
+        if addr > wire::range::MAX_COUNTER {
             return (Status::OutOfRange, 0);
         }
         if addr < self.meta.trim_mark {
@@ -378,7 +381,10 @@ impl<S: Store> Unit<S> {
     }
 
     fn fill_one(&mut self, addr: u64) -> (Status, u64) {
-        if addr == u64::MAX {
+        // Addresses grow by one per entry; nothing legitimate comes near
+        // 2^62, and a unit's tail above it would make the next sequencer
+        // start its counter there (trex_wire::range).
+        if addr > wire::range::MAX_COUNTER {
             return (Status::OutOfRange, 0);
         }
         if addr < self.meta.trim_mark {
@@ -519,6 +525,13 @@ impl<S: Store> Unit<S> {
     }
 
     fn on_trim(&mut self, to: ReplyTo, header: &Header, prefix: u64) {
+        if prefix > wire::range::MAX_COUNTER {
+            let msg = format!(
+                "trim refused: prefix {prefix} is out of range (addresses are at most {}); nothing was trimmed",
+                wire::range::MAX_COUNTER
+            );
+            return self.refuse(to, header, ErrorCode::OutOfRange, &msg, false);
+        }
         let mut tag = self.meta_tag();
         if prefix > self.meta.trim_mark {
             let meta = Meta {

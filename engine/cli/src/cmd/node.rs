@@ -184,6 +184,12 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
     }
     if let Some(ep) = &a.endpoints {
         check_endpoints(ep, "--endpoints")?;
+        if a.listen.port() == 0 {
+            return Err(usage!(
+                "--listen {} with --endpoints: a unit registers the address it listens on, and port 0 is not one clients can reach; choose a port",
+                a.listen
+            ));
+        }
     }
     let opts = StorageOptions {
         listen: a.listen,
@@ -223,6 +229,12 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         ));
     }
     check_endpoints(&a.endpoints, "--endpoints (or TREX_ENDPOINTS)")?;
+    if a.listen.port() == 0 {
+        return Err(usage!(
+            "--listen {}: a sequencer registers the address it listens on, and port 0 is not one clients can reach; choose a port",
+            a.listen
+        ));
+    }
     Ok(run_sequencer(&SequencerOptions {
         listen: a.listen,
         endpoints: a.endpoints,

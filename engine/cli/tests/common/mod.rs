@@ -22,9 +22,12 @@ impl UnitProcess {
 
     /// Like `start`, with extra environment variables for the child.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> UnitProcess {
+        // A fixed free port, not 0: a unit registers the address it is given
+        // (and refuses port 0 with --endpoints).
+        let listen = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
             .envs(env.iter().copied())
-            .args(["node", "storage", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["node", "storage", "--listen", &listen, "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdin(Stdio::null())
