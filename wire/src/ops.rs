@@ -485,11 +485,14 @@ pub enum Refusal {
     /// A counter outside its range ([`crate::range`]): an epoch more than
     /// 2^24 above the current one, or above 2^62.
     OutOfRange = 15,
+    /// A `register` of an id a live node holds at another address (or in
+    /// another role): two nodes never share an id.
+    IdInUse = 16,
 }
 
 impl Refusal {
     /// Every code, in code order (for documentation and tests).
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Unknown,
         Refusal::StaleCommand,
         Refusal::Undecodable,
@@ -506,6 +509,7 @@ impl Refusal {
         Refusal::NotHolder,
         Refusal::NoSuchLock,
         Refusal::OutOfRange,
+        Refusal::IdInUse,
     ];
 
     /// The code for `v`; [`Refusal::Unknown`] for codes this build does not know.
@@ -535,6 +539,7 @@ impl Refusal {
             Refusal::NotHolder => "not-holder",
             Refusal::NoSuchLock => "no-such-lock",
             Refusal::OutOfRange => "out-of-range",
+            Refusal::IdInUse => "id-in-use",
         }
     }
 

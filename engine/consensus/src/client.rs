@@ -339,6 +339,12 @@ pub fn keep_registered(
                         );
                     }
                     Ok(_) => {}
+                    Err(e) if e.is_refused(crate::sm::Refusal::IdInUse) => {
+                        // Another live node holds this id: serving on under it
+                        // would hand that node's clients to this one.
+                        trex_net::log_line!("ERROR", "cannot register as node {id}: {e}; stopping");
+                        std::process::exit(1);
+                    }
                     Err(e) => {
                         trex_net::log_line!(
                             "WARN",

@@ -145,6 +145,9 @@ pub struct Journal {
     buf: Vec<u8>,
     /// The directory must be synced with the next job (a file was created).
     dir_dirty: bool,
+    /// The data directory's lock, held while the journal is open: two
+    /// consensus processes never run on one journal.
+    _lock: File,
 }
 
 fn path_of(dir: &Path, generation: u64) -> PathBuf {
@@ -160,6 +163,7 @@ impl Journal {
     /// oldest first.
     pub fn open(dir: &Path) -> Result<(Journal, Vec<JournalRecord>), String> {
         fs::create_dir_all(dir).map_err(|e| err("cannot create", dir, e))?;
+        let lock = trex_net::util::lock_data_dir(dir)?;
         let mut gens: Vec<u64> = fs::read_dir(dir)
             .map_err(|e| err("cannot list", dir, e))?
             .filter_map(|e| e.ok())
@@ -254,6 +258,7 @@ impl Journal {
             len: off as u64,
             buf: Vec::new(),
             dir_dirty: false,
+            _lock: lock,
         };
         Ok((j, records))
     }

@@ -18,6 +18,10 @@ pub use trex_wire::ops::*;
 /// How long a client's last result is kept for exactly-once retries (1 hour).
 pub const CLIENT_TTL_MS: u64 = 3_600_000;
 
+/// A member whose last registration or heartbeat (every 5 s) is younger than
+/// this is live: its id cannot be registered from another address (15 s).
+pub const MEMBER_LIVE_MS: u64 = 15_000;
+
 /// Longest lease a lock grants (one day).
 pub const MAX_TTL_MS: u64 = 86_400_000;
 /// Grace after expiry before a lock changes hands, unless set otherwise.
@@ -193,6 +197,21 @@ impl StateMachine {
                     trex_wire::range::MAX_COUNTER
                 ),
             );
+        }
+        if let Some(m) = self.members.get(&id) {
+            let live = now_ms.saturating_sub(m.seen_ms) < MEMBER_LIVE_MS;
+            if live && (m.addr != addr || m.role != role) {
+                return refuse(
+                    Refusal::IdInUse,
+                    format!(
+                        "node id {id} belongs to a live {} at {} (seen {} ms ago); give this node another id (--id), or stop that node and retry after {} s",
+                        m.role.name(),
+                        m.addr,
+                        now_ms.saturating_sub(m.seen_ms),
+                        MEMBER_LIVE_MS / 1000
+                    ),
+                );
+            }
         }
         let registered_ms = self.members.get(&id).map_or(now_ms, |m| m.registered_ms);
         let member = Member {

@@ -196,3 +196,36 @@ impl Throttle {
         Some(std::mem::take(&mut self.count))
     }
 }
+
+/// Takes the exclusive lock of a node's data directory: `flock` on `DIR/LOCK`,
+/// which then holds this process's pid. Held for as long as the returned file
+/// is open (the process's life). Every role that owns a data directory takes
+/// it first, so two processes never run on one directory.
+///
+/// Errors: the lock is held (the message names the holder's pid and says what
+/// to do), or the file cannot be opened or written.
+pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(format!(
+            "data directory {} is in use by another process (pid {}); stop that process or choose another --data-dir",
+            dir.display(),
+            holder.trim()
+        ));
+    }
+    f.set_len(0)
+        .and_then(|_| write!(f, "{}", std::process::id()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(f)
+}

@@ -1,7 +1,7 @@
 //! `trex node storage|consensus|sequencer`: run one node in the foreground.
 
 use crate::common::check_endpoints;
-use crate::error::{usage, CliError};
+use crate::error::{failed, usage, CliError};
 use clap::{Args, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -203,11 +203,14 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
             ..LoopConfig::default()
         })?,
     };
+    let id = node_id(&opts.data_dir, a.id, a.listen.port())?;
     if let Some(ep) = a.endpoints {
+        // Refused at once if a live node holds the id elsewhere; if the group
+        // does not answer, the unit serves and registers when it does.
+        register_first(&ep, id, Role::Storage, &a.listen.to_string(), a.cluster_id)?;
         // Before the registration thread exists, so that only the event
         // loop sees SIGINT/SIGTERM.
         trex_net::block_shutdown_signals().map_err(|e| e.to_string())?;
-        let id = a.id.unwrap_or(u64::from(a.listen.port()));
         trex_consensus::client::keep_registered(
             ep,
             id,
@@ -267,4 +270,87 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         limits: a.conn.limits(LoopConfig::default())?,
         cluster_id: a.cluster_id,
     })?)
+}
+
+/// The file in a unit's data directory that holds its node id.
+const NODE_ID_FILE: &str = "NODE_ID";
+
+/// The node id of the unit whose data is in `dir`: the one stored there, else
+/// `--id`, else (a directory holding data from before ids were stored: its
+/// `--listen` port, the old default) or a new random id, stored for next
+/// time. An `--id` that differs from the stored one is a usage error: the
+/// data belongs to the stored id's chains.
+fn node_id(dir: &std::path::Path, flag: Option<u64>, port: u16) -> Result<u64, CliError> {
+    let path = dir.join(NODE_ID_FILE);
+    let max = trex_wire::range::MAX_COUNTER;
+    if let Some(id) = flag.filter(|id| *id == 0 || *id > max) {
+        return Err(usage!("--id {id} is out of range: use 1 to {max}"));
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: u64 = text.trim().parse().map_err(|_| {
+                failed!(
+                    "{} does not hold a node id ({:?}); restore it from a backup, or move the data directory away",
+                    path.display(),
+                    text.trim()
+                )
+            })?;
+            if let Some(id) = flag.filter(|id| *id != stored) {
+                return Err(usage!(
+                    "data directory {} belongs to node id {stored}, not --id {id}: start it with --id {stored} (or without --id), or use another --data-dir",
+                    dir.display()
+                ));
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| failed!("cannot create {}: {e}", dir.display()))?;
+            let has_data = std::fs::read_dir(dir).is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg")))
+            });
+            let id = match flag {
+                Some(id) => id,
+                None if has_data => u64::from(port),
+                // Random, above the port range, far below 2^62.
+                None => 65_536 + trex_net::util::random_u64() % (1 << 32),
+            };
+            let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{id}\n"))
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| failed!("cannot write {}: {e}", path.display()))?;
+            trex_net::log_line!("INFO", "node id {id}, stored in {}", path.display());
+            Ok(id)
+        }
+        Err(e) => Err(failed!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The first registration, synchronous: a live node holding `id` at another
+/// address is an error now (exit 1) rather than a unit serving under a
+/// stolen id. A group that does not answer is not: the registration thread
+/// keeps trying.
+fn register_first(
+    endpoints: &str,
+    id: u64,
+    role: Role,
+    addr: &str,
+    cluster_id: u32,
+) -> Result<(), CliError> {
+    use trex_consensus::client::{ConsensusClient, Submit};
+    let Ok(c) = ConsensusClient::new(endpoints, Duration::from_secs(2)) else {
+        return Ok(());
+    };
+    let op = trex_consensus::sm::Op::Register {
+        id,
+        role,
+        addr: addr.to_string(),
+    };
+    match c.with_cluster_id(cluster_id).submit_ok(&op) {
+        Err(e) if e.is_refused(trex_wire::ops::Refusal::IdInUse) => {
+            Err(failed!("cannot register as node {id}: {e}"))
+        }
+        _ => Ok(()),
+    }
 }

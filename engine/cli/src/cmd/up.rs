@@ -66,8 +66,12 @@ struct Node {
 }
 
 fn spawn(exe: &Path, name: &str, logs: &Path, args: &[String]) -> Result<Node, CliError> {
-    let log = std::fs::File::create(logs.join(format!("{name}.log")))
-        .map_err(|e| format!("cannot create the log of {name}: {e}"))?;
+    // Appended to: the logs of an earlier run of the cluster are kept.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .map_err(|e| format!("cannot open the log of {name}: {e}"))?;
     let child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -142,6 +146,12 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
     let logs = o.data_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    // One `trex up` per data directory, and every port free: both known at
+    // once, before a node starts (a second `trex up` on a running cluster's
+    // directory would otherwise start a second group on its journals).
+    let _lock = trex_net::util::lock_data_dir(&o.data_dir)
+        .map_err(|e| failed!("{e} (is a `trex up` already running on it?)"))?;
+    ports_free(&o)?;
     let mut cluster = Cluster {
         o: &o,
         exe,
@@ -181,6 +191,23 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
         "stopped; data kept in {} (run `trex up` again to reuse it)",
         o.data_dir.display()
     );
+    Ok(())
+}
+
+/// Every port the cluster will listen on is free now; the error names the
+/// first taken one.
+fn ports_free(o: &UpArgs) -> Result<(), CliError> {
+    let offsets = (0..o.consensus)
+        .chain((0..o.sequencers).map(|i| 10 + i))
+        .chain((0..o.units).map(|i| 20 + i));
+    for off in offsets {
+        let port = o.base_port + off;
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Err(failed!(
+                "port {port} is not free ({e}); another process (an earlier `trex up`?) uses it: stop it, or choose another --base-port"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -313,6 +340,10 @@ impl Cluster<'_> {
                 sync.into(),
                 "--segment-size".into(),
                 o.segment_size.to_string(),
+                // A local cluster's unit ids are its ports (easy to read in
+                // `trex status`); explicit, so stored in each data directory.
+                "--id".into(),
+                (o.base_port + 20 + i).to_string(),
             ];
             self.spawn(&format!("unit-{}", i + 1), &args)?;
         }

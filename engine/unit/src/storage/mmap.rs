@@ -356,29 +356,6 @@ fn never_written(path: &Path, len: u64) -> Result<bool, String> {
     Ok(true)
 }
 
-fn lock_dir(dir: &Path) -> Result<File, String> {
-    let path = dir.join("LOCK");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_err("cannot open", &path, e))?;
-    // SAFETY: flock on a valid, owned file descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let holder = fs::read_to_string(&path).unwrap_or_default();
-        return Err(format!(
-            "data directory {} is in use by another process (pid {}); stop that process or choose another --data-dir",
-            dir.display(),
-            holder.trim()
-        ));
-    }
-    f.set_len(0).map_err(|e| io_err("cannot write", &path, e))?;
-    write!(f, "{}", std::process::id()).map_err(|e| io_err("cannot write", &path, e))?;
-    Ok(f)
-}
-
 fn fsync_dir(dir: &File) -> io::Result<()> {
     dir.sync_all()
 }
@@ -473,7 +450,7 @@ impl MmapStore {
             ));
         }
         fs::create_dir_all(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
-        let lock = lock_dir(dir)?;
+        let lock = trex_net::util::lock_data_dir(dir)?;
         let dir_file = Arc::new(File::open(dir).map_err(|e| io_err("cannot open", dir, e))?);
         let mut ids = Vec::new();
         for ent in fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))? {

@@ -1,0 +1,202 @@
+//! Issue 12, identity and exclusivity, on real processes: a node id belongs to
+//! one live node; a data directory to one process; `trex up` says at once when
+//! its directory or a port is taken, and keeps the logs of earlier runs.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::trex_cli;
+
+fn trex(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A second storage unit started elsewhere with the id of a live unit is
+/// refused and exits at once; the first keeps its id, its address in the
+/// members and its entries. Before, the second took the id over: `trex read`
+/// answered unwritten and `trex tail` filled acknowledged addresses with junk.
+#[test]
+fn a_second_unit_with_a_live_units_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_base();
+    let cluster = common::trex_up_at(
+        dir.path(),
+        base,
+        &["--stripes", "1", "--replicas", "1", "--units", "1"],
+    );
+    let eps = cluster.eps.clone();
+    let within = Duration::from_secs(30);
+    for e in ["a", "b", "c"] {
+        let (code, _, err) = trex_cli(&eps, &["append", e], within);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let id = (base + 20).to_string();
+    let other = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let t0 = Instant::now();
+    let out = trex(&[
+        "node",
+        "storage",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        other.path().to_str().unwrap(),
+        "--endpoints",
+        &eps,
+        "--id",
+        &id,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("belongs to a live storage"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "refused at once");
+    let (code, out, err) = trex_cli(&eps, &["members"], within);
+    assert_eq!(code, Some(0), "{err}");
+    let row = out.lines().find(|l| l.contains(&id)).unwrap_or_default();
+    assert!(row.contains(&format!("127.0.0.1:{}", base + 20)), "{out}");
+    let (code, out, err) = trex_cli(&eps, &["read", "0", "--count", "3"], within);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "0\ta\n1\tb\n2\tc\n");
+}
+
+/// A unit's data directory keeps its id: started again with another `--id`,
+/// it refuses (usage error) instead of serving that data under a new name.
+#[test]
+fn a_data_directory_keeps_its_node_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.path().to_str().unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["node", "storage", "--listen", &listen, "--data-dir", data])
+        .args(["--id", "4242"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "unit did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("NODE_ID"))
+            .unwrap()
+            .trim(),
+        "4242"
+    );
+    let out = trex(&[
+        "node",
+        "storage",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data,
+        "--id",
+        "7",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("belongs to node id 4242"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A second consensus process on a running node's journal is refused at once
+/// (before, it truncated the running node's log files); so is a second `trex
+/// up` on a running cluster's data directory, and a `trex up` whose ports are
+/// taken — each naming the reason. The logs of the first run are kept.
+#[test]
+fn a_data_directory_and_the_ports_belong_to_one_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_base();
+    let _cluster = common::trex_up_at(dir.path(), base, &[]);
+    let journal = dir.path().join("consensus-1");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let journal_bytes: u64 = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| size(&e.unwrap().path()))
+        .sum();
+    let peers = format!(
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        common::free_port(),
+        base + 1,
+        base + 2
+    );
+    let listen = peers.split(',').next().unwrap().to_string();
+    let t0 = Instant::now();
+    let out = trex(&[
+        "node",
+        "consensus",
+        "--id",
+        "1",
+        "--listen",
+        &listen,
+        "--peers",
+        &peers,
+        "--data-dir",
+        journal.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("in use by another process"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let after: u64 = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| size(&e.unwrap().path()))
+        .sum();
+    assert!(after >= journal_bytes, "the running node's journal shrank");
+
+    // A second `trex up` on the same directory.
+    let t0 = Instant::now();
+    let out = trex(&[
+        "up",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--base-port",
+        &common::free_base().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in use by another process"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    // A `trex up` elsewhere whose ports are taken (the running cluster's).
+    let other = tempfile::tempdir().unwrap();
+    let out = trex(&[
+        "up",
+        "--data-dir",
+        other.path().to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("port {base} is not free")),
+        "{}",
+        text(&out.stderr)
+    );
+    // The first run's logs are still there (appended to, never truncated).
+    let log = std::fs::read_to_string(dir.path().join("logs").join("unit-1.log")).unwrap();
+    assert!(log.contains("listening on"), "{log}");
+}
