@@ -173,6 +173,11 @@ pub enum Op {
         /// Grace in milliseconds.
         grace_ms: u64,
     },
+    /// An `Acquire`, `Renew` or `Release` of a system lease (the sequencer's):
+    /// the user operations refuse those names ([`is_system_lease`]), so a
+    /// user lock command can neither take, renew nor release them. Encoded as
+    /// tag 21 followed by the inner operation, tag and all.
+    System(Box<Op>),
     /// Record the log's trim mark: raise it to `mark` if that is higher (a mark
     /// never moves back). The result is the mark now recorded (`u64`); `mark`
     /// 0 only reads it. Recorded here, a trim outlives the units that applied
@@ -216,6 +221,15 @@ const OP_RENEW: u8 = 17;
 const OP_RELEASE: u8 = 18;
 const OP_GET_LOCK: u8 = 19;
 const OP_SET_LOCK_GRACE: u8 = 20;
+const OP_SYSTEM: u8 = 21;
+
+/// Whether `name` is a system lease: the sequencer's lease
+/// ([`SEQUENCER_LEASE`]) or any name starting with `trex.`. User lock
+/// operations refuse these names (`reserved-name`); the system's roles use
+/// [`Op::System`].
+pub fn is_system_lease(name: &str) -> bool {
+    name == SEQUENCER_LEASE || name.starts_with("trex.")
+}
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len() as u32);
@@ -372,6 +386,10 @@ impl Op {
                 out.push(OP_TRIM);
                 put_u64(&mut out, *mark);
             }
+            Op::System(inner) => {
+                out.push(OP_SYSTEM);
+                out.extend_from_slice(&inner.encode());
+            }
         }
         out
     }
@@ -428,6 +446,16 @@ impl Op {
             },
             OP_SET_LOCK_GRACE => Op::SetLockGrace { grace_ms: r.u64()? },
             OP_TRIM => Op::Trim { mark: r.u64()? },
+            OP_SYSTEM => {
+                let inner = Op::decode(r.bytes(r.remaining())?)?;
+                if !matches!(
+                    inner,
+                    Op::Acquire { .. } | Op::Renew { .. } | Op::Release { .. }
+                ) {
+                    return Err(DecodeError::UnknownOpcode(OP_SYSTEM));
+                }
+                return Ok(Op::System(Box::new(inner)));
+            }
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         r.finish()?;
@@ -488,11 +516,14 @@ pub enum Refusal {
     /// A `register` of an id a live node holds at another address (or in
     /// another role): two nodes never share an id.
     IdInUse = 16,
+    /// A user lock operation (`acquire`, `renew`, `release`) on a system
+    /// lease's name ([`is_system_lease`]).
+    ReservedName = 17,
 }
 
 impl Refusal {
     /// Every code, in code order (for documentation and tests).
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::Unknown,
         Refusal::StaleCommand,
         Refusal::Undecodable,
@@ -510,6 +541,7 @@ impl Refusal {
         Refusal::NoSuchLock,
         Refusal::OutOfRange,
         Refusal::IdInUse,
+        Refusal::ReservedName,
     ];
 
     /// The code for `v`; [`Refusal::Unknown`] for codes this build does not know.
@@ -540,6 +572,7 @@ impl Refusal {
             Refusal::NoSuchLock => "no-such-lock",
             Refusal::OutOfRange => "out-of-range",
             Refusal::IdInUse => "id-in-use",
+            Refusal::ReservedName => "reserved-name",
         }
     }
 

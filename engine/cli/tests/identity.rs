@@ -200,3 +200,37 @@ fn a_data_directory_and_the_ports_belong_to_one_cluster() {
     let log = std::fs::read_to_string(dir.path().join("logs").join("unit-1.log")).unwrap();
     assert!(log.contains("listening on"), "{log}");
 }
+
+/// The sequencer's lease is not a user lock: `trex lock release sequencer
+/// --token T` (T as `trex status` prints it) and `trex lock acquire
+/// sequencer` are refused (exit 1, naming the reason), and appends go on.
+/// Before, the impostor held the lease and every append stopped.
+#[test]
+fn the_sequencer_lease_is_not_a_user_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::trex_up(dir.path(), &[]);
+    let eps = cluster.eps.clone();
+    let within = Duration::from_secs(30);
+    let (code, out, err) = trex_cli(&eps, &["lock", "show", "sequencer"], within);
+    assert_eq!(code, Some(0), "reading it is fine: {err}");
+    let token = out
+        .split("token ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_string();
+    for args in [
+        vec!["lock", "release", "sequencer", "--token", &token],
+        vec!["lock", "acquire", "sequencer"],
+        vec!["lock", "renew", "sequencer", "--token", &token],
+        vec!["lock", "acquire", "trex.mine"],
+    ] {
+        let (code, _, err) = trex_cli(&eps, &args, within);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("system lease"), "{args:?}: {err}");
+    }
+    for i in 0..3 {
+        let (code, _, err) = trex_cli(&eps, &["append", &format!("still-{i}")], within);
+        assert_eq!(code, Some(0), "{err}");
+    }
+}

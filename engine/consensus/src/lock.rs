@@ -96,6 +96,9 @@ impl Lease {
 /// Takes, renews, releases and reads advisory locks.
 pub struct LockClient<S: Submit = ConsensusClient> {
     inner: S,
+    /// Sends acquire, renew and release as system-lease operations
+    /// ([`Op::System`]): only the system's roles (the sequencer) do.
+    system: bool,
 }
 
 /// A lease length in whole milliseconds, as the state machine takes it. Not
@@ -108,7 +111,28 @@ fn ttl_ms(ttl: Duration) -> u64 {
 impl<S: Submit> LockClient<S> {
     /// A lock client over a consensus client (or anything that submits).
     pub fn new(inner: S) -> LockClient<S> {
-        LockClient { inner }
+        LockClient {
+            inner,
+            system: false,
+        }
+    }
+
+    /// A client of the system leases (the sequencer's lease): the user lock
+    /// operations refuse their names.
+    pub fn system(inner: S) -> LockClient<S> {
+        LockClient {
+            inner,
+            system: true,
+        }
+    }
+
+    fn submit(&mut self, op: Op) -> Result<Vec<u8>, ConsensusError> {
+        let op = if self.system {
+            Op::System(Box::new(op))
+        } else {
+            op
+        };
+        self.inner.submit_ok(&op)
     }
 
     /// Takes `name` for `holder` for `ttl`, or fails with who holds it until when.
@@ -123,7 +147,7 @@ impl<S: Submit> LockClient<S> {
             holder: holder.into(),
             ttl_ms: ttl_ms(ttl),
         };
-        Lease::decode(&self.inner.submit_ok(&op)?)
+        Lease::decode(&self.submit(op)?)
     }
 
     /// Extends the lease named by `name` and `token` to `ttl` from now.
@@ -138,17 +162,16 @@ impl<S: Submit> LockClient<S> {
             token,
             ttl_ms: ttl_ms(ttl),
         };
-        Lease::decode(&self.inner.submit_ok(&op)?)
+        Lease::decode(&self.submit(op)?)
     }
 
     /// Gives the lock up.
     pub fn release(&mut self, name: &str, token: u64) -> Result<(), ConsensusError> {
-        self.inner
-            .submit_ok(&Op::Release {
-                name: name.into(),
-                token,
-            })
-            .map(|_| ())
+        self.submit(Op::Release {
+            name: name.into(),
+            token,
+        })
+        .map(|_| ())
     }
 
     /// The lock's current (or last) lease, read through the log.

@@ -102,7 +102,39 @@ impl StateMachine {
     /// One operation, dispatched to its handler (each refuses with a typed
     /// [`Refusal`]; see `docs/wire.md`, "Operations").
     fn apply_op(&mut self, op: Op, now_ms: u64) -> Vec<u8> {
+        let name = match &op {
+            Op::Acquire { name, .. } | Op::Renew { name, .. } | Op::Release { name, .. } => {
+                Some(name)
+            }
+            _ => None,
+        };
+        if let Some(name) = name.filter(|n| is_system_lease(n)) {
+            return refuse(
+                Refusal::ReservedName,
+                format!(
+                    "lock {name:?} is a system lease (the sequencer's lease is {SEQUENCER_LEASE:?}, and names starting with \"trex.\" are reserved); user lock commands cannot take, renew or release it: choose another name"
+                ),
+            );
+        }
+        self.apply_lock_or_other(op, now_ms)
+    }
+
+    /// [`StateMachine::apply_op`] once user lock names are checked.
+    fn apply_lock_or_other(&mut self, op: Op, now_ms: u64) -> Vec<u8> {
         match op {
+            Op::System(inner) => match *inner {
+                Op::Acquire { ref name, .. }
+                | Op::Renew { ref name, .. }
+                | Op::Release { ref name, .. }
+                    if is_system_lease(name) =>
+                {
+                    self.apply_lock_or_other(*inner, now_ms)
+                }
+                other => refuse(
+                    Refusal::InvalidArgument,
+                    format!("{other:?} is not an operation on a system lease"),
+                ),
+            },
             Op::Register { id, role, addr } => self.on_register(id, role, addr, now_ms),
             Op::Deregister { id } => match self.members.remove(&id) {
                 Some(_) => vec![RESULT_OK],

@@ -99,6 +99,14 @@ fn op_vectors() -> Vec<(&'static str, Op)> {
         ),
         ("op-set-lock-grace", Op::SetLockGrace { grace_ms: 2_000 }),
         ("op-trim", Op::Trim { mark: 4096 }),
+        (
+            "op-system",
+            Op::System(Box::new(Op::Renew {
+                name: "sequencer".into(),
+                token: 3,
+                ttl_ms: 3_000,
+            })),
+        ),
     ]
 }
 
@@ -250,11 +258,11 @@ fn result_vectors() -> (
     ));
     let lease = h.apply(
         T + 21_000,
-        Op::Acquire {
+        Op::System(Box::new(Op::Acquire {
             name: "sequencer".into(),
             holder: "127.0.0.1:7410".into(),
             ttl_ms: 5_000,
-        },
+        })),
     );
     let (_, l) = decode_lock(&mut Reader::new(&lease[1..])).unwrap();
     assert_eq!(l.token, 2, "the sequencer's lease is the second grant");
@@ -303,6 +311,18 @@ fn result_vectors() -> (
         v.last().unwrap().1,
         "a lower trim mark moved the mark back"
     );
+    v.push((
+        "result-acquire-reserved-name",
+        h.apply(
+            T + 23_000,
+            Op::Acquire {
+                name: "sequencer".into(),
+                holder: "mallory".into(),
+                ttl_ms: 10_000,
+            },
+        ),
+        Payload::Refused(Refusal::ReservedName),
+    ));
     // Every operation whose result is "—" answers the same bytes: register's.
     v.push(("result-ok", ok[0].1.clone(), Payload::Nothing));
     (v, ok)

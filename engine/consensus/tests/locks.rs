@@ -165,7 +165,8 @@ fn a_sequencer_installs_a_layout_only_while_its_lease_is_live() {
         projection: p(epoch),
         lease_token,
     };
-    let (_, token, _) = s.at(1000, acquire("sequencer", "11@a", 3000)).unwrap();
+    let take = Op::System(Box::new(acquire("sequencer", "11@a", 3000)));
+    let (_, token, _) = s.at(1000, take).unwrap();
     assert!(
         s.at(1500, install(1, token)).is_ok(),
         "a live lease installs"
@@ -182,4 +183,63 @@ fn a_sequencer_installs_a_layout_only_while_its_lease_is_live() {
         "an expired lease does not: {stale}"
     );
     assert_eq!(s.sm.current().unwrap().epoch, 1);
+}
+
+/// Issue 12: the sequencer's lease is not a user lock. `acquire`, `renew` and
+/// `release` of its name (or any `trex.` name) are refused `reserved-name`,
+/// and change nothing; the `system` operations of the sequencers work, and
+/// `system` does not reach user locks.
+#[test]
+fn system_leases_are_out_of_the_user_namespace() {
+    let mut s = Sm {
+        sm: StateMachine::default(),
+        seq: 0,
+    };
+    let (_, token, _) = s
+        .at(
+            1000,
+            Op::System(Box::new(acquire("sequencer", "11@a", 3000))),
+        )
+        .unwrap();
+    for name in ["sequencer", "trex.anything"] {
+        let e = s.at(1100, acquire(name, "mallory", 3000)).unwrap_err();
+        assert!(e.contains("system lease"), "{e}");
+        let e = s
+            .at(
+                1100,
+                Op::Release {
+                    name: name.into(),
+                    token,
+                },
+            )
+            .unwrap_err();
+        assert!(e.contains("system lease"), "{e}");
+        let e = s
+            .at(
+                1100,
+                Op::Renew {
+                    name: name.into(),
+                    token,
+                    ttl_ms: 3000,
+                },
+            )
+            .unwrap_err();
+        assert!(e.contains("system lease"), "{e}");
+    }
+    // The sequencer still holds it and renews it.
+    assert!(s
+        .at(
+            1200,
+            Op::System(Box::new(Op::Renew {
+                name: "sequencer".into(),
+                token,
+                ttl_ms: 3000,
+            }))
+        )
+        .is_ok());
+    // `system` is for system leases only.
+    let e = s
+        .at(1300, Op::System(Box::new(acquire("jobs", "x", 3000))))
+        .unwrap_err();
+    assert!(e.contains("not an operation on a system lease"), "{e}");
 }

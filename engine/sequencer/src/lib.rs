@@ -255,7 +255,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
             continue;
         }
         let sent = env.now();
-        let lease = match LockClient::new(&mut *env).acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
+        let lease = match LockClient::system(&mut *env).acquire(SEQUENCER_LOCK, &holder, opts.ttl) {
             Ok(l) => l,
             Err(e) => {
                 if !backoff_logged {
@@ -287,7 +287,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 shared.epoch.store(epoch, Ordering::Release);
                 // Serve from a fresh renewal, not from the acquire the takeover used up.
                 let sent = env.now();
-                if LockClient::new(&mut *env)
+                if LockClient::system(&mut *env)
                     .renew(SEQUENCER_LOCK, lease.token, opts.ttl)
                     .is_err()
                 {
@@ -308,7 +308,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                     "WARN",
                     "takeover failed: {e}; releasing the lease and retrying"
                 );
-                let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                let _ = LockClient::system(&mut *env).release(SEQUENCER_LOCK, lease.token);
                 env.sleep(opts.ttl / 4);
                 continue;
             }
@@ -332,7 +332,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 {
                     last_follow = env.now();
                     if !follow_layout(&opts, &mut *env, &shared) {
-                        let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                        let _ = LockClient::system(&mut *env).release(SEQUENCER_LOCK, lease.token);
                         break 'serving;
                     }
                 }
@@ -343,7 +343,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 );
             }
             if shared.stop.load(Ordering::Relaxed) {
-                let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                let _ = LockClient::system(&mut *env).release(SEQUENCER_LOCK, lease.token);
                 return;
             }
             // A sequencer its clients cannot reach must not keep the lease: it
@@ -356,7 +356,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 unreachable += 1;
                 if unreachable >= 2 {
                     shared.stop_serving();
-                    let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                    let _ = LockClient::system(&mut *env).release(SEQUENCER_LOCK, lease.token);
                     if let Ok(mut h) = shared.hint.lock() {
                         h.clear();
                     }
@@ -369,14 +369,14 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 }
             }
             let sent = env.now();
-            match LockClient::new(&mut *env).renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
+            match LockClient::system(&mut *env).renew(SEQUENCER_LOCK, lease.token, opts.ttl) {
                 Ok(_) => {
                     serve_until(sent + opts.ttl.saturating_sub(gap));
                     last_ok = sent;
                     next_renew = sent + opts.ttl / 3;
                     if !follow_layout(&opts, &mut *env, &shared) {
                         // The layout names another sequencer: hand the lease over.
-                        let _ = LockClient::new(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                        let _ = LockClient::system(&mut *env).release(SEQUENCER_LOCK, lease.token);
                         break;
                     }
                 }
@@ -440,7 +440,7 @@ fn revoke_unreachable(opts: &SequencerOptions, env: &mut dyn Env, shared: &Share
             return false;
         }
     }
-    let mut locks = LockClient::new(&mut *env);
+    let mut locks = LockClient::system(&mut *env);
     let Ok(lease) = locks.get(SEQUENCER_LOCK) else {
         return false; // the consensus group does not answer either: not our call
     };

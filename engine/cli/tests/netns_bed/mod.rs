@@ -503,7 +503,13 @@ impl NetCluster {
         for &n in &unit_nodes {
             let (addr, d) = (c.bed.addr(n), data(format!("unit-{n}")));
             let args = s(&["node", "storage", "--listen", &addr, "--data-dir", &d]);
-            let args = [args, s(&["--endpoints", &c.eps, "--sync", "always"])].concat();
+            // Its id is its port, as `trex up` gives (node_of relies on it).
+            let id = (7400 + u64::from(n)).to_string();
+            let args = [
+                args,
+                s(&["--endpoints", &c.eps, "--sync", "always", "--id", &id]),
+            ]
+            .concat();
             c.procs.push(c.bed.spawn(n, &args));
         }
         let mut cc = c.client();
@@ -566,7 +572,7 @@ impl NetCluster {
         }
     }
 
-    /// The node whose default id (its port) is `id`.
+    /// The node whose id (its port, given with `--id`) is `id`.
     pub fn node_of(id: u64) -> u8 {
         u8::try_from(id - 7400).expect("an id of this bed")
     }
