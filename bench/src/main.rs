@@ -319,23 +319,22 @@ fn read_reply(s: &mut impl Read) -> Result<(Header, Vec<u8>), String> {
     read_frame(s).map_err(|e| format!("receive failed: {e}"))
 }
 
-/// One consensus client: registers node `1000 + i` over and over (a ~100-byte
-/// command), following not-leader hints.
+/// One consensus client: reads a lock that does not exist over and over (a
+/// ~100-byte command through the log, like a write, that leaves nothing in the
+/// cluster: no member, no lock), following not-leader hints.
 fn consensus_client(
     endpoints: &str,
     i: usize,
     stop: &AtomicBool,
     done: &AtomicU64,
 ) -> Result<Histogram<u64>, String> {
-    use trex_consensus::sm::{Op, Role};
+    use trex_consensus::sm::Op;
     use trex_wire::consensus::{decode_submit_reply, encode_submit, SubmitReply};
     let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
     let mut hist = new_hist().map_err(|e| e.to_string())?;
     let client = 0x7265_6e63_0000_0000 ^ ((std::process::id() as u64) << 16) ^ i as u64;
-    let op = Op::Register {
-        id: 1000 + i as u64,
-        role: Role::Storage,
-        addr: format!("{:0>86}", i),
+    let op = Op::GetLock {
+        name: format!("trex-bench-{:0>84}", i),
     }
     .encode();
     let mut target = eps[i % eps.len()].clone();

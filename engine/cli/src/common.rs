@@ -14,8 +14,9 @@ pub struct Endpoints {
     /// ./trex-data/endpoints, else the three default addresses).
     #[arg(long, global = true)]
     pub endpoints: Option<String>,
-    /// How long to wait for one reply.
-    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    /// How long a request may wait for the cluster in all (every endpoint and
+    /// retry included; a silent node gets a third of it).
+    #[arg(long, global = true, default_value = "6s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// The cluster id every frame carries (the servers' `--cluster-id`).
     #[arg(long, global = true, env = "TREX_CLUSTER_ID", default_value_t = 0)]
@@ -102,7 +103,9 @@ fn is_host_port(s: &str) -> bool {
 
 /// A client of the consensus nodes `ep` names.
 pub fn consensus_client(ep: &Endpoints) -> Result<ConsensusClient, CliError> {
-    Ok(ConsensusClient::new(&resolve_endpoints(ep)?, ep.timeout)?.with_cluster_id(ep.cluster_id))
+    Ok(ConsensusClient::new(&resolve_endpoints(ep)?, ep.timeout)?
+        .with_total(ep.timeout)
+        .with_cluster_id(ep.cluster_id))
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -30,8 +30,9 @@ enum Cmd {
     Node(node::NodeCmd),
     /// Talk directly to one storage unit (an operator's tool).
     Unit(unit::UnitArgs),
-    /// List the cluster's members (linearizable read through the consensus log).
-    Members(ShowArgs),
+    /// List the cluster's members (linearizable read through the consensus log);
+    /// `trex members remove ID` removes a stale one.
+    Members(members::MembersArgs),
     /// Show or bootstrap the layout (projections).
     #[command(subcommand)]
     Layout(layout::LayoutCmd),

@@ -348,3 +348,79 @@ fn a_closed_pipe_ends_a_reader_quietly() {
         assert!(!err.contains("panicked"), "trex {args:?}: {err}");
     }
 }
+
+/// Issue 12: the `--timeout` a user sets bounds the whole command (it used to
+/// wait three times a call timeout, at least 3 s, for a leader); an endpoint
+/// that does not resolve is a usage error at once (it used to be retried for
+/// 6 s); `trex status` asks every unit at once (it used to wait for each
+/// stopped unit in turn).
+#[test]
+fn the_timeout_a_user_sets_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One consensus node of three: it answers, but no leader can be elected.
+    let ports: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = ports.join(",");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["node", "consensus", "--id", "1", "--listen", &ports[0]])
+        .args(["--peers", &peers, "--data-dir"])
+        .arg(d.join("c1"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(&ports[0]).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "node did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t0 = Instant::now();
+    let r = expect(
+        d,
+        4,
+        &["members", "--endpoints", &ports[0], "--timeout", "500ms"],
+    );
+    let took = t0.elapsed();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "--timeout 500ms took {took:?}: {}",
+        r.stderr
+    );
+    let t0 = Instant::now();
+    let r = expect(
+        d,
+        2,
+        &["members", "--endpoints", "no-such-host.invalid:7400"],
+    );
+    assert!(r.stderr.contains("cannot resolve"), "{}", r.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    // Two stopped units: `trex status --timeout 3s` waits for them once.
+    let cluster = common::trex_up(d.join("up").as_path(), &[]);
+    let base = cluster.base;
+    let stopped: Vec<i32> = [20, 21]
+        .iter()
+        .map(|o| {
+            common::kill(
+                &format!("storage --listen 127.0.0.1:{} ", base + o),
+                libc::SIGSTOP,
+            )
+        })
+        .collect();
+    let t0 = Instant::now();
+    let r = expect(
+        d,
+        0,
+        &["status", "--endpoints", &cluster.eps, "--timeout", "3s"],
+    );
+    let took = t0.elapsed();
+    for pid in stopped {
+        // SAFETY: continuing our own cluster's processes.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert!(took < Duration::from_millis(2_500), "status took {took:?}");
+    assert!(r.stdout.contains("unreachable"), "{}", r.stdout);
+}

@@ -234,3 +234,45 @@ fn the_sequencer_lease_is_not_a_user_lock() {
         assert_eq!(code, Some(0), "{err}");
     }
 }
+
+/// `trex members remove ID` removes a member that is gone (a benchmark's or a
+/// dead node's registration), and refuses, naming the reason, a node the
+/// layout names, a node seen in the last 15 s (a standby sequencer, a
+/// fresh registration), or an unknown id.
+#[test]
+fn a_stale_member_can_be_removed_and_a_needed_one_cannot() {
+    use trex_consensus::client::{ConsensusClient, Submit};
+    use trex_consensus::sm::{Op, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_base();
+    let cluster = common::trex_up_at(dir.path(), base, &[]);
+    let eps = cluster.eps.clone();
+    let within = Duration::from_secs(30);
+    let mut c = ConsensusClient::new(&eps, within).unwrap();
+    c.submit_ok(&Op::Register {
+        id: 999,
+        role: Role::Storage,
+        addr: "127.0.0.1:9".into(),
+    })
+    .unwrap();
+    let unit = (base + 20).to_string();
+    let standby = (base + 11).to_string();
+    for (id, why) in [
+        (unit.as_str(), "named by layout"),
+        (standby.as_str(), "stop it first"),
+        ("999", "stop it first"),
+        ("4242", "not a member"),
+    ] {
+        let (code, _, err) = trex_cli(&eps, &["members", "remove", id], within);
+        assert_eq!(code, Some(1), "remove {id}: {err}");
+        assert!(err.contains(why), "remove {id}: {err}");
+    }
+    // Silent for 15 s: it goes.
+    std::thread::sleep(Duration::from_millis(15_500));
+    let (code, out, err) = trex_cli(&eps, &["members", "remove", "999"], within);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("removed node 999"), "{out}");
+    let (_, out, _) = trex_cli(&eps, &["members"], within);
+    assert!(!out.lines().any(|l| l.starts_with("999 ")), "{out}");
+    assert!(out.contains(&unit), "the others stay: {out}");
+}

@@ -28,19 +28,27 @@ pub struct ConsensusClient {
     client_id: u64,
     seq: u64,
     timeout: Duration,
+    /// How long one submission may take in all, every endpoint and retry
+    /// included (default: three call timeouts, at least 3 s).
+    total: Option<Duration>,
     /// Sent in every frame: the nodes refuse frames of another cluster.
     cluster_id: u32,
 }
 
-fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, CallError> {
     trex_net::conn::connect(addr, timeout)
         .map(|(s, _)| s)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            // A name that does not resolve will not on the next try either.
+            trex_net::conn::ConnectError::Resolve { .. } => CallError::WrongCluster(e.to_string()),
+            e => CallError::Failed(e.to_string()),
+        })
 }
 
 /// Why one call to one node failed.
 enum CallError {
-    /// The node belongs to another cluster (`wrong-cluster`): no retry helps.
+    /// No retry helps: the node belongs to another cluster (`wrong-cluster`),
+    /// or its address does not resolve. The text says what to fix.
     WrongCluster(String),
     /// Anything else (no connection, no reply, a refusal): try again or elsewhere.
     Failed(String),
@@ -139,8 +147,24 @@ impl ConsensusClient {
             client_id: trex_net::util::random_u64() | 1,
             seq: 0,
             timeout,
+            total: None,
             cluster_id: 0,
         })
+    }
+
+    /// Bounds each submission to `total` in all (what a user's `--timeout`
+    /// means): each call then waits at most a third of it (at least 100 ms),
+    /// so a silent node leaves time to try the others.
+    pub fn with_total(mut self, total: Duration) -> ConsensusClient {
+        self.total = Some(total);
+        self.timeout = (total / 3).max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long one submission may take in all.
+    fn budget(&self) -> Duration {
+        self.total
+            .unwrap_or(self.timeout.max(Duration::from_secs(1)) * 3)
     }
 
     /// Sends `cluster_id` in every frame instead of the default 0 (the nodes'
@@ -162,7 +186,7 @@ impl ConsensusClient {
         self.seq += 1;
         let mut body = Vec::new();
         cw::encode_submit(&mut body, self.client_id, self.seq, &op.encode());
-        let deadline = Instant::now() + self.timeout.max(Duration::from_secs(1)) * 3;
+        let deadline = Instant::now() + self.budget();
         let mut last_err = String::new();
         let mut tries = 0usize;
         while Instant::now() < deadline {
@@ -210,7 +234,7 @@ impl ConsensusClient {
             }
         }
         Err(ConsensusError::Unavailable {
-            waited: self.timeout.max(Duration::from_secs(1)) * 3,
+            waited: self.budget(),
             last: last_err,
             endpoints: self.endpoints.join(","),
         })

@@ -1,10 +1,85 @@
-//! `trex members`: the cluster's members, read through the consensus log.
+//! `trex members`: the cluster's members, read through the consensus log;
+//! `trex members remove ID` removes one that is gone.
 
-use crate::common::{consensus_client, unix_ms, Format, ShowArgs};
-use crate::error::CliError;
+use crate::common::{consensus_client, unix_ms, Endpoints, Format, ShowArgs};
+use crate::error::{failed, CliError};
+use clap::{Args, Subcommand};
 use trex_consensus::client::Submit;
+use trex_consensus::sm::{Op, Role, MEMBER_LIVE_MS};
 
-pub fn run(a: ShowArgs) -> Result<(), CliError> {
+/// `trex members [remove ID]`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MembersArgs {
+    #[command(subcommand)]
+    cmd: Option<MembersCmd>,
+    #[command(flatten)]
+    show: ShowArgs,
+}
+
+#[derive(Subcommand)]
+enum MembersCmd {
+    /// Remove a member that is gone (a storage unit or sequencer no longer
+    /// running, or one a benchmark registered). Refused for a node the layout
+    /// names, a consensus node, or a node seen in the last 15 s (it would
+    /// register again).
+    Remove {
+        /// The member's node id (`trex members` lists them).
+        id: u64,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+}
+
+pub fn run(a: MembersArgs) -> Result<(), CliError> {
+    match a.cmd {
+        None => list(a.show),
+        Some(MembersCmd::Remove { id, ep }) => remove(id, &ep),
+    }
+}
+
+fn remove(id: u64, ep: &Endpoints) -> Result<(), CliError> {
+    let mut c = consensus_client(ep)?;
+    let members = c.members()?;
+    let Some(m) = members.get(&id) else {
+        return Err(failed!(
+            "node {id} is not a member (`trex members` lists them)"
+        ));
+    };
+    if m.role == Role::Consensus {
+        return Err(failed!(
+            "node {id} is a consensus node: the consensus group's own membership is its --peers; it cannot be removed here"
+        ));
+    }
+    let (_, layout) = c.layout()?;
+    if let Some(p) = layout {
+        let in_chain = p
+            .segments
+            .iter()
+            .any(|s| s.stripes.iter().any(|ch| ch.contains(&id)));
+        if in_chain || p.sequencer == id {
+            return Err(failed!(
+                "node {id} is named by layout epoch {} ({}); it stays a member while the layout needs it (a failed unit is taken out by the active sequencer, or `trex repair`)",
+                p.epoch,
+                if in_chain { "in a chain" } else { "as its sequencer" }
+            ));
+        }
+    }
+    let idle = unix_ms().saturating_sub(m.seen_ms);
+    if idle < MEMBER_LIVE_MS {
+        return Err(failed!(
+            "node {id} ({} at {}) was seen {idle} ms ago: stop it first, or it registers again; retry once it has been silent for {} s",
+            m.role.name(),
+            m.addr,
+            MEMBER_LIVE_MS / 1000
+        ));
+    }
+    c.submit_ok(&Op::Deregister { id })?;
+    println!("removed node {id} ({} at {})", m.role.name(), m.addr);
+    Ok(())
+}
+
+fn list(a: ShowArgs) -> Result<(), CliError> {
     let m = consensus_client(&a.ep)?.members()?;
     match a.format {
         Format::Json => {

@@ -27,25 +27,48 @@ pub fn run(a: ShowArgs) -> Result<(), CliError> {
     let p = log.projection().clone();
     // The log's trim mark as recorded (units below it apply it when they answer).
     let trim_mark = log.trim_mark()?;
-    let mut c = ConsensusClient::new(&eps, a.ep.timeout)?.with_cluster_id(a.ep.cluster_id);
+    let mut c = ConsensusClient::new(&eps, a.ep.timeout)?
+        .with_total(a.ep.timeout)
+        .with_cluster_id(a.ep.cluster_id);
     let members = c.members()?;
-    let lease =
-        LockClient::new(ConsensusClient::new(&eps, a.ep.timeout)?.with_cluster_id(a.ep.cluster_id))
-            .get(trex_sequencer::SEQUENCER_LOCK)
-            .ok();
+    let lease = LockClient::new(
+        ConsensusClient::new(&eps, a.ep.timeout)?
+            .with_total(a.ep.timeout)
+            .with_cluster_id(a.ep.cluster_id),
+    )
+    .get(trex_sequencer::SEQUENCER_LOCK)
+    .ok();
     let in_layout: BTreeSet<NodeId> = p
         .segments
         .iter()
         .flat_map(|s| s.stripes.iter().flatten().copied())
         .collect();
+    // Every unit asked at once: a stopped unit costs its timeout once, not
+    // once per unit before it (a third of --timeout each).
+    let per_unit = (a.ep.timeout / 3).max(std::time::Duration::from_millis(100));
+    let cluster_id = a.ep.cluster_id;
+    let asked: Vec<_> = members
+        .iter()
+        .filter(|(_, m)| m.role == Role::Storage)
+        .map(|(id, m)| {
+            let addr = m.addr.clone();
+            let h = std::thread::spawn(move || {
+                UnitClient::connect(&addr, per_unit)
+                    .and_then(|mut u| {
+                        u.cluster_id = cluster_id;
+                        u.info()
+                    })
+                    .map_err(|e| e.to_string())
+            });
+            (*id, m, h)
+        })
+        .collect();
     let mut units = Vec::new();
-    for (id, m) in members.iter().filter(|(_, m)| m.role == Role::Storage) {
-        let info = UnitClient::connect(&m.addr, a.ep.timeout)
-            .and_then(|mut u| {
-                u.cluster_id = a.ep.cluster_id;
-                u.info()
-            })
-            .map_err(|e| e.to_string());
+    for (id, m, h) in asked {
+        let id = &id;
+        let info = h
+            .join()
+            .unwrap_or_else(|_| Err("the query thread failed".to_string()));
         let role = match &info {
             _ if in_layout.contains(id) => "chain",
             Ok(i) if i.tail == 0 && i.trim_mark == 0 && i.flags & INFO_POISONED == 0 => "spare",
