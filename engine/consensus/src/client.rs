@@ -335,6 +335,22 @@ pub fn keep_registered(
     addr: String,
     cluster_id: u32,
 ) {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    keep_registered_with(endpoints, id, role, addr, cluster_id, flag);
+}
+
+/// [`keep_registered`], also telling through `registered` whether the group
+/// holds the registration (set after a successful register or heartbeat,
+/// cleared after a failed one): a node's readiness.
+pub fn keep_registered_with(
+    endpoints: String,
+    id: NodeId,
+    role: crate::sm::Role,
+    addr: String,
+    cluster_id: u32,
+    registered_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
     let spawned = std::thread::Builder::new()
         .name("trex-register".into())
         .spawn(move || {
@@ -353,7 +369,9 @@ pub fn keep_registered(
                         addr: addr.clone(),
                     }
                 };
-                match client.submit_ok(&op) {
+                let result = client.submit_ok(&op);
+                registered_flag.store(result.is_ok(), Ordering::Relaxed);
+                match result {
                     Ok(_) if !registered => {
                         registered = true;
                         trex_net::log_line!(

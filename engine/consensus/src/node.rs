@@ -13,11 +13,16 @@ use super::journal::Journal;
 use super::paxos::{Applied, Config, JournalRecord, Replica};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry as MetricRegistry, Unit as MetricUnit};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trex_net::metrics::{self, CounterFamily, Health, MetricsConfig, U64Gauge};
 use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
@@ -52,6 +57,125 @@ pub struct ConsensusOptions {
     /// Cluster id: client and peer frames must carry it, and it is sent to
     /// the peers.
     pub cluster_id: u32,
+    /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The consensus node's own metrics (beside the event loop's). Gauges are
+/// sampled every tick (10 ms).
+struct NodeMetrics {
+    submits: CounterFamily,
+    applied: Counter,
+    not_leader: Counter,
+    timed_out: Counter,
+    malformed: Counter,
+    peer_dropped: CounterFamily,
+    sync_duration: Histogram,
+    ballot: U64Gauge,
+    leader: U64Gauge,
+    leading: U64Gauge,
+    commit: U64Gauge,
+    applied_index: U64Gauge,
+    snapshot: U64Gauge,
+    journal: U64Gauge,
+    pending: U64Gauge,
+    peers_connected: U64Gauge,
+}
+
+impl NodeMetrics {
+    fn new() -> NodeMetrics {
+        let submits = CounterFamily::default();
+        let by = |r: &'static str| submits.get_or_create(&[("result", r)]).clone();
+        NodeMetrics {
+            applied: by("applied"),
+            not_leader: by("not_leader"),
+            timed_out: by("timeout"),
+            malformed: by("malformed"),
+            submits,
+            peer_dropped: CounterFamily::default(),
+            sync_duration: metrics::latency_histogram(),
+            ballot: U64Gauge::default(),
+            leader: U64Gauge::default(),
+            leading: U64Gauge::default(),
+            commit: U64Gauge::default(),
+            applied_index: U64Gauge::default(),
+            snapshot: U64Gauge::default(),
+            journal: U64Gauge::default(),
+            pending: U64Gauge::default(),
+            peers_connected: U64Gauge::default(),
+        }
+    }
+
+    fn register(&self, reg: &mut MetricRegistry) {
+        let r = reg.sub_registry_with_prefix("consensus");
+        r.register(
+            "submits",
+            "Client submits answered, by result (applied, not_leader, timeout, malformed)",
+            self.submits.clone(),
+        );
+        r.register(
+            "peer_messages_dropped",
+            "Peer messages dropped, by reason (sending: disconnected, backlog, oversized; receiving: out_of_range, foreign_sender, malformed)",
+            self.peer_dropped.clone(),
+        );
+        r.register_with_unit(
+            "sync_duration",
+            "Time of one durable journal sync",
+            MetricUnit::Seconds,
+            self.sync_duration.clone(),
+        );
+        let gauges = [
+            (
+                "ballot",
+                "Counter of the highest ballot promised",
+                &self.ballot,
+            ),
+            (
+                "leader",
+                "Id of the node this one believes leads (0: none known)",
+                &self.leader,
+            ),
+            ("leading", "1 while this node leads", &self.leading),
+            (
+                "commit_index",
+                "Slots below this are committed",
+                &self.commit,
+            ),
+            (
+                "applied_index",
+                "Slots below this are applied to the state machine",
+                &self.applied_index,
+            ),
+            (
+                "snapshot_index",
+                "Slots below this are compacted into the snapshot",
+                &self.snapshot,
+            ),
+            (
+                "pending_submits",
+                "Client submits waiting to be applied",
+                &self.pending,
+            ),
+            (
+                "peers_connected",
+                "Outgoing links to peers that are connected",
+                &self.peers_connected,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        r.register_with_unit(
+            "journal",
+            "Bytes in the current journal file",
+            MetricUnit::Bytes,
+            self.journal.clone(),
+        );
+    }
+
+    fn dropped(&self, reason: &'static str) {
+        self.peer_dropped.get_or_create(&[("reason", reason)]).inc();
+    }
 }
 
 struct PeerLink {
@@ -81,6 +205,7 @@ struct NodeIo {
     replies: VecDeque<Reply>,
     to_self: Vec<Msg>,
     frame: Vec<u8>,
+    metrics: NodeMetrics,
 }
 
 /// The consensus node as an event-loop service.
@@ -98,6 +223,9 @@ pub struct ConsensusService {
     /// Peer messages refused (a forged sender, a ballot out of range), logged
     /// once per interval with a count.
     refused_peer: trex_net::util::Throttle,
+    /// When the journal sync in flight started.
+    sync_started: Option<Instant>,
+    health: Arc<Health>,
 }
 
 fn unix_ms() -> u64 {
@@ -120,8 +248,11 @@ impl NodeIo {
         let Some(link) = self.peers.get_mut(&to) else {
             return;
         };
-        if link.stream.is_none() || link.wbuf.len() - link.wpos > PEER_BUFFER_LIMIT {
-            return; // not connected or far behind: drop, retransmission covers it
+        if link.stream.is_none() {
+            return self.metrics.dropped("disconnected"); // retransmission covers it
+        }
+        if link.wbuf.len() - link.wpos > PEER_BUFFER_LIMIT {
+            return self.metrics.dropped("backlog"); // far behind: as above
         }
         self.frame.clear();
         let s = begin_frame(&mut self.frame);
@@ -136,7 +267,7 @@ impl NodeIo {
                 "not sending a {body}-byte peer message to node {to}: over the {}-byte frame limit",
                 trex_wire::MAX_BODY_LEN
             );
-            return;
+            return self.metrics.dropped("oversized");
         }
         finish_frame(
             &mut self.frame,
@@ -178,6 +309,7 @@ impl ReadyIo for NodeIo {
             return; // submitted elsewhere, or the client gave up
         };
         for (to, req, _) in waiting {
+            self.metrics.applied.inc();
             let frame = reply_frame(&req, self.cluster_id, |b| {
                 cw::encode_submit_reply(b, &SubmitReply::Applied(a.result.clone()))
             });
@@ -229,6 +361,31 @@ impl ConsensusService {
             }
         }
         self.log_leadership();
+    }
+
+    /// Samples the replica into the gauges; ready while a leader is known.
+    fn refresh_metrics(&self) {
+        let (s, m) = (self.replica.status(), &self.io.metrics);
+        m.ballot.set(s.promised.counter);
+        m.leader.set(s.leader.unwrap_or(0));
+        m.leading.set(u64::from(s.leading));
+        m.commit.set(s.commit);
+        m.applied_index.set(s.applied);
+        m.snapshot.set(s.snapshot);
+        m.journal.set(self.io.journal.size_bytes());
+        metrics::set(
+            &m.pending,
+            self.io.pending.values().map(Vec::len).sum::<usize>(),
+        );
+        let up = self.io.peers.values().filter(|l| l.connected).count();
+        metrics::set(&m.peers_connected, up);
+        match s.leader {
+            Some(l) if l == self.id => self.health.set_ready(true, "leading"),
+            Some(_) => self.health.set_ready(true, "following a known leader"),
+            None => self
+                .health
+                .set_ready(false, "no leader known (an election is running)"),
+        }
     }
 
     /// Logs when this node starts or stops leading.
@@ -357,6 +514,12 @@ impl ConsensusService {
     fn reap_syncs(&mut self) {
         while let Some((lsn, result)) = self.syncer.poll_done() {
             self.syncing = false;
+            if let Some(at) = self.sync_started.take() {
+                self.io
+                    .metrics
+                    .sync_duration
+                    .observe(at.elapsed().as_secs_f64());
+            }
             if let Err(e) = result {
                 trex_net::log_line!("ERROR", "journal sync failed: {e}; stopping the node: its promises can no longer be kept (restart it to recover from its journal)");
                 std::process::exit(1);
@@ -372,6 +535,7 @@ impl ConsensusService {
         let (client, seq, op) = match cw::decode_submit(body) {
             Ok(x) => x,
             Err(e) => {
+                self.io.metrics.malformed.inc();
                 let msg = format!("submit body does not decode: {e}");
                 self.io.replies.push_back(violation(
                     to,
@@ -399,6 +563,7 @@ impl ConsensusService {
                 self.process();
             }
             Err(nl) => {
+                self.io.metrics.not_leader.inc();
                 let leader = nl.hint.unwrap_or(0);
                 let addr = self
                     .addrs
@@ -432,6 +597,7 @@ impl ConsensusService {
             !waiting.is_empty()
         });
         for (to, req) in expired {
+            self.io.metrics.timed_out.inc();
             let frame = reply_frame(&req, self.io.cluster_id, |b| {
                 cw::encode_submit_reply(b, &SubmitReply::Timeout)
             });
@@ -482,6 +648,7 @@ impl Service for ConsensusService {
                         let before = self.replica.dropped_out_of_range();
                         self.replica.handle(from, m, unix_ms());
                         if self.replica.dropped_out_of_range() > before {
+                            self.io.metrics.dropped("out_of_range");
                             if let Some(n) = self.refused_peer.hit() {
                                 trex_net::log_line!(
                                     "WARN",
@@ -494,6 +661,7 @@ impl Service for ConsensusService {
                         Flow::NoReply
                     }
                     Ok((from, _)) => {
+                        self.io.metrics.dropped("foreign_sender");
                         if let Some(n) = self.refused_peer.hit() {
                             trex_net::log_line!(
                                 "WARN",
@@ -503,7 +671,10 @@ impl Service for ConsensusService {
                         Flow::Close
                     }
                     // A damaged or foreign peer message: drop the connection.
-                    Err(_) => Flow::Close,
+                    Err(_) => {
+                        self.io.metrics.dropped("malformed");
+                        Flow::Close
+                    }
                 }
             }
             Some(Opcode::Submit) if !header.is_response() => self.on_submit(to, header, body),
@@ -561,12 +732,14 @@ impl Service for ConsensusService {
         self.process();
         self.reconnect_peers();
         self.expire_pending();
+        self.refresh_metrics();
     }
 
     fn tick(&mut self) {
         if !self.syncing && self.io.journal.lsn() > self.driver.durable() {
             self.syncing = true;
             let job = self.io.journal.sync_job();
+            self.sync_started = Some(Instant::now());
             self.syncer.submit(job);
             self.reap_syncs();
         }
@@ -616,6 +789,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         .iter()
         .map(|i| (*i, opts.peers[*i as usize - 1]))
         .collect();
+    let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |registry, waker| {
         let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
         trex_net::log_line!("INFO", "{how}");
@@ -646,6 +820,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
                 replies: VecDeque::new(),
                 to_self: Vec::new(),
                 frame: Vec::new(),
+                metrics: NodeMetrics::new(),
             },
             syncer,
             registry: registry.try_clone()?,
@@ -653,6 +828,8 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             syncing: false,
             leading: false,
             refused_peer: trex_net::util::Throttle::new(Duration::from_secs(10)),
+            sync_started: None,
+            health: health.clone(),
         })
     })
     .map_err(|e| {
@@ -663,6 +840,18 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     })?;
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
+    el.set_health(health.clone());
+    if let Some(m) = &opts.metrics {
+        let mut reg = metrics::registry(&m.build);
+        el.enable_metrics(&mut reg);
+        el.service().io.metrics.register(&mut reg);
+        let at = metrics::serve(m.listen, reg, health)
+            .map_err(|e| format!("cannot serve metrics on {}: {e}", m.listen))?;
+        trex_net::log_line!(
+            "INFO",
+            "metrics on http://{at}/metrics (and /healthz, /readyz)"
+        );
+    }
     trex_net::log_line!(
         "INFO",
         "consensus node {} listening on {} (group of {n})",

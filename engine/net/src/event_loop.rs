@@ -10,12 +10,13 @@
 //! A frame the loop cannot parse gets an error reply where possible, and that
 //! connection is closed once the reply is flushed; all others carry on.
 
+use crate::metrics::{ErrorKind, Health, LoopMetrics};
 use crate::reply::{error_frame, reply_header, Reply, ReplyTo};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -161,6 +162,9 @@ struct Conn {
     frame_since: Option<Instant>,
     /// Not read because its frame would grow the buffers past the budget.
     starved: bool,
+    /// With metrics: requests awaiting their reply (request id, opcode,
+    /// arrival), oldest first.
+    started: VecDeque<(u64, u8, Instant)>,
 }
 
 impl Conn {
@@ -212,6 +216,10 @@ pub struct EventLoop<S: Service> {
     /// Σ over connections of their read buffer beyond 64 KiB.
     buffered: usize,
     refusals: Refusals,
+    /// Beaten every turn; reported by the metrics listener.
+    health: Arc<Health>,
+    /// Connection, request and error metrics, when the node serves them.
+    metrics: Option<LoopMetrics>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -254,7 +262,23 @@ impl<S: Service> EventLoop<S> {
                 slow_frame: crate::util::Throttle::new(Duration::from_secs(10)),
                 idle: crate::util::Throttle::new(Duration::from_secs(10)),
             },
+            health: Arc::new(Health::default()),
+            metrics: None,
         })
+    }
+
+    /// Beats `health` every turn (and marks it stopped when the loop returns),
+    /// so that `/healthz` tells whether this loop is alive.
+    pub fn set_health(&mut self, health: Arc<Health>) {
+        self.health = health;
+    }
+
+    /// Counts connections, requests (and their latency) by operation, and
+    /// errors by kind, into metrics registered in `reg`.
+    pub fn enable_metrics(&mut self, reg: &mut prometheus_client::registry::Registry) {
+        let m = LoopMetrics::default();
+        m.register(reg);
+        self.metrics = Some(m);
     }
 
     /// The address actually bound (useful with port 0).
@@ -314,6 +338,7 @@ impl<S: Service> EventLoop<S> {
         let mut again = false;
         loop {
             let now = Instant::now();
+            self.health.beat(now);
             let mut timeout = self
                 .timers
                 .peek()
@@ -330,6 +355,7 @@ impl<S: Service> EventLoop<S> {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                self.health.set_stopped();
                 return Err(e);
             }
             for ev in events.iter() {
@@ -379,6 +405,7 @@ impl<S: Service> EventLoop<S> {
                             "shutdown grace period over with work still in flight"
                         );
                     }
+                    self.health.set_stopped();
                     return Ok(self.service);
                 }
             }
@@ -444,6 +471,9 @@ impl<S: Service> EventLoop<S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.error(ErrorKind::Accept);
+                    }
                     // Out of descriptors or similar: stop accepting for a moment
                     // instead of spinning on a listener that stays readable.
                     crate::log_line!("WARN", "accept failed ({e}); pausing accepts for 100ms");
@@ -471,6 +501,9 @@ impl<S: Service> EventLoop<S> {
                 self.cfg.max_connections
             );
             let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
+            if let Some(m) = &self.metrics {
+                m.error(ErrorKind::Refused);
+            }
             if let Some(n) = self.refusals.at_limit.hit() {
                 crate::log_line!(
                     "WARN",
@@ -513,7 +546,11 @@ impl<S: Service> EventLoop<S> {
             last_active: Instant::now(),
             frame_since: None,
             starved: false,
+            started: VecDeque::new(),
         });
+        if let Some(m) = &self.metrics {
+            m.accepted(self.live);
+        }
         // Edge-triggered: data may already be waiting.
         self.read_conn(idx);
     }
@@ -525,6 +562,9 @@ impl<S: Service> EventLoop<S> {
             self.gens[idx] = self.gens[idx].wrapping_add(1);
             self.free.push(idx);
             self.live -= 1;
+            if let Some(m) = &self.metrics {
+                m.open(self.live);
+            }
         }
     }
 
@@ -536,11 +576,12 @@ impl<S: Service> EventLoop<S> {
             dirty,
             outbox,
             buffered,
+            metrics,
             ..
         } = self;
         if let Some(Some(c)) = conns.get_mut(idx) {
             let to = (u64::from(c.gen) << 32) | idx as u64;
-            if dispatch(c, to, service, cfg, dirty, outbox, buffered) > 0 {
+            if dispatch(c, to, service, cfg, dirty, outbox, buffered, metrics) > 0 {
                 c.frame_since = (c.rend > c.rstart).then(Instant::now);
             }
         }
@@ -554,6 +595,7 @@ impl<S: Service> EventLoop<S> {
             dirty,
             outbox,
             buffered,
+            metrics,
             ..
         } = self;
         let Some(Some(c)) = conns.get_mut(idx) else {
@@ -584,7 +626,7 @@ impl<S: Service> EventLoop<S> {
                     break;
                 }
             }
-            if dispatch(c, to, service, cfg, dirty, outbox, buffered) > 0 {
+            if dispatch(c, to, service, cfg, dirty, outbox, buffered, metrics) > 0 {
                 c.frame_since = None;
             }
             if c.rend > c.rstart && c.frame_since.is_none() {
@@ -593,6 +635,11 @@ impl<S: Service> EventLoop<S> {
         }
         let drained =
             c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len() && c.last_words.is_none();
+        if fatal {
+            if let Some(m) = &self.metrics {
+                m.error(ErrorKind::Io);
+            }
+        }
         if fatal || drained {
             self.close(idx);
         }
@@ -625,6 +672,9 @@ impl<S: Service> EventLoop<S> {
             return false;
         };
         self.close(victim);
+        if let Some(m) = &self.metrics {
+            m.error(ErrorKind::Evicted);
+        }
         if let Some(n) = self.refusals.evicted.hit() {
             crate::log_line!(
                 "INFO",
@@ -662,6 +712,10 @@ impl<S: Service> EventLoop<S> {
         }
         for &i in &idle {
             self.close(i);
+        }
+        if let Some(m) = &self.metrics {
+            m.errors(ErrorKind::SlowFrame, slow.len() as u64);
+            m.errors(ErrorKind::IdleTimeout, idle.len() as u64);
         }
         if !slow.is_empty() {
             if let Some(n) = self.refusals.slow_frame.hit() {
@@ -712,6 +766,9 @@ impl<S: Service> EventLoop<S> {
             }
             if counted {
                 c.owed -= r.frame.len();
+            }
+            if let Some(m) = &mut self.metrics {
+                observe_reply(m, c, &r.frame);
             }
             c.inflight = c.inflight.saturating_sub(1);
             c.last_active = Instant::now();
@@ -768,6 +825,11 @@ impl<S: Service> EventLoop<S> {
             // Reads have ended (EOF, protocol error or shutdown) and nothing is owed.
             let done =
                 c.wbuf.is_empty() && c.read_done && c.inflight == 0 && c.last_words.is_none();
+            if failed {
+                if let Some(m) = &self.metrics {
+                    m.error(ErrorKind::Io);
+                }
+            }
             if failed || done {
                 self.close(idx);
             }
@@ -842,8 +904,31 @@ fn under_limits(c: &Conn, cfg: &LoopConfig) -> bool {
     c.inflight < cfg.max_inflight && c.wbuf.len() - c.wpos + c.owed < cfg.write_limit
 }
 
+/// With metrics: matches a reply to the request it answers (latency by
+/// opcode) and counts error replies by code.
+fn observe_reply(m: &mut LoopMetrics, c: &mut Conn, frame: &[u8]) {
+    let Some(head) = frame.first_chunk::<HEADER_LEN>() else {
+        return;
+    };
+    let Ok(h) = Header::decode(head) else {
+        return;
+    };
+    if h.is_error() {
+        if let Some(code) = frame.get(HEADER_LEN..HEADER_LEN + 2) {
+            m.error_reply(u16::from_le_bytes([code[0], code[1]]));
+        }
+    }
+    // Replies mostly come in arrival order: the match is near the front.
+    if let Some(i) = c.started.iter().position(|s| s.0 == h.request_id) {
+        if let Some((_, op, at)) = c.started.remove(i) {
+            m.replied(op, at.elapsed());
+        }
+    }
+}
+
 /// Hands every whole frame in the read buffer to the service; answers and
 /// closes on a frame the loop cannot parse.
+#[allow(clippy::too_many_arguments)]
 fn dispatch<S: Service>(
     c: &mut Conn,
     to: ReplyTo,
@@ -852,6 +937,7 @@ fn dispatch<S: Service>(
     dirty: &mut Vec<usize>,
     outbox: &mut Vec<(Reply, bool)>,
     buffered: &mut usize,
+    metrics: &mut Option<LoopMetrics>,
 ) -> usize {
     let idx = (to & 0xffff_ffff) as usize;
     let mut frames = 0;
@@ -867,7 +953,24 @@ fn dispatch<S: Service>(
         match result {
             Ok(Some((frame, n))) => {
                 c.inflight += 1;
+                if let Some(m) = metrics.as_mut() {
+                    m.request(frame.header.opcode);
+                    c.started.push_back((
+                        frame.header.request_id,
+                        frame.header.opcode,
+                        Instant::now(),
+                    ));
+                }
                 let flow = service.on_frame(to, &frame.header, frame.body);
+                if flow == Flow::NoReply {
+                    // One-way: no reply will take it off.
+                    c.started.pop_back();
+                }
+                if flow == Flow::Close {
+                    if let Some(m) = metrics.as_ref() {
+                        m.error(ErrorKind::Violation);
+                    }
+                }
                 if flow == Flow::NoReply {
                     c.inflight -= 1;
                 }
@@ -909,6 +1012,9 @@ fn dispatch<S: Service>(
             }
             Ok(None) => return frames,
             Err(e) => {
+                if let Some(m) = metrics.as_ref() {
+                    m.error(ErrorKind::Frame);
+                }
                 c.last_words = Some(protocol_error(avail, &e));
                 c.read_done = true;
                 c.close_after_flush = true;

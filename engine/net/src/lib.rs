@@ -2,11 +2,13 @@
 //! runs ([`event_loop`]), replies as it carries them ([`reply`]), durable syncs
 //! through `io_uring` or a thread ([`sync`]), blocking connections and the one
 //! frame reader every client uses ([`conn`]), the blocking client of
-//! the storage-unit protocol ([`unit_client`]), and small shared helpers
+//! the storage-unit protocol ([`unit_client`]), what every node serves on
+//! `--metrics-listen` ([`metrics`]), and small shared helpers
 //! ([`util`]: sizes, durations, log lines, random ids).
 
 pub mod conn;
 pub mod event_loop;
+pub mod metrics;
 pub mod reply;
 pub mod sync;
 pub mod unit_client;

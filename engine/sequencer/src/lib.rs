@@ -15,18 +15,21 @@
 //! just before a pause belongs to an epoch the next sequencer has sealed: storage
 //! units refuse it.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::{Registry, Unit as MetricUnit};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
-use trex_consensus::client::keep_registered;
+use trex_consensus::client::keep_registered_with;
 use trex_consensus::lock::LockClient;
 use trex_consensus::sm::{Op, Role};
 use trex_consensus::ConsensusError;
 use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
 use trex_log::LogError;
+use trex_net::metrics::{self, CounterFamily, Health, MetricsConfig, U64Gauge};
 use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
@@ -60,6 +63,113 @@ pub struct SequencerOptions {
     /// Cluster id: token requests must carry it, and this sequencer sends it to
     /// the consensus nodes and storage units.
     pub cluster_id: u32,
+    /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Counters of the sequencer's token path, lease loop and repair loop (the
+/// gauges are sampled from [`Shared`] by [`SequencerService`]).
+pub struct SequencerMetrics {
+    token_requests: CounterFamily,
+    granted: Counter,
+    refused: Counter,
+    tokens: Counter,
+    takeovers: Counter,
+    leases_lost: Counter,
+    repair: CounterFamily,
+    serving: U64Gauge,
+    lease_held: U64Gauge,
+    lease_remaining_ms: U64Gauge,
+    epoch: U64Gauge,
+    next_address: U64Gauge,
+    registered: U64Gauge,
+}
+
+impl Default for SequencerMetrics {
+    fn default() -> SequencerMetrics {
+        let token_requests = CounterFamily::default();
+        let granted = token_requests
+            .get_or_create(&[("result", "granted")])
+            .clone();
+        let refused = token_requests
+            .get_or_create(&[("result", "not_sequencer")])
+            .clone();
+        SequencerMetrics {
+            token_requests,
+            granted,
+            refused,
+            tokens: Counter::default(),
+            takeovers: Counter::default(),
+            leases_lost: Counter::default(),
+            repair: CounterFamily::default(),
+            serving: U64Gauge::default(),
+            lease_held: U64Gauge::default(),
+            lease_remaining_ms: U64Gauge::default(),
+            epoch: U64Gauge::default(),
+            next_address: U64Gauge::default(),
+            registered: U64Gauge::default(),
+        }
+    }
+}
+
+impl SequencerMetrics {
+    /// Registers every sequencer metric in `reg` under `trex_sequencer_`.
+    pub fn register(&self, reg: &mut Registry) {
+        let r = reg.sub_registry_with_prefix("sequencer");
+        r.register(
+            "token_requests",
+            "Token requests answered, by result (granted, not_sequencer)",
+            self.token_requests.clone(),
+        );
+        r.register("tokens", "Log addresses handed out", self.tokens.clone());
+        r.register(
+            "takeovers",
+            "Takeovers completed (lease won, projection installed, units sealed)",
+            self.takeovers.clone(),
+        );
+        r.register(
+            "leases_lost",
+            "Times the lease was lost or handed over after serving",
+            self.leases_lost.clone(),
+        );
+        r.register(
+            "repair_actions",
+            "Repair-loop actions while active, by action (probe, suspect, repair, repair_failed, spare_joined)",
+            self.repair.clone(),
+        );
+        let gauges = [
+            ("serving", "1 while the token path serves", &self.serving),
+            (
+                "lease_held",
+                "1 from winning the sequencer lease to losing or releasing it",
+                &self.lease_held,
+            ),
+            ("epoch", "Layout epoch the tokens carry", &self.epoch),
+            (
+                "next_address",
+                "The next address the counter hands out",
+                &self.next_address,
+            ),
+            (
+                "registered",
+                "1 while the consensus group holds this node's registration",
+                &self.registered,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        r.register_with_unit(
+            "lease_remaining",
+            "Milliseconds until the serving deadline (lease expiry less the safety gap); 0 when not serving",
+            MetricUnit::Other("milliseconds".into()),
+            self.lease_remaining_ms.clone(),
+        );
+    }
+
+    fn repair(&self, action: &'static str) {
+        self.repair.get_or_create(&[("action", action)]).inc();
+    }
 }
 
 /// What the token path reads: all atomics, no locks.
@@ -73,8 +183,12 @@ pub struct Shared {
     counter: AtomicU64,
     /// Where the active sequencer is, for not-sequencer hints.
     hint: Mutex<String>,
-    /// Tokens handed out (for the log).
-    granted: AtomicU64,
+    /// Counters (token requests, tokens, takeovers, repairs).
+    metrics: SequencerMetrics,
+    /// From winning the lease to losing or releasing it.
+    lease_held: AtomicBool,
+    /// The consensus group holds this node's registration.
+    registered: Arc<AtomicBool>,
     stop: AtomicBool,
     /// A client sent a token request naming a newer layout epoch than ours.
     newer_layout: AtomicBool,
@@ -93,7 +207,9 @@ impl Shared {
             epoch: AtomicU64::new(0),
             counter: AtomicU64::new(0),
             hint: Mutex::new(String::new()),
-            granted: AtomicU64::new(0),
+            metrics: SequencerMetrics::default(),
+            lease_held: AtomicBool::new(false),
+            registered: Arc::new(AtomicBool::new(false)),
             stop: AtomicBool::new(false),
             newer_layout: AtomicBool::new(false),
             reported_ns: AtomicU64::new(0),
@@ -111,10 +227,12 @@ impl Shared {
     pub fn next(&self, count: u32) -> TokenReply {
         if self.now_ns() >= self.serve_until_ns.load(Ordering::Acquire) {
             let hint = self.hint.lock().map(|h| h.clone()).unwrap_or_default();
+            self.metrics.refused.inc();
             return TokenReply::NotSequencer { hint };
         }
         let first = self.counter.fetch_add(u64::from(count), Ordering::Relaxed);
-        self.granted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.granted.inc();
+        self.metrics.tokens.inc_by(u64::from(count));
         TokenReply::Granted {
             epoch: self.epoch.load(Ordering::Acquire),
             first,
@@ -130,6 +248,35 @@ impl Shared {
         self.now_ns() < self.serve_until_ns.load(Ordering::Acquire)
     }
 
+    /// The sequencer's metrics.
+    pub fn metrics(&self) -> &SequencerMetrics {
+        &self.metrics
+    }
+
+    /// Samples the lease and counter into the gauges; says whether this
+    /// sequencer is ready (registered) and whether it serves or stands by.
+    fn refresh_metrics(&self, health: &Health) {
+        let m = &self.metrics;
+        let (now, until) = (self.now_ns(), self.serve_until_ns.load(Ordering::Acquire));
+        let serving = now < until;
+        let registered = self.registered.load(Ordering::Relaxed);
+        m.serving.set(u64::from(serving));
+        m.lease_held
+            .set(u64::from(self.lease_held.load(Ordering::Relaxed)));
+        m.lease_remaining_ms
+            .set(until.saturating_sub(now) / 1_000_000);
+        m.epoch.set(self.epoch.load(Ordering::Acquire));
+        m.next_address.set(self.counter.load(Ordering::Relaxed));
+        m.registered.set(u64::from(registered));
+        match (registered, serving) {
+            (false, _) => health.set_ready(false, "not registered with the consensus group (yet)"),
+            (true, true) => health.set_ready(true, "active: serving tokens"),
+            (true, false) => {
+                health.set_ready(true, "standby: not serving; competing for the lease")
+            }
+        }
+    }
+
     /// Asks the lease thread to release the lease and end.
     pub fn stop(&self) {
         self.stop_serving();
@@ -142,7 +289,13 @@ pub struct SequencerService {
     shared: Arc<Shared>,
     replies: VecDeque<Reply>,
     cluster_id: u32,
+    /// Readiness, refreshed with the gauges.
+    health: Arc<Health>,
 }
+
+const METRICS_TIMER: u64 = 1;
+/// How often the lease gauges and readiness are sampled.
+const METRICS_EVERY: Duration = Duration::from_millis(100);
 
 impl SequencerService {
     /// The token service over `shared`, serving requests of `cluster_id` only.
@@ -151,7 +304,14 @@ impl SequencerService {
             shared,
             replies: VecDeque::new(),
             cluster_id,
+            health: Arc::new(Health::default()),
         }
+    }
+
+    /// Reports readiness to `health` (for `/readyz`).
+    pub fn with_health(mut self, health: Arc<Health>) -> SequencerService {
+        self.health = health;
+        self
     }
 }
 
@@ -213,6 +373,14 @@ impl Service for SequencerService {
     fn poll_reply(&mut self) -> Option<Reply> {
         self.replies.pop_front()
     }
+
+    fn periodic_timers(&self) -> Vec<(Duration, u64)> {
+        vec![(METRICS_EVERY, METRICS_TIMER)]
+    }
+
+    fn on_timer(&mut self, _id: u64, _now: Instant) {
+        self.shared.refresh_metrics(&self.health);
+    }
 }
 
 /// Seals every storage unit of the projection at `epoch`; returns the highest
@@ -248,6 +416,8 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
             .store(until.as_nanos() as u64, Ordering::Release);
     };
     while !shared.stop.load(Ordering::Relaxed) {
+        // Every way back here gave the lease up (released, lost or never won).
+        shared.lease_held.store(false, Ordering::Relaxed);
         // Compete only while clients can reach us (see the serving loop).
         if !reachable(&opts, &mut *env) {
             update_hint(&mut *env, &shared);
@@ -275,6 +445,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
             }
         };
         backoff_logged = false;
+        shared.lease_held.store(true, Ordering::Relaxed);
         trex_net::log_line!(
             "INFO",
             "won the sequencer lease (fencing token {}); taking over",
@@ -298,6 +469,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                     continue;
                 }
                 serve_until(sent + opts.ttl.saturating_sub(gap));
+                shared.metrics.takeovers.inc();
                 trex_net::log_line!(
                     "INFO",
                     "serving tokens at epoch {epoch} from address {start}"
@@ -309,6 +481,7 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                     "takeover failed: {e}; releasing the lease and retrying"
                 );
                 let _ = LockClient::system(&mut *env).release(SEQUENCER_LOCK, lease.token);
+                shared.lease_held.store(false, Ordering::Relaxed);
                 env.sleep(opts.ttl / 4);
                 continue;
             }
@@ -403,6 +576,8 @@ pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn 
                 }
             }
         }
+        // Out of the serving loop: the lease was lost or handed over.
+        shared.metrics.leases_lost.inc();
     }
 }
 
@@ -653,6 +828,7 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
         }
         // A unit is taken out only once it has failed two probes in a row,
         // `every` apart: a blip shorter than that costs nothing.
+        shared.metrics.repair("probe");
         let down = match l.unreachable_units() {
             Ok(d) => d,
             Err(e) => {
@@ -663,6 +839,7 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
         let confirmed = down.iter().any(|(id, _)| suspects.contains(id));
         let was_suspect = std::mem::take(&mut suspects);
         for (id, why) in &down {
+            shared.metrics.repair("suspect");
             if !was_suspect.contains(id) {
                 trex_net::log_line!(
                     "WARN",
@@ -693,6 +870,12 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
             trex_net::log_line!("INFO", "repair: {line}")
         }) {
             Ok(r) => {
+                shared.metrics.repair("repair");
+                shared
+                    .metrics
+                    .repair
+                    .get_or_create(&[("action", "spare_joined")])
+                    .inc_by(r.joined.len() as u64);
                 last_err.clear();
                 // Adopt whatever the repair installed at once.
                 shared.newer_layout.store(true, Ordering::Release);
@@ -708,6 +891,7 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
                 }
             }
             Err(e) => {
+                shared.metrics.repair("repair_failed");
                 let e = e.to_string();
                 if e != last_err {
                     trex_net::log_line!("WARN", "repair: {e}");
@@ -730,8 +914,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;
     let env = env.with_cluster_id(opts.cluster_id);
     let shared = Arc::new(Shared::new(None));
+    let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
-        Ok(SequencerService::new(shared.clone(), opts.cluster_id))
+        Ok(SequencerService::new(shared.clone(), opts.cluster_id).with_health(health.clone()))
     })
     .map_err(|e| {
         format!(
@@ -741,12 +926,25 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     })?;
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
-    keep_registered(
+    el.set_health(health.clone());
+    if let Some(m) = &opts.metrics {
+        let mut reg = metrics::registry(&m.build);
+        el.enable_metrics(&mut reg);
+        shared.metrics.register(&mut reg);
+        let at = metrics::serve(m.listen, reg, health)
+            .map_err(|e| format!("cannot serve metrics on {}: {e}", m.listen))?;
+        trex_net::log_line!(
+            "INFO",
+            "metrics on http://{at}/metrics (and /healthz, /readyz)"
+        );
+    }
+    keep_registered_with(
         opts.endpoints.clone(),
         opts.id,
         Role::Sequencer,
         opts.listen.to_string(),
         opts.cluster_id,
+        shared.registered.clone(),
     );
     let (o, s) = (opts.clone(), shared.clone());
     std::thread::Builder::new()
@@ -771,7 +969,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     trex_net::log_line!(
         "INFO",
         "sequencer stopped; {} token requests served",
-        shared.granted.load(Ordering::Relaxed)
+        shared.metrics.granted.get()
     );
     Ok(())
 }

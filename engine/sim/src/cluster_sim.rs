@@ -1756,6 +1756,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
             repair_every: None,
             replicas: None,
             cluster_id: 0,
+            metrics: None,
         };
         let env = SimEnv {
             h: h.clone(),

@@ -2,11 +2,16 @@
 //! event loop, with syncs through io_uring or a sync thread.
 
 use crate::storage::mmap::{MmapOptions, MmapStore};
-use crate::unit::{Reply, ReplyTo, Unit, UnitConfig};
+use crate::unit::{Appends, Reply, ReplyTo, Unit, UnitConfig};
 use mio::Token;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit as MetricUnit};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use trex_net::metrics::{self, Health, MetricsConfig, U64Gauge};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::Header;
@@ -14,6 +19,9 @@ use trex_wire::Header;
 const SYNC_TOKEN: usize = 0;
 const STATS_TIMER: u64 = 1;
 const STATS_EVERY: Duration = Duration::from_secs(10);
+const METRICS_TIMER: u64 = 2;
+/// How often gauges, stored counts and readiness are sampled.
+const METRICS_EVERY: Duration = Duration::from_millis(250);
 
 /// How to run a storage unit.
 #[derive(Clone, Debug)]
@@ -30,6 +38,164 @@ pub struct StorageOptions {
     pub cluster_id: u32,
     /// Event-loop limits.
     pub limits: LoopConfig,
+    /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The storage unit's own metrics (beside the event loop's).
+struct UnitMetrics {
+    sync_duration: Histogram,
+    sync_batch: Histogram,
+    sync_failures: Counter,
+    stored_entries: Counter,
+    stored_junk: Counter,
+    stored_bytes: Counter,
+    tail: U64Gauge,
+    sealed_epoch: U64Gauge,
+    trim_mark: U64Gauge,
+    entries: U64Gauge,
+    junk: U64Gauge,
+    corrupt: U64Gauge,
+    segments: U64Gauge,
+    segment_size: U64Gauge,
+    used: U64Gauge,
+    disk_free: U64Gauge,
+    disk_total: U64Gauge,
+    full: U64Gauge,
+    poisoned: U64Gauge,
+    pending: U64Gauge,
+}
+
+impl UnitMetrics {
+    fn new() -> UnitMetrics {
+        UnitMetrics {
+            sync_duration: metrics::latency_histogram(),
+            sync_batch: metrics::size_histogram(),
+            sync_failures: Counter::default(),
+            stored_entries: Counter::default(),
+            stored_junk: Counter::default(),
+            stored_bytes: Counter::default(),
+            tail: U64Gauge::default(),
+            sealed_epoch: U64Gauge::default(),
+            trim_mark: U64Gauge::default(),
+            entries: U64Gauge::default(),
+            junk: U64Gauge::default(),
+            corrupt: U64Gauge::default(),
+            segments: U64Gauge::default(),
+            segment_size: U64Gauge::default(),
+            used: U64Gauge::default(),
+            disk_free: U64Gauge::default(),
+            disk_total: U64Gauge::default(),
+            full: U64Gauge::default(),
+            poisoned: U64Gauge::default(),
+            pending: U64Gauge::default(),
+        }
+    }
+
+    fn register(&self, reg: &mut Registry) {
+        let r = reg.sub_registry_with_prefix("unit");
+        r.register_with_unit(
+            "sync_duration",
+            "Time of one durable sync (fdatasync of the segments written since the last)",
+            MetricUnit::Seconds,
+            self.sync_duration.clone(),
+        );
+        r.register(
+            "sync_batch_records",
+            "Records (entries, junk, seal and trim records) one sync made durable",
+            self.sync_batch.clone(),
+        );
+        let counters = [
+            (
+                "sync_failures",
+                "Syncs that failed (each poisons the unit)",
+                &self.sync_failures,
+            ),
+            (
+                "stored_entries",
+                "Data records appended (writes and repairs)",
+                &self.stored_entries,
+            ),
+            (
+                "stored_junk",
+                "Junk records appended (fills)",
+                &self.stored_junk,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register_with_unit(
+            "stored",
+            "Payload bytes of the data records appended",
+            MetricUnit::Bytes,
+            self.stored_bytes.clone(),
+        );
+        let gauges = [
+            (
+                "tail",
+                "One past the highest address written (0: none)",
+                &self.tail,
+            ),
+            (
+                "sealed_epoch",
+                "Requests below this epoch are refused",
+                &self.sealed_epoch,
+            ),
+            (
+                "trim_mark",
+                "Addresses below this answer trimmed",
+                &self.trim_mark,
+            ),
+            ("entries", "Data records held (not trimmed)", &self.entries),
+            ("junk", "Junk records (holes) held", &self.junk),
+            (
+                "corrupt",
+                "Records that fail their checksum, never served",
+                &self.corrupt,
+            ),
+            ("segments", "Segment files open", &self.segments),
+            (
+                "full",
+                "1 if the last append failed for lack of space",
+                &self.full,
+            ),
+            (
+                "poisoned",
+                "1 if a sync failed and the unit accepts no writes",
+                &self.poisoned,
+            ),
+            (
+                "pending_replies",
+                "Replies waiting for a sync",
+                &self.pending,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        let bytes = [
+            (
+                "segment_size",
+                "Size of each segment file",
+                &self.segment_size,
+            ),
+            ("used", "Bytes of records in the segments", &self.used),
+            (
+                "disk_free",
+                "Free bytes of the data directory's file system (for unprivileged users)",
+                &self.disk_free,
+            ),
+            (
+                "disk_total",
+                "Size of the data directory's file system",
+                &self.disk_total,
+            ),
+        ];
+        for (name, help, g) in bytes {
+            r.register_with_unit(name, help, MetricUnit::Bytes, g.clone());
+        }
+    }
 }
 
 /// The storage unit as an event-loop service.
@@ -41,6 +207,15 @@ pub struct StorageService {
     last_stats: (u64, u64),
     /// Whether the unit said `full` last time we looked (logged on change).
     was_full: bool,
+    metrics: UnitMetrics,
+    health: Arc<Health>,
+    data_dir: PathBuf,
+    /// The sync in flight: when it started, and the records it covers.
+    sync_started: Option<(Instant, u64)>,
+    /// Records appended (with seal/trim records) when the last sync started.
+    synced_records: u64,
+    /// Appends when the stored counters were last brought up to date.
+    counted: Appends,
 }
 
 impl StorageService {
@@ -49,10 +224,59 @@ impl StorageService {
         &self.unit
     }
 
+    /// Samples the unit's state into the gauges and readiness.
+    fn refresh_metrics(&mut self) {
+        let (i, m) = (self.unit.info(), &self.metrics);
+        for (g, v) in [
+            (&m.tail, i.tail),
+            (&m.sealed_epoch, i.sealed_epoch),
+            (&m.trim_mark, i.trim_mark),
+            (&m.entries, i.entries),
+            (&m.junk, i.junk),
+            (&m.corrupt, i.corrupt),
+            (&m.segments, u64::from(i.segments)),
+            (&m.segment_size, i.segment_size_bytes),
+            (&m.used, i.used_bytes),
+            (&m.full, u64::from(self.unit.full())),
+            (&m.poisoned, u64::from(self.unit.poisoned().is_some())),
+            (&m.pending, self.unit.pending_replies() as u64),
+        ] {
+            g.set(v);
+        }
+        if let Some((free, total)) = metrics::disk_space(&self.data_dir) {
+            m.disk_free.set(free);
+            m.disk_total.set(total);
+        }
+        let a = self.unit.appends();
+        m.stored_entries.inc_by(a.entries - self.counted.entries);
+        m.stored_junk.inc_by(a.junk - self.counted.junk);
+        m.stored_bytes.inc_by(a.bytes - self.counted.bytes);
+        self.counted = a;
+        match self.unit.poisoned() {
+            Some(why) => self.health.set_ready(false, &format!("poisoned: {why}")),
+            None if self.unit.full() => self
+                .health
+                .set_ready(true, "serving reads; full: writes are refused"),
+            None => self.health.set_ready(true, "serving"),
+        }
+    }
+
+    /// Records appended so far, data, junk and meta alike (what a sync covers).
+    fn records(&self) -> u64 {
+        let a = self.unit.appends();
+        a.entries + a.junk + self.unit.meta_records()
+    }
+
     fn reap_syncs(&mut self) {
         while let Some((lsn, result)) = self.syncer.poll_done() {
             self.syncs += 1;
+            if let Some((at, records)) = self.sync_started.take() {
+                let m = &self.metrics;
+                m.sync_duration.observe(at.elapsed().as_secs_f64());
+                m.sync_batch.observe(records as f64);
+            }
             if let Err(e) = &result {
+                self.metrics.sync_failures.inc();
                 trex_net::log_line!("ERROR", "sync failed: {e}; the unit is poisoned and refuses writes from now on; restart it");
             }
             self.unit.on_synced(lsn, result);
@@ -94,6 +318,9 @@ impl Service for StorageService {
 
     fn tick(&mut self) {
         if let Some(job) = self.unit.poll_sync() {
+            let records = self.records();
+            self.sync_started = Some((Instant::now(), records - self.synced_records));
+            self.synced_records = records;
             self.syncer.submit(job);
             // A job with nothing to sync completes at once.
             self.reap_syncs();
@@ -105,10 +332,13 @@ impl Service for StorageService {
     }
 
     fn periodic_timers(&self) -> Vec<(Duration, u64)> {
-        vec![(STATS_EVERY, STATS_TIMER)]
+        vec![(STATS_EVERY, STATS_TIMER), (METRICS_EVERY, METRICS_TIMER)]
     }
 
-    fn on_timer(&mut self, _id: u64, _now: Instant) {
+    fn on_timer(&mut self, id: u64, _now: Instant) {
+        if id == METRICS_TIMER {
+            return self.refresh_metrics();
+        }
         let (frames, syncs) = (
             self.frames - self.last_stats.0,
             self.syncs - self.last_stats.1,
@@ -174,18 +404,28 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
             "--sync never: writes are acknowledged BEFORE they are durable; a crash or power loss loses acknowledged entries. For benchmarks only."
         );
     }
+    let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |registry, waker| {
         let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
         trex_net::log_line!("INFO", "{how}");
         unit.set_io_uring(syncer.is_uring());
-        Ok(StorageService {
+        let mut svc = StorageService {
             unit,
             syncer,
             frames: 0,
             syncs: 0,
             last_stats: (0, 0),
             was_full: false,
-        })
+            metrics: UnitMetrics::new(),
+            health: health.clone(),
+            data_dir: opts.data_dir.clone(),
+            sync_started: None,
+            synced_records: 0,
+            counted: Appends::default(),
+        };
+        svc.synced_records = svc.records();
+        svc.refresh_metrics();
+        Ok(svc)
     })
     .map_err(|e| {
         format!(
@@ -195,6 +435,18 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
     })?;
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
+    el.set_health(health.clone());
+    if let Some(m) = &opts.metrics {
+        let mut reg = metrics::registry(&m.build);
+        el.enable_metrics(&mut reg);
+        el.service().metrics.register(&mut reg);
+        let at = metrics::serve(m.listen, reg, health)
+            .map_err(|e| format!("cannot serve metrics on {}: {e}", m.listen))?;
+        trex_net::log_line!(
+            "INFO",
+            "metrics on http://{at}/metrics (and /healthz, /readyz)"
+        );
+    }
     trex_net::log_line!(
         "INFO",
         "storage unit listening on {} (data in {})",

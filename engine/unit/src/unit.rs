@@ -60,6 +60,17 @@ pub struct RecoveryStats {
     pub duplicates: u64,
 }
 
+/// What a unit has stored since it opened (monotonic; for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appends {
+    /// Data records appended (writes and repairs).
+    pub entries: u64,
+    /// Junk records appended (fills).
+    pub junk: u64,
+    /// Payload bytes of the data records appended.
+    pub bytes: u64,
+}
+
 /// A storage unit over a [`Store`].
 pub struct Unit<S: Store> {
     store: S,
@@ -84,6 +95,9 @@ pub struct Unit<S: Store> {
     pending: VecDeque<Pending>,
     ready: VecDeque<Reply>,
     statuses: Vec<Status>,
+    appends: Appends,
+    /// Seal and trim records appended since the unit opened.
+    meta_records: u64,
 }
 
 impl<S: Store> Unit<S> {
@@ -148,6 +162,8 @@ impl<S: Store> Unit<S> {
             pending: VecDeque::new(),
             ready: VecDeque::new(),
             statuses: Vec::new(),
+            appends: Appends::default(),
+            meta_records: 0,
         };
         unit.store.reclaim(unit.trim_durable);
         Ok((unit, stats))
@@ -187,6 +203,16 @@ impl<S: Store> Unit<S> {
     /// Why the unit stopped accepting writes, if it has.
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
+    }
+
+    /// Records appended since the unit opened.
+    pub fn appends(&self) -> Appends {
+        self.appends
+    }
+
+    /// Seal and trim records appended since the unit opened.
+    pub fn meta_records(&self) -> u64 {
+        self.meta_records
     }
 
     /// Replies waiting for a sync.
@@ -431,8 +457,15 @@ impl<S: Store> Unit<S> {
                 self.tail = self.tail.max(head.addr.saturating_add(1));
                 self.full = false;
                 match head.kind {
-                    Kind::Junk => self.junk += 1,
-                    _ => self.entries += 1,
+                    Kind::Junk => {
+                        self.junk += 1;
+                        self.appends.junk += 1;
+                    }
+                    _ => {
+                        self.entries += 1;
+                        self.appends.entries += 1;
+                        self.appends.bytes += data.len() as u64;
+                    }
                 }
                 (Status::Ok, if self.cfg.sync_never { 0 } else { lsn })
             }
@@ -609,6 +642,7 @@ impl<S: Store> Unit<S> {
             Ok(a) => {
                 self.meta = meta;
                 self.meta_lsn = a.lsn;
+                self.meta_records += 1;
                 self.appended_lsn = self.appended_lsn.max(a.lsn);
                 Ok(a.lsn)
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use trex_consensus::client::DEFAULT_ENDPOINTS;
 use trex_consensus::node::{run_consensus, ConsensusOptions};
 use trex_consensus::sm::Role;
+use trex_net::metrics::{BuildInfo, MetricsConfig};
 use trex_net::util::{parse_duration, parse_size};
 use trex_net::LoopConfig;
 use trex_sequencer::{run_sequencer, SequencerOptions};
@@ -36,6 +37,10 @@ pub struct ConnArgs {
     /// within this time, or the connection is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     frame_timeout: Duration,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics, with /healthz and
+    /// /readyz beside them (docs/metrics.md). Off when absent.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ConnArgs {
@@ -53,6 +58,16 @@ impl ConnArgs {
             frame_timeout: self.frame_timeout,
             ..base
         })
+    }
+
+    /// Where to serve metrics, if anywhere, and what this build is.
+    fn metrics(&self) -> Option<MetricsConfig> {
+        let build = BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: env!("TREX_GIT_REVISION"),
+        };
+        self.metrics_listen
+            .map(|listen| MetricsConfig { listen, build })
     }
 }
 
@@ -197,6 +212,7 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
         segment_size: a.segment_size,
         sync_never: a.sync == SyncMode::Never,
         cluster_id: a.cluster_id,
+        metrics: a.conn.metrics(),
         limits: a.conn.limits(LoopConfig {
             max_connections: a.max_connections,
             max_inflight: a.max_inflight.max(1),
@@ -248,6 +264,7 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         repair_every: (!a.repair_every.is_zero()).then_some(a.repair_every),
         replicas: a.replicas,
         cluster_id: a.cluster_id,
+        metrics: a.conn.metrics(),
     })?)
 }
 
@@ -269,6 +286,7 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
         limits: a.conn.limits(LoopConfig::default())?,
         cluster_id: a.cluster_id,
+        metrics: a.conn.metrics(),
     })?)
 }
 

@@ -58,6 +58,11 @@ pub struct UpArgs {
     /// `0s` turns the failure detector off.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     repair_every: Duration,
+    /// Serve metrics on every node (`trex node … --metrics-listen`): the k-th
+    /// node started (consensus nodes, then units, then sequencers; from 0) on
+    /// 127.0.0.1 and this port + k. Printed, and written to DATA_DIR/metrics.
+    #[arg(long)]
+    metrics_base_port: Option<u16>,
 }
 
 struct Node {
@@ -161,6 +166,7 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
             .map(|i| format!("127.0.0.1:{}", o.base_port + i))
             .collect(),
         nodes: Vec::new(),
+        metrics: Vec::new(),
     };
     if let Err(e) = cluster.start() {
         stop_all(&mut cluster.nodes);
@@ -174,6 +180,24 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
             "cannot write {}: {e}; the cluster was stopped",
             ep_file.display()
         ));
+    }
+    if !cluster.metrics.is_empty() {
+        let list: String = cluster
+            .metrics
+            .iter()
+            .map(|(name, addr)| format!("{name} {addr}\n"))
+            .collect();
+        let file = o.data_dir.join("metrics");
+        if let Err(e) = std::fs::write(&file, &list) {
+            stop_all(&mut cluster.nodes);
+            return Err(failed!(
+                "cannot write {}: {e}; the cluster was stopped",
+                file.display()
+            ));
+        }
+        for (name, addr) in &cluster.metrics {
+            say!("metrics of {name}: http://{addr}/metrics");
+        }
     }
     say!(
         "trex cluster is up; consensus endpoints: {eps} (also in {})",
@@ -225,6 +249,19 @@ fn check(o: &UpArgs) -> Result<(), CliError> {
             o.consensus, o.sequencers, o.units, o.base_port
         ));
     }
+    if let Some(p) = o.metrics_base_port {
+        let (first, n) = (
+            u32::from(p),
+            u32::from(o.consensus + o.sequencers + o.units),
+        );
+        let base = u32::from(o.base_port);
+        if first == 0 || first + n > 65_536 || (first < base + 100 && base < first + n) {
+            return Err(usage!(
+                "--metrics-base-port {p}: the {n} ports from there must be above 0, at most 65535 and clear of the 100 ports from --base-port {}",
+                o.base_port
+            ));
+        }
+    }
     if o.stripes == 0 || o.replicas == 0 {
         return Err(usage!(
             "--stripes and --replicas must be at least 1; got {} and {}",
@@ -255,6 +292,8 @@ struct Cluster<'a> {
     /// The consensus nodes' addresses, in id order.
     consensus: Vec<String>,
     nodes: Vec<Node>,
+    /// With --metrics-base-port: each node's name and metrics address.
+    metrics: Vec<(String, String)>,
 }
 
 impl Cluster<'_> {
@@ -269,7 +308,13 @@ impl Cluster<'_> {
     }
 
     fn spawn(&mut self, name: &str, args: &[String]) -> Result<(), CliError> {
-        let node = spawn(&self.exe, name, &self.logs, args)?;
+        let mut args = args.to_vec();
+        if let Some(p) = self.o.metrics_base_port {
+            let addr = format!("127.0.0.1:{}", p + self.metrics.len() as u16);
+            args.extend(["--metrics-listen".into(), addr.clone()]);
+            self.metrics.push((name.to_string(), addr));
+        }
+        let node = spawn(&self.exe, name, &self.logs, &args)?;
         self.nodes.push(node);
         Ok(())
     }
