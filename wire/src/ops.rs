@@ -173,6 +173,16 @@ pub enum Op {
         /// Grace in milliseconds.
         grace_ms: u64,
     },
+    /// Set the log's replication factor: how many replicas every chain of
+    /// the open segment should have (the failure detector and `trex repair`
+    /// work toward it; `trex status` shows chains below it). `replicas` 0
+    /// only reads it. The result is the factor now recorded (`u32`; 0: never
+    /// set). `init-layout` records its `replicas`. Refused above 16 (the
+    /// longest chain a projection holds).
+    Replication {
+        /// Replicas per chain (1 to 16), or 0 to read.
+        replicas: u32,
+    },
     /// An `Acquire`, `Renew` or `Release` of a system lease (the sequencer's):
     /// the user operations refuse those names ([`is_system_lease`]), so a
     /// user lock command can neither take, renew nor release them. Encoded as
@@ -216,6 +226,7 @@ const OP_LAYOUT: u8 = 7;
 const OP_NOOP: u8 = 8;
 const OP_INSTALL_AS_SEQUENCER: u8 = 9;
 const OP_TRIM: u8 = 10;
+const OP_REPLICATION: u8 = 11;
 const OP_ACQUIRE: u8 = 16;
 const OP_RENEW: u8 = 17;
 const OP_RELEASE: u8 = 18;
@@ -386,6 +397,10 @@ impl Op {
                 out.push(OP_TRIM);
                 put_u64(&mut out, *mark);
             }
+            Op::Replication { replicas } => {
+                out.push(OP_REPLICATION);
+                put_u32(&mut out, *replicas);
+            }
             Op::System(inner) => {
                 out.push(OP_SYSTEM);
                 out.extend_from_slice(&inner.encode());
@@ -446,6 +461,7 @@ impl Op {
             },
             OP_SET_LOCK_GRACE => Op::SetLockGrace { grace_ms: r.u64()? },
             OP_TRIM => Op::Trim { mark: r.u64()? },
+            OP_REPLICATION => Op::Replication { replicas: r.u32()? },
             OP_SYSTEM => {
                 let inner = Op::decode(r.bytes(r.remaining())?)?;
                 if !matches!(

@@ -251,6 +251,7 @@ fn state_after_one_noop(c: &trex_wire::consensus::Command) -> Vec<u8> {
     put_u64(&mut s, c.client);
     put_u64(&mut s, c.stamp_ms);
     put_u64(&mut s, 0); // trim_mark
+    put_u32(&mut s, 0); // replication
     s
 }
 

@@ -256,7 +256,18 @@ fn a_stale_member_can_be_removed_and_a_needed_one_cannot() {
     })
     .unwrap();
     let unit = (base + 20).to_string();
-    let standby = (base + 11).to_string();
+    let (_, status, _) = trex_cli(&eps, &["status"], within);
+    let active: u16 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("sequencer  "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sequencer in {status}"));
+    let standby = if active == base + 10 {
+        base + 11
+    } else {
+        base + 10
+    }
+    .to_string();
     for (id, why) in [
         (unit.as_str(), "named by layout"),
         (standby.as_str(), "stop it first"),
@@ -275,4 +286,56 @@ fn a_stale_member_can_be_removed_and_a_needed_one_cannot() {
     let (_, out, _) = trex_cli(&eps, &["members"], within);
     assert!(!out.lines().any(|l| l.starts_with("999 ")), "{out}");
     assert!(out.contains(&unit), "the others stay: {out}");
+}
+
+/// The replication factor is a target the cluster stores: after one unit of
+/// every stripe is gone, `trex status` shows each chain below it and `trex
+/// repair` (with no spare) says a spare is missing — before, both judged the
+/// chains against the longest one left and reported "every chain is
+/// complete". Lowering the factor with `trex layout replicas 1` makes them
+/// complete.
+#[test]
+fn the_replication_factor_is_stored_and_repair_works_toward_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_base();
+    let cluster = common::trex_up_at(dir.path(), base, &["--repair-every", "0s"]);
+    let eps = cluster.eps.clone();
+    let within = Duration::from_secs(30);
+    let (code, out, err) = trex_cli(&eps, &["layout", "replicas"], within);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "replication factor 2");
+    // One unit of each stripe dies; appends take them out.
+    for o in [21, 23] {
+        common::kill(
+            &format!("storage --listen 127.0.0.1:{} ", base + o),
+            libc::SIGKILL,
+        );
+    }
+    for i in 0..4 {
+        let (code, _, err) = trex_cli(&eps, &["append", &format!("e{i}")], within);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (code, out, err) = trex_cli(&eps, &["status"], within);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("replicas   stripe 0: 1, stripe 1: 1"), "{out}");
+    assert!(out.contains("stripe 0 has 1 of 2 replicas"), "{out}");
+    assert!(out.contains("stripe 1 has 1 of 2 replicas"), "{out}");
+    let (code, out, err) = trex_cli(&eps, &["repair"], within);
+    assert_eq!(code, Some(1), "{out} {err}");
+    assert!(err.contains("spare"), "{err}");
+    assert!(!out.contains("complete"), "{out}");
+    // A factor of 1: nothing is missing any more.
+    let (code, out, err) = trex_cli(&eps, &["layout", "replicas", "1"], within);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "replication factor 1"),
+        "{err}"
+    );
+    let (_, out, _) = trex_cli(&eps, &["status"], within);
+    assert!(!out.contains("degraded"), "{out}");
+    let (code, out, err) = trex_cli(&eps, &["repair"], within);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("every chain is complete"), "{out}");
+    let (code, _, err) = trex_cli(&eps, &["layout", "replicas", "17"], within);
+    assert_eq!(code, Some(2), "{err}");
 }

@@ -61,6 +61,8 @@ pub struct StateMachine {
     /// The log's trim mark (see [`Op::Trim`]): addresses below it may be
     /// discarded by every unit. Only grows.
     pub trim_mark: u64,
+    /// The log's replication factor (see [`Op::Replication`]); 0: not set.
+    pub replication: u32,
 }
 
 impl StateMachine {
@@ -199,6 +201,20 @@ impl StateMachine {
                 }
                 self.lock_grace_ms = grace_ms.max(1);
                 vec![RESULT_OK]
+            }
+            Op::Replication { replicas } => {
+                if replicas > 16 {
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!("{replicas} replicas is out of range: a chain has 1 to 16"),
+                    );
+                }
+                if replicas > 0 {
+                    self.replication = replicas;
+                }
+                let mut out = vec![RESULT_OK];
+                put_u32(&mut out, self.replication);
+                out
             }
             Op::Trim { mark } => {
                 if mark > trex_wire::range::MAX_COUNTER {
@@ -463,6 +479,7 @@ impl StateMachine {
         let mut out = vec![RESULT_OK];
         encode_projection(&mut out, &p);
         self.history.push(p);
+        self.replication = replicas;
         out
     }
 
@@ -516,6 +533,7 @@ impl StateMachine {
             put_u64(&mut out, *t);
         }
         put_u64(&mut out, self.trim_mark);
+        put_u32(&mut out, self.replication);
         out
     }
 
@@ -546,6 +564,7 @@ impl StateMachine {
         }
         // Snapshots of builds before the trim mark was recorded end here.
         let trim_mark = if r.remaining() == 0 { 0 } else { r.u64()? };
+        let replication = if r.remaining() == 0 { 0 } else { r.u32()? };
         r.finish()?;
         Ok(StateMachine {
             members,
@@ -556,6 +575,7 @@ impl StateMachine {
             fence,
             lock_grace_ms,
             trim_mark,
+            replication,
         })
     }
 }

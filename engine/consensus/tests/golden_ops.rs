@@ -99,6 +99,7 @@ fn op_vectors() -> Vec<(&'static str, Op)> {
         ),
         ("op-set-lock-grace", Op::SetLockGrace { grace_ms: 2_000 }),
         ("op-trim", Op::Trim { mark: 4096 }),
+        ("op-replication", Op::Replication { replicas: 3 }),
         (
             "op-system",
             Op::System(Box::new(Op::Renew {
@@ -147,6 +148,7 @@ enum Payload {
     Members,
     Lease,
     Mark,
+    Factor,
     Refused(Refusal),
 }
 
@@ -323,6 +325,11 @@ fn result_vectors() -> (
         ),
         Payload::Refused(Refusal::ReservedName),
     ));
+    v.push((
+        "result-replication",
+        h.apply(T + 23_000, Op::Replication { replicas: 3 }),
+        Payload::Factor,
+    ));
     // Every operation whose result is "—" answers the same bytes: register's.
     v.push(("result-ok", ok[0].1.clone(), Payload::Nothing));
     (v, ok)
@@ -465,6 +472,9 @@ fn result_vectors_decode_as_the_document_says() {
             }
             Payload::Mark => {
                 rd.u64().unwrap();
+            }
+            Payload::Factor => {
+                rd.u32().unwrap();
             }
             Payload::Refused(code) => panic!("{name} was not refused with {code:?}"),
         }

@@ -1044,6 +1044,22 @@ impl Log {
         Ok(report)
     }
 
+    /// The log's replication factor as the consensus group recorded it
+    /// (`trex layout init --replicas`, `trex layout replicas N`); `None` if
+    /// never set (a cluster bootstrapped before it was recorded).
+    pub fn replication_target(&mut self) -> Result<Option<usize>, LogError> {
+        let b = self
+            .env
+            .submit_ok(&trex_consensus::sm::Op::Replication { replicas: 0 })?;
+        let mut r = trex_wire::Reader::new(&b);
+        let n = r.u32().map_err(|e| {
+            LogError::Consensus(trex_consensus::ConsensusError::Protocol(format!(
+                "result of replication: {e}"
+            )))
+        })?;
+        Ok((n > 0).then_some(n as usize))
+    }
+
     /// The log's trim mark as the consensus group recorded it (0: never
     /// trimmed).
     pub fn trim_mark(&mut self) -> Result<u64, LogError> {

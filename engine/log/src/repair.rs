@@ -308,6 +308,11 @@ impl Log {
         // something): passed over by the next attempt, so one bad spare does
         // not stop the repair for good while another could join.
         let mut refused: BTreeSet<u64> = BTreeSet::new();
+        // The recorded replication factor, unless the caller names one.
+        let replicas = match replicas {
+            Some(r) => Some(r),
+            None => self.replication_target()?,
+        };
         for _ in 0..self.max_retries {
             self.refresh()?;
             let p = self.projection.clone();

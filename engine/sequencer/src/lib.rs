@@ -817,14 +817,21 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
             },
         };
         if opts.replicas.is_none() {
-            let longest = l
-                .projection()
-                .segments
-                .iter()
-                .flat_map(|s| s.stripes.iter().map(Vec::len))
-                .max()
-                .unwrap_or(0);
-            want = want.max(longest);
+            // The recorded factor; a cluster that never recorded one keeps
+            // the longest chain it had.
+            match l.replication_target() {
+                Ok(Some(target)) => want = target,
+                _ => {
+                    let longest = l
+                        .projection()
+                        .segments
+                        .iter()
+                        .flat_map(|s| s.stripes.iter().map(Vec::len))
+                        .max()
+                        .unwrap_or(0);
+                    want = want.max(longest);
+                }
+            }
         }
         // A unit is taken out only once it has failed two probes in a row,
         // `every` apart: a blip shorter than that costs nothing.

@@ -1,4 +1,5 @@
-//! `trex layout show|init`: the layout (projections).
+//! `trex layout show|init|replicas`: the layout (projections) and the
+//! replication factor.
 
 use crate::common::{consensus_client, print_projection, Endpoints, Format, ShowArgs};
 use crate::error::{failed, usage, CliError};
@@ -17,9 +18,20 @@ pub enum LayoutCmd {
         /// Stripes.
         #[arg(long, default_value_t = 2)]
         stripes: u32,
-        /// Replicas per stripe (chain length).
+        /// Replicas per stripe (chain length); recorded as the replication
+        /// factor.
         #[arg(long, default_value_t = 2)]
         replicas: u32,
+    },
+    /// Show the replication factor, or with N set it: how many replicas every
+    /// chain should have. The active sequencer's failure detector (and `trex
+    /// repair`) lets empty spares join shorter chains; `trex status` shows
+    /// them as degraded.
+    Replicas {
+        #[command(flatten)]
+        ep: Endpoints,
+        /// Replicas per chain, 1 to 16.
+        n: Option<u32>,
     },
 }
 
@@ -31,7 +43,29 @@ pub fn run(cmd: LayoutCmd) -> Result<(), CliError> {
             stripes,
             replicas,
         } => init(&ep, stripes, replicas),
+        LayoutCmd::Replicas { ep, n } => replicas(&ep, n),
     }
+}
+
+fn replicas(ep: &Endpoints, n: Option<u32>) -> Result<(), CliError> {
+    if n.is_some_and(|n| n == 0 || n > 16) {
+        return Err(usage!(
+            "replicas must be 1 to 16, got {}",
+            n.unwrap_or_default()
+        ));
+    }
+    let b = consensus_client(ep)?.submit_ok(&Op::Replication {
+        replicas: n.unwrap_or(0),
+    })?;
+    let now = b
+        .get(..4)
+        .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")))
+        .ok_or_else(|| failed!("the replication result is cut short: {b:?}"))?;
+    match now {
+        0 => println!("replication factor not recorded (set it with `trex layout replicas N`)"),
+        n => println!("replication factor {n}"),
+    }
+    Ok(())
 }
 
 fn show(a: ShowArgs) -> Result<(), CliError> {

@@ -27,6 +27,7 @@ pub fn run(a: ShowArgs) -> Result<(), CliError> {
     let p = log.projection().clone();
     // The log's trim mark as recorded (units below it apply it when they answer).
     let trim_mark = log.trim_mark()?;
+    let target = log.replication_target()?;
     let mut c = ConsensusClient::new(&eps, a.ep.timeout)?
         .with_total(a.ep.timeout)
         .with_cluster_id(a.ep.cluster_id);
@@ -84,13 +85,19 @@ pub fn run(a: ShowArgs) -> Result<(), CliError> {
     // Those in a chain first, then the others.
     units.sort_by_key(|u| (u.role != "chain", u.id));
     match a.format {
-        Format::Json => print_json(&p, trim_mark, lease.as_ref(), &units),
-        Format::Table => print_table(&p, trim_mark, lease.as_ref(), &units),
+        Format::Json => print_json(&p, trim_mark, target, lease.as_ref(), &units),
+        Format::Table => print_table(&p, trim_mark, target, lease.as_ref(), &units),
     }
     Ok(())
 }
 
-fn print_json(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[UnitRow]) {
+fn print_json(
+    p: &Projection,
+    trim_mark: u64,
+    target: Option<usize>,
+    lease: Option<&Lease>,
+    units: &[UnitRow],
+) {
     let us: Vec<String> = units
         .iter()
         .map(|UnitRow { id, addr, info, role }| match info {
@@ -110,22 +117,32 @@ fn print_json(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[Un
         )
     });
     println!(
-        "{{\"epoch\":{},\"sequencer\":{},\"trim_mark\":{trim_mark},\"sequencer_lease\":{l},\"units\":[{}]}}",
+        "{{\"epoch\":{},\"sequencer\":{},\"trim_mark\":{trim_mark},\"replication\":{},\"degraded\":[{}],\"sequencer_lease\":{l},\"units\":[{}]}}",
         p.epoch,
         p.sequencer,
+        target.map_or("null".to_string(), |t| t.to_string()),
+        degraded(p, target)
+            .iter()
+            .map(|(seg, stripe, have, want)| format!(
+                "{{\"segment\":{seg},\"stripe\":{stripe},\"replicas\":{have},\"want\":{want}}}"
+            ))
+            .collect::<Vec<_>>()
+            .join(","),
         us.join(",")
     );
 }
 
-/// Chains shorter than the longest chain of the layout (the replication the
-/// cluster had): `(segment, stripe, replicas, wanted)`.
-fn degraded(p: &Projection) -> Vec<(usize, usize, usize, usize)> {
-    let want = p
-        .segments
-        .iter()
-        .flat_map(|s| s.stripes.iter().map(Vec::len))
-        .max()
-        .unwrap_or(0);
+/// Chains shorter than the recorded replication factor (or, if none was
+/// recorded, than the longest chain of the layout): `(segment, stripe,
+/// replicas, wanted)`.
+fn degraded(p: &Projection, target: Option<usize>) -> Vec<(usize, usize, usize, usize)> {
+    let want = target.unwrap_or_else(|| {
+        p.segments
+            .iter()
+            .flat_map(|s| s.stripes.iter().map(Vec::len))
+            .max()
+            .unwrap_or(0)
+    });
     p.segments
         .iter()
         .enumerate()
@@ -139,9 +156,21 @@ fn degraded(p: &Projection) -> Vec<(usize, usize, usize, usize)> {
         .collect()
 }
 
-fn print_table(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[UnitRow]) {
+fn print_table(
+    p: &Projection,
+    trim_mark: u64,
+    target: Option<usize>,
+    lease: Option<&Lease>,
+    units: &[UnitRow],
+) {
     print_projection(p);
     println!("trim mark  {trim_mark} (recorded; units apply it when they answer)");
+    match target {
+        Some(t) => println!("factor     {t} replicas per chain (recorded)"),
+        None => println!(
+            "factor     not recorded (chains are judged against the longest); set it with `trex layout replicas N`"
+        ),
+    }
     match lease {
         Some(l) if l.released => println!("lease      {} (token {}), released", l.holder, l.token),
         Some(l) => println!(
@@ -152,8 +181,8 @@ fn print_table(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[U
         ),
         None => println!("lease      none"),
     }
-    // Replicas per chain of the open segment; "degraded" against the longest
-    // chain of the layout (the replication factor is not stored yet).
+    // Replicas per chain of the open segment; "degraded" against the
+    // recorded replication factor.
     if let Some(open) = p.segments.last() {
         let counts: Vec<String> = open
             .stripes
@@ -163,7 +192,7 @@ fn print_table(p: &Projection, trim_mark: u64, lease: Option<&Lease>, units: &[U
             .collect();
         println!("replicas   {}", counts.join(", "));
     }
-    for (seg, stripe, have, want) in degraded(p) {
+    for (seg, stripe, have, want) in degraded(p, target) {
         println!(
             "degraded   segment {seg} stripe {stripe} has {have} of {want} replicas; the active sequencer restores it when an empty spare is registered"
         );
