@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "trex",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("TREX_GIT_REVISION"), ")"),
     about = "Trex Corfu: a distributed shared log",
     after_help = EXIT_CODES
 )]

@@ -339,3 +339,55 @@ fn the_replication_factor_is_stored_and_repair_works_toward_it() {
     let (code, _, err) = trex_cli(&eps, &["layout", "replicas", "17"], within);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// A node listening on every interface registers the address clients should
+/// use: `--advertise HOST:PORT`. Without it, a wildcard `--listen` is a usage
+/// error (it used to register `0.0.0.0:PORT`, which no client can reach).
+#[test]
+fn a_node_registers_the_address_it_advertises() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::trex_up(dir.path(), &[]);
+    let eps = cluster.eps.clone();
+    let port = common::free_port();
+    let data = dir.path().join("extra-unit");
+    let out = trex(&[
+        "node",
+        "storage",
+        "--listen",
+        &format!("0.0.0.0:{port}"),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--endpoints",
+        &eps,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--advertise"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut unit = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["node", "storage", "--listen", &format!("0.0.0.0:{port}")])
+        .args(["--advertise", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&data)
+        .args(["--endpoints", &eps, "--id", "777"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let within = Duration::from_secs(30);
+    loop {
+        let (_, out, _) = trex_cli(&eps, &["members"], within);
+        if let Some(row) = out.lines().find(|l| l.starts_with("777 ")) {
+            assert!(row.contains(&format!("127.0.0.1:{port}")), "{row}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not registered: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = unit.kill();
+    let _ = unit.wait();
+}

@@ -44,6 +44,9 @@ pub const SEQUENCER_LOCK: &str = trex_consensus::sm::SEQUENCER_LEASE;
 pub struct SequencerOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The address clients use (registered, probed, handed out in hints):
+    /// `--advertise`, or `listen` when `None`.
+    pub advertise: Option<String>,
     /// Consensus endpoints.
     pub endpoints: String,
     /// Node id (registered as a sequencer).
@@ -169,6 +172,15 @@ impl SequencerMetrics {
 
     fn repair(&self, action: &'static str) {
         self.repair.get_or_create(&[("action", action)]).inc();
+    }
+}
+
+impl SequencerOptions {
+    /// The address clients use: `advertise`, else `listen`.
+    pub fn addr(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
     }
 }
 
@@ -407,7 +419,7 @@ fn seal_all(env: &mut dyn Env, units: &[(u64, String)], epoch: u64) -> Result<u6
 /// table) for the whole life of the process. `env`'s clock must be the one
 /// `shared` reads.
 pub fn leadership(opts: SequencerOptions, shared: Arc<Shared>, mut env: Box<dyn Env>) {
-    let holder = format!("{}@{}", opts.id, opts.listen);
+    let holder = format!("{}@{}", opts.id, opts.addr());
     let gap = opts.safety_gap;
     let mut backoff_logged = false;
     let serve_until = |until: Duration| {
@@ -604,7 +616,7 @@ fn revoke_unreachable(opts: &SequencerOptions, env: &mut dyn Env, shared: &Share
     }
     shared.reported_ns.store(0, Ordering::Release);
     let active = shared.hint.lock().map(|h| h.clone()).unwrap_or_default();
-    if active.is_empty() || active == opts.listen.to_string() {
+    if active.is_empty() || active == opts.addr() {
         return false;
     }
     for attempt in 0..2 {
@@ -641,7 +653,7 @@ fn revoke_unreachable(opts: &SequencerOptions, env: &mut dyn Env, shared: &Share
 /// What it cannot see: a partition that cuts only some clients off; those
 /// clients keep their appends waiting until it heals (docs/locks.md).
 fn reachable(opts: &SequencerOptions, env: &mut dyn Env) -> bool {
-    answers(env, &opts.listen.to_string())
+    answers(env, &opts.addr())
 }
 
 /// Whether the sequencer at `addr` answers a token request for no addresses
@@ -739,7 +751,7 @@ fn take_over(
                     let _ = At(&mut *c, &addr).seal(next.epoch);
                 }
                 if let Ok(mut h) = shared.hint.lock() {
-                    *h = opts.listen.to_string();
+                    *h = opts.addr();
                 }
                 return Ok((next.epoch, tail));
             }
@@ -949,7 +961,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         opts.endpoints.clone(),
         opts.id,
         Role::Sequencer,
-        opts.listen.to_string(),
+        opts.addr(),
         opts.cluster_id,
         shared.registered.clone(),
     );

@@ -1747,6 +1747,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
     for (i, actor, shared) in &seq_shared {
         let opts = SequencerOptions {
             listen: seq_addr(*i).parse().expect("a socket address"),
+            advertise: None,
             endpoints: String::new(),
             id: 10 + i,
             ttl: Duration::from_secs(1),

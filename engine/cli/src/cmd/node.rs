@@ -82,6 +82,10 @@ pub struct SequencerArgs {
     /// Node id to register under (default: the listen port).
     #[arg(long)]
     id: Option<u64>,
+    /// The address clients should use (HOST:PORT), registered with the
+    /// cluster instead of --listen.
+    #[arg(long)]
+    advertise: Option<String>,
     /// Length of the sequencer lease.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     ttl: Duration,
@@ -173,11 +177,32 @@ pub struct StorageArgs {
     /// the registration fresh; without it the unit runs standalone.
     #[arg(long)]
     endpoints: Option<String>,
-    /// Node id to register under (default: the listen port).
+    /// Node id to register under (default: the one stored in the data
+    /// directory, else a new random id).
     #[arg(long)]
     id: Option<u64>,
+    /// The address clients should use (HOST:PORT), registered with the
+    /// cluster instead of --listen (needed when listening on 0.0.0.0 or
+    /// behind a NAT).
+    #[arg(long)]
+    advertise: Option<String>,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// The address a node registers: `--advertise`, else `--listen`, which must
+/// then be one clients can reach (not a wildcard, not port 0).
+fn advertised(listen: SocketAddr, advertise: Option<&str>, role: &str) -> Result<String, CliError> {
+    if let Some(a) = advertise {
+        crate::common::check_address(a, "--advertise", "10.0.0.5:7420")?;
+        return Ok(a.to_string());
+    }
+    if listen.ip().is_unspecified() || listen.port() == 0 {
+        return Err(usage!(
+            "--listen {listen}: a {role} registers the address clients should use, and this is not one they can reach; pass --advertise HOST:PORT (or listen on a concrete address and port)"
+        ));
+    }
+    Ok(listen.to_string())
 }
 
 pub fn run(cmd: NodeCmd) -> Result<(), CliError> {
@@ -199,13 +224,12 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
     }
     if let Some(ep) = &a.endpoints {
         check_endpoints(ep, "--endpoints")?;
-        if a.listen.port() == 0 {
-            return Err(usage!(
-                "--listen {} with --endpoints: a unit registers the address it listens on, and port 0 is not one clients can reach; choose a port",
-                a.listen
-            ));
-        }
     }
+    // The address registered (with --endpoints): checked before anything starts.
+    let addr = match &a.endpoints {
+        Some(_) => advertised(a.listen, a.advertise.as_deref(), "storage unit")?,
+        None => a.listen.to_string(),
+    };
     let opts = StorageOptions {
         listen: a.listen,
         data_dir: a.data_dir,
@@ -223,17 +247,11 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
     if let Some(ep) = a.endpoints {
         // Refused at once if a live node holds the id elsewhere; if the group
         // does not answer, the unit serves and registers when it does.
-        register_first(&ep, id, Role::Storage, &a.listen.to_string(), a.cluster_id)?;
+        register_first(&ep, id, Role::Storage, &addr, a.cluster_id)?;
         // Before the registration thread exists, so that only the event
         // loop sees SIGINT/SIGTERM.
         trex_net::block_shutdown_signals().map_err(|e| e.to_string())?;
-        trex_consensus::client::keep_registered(
-            ep,
-            id,
-            Role::Storage,
-            a.listen.to_string(),
-            a.cluster_id,
-        );
+        trex_consensus::client::keep_registered(ep, id, Role::Storage, addr, a.cluster_id);
     }
     Ok(run_storage(&opts)?)
 }
@@ -248,14 +266,10 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         ));
     }
     check_endpoints(&a.endpoints, "--endpoints (or TREX_ENDPOINTS)")?;
-    if a.listen.port() == 0 {
-        return Err(usage!(
-            "--listen {}: a sequencer registers the address it listens on, and port 0 is not one clients can reach; choose a port",
-            a.listen
-        ));
-    }
+    let addr = advertised(a.listen, a.advertise.as_deref(), "sequencer")?;
     Ok(run_sequencer(&SequencerOptions {
         listen: a.listen,
+        advertise: Some(addr),
         endpoints: a.endpoints,
         id: a.id.unwrap_or(u64::from(a.listen.port())),
         ttl: a.ttl,
