@@ -68,7 +68,11 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match cmd::config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => return e.report(),
+    };
+    let cli = Cli::parse_from(args);
     if !matches!(cli.cmd, Cmd::Node(_) | Cmd::Up(_)) {
         // A client command whose reader goes away (`trex tail | head -2`) ends
         // quietly, as any Unix filter does, instead of panicking on the

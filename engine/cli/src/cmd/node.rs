@@ -26,9 +26,15 @@ pub enum NodeCmd {
     Sequencer(SequencerArgs),
 }
 
-/// Connection deadlines every server applies (`trex_net::LoopConfig`).
+/// Connection deadlines every server applies (`trex_net::LoopConfig`), and
+/// the config file every role reads.
 #[derive(Args)]
 pub struct ConnArgs {
+    /// A TOML file whose keys are this command's flags (`data-dir = "/var/lib/trex"`,
+    /// `peers = ["10.0.0.1:7400", …]`); flags given here and `TREX_*`
+    /// variables override it (docs/deploy.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Close a client connection that has nothing in flight and sends nothing
     /// for this long (clients reconnect on their next call).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -105,7 +111,7 @@ pub struct SequencerArgs {
     replicas: Option<usize>,
     /// Cluster id that frames must carry (sent to the consensus nodes and
     /// storage units too).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     cluster_id: u32,
     #[command(flatten)]
     conn: ConnArgs,
@@ -136,7 +142,7 @@ pub struct ConsensusArgs {
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     heartbeat: Duration,
     /// Cluster id that client and peer frames must carry (sent to the peers too).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     cluster_id: u32,
     #[command(flatten)]
     conn: ConnArgs,
@@ -171,7 +177,7 @@ pub struct StorageArgs {
     #[arg(long, default_value_t = 1024)]
     max_inflight: usize,
     /// Cluster id that frames must carry.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     cluster_id: u32,
     /// Register with these consensus nodes (comma-separated HOST:PORT) and keep
     /// the registration fresh; without it the unit runs standalone.

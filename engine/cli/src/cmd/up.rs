@@ -79,6 +79,8 @@ fn spawn(exe: &Path, name: &str, logs: &Path, args: &[String]) -> Result<Node, C
         .map_err(|e| format!("cannot open the log of {name}: {e}"))?;
     let child = Command::new(exe)
         .args(args)
+        // A local cluster runs as cluster 0, as its own clients here do.
+        .env_remove("TREX_CLUSTER_ID")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
