@@ -858,7 +858,9 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         opts.id,
         el.local_addr()
     );
+    trex_net::util::sd_notify("READY=1\nSTATUS=consensus node listening");
     el.run().map_err(|e| format!("event loop failed: {e}"))?;
+    trex_net::util::sd_notify("STOPPING=1");
     trex_net::log_line!("INFO", "consensus node {} stopped cleanly", opts.id);
     Ok(())
 }

@@ -229,3 +229,31 @@ pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(f)
 }
+
+/// Tells a supervisor that speaks systemd's notify protocol (`Type=notify`)
+/// something about this process: `READY=1` once it serves, `STOPPING=1` when it
+/// shuts down, with a `STATUS=` line for people. Sent as one datagram to the
+/// Unix socket named by `NOTIFY_SOCKET` (a path, or `@name` for an abstract
+/// socket); does nothing without it. Errors are logged, never fatal.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        let p = path.to_string_lossy();
+        let addr = match p.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name.as_bytes())?
+            }
+            None => SocketAddr::from_pathname(p.as_ref())?,
+        };
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        crate::log_line!("WARN", "cannot notify the supervisor ({state:?}): {e}");
+    }
+}

@@ -983,7 +983,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         opts.id,
         el.local_addr()
     );
+    trex_net::util::sd_notify("READY=1\nSTATUS=sequencer listening (serving or standing by)");
     el.run().map_err(|e| format!("event loop failed: {e}"))?;
+    trex_net::util::sd_notify("STOPPING=1");
     shared.stop();
     trex_net::log_line!(
         "INFO",

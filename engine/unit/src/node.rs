@@ -453,7 +453,9 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         el.local_addr(),
         opts.data_dir.display()
     );
+    trex_net::util::sd_notify("READY=1\nSTATUS=storage unit serving");
     let svc = el.run().map_err(|e| format!("event loop failed: {e}"))?;
+    trex_net::util::sd_notify("STOPPING=1");
     trex_net::log_line!("INFO", "stopped cleanly; tail {}", svc.unit().tail());
     Ok(())
 }
