@@ -21,6 +21,52 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines on standard error as text or JSON (one object per line).
+    /// Which lines: TREX_LOG (or RUST_LOG), e.g. `info`, `warn`,
+    /// `warn,trex_unit=debug`; `info` by default.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TREX_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: `log_line!` goes through `tracing` to
+/// standard error, filtered by TREX_LOG or RUST_LOG (an unparsable filter is a
+/// usage error).
+fn init_logging(format: LogFormat) -> Result<(), CliError> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let spec = std::env::var("TREX_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let filter: Targets = match spec {
+        Some(s) => s.parse().map_err(|e| {
+            error::usage!("TREX_LOG/RUST_LOG {s:?} is not a log filter ({e}); use e.g. info, warn or warn,trex_unit=debug")
+        })?,
+        None => Targets::new().with_default(LevelFilter::INFO),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Text => registry.with(layer).try_init(),
+        LogFormat::Json => registry.with(layer.json()).try_init(),
+    };
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -73,6 +119,9 @@ fn main() -> ExitCode {
         Err(e) => return e.report(),
     };
     let cli = Cli::parse_from(args);
+    if let Err(e) = init_logging(cli.log_format) {
+        return e.report();
+    }
     if !matches!(cli.cmd, Cmd::Node(_) | Cmd::Up(_)) {
         // A client command whose reader goes away (`trex tail | head -2`) ends
         // quietly, as any Unix filter does, instead of panicking on the

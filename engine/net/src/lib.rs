@@ -15,3 +15,7 @@ pub mod unit_client;
 pub mod util;
 
 pub use event_loop::*;
+
+/// Re-exported for [`log_line!`]: crates that log need not depend on it.
+#[doc(hidden)]
+pub use tracing;

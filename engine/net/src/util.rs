@@ -103,12 +103,31 @@ pub fn timestamp() -> String {
     )
 }
 
-/// Logs a line to standard error with a timestamp and a level.
+/// Logs a line through `tracing` at a level given as a literal (`"ERROR"`,
+/// `"WARN"`, `"INFO"`, `"DEBUG"`). The binary's subscriber writes it to
+/// standard error with a timestamp and the level, filtered by `TREX_LOG` (or
+/// `RUST_LOG`; `info` by default) and as text or JSON (`--log-format`).
+/// Without a subscriber (a library user) nothing is printed.
 #[macro_export]
 macro_rules! log_line {
-    ($level:literal, $($arg:tt)*) => {
+    ("ERROR", $($arg:tt)*) => {
         if !$crate::util::log_quiet() {
-            eprintln!("{} {:5} {}", $crate::util::timestamp(), $level, format_args!($($arg)*))
+            $crate::tracing::error!("{}", format_args!($($arg)*))
+        }
+    };
+    ("WARN", $($arg:tt)*) => {
+        if !$crate::util::log_quiet() {
+            $crate::tracing::warn!("{}", format_args!($($arg)*))
+        }
+    };
+    ("INFO", $($arg:tt)*) => {
+        if !$crate::util::log_quiet() {
+            $crate::tracing::info!("{}", format_args!($($arg)*))
+        }
+    };
+    ("DEBUG", $($arg:tt)*) => {
+        if !$crate::util::log_quiet() {
+            $crate::tracing::debug!("{}", format_args!($($arg)*))
         }
     };
 }
