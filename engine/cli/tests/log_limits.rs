@@ -387,3 +387,40 @@ fn a_follower_pays_the_hole_wait_once_per_dead_range() {
         "the follower reached x after {took:?}: the 1 s hole wait is paid once per dead range"
     );
 }
+
+/// Issue 12: binary entries through the command line: `trex append --file`
+/// appends a file (every byte value, newlines and NULs included) as one
+/// entry, `--file -` standard input to its end, and `trex read --raw` writes
+/// an entry's bytes exactly; an address without an entry is an error.
+#[test]
+fn binary_entries_go_in_and_out_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = up(dir.path());
+    let bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let f = dir.path().join("entry.bin");
+    std::fs::write(&f, &bytes).unwrap();
+    let out = trex(&c, &["append", "--file", f.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let a: u64 = text(&out.stdout).trim().parse().unwrap();
+    let out = trex(
+        &c,
+        &["append", "--file", "-"],
+        b"\x00line one\nline two\n\xff",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b: u64 = text(&out.stdout).trim().parse().unwrap();
+    let out = trex(&c, &["read", &a.to_string(), "--raw"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, bytes);
+    let out = trex(&c, &["read", &b.to_string(), "--raw"], b"");
+    assert_eq!(out.stdout, b"\x00line one\nline two\n\xff");
+    let out = trex(&c, &["read", "1000", "--raw"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not written"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = trex(&c, &["append", "x", "--file", f.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2), "data and --file together");
+}

@@ -10,8 +10,13 @@ use trex_log::{Log, LogError, Slot};
 pub struct AppendArgs {
     #[command(flatten)]
     ep: Endpoints,
-    /// The entry, or `-`.
-    data: String,
+    /// The entry, or `-` (each line of standard input is one entry).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    data: Option<String>,
+    /// Append the whole file as one entry, byte for byte (binary data too;
+    /// `-` reads standard input to its end). Prints its address.
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -23,6 +28,11 @@ pub struct ReadArgs {
     /// How many addresses.
     #[arg(long, default_value_t = 1)]
     count: u64,
+    /// Write the entries' bytes exactly as stored, nothing else (no address,
+    /// no escaping, no newline): for binary entries (`trex read 7 --raw >
+    /// file`). An address that holds no entry is an error (exit 1).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -67,9 +77,23 @@ fn connect(ep: &Endpoints) -> Result<Log, CliError> {
 }
 
 pub fn append(a: AppendArgs) -> Result<(), CliError> {
+    if let Some(path) = &a.file {
+        let data = if path.as_os_str() == "-" {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut v)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            v
+        } else {
+            std::fs::read(path)
+                .map_err(|e| crate::error::usage!("cannot read {}: {e}", path.display()))?
+        };
+        println!("{}", connect(&a.ep)?.append(&data)?);
+        return Ok(());
+    }
+    let data = a.data.unwrap_or_default();
     let mut log = connect(&a.ep)?;
-    if a.data != "-" {
-        println!("{}", log.append(a.data.as_bytes())?);
+    if data != "-" {
+        println!("{}", log.append(data.as_bytes())?);
         return Ok(());
     }
     let mut input = Lines::default();
@@ -151,11 +175,31 @@ pub fn read(a: ReadArgs) -> Result<(), CliError> {
     while at < end {
         let n = (end - at).min(4096);
         for (k, s) in log.read_range(at, n)?.into_iter().enumerate() {
-            print_slot(at + k as u64, &s);
+            if a.raw {
+                write_raw(at + k as u64, &s)?;
+            } else {
+                print_slot(at + k as u64, &s);
+            }
         }
         at += n;
     }
     Ok(())
+}
+
+/// An entry's bytes, exactly, on standard output.
+fn write_raw(addr: u64, s: &Slot) -> Result<(), CliError> {
+    use std::io::Write;
+    match s {
+        Slot::Data { data, .. } => std::io::stdout()
+            .lock()
+            .write_all(data)
+            .map_err(|e| format!("cannot write the entry at {addr}: {e}").into()),
+        Slot::Hole => Err(crate::error::failed!(
+            "address {addr} is a hole (filled): it holds no entry"
+        )),
+        Slot::Unwritten => Err(crate::error::failed!("address {addr} is not written (yet)")),
+        Slot::Trimmed => Err(crate::error::failed!("address {addr} is trimmed")),
+    }
 }
 
 pub fn tail(a: TailArgs) -> Result<(), CliError> {
