@@ -779,10 +779,11 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     let st = replica.status();
     trex_net::log_line!(
         "INFO",
-        "node {} recovered {count} journal records from {}: promised {:?}, snapshot at slot {}",
+        "node {} recovered {count} journal records from {}: promised ballot {}.{}, snapshot at slot {}",
         opts.id,
         opts.data_dir.display(),
-        st.promised,
+        st.promised.counter,
+        st.promised.node,
         st.snapshot
     );
     let addrs: BTreeMap<NodeId, SocketAddr> = ids

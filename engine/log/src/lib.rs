@@ -755,7 +755,8 @@ impl Log {
             ),
             Ok(st) => trex_net::log_line!(
                 "WARN",
-                "address {addr} is damaged on unit {bad}; read it from unit {from}; the repair was answered {st:?}"
+                "address {addr} is damaged on unit {bad}; read it from unit {from}; the repair was answered {}",
+                st.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
             ),
             Err(e) => trex_net::log_line!(
                 "WARN",
