@@ -10,7 +10,7 @@
 //! must fill, `append`, `trim`, `status` and `repair`. Each must answer
 //! correctly from the chain's other replica, within a bound.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -208,41 +208,14 @@ fn every_client_path_survives(bad: Bad) {
     // A follower from 0: the entries, then two holes of a writer that died
     // after taking its addresses (stripes 0 and 1: one is the bad unit's
     // chain, which the fill must get past), then a new entry.
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["tail", "--follow", "--endpoints", &eps])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let follow_out = BufReader::new(follow.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in follow_out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let follow = common::Follower::start(&eps);
     let (_, first) = trex_log::Log::connect(&eps).unwrap().token(2).unwrap();
     assert_eq!(first, n as u64, "{bad:?}: the dead writer's addresses");
     let (code, out, err) = trex_cli(&eps, &["append", "after-the-holes"], within);
     assert_eq!(code, Some(0), "{bad:?}: append: {err}");
     assert_eq!(out.trim(), (n + 2).to_string(), "{bad:?}: append");
-    let mut seen = Vec::new();
-    let t0 = Instant::now();
-    while seen.len() < n + 3 && t0.elapsed() < within {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            seen.push(l);
-        }
-    }
-    let _ = follow.kill();
-    let follow_err = {
-        let mut e = String::new();
-        let _ = std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut e);
-        e
-    };
-    let _ = follow.wait();
+    let seen = follow.lines_until(within, |l| l.len() >= n + 3);
+    let follow_err = follow.stop();
     let mut want = all.clone();
     want.push(format!("{n}\t(hole)"));
     want.push(format!("{}\t(hole)", n + 1));

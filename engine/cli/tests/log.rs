@@ -6,7 +6,6 @@
 
 use common::{cmdline_of, kill, pid_of};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -463,31 +462,9 @@ fn a_dead_and_a_hung_unit_cost_no_reader_and_no_admin_command() {
     );
 
     // The follower prints what is there and keeps following.
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["tail", "--follow", "--endpoints", &eps])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(follow.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    while seen.len() < 4 {
-        match rx.recv_timeout(within) {
-            Ok(l) => seen.push(l),
-            Err(_) => break,
-        }
-    }
-    let _ = follow.kill();
-    let _ = follow.wait();
+    let follow = common::Follower::start(&eps);
+    let seen = follow.lines_until(within, |l| l.len() >= 4);
+    follow.stop();
     assert_eq!(
         seen,
         ["0\t(trimmed)", "1\te1", "2\te2", "3\te3"],

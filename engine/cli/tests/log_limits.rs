@@ -4,7 +4,7 @@
 //! takes no address, and a batch that fails part-way says which entries got
 //! addresses; a follower pays the hole wait once per dead range.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -350,35 +350,12 @@ fn a_follower_pays_the_hole_wait_once_per_dead_range() {
     assert_eq!(text(&out.stdout).trim(), "30");
 
     let t0 = Instant::now();
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["tail", "--follow"])
-        .env("TREX_ENDPOINTS", &c.eps)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = tail.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
+    let tail = common::Follower::start(&c.eps);
+    let got = tail.lines_until(Duration::from_secs(60), |l| {
+        l.last().is_some_and(|l| l == "30\tx")
     });
-    let mut got = Vec::new();
-    let deadline = t0 + Duration::from_secs(60);
-    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let done = l == "30\tx";
-        got.push(l);
-        if done {
-            break;
-        }
-    }
     let took = t0.elapsed();
-    let _ = tail.kill();
-    let _ = tail.wait();
+    tail.stop();
     assert_eq!(got.last().map(String::as_str), Some("30\tx"), "{got:?}");
     assert_eq!(got.len(), 31);
     assert!(got[..30].iter().all(|l| l.ends_with("\t(hole)")), "{got:?}");

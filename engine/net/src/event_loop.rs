@@ -213,6 +213,10 @@ pub struct EventLoop<S: Service> {
     /// Replies taken from the service while frames were dispatched, with
     /// whether they were counted in their connection's `owed`.
     outbox: Vec<(Reply, bool)>,
+    /// When the current loop turn began (after `poll` returned): the time
+    /// connection activity is stamped with, one clock read per turn rather
+    /// than one per read or reply.
+    turn: Instant,
     /// Σ over connections of their read buffer beyond 64 KiB.
     buffered: usize,
     refusals: Refusals,
@@ -255,6 +259,7 @@ impl<S: Service> EventLoop<S> {
             accept_paused: false,
             dirty: Vec::new(),
             outbox: Vec::new(),
+            turn: Instant::now(),
             buffered: 0,
             refusals: Refusals {
                 at_limit: crate::util::Throttle::new(Duration::from_secs(10)),
@@ -358,6 +363,7 @@ impl<S: Service> EventLoop<S> {
                 self.health.set_stopped();
                 return Err(e);
             }
+            self.turn = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -543,7 +549,7 @@ impl<S: Service> EventLoop<S> {
             paused: false,
             last_words: None,
             owed: 0,
-            last_active: Instant::now(),
+            last_active: self.turn,
             frame_since: None,
             starved: false,
             started: VecDeque::new(),
@@ -596,8 +602,10 @@ impl<S: Service> EventLoop<S> {
             outbox,
             buffered,
             metrics,
+            turn,
             ..
         } = self;
+        let turn = *turn;
         let Some(Some(c)) = conns.get_mut(idx) else {
             return;
         };
@@ -617,7 +625,7 @@ impl<S: Service> EventLoop<S> {
                 Ok(0) => c.read_done = true,
                 Ok(n) => {
                     c.rend += n;
-                    c.last_active = Instant::now();
+                    c.last_active = turn;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -771,7 +779,7 @@ impl<S: Service> EventLoop<S> {
                 observe_reply(m, c, &r.frame);
             }
             c.inflight = c.inflight.saturating_sub(1);
-            c.last_active = Instant::now();
+            c.last_active = self.turn;
             if c.wpos == c.wbuf.len() {
                 c.wbuf.clear();
                 c.wpos = 0;

@@ -441,3 +441,82 @@ pub fn trex_cli(eps: &str, args: &[&str], within: Duration) -> (Option<i32>, Str
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `trex tail --follow` against a cluster, its lines read on a thread so the
+/// test can wait for them with a deadline; killed on drop.
+pub struct Follower {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Follower {
+    /// Starts `trex tail --follow --endpoints EPS`.
+    pub fn start(eps: &str) -> Follower {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(["tail", "--follow", "--endpoints", eps])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut s);
+            s
+        });
+        Follower {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The lines printed until `done` says so of the lines so far, or until
+    /// `within` has passed.
+    pub fn lines_until(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        seen
+    }
+
+    /// Stops it; returns what it wrote on standard error.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
