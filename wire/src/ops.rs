@@ -198,6 +198,125 @@ pub enum Op {
         /// Addresses below `mark` may be discarded.
         mark: u64,
     },
+    /// Record the consensus group as it was bootstrapped (the nodes of every
+    /// original node's `--peers`). Proposed once by the first leader; a no-op
+    /// once a group is recorded. The result is the group ([`encode_group`]).
+    GroupInit {
+        /// `(id, HOST:PORT)` of every node of the group.
+        nodes: Vec<(NodeId, String)>,
+    },
+    /// Add one consensus node to the group. It votes from slot `s + GROUP_LAG`
+    /// on, where `s` is the slot this operation is chosen in (Lamport's α,
+    /// "Paxos Made Simple" §3). Refused while an earlier change has not taken
+    /// effect (`change-in-progress`), for an id in the group or ever removed
+    /// from it (`id-in-use`), and before the group is recorded. The result is
+    /// the group ([`encode_group`]).
+    GroupAdd {
+        /// The new node's id (1 to 2^62).
+        id: NodeId,
+        /// Where it listens for its peers (HOST:PORT).
+        addr: String,
+    },
+    /// Remove one consensus node from the group, as [`Op::GroupAdd`] adds one.
+    /// Refused for an id not in the group and for the last node.
+    GroupRemove {
+        /// The node to remove.
+        id: NodeId,
+    },
+    /// Read the consensus group (linearizable). The result is the group
+    /// ([`encode_group`]).
+    Group,
+}
+
+/// Slots between the one a change of the consensus group is chosen in and the
+/// first one the new group votes on (Lamport's α, "Paxos Made Simple" §3). A
+/// leader keeps fewer slots than this in flight past its applied index, so it
+/// always knows which group decides a slot it proposes in. Part of the
+/// protocol: every node must use the same value.
+pub const GROUP_LAG: u64 = 64;
+
+/// The consensus group as the state machine records it: the nodes that vote
+/// now, and a change that takes effect at a later slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupView {
+    /// Voting nodes and their peer addresses.
+    pub current: BTreeMap<NodeId, String>,
+    /// A change not yet in effect: the first slot it governs and the nodes
+    /// from then on.
+    pub pending: Option<(u64, BTreeMap<NodeId, String>)>,
+    /// Ids removed from the group; never given to a node again.
+    pub retired: Vec<NodeId>,
+}
+
+impl GroupView {
+    /// The nodes that vote on `slot` (valid for slots from the applied index
+    /// of whoever holds this view to `GROUP_LAG` past it).
+    pub fn at(&self, slot: u64) -> &BTreeMap<NodeId, String> {
+        match &self.pending {
+            Some((from, nodes)) if slot >= *from => nodes,
+            _ => &self.current,
+        }
+    }
+}
+
+fn put_nodes(out: &mut Vec<u8>, nodes: &BTreeMap<NodeId, String>) {
+    put_u32(out, nodes.len() as u32);
+    for (id, addr) in nodes {
+        put_u64(out, *id);
+        put_str(out, addr);
+    }
+}
+
+fn get_nodes(r: &mut Reader<'_>) -> Result<BTreeMap<NodeId, String>, DecodeError> {
+    let mut m = BTreeMap::new();
+    for _ in 0..small_count(r, 1 << 10)? {
+        let id = r.u64()?;
+        m.insert(id, get_str(r)?);
+    }
+    Ok(m)
+}
+
+/// Encodes a group: the current nodes (`count u32`, then per node `id u64,
+/// addr string`), `pending u8` (0 or 1), if 1 `from_slot u64` and the
+/// pending nodes in the same form, then the retired ids (`count u32`, `id
+/// u64` each).
+pub fn encode_group(out: &mut Vec<u8>, g: &GroupView) {
+    put_nodes(out, &g.current);
+    match &g.pending {
+        Some((from, nodes)) => {
+            out.push(1);
+            put_u64(out, *from);
+            put_nodes(out, nodes);
+        }
+        None => out.push(0),
+    }
+    put_u32(out, g.retired.len() as u32);
+    for id in &g.retired {
+        put_u64(out, *id);
+    }
+}
+
+/// Decodes a group written by [`encode_group`].
+pub fn decode_group(r: &mut Reader<'_>) -> Result<GroupView, DecodeError> {
+    let current = get_nodes(r)?;
+    let offset = r.offset();
+    let pending = match r.u8()? {
+        0 => None,
+        1 => {
+            let from = r.u64()?;
+            Some((from, get_nodes(r)?))
+        }
+        value => return Err(DecodeError::BadBool { offset, value }),
+    };
+    let mut retired = Vec::new();
+    for _ in 0..small_count(r, 1 << 16)? {
+        retired.push(r.u64()?);
+    }
+    Ok(GroupView {
+        current,
+        pending,
+        retired,
+    })
 }
 
 /// The lock whose holder is the active sequencer.
@@ -227,6 +346,10 @@ const OP_NOOP: u8 = 8;
 const OP_INSTALL_AS_SEQUENCER: u8 = 9;
 const OP_TRIM: u8 = 10;
 const OP_REPLICATION: u8 = 11;
+const OP_GROUP_INIT: u8 = 12;
+const OP_GROUP_ADD: u8 = 13;
+const OP_GROUP_REMOVE: u8 = 14;
+const OP_GROUP: u8 = 15;
 const OP_ACQUIRE: u8 = 16;
 const OP_RENEW: u8 = 17;
 const OP_RELEASE: u8 = 18;
@@ -401,6 +524,24 @@ impl Op {
                 out.push(OP_REPLICATION);
                 put_u32(&mut out, *replicas);
             }
+            Op::GroupInit { nodes } => {
+                out.push(OP_GROUP_INIT);
+                put_u32(&mut out, nodes.len() as u32);
+                for (id, addr) in nodes {
+                    put_u64(&mut out, *id);
+                    put_str(&mut out, addr);
+                }
+            }
+            Op::GroupAdd { id, addr } => {
+                out.push(OP_GROUP_ADD);
+                put_u64(&mut out, *id);
+                put_str(&mut out, addr);
+            }
+            Op::GroupRemove { id } => {
+                out.push(OP_GROUP_REMOVE);
+                put_u64(&mut out, *id);
+            }
+            Op::Group => out.push(OP_GROUP),
             Op::System(inner) => {
                 out.push(OP_SYSTEM);
                 out.extend_from_slice(&inner.encode());
@@ -462,6 +603,20 @@ impl Op {
             OP_SET_LOCK_GRACE => Op::SetLockGrace { grace_ms: r.u64()? },
             OP_TRIM => Op::Trim { mark: r.u64()? },
             OP_REPLICATION => Op::Replication { replicas: r.u32()? },
+            OP_GROUP_INIT => {
+                let mut nodes = Vec::new();
+                for _ in 0..small_count(&mut r, 1 << 10)? {
+                    let id = r.u64()?;
+                    nodes.push((id, get_str(&mut r)?));
+                }
+                Op::GroupInit { nodes }
+            }
+            OP_GROUP_ADD => Op::GroupAdd {
+                id: r.u64()?,
+                addr: get_str(&mut r)?,
+            },
+            OP_GROUP_REMOVE => Op::GroupRemove { id: r.u64()? },
+            OP_GROUP => Op::Group,
             OP_SYSTEM => {
                 let inner = Op::decode(r.bytes(r.remaining())?)?;
                 if !matches!(
@@ -535,11 +690,15 @@ pub enum Refusal {
     /// A user lock operation (`acquire`, `renew`, `release`) on a system
     /// lease's name ([`is_system_lease`]).
     ReservedName = 17,
+    /// `group-add`/`group-remove` while an earlier change of the consensus
+    /// group has not taken effect yet (changes go one at a time). Retry in a
+    /// moment.
+    ChangeInProgress = 18,
 }
 
 impl Refusal {
     /// Every code, in code order (for documentation and tests).
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::Unknown,
         Refusal::StaleCommand,
         Refusal::Undecodable,
@@ -558,6 +717,7 @@ impl Refusal {
         Refusal::OutOfRange,
         Refusal::IdInUse,
         Refusal::ReservedName,
+        Refusal::ChangeInProgress,
     ];
 
     /// The code for `v`; [`Refusal::Unknown`] for codes this build does not know.
@@ -589,6 +749,7 @@ impl Refusal {
             Refusal::OutOfRange => "out-of-range",
             Refusal::IdInUse => "id-in-use",
             Refusal::ReservedName => "reserved-name",
+            Refusal::ChangeInProgress => "change-in-progress",
         }
     }
 

@@ -24,7 +24,7 @@
 //! timeout steps down (check-quorum), so followers it can still reach stop
 //! deferring to it. `docs/consensus.md` argues both.
 
-use super::sm::StateMachine;
+use super::sm::{Op, StateMachine, GROUP_LAG};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use trex_wire::consensus::{value_len, Ballot, Command, Msg, NodeId, Value};
 
@@ -40,8 +40,18 @@ pub const SLOT_BYTES: usize = 1 << 20;
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// Every node of the group, this one included.
+    /// The group this node was started with: the voting nodes, this one
+    /// included, until the state machine records the group
+    /// ([`Op::GroupInit`]; from then on the recorded group decides). For a
+    /// joining node, only whom to ask for the log.
     pub nodes: Vec<NodeId>,
+    /// Peer addresses of `nodes` (recorded by [`Op::GroupInit`]; empty in
+    /// the simulator).
+    pub addrs: BTreeMap<NodeId, String>,
+    /// A node added to a running group: it votes, campaigns and counts
+    /// quorums only once it has learned the recorded group from the others
+    /// (its `nodes` were never a voting group).
+    pub joining: bool,
     /// Base election timeout; the actual one is random in `[e, 2e)`.
     pub election_ms: u64,
     /// Heartbeat (commit) interval of a leader.
@@ -70,6 +80,8 @@ impl Config {
         Config {
             id,
             nodes,
+            addrs: BTreeMap::new(),
+            joining: false,
             election_ms: 300,
             heartbeat_ms: 50,
             max_inflight: 4,
@@ -80,10 +92,11 @@ impl Config {
             seed: id,
         }
     }
+}
 
-    fn quorum(&self) -> usize {
-        self.nodes.len() / 2 + 1
-    }
+/// Whether `ids` hold a majority of `voters` (never of an empty group).
+fn majority(voters: &[NodeId], ids: &BTreeSet<NodeId>) -> bool {
+    !voters.is_empty() && voters.iter().filter(|n| ids.contains(n)).count() > voters.len() / 2
 }
 
 /// A journal record: what a replica must remember across a crash.
@@ -387,11 +400,69 @@ impl Replica {
     }
 
     fn broadcast(&mut self, m: Msg, include_self: bool) {
-        for n in self.cfg.nodes.clone() {
+        for n in self.peers() {
             if include_self || n != self.cfg.id {
                 self.send(n, m.clone());
             }
         }
+    }
+
+    /// The nodes that vote on `slot`: the recorded group's
+    /// ([`crate::sm::GroupView::at`]), the starting group's until one is
+    /// recorded, none for a joining node that has not learned it. Known for
+    /// slots below `applied + GROUP_LAG`.
+    pub fn voters(&self, slot: u64) -> Vec<NodeId> {
+        match &self.sm.group {
+            Some(g) => g.at(slot).keys().copied().collect(),
+            None if self.cfg.joining => Vec::new(),
+            None => self.cfg.nodes.clone(),
+        }
+    }
+
+    /// The groups that vote on the slots `from..from + GROUP_LAG` (one, or
+    /// two while a change is pending).
+    fn window(&self, from: u64) -> Vec<Vec<NodeId>> {
+        let a = self.voters(from);
+        let b = self.voters(from + GROUP_LAG - 1);
+        if a == b {
+            vec![a]
+        } else {
+            vec![a, b]
+        }
+    }
+
+    /// Whether `ids` hold a majority of every group voting on the slots
+    /// `from..from + GROUP_LAG`: what phase 1 (and a pre-vote) needs.
+    fn window_quorum(&self, ids: &BTreeSet<NodeId>, from: u64) -> bool {
+        self.window(from).iter().all(|g| majority(g, ids))
+    }
+
+    /// Every node this one talks to: the voters of the slots it may act on
+    /// (leaving and joining nodes included while a change is pending), or,
+    /// for a joining node that has not learned the group, those it was told
+    /// of.
+    fn peers(&self) -> Vec<NodeId> {
+        if self.sm.group.is_none() {
+            return self.cfg.nodes.clone();
+        }
+        let mut all: BTreeSet<NodeId> = BTreeSet::new();
+        for g in self.window(self.applied) {
+            all.extend(g);
+        }
+        all.into_iter().collect()
+    }
+
+    /// Whether a message from `from` is heeded: from a node of the groups
+    /// this one knows of (any sender, for a joining node that has not learned
+    /// the group: its node layer admits only the peers it was given).
+    fn is_peer(&self, from: NodeId) -> bool {
+        (self.cfg.joining && self.sm.group.is_none()) || self.peers().contains(&from)
+    }
+
+    /// Whether this node votes on its next slot (else it neither campaigns
+    /// nor leads).
+    fn votes(&self) -> bool {
+        self.voters(self.applied).contains(&self.cfg.id)
     }
 
     fn next_ballot(&self) -> Ballot {
@@ -436,6 +507,20 @@ impl Replica {
         let (max_inflight, max_batch) = (self.cfg.max_inflight, self.cfg.max_batch);
         let slot_bytes = self.cfg.slot_bytes;
         let commit = self.commit;
+        // Which group decides a slot is known up to GROUP_LAG past the applied
+        // index; a leader that a pending change removes proposes only up to
+        // the change. A pending change takes effect only as slots pass:
+        // no-ops fill them when no command does.
+        let me = self.cfg.id;
+        let pending = self.sm.group.as_ref().and_then(|g| g.pending.as_ref());
+        let mut limit = self.applied + GROUP_LAG;
+        let mut fill_to = 0;
+        if let Some((from, nodes)) = pending {
+            fill_to = *from;
+            if !nodes.contains_key(&me) {
+                limit = limit.min(*from);
+            }
+        }
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -443,7 +528,10 @@ impl Replica {
             return; // slots from `next_slot` on may still hold accepted values
         }
         let mut out = Vec::new();
-        while l.inflight.len() < max_inflight && !l.buffer.is_empty() {
+        while l.inflight.len() < max_inflight
+            && l.next_slot < limit
+            && (!l.buffer.is_empty() || l.next_slot < fill_to)
+        {
             let mut n = 0;
             let mut bytes = 4;
             for c in l.buffer.iter().take(max_batch) {
@@ -487,8 +575,14 @@ impl Replica {
         if now_ms < l.since_ms + e {
             return true;
         }
-        let recent = l.heard.values().filter(|t| **t + e > now_ms).count();
-        1 + recent >= self.cfg.quorum()
+        let mut recent: BTreeSet<NodeId> = l
+            .heard
+            .iter()
+            .filter(|(_, t)| **t + e > now_ms)
+            .map(|(n, _)| *n)
+            .collect();
+        recent.insert(self.cfg.id);
+        majority(&self.voters(l.next_slot), &recent)
     }
 
     /// Time passes.
@@ -500,6 +594,14 @@ impl Replica {
             self.step_down(now_ms);
             self.leader = None;
         }
+        if matches!(self.role, Role::Leader(_)) && !self.votes() {
+            // A change removed this node and has taken effect: the others
+            // elect a leader among themselves.
+            self.step_down(now_ms);
+            self.leader = None;
+        }
+        let votes = self.votes();
+        let peers = self.peers();
         match &mut self.role {
             Role::Leader(l) => {
                 let (ballot, commit) = (l.ballot, self.commit);
@@ -510,7 +612,7 @@ impl Replica {
                     for (slot, f) in l.inflight.iter_mut() {
                         if now_ms >= f.sent_ms + 2 * self.cfg.heartbeat_ms {
                             f.sent_ms = now_ms;
-                            for n in &self.cfg.nodes {
+                            for n in &peers {
                                 if !f.acks.contains(n) {
                                     let m = Msg::Accept {
                                         ballot,
@@ -529,14 +631,14 @@ impl Replica {
                 self.send_batches(now_ms);
                 self.continue_recovery(now_ms);
             }
-            _ if now_ms >= self.deadline_ms => {
+            _ if now_ms >= self.deadline_ms && votes => {
                 // Missed the leader (or an election stalled): ask first.
                 let ballot = self.next_ballot();
                 let grants = BTreeSet::from([self.cfg.id]);
                 self.role = Role::PreCandidate { ballot, grants };
                 self.leader = None;
                 self.reset_deadline(now_ms);
-                if self.cfg.quorum() == 1 {
+                if self.window_quorum(&BTreeSet::from([self.cfg.id]), self.applied) {
                     return self.start_prepare(now_ms);
                 }
                 self.broadcast(Msg::PreVote { ballot }, false);
@@ -554,13 +656,7 @@ impl Replica {
     /// source that cannot serve (it lacks the values too) does not stall us.
     fn request_catchup(&mut self, to: Option<NodeId>, now_ms: u64) {
         let me = self.cfg.id;
-        let others: Vec<NodeId> = self
-            .cfg
-            .nodes
-            .iter()
-            .copied()
-            .filter(|n| *n != me)
-            .collect();
+        let others: Vec<NodeId> = self.peers().into_iter().filter(|n| *n != me).collect();
         if others.is_empty() {
             return;
         }
@@ -588,7 +684,7 @@ impl Replica {
     /// [`Replica::dropped_out_of_range`]): adopting it would leave no ballot
     /// above it for anyone. Dropping a message is always safe for Paxos.
     pub fn handle(&mut self, from: NodeId, m: Msg, now_ms: u64) {
-        if !self.cfg.nodes.contains(&from) {
+        if !self.is_peer(from) {
             return; // not a member of this group
         }
         let seen = self.max_counter.max(self.promised.counter);
@@ -630,11 +726,11 @@ impl Replica {
                 self.send(from, Msg::PreVoteReply { ballot, granted });
             }
             Msg::PreVoteReply { ballot, granted } => {
-                let quorum = self.cfg.quorum();
                 if let Role::PreCandidate { ballot: b, grants } = &mut self.role {
                     if *b == ballot && granted {
                         grants.insert(from);
-                        if grants.len() >= quorum {
+                        let grants = grants.clone();
+                        if self.window_quorum(&grants, self.applied) {
                             self.start_prepare(now_ms);
                         }
                     }
@@ -784,7 +880,18 @@ impl Replica {
     }
 
     fn on_promise(&mut self, from: NodeId, ballot: Ballot, info: PromiseInfo, now_ms: u64) {
-        let quorum = self.cfg.quorum();
+        // Phase 1 needs a majority of every group voting on the slots it
+        // covers: from the applied index (a candidate) or from the round's
+        // first slot (a leader's later round, asked only once the slots
+        // below are applied).
+        let applied = self.applied;
+        let window: Vec<Vec<NodeId>> = match &self.role {
+            Role::Leader(Leading {
+                recovery: Some(r), ..
+            }) => self.window(r.from),
+            _ => self.window(applied),
+        };
+        let quorum = |ids: &BTreeSet<NodeId>| window.iter().all(|g| majority(g, ids));
         match &mut self.role {
             Role::Candidate {
                 ballot: b,
@@ -795,7 +902,7 @@ impl Replica {
                     return;
                 }
                 promises.insert(from, info);
-                if promises.len() >= quorum {
+                if quorum(&promises.keys().copied().collect()) {
                     let promises = std::mem::take(promises);
                     self.become_leader(ballot, promises, now_ms);
                 }
@@ -812,7 +919,7 @@ impl Replica {
                     return;
                 }
                 r.promises.insert(from, info);
-                if r.promises.len() >= quorum {
+                if quorum(&r.promises.keys().copied().collect()) {
                     let (start, promises) = (r.from, std::mem::take(&mut r.promises));
                     self.recover_window(start, promises, now_ms);
                 }
@@ -830,13 +937,33 @@ impl Replica {
         promises: BTreeMap<NodeId, PromiseInfo>,
         now_ms: u64,
     ) {
-        debug_assert!(promises.len() >= self.cfg.quorum(), "a quorum promised");
+        debug_assert!(
+            self.window_quorum(&promises.keys().copied().collect(), self.applied),
+            "a quorum promised"
+        );
+        // The first leader records the group the nodes were started with, so
+        // that changes have something to change (a no-op once recorded).
+        let mut buffer = VecDeque::new();
+        if self.sm.group.is_none() && !self.cfg.joining {
+            let nodes = self
+                .cfg
+                .nodes
+                .iter()
+                .map(|n| (*n, self.cfg.addrs.get(n).cloned().unwrap_or_default()))
+                .collect();
+            buffer.push_back(Command {
+                client: 0,
+                seq: 0,
+                stamp_ms: now_ms,
+                op: Op::GroupInit { nodes }.encode(),
+            });
+        }
         self.role = Role::Leader(Leading {
             ballot,
             start: self.applied,
             next_slot: self.applied,
             inflight: BTreeMap::new(),
-            buffer: VecDeque::new(),
+            buffer,
             last_heartbeat_ms: now_ms,
             since_ms: now_ms,
             heard: BTreeMap::new(),
@@ -871,8 +998,26 @@ impl Replica {
             .max_by_key(|(_, snap)| *snap)
             .unwrap_or((self.cfg.id, 0));
         let start = from.max(snap).max(self.applied);
-        // Slots at or above `end` were left out of some report.
-        let end = promises
+        if start > self.applied {
+            // Slots below `start` are chosen, but this node has not applied
+            // them, so it does not know which group decides the slots after
+            // them: fetch the snapshot, then ask again from `start`.
+            self.commit = self.commit.max(start);
+            let Role::Leader(l) = &mut self.role else {
+                return;
+            };
+            l.start = l.start.max(start);
+            l.next_slot = start;
+            l.recovery = Some(Recovery {
+                from: start,
+                promises: BTreeMap::new(),
+                asked_ms: None,
+            });
+            self.catchup_from = Some(best_node);
+            return self.request_catchup(Some(best_node), now_ms);
+        }
+        // Slots at or above `reported` were left out of some report.
+        let reported = promises
             .values()
             .map(|(_, _, upto)| *upto)
             .min()
@@ -880,13 +1025,27 @@ impl Replica {
         let mut highest: BTreeMap<u64, (Ballot, Value)> = BTreeMap::new();
         for (acc, _, _) in promises.into_values() {
             for (slot, b, v) in acc {
-                if slot >= start && slot < end && highest.get(&slot).is_none_or(|(hb, _)| b > *hb) {
+                if slot >= start
+                    && slot < reported
+                    && highest.get(&slot).is_none_or(|(hb, _)| b > *hb)
+                {
                     highest.insert(slot, (b, v));
                 }
             }
         }
+        // The promises answer for the groups voting below `start +
+        // GROUP_LAG` only: slots past that wait for a round of their own,
+        // asked once the slots below are applied and their group is known.
+        let horizon = start + GROUP_LAG;
+        let last_reported = highest.keys().next_back().map_or(start, |s| s + 1);
+        let end = if reported == u64::MAX && last_reported <= horizon {
+            u64::MAX
+        } else {
+            reported.min(horizon)
+        };
+        highest.retain(|s, _| *s < end);
         let last = if end == u64::MAX {
-            highest.keys().next_back().map_or(start, |s| s + 1)
+            last_reported
         } else {
             end.max(start)
         };
@@ -924,10 +1083,6 @@ impl Replica {
             promises: BTreeMap::new(),
             asked_ms: None,
         });
-        if start > self.applied {
-            self.catchup_from = Some(best_node);
-            self.request_catchup(Some(best_node), now_ms);
-        }
         for m in accepts {
             self.broadcast(m, true);
         }
@@ -939,25 +1094,44 @@ impl Replica {
     /// re-proposals is in flight), and asks again those that did not answer.
     fn continue_recovery(&mut self, now_ms: u64) {
         let retry_ms = 2 * self.cfg.heartbeat_ms;
+        let applied = self.applied;
+        let Some(from) = (match &self.role {
+            Role::Leader(Leading {
+                recovery: Some(r), ..
+            }) => Some(r.from.max(applied)),
+            _ => None,
+        }) else {
+            return;
+        };
+        // Whom to ask: every node voting on the round's slots.
+        let mut voters: BTreeSet<NodeId> = BTreeSet::new();
+        for g in self.window(from) {
+            voters.extend(g);
+        }
         let Role::Leader(l) = &mut self.role else {
             return;
         };
         let Some(r) = &mut l.recovery else {
             return;
         };
-        if !l.inflight.is_empty() || r.asked_ms.is_some_and(|t| now_ms < t + retry_ms) {
+        // Asked only once the slots below are chosen and applied: which group
+        // decides the round's slots is known then.
+        if !l.inflight.is_empty()
+            || applied < r.from
+            || r.asked_ms.is_some_and(|t| now_ms < t + retry_ms)
+        {
             return;
+        }
+        if r.asked_ms.is_none() {
+            r.from = from; // a snapshot may have carried this node past it
         }
         r.asked_ms = Some(now_ms);
         let m = Msg::Prepare {
             ballot: l.ballot,
             from: r.from,
         };
-        let ask: Vec<NodeId> = self
-            .cfg
-            .nodes
-            .iter()
-            .copied()
+        let ask: Vec<NodeId> = voters
+            .into_iter()
             .filter(|n| !r.promises.contains_key(n))
             .collect();
         for n in ask {
@@ -1008,7 +1182,7 @@ impl Replica {
     }
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slot: u64, now_ms: u64) {
-        let quorum = self.cfg.quorum();
+        let voters = self.voters(slot);
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -1019,7 +1193,7 @@ impl Replica {
             return;
         };
         f.acks.insert(from);
-        if f.acks.len() < quorum {
+        if !majority(&voters, &f.acks) {
             return;
         }
         let f = l.inflight.remove(&slot).expect("present above");
@@ -1133,7 +1307,7 @@ impl Replica {
             };
             self.ready.applied_slots.push((self.applied, value_hash(v)));
             for cmd in v.clone() {
-                let result = self.sm.apply(&cmd);
+                let result = self.sm.apply_in(&cmd, self.applied);
                 self.ready.on_durable.applied.push(Applied {
                     slot: self.applied,
                     client: cmd.client,

@@ -63,6 +63,9 @@ pub struct StateMachine {
     pub trim_mark: u64,
     /// The log's replication factor (see [`Op::Replication`]); 0: not set.
     pub replication: u32,
+    /// The consensus group, once recorded ([`Op::GroupInit`]); until then the
+    /// group is the one the original nodes were started with.
+    pub group: Option<GroupView>,
 }
 
 impl StateMachine {
@@ -75,6 +78,12 @@ impl StateMachine {
     /// applied for the same client and sequence number returns its first result
     /// and changes nothing; an older sequence number is refused.
     pub fn apply(&mut self, c: &Command) -> Vec<u8> {
+        self.apply_in(c, 0)
+    }
+
+    /// [`StateMachine::apply`] for a command chosen in `slot` (a change of the
+    /// consensus group takes effect [`GROUP_LAG`] slots after its own).
+    pub fn apply_in(&mut self, c: &Command, slot: u64) -> Vec<u8> {
         if let Some((seq, result)) = self.clients.get(&c.client) {
             if c.seq == *seq {
                 return result.clone();
@@ -90,7 +99,7 @@ impl StateMachine {
             }
         }
         let result = match Op::decode(&c.op) {
-            Ok(op) => self.apply_op(op, c.stamp_ms),
+            Ok(op) => self.apply_op(op, c.stamp_ms, slot),
             Err(e) => refuse(Refusal::Undecodable, format!("undecodable operation: {e}")),
         };
         if c.client != 0 {
@@ -103,7 +112,7 @@ impl StateMachine {
 
     /// One operation, dispatched to its handler (each refuses with a typed
     /// [`Refusal`]; see `docs/wire.md`, "Operations").
-    fn apply_op(&mut self, op: Op, now_ms: u64) -> Vec<u8> {
+    fn apply_op(&mut self, op: Op, now_ms: u64, slot: u64) -> Vec<u8> {
         let name = match &op {
             Op::Acquire { name, .. } | Op::Renew { name, .. } | Op::Release { name, .. } => {
                 Some(name)
@@ -118,11 +127,11 @@ impl StateMachine {
                 ),
             );
         }
-        self.apply_lock_or_other(op, now_ms)
+        self.apply_lock_or_other(op, now_ms, slot)
     }
 
     /// [`StateMachine::apply_op`] once user lock names are checked.
-    fn apply_lock_or_other(&mut self, op: Op, now_ms: u64) -> Vec<u8> {
+    fn apply_lock_or_other(&mut self, op: Op, now_ms: u64, slot: u64) -> Vec<u8> {
         match op {
             Op::System(inner) => match *inner {
                 Op::Acquire { ref name, .. }
@@ -130,7 +139,7 @@ impl StateMachine {
                 | Op::Release { ref name, .. }
                     if is_system_lease(name) =>
                 {
-                    self.apply_lock_or_other(*inner, now_ms)
+                    self.apply_lock_or_other(*inner, now_ms, slot)
                 }
                 other => refuse(
                     Refusal::InvalidArgument,
@@ -170,6 +179,22 @@ impl StateMachine {
                 out
             }
             Op::Noop => vec![RESULT_OK],
+            Op::GroupInit { nodes } => {
+                if self.group.is_none() {
+                    self.group = Some(GroupView {
+                        current: nodes.into_iter().collect(),
+                        pending: None,
+                        retired: Vec::new(),
+                    });
+                }
+                self.group_result()
+            }
+            Op::GroupAdd { id, addr } => self.change_group(id, Some(addr), slot),
+            Op::GroupRemove { id } => self.change_group(id, None, slot),
+            Op::Group => {
+                self.settle_group(slot);
+                self.group_result()
+            }
             Op::Acquire {
                 name,
                 holder,
@@ -506,6 +531,94 @@ impl StateMachine {
         out
     }
 
+    fn group_result(&self) -> Vec<u8> {
+        let mut out = vec![RESULT_OK];
+        encode_group(&mut out, &self.group.clone().unwrap_or_default());
+        out
+    }
+
+    /// Adds (`addr` given) or removes node `id`: one node at a time, the new
+    /// group voting from [`GROUP_LAG`] slots after this one (see
+    /// `docs/consensus.md`, "Changing the group").
+    /// A pending change whose first slot has come is the current group.
+    fn settle_group(&mut self, slot: u64) {
+        if let Some(g) = self.group.as_mut() {
+            if g.pending.as_ref().is_some_and(|(from, _)| slot >= *from) {
+                g.current = g.pending.take().expect("checked").1;
+            }
+        }
+    }
+
+    fn change_group(&mut self, id: NodeId, addr: Option<String>, slot: u64) -> Vec<u8> {
+        self.settle_group(slot);
+        let Some(g) = self.group.as_mut() else {
+            return refuse(
+                Refusal::ChangeInProgress,
+                "the consensus group is not recorded yet (a new leader records it first); retry in a moment".into(),
+            );
+        };
+        if let Some((from, _)) = &g.pending {
+            return refuse(
+                Refusal::ChangeInProgress,
+                format!(
+                    "an earlier change of the consensus group takes effect at slot {from} (this is slot {slot}); changes go one at a time: retry in a moment"
+                ),
+            );
+        }
+        let mut next = g.current.clone();
+        match addr {
+            Some(addr) => {
+                if id == 0 || id > trex_wire::range::MAX_COUNTER {
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!("consensus node id {id} is not between 1 and 2^62"),
+                    );
+                }
+                if g.current.contains_key(&id) || g.retired.contains(&id) {
+                    return refuse(
+                        Refusal::IdInUse,
+                        format!("consensus node id {id} is or was in the group; give the new node an id never used before"),
+                    );
+                }
+                if addr.is_empty() || addr.len() > 255 {
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!("consensus node address {addr:?} is not HOST:PORT"),
+                    );
+                }
+                if let Some((other, _)) = g.current.iter().find(|(_, a)| **a == addr) {
+                    return refuse(
+                        Refusal::IdInUse,
+                        format!("node {other} of the group already listens at {addr}; remove it first or give the new node another address"),
+                    );
+                }
+                next.insert(id, addr);
+            }
+            None => {
+                if !g.current.contains_key(&id) {
+                    let ids: Vec<String> = g.current.keys().map(|i| i.to_string()).collect();
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!(
+                            "node {id} is not in the consensus group (its nodes: {})",
+                            ids.join(", ")
+                        ),
+                    );
+                }
+                if g.current.len() == 1 {
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!("node {id} is the group's last node; add its replacement first"),
+                    );
+                }
+                next.remove(&id);
+                g.retired.push(id);
+            }
+        }
+        g.pending = Some((slot + GROUP_LAG, next));
+        self.group_result()
+    }
+
     /// Encodes the whole state (for snapshots).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -534,6 +647,11 @@ impl StateMachine {
         }
         put_u64(&mut out, self.trim_mark);
         put_u32(&mut out, self.replication);
+        // Present once recorded (earlier snapshots end before it).
+        if let Some(g) = &self.group {
+            out.push(1);
+            encode_group(&mut out, g);
+        }
         out
     }
 
@@ -565,6 +683,16 @@ impl StateMachine {
         // Snapshots of builds before the trim mark was recorded end here.
         let trim_mark = if r.remaining() == 0 { 0 } else { r.u64()? };
         let replication = if r.remaining() == 0 { 0 } else { r.u32()? };
+        // ... and before the consensus group was recorded.
+        let group = if r.remaining() == 0 {
+            None
+        } else {
+            let offset = r.offset();
+            match r.u8()? {
+                1 => Some(decode_group(&mut r)?),
+                value => return Err(DecodeError::BadBool { offset, value }),
+            }
+        };
         r.finish()?;
         Ok(StateMachine {
             members,
@@ -576,6 +704,7 @@ impl StateMachine {
             lock_grace_ms,
             trim_mark,
             replication,
+            group,
         })
     }
 }

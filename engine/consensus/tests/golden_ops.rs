@@ -10,8 +10,8 @@ mod doc_vectors;
 
 use doc_vectors::{documented, hex};
 use trex_consensus::sm::{
-    decode_lock, decode_members, decode_projection, decode_result, LayoutSegment, Op, Projection,
-    Refusal, Role, StateMachine,
+    decode_group, decode_lock, decode_members, decode_projection, decode_result, LayoutSegment, Op,
+    Projection, Refusal, Role, StateMachine,
 };
 use trex_wire::consensus::Command;
 use trex_wire::{DecodeError, Reader};
@@ -101,6 +101,25 @@ fn op_vectors() -> Vec<(&'static str, Op)> {
         ("op-trim", Op::Trim { mark: 4096 }),
         ("op-replication", Op::Replication { replicas: 3 }),
         (
+            "op-group-init",
+            Op::GroupInit {
+                nodes: vec![
+                    (1, "10.0.0.1:7400".into()),
+                    (2, "10.0.0.2:7400".into()),
+                    (3, "10.0.0.3:7400".into()),
+                ],
+            },
+        ),
+        (
+            "op-group-add",
+            Op::GroupAdd {
+                id: 4,
+                addr: "10.0.0.4:7400".into(),
+            },
+        ),
+        ("op-group-remove", Op::GroupRemove { id: 3 }),
+        ("op-group", Op::Group),
+        (
             "op-system",
             Op::System(Box::new(Op::Renew {
                 name: "sequencer".into(),
@@ -129,13 +148,21 @@ impl History {
 
     /// Applies `op` stamped `at_ms` and returns the result bytes.
     fn apply(&mut self, at_ms: u64, op: Op) -> Vec<u8> {
+        self.apply_in(0, at_ms, op)
+    }
+
+    /// [`History::apply`] for a command chosen in `slot`.
+    fn apply_in(&mut self, slot: u64, at_ms: u64, op: Op) -> Vec<u8> {
         self.seq += 1;
-        self.sm.apply(&Command {
-            client: self.client,
-            seq: self.seq,
-            stamp_ms: at_ms,
-            op: op.encode(),
-        })
+        self.sm.apply_in(
+            &Command {
+                client: self.client,
+                seq: self.seq,
+                stamp_ms: at_ms,
+                op: op.encode(),
+            },
+            slot,
+        )
     }
 }
 
@@ -149,6 +176,7 @@ enum Payload {
     Lease,
     Mark,
     Factor,
+    Group,
     Refused(Refusal),
 }
 
@@ -330,6 +358,64 @@ fn result_vectors() -> (
         h.apply(T + 23_000, Op::Replication { replicas: 3 }),
         Payload::Factor,
     ));
+    // The consensus group: recorded by the first leader, then changed one
+    // node at a time, each change voting GROUP_LAG (64) slots after its own.
+    let node = |id: u64| (id, format!("10.0.0.{id}:7400"));
+    v.push((
+        "result-group-not-recorded",
+        h.apply_in(9, T + 24_000, Op::GroupRemove { id: 3 }),
+        Payload::Refused(Refusal::ChangeInProgress),
+    ));
+    v.push((
+        "result-group-init",
+        h.apply_in(
+            10,
+            T + 24_000,
+            Op::GroupInit {
+                nodes: vec![node(1), node(2), node(3)],
+            },
+        ),
+        Payload::Group,
+    ));
+    v.push((
+        "result-group-add",
+        h.apply_in(
+            11,
+            T + 24_000,
+            Op::GroupAdd {
+                id: 4,
+                addr: node(4).1,
+            },
+        ),
+        Payload::Group,
+    ));
+    v.push((
+        "result-group-change-in-progress",
+        h.apply_in(12, T + 24_000, Op::GroupRemove { id: 3 }),
+        Payload::Refused(Refusal::ChangeInProgress),
+    ));
+    v.push((
+        "result-group-remove",
+        h.apply_in(80, T + 25_000, Op::GroupRemove { id: 3 }),
+        Payload::Group,
+    ));
+    v.push((
+        "result-group",
+        h.apply_in(81, T + 25_000, Op::Group),
+        Payload::Group,
+    ));
+    v.push((
+        "result-group-add-retired-id",
+        h.apply_in(
+            200,
+            T + 26_000,
+            Op::GroupAdd {
+                id: 3,
+                addr: node(5).1,
+            },
+        ),
+        Payload::Refused(Refusal::IdInUse),
+    ));
     // Every operation whose result is "—" answers the same bytes: register's.
     v.push(("result-ok", ok[0].1.clone(), Payload::Nothing));
     (v, ok)
@@ -475,6 +561,9 @@ fn result_vectors_decode_as_the_document_says() {
             }
             Payload::Factor => {
                 rd.u32().unwrap();
+            }
+            Payload::Group => {
+                decode_group(&mut rd).unwrap();
             }
             Payload::Refused(code) => panic!("{name} was not refused with {code:?}"),
         }
