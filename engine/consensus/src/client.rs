@@ -4,7 +4,10 @@
 //! by storage units to register themselves.
 
 use crate::error::ConsensusError;
-use crate::sm::{decode_members, decode_projection, decode_result, Member, Op, Projection};
+use crate::sm::{
+    decode_group, decode_members, decode_projection, decode_result, GroupView, Member, Op,
+    Projection,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
@@ -294,6 +297,17 @@ pub trait Submit {
     fn members(&mut self) -> Result<BTreeMap<NodeId, Member>, ConsensusError> {
         let b = self.submit_ok(&Op::Members)?;
         decode_members(&mut Reader::new(&b)).map_err(|e| ConsensusError::Protocol(e.to_string()))
+    }
+
+    /// Submits a consensus-group operation (`Group`, `GroupAdd`,
+    /// `GroupRemove`) and decodes the group it answers.
+    fn group(&mut self, op: &Op) -> Result<GroupView, ConsensusError> {
+        let b = self.submit_ok(op)?;
+        let mut r = Reader::new(&b);
+        let g = decode_group(&mut r).map_err(|e| ConsensusError::Protocol(e.to_string()))?;
+        r.finish()
+            .map_err(|e| ConsensusError::Protocol(e.to_string()))?;
+        Ok(g)
     }
 
     /// The current projection (if any) and how many were ever installed,

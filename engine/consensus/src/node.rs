@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry as MetricRegistry, Unit as MetricUnit};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,12 +40,18 @@ const PEER_BUFFER_LIMIT: usize = 16 << 20;
 /// How to run a consensus node.
 #[derive(Clone, Debug)]
 pub struct ConsensusOptions {
-    /// This node's id (its position in `peers`, from 1).
+    /// This node's id (1 to 2^62).
     pub id: NodeId,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Every node's address, in id order (node 1 first).
-    pub peers: Vec<SocketAddr>,
+    /// The group to start with, `(id, address)`: every node of it, this one
+    /// included. With `join`, the nodes to learn the group from instead.
+    /// Used on the first start only: the data directory keeps it (file
+    /// `GROUP`), and once the group is recorded in the log, the log decides.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// This node was added to a running group (`trex endpoint add`): it
+    /// learns the group from `peers` and votes only once the log says so.
+    pub join: bool,
     /// Data directory (the journal).
     pub data_dir: PathBuf,
     /// Base election timeout.
@@ -188,6 +194,20 @@ struct PeerLink {
     retry_at: Instant,
 }
 
+impl PeerLink {
+    fn new(addr: SocketAddr, token: Token) -> PeerLink {
+        PeerLink {
+            addr,
+            token,
+            stream: None,
+            connected: false,
+            wbuf: Vec::new(),
+            wpos: 0,
+            retry_at: Instant::now(),
+        }
+    }
+}
+
 /// A client waiting for its command: where to answer, its request, since when.
 type Waiting = (ReplyTo, Header, Instant);
 
@@ -216,7 +236,13 @@ pub struct ConsensusService {
     io: NodeIo,
     syncer: Syncer,
     registry: Registry,
+    /// Peer addresses by node id (this node's included), resolved from
+    /// `peer_names`.
     addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The peer addresses the replica gave last ([`Replica::peer_addrs`]).
+    peer_names: BTreeMap<NodeId, String>,
+    /// The last event-loop token given to a peer link.
+    next_token: usize,
     syncing: bool,
     /// Whether the replica led when last looked at (leadership changes are logged).
     leading: bool,
@@ -424,6 +450,64 @@ impl ConsensusService {
             self.replica.handle(self.id, m, now);
         }
         true
+    }
+
+    /// Follows the group the log records: links to nodes that joined it,
+    /// none to nodes that left (checked every tick).
+    fn refresh_peers(&mut self) {
+        let want = self.replica.peer_addrs();
+        if want == self.peer_names {
+            return;
+        }
+        let mut addrs = BTreeMap::new();
+        for (id, name) in &want {
+            let known = self.peer_names.get(id) == Some(name);
+            match self.addrs.get(id) {
+                Some(a) if known => {
+                    addrs.insert(*id, *a);
+                }
+                _ => match name.to_socket_addrs().map(|mut i| i.next()) {
+                    Ok(Some(a)) => {
+                        addrs.insert(*id, a);
+                    }
+                    _ => trex_net::log_line!(
+                        "WARN",
+                        "consensus node {id}'s address {name:?} does not resolve; retrying on the next change"
+                    ),
+                },
+            }
+        }
+        for (id, a) in &addrs {
+            if *id == self.id || self.io.peers.get(id).is_some_and(|l| l.addr == *a) {
+                continue;
+            }
+            if let Some(mut old) = self.io.peers.remove(id).and_then(|l| l.stream) {
+                let _ = self.registry.deregister(&mut old);
+            }
+            self.next_token += 1;
+            trex_net::log_line!("INFO", "consensus node {id} at {a} is in the group");
+            self.io
+                .peers
+                .insert(*id, PeerLink::new(*a, service_token(self.next_token)));
+        }
+        let gone: Vec<NodeId> = self
+            .io
+            .peers
+            .keys()
+            .filter(|id| !addrs.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            trex_net::log_line!(
+                "INFO",
+                "consensus node {id} left the group; closing its link"
+            );
+            if let Some(mut old) = self.io.peers.remove(&id).and_then(|l| l.stream) {
+                let _ = self.registry.deregister(&mut old);
+            }
+        }
+        self.addrs = addrs;
+        self.peer_names = want;
     }
 
     fn reconnect_peers(&mut self) {
@@ -730,6 +814,7 @@ impl Service for ConsensusService {
     fn on_timer(&mut self, _id: u64, _now: Instant) {
         self.replica.tick(unix_ms());
         self.process();
+        self.refresh_peers();
         self.reconnect_peers();
         self.expire_pending();
         self.refresh_metrics();
@@ -753,24 +838,32 @@ impl Service for ConsensusService {
 /// Opens the journal, recovers, and serves until SIGINT/SIGTERM.
 pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
-    let n = opts.peers.len() as u64;
-    if opts.id == 0 || opts.id > n {
+    let (journal, records) = Journal::open(&opts.data_dir)?;
+    let start = StartGroup::load_or_store(&opts.data_dir, opts, records.is_empty())?;
+    if !start.join && !start.nodes.iter().any(|(id, _)| *id == opts.id) {
         return Err(format!(
-            "--id {} is not a position in --peers (1 to {n})",
-            opts.id
+            "node {} is not in the group it was started with ({}); give --id of one of them, or --join to add a node to a running group",
+            opts.id,
+            start.describe()
         ));
     }
-    if opts.peers[opts.id as usize - 1] != opts.listen {
-        trex_net::log_line!(
-            "WARN",
-            "--listen {} differs from this node's entry in --peers ({}); the others will look for it there",
-            opts.listen,
-            opts.peers[opts.id as usize - 1]
-        );
+    if let Some((_, a)) = start.nodes.iter().find(|(id, _)| *id == opts.id) {
+        if *a != opts.listen {
+            trex_net::log_line!(
+                "WARN",
+                "--listen {} differs from this node's address in its group ({a}); the others will look for it there",
+                opts.listen
+            );
+        }
     }
-    let (journal, records) = Journal::open(&opts.data_dir)?;
-    let ids: Vec<NodeId> = (1..=n).collect();
-    let mut cfg = Config::new(opts.id, ids.clone());
+    let ids: Vec<NodeId> = start.nodes.iter().map(|(id, _)| *id).collect();
+    let mut cfg = Config::new(opts.id, ids);
+    cfg.addrs = start
+        .nodes
+        .iter()
+        .map(|(id, a)| (*id, a.to_string()))
+        .collect();
+    cfg.joining = start.join;
     cfg.election_ms = opts.election_ms;
     cfg.heartbeat_ms = opts.heartbeat_ms;
     cfg.seed = unix_ms() ^ opts.id;
@@ -786,28 +879,12 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         st.promised.node,
         st.snapshot
     );
-    let addrs: BTreeMap<NodeId, SocketAddr> = ids
-        .iter()
-        .map(|i| (*i, opts.peers[*i as usize - 1]))
-        .collect();
+    let n = replica.voters(st.applied).len();
     let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |registry, waker| {
         let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
         trex_net::log_line!("INFO", "{how}");
-        let mut peers = BTreeMap::new();
-        for (k, (id, addr)) in addrs.iter().filter(|(id, _)| **id != opts.id).enumerate() {
-            let link = PeerLink {
-                addr: *addr,
-                token: service_token(1 + k),
-                stream: None,
-                connected: false,
-                wbuf: Vec::new(),
-                wpos: 0,
-                retry_at: Instant::now(),
-            };
-            peers.insert(*id, link);
-        }
-        Ok(ConsensusService {
+        let mut svc = ConsensusService {
             id: opts.id,
             replica,
             // Journal::open synced what it read back: all of it is durable.
@@ -816,7 +893,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
                 id: opts.id,
                 cluster_id: opts.cluster_id,
                 journal,
-                peers,
+                peers: BTreeMap::new(),
                 pending: HashMap::new(),
                 replies: VecDeque::new(),
                 to_self: Vec::new(),
@@ -825,13 +902,17 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             },
             syncer,
             registry: registry.try_clone()?,
-            addrs: addrs.clone(),
+            addrs: BTreeMap::new(),
+            peer_names: BTreeMap::new(),
+            next_token: 0,
             syncing: false,
             leading: false,
             refused_peer: trex_net::util::Throttle::new(Duration::from_secs(10)),
             sync_started: None,
             health: health.clone(),
-        })
+        };
+        svc.refresh_peers();
+        Ok(svc)
     })
     .map_err(|e| {
         format!(
@@ -855,13 +936,111 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     }
     trex_net::log_line!(
         "INFO",
-        "consensus node {} listening on {} (group of {n})",
+        "consensus node {} listening on {} ({})",
         opts.id,
-        el.local_addr()
+        el.local_addr(),
+        if start.join {
+            "joining a running group".to_string()
+        } else {
+            format!("group of {n}")
+        }
     );
     trex_net::util::sd_notify("READY=1\nSTATUS=consensus node listening");
     el.run().map_err(|e| format!("event loop failed: {e}"))?;
     trex_net::util::sd_notify("STOPPING=1");
     trex_net::log_line!("INFO", "consensus node {} stopped cleanly", opts.id);
     Ok(())
+}
+
+/// The file in a consensus node's data directory that keeps the group it was
+/// first started with.
+pub const GROUP_FILE: &str = "GROUP";
+
+/// The group a node was first started with, as its data directory keeps it:
+/// until the log records the group, this is what the node counts quorums
+/// of, so a later start with other `--peers` must not change it.
+struct StartGroup {
+    join: bool,
+    nodes: Vec<(NodeId, SocketAddr)>,
+}
+
+impl StartGroup {
+    fn describe(&self) -> String {
+        let v: Vec<String> = self.nodes.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        v.join(",")
+    }
+
+    /// Reads `GROUP` from `dir`, or (first start: an empty journal and no
+    /// file) writes it from `opts`. File format, one line each: `join` or
+    /// `start`, then `ID=HOST:PORT` per node.
+    fn load_or_store(
+        dir: &std::path::Path,
+        opts: &ConsensusOptions,
+        fresh: bool,
+    ) -> Result<StartGroup, String> {
+        let path = dir.join(GROUP_FILE);
+        let given = StartGroup {
+            join: opts.join,
+            nodes: opts.peers.clone(),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let kept = StartGroup::parse(&text).map_err(|e| {
+                    format!("{} is damaged ({e}); restore it from a backup, or move the data directory away and add this node again with `trex endpoint add` and --join", path.display())
+                })?;
+                if kept.join != given.join || kept.nodes != given.nodes {
+                    trex_net::log_line!(
+                        "INFO",
+                        "this node was first started {} {}; it keeps that (--peers and --join on later starts only give addresses to reach the others; the log records the group's changes)",
+                        if kept.join { "to join" } else { "with the group" },
+                        kept.describe()
+                    );
+                }
+                // Addresses of nodes the kept group lacks still help a
+                // joining node find the others.
+                Ok(kept)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !fresh && !given.join {
+                    trex_net::log_line!(
+                        "WARN",
+                        "{} is missing (a data directory from before it was kept); taking the group from --peers: {}",
+                        path.display(),
+                        given.describe()
+                    );
+                }
+                let mut text = String::from(if given.join { "join\n" } else { "start\n" });
+                for (id, a) in &given.nodes {
+                    text.push_str(&format!("{id}={a}\n"));
+                }
+                let tmp = dir.join(format!("{GROUP_FILE}.tmp"));
+                std::fs::write(&tmp, text)
+                    .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                    .map_err(|e| format!("cannot write {}: {e}; check the data directory's permissions and free space", path.display()))?;
+                Ok(given)
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn parse(text: &str) -> Result<StartGroup, String> {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let join = match lines.next() {
+            Some("join") => true,
+            Some("start") => false,
+            other => return Err(format!("first line {other:?} is neither start nor join")),
+        };
+        let mut nodes = Vec::new();
+        for l in lines {
+            let (id, a) = l
+                .split_once('=')
+                .ok_or_else(|| format!("line {l:?} is not ID=HOST:PORT"))?;
+            let id = id.parse().map_err(|_| format!("bad id in {l:?}"))?;
+            let a = a.parse().map_err(|_| format!("bad address in {l:?}"))?;
+            nodes.push((id, a));
+        }
+        Ok(StartGroup { join, nodes })
+    }
 }

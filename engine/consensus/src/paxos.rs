@@ -452,6 +452,25 @@ impl Replica {
         all.into_iter().collect()
     }
 
+    /// Where this node's peers listen, by id (this node included): the
+    /// recorded group's nodes that vote on the slots it may act on (leaving
+    /// and joining ones too while a change is pending), else the addresses
+    /// it was started with.
+    pub fn peer_addrs(&self) -> BTreeMap<NodeId, String> {
+        match &self.sm.group {
+            Some(g) => {
+                let mut m = g.at(self.applied).clone();
+                for n in self.peers() {
+                    if let Some(a) = g.at(self.applied + GROUP_LAG - 1).get(&n) {
+                        m.insert(n, a.clone());
+                    }
+                }
+                m
+            }
+            None => self.cfg.addrs.clone(),
+        }
+    }
+
     /// Whether a message from `from` is heeded: from a node of the groups
     /// this one knows of (any sender, for a joining node that has not learned
     /// the group: its node layer admits only the peers it was given).

@@ -1,9 +1,15 @@
-//! `trex endpoint status`: each consensus node's own view, asked directly.
+//! `trex endpoint`: the consensus group. `status` asks each node for its own
+//! view; `list`, `add` and `remove` read and change the group through its log
+//! (one node at a time; see `docs/consensus.md`, "Changing the group").
 
-use crate::common::{resolve_endpoints, Format, ShowArgs};
-use crate::error::CliError;
+use crate::common::{
+    check_address, consensus_client, resolve_endpoints, Endpoints, Format, ShowArgs,
+};
+use crate::error::{failed, CliError};
 use clap::Subcommand;
-use trex_consensus::client::ConsensusClient;
+use std::time::{Duration, Instant};
+use trex_consensus::client::{ConsensusClient, Submit};
+use trex_consensus::sm::{GroupView, Op, Refusal};
 use trex_consensus::ConsensusError;
 use trex_wire::consensus::NodeStatus;
 
@@ -11,6 +17,29 @@ use trex_wire::consensus::NodeStatus;
 pub enum EndpointCmd {
     /// Each consensus node's view: leader, ballot, commit and applied index, journal size.
     Status(ShowArgs),
+    /// The consensus group as its log records it: the voting nodes, a change
+    /// in progress, and the ids retired.
+    List(ShowArgs),
+    /// Add a consensus node to the group (one at a time; waits until it
+    /// votes). Then start it with `trex node consensus --id ID --listen
+    /// HOST:PORT --join --peers <the group>` (the command prints it).
+    Add {
+        /// The new node's id: never used in this group before.
+        id: u64,
+        /// Where it listens for its peers and clients (IP:PORT).
+        addr: String,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+    /// Remove a consensus node from the group (one at a time; waits until
+    /// the change is in effect). To replace a dead node: remove it, then add
+    /// its replacement. Stop the removed node afterwards.
+    Remove {
+        /// The node's id (`trex endpoint list`).
+        id: u64,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
 }
 
 /// One endpoint and what it answered.
@@ -19,7 +48,130 @@ type Row = (String, Result<NodeStatus, ConsensusError>);
 pub fn run(cmd: EndpointCmd) -> Result<(), CliError> {
     match cmd {
         EndpointCmd::Status(a) => status(a),
+        EndpointCmd::List(a) => list(a),
+        EndpointCmd::Add { id, addr, ep } => change(id, Some(addr), &ep),
+        EndpointCmd::Remove { id, ep } => change(id, None, &ep),
     }
+}
+
+fn list(a: ShowArgs) -> Result<(), CliError> {
+    let g = consensus_client(&a.ep)?.group(&Op::Group)?;
+    match a.format {
+        Format::Json => println!("{}", group_json(&g)),
+        Format::Table => {
+            if g.current.is_empty() {
+                println!("the group is not recorded yet: no leader has been elected since the cluster started; retry in a moment");
+                return Ok(());
+            }
+            println!("{:<8}{:<24}STATE", "ID", "ADDRESS");
+            let next = g.pending.as_ref();
+            let mut ids: Vec<u64> = g.current.keys().copied().collect();
+            if let Some((_, n)) = next {
+                ids.extend(n.keys().filter(|i| !g.current.contains_key(i)));
+            }
+            for id in ids {
+                let addr = g
+                    .current
+                    .get(&id)
+                    .or_else(|| next.and_then(|(_, n)| n.get(&id)))
+                    .cloned()
+                    .unwrap_or_default();
+                let state = match next {
+                    Some((from, n)) if !n.contains_key(&id) => {
+                        format!("voting; leaves at slot {from}")
+                    }
+                    Some((from, _)) if !g.current.contains_key(&id) => {
+                        format!("joins at slot {from}")
+                    }
+                    _ => "voting".to_string(),
+                };
+                println!("{id:<8}{addr:<24}{state}");
+            }
+            if !g.retired.is_empty() {
+                let r: Vec<String> = g.retired.iter().map(|i| i.to_string()).collect();
+                println!("retired ids (never reused): {}", r.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The group as JSON: `{"voting":[{"id","addr"}],"pending":null|{"from_slot",
+/// "nodes":[…]},"retired":[ids]}`.
+fn group_json(g: &GroupView) -> serde_json::Value {
+    let nodes = |m: &std::collections::BTreeMap<u64, String>| {
+        m.iter()
+            .map(|(id, addr)| serde_json::json!({"id": id, "addr": addr}))
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "voting": nodes(&g.current),
+        "pending": g.pending.as_ref().map(|(from, n)| serde_json::json!({"from_slot": from, "nodes": nodes(n)})),
+        "retired": g.retired,
+    })
+}
+
+/// `trex endpoint add` (`addr` given) or `remove`: submits the change, then
+/// waits (within --timeout, retrying while an earlier change is finishing)
+/// until it is in effect.
+fn change(id: u64, addr: Option<String>, ep: &Endpoints) -> Result<(), CliError> {
+    if let Some(a) = &addr {
+        check_address(a, "the new node's address", "10.0.0.4:7400")?;
+    }
+    let mut c = consensus_client(ep)?;
+    let op = match &addr {
+        Some(a) => Op::GroupAdd {
+            id,
+            addr: a.trim().to_string(),
+        },
+        None => Op::GroupRemove { id },
+    };
+    let deadline = Instant::now() + ep.timeout;
+    let mut g = loop {
+        match c.group(&op) {
+            Ok(g) => break g,
+            Err(ConsensusError::Refused(r))
+                if r.code == Refusal::ChangeInProgress && Instant::now() < deadline =>
+            {
+                eprintln!("waiting: {r}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // In effect once no change is pending (the leader fills the slots up to
+    // it with no-ops, so this takes milliseconds on a healthy group).
+    while g.pending.is_some() {
+        if Instant::now() >= deadline {
+            let from = g.pending.as_ref().map_or(0, |(f, _)| *f);
+            return Err(failed!(
+                "the change is recorded and takes effect at slot {from}, which the group has not reached within --timeout; check `trex endpoint status` (is a quorum up?)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        g = c.group(&Op::Group)?;
+    }
+    let peers: Vec<String> = g.current.iter().map(|(i, a)| format!("{i}={a}")).collect();
+    match addr {
+        Some(a) => {
+            println!(
+                "added consensus node {id} at {a}; the group is now {}",
+                peers.join(",")
+            );
+            println!(
+                "start it (if it is not running) with:\n  trex node consensus --id {id} --listen {a} --join --peers {} --data-dir <an empty directory>",
+                peers.join(",")
+            );
+        }
+        None => {
+            println!(
+                "removed consensus node {id}; the group is now {}",
+                peers.join(",")
+            );
+            println!("stop node {id} now, and drop it from every --endpoints list and config file");
+        }
+    }
+    Ok(())
 }
 
 fn status(a: ShowArgs) -> Result<(), CliError> {

@@ -48,7 +48,7 @@ fn remove(id: u64, ep: &Endpoints) -> Result<(), CliError> {
     };
     if m.role == Role::Consensus {
         return Err(failed!(
-            "node {id} is a consensus node: the consensus group's own membership is its --peers; it cannot be removed here"
+            "node {id} is a consensus node: change the consensus group with `trex endpoint remove {id}`"
         ));
     }
     let (_, layout) = c.layout()?;

@@ -119,19 +119,28 @@ pub struct SequencerArgs {
 
 #[derive(Args)]
 pub struct ConsensusArgs {
-    /// This node's id: its position in --peers, from 1.
+    /// This node's id: its position in --peers (from 1), or the ID of its
+    /// `ID=HOST:PORT` entry.
     #[arg(long)]
     id: u64,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
-    /// Every consensus node's address, in id order, comma-separated.
+    /// The consensus group, comma-separated: HOST:PORT entries in id order
+    /// (node 1 first), or ID=HOST:PORT entries. Read on the first start only
+    /// (the data directory keeps it; the log records later changes). With
+    /// --join: the running group's nodes, to learn the group from.
     #[arg(
         long,
         default_value = "127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:7402",
         value_delimiter = ','
     )]
-    peers: Vec<SocketAddr>,
+    peers: Vec<String>,
+    /// Join a running group: this node was added with `trex endpoint add ID
+    /// HOST:PORT` and learns the log from the others (its --peers) before it
+    /// votes.
+    #[arg(long)]
+    join: bool,
     /// Directory for the journal (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
@@ -288,19 +297,73 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
     })?)
 }
 
+/// Parses `--peers`: all `HOST:PORT` (ids 1, 2, … in order) or all
+/// `ID=HOST:PORT`.
+pub fn parse_peers(entries: &[String]) -> Result<Vec<(u64, SocketAddr)>, CliError> {
+    let entries: Vec<&str> = entries
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err(usage!(
+            "--peers is empty; give the group's nodes as HOST:PORT,... or ID=HOST:PORT,..."
+        ));
+    }
+    let with_ids = entries.iter().filter(|e| e.contains('=')).count();
+    if with_ids != 0 && with_ids != entries.len() {
+        return Err(usage!(
+            "--peers mixes ID=HOST:PORT and HOST:PORT entries; give every entry one way"
+        ));
+    }
+    let mut out: Vec<(u64, SocketAddr)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let (id, addr) = match e.split_once('=') {
+            Some((id, addr)) => {
+                let id = id
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|id| (1..=1u64 << 62).contains(id));
+                let Some(id) = id else {
+                    return Err(usage!(
+                        "--peers entry {e:?}: the id must be a number from 1 to 2^62"
+                    ));
+                };
+                (id, addr.trim())
+            }
+            None => (i as u64 + 1, *e),
+        };
+        let addr: SocketAddr = addr.parse().map_err(|_| {
+            usage!("--peers entry {e:?}: {addr:?} is not IP:PORT (e.g. 10.0.0.1:7400)")
+        })?;
+        if out.iter().any(|(i, _)| *i == id) {
+            return Err(usage!("--peers names node {id} twice"));
+        }
+        out.push((id, addr));
+    }
+    Ok(out)
+}
+
 fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
     // Checked again by the node; here so that it is a usage error.
-    let n = a.peers.len() as u64;
-    if a.id == 0 || a.id > n {
+    let peers = parse_peers(&a.peers)?;
+    if !a.join && !peers.iter().any(|(id, _)| *id == a.id) {
+        let ids: Vec<String> = peers.iter().map(|(id, _)| id.to_string()).collect();
         return Err(usage!(
-            "--id {} is not a position in --peers (1 to {n})",
-            a.id
+            "--id {} is not in --peers (ids {}); a node added to a running group starts with --join",
+            a.id,
+            ids.join(", ")
         ));
+    }
+    if a.id == 0 || a.id > 1 << 62 {
+        return Err(usage!("--id {} is not between 1 and 2^62", a.id));
     }
     Ok(run_consensus(&ConsensusOptions {
         id: a.id,
         listen: a.listen,
-        peers: a.peers,
+        peers,
+        join: a.join,
         data_dir: a.data_dir,
         election_ms: a.election_timeout.as_millis().max(1) as u64,
         heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
