@@ -727,8 +727,15 @@ impl Service for ConsensusService {
         match Opcode::from_u8(header.opcode) {
             Some(Opcode::Peer) if !header.is_response() => {
                 match cw::decode_peer(body) {
-                    // Only peers of this group, never this node itself.
-                    Ok((from, m)) if from != self.id && self.addrs.contains_key(&from) => {
+                    // Any node of this cluster but this one: the group may
+                    // have changed while this node was away, so a sender it
+                    // does not know yet is heard (the replica decides what
+                    // such a message may do; see `Replica::handle`).
+                    Ok((from, m))
+                        if from != self.id
+                            && from != 0
+                            && from <= trex_wire::range::MAX_COUNTER =>
+                    {
                         let before = self.replica.dropped_out_of_range();
                         self.replica.handle(from, m, unix_ms());
                         if self.replica.dropped_out_of_range() > before {
@@ -749,7 +756,7 @@ impl Service for ConsensusService {
                         if let Some(n) = self.refused_peer.hit() {
                             trex_net::log_line!(
                                 "WARN",
-                                "refused {n} peer message(s) from a sender outside this group (the latest claiming node id {from}); closing its connection"
+                                "refused {n} peer message(s) claiming an impossible sender (the latest claiming node id {from}: this node's own, 0 or above 2^62); closing its connection"
                             );
                         }
                         Flow::Close

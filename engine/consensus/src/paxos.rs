@@ -704,7 +704,19 @@ impl Replica {
     /// above it for anyone. Dropping a message is always safe for Paxos.
     pub fn handle(&mut self, from: NodeId, m: Msg, now_ms: u64) {
         if !self.is_peer(from) {
-            return; // not a member of this group
+            // A node this one does not know of: one added while this node
+            // was away, or one removed long ago. Its other messages are
+            // heeded (a Paxos acceptor and learner may hear anyone; only
+            // voters count towards a quorum), but not its campaign: a
+            // removed node must not disturb the group. A campaign by an
+            // unknown node suggests that this node is behind: ask the nodes
+            // it knows for the log.
+            if matches!(m, Msg::PreVote { .. } | Msg::Prepare { .. }) {
+                if now_ms >= self.catchup_ms + self.cfg.heartbeat_ms * 2 {
+                    self.request_catchup(None, now_ms);
+                }
+                return;
+            }
         }
         let seen = self.max_counter.max(self.promised.counter);
         let (a, b) = match &m {
@@ -1335,6 +1347,15 @@ impl Replica {
                 });
             }
             self.applied += 1;
+        }
+        if let Role::Leader(l) = &mut self.role {
+            // Slots it applied from what another node sent (a snapshot or a
+            // catch-up answer carried it past them) wait for no
+            // acknowledgements. (A commit index alone is not enough: it may
+            // run ahead of the values this node knows.)
+            let applied = self.applied;
+            l.inflight.retain(|s, _| *s >= applied);
+            l.next_slot = l.next_slot.max(applied);
         }
         if self.applied >= self.snap_upto + self.cfg.snapshot_every {
             let state = self.sm.encode();

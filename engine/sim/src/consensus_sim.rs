@@ -38,6 +38,12 @@ pub struct SimOptions {
     /// links, clients' requests included) until the others have elected a new
     /// leader and answered new commands; then it is healed.
     pub deaf_leader: bool,
+    /// The group-change scenario: during the safety phase an operator adds
+    /// and removes consensus nodes one at a time (`group-add`,
+    /// `group-remove`), starting each added node as a joining one; removed
+    /// nodes keep running (and crashing) with their stale view. The liveness
+    /// phase then requires the final group to converge.
+    pub reconfigure: bool,
 }
 
 impl Default for SimOptions {
@@ -49,6 +55,7 @@ impl Default for SimOptions {
             lock_clients: 3,
             full_restart: false,
             deaf_leader: false,
+            reconfigure: false,
         }
     }
 }
@@ -84,6 +91,10 @@ pub struct SimReport {
     pub oversized: u64,
     /// Deaf leader: from the cut to a new leader with new commands answered.
     pub deaf_recovery_ms: u64,
+    /// Group changes: changes that took effect, and the final group's size.
+    pub group_changes: u64,
+    /// The group at the end (ids).
+    pub final_group: Vec<NodeId>,
 }
 
 /// The simulators' PRNG (splitmix64): small, fast, and the same everywhere.
@@ -152,6 +163,8 @@ enum Event {
 
 struct SimNode {
     replica: Option<Replica>,
+    /// How it is (re)started: a joining node keeps `joining` and its contacts.
+    cfg: Config,
     /// Releases each step's messages and answers once its records are synced.
     driver: Driver,
     /// What a sync made durable: survives a crash.
@@ -189,6 +202,23 @@ enum Released {
     Answer(Applied),
 }
 
+impl SimNode {
+    fn new(replica: Replica, cfg: Config, skew_ms: i64) -> SimNode {
+        SimNode {
+            replica: Some(replica),
+            cfg,
+            driver: Driver::default(),
+            durable: Vec::new(),
+            disk: SimDisk::default(),
+            syncing: false,
+            incarnation: 0,
+            skew_ms,
+            next_slot: 0,
+            proposed: BTreeSet::new(),
+        }
+    }
+}
+
 impl ReadyIo for SimDisk {
     type Error = std::convert::Infallible;
 
@@ -216,6 +246,8 @@ struct Client {
     lock: Option<LockRole>,
     /// The next operation a lock client decided on.
     planned: Option<Op>,
+    /// The operator changing the consensus group.
+    admin: bool,
 }
 
 /// A client of the lock service: it acts on a protected resource only while its
@@ -266,6 +298,8 @@ struct Sim {
     frame_limit: Option<usize>,
     /// A node that receives nothing (faults or not).
     deaf: Option<NodeId>,
+    /// The next id an added consensus node gets.
+    next_node_id: NodeId,
 }
 
 impl Sim {
@@ -364,6 +398,16 @@ impl Sim {
     fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
         if from == to {
             return self.at(0, Event::Deliver { to, from, msg });
+        }
+        // A real node reaches only the nodes whose addresses it knows.
+        let routable = self
+            .nodes
+            .get(&from)
+            .and_then(|n| n.replica.as_ref())
+            .is_some_and(|r| r.peer_addrs().contains_key(&to));
+        if !routable {
+            self.report.dropped += 1;
+            return;
         }
         if self.deaf == Some(to) {
             self.report.dropped += 1;
@@ -477,6 +521,9 @@ impl Sim {
         if let Some(op) = self.clients.get_mut(&client).and_then(|c| c.planned.take()) {
             return op;
         }
+        if self.clients[&client].admin {
+            return self.group_op();
+        }
         let c = &self.clients[&client];
         match self.rng.below(10) {
             0..=3 => Op::Register {
@@ -506,6 +553,65 @@ impl Sim {
             8 => Op::Layout,
             _ => Op::Noop,
         }
+    }
+
+    /// The group as the most advanced replica has applied it.
+    fn group_view(&self) -> Option<trex_consensus::sm::GroupView> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.replica.as_ref())
+            .max_by_key(|r| r.status().applied)
+            .and_then(|r| r.state().group.clone())
+    }
+
+    /// The voting nodes at the end: those of the most advanced replica.
+    fn members(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.replica.as_ref())
+            .max_by_key(|r| r.status().applied)
+            .map(|r| r.voters(r.status().applied))
+            .unwrap_or_default()
+    }
+
+    /// The operator's next step: add a node (started at once, as joining)
+    /// or remove one, keeping the group between 1 and 5 nodes; or read the
+    /// group while a change is pending.
+    fn group_op(&mut self) -> Op {
+        let Some(g) = self.group_view() else {
+            return Op::Group;
+        };
+        if g.pending.is_some() {
+            return Op::Group;
+        }
+        let n = g.current.len() as u64;
+        let remove = n >= 5 || (n >= 2 && self.rng.chance(0.5));
+        if remove {
+            let ids: Vec<NodeId> = g.current.keys().copied().collect();
+            let id = ids[self.rng.below(n) as usize];
+            return Op::GroupRemove { id };
+        }
+        let id = self.next_node_id;
+        self.next_node_id += 1;
+        let mut cfg = self.cfg_for(id);
+        cfg.joining = true;
+        cfg.nodes = g.current.keys().copied().collect();
+        cfg.addrs = g.current.clone();
+        let r = Replica::recover(cfg.clone(), Vec::new(), self.node_now_any())
+            .expect("an empty journal recovers");
+        let skew = self.rng.below(200) as i64 - 100;
+        self.nodes.insert(id, SimNode::new(r, cfg, skew));
+        self.trace(id * 104_729);
+        self.at(1, Event::Tick { node: id });
+        Op::GroupAdd {
+            id,
+            addr: format!("sim:{id}"),
+        }
+    }
+
+    /// The simulated clock without a node's skew.
+    fn node_now_any(&self) -> u64 {
+        self.now + 1_000_000
     }
 
     fn issue(&mut self, client: u64) {
@@ -669,6 +775,19 @@ impl Sim {
                     self.at(d, Event::ClientTimer { client });
                     return Ok(());
                 }
+                if c.admin {
+                    if matches!(op, Op::GroupAdd { .. } | Op::GroupRemove { .. })
+                        && result.first() == Some(&0)
+                    {
+                        self.report.group_changes += 1;
+                    }
+                    let d = 300 + self.rng.below(1500);
+                    let keep_going = self.faulty;
+                    if keep_going {
+                        self.at(d, Event::ClientTimer { client });
+                    }
+                    return Ok(());
+                }
                 // Learn the current epoch, as a client reading the layout would.
                 let e = self
                     .nodes
@@ -718,9 +837,9 @@ impl Sim {
                 }
             }
             Event::Restart { node } => {
-                let cfg = self.cfg_for(node);
                 let now = self.node_now(node);
                 let n = self.nodes.get_mut(&node).expect("node");
+                let cfg = n.cfg.clone();
                 if n.replica.is_none() {
                     let r = Replica::recover(cfg, n.durable.clone(), now)?;
                     n.next_slot = r.status().applied;
@@ -858,6 +977,7 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
     };
     let ids: Vec<NodeId> = (1..=n_nodes).collect();
     let mut base = Config::new(1, ids.clone());
+    base.addrs = ids.iter().map(|i| (*i, format!("sim:{i}"))).collect();
     base.election_ms = 150;
     base.heartbeat_ms = 30;
     base.max_inflight = 1 + rng.below(8) as usize;
@@ -895,6 +1015,7 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             ..SimReport::default()
         },
         cfg_base: base,
+        next_node_id: n_nodes + 1,
         // Scaled down with the reports: 16 KiB stands for the 16 MiB frame.
         frame_limit: opts.full_restart.then_some(16 << 10),
         deaf: None,
@@ -902,19 +1023,8 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
     for id in &ids {
         let skew = sim.rng.below(200) as i64 - 100;
         let cfg = sim.cfg_for(*id);
-        let r = Replica::recover(cfg, Vec::new(), 1_000_000)?;
-        let node = SimNode {
-            replica: Some(r),
-            driver: Driver::default(),
-            durable: Vec::new(),
-            disk: SimDisk::default(),
-            syncing: false,
-            incarnation: 0,
-            skew_ms: skew,
-            next_slot: 0,
-            proposed: BTreeSet::new(),
-        };
-        sim.nodes.insert(*id, node);
+        let r = Replica::recover(cfg.clone(), Vec::new(), 1_000_000)?;
+        sim.nodes.insert(*id, SimNode::new(r, cfg, skew));
         let d = sim.rng.below(10);
         sim.at(d, Event::Tick { node: *id });
     }
@@ -927,6 +1037,7 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             epoch_seen: 0,
             lock: None,
             planned: None,
+            admin: false,
         };
         sim.clients.insert(c, client);
         let d = sim.rng.below(50);
@@ -947,10 +1058,24 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             epoch_seen: 0,
             lock: Some(role),
             planned: None,
+            admin: false,
         };
         sim.clients.insert(c, client);
         let d = sim.rng.below(50);
         sim.at(d, Event::ClientTimer { client: c });
+    }
+    if opts.reconfigure {
+        let admin = Client {
+            seq: 0,
+            target: 1,
+            inflight: None,
+            epoch_seen: 0,
+            lock: None,
+            planned: None,
+            admin: true,
+        };
+        sim.clients.insert(2001, admin);
+        sim.at(500, Event::ClientTimer { client: 2001 });
     }
     sim.at(100, Event::Chaos);
     // Safety phase: faults.
@@ -977,7 +1102,8 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             .max()
             .unwrap_or(0);
     }
-    for id in ids.clone() {
+    let all: Vec<NodeId> = sim.nodes.keys().copied().collect();
+    for id in all {
         sim.at(0, Event::Restart { node: id });
     }
     let want = (opts.clients + opts.lock_clients) * 3;
@@ -989,20 +1115,18 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
     let healed = sim
         .run_until(end, |s| {
             s.report.acked >= start_acked + want && {
-                let applied: Vec<u64> = s
-                    .nodes
-                    .values()
-                    .filter_map(|n| n.replica.as_ref())
-                    .map(|r| r.status().applied)
+                // The group's nodes (all of them, unless the group changed)
+                // agree, and one of them leads.
+                let members = s.members();
+                let group: Vec<&Replica> = members
+                    .iter()
+                    .filter_map(|id| s.nodes.get(id).and_then(|n| n.replica.as_ref()))
                     .collect();
-                applied.len() == s.nodes.len()
+                let applied: Vec<u64> = group.iter().map(|r| r.status().applied).collect();
+                !members.is_empty()
+                    && applied.len() == members.len()
                     && applied.iter().all(|a| *a == applied[0])
-                    && s.nodes
-                        .values()
-                        .filter_map(|n| n.replica.as_ref())
-                        .filter(|r| r.status().leading)
-                        .count()
-                        == 1
+                    && group.iter().filter(|r| r.status().leading).count() == 1
             }
         })
         .map_err(|e| format!("seed {seed}: {e}"))?;
@@ -1011,7 +1135,17 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             .nodes
             .values()
             .filter_map(|n| n.replica.as_ref())
-            .map(|r| format!("{:?}", r.status()))
+            .map(|r| {
+                format!(
+                    "{:?}, voters {:?}, change pending from slot {:?}",
+                    r.status(),
+                    r.voters(r.status().applied),
+                    r.state()
+                        .group
+                        .as_ref()
+                        .and_then(|g| g.pending.as_ref().map(|p| p.0))
+                )
+            })
             .collect();
         return Err(format!(
             "seed {seed}: no progress within {} ms after healing ({} of {want} new acks; {slots_before} slots chosen before); nodes: {}",
@@ -1028,12 +1162,13 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
             ));
         }
     }
-    let states: Vec<_> = sim
-        .nodes
-        .values()
-        .filter_map(|n| n.replica.as_ref())
+    let members = sim.members();
+    let states: Vec<_> = members
+        .iter()
+        .filter_map(|id| sim.nodes.get(id).and_then(|n| n.replica.as_ref()))
         .map(|r| r.state().clone())
         .collect();
+    sim.report.final_group = members;
     if states.windows(2).any(|w| w[0] != w[1]) {
         return Err(format!(
             "seed {seed}: replicas applied the same slots but hold different states"

@@ -39,6 +39,10 @@ struct Args {
     /// nothing (it still sends) until the others elect a leader and serve.
     #[arg(long)]
     deaf_leader: bool,
+    /// The group-change scenario: consensus nodes are added and removed one
+    /// at a time during the safety phase.
+    #[arg(long)]
+    reconfigure: bool,
     /// With --cluster: operations per client.
     #[arg(long, default_value_t = 40)]
     ops: usize,
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         safety_ms: a.safety_ms.unwrap_or(20_000),
         full_restart: a.full_restart,
         deaf_leader: a.deaf_leader,
+        reconfigure: a.reconfigure,
         ..SimOptions::default()
     };
     let copts = ClusterOptions {
@@ -115,18 +120,22 @@ fn main() -> ExitCode {
             Ok(r) => {
                 if a.seed.is_some() || (i + 1) % 10 == 0 || i + 1 == seeds.len() {
                     eprintln!(
-                        "[{}/{}] seed {seed}: ok ({} nodes, {} events, {} acked, {} slots, {} crashes, {} partitions, {} dropped; {} fenced lock ops, {} stale refused; {} journal records at the restart; {} ms to replace a deaf leader; trace {:016x}) {:.1?}",
-                        i + 1, seeds.len(), r.nodes, r.events, r.acked, r.slots, r.crashes, r.partitions, r.dropped, r.fenced_ops, r.stale_refused, r.restart_journal, r.deaf_recovery_ms, r.trace_hash, started.elapsed()
+                        "[{}/{}] seed {seed}: ok ({} nodes, {} events, {} acked, {} slots, {} crashes, {} partitions, {} dropped; {} fenced lock ops, {} stale refused; {} journal records at the restart; {} ms to replace a deaf leader; {} group changes, final group {:?}; trace {:016x}) {:.1?}",
+                        i + 1, seeds.len(), r.nodes, r.events, r.acked, r.slots, r.crashes, r.partitions, r.dropped, r.fenced_ops, r.stale_refused, r.restart_journal, r.deaf_recovery_ms, r.group_changes, r.final_group, r.trace_hash, started.elapsed()
                     );
                 }
             }
             Err(e) => {
-                let fr = match (a.full_restart, a.deaf_leader) {
-                    (true, true) => " --full-restart --deaf-leader",
-                    (true, false) => " --full-restart",
-                    (false, true) => " --deaf-leader",
-                    _ => "",
-                };
+                let mut fr = String::new();
+                for (on, flag) in [
+                    (a.full_restart, " --full-restart"),
+                    (a.deaf_leader, " --deaf-leader"),
+                    (a.reconfigure, " --reconfigure"),
+                ] {
+                    if on {
+                        fr.push_str(flag);
+                    }
+                }
                 eprintln!("FAILED {e}\n  replay: cargo run --release -p trex-sim --bin trex-sim --{fr} --seed {seed}");
                 failed.push(*seed);
             }
