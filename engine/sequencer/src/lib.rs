@@ -29,8 +29,8 @@ use trex_consensus::sm::{Op, Role};
 use trex_consensus::ConsensusError;
 use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
 use trex_log::LogError;
-use trex_net::metrics::{self, CounterFamily, Health, MetricsConfig, U64Gauge};
-use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
+use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
+use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
 use trex_wire::ops::Refusal;
@@ -68,6 +68,8 @@ pub struct SequencerOptions {
     pub cluster_id: u32,
     /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
     pub metrics: Option<MetricsConfig>,
+    /// This binary's version and revision (`node-info`, `trex_build_info`).
+    pub build: BuildInfo,
 }
 
 /// Counters of the sequencer's token path, lease loop and repair loop (the
@@ -303,6 +305,8 @@ pub struct SequencerService {
     cluster_id: u32,
     /// Readiness, refreshed with the gauges.
     health: Arc<Health>,
+    /// Answered to `node-info`.
+    build: BuildInfo,
 }
 
 const METRICS_TIMER: u64 = 1;
@@ -317,7 +321,15 @@ impl SequencerService {
             replies: VecDeque::new(),
             cluster_id,
             health: Arc::new(Health::default()),
+            build: BuildInfo::default(),
         }
+    }
+
+    /// Answers `node-info` with `build` (the default: the workspace version,
+    /// revision unknown).
+    pub fn with_build(mut self, build: BuildInfo) -> SequencerService {
+        self.build = build;
+        self
     }
 
     /// Reports readiness to `health` (for `/readyz`).
@@ -339,9 +351,23 @@ impl Service for SequencerService {
                 return Flow::Close;
             }
         }
+        if header.opcode == Opcode::NodeInfo as u8 && !header.is_response() {
+            let r = node_info(
+                to,
+                header,
+                body,
+                Role::Sequencer,
+                &self.build,
+                0,
+                cluster_id,
+            );
+            let flow = if r.close { Flow::Close } else { Flow::Reply };
+            self.replies.push_back(r);
+            return flow;
+        }
         if header.opcode != Opcode::Token as u8 || header.is_response() {
             let msg = format!(
-                "opcode {:#04x} is not a sequencer request (token 0x30)",
+                "opcode {:#04x} is not a sequencer request (token 0x30, node-info 0x40)",
                 header.opcode
             );
             self.replies.push_back(bad(ErrorCode::UnknownOpcode, msg));
@@ -935,7 +961,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     let shared = Arc::new(Shared::new(None));
     let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
-        Ok(SequencerService::new(shared.clone(), opts.cluster_id).with_health(health.clone()))
+        Ok(SequencerService::new(shared.clone(), opts.cluster_id)
+            .with_health(health.clone())
+            .with_build(opts.build))
     })
     .map_err(|e| {
         format!(
@@ -947,7 +975,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());
     if let Some(m) = &opts.metrics {
-        let mut reg = metrics::registry(&m.build);
+        let mut reg = metrics::registry(&opts.build);
         el.enable_metrics(&mut reg);
         shared.metrics.register(&mut reg);
         let at = metrics::serve(m.listen, reg, health)

@@ -16,6 +16,13 @@ use trex_sequencer::{run_sequencer, SequencerOptions};
 use trex_unit::node::{run_storage, StorageOptions};
 use trex_unit::storage::mmap::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 
+/// What this binary is: its release and the git revision it was built from
+/// (`trex --version`, every node's `node-info` reply and `trex_build_info`).
+pub const BUILD: BuildInfo = BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    revision: env!("TREX_GIT_REVISION"),
+};
+
 #[derive(Subcommand)]
 pub enum NodeCmd {
     /// Run a storage unit.
@@ -66,14 +73,9 @@ impl ConnArgs {
         })
     }
 
-    /// Where to serve metrics, if anywhere, and what this build is.
+    /// Where to serve metrics, if anywhere.
     fn metrics(&self) -> Option<MetricsConfig> {
-        let build = BuildInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            revision: env!("TREX_GIT_REVISION"),
-        };
-        self.metrics_listen
-            .map(|listen| MetricsConfig { listen, build })
+        self.metrics_listen.map(|listen| MetricsConfig { listen })
     }
 }
 
@@ -243,6 +245,7 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
         sync_never: a.sync == SyncMode::Never,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
+        build: BUILD,
         limits: a.conn.limits(LoopConfig {
             max_connections: a.max_connections,
             max_inflight: a.max_inflight.max(1),
@@ -285,6 +288,7 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         replicas: a.replicas,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
+        build: BUILD,
     })?)
 }
 
@@ -307,6 +311,7 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         limits: a.conn.limits(LoopConfig::default())?,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
+        build: BUILD,
     })?)
 }
 
