@@ -85,7 +85,7 @@ pub fn check_endpoints(list: &str, from: &str) -> Result<(), CliError> {
     }
     match entries.into_iter().find(|e| !is_host_port(e)) {
         Some(bad) => Err(usage!(
-            "consensus endpoint {bad:?} in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
+            "consensus endpoint \"{bad}\" in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
         )),
         None => Ok(()),
     }
@@ -98,7 +98,7 @@ pub fn check_address(addr: &str, what: &str, example: &str) -> Result<(), CliErr
         return Ok(());
     }
     Err(usage!(
-        "{what} {addr:?} is not HOST:PORT; give one such as {example}"
+        "{what} \"{addr}\" is not HOST:PORT; give one such as {example}"
     ))
 }
 

@@ -52,7 +52,7 @@ fn init_logging(format: LogFormat) -> Result<(), CliError> {
         .filter(|s| !s.trim().is_empty());
     let filter: Targets = match spec {
         Some(s) => s.parse().map_err(|e| {
-            error::usage!("TREX_LOG/RUST_LOG {s:?} is not a log filter ({e}); use e.g. info, warn or warn,trex_unit=debug")
+            error::usage!("TREX_LOG/RUST_LOG \"{s}\" is not a log filter ({e}); use e.g. info, warn or warn,trex_unit=debug")
         })?,
         None => Targets::new().with_default(LevelFilter::INFO),
     };

@@ -25,7 +25,8 @@ pub enum ClientError {
     Address(String),
     /// No reply within the timeout; the outcome is unknown.
     #[error(
-        "no reply from {addr} within {timeout:?}; the request may or may not have taken effect"
+        "no reply from {addr} within {}; the request may or may not have taken effect",
+        crate::util::duration_text(*.timeout)
     )]
     Timeout {
         /// The server.

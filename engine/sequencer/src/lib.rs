@@ -32,6 +32,7 @@ use trex_log::LogError;
 use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
 use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
+use trex_net::util::{duration_text, list_text};
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
 use trex_wire::ops::Refusal;
 use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply};
@@ -734,7 +735,8 @@ fn take_over(
                 chain.retain(|u| !down.contains(u));
                 if chain.is_empty() {
                     return Err(format!(
-                        "every replica of a stripe is unreachable (units {down:?}); restart them"
+                        "every replica of a stripe is unreachable (units {}); restart them",
+                        list_text(&down)
                     )
                     .into());
                 }
@@ -754,7 +756,8 @@ fn take_over(
                 if !down.is_empty() {
                     trex_net::log_line!(
                         "WARN",
-                        "took unreachable storage units {down:?} out of the layout"
+                        "took unreachable storage units {} out of the layout",
+                        list_text(&down)
                     );
                 }
                 let units: Vec<(u64, String)> = all
@@ -888,7 +891,8 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
             if !was_suspect.contains(id) {
                 trex_net::log_line!(
                     "WARN",
-                    "repair: unit {id} does not answer ({why}); taking it out if it still does not in {every:?}"
+                    "repair: unit {id} does not answer ({why}); taking it out if it still does not in {}",
+                    duration_text(every)
                 );
             }
             suspects.insert(*id);
@@ -952,8 +956,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     if opts.safety_gap >= opts.ttl {
         return Err(SequencerError::Failed(format!(
-            "--safety-gap {:?} must be below --ttl {:?}",
-            opts.safety_gap, opts.ttl
+            "--safety-gap {} must be below --ttl {}; shorten the gap or lengthen the lease",
+            duration_text(opts.safety_gap),
+            duration_text(opts.ttl)
         )));
     }
     let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;

@@ -170,7 +170,7 @@ pub fn append(a: AppendArgs) -> Result<(), CliError> {
             Some(Piece::Entry(e)) => e,
             Some(Piece::TooLong) => {
                 let e = LogError::Invalid(format!(
-                    "longer than the limit of one log entry, {} MiB ({MAX_ENTRY} bytes); split it",
+                    "entry too large: longer than the limit of one log entry, {} MiB ({MAX_ENTRY} bytes); split it",
                     MAX_ENTRY >> 20
                 ));
                 if !input.refuse(&mut log, e) {

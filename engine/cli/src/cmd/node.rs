@@ -10,7 +10,7 @@ use trex_consensus::client::DEFAULT_ENDPOINTS;
 use trex_consensus::node::{run_consensus, ConsensusOptions};
 use trex_consensus::sm::Role;
 use trex_net::metrics::{BuildInfo, MetricsConfig};
-use trex_net::util::{parse_duration, parse_size};
+use trex_net::util::{duration_text, parse_duration, parse_size};
 use trex_net::LoopConfig;
 use trex_sequencer::{run_sequencer, SequencerOptions};
 use trex_unit::node::{run_storage, StorageOptions};
@@ -61,9 +61,9 @@ impl ConnArgs {
     fn limits(&self, base: LoopConfig) -> Result<LoopConfig, CliError> {
         if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
             return Err(usage!(
-                "--idle-timeout and --frame-timeout must be above 0 (got {:?} and {:?})",
-                self.idle_timeout,
-                self.frame_timeout
+                "--idle-timeout and --frame-timeout must be above 0 (got {} and {})",
+                duration_text(self.idle_timeout),
+                duration_text(self.frame_timeout)
             ));
         }
         Ok(LoopConfig {
@@ -269,9 +269,9 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
     // Checked again by the sequencer; here so that it is a usage error.
     if a.safety_gap >= a.ttl {
         return Err(usage!(
-            "--safety-gap {:?} must be below --ttl {:?}",
-            a.safety_gap,
-            a.ttl
+            "--safety-gap {} must be below --ttl {}; shorten the gap or lengthen the lease",
+            duration_text(a.safety_gap),
+            duration_text(a.ttl)
         ));
     }
     check_endpoints(&a.endpoints, "--endpoints (or TREX_ENDPOINTS)")?;
@@ -333,7 +333,7 @@ fn node_id(dir: &std::path::Path, flag: Option<u64>, port: u16) -> Result<u64, C
         Ok(text) => {
             let stored: u64 = text.trim().parse().map_err(|_| {
                 failed!(
-                    "{} does not hold a node id ({:?}); restore it from a backup, or move the data directory away",
+                    "{} does not hold a node id (it holds \"{}\"); restore it from a backup, or move the data directory away",
                     path.display(),
                     text.trim()
                 )
