@@ -209,15 +209,11 @@ pub fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-/// The last millisecond RFC 3339 can write with a four-digit year.
-const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
-
 /// Unix milliseconds as an RFC 3339 UTC time with milliseconds
 /// (`2026-12-01T04:05:06.123Z`); times after year 9999 are written as its
 /// last millisecond.
 pub fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS));
-    humantime::format_rfc3339_millis(t).to_string()
+    trex_net::util::rfc3339_ms(ms)
 }
 
 /// How far `ms` is from `now_ms`, for people: `in 4.2s`, `3.0s ago`,

@@ -9,6 +9,7 @@
 //! (16–20 used).
 
 use std::collections::BTreeMap;
+use trex_net::util::rfc3339_ms;
 use trex_wire::codec::{put_u32, put_u64};
 use trex_wire::consensus::{Command, NodeId};
 use trex_wire::{DecodeError, Reader};
@@ -378,11 +379,13 @@ impl StateMachine {
                     "(expired; in its grace period) until"
                 };
                 return refuse(Refusal::LockHeld, format!(
-                    "lock \"{name}\" is held by \"{}\" (token {}) {why} {} (Unix ms); it is free at {} at the latest",
+                    "lock \"{name}\" is held by \"{}\" (token {}) {why} {} (Unix ms, {}); it is free at {} ({}) at the latest",
                     l.holder,
                     l.token,
                     l.expire_ms,
-                    l.expire_ms.saturating_add(grace)
+                    rfc3339_ms(l.expire_ms),
+                    l.expire_ms.saturating_add(grace),
+                    rfc3339_ms(l.expire_ms.saturating_add(grace))
                 ));
             }
         }
@@ -416,8 +419,9 @@ impl StateMachine {
             Some(l) if l.token == token && !l.released => refuse(
                 Refusal::LeaseExpired,
                 format!(
-                "lease of lock \"{name}\" (token {token}) expired at {} (Unix ms); acquire it again",
-                l.expire_ms
+                "lease of lock \"{name}\" (token {token}) expired at {} (Unix ms, {}); acquire it again",
+                l.expire_ms,
+                rfc3339_ms(l.expire_ms)
             ),
             ),
             Some(l) if l.token == token => refuse(

@@ -93,6 +93,17 @@ pub fn list_text<T: std::fmt::Display>(items: &[T]) -> String {
     s
 }
 
+/// The last millisecond RFC 3339 can write with a four-digit year.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds
+/// (`2026-12-01T04:05:06.123Z`), for people beside the number; times after
+/// year 9999 are written as its last millisecond.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// A duration as people write it, in the form [`parse_duration`] reads back:
 /// `2h`, `10m`, `6s`, `1.5s`, `500ms`, `0.25ms`, `40us`, `0s` (to the
 /// microsecond). For messages, instead of Rust's debug form.
@@ -164,6 +175,13 @@ pub fn log_quiet() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_in_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn lists_are_written_for_people() {
