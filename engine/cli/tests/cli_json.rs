@@ -354,6 +354,8 @@ fn every_command_that_prints_data_prints_json() {
         .unwrap()
         .to_string();
     common::kill(&format!("sequencer --listen {standby} "), libc::SIGKILL);
+    let dead_unit = units[3]["addr"].as_str().unwrap().to_string();
+    common::kill(&format!("storage --listen {dead_unit} "), libc::SIGKILL);
     let s = json(&eps, &["status", "--timeout", "3s"]);
     let q = s["sequencers"]
         .as_array()
@@ -373,6 +375,26 @@ fn every_command_that_prints_data_prints_json() {
         .unwrap_or_else(|| panic!("no row for {standby}: {table}"));
     assert!(
         row.contains("unreachable") && row.ends_with("unknown"),
+        "{row}"
+    );
+    let u = s["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["addr"] == dead_unit.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(u["healthy"], false, "{u}");
+    assert!(
+        u["error"].is_string() && u["version"].is_null() && u.get("tail").is_none(),
+        "{u}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains(&dead_unit))
+        .unwrap_or_else(|| panic!("no row for {dead_unit}: {table}"));
+    assert!(
+        row.contains("unreachable") && row.contains("unknown ("),
         "{row}"
     );
     let row = table

@@ -477,14 +477,14 @@ impl Report {
             );
         }
         println!(
-            "{:<8}{:<7}{:<22}{:<10}{:<10}{:<8}{:<10}VERSION",
+            "{:<8}{:<7}{:<22}{:<10}{:<10}{:<8}{:<13}VERSION",
             "UNIT", "ROLE", "ADDRESS", "TAIL", "TRIM", "EPOCH", "HEALTH"
         );
         for u in &self.units {
             let (id, role, addr) = (u.id, u.role, &u.addr);
             match &u.info {
                 Ok(i) => println!(
-                    "{id:<8}{role:<7}{addr:<22}{:<10}{:<10}{:<8}{:<10}{}",
+                    "{id:<8}{role:<7}{addr:<22}{:<10}{:<10}{:<8}{:<13}{}",
                     i.tail,
                     i.trim_mark,
                     i.sealed_epoch,
@@ -497,7 +497,10 @@ impl Report {
                     },
                     version_text(u.build.as_ref())
                 ),
-                Err(e) => println!("{id:<8}{role:<7}{addr:<22}unreachable: {e}"),
+                Err(e) => println!(
+                    "{id:<8}{role:<7}{addr:<22}{:<10}{:<10}{:<8}{:<13}unknown ({e})",
+                    "-", "-", "-", "unreachable"
+                ),
             }
         }
         println!("{:<11}{:<22}{:<13}VERSION", "SEQUENCER", "ADDRESS", "STATE");
