@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trex_net::conn::{read_frame, read_frame_into};
 use trex_net::unit_client::{UnitApi, UnitClient};
-use trex_net::util::{parse_duration, parse_size};
+use trex_net::util::{duration_text, parse_duration, parse_size};
 use trex_wire::{self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp};
 
 #[derive(Parser)]
@@ -245,7 +245,10 @@ where
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
     let started = Instant::now();
-    eprintln!("{workload}: {clients} clients, one request in flight each, for {duration:?}");
+    eprintln!(
+        "{workload}: {clients} clients, one request in flight each, for {}",
+        duration_text(duration)
+    );
     let (hist, failures) = std::thread::scope(|s| {
         let (one, stop, done) = (&one, &stop, &done);
         let handles: Vec<_> = (0..clients)
@@ -572,7 +575,7 @@ fn token_client(
                 }
                 trex_wire::TokenReply::NotSequencer { hint } => {
                     return Err(format!(
-                        "{addr} is not the active sequencer (hint: {hint:?})"
+                        "{addr} is not the active sequencer (it points to \"{hint}\"); pass the active one's address"
                     ));
                 }
             }
@@ -636,8 +639,13 @@ fn unit_write(a: &UnitWrite) -> Result<(), String> {
         stop: AtomicBool::new(false),
     });
     eprintln!(
-        "unit-write: {} clients x {} in flight x {} entries of {} bytes at {} for {:?}, from address {start_addr}",
-        a.clients, a.depth, a.batch, a.size, a.node, a.duration
+        "unit-write: {} clients x {} in flight x {} entries of {} bytes at {} for {}, from address {start_addr}",
+        a.clients,
+        a.depth,
+        a.batch,
+        a.size,
+        a.node,
+        duration_text(a.duration)
     );
     let started = Instant::now();
     let handles: Vec<_> = (0..a.clients)

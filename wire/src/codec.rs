@@ -70,6 +70,14 @@ pub enum DecodeError {
         /// The byte.
         value: u8,
     },
+    /// A role byte (`node-info`) has no meaning.
+    #[error("unknown role byte {value} at offset {offset} (1 consensus, 2 sequencer, 3 storage)")]
+    BadRole {
+        /// Where.
+        offset: usize,
+        /// The byte.
+        value: u8,
+    },
     /// The opcode has no request body defined (or is unknown).
     #[error("opcode {0:#04x} is not a request this protocol version knows")]
     UnknownOpcode(u8),
@@ -685,7 +693,12 @@ pub fn decode_request(opcode: u8, body: &[u8]) -> Result<Request<'_>, DecodeErro
             Request::Info
         }
         Some(
-            Opcode::Error | Opcode::Submit | Opcode::NodeStatus | Opcode::Peer | Opcode::Token,
+            Opcode::Error
+            | Opcode::Submit
+            | Opcode::NodeStatus
+            | Opcode::Peer
+            | Opcode::Token
+            | Opcode::NodeInfo,
         )
         | None => return Err(DecodeError::UnknownOpcode(opcode)),
     })

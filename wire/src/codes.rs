@@ -31,6 +31,8 @@ pub enum Opcode {
     Peer = 0x20,
     /// Sequencer: hand out consecutive log addresses.
     Token = 0x30,
+    /// Every role: report the node's role, version and git revision.
+    NodeInfo = 0x40,
     /// A frame-level error reply.
     Error = 0xFF,
 }
@@ -50,6 +52,7 @@ impl Opcode {
             0x11 => Opcode::NodeStatus,
             0x20 => Opcode::Peer,
             0x30 => Opcode::Token,
+            0x40 => Opcode::NodeInfo,
             0xFF => Opcode::Error,
             _ => return None,
         })
@@ -69,6 +72,7 @@ impl Opcode {
             Opcode::NodeStatus => "node-status",
             Opcode::Peer => "peer",
             Opcode::Token => "token",
+            Opcode::NodeInfo => "node-info",
             Opcode::Error => "error",
         }
     }

@@ -148,12 +148,18 @@ fn u64_at(b: &[u8; HEADER_LEN], off: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// Four bytes in hex, as a person compares them: `47 45 54 20`.
+fn hex4(b: &[u8; 4]) -> String {
+    format!("{:02x} {:02x} {:02x} {:02x}", b[0], b[1], b[2], b[3])
+}
+
 /// Why a frame could not be accepted. Each maps to an `ErrorCode` for the reply.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The first four bytes are not `TRXC`: the peer does not speak this protocol.
     #[error(
-        "bad magic {0:02x?}: the peer does not speak the Trex Corfu protocol (expected \"TRXC\")"
+        "bad magic {}: the peer does not speak the Trex Corfu protocol (expected 54 52 58 43, \"TRXC\")",
+        hex4(.0)
     )]
     BadMagic([u8; 4]),
     /// The header checksum does not match: the header is damaged.

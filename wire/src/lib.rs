@@ -14,9 +14,11 @@ pub mod codec;
 pub mod codes;
 pub mod consensus;
 pub mod framing;
+pub mod node_info;
 pub mod ops;
 pub mod range;
 
 pub use codec::*;
 pub use codes::*;
 pub use framing::*;
+pub use node_info::*;

@@ -439,6 +439,34 @@ pub fn decode_projection(r: &mut Reader<'_>) -> Result<Projection, DecodeError> 
 }
 
 impl Op {
+    /// The operation's name as docs/wire.md ("Operations") writes it, for
+    /// messages: `register`, `install-as-sequencer`, `get-lock`, …
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Register { .. } => "register",
+            Op::Deregister { .. } => "deregister",
+            Op::Heartbeat { .. } => "heartbeat",
+            Op::InitLayout { .. } => "init-layout",
+            Op::Install { .. } => "install",
+            Op::Members => "members",
+            Op::Layout => "layout",
+            Op::Noop => "noop",
+            Op::InstallAsSequencer { .. } => "install-as-sequencer",
+            Op::Acquire { .. } => "acquire",
+            Op::Renew { .. } => "renew",
+            Op::Release { .. } => "release",
+            Op::GetLock { .. } => "get-lock",
+            Op::SetLockGrace { .. } => "set-lock-grace",
+            Op::Trim { .. } => "trim",
+            Op::Replication { .. } => "replication",
+            Op::GroupInit { .. } => "group-init",
+            Op::GroupAdd { .. } => "group-add",
+            Op::GroupRemove { .. } => "group-remove",
+            Op::Group => "group",
+            Op::System(_) => "system",
+        }
+    }
+
     /// Encodes the operation.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -287,10 +287,40 @@ fn sequencer_vectors() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// `node-info`, which every role answers: a sequencer's reply, and a storage
+/// unit's (its sealed epoch in the header).
+fn node_info_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    use trex_wire::ops::Role;
+    let info = |role| NodeInfo {
+        role,
+        version: "0.1.0".into(),
+        revision: "0123456789ab".into(),
+    };
+    vec![
+        (
+            "node-info-request",
+            frame(Opcode::NodeInfo, REQ, 11, 0, |_| {}),
+        ),
+        (
+            "node-info-reply-sequencer",
+            frame(Opcode::NodeInfo, REP, 11, 0, |x| {
+                encode_node_info(x, &info(Role::Sequencer))
+            }),
+        ),
+        (
+            "node-info-reply-storage",
+            frame(Opcode::NodeInfo, REP, 11, 4, |x| {
+                encode_node_info(x, &info(Role::Storage))
+            }),
+        ),
+    ]
+}
+
 fn vectors() -> Vec<(&'static str, Vec<u8>)> {
     let mut v = storage_vectors();
     v.extend(consensus_vectors());
     v.extend(sequencer_vectors());
+    v.extend(node_info_vectors());
     v
 }
 
@@ -474,6 +504,17 @@ fn every_documented_vector_decodes_to_what_the_doc_says() {
             let req =
                 decode_request(f.header.opcode, f.body).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(req.opcode() as u8, f.header.opcode);
+        }
+        if f.header.opcode == Opcode::NodeInfo as u8 {
+            if f.header.is_response() {
+                let info = decode_node_info(f.body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(
+                    (info.version.as_str(), info.revision.as_str()),
+                    ("0.1.0", "0123456789ab")
+                );
+            } else {
+                decode_node_info_request(f.body).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
         }
         if f.header.opcode == Opcode::Peer as u8 {
             use trex_wire::consensus::{decode_peer, encode_peer};

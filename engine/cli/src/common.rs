@@ -1,13 +1,16 @@
 //! What several commands share: where the consensus nodes are, the output
-//! format flag, and how projections and entries are printed.
+//! format flag, and how projections, entries and times are printed.
 
 use crate::error::{usage, CliError};
 use clap::{Args, ValueEnum};
+use serde::Serialize;
 use std::time::Duration;
 use trex_consensus::client::{ConsensusClient, DEFAULT_ENDPOINTS};
 use trex_consensus::sm::Projection;
 use trex_net::util::parse_duration;
 
+/// Where the cluster is, how long to wait for it, and how to print what it
+/// answers: the options of every command that talks to the cluster.
 #[derive(Args)]
 pub struct Endpoints {
     /// Consensus nodes, comma-separated HOST:PORT (else TREX_ENDPOINTS, else
@@ -21,20 +24,25 @@ pub struct Endpoints {
     /// The cluster id every frame carries (the servers' `--cluster-id`).
     #[arg(long, global = true, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     pub cluster_id: u32,
-}
-
-#[derive(Args)]
-pub struct ShowArgs {
-    #[command(flatten)]
-    pub ep: Endpoints,
-    /// Output format.
-    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    /// Output format: `table` for people, `json` for programs (one JSON
+    /// value; commands that print one item per entry print one JSON object
+    /// per line). The shapes are in docs/cli.md.
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
     pub format: Format,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+/// How a command prints what it got.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Format {
+    /// Lines for people.
     Table,
+    /// JSON for programs (docs/cli.md).
     Json,
 }
 
@@ -77,7 +85,7 @@ pub fn check_endpoints(list: &str, from: &str) -> Result<(), CliError> {
     }
     match entries.into_iter().find(|e| !is_host_port(e)) {
         Some(bad) => Err(usage!(
-            "consensus endpoint {bad:?} in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
+            "consensus endpoint \"{bad}\" in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
         )),
         None => Ok(()),
     }
@@ -90,7 +98,7 @@ pub fn check_address(addr: &str, what: &str, example: &str) -> Result<(), CliErr
         return Ok(());
     }
     Err(usage!(
-        "{what} {addr:?} is not HOST:PORT; give one such as {example}"
+        "{what} \"{addr}\" is not HOST:PORT; give one such as {example}"
     ))
 }
 
@@ -115,7 +123,8 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A projection as `trex layout show` and `trex status` print it.
+/// A projection as `trex layout show`, `trex layout init` and `trex status`
+/// print it.
 pub fn print_projection(p: &Projection) {
     println!("epoch      {}", p.epoch);
     println!(
@@ -138,6 +147,102 @@ pub fn print_projection(p: &Projection) {
             println!("  stripe {i}  chain {}", c.join(" -> "));
         }
     }
+}
+
+/// A projection as JSON (docs/cli.md, "projection").
+#[derive(Serialize)]
+pub struct ProjectionJson {
+    /// Its epoch.
+    pub epoch: u64,
+    /// The active sequencer's node id (0: none).
+    pub sequencer: u64,
+    /// How many projections were ever installed (`trex layout show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<u64>,
+    /// Its segments, oldest first.
+    pub segments: Vec<SegmentJson>,
+}
+
+/// One segment of a projection as JSON.
+#[derive(Serialize)]
+pub struct SegmentJson {
+    /// First address.
+    pub start: u64,
+    /// One past the last address; `null` for the open segment.
+    pub end: Option<u64>,
+    /// Each stripe's chain of storage-unit ids, head first.
+    pub stripes: Vec<Vec<u64>>,
+}
+
+impl ProjectionJson {
+    /// `p` as JSON, with the history count if known.
+    pub fn new(p: &Projection, history: Option<u64>) -> ProjectionJson {
+        ProjectionJson {
+            epoch: p.epoch,
+            sequencer: p.sequencer,
+            history,
+            segments: p
+                .segments
+                .iter()
+                .map(|s| SegmentJson {
+                    start: s.start,
+                    end: (s.end != u64::MAX).then_some(s.end),
+                    stripes: s.stripes.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Prints `v` as one line of compact JSON.
+pub fn print_json(v: &impl Serialize) {
+    // Serializing our own structs cannot fail: every map key is a string and
+    // no Serialize impl here returns an error.
+    let line = serde_json::to_string(v).expect("output serializes to JSON");
+    println!("{line}");
+}
+
+/// An entry's bytes in JSON: standard base64 with padding (RFC 4648 §4), so
+/// that any bytes survive (`jq -r .data | base64 -d`).
+pub fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds
+/// (`2026-12-01T04:05:06.123Z`); times after year 9999 are written as its
+/// last millisecond.
+pub fn rfc3339(ms: u64) -> String {
+    trex_net::util::rfc3339_ms(ms)
+}
+
+/// How far `ms` is from `now_ms`, for people: `in 4.2s`, `3.0s ago`,
+/// `in 2h 5m 3s`, `now`.
+pub fn relative(ms: u64, now_ms: u64) -> String {
+    let (d, ahead) = if ms >= now_ms {
+        (ms - now_ms, true)
+    } else {
+        (now_ms - ms, false)
+    };
+    if d == 0 {
+        return "now".into();
+    }
+    let text = if d < 60_000 {
+        format!("{:.1}s", d as f64 / 1000.0)
+    } else {
+        humantime::format_duration(Duration::from_secs(d / 1000)).to_string()
+    };
+    if ahead {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// A time for people beside its Unix milliseconds:
+/// `1764567890123 (2026-12-01T04:05:06.123Z, in 4.2s)`.
+pub fn when(ms: u64, now_ms: u64) -> String {
+    format!("{ms} ({}, {})", rfc3339(ms), relative(ms, now_ms))
 }
 
 /// An entry's bytes on one line: printable ASCII as is, the rest escaped.
@@ -171,5 +276,27 @@ mod tests {
             check_endpoints(" , ", "--endpoints"),
             Err(CliError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn times_are_written_for_people_and_programs() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_764_567_890_123), "2025-12-01T05:44:50.123Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(relative(5_200, 1_000), "in 4.2s");
+        assert_eq!(relative(1_000, 4_000), "3.0s ago");
+        assert_eq!(relative(7, 7), "now");
+        assert_eq!(relative(0, 7_503_000), "2h 5m 3s ago");
+        assert_eq!(
+            when(1_764_567_890_123, 1_764_567_885_923),
+            "1764567890123 (2025-12-01T05:44:50.123Z, in 4.2s)"
+        );
+    }
+
+    #[test]
+    fn bytes_survive_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(&[0, 0xff, b'a']), "AP9h");
+        assert_eq!(base64(b"hi"), "aGk=");
     }
 }

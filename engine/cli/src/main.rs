@@ -7,7 +7,6 @@ mod error;
 
 use clap::{Parser, Subcommand};
 use cmd::{endpoint, layout, lock, log, members, node, repair, status, token, unit, up};
-use common::ShowArgs;
 use error::{CliError, EXIT_CODES};
 use std::process::ExitCode;
 
@@ -53,7 +52,7 @@ fn init_logging(format: LogFormat) -> Result<(), CliError> {
         .filter(|s| !s.trim().is_empty());
     let filter: Targets = match spec {
         Some(s) => s.parse().map_err(|e| {
-            error::usage!("TREX_LOG/RUST_LOG {s:?} is not a log filter ({e}); use e.g. info, warn or warn,trex_unit=debug")
+            error::usage!("TREX_LOG/RUST_LOG \"{s}\" is not a log filter ({e}); use e.g. info, warn or warn,trex_unit=debug")
         })?,
         None => Targets::new().with_default(LevelFilter::INFO),
     };
@@ -91,8 +90,9 @@ enum Cmd {
     /// Start a whole local cluster (3 consensus nodes, 2 sequencers, 4 storage
     /// units as 2 stripes x 2 replicas) and run until Ctrl-C.
     Up(up::UpArgs),
-    /// Append DATA as one entry, or with `-` each line of standard input; prints
-    /// the address of each.
+    /// Append DATA as one entry, or with `-` entries from standard input (one
+    /// per line, NUL-ended or length-prefixed), or a file; prints the address
+    /// of each.
     Append(log::AppendArgs),
     /// Read entries from the log.
     Read(log::ReadArgs),
@@ -108,7 +108,7 @@ enum Cmd {
     /// is copied to them. Resumable: after an interruption, run it again.
     Repair(repair::RepairArgs),
     /// The cluster at a glance: layout, sequencer lease, every unit's tail.
-    Status(ShowArgs),
+    Status(common::Endpoints),
     /// Ask a sequencer for COUNT consecutive log addresses.
     Token(token::TokenArgs),
 }

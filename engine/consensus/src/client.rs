@@ -289,7 +289,10 @@ pub trait Submit {
         match decode_result(&r) {
             Ok(Ok(payload)) => Ok(payload.to_vec()),
             Ok(Err(refused)) => Err(ConsensusError::Refused(refused)),
-            Err(e) => Err(ConsensusError::Protocol(format!("result of {op:?}: {e}"))),
+            Err(e) => Err(ConsensusError::Protocol(format!(
+                "the result of {} does not decode: {e}; the consensus group may run another version of trex",
+                op.name()
+            ))),
         }
     }
 

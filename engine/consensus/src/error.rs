@@ -17,7 +17,7 @@ pub enum ConsensusError {
     /// No leader applied the operation within the client's deadline. The
     /// outcome is unknown; submitting it again through the same client is safe
     /// (it reuses the sequence number, so it is applied at most once).
-    #[error("no consensus leader answered within {waited:?} (last: {last}); check that a majority of {endpoints} is running")]
+    #[error("no consensus leader answered within {} (last: {last}); check that a majority of {endpoints} is running", trex_net::util::duration_text(*.waited))]
     Unavailable {
         /// How long the client tried.
         waited: Duration,

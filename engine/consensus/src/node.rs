@@ -22,11 +22,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use trex_net::metrics::{self, CounterFamily, Health, MetricsConfig, U64Gauge};
-use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
+use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
+use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
+use trex_wire::ops::Role;
 use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode};
 
 const SYNC_TOKEN: usize = 0;
@@ -65,6 +66,8 @@ pub struct ConsensusOptions {
     pub cluster_id: u32,
     /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
     pub metrics: Option<MetricsConfig>,
+    /// This binary's version and revision (`node-info`, `trex_build_info`).
+    pub build: BuildInfo,
 }
 
 /// The consensus node's own metrics (beside the event loop's). Gauges are
@@ -252,6 +255,8 @@ pub struct ConsensusService {
     /// When the journal sync in flight started.
     sync_started: Option<Instant>,
     health: Arc<Health>,
+    /// Answered to `node-info`.
+    build: BuildInfo,
 }
 
 fn unix_ms() -> u64 {
@@ -472,7 +477,7 @@ impl ConsensusService {
                     }
                     _ => trex_net::log_line!(
                         "WARN",
-                        "consensus node {id}'s address {name:?} does not resolve; retrying on the next change"
+                        "consensus node {id}'s address \"{name}\" does not resolve; retrying on the next change"
                     ),
                 },
             }
@@ -781,9 +786,23 @@ impl Service for ConsensusService {
                 });
                 Flow::Reply
             }
+            Some(Opcode::NodeInfo) if !header.is_response() => {
+                let r = node_info(
+                    to,
+                    header,
+                    body,
+                    Role::Consensus,
+                    &self.build,
+                    0,
+                    cluster_id,
+                );
+                let flow = if r.close { Flow::Close } else { Flow::Reply };
+                self.io.replies.push_back(r);
+                flow
+            }
             _ => {
                 let msg = format!(
-                    "opcode {:#04x} is not a consensus-node request (submit 0x10, node-status 0x11, peer 0x20)",
+                    "opcode {:#04x} is not a consensus-node request (submit 0x10, node-status 0x11, peer 0x20, node-info 0x40)",
                     header.opcode
                 );
                 self.io.replies.push_back(violation(
@@ -917,6 +936,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             refused_peer: trex_net::util::Throttle::new(Duration::from_secs(10)),
             sync_started: None,
             health: health.clone(),
+            build: opts.build,
         };
         svc.refresh_peers();
         Ok(svc)
@@ -931,7 +951,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());
     if let Some(m) = &opts.metrics {
-        let mut reg = metrics::registry(&m.build);
+        let mut reg = metrics::registry(&opts.build);
         el.enable_metrics(&mut reg);
         el.service().io.metrics.register(&mut reg);
         let at = metrics::serve(m.listen, reg, health)
@@ -1037,15 +1057,18 @@ impl StartGroup {
         let join = match lines.next() {
             Some("join") => true,
             Some("start") => false,
-            other => return Err(format!("first line {other:?} is neither start nor join")),
+            Some(other) => return Err(format!("first line \"{other}\" is neither start nor join")),
+            None => return Err("the file is empty".into()),
         };
         let mut nodes = Vec::new();
         for l in lines {
             let (id, a) = l
                 .split_once('=')
-                .ok_or_else(|| format!("line {l:?} is not ID=HOST:PORT"))?;
-            let id = id.parse().map_err(|_| format!("bad id in {l:?}"))?;
-            let a = a.parse().map_err(|_| format!("bad address in {l:?}"))?;
+                .ok_or_else(|| format!("line \"{l}\" is not ID=HOST:PORT"))?;
+            let id = id.parse().map_err(|_| format!("bad id in line \"{l}\""))?;
+            let a = a
+                .parse()
+                .map_err(|_| format!("bad address in line \"{l}\""))?;
             nodes.push((id, a));
         }
         Ok(StartGroup { join, nodes })

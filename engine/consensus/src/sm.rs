@@ -9,6 +9,7 @@
 //! (16–20 used).
 
 use std::collections::BTreeMap;
+use trex_net::util::rfc3339_ms;
 use trex_wire::codec::{put_u32, put_u64};
 use trex_wire::consensus::{Command, NodeId};
 use trex_wire::{DecodeError, Reader};
@@ -123,7 +124,7 @@ impl StateMachine {
             return refuse(
                 Refusal::ReservedName,
                 format!(
-                    "lock {name:?} is a system lease (the sequencer's lease is {SEQUENCER_LEASE:?}, and names starting with \"trex.\" are reserved); user lock commands cannot take, renew or release it: choose another name"
+                    "lock \"{name}\" is a system lease (the sequencer's lease is \"{SEQUENCER_LEASE}\", and names starting with \"trex.\" are reserved); user lock commands cannot take, renew or release it: choose another name"
                 ),
             );
         }
@@ -143,7 +144,7 @@ impl StateMachine {
                 }
                 other => refuse(
                     Refusal::InvalidArgument,
-                    format!("{other:?} is not an operation on a system lease"),
+                    format!("{} is not an operation on a system lease", other.name()),
                 ),
             },
             Op::Register { id, role, addr } => self.on_register(id, role, addr, now_ms),
@@ -214,7 +215,7 @@ impl StateMachine {
                 }
                 None => refuse(
                     Refusal::NoSuchLock,
-                    format!("lock {name:?} has never been taken"),
+                    format!("lock \"{name}\" has never been taken"),
                 ),
             },
             Op::SetLockGrace { grace_ms } => {
@@ -328,7 +329,7 @@ impl StateMachine {
             return refuse(
                 Refusal::NotSequencerLeaseholder,
                 format!(
-                    "lease token {lease_token} does not hold the {SEQUENCER_LEASE:?} lock (expired, released or taken over); this sequencer must stand by"
+                    "lease token {lease_token} does not hold the \"{SEQUENCER_LEASE}\" lock (expired, released or taken over); this sequencer must stand by"
                 ),
             );
         }
@@ -343,16 +344,16 @@ impl StateMachine {
             }
             Some(l) if l.token == token => refuse(
                 Refusal::LeaseReleased,
-                format!("lock {name:?} (token {token}) is already released"),
+                format!("lock \"{name}\" (token {token}) is already released"),
             ),
             Some(l) => refuse(
                 Refusal::NotHolder,
                 format!(
-                    "token {token} does not hold lock {name:?}: it passed to token {} ({}); your lease is gone",
+                    "token {token} does not hold lock \"{name}\": it passed to token {} ({}); your lease is gone",
                     l.token, l.holder
                 ),
             ),
-            None => refuse(Refusal::NoSuchLock, format!("lock {name:?} does not exist")),
+            None => refuse(Refusal::NoSuchLock, format!("lock \"{name}\" does not exist")),
         }
     }
 
@@ -403,11 +404,13 @@ impl StateMachine {
                     "(expired; in its grace period) until"
                 };
                 return refuse(Refusal::LockHeld, format!(
-                    "lock {name:?} is held by {:?} (token {}) {why} {} (Unix ms); it is free at {} at the latest",
+                    "lock \"{name}\" is held by \"{}\" (token {}) {why} {} (Unix ms, {}); it is free at {} ({}) at the latest",
                     l.holder,
                     l.token,
                     l.expire_ms,
-                    l.expire_ms.saturating_add(grace)
+                    rfc3339_ms(l.expire_ms),
+                    l.expire_ms.saturating_add(grace),
+                    rfc3339_ms(l.expire_ms.saturating_add(grace))
                 ));
             }
         }
@@ -441,24 +444,25 @@ impl StateMachine {
             Some(l) if l.token == token && !l.released => refuse(
                 Refusal::LeaseExpired,
                 format!(
-                "lease of lock {name:?} (token {token}) expired at {} (Unix ms); acquire it again",
-                l.expire_ms
+                "lease of lock \"{name}\" (token {token}) expired at {} (Unix ms, {}); acquire it again",
+                l.expire_ms,
+                rfc3339_ms(l.expire_ms)
             ),
             ),
             Some(l) if l.token == token => refuse(
                 Refusal::LeaseReleased,
-                format!("lock {name:?} (token {token}) was released; acquire it again"),
+                format!("lock \"{name}\" (token {token}) was released; acquire it again"),
             ),
             Some(l) => refuse(
                 Refusal::NotHolder,
                 format!(
-                "token {token} does not hold lock {name:?} (held as token {}); acquire it again",
+                "token {token} does not hold lock \"{name}\" (held as token {}); acquire it again",
                 l.token
             ),
             ),
             None => refuse(
                 Refusal::NoSuchLock,
-                format!("lock {name:?} does not exist; acquire it first"),
+                format!("lock \"{name}\" does not exist; acquire it first"),
             ),
         }
     }
@@ -583,7 +587,7 @@ impl StateMachine {
                 if addr.is_empty() || addr.len() > 255 {
                     return refuse(
                         Refusal::InvalidArgument,
-                        format!("consensus node address {addr:?} is not HOST:PORT"),
+                        format!("consensus node address \"{addr}\" is not HOST:PORT"),
                     );
                 }
                 if let Some((other, _)) = g.current.iter().find(|(_, a)| **a == addr) {

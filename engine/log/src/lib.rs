@@ -1004,7 +1004,8 @@ impl Log {
                 .find(|c| !c.iter().any(|u| answered.contains(u)))
             {
                 return Err(fail!(
-                    "no replica of the chain {chain:?} answered ({}); restart one of them (`trex status` shows each unit)",
+                    "no replica of the chain {} answered ({}); restart one of them (`trex status` shows each unit)",
+                    chain.iter().map(u64::to_string).collect::<Vec<_>>().join(" -> "),
                     failed.join("; ")
                 ));
             }

@@ -29,6 +29,7 @@ use crate::error::{fail, LogError};
 use std::collections::{BTreeMap, BTreeSet};
 use trex_consensus::sm::{LayoutSegment, Op, Role};
 use trex_net::unit_client::{ClientError, ReadItem, UnitApi};
+use trex_net::util::list_text;
 use trex_wire::ops::Refusal;
 use trex_wire::{Status, WriteOp};
 
@@ -353,14 +354,16 @@ impl Log {
             );
             if spares.is_empty() && !report.joined.is_empty() {
                 progress(&format!(
-                    "stripes {short:?} are still short: no more empty spares ({})",
+                    "stripes {} are still short: no more empty spares ({})",
+                    list_text(&short),
                     passed.join("; ")
                 ));
                 return Ok(());
             }
             if spares.is_empty() {
                 return Err(fail!(
-                    "stripes {short:?} have fewer than {want} replicas and there is no empty spare storage unit{}; start one with `trex node storage --endpoints …` (or `trex up --units N` with N above stripes × replicas)",
+                    "stripes {} have fewer than {want} replicas and there is no empty spare storage unit{}; start one with `trex node storage --endpoints …` (or `trex up --units N` with N above stripes × replicas)",
+                    list_text(&short),
                     if passed.is_empty() { String::new() } else { format!(" ({})", passed.join("; ")) }
                 ));
             }
@@ -665,8 +668,10 @@ impl Log {
         if !conflicts.is_empty() {
             // It returned with values the log decided otherwise (it was a head
             // whose write never got further, say): it cannot be a replica.
-            let why =
-                format!("it holds values the log decided otherwise at addresses {conflicts:?}");
+            let why = format!(
+                "it holds values the log decided otherwise at addresses {}",
+                list_text(&conflicts)
+            );
             trex_net::log_line!(
                 "WARN",
                 "unit {unit}: {why}; taking it out; it is not joined again until its data directory is wiped (then it joins as an empty spare)"
@@ -736,7 +741,8 @@ impl Log {
             .collect();
         if !odd.is_empty() {
             return Err(fail!(
-                "unit {unit} already holds different values at addresses {odd:?}; it cannot serve as a copy of unit {source}: take it out and wipe it"
+                "unit {unit} already holds different values at addresses {}; it cannot serve as a copy of unit {source}: take it out and wipe it",
+                list_text(&odd)
             ));
         }
         report.copied += ops.len() as u64;

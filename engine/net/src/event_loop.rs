@@ -729,8 +729,8 @@ impl<S: Service> EventLoop<S> {
             if let Some(n) = self.refusals.slow_frame.hit() {
                 crate::log_line!(
                     "WARN",
-                    "closed {n} connection(s) that did not finish a frame within {:?} of its first byte",
-                    self.cfg.frame_timeout
+                    "closed {n} connection(s) that did not finish a frame within {} of its first byte",
+                    crate::util::duration_text(self.cfg.frame_timeout)
                 );
             }
         }
@@ -738,8 +738,8 @@ impl<S: Service> EventLoop<S> {
             if let Some(n) = self.refusals.idle.hit() {
                 crate::log_line!(
                     "INFO",
-                    "closed {n} connection(s) idle for {:?}",
-                    self.cfg.idle_timeout
+                    "closed {n} connection(s) idle for {}",
+                    crate::util::duration_text(self.cfg.idle_timeout)
                 );
             }
         }

@@ -35,8 +35,9 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// How long one HTTP client may take to send its request or read the answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What this build is, for `trex_build_info`.
-#[derive(Clone, Copy, Debug)]
+/// What this build is: reported as `trex_build_info` and in every role's
+/// `node-info` reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildInfo {
     /// The crate version (e.g. `0.1.0`).
     pub version: &'static str,
@@ -44,13 +45,22 @@ pub struct BuildInfo {
     pub revision: &'static str,
 }
 
-/// Where a node serves its metrics, and what it is.
+impl Default for BuildInfo {
+    /// The workspace's version, revision unknown (a binary that knows its
+    /// revision, the `trex` CLI, passes its own).
+    fn default() -> BuildInfo {
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: "unknown",
+        }
+    }
+}
+
+/// Where a node serves its metrics.
 #[derive(Clone, Copy, Debug)]
 pub struct MetricsConfig {
     /// Address of the HTTP listener (`--metrics-listen`).
     pub listen: SocketAddr,
-    /// Reported as `trex_build_info`.
-    pub build: BuildInfo,
 }
 
 /// Liveness and readiness, shared between a node's event loop (which beats

@@ -2,8 +2,10 @@
 //! goes. Every role's service produces these; every reply header is built here,
 //! in one place ([`reply_header`]), and so are error replies.
 
+use crate::metrics::BuildInfo;
+use trex_wire::ops::Role;
 use trex_wire::{
-    self as wire, begin_frame, finish_frame, ErrorCode, Header, FLAG_ERROR, FLAG_RESPONSE,
+    self as wire, begin_frame, finish_frame, ErrorCode, Header, NodeInfo, FLAG_ERROR, FLAG_RESPONSE,
 };
 
 /// Identifies where a reply goes (the event loop's connection token).
@@ -78,6 +80,50 @@ pub fn refuse_foreign_cluster(
     })
 }
 
+/// The reply to a `node-info` request (opcode `0x40`), which every role
+/// answers the same way: its `role` and `build`, in a header stamped like the
+/// role's other replies (`epoch`, `cluster_id`). A request with a body is
+/// refused `malformed-body` and the connection closes after it (the reply's
+/// `close` is set). The caller has already refused a reply frame and a frame
+/// of another cluster.
+pub fn node_info(
+    to: ReplyTo,
+    header: &Header,
+    body: &[u8],
+    role: Role,
+    build: &BuildInfo,
+    epoch: u64,
+    cluster_id: u32,
+) -> Reply {
+    if let Err(e) = wire::decode_node_info_request(body) {
+        let msg = format!("node-info takes an empty body: {e}");
+        let h = reply_header(header, FLAG_ERROR, epoch, cluster_id);
+        return Reply {
+            to,
+            frame: error_frame(&h, ErrorCode::MalformedBody, &msg),
+            close: true,
+        };
+    }
+    let info = NodeInfo {
+        role,
+        version: build.version.to_string(),
+        revision: build.revision.to_string(),
+    };
+    let mut frame = Vec::with_capacity(64);
+    let start = begin_frame(&mut frame);
+    wire::encode_node_info(&mut frame, &info);
+    finish_frame(
+        &mut frame,
+        start,
+        reply_header(header, 0, epoch, cluster_id),
+    );
+    Reply {
+        to,
+        frame,
+        close: false,
+    }
+}
+
 /// Encodes a whole error reply frame.
 pub fn error_frame(header: &Header, code: ErrorCode, msg: &str) -> Vec<u8> {
     let mut frame = Vec::with_capacity(64 + msg.len());
@@ -114,5 +160,35 @@ mod tests {
         };
         assert_eq!(h, want, "nothing of the request but its opcode and id");
         assert_eq!(reply_header(&req, 0, 0, 0).flags, FLAG_RESPONSE);
+    }
+
+    #[test]
+    fn node_info_answers_the_build_and_refuses_a_body() {
+        let req = Header {
+            opcode: wire::Opcode::NodeInfo as u8,
+            request_id: 5,
+            cluster_id: 2,
+            ..Header::default()
+        };
+        let build = BuildInfo {
+            version: "1.2.3",
+            revision: "abc",
+        };
+        let r = node_info(1, &req, &[], Role::Storage, &build, 7, 2);
+        assert!(!r.close);
+        let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+        assert_eq!((f.header.epoch, f.header.cluster_id), (7, 2));
+        assert_eq!(f.header.flags, FLAG_RESPONSE);
+        let info = wire::decode_node_info(f.body).unwrap();
+        assert_eq!(
+            (info.role, info.version.as_str(), info.revision.as_str()),
+            (Role::Storage, "1.2.3", "abc")
+        );
+        let r = node_info(1, &req, &[0], Role::Storage, &build, 7, 2);
+        assert!(r.close, "a body is a protocol violation");
+        let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+        assert!(f.header.is_error());
+        let e = wire::decode_error(f.body).unwrap();
+        assert_eq!(e.code, ErrorCode::MalformedBody as u16);
     }
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use trex_wire::{
-    self as wire, begin_frame, finish_frame, ErrorCode, Header, InfoReply, Opcode, SealReply,
-    Status, WriteOp,
+    self as wire, begin_frame, finish_frame, ErrorCode, Header, InfoReply, NodeInfo, Opcode,
+    SealReply, Status, WriteOp,
 };
 
 /// Why a call failed.
@@ -25,7 +25,8 @@ pub enum ClientError {
     Address(String),
     /// No reply within the timeout; the outcome is unknown.
     #[error(
-        "no reply from {addr} within {timeout:?}; the request may or may not have taken effect"
+        "no reply from {addr} within {}; the request may or may not have taken effect",
+        crate::util::duration_text(*.timeout)
     )]
     Timeout {
         /// The server.
@@ -104,10 +105,17 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 impl UnitClient {
     /// Connects to `addr` (host:port).
     pub fn connect(addr: &str, timeout: Duration) -> Result<UnitClient, ClientError> {
+        UnitClient::open(
+            addr,
+            timeout,
+            "is a storage unit listening there? (start one with `trex node storage`)",
+        )
+    }
+
+    /// Connects to `addr`; `hint` follows the reason if nothing listens there.
+    fn open(addr: &str, timeout: Duration, hint: &str) -> Result<UnitClient, ClientError> {
         let (stream, addr) = crate::conn::connect(addr, timeout).map_err(|e| match e {
-            ConnectError::Refused { .. } => ClientError::Io(format!(
-                "{e}; is a storage unit listening there? (start one with `trex node storage`)"
-            )),
+            ConnectError::Refused { .. } => ClientError::Io(format!("{e}; {hint}")),
             ConnectError::Resolve { .. } => ClientError::Address(e.to_string()),
         })?;
         Ok(UnitClient {
@@ -296,6 +304,22 @@ pub trait UnitApi {
         let (_, body) = self.call(Opcode::Info, 0, &|_| {})?;
         wire::decode_info_reply(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
+
+    /// The node's role and build (`node-info`; every role answers it).
+    fn node_info(&mut self) -> Result<NodeInfo, ClientError> {
+        let (_, body) = self.call(Opcode::NodeInfo, 0, &|_| {})?;
+        wire::decode_node_info(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// Asks the node at `addr`, of any role, for its role and build (`node-info`)
+/// within `timeout`, with frames of `cluster_id`. A node built before
+/// `node-info` existed refuses it: a [`ClientError::Server`] whose code is
+/// `unknown-opcode`.
+pub fn node_info(addr: &str, timeout: Duration, cluster_id: u32) -> Result<NodeInfo, ClientError> {
+    let mut c = UnitClient::open(addr, timeout, "is the node running?")?;
+    c.cluster_id = cluster_id;
+    c.node_info()
 }
 
 impl UnitApi for UnitClient {

@@ -77,6 +77,57 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Numbers for a message (unit ids, stripes, addresses): `3, 7, 9`; past
+/// the first ten, how many more there are.
+pub fn list_text<T: std::fmt::Display>(items: &[T]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+/// The last millisecond RFC 3339 can write with a four-digit year.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds
+/// (`2026-12-01T04:05:06.123Z`), for people beside the number; times after
+/// year 9999 are written as its last millisecond.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A duration as people write it, in the form [`parse_duration`] reads back:
+/// `2h`, `10m`, `6s`, `1.5s`, `500ms`, `0.25ms`, `40us`, `0s` (to the
+/// microsecond). For messages, instead of Rust's debug form.
+pub fn duration_text(d: Duration) -> String {
+    let us = d.as_micros();
+    // A whole count of `unit`, or the count in it with up to three decimals.
+    let in_unit = |per: u128, unit: &str| {
+        if us.is_multiple_of(per) {
+            format!("{}{unit}", us / per)
+        } else {
+            let t = format!("{:.3}", us as f64 / per as f64);
+            format!("{}{unit}", t.trim_end_matches('0').trim_end_matches('.'))
+        }
+    };
+    match us {
+        0 => "0s".to_string(),
+        _ if us.is_multiple_of(3_600_000_000) => in_unit(3_600_000_000, "h"),
+        _ if us.is_multiple_of(60_000_000) => in_unit(60_000_000, "m"),
+        1_000_000.. => in_unit(1_000_000, "s"),
+        1_000.. => in_unit(1_000, "ms"),
+        _ => format!("{us}us"),
+    }
+}
+
 /// Logs a line through `tracing` at a level given as a literal (`"ERROR"`,
 /// `"WARN"`, `"INFO"`, `"DEBUG"`). The binary's subscriber writes it to
 /// standard error with a timestamp and the level, filtered by `TREX_LOG` (or
@@ -124,6 +175,41 @@ pub fn log_quiet() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_in_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn lists_are_written_for_people() {
+        assert_eq!(list_text::<u64>(&[]), "");
+        assert_eq!(list_text(&[3, 7, 9]), "3, 7, 9");
+        let many: Vec<u64> = (0..25).collect();
+        assert_eq!(list_text(&many), "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 15 more");
+    }
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(600), "10m"),
+            (Duration::from_secs(6), "6s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(333), "333ms"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::from_micros(1_250), "1.25ms"),
+            (Duration::from_secs(90), "90s"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(duration_text(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text} reads back");
+        }
+        assert_eq!(duration_text(Duration::from_millis(20_001)), "20.001s");
+    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {
@@ -240,6 +326,10 @@ pub fn sd_notify(state: &str) {
         Ok(())
     })();
     if let Err(e) = sent {
-        crate::log_line!("WARN", "cannot notify the supervisor ({state:?}): {e}");
+        crate::log_line!(
+            "WARN",
+            "cannot notify the supervisor (\"{}\"): {e}",
+            state.replace('\n', " ")
+        );
     }
 }

@@ -29,9 +29,10 @@ use trex_consensus::sm::{Op, Role};
 use trex_consensus::ConsensusError;
 use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
 use trex_log::LogError;
-use trex_net::metrics::{self, CounterFamily, Health, MetricsConfig, U64Gauge};
-use trex_net::reply::{refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
+use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
+use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::unit_client::UnitApi;
+use trex_net::util::{duration_text, list_text};
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
 use trex_wire::ops::Refusal;
 use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, TokenReply};
@@ -68,6 +69,8 @@ pub struct SequencerOptions {
     pub cluster_id: u32,
     /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
     pub metrics: Option<MetricsConfig>,
+    /// This binary's version and revision (`node-info`, `trex_build_info`).
+    pub build: BuildInfo,
 }
 
 /// Counters of the sequencer's token path, lease loop and repair loop (the
@@ -303,6 +306,8 @@ pub struct SequencerService {
     cluster_id: u32,
     /// Readiness, refreshed with the gauges.
     health: Arc<Health>,
+    /// Answered to `node-info`.
+    build: BuildInfo,
 }
 
 const METRICS_TIMER: u64 = 1;
@@ -317,7 +322,15 @@ impl SequencerService {
             replies: VecDeque::new(),
             cluster_id,
             health: Arc::new(Health::default()),
+            build: BuildInfo::default(),
         }
+    }
+
+    /// Answers `node-info` with `build` (the default: the workspace version,
+    /// revision unknown).
+    pub fn with_build(mut self, build: BuildInfo) -> SequencerService {
+        self.build = build;
+        self
     }
 
     /// Reports readiness to `health` (for `/readyz`).
@@ -339,9 +352,23 @@ impl Service for SequencerService {
                 return Flow::Close;
             }
         }
+        if header.opcode == Opcode::NodeInfo as u8 && !header.is_response() {
+            let r = node_info(
+                to,
+                header,
+                body,
+                Role::Sequencer,
+                &self.build,
+                0,
+                cluster_id,
+            );
+            let flow = if r.close { Flow::Close } else { Flow::Reply };
+            self.replies.push_back(r);
+            return flow;
+        }
         if header.opcode != Opcode::Token as u8 || header.is_response() {
             let msg = format!(
-                "opcode {:#04x} is not a sequencer request (token 0x30)",
+                "opcode {:#04x} is not a sequencer request (token 0x30, node-info 0x40)",
                 header.opcode
             );
             self.replies.push_back(bad(ErrorCode::UnknownOpcode, msg));
@@ -708,7 +735,8 @@ fn take_over(
                 chain.retain(|u| !down.contains(u));
                 if chain.is_empty() {
                     return Err(format!(
-                        "every replica of a stripe is unreachable (units {down:?}); restart them"
+                        "every replica of a stripe is unreachable (units {}); restart them",
+                        list_text(&down)
                     )
                     .into());
                 }
@@ -728,7 +756,8 @@ fn take_over(
                 if !down.is_empty() {
                     trex_net::log_line!(
                         "WARN",
-                        "took unreachable storage units {down:?} out of the layout"
+                        "took unreachable storage units {} out of the layout",
+                        list_text(&down)
                     );
                 }
                 let units: Vec<(u64, String)> = all
@@ -862,7 +891,8 @@ fn repair_loop(opts: SequencerOptions, shared: Arc<Shared>, every: Duration) {
             if !was_suspect.contains(id) {
                 trex_net::log_line!(
                     "WARN",
-                    "repair: unit {id} does not answer ({why}); taking it out if it still does not in {every:?}"
+                    "repair: unit {id} does not answer ({why}); taking it out if it still does not in {}",
+                    duration_text(every)
                 );
             }
             suspects.insert(*id);
@@ -926,8 +956,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     if opts.safety_gap >= opts.ttl {
         return Err(SequencerError::Failed(format!(
-            "--safety-gap {:?} must be below --ttl {:?}",
-            opts.safety_gap, opts.ttl
+            "--safety-gap {} must be below --ttl {}; shorten the gap or lengthen the lease",
+            duration_text(opts.safety_gap),
+            duration_text(opts.ttl)
         )));
     }
     let env = TcpEnv::new(&opts.endpoints, Duration::from_secs(1))?;
@@ -935,7 +966,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
     let shared = Arc::new(Shared::new(None));
     let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |_, _| {
-        Ok(SequencerService::new(shared.clone(), opts.cluster_id).with_health(health.clone()))
+        Ok(SequencerService::new(shared.clone(), opts.cluster_id)
+            .with_health(health.clone())
+            .with_build(opts.build))
     })
     .map_err(|e| {
         format!(
@@ -947,7 +980,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());
     if let Some(m) = &opts.metrics {
-        let mut reg = metrics::registry(&m.build);
+        let mut reg = metrics::registry(&opts.build);
         el.enable_metrics(&mut reg);
         shared.metrics.register(&mut reg);
         let at = metrics::serve(m.listen, reg, health)

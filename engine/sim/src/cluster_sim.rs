@@ -1758,6 +1758,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
             replicas: None,
             cluster_id: 0,
             metrics: None,
+            build: trex_net::metrics::BuildInfo::default(),
         };
         let env = SimEnv {
             h: h.clone(),

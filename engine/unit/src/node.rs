@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trex_net::metrics::{self, Health, MetricsConfig, U64Gauge};
+use trex_net::metrics::{self, BuildInfo, Health, MetricsConfig, U64Gauge};
 use trex_net::sync::Syncer;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::Header;
@@ -40,6 +40,8 @@ pub struct StorageOptions {
     pub limits: LoopConfig,
     /// Serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics-listen`).
     pub metrics: Option<MetricsConfig>,
+    /// This binary's version and revision (`node-info`, `trex_build_info`).
+    pub build: BuildInfo,
 }
 
 /// The storage unit's own metrics (beside the event loop's).
@@ -376,6 +378,7 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         cluster_id: opts.cluster_id,
         sync_never: opts.sync_never,
         io_uring: false,
+        build: opts.build,
     };
     let (mut unit, stats) = Unit::open(store, cfg)?;
     {
@@ -385,9 +388,9 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         }
         trex_net::log_line!(
             "INFO",
-            "recovered {} in {:.1?}: {} records ({} corrupt, {} duplicates) from {} indexed + {} scanned segments; tail {}, sealed epoch {}, trim mark {}",
+            "recovered {} in {:.1}s: {} records ({} corrupt, {} duplicates) from {} indexed + {} scanned segments; tail {}, sealed epoch {}, trim mark {}",
             opts.data_dir.display(),
-            started.elapsed(),
+            started.elapsed().as_secs_f64(),
             stats.records,
             stats.corrupt,
             stats.duplicates,
@@ -437,7 +440,7 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());
     if let Some(m) = &opts.metrics {
-        let mut reg = metrics::registry(&m.build);
+        let mut reg = metrics::registry(&opts.build);
         el.enable_metrics(&mut reg);
         el.service().metrics.register(&mut reg);
         let at = metrics::serve(m.listen, reg, health)

@@ -13,8 +13,10 @@ use crate::storage::{
     AppendError, Appended, Kind, Loc, Meta, RecordHead, Recovered, Store, SyncJob,
 };
 use std::collections::VecDeque;
+use trex_net::metrics::BuildInfo;
 pub use trex_net::reply::{error_frame, violation, Reply, ReplyTo};
-use trex_net::reply::{refuse_foreign_cluster, reply_header};
+use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header};
+use trex_wire::ops::Role;
 use trex_wire::{
     self as wire, begin_frame, finish_frame, AddrList, Entry, ErrorCode, Header, InfoReply, Opcode,
     ReadReplyBuilder, Request, SealReply, Status, WriteBatch, FLAG_ERROR,
@@ -30,6 +32,8 @@ pub struct UnitConfig {
     pub sync_never: bool,
     /// Reported in `info` flags: syncs run through io_uring.
     pub io_uring: bool,
+    /// Reported in the `node-info` reply.
+    pub build: BuildInfo,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -265,11 +269,25 @@ impl<S: Store> Unit<S> {
             self.ready.push_back(r);
             return false;
         }
+        if header.opcode == Opcode::NodeInfo as u8 {
+            let r = node_info(
+                to,
+                header,
+                body,
+                Role::Storage,
+                &self.cfg.build,
+                epoch,
+                cluster,
+            );
+            let keep = !r.close;
+            self.ready.push_back(r);
+            return keep;
+        }
         let request = match wire::decode_request(header.opcode, body) {
             Ok(r) => r,
             Err(wire::DecodeError::UnknownOpcode(op)) => {
                 let msg =
-                    format!("opcode {op:#04x} is not a storage-unit request (known: 0x01-0x07)");
+                    format!("opcode {op:#04x} is not a storage-unit request (known: 0x01-0x07, node-info 0x40)");
                 self.refuse(to, header, ErrorCode::UnknownOpcode, &msg, true);
                 return false;
             }

@@ -260,3 +260,42 @@ fn trimmed_is_only_reported_once_the_trim_is_durable() {
         Status::Trimmed
     );
 }
+
+/// `node-info` is answered at once, by any epoch, with the role and the build
+/// the unit was configured with and its sealed epoch in the header; a body is
+/// refused and ends the connection.
+#[test]
+fn node_info_names_the_role_and_build_at_any_epoch() {
+    let build = trex_net::metrics::BuildInfo {
+        version: "7.7.7",
+        revision: "feedbeef",
+    };
+    let cfg = UnitConfig {
+        build,
+        ..UnitConfig::default()
+    };
+    let mut u = Unit::open(MemStore::new(), cfg).expect("open").0;
+    send(&mut u, 1, Opcode::Seal, 0, |b| wire::encode_u64(b, 3));
+    sync(&mut u);
+    send(&mut u, 2, Opcode::NodeInfo, 0, |_| {});
+    send(&mut u, 3, Opcode::NodeInfo, 0, |b| b.push(1));
+    let r = replies(&mut u);
+    assert_eq!(
+        r.iter()
+            .map(|r| (r.to, error_code(r), r.close))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, None, false),
+            (2, None, false),
+            (3, Some(ErrorCode::MalformedBody), true)
+        ]
+    );
+    let f = wire::parse_frame(&r[1].frame).unwrap().unwrap();
+    assert_eq!(f.header.epoch, 3, "stamped with the sealed epoch");
+    let info = wire::decode_node_info(f.body).unwrap();
+    assert_eq!(info.role, wire::ops::Role::Storage);
+    assert_eq!(
+        (info.version.as_str(), info.revision.as_str()),
+        ("7.7.7", "feedbeef")
+    );
+}

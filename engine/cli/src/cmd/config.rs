@@ -65,7 +65,7 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
                     toml::Value::String(s) => Ok(s.clone()),
                     toml::Value::Integer(i) => Ok(i.to_string()),
                     other => Err(usage!(
-                        "config file {}: key {key:?} holds a {} in its array; an array holds strings or integers",
+                        "config file {}: key \"{key}\" holds a {} in its array; an array holds strings or integers",
                         path.to_string_lossy(),
                         other.type_str()
                     )),
@@ -74,7 +74,7 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
                 .join(","),
             other => {
                 return Err(usage!(
-                    "config file {}: key {key:?} holds a {}; a key is a flag of `trex node {}` and holds a string, a number, a boolean or an array",
+                    "config file {}: key \"{key}\" holds a {}; a key is a flag of `trex node {}` and holds a string, a number, a boolean or an array",
                     path.to_string_lossy(),
                     other.type_str(),
                     args[2].to_string_lossy()

@@ -3,10 +3,11 @@
 //! (one node at a time; see `docs/consensus.md`, "Changing the group").
 
 use crate::common::{
-    check_address, consensus_client, resolve_endpoints, Endpoints, Format, ShowArgs,
+    check_address, consensus_client, print_json, resolve_endpoints, Endpoints, Format,
 };
 use crate::error::{failed, CliError};
 use clap::Subcommand;
+use serde::Serialize;
 use std::time::{Duration, Instant};
 use trex_consensus::client::{ConsensusClient, Submit};
 use trex_consensus::sm::{GroupView, Op, Refusal};
@@ -16,10 +17,10 @@ use trex_wire::consensus::NodeStatus;
 #[derive(Subcommand)]
 pub enum EndpointCmd {
     /// Each consensus node's view: leader, ballot, commit and applied index, journal size.
-    Status(ShowArgs),
+    Status(Endpoints),
     /// The consensus group as its log records it: the voting nodes, a change
     /// in progress, and the ids retired.
-    List(ShowArgs),
+    List(Endpoints),
     /// Add a consensus node to the group (one at a time; waits until it
     /// votes). Then start it with `trex node consensus --id ID --listen
     /// HOST:PORT --join --peers <the group>` (the command prints it).
@@ -54,10 +55,10 @@ pub fn run(cmd: EndpointCmd) -> Result<(), CliError> {
     }
 }
 
-fn list(a: ShowArgs) -> Result<(), CliError> {
-    let g = consensus_client(&a.ep)?.group(&Op::Group)?;
+fn list(a: Endpoints) -> Result<(), CliError> {
+    let g = consensus_client(&a)?.group(&Op::Group)?;
     match a.format {
-        Format::Json => println!("{}", group_json(&g)),
+        Format::Json => print_json(&group_json(&g)),
         Format::Table => {
             if g.current.is_empty() {
                 println!("the group is not recorded yet: no leader has been elected since the cluster started; retry in a moment");
@@ -174,17 +175,17 @@ fn change(id: u64, addr: Option<String>, ep: &Endpoints) -> Result<(), CliError>
     Ok(())
 }
 
-fn status(a: ShowArgs) -> Result<(), CliError> {
-    let eps = resolve_endpoints(&a.ep)?;
+fn status(a: Endpoints) -> Result<(), CliError> {
+    let eps = resolve_endpoints(&a)?;
     let mut rows: Vec<Row> = Vec::new();
     let mut reachable = 0;
     for ep in eps.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let st = ConsensusClient::node_status_in(ep, a.ep.timeout, a.ep.cluster_id);
+        let st = ConsensusClient::node_status_in(ep, a.timeout, a.cluster_id);
         reachable += usize::from(st.is_ok());
         rows.push((ep.to_string(), st));
     }
     match a.format {
-        Format::Json => print_json(&rows),
+        Format::Json => print_json(&rows.iter().map(row_json).collect::<Vec<_>>()),
         Format::Table => print_table(&rows),
     }
     if let Some((_, Err(e))) = rows
@@ -203,18 +204,45 @@ fn status(a: ShowArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_json(rows: &[Row]) {
-    let items: Vec<String> = rows
-        .iter()
-        .map(|(ep, st)| match st {
-            Ok(s) => format!(
-                "{{\"endpoint\":\"{ep}\",\"id\":{},\"leader\":{},\"leading\":{},\"ballot\":\"{}.{}\",\"commit\":{},\"applied\":{},\"snapshot\":{},\"journal_bytes\":{}}}",
-                s.id, s.leader, s.leading, s.promised.counter, s.promised.node, s.commit, s.applied, s.snapshot, s.journal_bytes
-            ),
-            Err(e) => format!("{{\"endpoint\":\"{ep}\",\"error\":{e:?}}}"),
-        })
-        .collect();
-    println!("[{}]", items.join(","));
+/// One endpoint in `trex endpoint status -w json` (docs/cli.md).
+#[derive(Serialize)]
+struct RowJson<'a> {
+    endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leading: Option<bool>,
+    /// `counter.node`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ballot: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn row_json((ep, st): &Row) -> RowJson<'_> {
+    let s = st.as_ref().ok();
+    RowJson {
+        endpoint: ep,
+        id: s.map(|s| s.id),
+        leader: s.map(|s| s.leader),
+        leading: s.map(|s| s.leading),
+        ballot: s.map(|s| format!("{}.{}", s.promised.counter, s.promised.node)),
+        commit: s.map(|s| s.commit),
+        applied: s.map(|s| s.applied),
+        snapshot: s.map(|s| s.snapshot),
+        journal_bytes: s.map(|s| s.journal_bytes),
+        error: st.as_ref().err().map(|e| e.to_string()),
+    }
 }
 
 fn print_table(rows: &[Row]) {

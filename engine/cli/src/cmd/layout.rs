@@ -1,16 +1,18 @@
 //! `trex layout show|init|replicas`: the layout (projections) and the
 //! replication factor.
 
-use crate::common::{consensus_client, print_projection, Endpoints, Format, ShowArgs};
+use crate::common::{
+    consensus_client, print_json, print_projection, Endpoints, Format, ProjectionJson,
+};
 use crate::error::{failed, usage, CliError};
 use clap::Subcommand;
 use trex_consensus::client::Submit;
-use trex_consensus::sm::{decode_projection, Op, Projection};
+use trex_consensus::sm::{decode_projection, Op};
 
 #[derive(Subcommand)]
 pub enum LayoutCmd {
     /// Show the current projection.
-    Show(ShowArgs),
+    Show(Endpoints),
     /// Install the first projection from the registered storage units.
     Init {
         #[command(flatten)]
@@ -60,54 +62,33 @@ fn replicas(ep: &Endpoints, n: Option<u32>) -> Result<(), CliError> {
     let now = b
         .get(..4)
         .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")))
-        .ok_or_else(|| failed!("the replication result is cut short: {b:?}"))?;
-    match now {
-        0 => println!("replication factor not recorded (set it with `trex layout replicas N`)"),
-        n => println!("replication factor {n}"),
+        .ok_or_else(|| failed!(
+                "the replication result is {} bytes, not 4: the consensus group runs another version of trex; use a matching `trex`",
+                b.len()
+            ))?;
+    match (ep.format, now) {
+        (Format::Json, n) => print_json(&serde_json::json!({ "replicas": (n > 0).then_some(n) })),
+        (Format::Table, 0) => {
+            println!("replication factor not recorded (set it with `trex layout replicas N`)")
+        }
+        (Format::Table, n) => println!("replication factor {n}"),
     }
     Ok(())
 }
 
-fn show(a: ShowArgs) -> Result<(), CliError> {
-    let (n, p) = consensus_client(&a.ep)?.layout()?;
+fn show(a: Endpoints) -> Result<(), CliError> {
+    let (n, p) = consensus_client(&a)?.layout()?;
     let Some(p) = p else {
         return Err("no layout is installed yet; bootstrap one with `trex layout init --stripes 2 --replicas 2`".into());
     };
     match a.format {
-        Format::Json => println!("{}", json(&p, n)),
+        Format::Json => print_json(&ProjectionJson::new(&p, Some(n))),
         Format::Table => {
             print_projection(&p);
             println!("history    {n} projections");
         }
     }
     Ok(())
-}
-
-/// The projection and the number of projections ever installed, as JSON.
-fn json(p: &Projection, history: u64) -> String {
-    let segs: Vec<String> = p
-        .segments
-        .iter()
-        .map(|s| {
-            let stripes: Vec<String> = s.stripes.iter().map(|c| format!("{c:?}")).collect();
-            let end = if s.end == u64::MAX {
-                "null".to_string()
-            } else {
-                s.end.to_string()
-            };
-            format!(
-                "{{\"start\":{},\"end\":{end},\"stripes\":[{}]}}",
-                s.start,
-                stripes.join(",")
-            )
-        })
-        .collect();
-    format!(
-        "{{\"epoch\":{},\"sequencer\":{},\"history\":{history},\"segments\":[{}]}}",
-        p.epoch,
-        p.sequencer,
-        segs.join(",")
-    )
 }
 
 fn init(ep: &Endpoints, stripes: u32, replicas: u32) -> Result<(), CliError> {
@@ -120,6 +101,9 @@ fn init(ep: &Endpoints, stripes: u32, replicas: u32) -> Result<(), CliError> {
     let b = c.submit_ok(&Op::InitLayout { stripes, replicas })?;
     let p = decode_projection(&mut trex_wire::Reader::new(&b))
         .map_err(|e| failed!("bad layout from the consensus group: {e}"))?;
-    print_projection(&p);
+    match ep.format {
+        Format::Json => print_json(&ProjectionJson::new(&p, None)),
+        Format::Table => print_projection(&p),
+    }
     Ok(())
 }

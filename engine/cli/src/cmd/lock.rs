@@ -1,6 +1,7 @@
 //! `trex lock …`: advisory locks with leases and fencing tokens.
 
-use crate::common::{consensus_client, unix_ms, Endpoints};
+use crate::cmd::status::LeaseJson;
+use crate::common::{consensus_client, print_json, unix_ms, when, Endpoints, Format};
 use crate::error::{failed, CliError};
 use clap::Subcommand;
 use std::process::{Child, ExitStatus};
@@ -86,21 +87,31 @@ pub fn run(cmd: LockCmd) -> Result<(), CliError> {
         } => {
             let mut c = LockClient::new(consensus_client(&ep)?);
             let l = c.acquire(&name, &holder.unwrap_or_else(default_holder), ttl)?;
-            print_lease(&l);
+            print_lease(&l, ep.format);
         }
         LockCmd::Renew {
             ep,
             name,
             token,
             ttl,
-        } => print_lease(&LockClient::new(consensus_client(&ep)?).renew(&name, token, ttl)?),
+        } => {
+            let l = LockClient::new(consensus_client(&ep)?).renew(&name, token, ttl)?;
+            print_lease(&l, ep.format);
+        }
         LockCmd::Release { ep, name, token } => {
             LockClient::new(consensus_client(&ep)?).release(&name, token)?;
-            println!("released lock {name:?} (token {token})");
+            match ep.format {
+                Format::Json => print_json(&serde_json::json!({
+                    "name": name,
+                    "token": token,
+                    "released": true,
+                })),
+                Format::Table => println!("released lock \"{name}\" (token {token})"),
+            }
         }
         LockCmd::Show { ep, name } => {
             match LockClient::new(consensus_client(&ep)?).get(&name) {
-                Ok(l) => print_lease(&l),
+                Ok(l) => print_lease(&l, ep.format),
                 // Asking about a lock never taken loses nobody's lease: a plain
                 // refusal (1), not "lease lost" (3).
                 Err(e) if e.is_refused(Refusal::NoSuchLock) => {
@@ -126,21 +137,20 @@ fn default_holder() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
-fn print_lease(l: &Lease) {
-    let left = l.expire_time_unsafe() as i128 - unix_ms() as i128;
-    let state = if l.released {
-        "released".to_string()
-    } else if left > 0 {
-        format!("expires in {:.1}s", left as f64 / 1000.0)
-    } else {
-        format!("expired {:.1}s ago", -left as f64 / 1000.0)
-    };
+/// A lease as `trex lock acquire|renew|show` print it: for people,
+/// `lock "jobs" holder "alice" token 7 expires 1764567890123
+/// (2026-12-01T04:05:06.123Z, in 9.9s)` (`, released` at the end once
+/// released); or its JSON (docs/cli.md).
+fn print_lease(l: &Lease, format: Format) {
+    if format == Format::Json {
+        print_json(&LeaseJson::new(l));
+        return;
+    }
+    let expires = when(l.expire_time_unsafe(), unix_ms());
+    let released = if l.released { ", released" } else { "" };
     println!(
-        "lock {:?} holder {:?} token {} expires {} (Unix ms; {state})",
-        l.name,
-        l.holder,
-        l.token,
-        l.expire_time_unsafe()
+        "lock \"{}\" holder \"{}\" token {} expires {expires}{released}",
+        l.name, l.holder, l.token
     );
 }
 
@@ -157,7 +167,7 @@ fn lock_run(
     let mut c = LockClient::new(consensus_client(ep)?);
     let lease = acquire_waiting(&mut c, name, &holder, ttl)?;
     eprintln!(
-        "holding lock {name:?} with token {}; running {}",
+        "holding lock \"{name}\" with token {}; running {}",
         lease.token,
         command.join(" ")
     );
@@ -178,13 +188,13 @@ fn lock_run(
     let (status, lost) = supervise(&mut c, &mut child, name, lease.token, ttl)?;
     if let Some(e) = lost {
         eprintln!(
-            "error: lost lock {name:?} while the command ran ({e}); the command was sent SIGTERM"
+            "error: lost lock \"{name}\" while the command ran ({e}); the command was sent SIGTERM"
         );
         std::process::exit(3);
     }
     if let Err(e) = c.release(name, lease.token) {
         eprintln!(
-            "warning: could not release lock {name:?}: {e}; it frees itself when the lease expires"
+            "warning: could not release lock \"{name}\": {e}; it frees itself when the lease expires"
         );
     }
     std::process::exit(status.code().unwrap_or(1));

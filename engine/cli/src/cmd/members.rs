@@ -1,9 +1,10 @@
 //! `trex members`: the cluster's members, read through the consensus log;
 //! `trex members remove ID` removes one that is gone.
 
-use crate::common::{consensus_client, unix_ms, Endpoints, Format, ShowArgs};
+use crate::common::{consensus_client, print_json, relative, rfc3339, unix_ms, Endpoints, Format};
 use crate::error::{failed, CliError};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use trex_consensus::client::Submit;
 use trex_consensus::sm::{Op, Role, MEMBER_LIVE_MS};
 
@@ -14,7 +15,7 @@ pub struct MembersArgs {
     #[command(subcommand)]
     cmd: Option<MembersCmd>,
     #[command(flatten)]
-    show: ShowArgs,
+    show: Endpoints,
 }
 
 #[derive(Subcommand)]
@@ -75,37 +76,57 @@ fn remove(id: u64, ep: &Endpoints) -> Result<(), CliError> {
         ));
     }
     c.submit_ok(&Op::Deregister { id })?;
-    println!("removed node {id} ({} at {})", m.role.name(), m.addr);
+    match ep.format {
+        Format::Json => print_json(&serde_json::json!({
+            "removed": id,
+            "role": m.role.name(),
+            "addr": m.addr,
+        })),
+        Format::Table => println!("removed node {id} ({} at {})", m.role.name(), m.addr),
+    }
     Ok(())
 }
 
-fn list(a: ShowArgs) -> Result<(), CliError> {
-    let m = consensus_client(&a.ep)?.members()?;
+/// One member in `trex members -w json` (docs/cli.md).
+#[derive(Serialize)]
+struct MemberJson<'a> {
+    id: u64,
+    role: &'static str,
+    addr: &'a str,
+    registered_ms: u64,
+    registered_at: String,
+    seen_ms: u64,
+    seen_at: String,
+}
+
+fn list(a: Endpoints) -> Result<(), CliError> {
+    let m = consensus_client(&a)?.members()?;
     match a.format {
         Format::Json => {
-            let rows: Vec<String> = m
+            let rows: Vec<MemberJson> = m
                 .iter()
-                .map(|(id, m)| {
-                    format!(
-                        "{{\"id\":{id},\"role\":\"{}\",\"addr\":\"{}\",\"registered_ms\":{},\"seen_ms\":{}}}",
-                        m.role.name(),
-                        m.addr,
-                        m.registered_ms,
-                        m.seen_ms
-                    )
+                .map(|(id, m)| MemberJson {
+                    id: *id,
+                    role: m.role.name(),
+                    addr: &m.addr,
+                    registered_ms: m.registered_ms,
+                    registered_at: rfc3339(m.registered_ms),
+                    seen_ms: m.seen_ms,
+                    seen_at: rfc3339(m.seen_ms),
                 })
                 .collect();
-            println!("[{}]", rows.join(","));
+            print_json(&rows);
         }
         Format::Table => {
             println!("{:<8}{:<11}{:<24}LAST SEEN", "ID", "ROLE", "ADDRESS");
             let now = unix_ms();
             for (id, m) in &m {
                 println!(
-                    "{id:<8}{:<11}{:<24}{}s ago",
+                    "{id:<8}{:<11}{:<24}{} ({})",
                     m.role.name(),
                     m.addr,
-                    now.saturating_sub(m.seen_ms) / 1000
+                    rfc3339(m.seen_ms),
+                    relative(m.seen_ms, now)
                 );
             }
         }

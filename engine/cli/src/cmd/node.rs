@@ -10,11 +10,18 @@ use trex_consensus::client::DEFAULT_ENDPOINTS;
 use trex_consensus::node::{run_consensus, ConsensusOptions};
 use trex_consensus::sm::Role;
 use trex_net::metrics::{BuildInfo, MetricsConfig};
-use trex_net::util::{parse_duration, parse_size};
+use trex_net::util::{duration_text, parse_duration, parse_size};
 use trex_net::LoopConfig;
 use trex_sequencer::{run_sequencer, SequencerOptions};
 use trex_unit::node::{run_storage, StorageOptions};
 use trex_unit::storage::mmap::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+
+/// What this binary is: its release and the git revision it was built from
+/// (`trex --version`, every node's `node-info` reply and `trex_build_info`).
+pub const BUILD: BuildInfo = BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    revision: env!("TREX_GIT_REVISION"),
+};
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
@@ -54,9 +61,9 @@ impl ConnArgs {
     fn limits(&self, base: LoopConfig) -> Result<LoopConfig, CliError> {
         if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
             return Err(usage!(
-                "--idle-timeout and --frame-timeout must be above 0 (got {:?} and {:?})",
-                self.idle_timeout,
-                self.frame_timeout
+                "--idle-timeout and --frame-timeout must be above 0 (got {} and {})",
+                duration_text(self.idle_timeout),
+                duration_text(self.frame_timeout)
             ));
         }
         Ok(LoopConfig {
@@ -66,14 +73,9 @@ impl ConnArgs {
         })
     }
 
-    /// Where to serve metrics, if anywhere, and what this build is.
+    /// Where to serve metrics, if anywhere.
     fn metrics(&self) -> Option<MetricsConfig> {
-        let build = BuildInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            revision: env!("TREX_GIT_REVISION"),
-        };
-        self.metrics_listen
-            .map(|listen| MetricsConfig { listen, build })
+        self.metrics_listen.map(|listen| MetricsConfig { listen })
     }
 }
 
@@ -252,6 +254,7 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
         sync_never: a.sync == SyncMode::Never,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
+        build: BUILD,
         limits: a.conn.limits(LoopConfig {
             max_connections: a.max_connections,
             max_inflight: a.max_inflight.max(1),
@@ -275,9 +278,9 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
     // Checked again by the sequencer; here so that it is a usage error.
     if a.safety_gap >= a.ttl {
         return Err(usage!(
-            "--safety-gap {:?} must be below --ttl {:?}",
-            a.safety_gap,
-            a.ttl
+            "--safety-gap {} must be below --ttl {}; shorten the gap or lengthen the lease",
+            duration_text(a.safety_gap),
+            duration_text(a.ttl)
         ));
     }
     check_endpoints(&a.endpoints, "--endpoints (or TREX_ENDPOINTS)")?;
@@ -294,6 +297,7 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         replicas: a.replicas,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
+        build: BUILD,
     })?)
 }
 
@@ -327,7 +331,7 @@ pub fn parse_peers(entries: &[String]) -> Result<Vec<(u64, SocketAddr)>, CliErro
                     .filter(|id| (1..=1u64 << 62).contains(id));
                 let Some(id) = id else {
                     return Err(usage!(
-                        "--peers entry {e:?}: the id must be a number from 1 to 2^62"
+                        "--peers entry \"{e}\": the id must be a number from 1 to 2^62"
                     ));
                 };
                 (id, addr.trim())
@@ -335,7 +339,7 @@ pub fn parse_peers(entries: &[String]) -> Result<Vec<(u64, SocketAddr)>, CliErro
             None => (i as u64 + 1, *e),
         };
         let addr: SocketAddr = addr.parse().map_err(|_| {
-            usage!("--peers entry {e:?}: {addr:?} is not IP:PORT (e.g. 10.0.0.1:7400)")
+            usage!("--peers entry \"{e}\": \"{addr}\" is not IP:PORT (e.g. 10.0.0.1:7400)")
         })?;
         if out.iter().any(|(i, _)| *i == id) {
             return Err(usage!("--peers names node {id} twice"));
@@ -370,6 +374,7 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         limits: a.conn.limits(LoopConfig::default())?,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
+        build: BUILD,
     })?)
 }
 
@@ -391,7 +396,7 @@ fn node_id(dir: &std::path::Path, flag: Option<u64>, port: u16) -> Result<u64, C
         Ok(text) => {
             let stored: u64 = text.trim().parse().map_err(|_| {
                 failed!(
-                    "{} does not hold a node id ({:?}); restore it from a backup, or move the data directory away",
+                    "{} does not hold a node id (it holds \"{}\"); restore it from a backup, or move the data directory away",
                     path.display(),
                     text.trim()
                 )

@@ -1,6 +1,6 @@
 //! `trex repair`: restore replication with empty spare units.
 
-use crate::common::{resolve_endpoints, Endpoints};
+use crate::common::{print_json, resolve_endpoints, Endpoints, Format};
 use crate::error::{usage, CliError};
 use clap::Args;
 use trex_log::Log;
@@ -21,6 +21,22 @@ pub fn run(a: RepairArgs) -> Result<(), CliError> {
     }
     let mut log = Log::connect_to(&resolve_endpoints(&a.ep)?, a.ep.cluster_id)?;
     let r = log.repair(a.replicas, &mut |line| eprintln!("{line}"))?;
+    if a.ep.format == Format::Json {
+        let joined: Vec<_> = r
+            .joined
+            .iter()
+            .map(|(stripe, unit)| serde_json::json!({ "stripe": stripe, "unit": unit }))
+            .collect();
+        print_json(&serde_json::json!({
+            "epoch": r.epoch,
+            "joined": joined,
+            "copied": r.copied,
+            "holes": r.holes,
+            "present": r.present,
+            "rewritten": r.rewritten,
+        }));
+        return Ok(());
+    }
     if r.joined.is_empty() {
         println!(
             "nothing to repair: every chain is complete (layout epoch {})",

@@ -1,6 +1,6 @@
 //! `trex token`: ask a sequencer for log addresses.
 
-use crate::common::check_address;
+use crate::common::{check_address, print_json, Format};
 use crate::error::{failed, CliError};
 use clap::Args;
 use std::time::Duration;
@@ -18,6 +18,9 @@ pub struct TokenArgs {
     /// Cluster id to send (the sequencer's `--cluster-id`).
     #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     cluster_id: u32,
+    /// Output format (docs/cli.md).
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    format: Format,
 }
 
 pub fn run(a: TokenArgs) -> Result<(), CliError> {
@@ -25,6 +28,7 @@ pub fn run(a: TokenArgs) -> Result<(), CliError> {
         node,
         count,
         cluster_id,
+        format,
     } = a;
     check_address(&node, "the sequencer (--node)", "127.0.0.1:7410")?;
     let mut c = UnitClient::connect(&node, Duration::from_secs(2))?;
@@ -34,7 +38,14 @@ pub fn run(a: TokenArgs) -> Result<(), CliError> {
     })?;
     match trex_wire::decode_token_reply(&body).map_err(|e| failed!("{e}"))? {
         TokenReply::Granted { epoch, first } => {
-            println!("epoch {epoch} first {first} count {count}");
+            match format {
+                Format::Json => print_json(&serde_json::json!({
+                    "epoch": epoch,
+                    "first": first,
+                    "count": count,
+                })),
+                Format::Table => println!("epoch {epoch} first {first} count {count}"),
+            }
             Ok(())
         }
         TokenReply::NotSequencer { hint } if hint.is_empty() => Err(failed!(

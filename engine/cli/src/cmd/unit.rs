@@ -1,13 +1,14 @@
 //! `trex unit …`: talk directly to one storage unit (an operator's tool).
 
-use crate::common::{check_address, escape, Format};
+use crate::common::{base64, check_address, escape, print_json, Format};
 use crate::error::{failed, usage, CliError};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use std::io::{Read, Write};
 use std::time::Duration;
 use trex_net::unit_client::{UnitApi, UnitClient};
 use trex_net::util::parse_duration;
-use trex_wire::{Status, WriteOp, INFO_IO_URING, INFO_POISONED, INFO_SYNC_NEVER};
+use trex_wire::{Status, WriteOp, INFO_FULL, INFO_IO_URING, INFO_POISONED, INFO_SYNC_NEVER};
 
 #[derive(Args)]
 pub struct UnitArgs {
@@ -28,6 +29,15 @@ pub struct UnitArgs {
     /// How long to wait for a reply.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Output format: `table` for people, `json` for programs (docs/cli.md).
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    format: Format,
     #[command(subcommand)]
     cmd: UnitCmd,
 }
@@ -76,12 +86,8 @@ enum UnitCmd {
         /// New epoch (must be higher than the current one).
         epoch: u64,
     },
-    /// Show the unit's state.
-    Info {
-        /// Output format.
-        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
-        format: Format,
-    },
+    /// Show the unit's state and the version it runs.
+    Info,
 }
 
 pub fn run(u: UnitArgs) -> Result<(), CliError> {
@@ -94,7 +100,13 @@ pub fn run(u: UnitArgs) -> Result<(), CliError> {
         if count != 1 {
             return Err(usage!("--raw prints one entry; use --count 1"));
         }
+        if u.format == Format::Json {
+            return Err(usage!(
+                "--raw writes the entry's bytes alone; leave out -w json (whose `data` is base64)"
+            ));
+        }
     }
+    let format = u.format;
     check_address(
         &u.node,
         "the storage unit (--node or TREX_NODE)",
@@ -104,7 +116,7 @@ pub fn run(u: UnitArgs) -> Result<(), CliError> {
     c.cluster_id = u.cluster_id;
     let epoch = match (u.epoch, &u.cmd) {
         (Some(e), _) => e,
-        (None, UnitCmd::Info { .. } | UnitCmd::Seal { .. }) => 0,
+        (None, UnitCmd::Info | UnitCmd::Seal { .. }) => 0,
         (None, _) => c.info()?.sealed_epoch,
     };
     let not_ok = match u.cmd {
@@ -113,25 +125,31 @@ pub fn run(u: UnitArgs) -> Result<(), CliError> {
             data,
             writer,
             seq,
-        } => write(&mut c, epoch, addr, data, writer, seq).map(|()| 0)?,
-        UnitCmd::Read { addr, count, raw } => read(&mut c, epoch, addr, count, raw)?,
-        UnitCmd::Fill { addr, count } => fill(&mut c, epoch, addr, count)?,
+        } => write(&mut c, format, epoch, addr, data, writer, seq).map(|()| 0)?,
+        UnitCmd::Read { addr, count, raw } => read(&mut c, format, epoch, addr, count, raw)?,
+        UnitCmd::Fill { addr, count } => fill(&mut c, format, epoch, addr, count)?,
         UnitCmd::Trim { prefix } => {
             let mark = c.trim(epoch, prefix)?;
-            println!("trim mark {mark}");
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "trim_mark": mark })),
+                Format::Table => println!("trim mark {mark}"),
+            }
             0
         }
-        UnitCmd::Seal { epoch: new } => seal(&mut c, new).map(|()| 0)?,
-        UnitCmd::Info { format } => info(&mut c, &u.node, format).map(|()| 0)?,
+        UnitCmd::Seal { epoch: new } => seal(&mut c, format, new).map(|()| 0)?,
+        UnitCmd::Info => info(&mut c, &u.node, format).map(|()| 0)?,
     };
     if not_ok > 0 {
-        return Err(failed!("{not_ok} address(es) not ok"));
+        return Err(failed!(
+            "{not_ok} address(es) not ok: the status beside each address above says why (`trex unit read ADDR` of one explains it)"
+        ));
     }
     Ok(())
 }
 
 fn write(
     c: &mut UnitClient,
+    format: Format,
     epoch: u64,
     addr: u64,
     data: String,
@@ -155,10 +173,19 @@ fn write(
         data: &bytes,
     };
     match c.write(epoch, &[op])?[0] {
-        Status::Ok => println!(
-            "{addr}\tok\twriter={writer}\tseq={seq}\tlen={}",
-            bytes.len()
-        ),
+        Status::Ok => match format {
+            Format::Json => print_json(&serde_json::json!({
+                "address": addr,
+                "status": "ok",
+                "writer": writer,
+                "seq": seq,
+                "len": bytes.len(),
+            })),
+            Format::Table => println!(
+                "{addr}\tok\twriter={writer}\tseq={seq}\tlen={}",
+                bytes.len()
+            ),
+        },
         s => return Err(failed!("address {addr}: {}", explain(s))),
     }
     Ok(())
@@ -167,6 +194,7 @@ fn write(
 /// Prints COUNT addresses from ADDR; returns how many were neither ok nor junk.
 fn read(
     c: &mut UnitClient,
+    format: Format,
     epoch: u64,
     addr: u64,
     count: u32,
@@ -176,8 +204,20 @@ fn read(
     let mut out = std::io::stdout().lock();
     for chunk in addresses(addr, count).chunks(4096) {
         for item in c.read(epoch, chunk)? {
-            if raw && item.status == Status::Ok {
-                out.write_all(&item.data).map_err(|e| e.to_string())?;
+            if format == Format::Json {
+                let ok = item.status == Status::Ok;
+                let line = serde_json::json!({
+                    "address": item.addr,
+                    "status": item.status.name(),
+                    "writer": ok.then_some(item.writer),
+                    "seq": ok.then_some(item.seq),
+                    "data": ok.then(|| base64(&item.data)),
+                });
+                let _ = writeln!(out, "{line}");
+                not_ok += usize::from(!ok && item.status != Status::Junk);
+            } else if raw && item.status == Status::Ok {
+                out.write_all(&item.data)
+                    .map_err(|e| format!("cannot write the entry at {}: {e}", item.addr))?;
             } else if item.status == Status::Ok {
                 let _ = writeln!(
                     out,
@@ -200,11 +240,22 @@ fn read(
 }
 
 /// Fills COUNT addresses from ADDR; returns how many were not filled.
-fn fill(c: &mut UnitClient, epoch: u64, addr: u64, count: u32) -> Result<usize, CliError> {
+fn fill(
+    c: &mut UnitClient,
+    format: Format,
+    epoch: u64,
+    addr: u64,
+    count: u32,
+) -> Result<usize, CliError> {
     let mut not_ok = 0;
     for chunk in addresses(addr, count).chunks(4096) {
         for (a, s) in chunk.iter().zip(c.fill(epoch, chunk)?) {
-            println!("{a}\t{s}");
+            match format {
+                Format::Json => {
+                    print_json(&serde_json::json!({ "address": a, "status": s.name() }))
+                }
+                Format::Table => println!("{a}\t{s}"),
+            }
             if s != Status::Ok {
                 not_ok += 1;
                 if count == 1 {
@@ -223,7 +274,7 @@ fn addresses(addr: u64, count: u32) -> Vec<u64> {
         .collect()
 }
 
-fn seal(c: &mut UnitClient, new: u64) -> Result<(), CliError> {
+fn seal(c: &mut UnitClient, format: Format, new: u64) -> Result<(), CliError> {
     let s = c.seal(new)?;
     if !s.sealed {
         return Err(failed!(
@@ -233,12 +284,41 @@ fn seal(c: &mut UnitClient, new: u64) -> Result<(), CliError> {
             s.tail
         ));
     }
-    println!("sealed at epoch {}; tail {}", s.sealed_epoch, s.tail);
+    match format {
+        Format::Json => print_json(&serde_json::json!({
+            "sealed_epoch": s.sealed_epoch,
+            "tail": s.tail,
+        })),
+        Format::Table => println!("sealed at epoch {}; tail {}", s.sealed_epoch, s.tail),
+    }
     Ok(())
+}
+
+/// `trex unit info -w json` (docs/cli.md).
+#[derive(Serialize)]
+struct InfoJson<'a> {
+    node: &'a str,
+    sealed_epoch: u64,
+    trim_mark: u64,
+    tail: u64,
+    entries: u64,
+    junk: u64,
+    corrupt: u64,
+    segments: u32,
+    segment_size_bytes: u64,
+    used_bytes: u64,
+    sync: &'static str,
+    poisoned: bool,
+    full: bool,
+    version: Option<String>,
+    revision: Option<String>,
 }
 
 fn info(c: &mut UnitClient, node: &str, format: Format) -> Result<(), CliError> {
     let i = c.info()?;
+    // Asked last: a unit older than `node-info` refuses it and closes the
+    // connection; its version is then unknown.
+    let build = c.node_info().ok();
     let sync = if i.flags & INFO_SYNC_NEVER != 0 {
         "never"
     } else if i.flags & INFO_IO_URING != 0 {
@@ -247,15 +327,33 @@ fn info(c: &mut UnitClient, node: &str, format: Format) -> Result<(), CliError> 
         "always (sync thread)"
     };
     let poisoned = i.flags & INFO_POISONED != 0;
+    let full = i.flags & INFO_FULL != 0;
     match format {
-        Format::Json => println!(
-            "{{\"node\":\"{}\",\"sealed_epoch\":{},\"trim_mark\":{},\"tail\":{},\"entries\":{},\"junk\":{},\"corrupt\":{},\"segments\":{},\"segment_size_bytes\":{},\"used_bytes\":{},\"sync\":\"{}\",\"poisoned\":{}}}",
-            node, i.sealed_epoch, i.trim_mark, i.tail, i.entries, i.junk, i.corrupt, i.segments,
-            i.segment_size_bytes, i.used_bytes, sync, poisoned
-        ),
+        Format::Json => print_json(&InfoJson {
+            node,
+            sealed_epoch: i.sealed_epoch,
+            trim_mark: i.trim_mark,
+            tail: i.tail,
+            entries: i.entries,
+            junk: i.junk,
+            corrupt: i.corrupt,
+            segments: i.segments,
+            segment_size_bytes: i.segment_size_bytes,
+            used_bytes: i.used_bytes,
+            sync,
+            poisoned,
+            full,
+            version: build.as_ref().map(|b| b.version.clone()),
+            revision: build.as_ref().map(|b| b.revision.clone()),
+        }),
         Format::Table => {
+            let version = build.map_or_else(
+                || "unknown".to_string(),
+                |b| format!("{} (git {})", b.version, b.revision),
+            );
             let rows = [
                 ("node", node.to_string()),
+                ("version", version),
                 ("sealed epoch", i.sealed_epoch.to_string()),
                 ("trim mark", i.trim_mark.to_string()),
                 ("tail", i.tail.to_string()),
@@ -267,6 +365,7 @@ fn info(c: &mut UnitClient, node: &str, format: Format) -> Result<(), CliError> 
                 ("used", format!("{} bytes", i.used_bytes)),
                 ("sync", sync.to_string()),
                 ("poisoned", poisoned.to_string()),
+                ("full", full.to_string()),
             ];
             for (k, v) in rows {
                 println!("{k:<14}{v}");

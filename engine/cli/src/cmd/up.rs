@@ -119,7 +119,8 @@ fn wait_for(
         }
         if t0.elapsed() > within {
             return Err(failed!(
-                "{what} did not happen within {within:?}; see the logs"
+                "{what} did not happen within {}; see the logs",
+                trex_net::util::duration_text(within)
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
