@@ -712,13 +712,13 @@ fn execute(plan: Plan, out: &mut Outputs, signals: &libc::sigset_t) -> Result<Ex
     } = plan;
     let client = prepare()?;
     let what = format!(
-        "{}: {}, {} clients",
+        "{}: {}, {}",
         info.workload,
         match info.rate {
             Some(r) => format!("open loop at {r} ops/s"),
             None => "closed loop".to_string(),
         },
-        info.clients
+        report::plural(info.clients as u64, "client")
     );
     eprintln!(
         "{what}; warm-up {}, then {}",
@@ -773,11 +773,20 @@ fn execute(plan: Plan, out: &mut Outputs, signals: &libc::sigset_t) -> Result<Ex
     if let Some(sig) = outcome.interrupted {
         return Ok(ExitCode::from((128 + sig) as u8));
     }
-    if !outcome.failures.is_empty() || summary.errors() > 0 {
+    if let Some(first) = outcome.failures.first() {
         eprintln!(
-            "error: {} requests failed and {} clients stopped early; see the summary",
-            summary.errors(),
-            outcome.failures.len()
+            "error: {first}{}",
+            match outcome.failures.len() {
+                1 => String::new(),
+                n => format!(" (and {} more; see the summary)", n - 1),
+            }
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if summary.errors() > 0 {
+        eprintln!(
+            "error: {} requests failed; the summary lists them by kind",
+            summary.errors()
         );
         return Ok(ExitCode::FAILURE);
     }

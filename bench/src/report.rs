@@ -65,9 +65,9 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// `1 op` or `16 ops`.
-fn ops_word(n: u64) -> String {
-    format!("{n} op{}", if n == 1 { "" } else { "s" })
+/// `1 client` or `16 clients`.
+pub fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 impl<'a> Summary<'a> {
@@ -118,11 +118,11 @@ impl<'a> Summary<'a> {
         let (info, out) = (self.info, self.out);
         let ops_s = self.per_s(out.ops);
         println!(
-            "{}: {}, {} clients, {} per request; warm-up {} not counted{}",
+            "{}: {}, {}, {} per request; warm-up {} not counted{}",
             info.workload,
             self.mode(),
-            info.clients,
-            ops_word(info.ops_per_request),
+            plural(info.clients as u64, "client"),
+            plural(info.ops_per_request, "op"),
             fmt_duration(info.warmup),
             match out.interrupted {
                 Some(sig) => format!("; stopped early by signal {sig}"),
@@ -272,6 +272,7 @@ mod tests {
         assert_eq!(fmt_us(2_100_000), "2.1s");
         assert_eq!(fmt_duration(Duration::ZERO), "0s");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(ops_word(1), "1 op");
+        assert_eq!(plural(1, "op"), "1 op");
+        assert_eq!(plural(2, "client"), "2 clients");
     }
 }
