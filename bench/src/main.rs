@@ -367,7 +367,15 @@ struct Plan {
     run: RunArgs,
     /// Prepares the clients (what needs the cluster: the active sequencer, a
     /// unit's tail); an error here is not a usage error.
-    prepare: Box<dyn FnOnce() -> Result<Arc<ClientFn>, String>>,
+    prepare: Box<dyn FnOnce() -> Result<Prepared, String>>,
+}
+
+/// The clients of a run, and what preparing them found out.
+struct Prepared {
+    client: Arc<ClientFn>,
+    /// Whether acknowledgements mean durability, where the workload can tell
+    /// (a storage unit says whether it runs with `--sync never`).
+    durable: Option<bool>,
 }
 
 /// The pace of `r` for requests of `per` operations.
@@ -426,12 +434,15 @@ fn info(workload: &'static str, clients: usize, per: u64, size: u64, r: &RunArgs
     }
 }
 
-/// A prepared client function from a config and a client body.
+/// The clients running `body` with `cfg`.
 fn clients_of<T: Send + Sync + 'static>(
     cfg: T,
     body: fn(&T, usize, &mut run::Ctx) -> Result<(), String>,
-) -> Arc<ClientFn> {
-    Arc::new(move |i, ctx| body(&cfg, i, ctx))
+) -> Prepared {
+    Prepared {
+        client: Arc::new(move |i, ctx| body(&cfg, i, ctx)),
+        durable: None,
+    }
 }
 
 /// Checks the command line and turns it into a plan; `Err` is a usage error.
@@ -468,13 +479,12 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
                     depth.div_ceil(batch)
                 },
             };
-            let p = Plan {
+            Plan {
                 info: info("append", a.clients, per, a.size, &a.run),
                 pace: pace_of(&a.run, per)?,
                 run: a.run,
                 prepare: Box::new(move || Ok(clients_of(cfg, log_load::append_client))),
-            };
-            p
+            }
         }
         Cmd::Read(a) => {
             let per = a.depth as u64;
@@ -483,13 +493,12 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
                 cluster_id: a.cluster.cluster_id,
                 depth: per,
             };
-            let p = Plan {
+            Plan {
                 info: info("read", a.clients, per, a.size, &a.run),
                 pace: pace_of(&a.run, per)?,
                 run: a.run,
                 prepare: Box::new(move || Ok(clients_of(cfg, log_load::read_client))),
-            };
-            p
+            }
         }
         Cmd::Tokens(a) => {
             no_depth_with_rate(a.depth, &a.run)?;
@@ -511,7 +520,7 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
                 None => resolve_cluster(&a.cluster)?,
             };
             let (given, cluster_id, batch) = (a.sequencer, a.cluster.cluster_id, a.batch);
-            let p = Plan {
+            Plan {
                 info: info("tokens", a.clients, per, 0, &a.run),
                 pace: pace_of(&a.run, per)?,
                 run: a.run,
@@ -529,8 +538,7 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
                     };
                     Ok(clients_of(cfg, node_load::token_client))
                 }),
-            };
-            p
+            }
         }
         Cmd::Consensus(a) => group_plan("consensus", a, consensus_load::consensus_client)?,
         Cmd::Lock(a) => group_plan("lock", a, consensus_load::lock_client)?,
@@ -558,7 +566,7 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
             }
             let per = a.batch as u64;
             let (node, cluster_id, size, batch) = (a.node, a.cluster_id, a.size as usize, a.batch);
-            let p = Plan {
+            Plan {
                 info: info("unit-write", a.clients, per, a.size, &a.run),
                 pace: pace_of(&a.run, per)?,
                 run: a.run,
@@ -569,7 +577,8 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
                     let unit = c.info().map_err(|e| {
                         format!("the storage unit at {node} did not answer info: {e}")
                     })?;
-                    if unit.flags & wire::INFO_SYNC_NEVER != 0 {
+                    let durable = unit.flags & wire::INFO_SYNC_NEVER == 0;
+                    if !durable {
                         eprintln!("note: the unit runs with --sync never: these writes are acknowledged before they are durable");
                     }
                     eprintln!("unit-write: {node}, from address {}", unit.tail);
@@ -582,10 +591,12 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
                         batch,
                         next_addr: Arc::new(AtomicU64::new(unit.tail)),
                     };
-                    Ok(clients_of(cfg, node_load::write_client))
+                    Ok(Prepared {
+                        durable: Some(durable),
+                        ..clients_of(cfg, node_load::write_client)
+                    })
                 }),
-            };
-            p
+            }
         }
         Cmd::EtcdPut(a) => etcd_plan("etcd-put", a, etcd::put_client)?,
         Cmd::EtcdLease(a) => etcd_plan("etcd-lease", a, etcd::lease_client)?,
@@ -705,12 +716,13 @@ fn main() -> ExitCode {
 
 fn execute(plan: Plan, out: &mut Outputs, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     let Plan {
-        info,
+        mut info,
         pace,
         run: args,
         prepare,
     } = plan;
-    let client = prepare()?;
+    let Prepared { client, durable } = prepare()?;
+    info.durable = durable;
     let what = format!(
         "{}: {}, {}",
         info.workload,
