@@ -370,7 +370,7 @@ pub fn run(
     let mut total = new_hist();
     let mut interval = new_hist();
     let mut points = Vec::new();
-    let mut tick = 1u32;
+    let mut tick: Option<Instant> = None;
     let mut last = (0u64, Instant::now());
     let mut rotated: Option<Instant> = None;
     let mut interrupted = None;
@@ -430,17 +430,18 @@ pub fn run(
         let Some(&origin) = shared.origin.get() else {
             continue; // still connecting
         };
+        let measure_start = origin + warmup;
         let now = Instant::now();
-        let due = origin + Duration::from_secs(u64::from(tick));
+        let due = *tick.get_or_insert_with(|| next_tick(origin, measure_start, origin));
         if now < due {
             continue;
         }
-        tick = (((now - origin).as_secs() + 1) as u32).max(tick + 1);
-        let measure_start = origin + warmup;
-        let p99 = if now > measure_start {
-            rotate(now, measure_start)
-        } else {
+        tick = Some(next_tick(origin, measure_start, now));
+        let warming = due <= measure_start;
+        let p99 = if warming {
             None
+        } else {
+            rotate(now, measure_start)
         };
         let n = shared.ops_all.load(Ordering::Relaxed);
         let rate = (n - last.0) as f64 / (now - last.1).as_secs_f64().max(1e-9);
@@ -452,7 +453,7 @@ pub fn run(
             rate,
             p99.map_or("-".to_string(), crate::report::fmt_us),
             shared.errors_all.load(Ordering::Relaxed),
-            if now < measure_start {
+            if warming {
                 format!("  ({label}: warm-up)")
             } else {
                 String::new()
@@ -516,6 +517,22 @@ pub fn run(
     })
 }
 
+/// The first progress tick after `after`: every whole second from `origin`
+/// during the warm-up (up to its end), then every second from the start of the
+/// measurement, so that each interval of the histogram log is a whole second.
+fn next_tick(origin: Instant, measure_start: Instant, after: Instant) -> Instant {
+    let second = Duration::from_secs(1);
+    if after < measure_start {
+        let k = after.saturating_duration_since(origin).as_secs() + 1;
+        let t = origin + second * k as u32;
+        if t <= measure_start {
+            return t;
+        }
+    }
+    let j = after.saturating_duration_since(measure_start).as_secs() + 1;
+    measure_start + second * j as u32
+}
+
 /// Waits up to `timeout` for one of the (blocked) signals in `set`.
 fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     let ts = libc::timespec {
@@ -551,5 +568,24 @@ mod tests {
         };
         assert_eq!(closed.warmup_split(), (0, Duration::from_millis(1001)));
         assert_eq!(closed.scheduled(), None);
+    }
+
+    #[test]
+    fn progress_ticks_each_second_and_intervals_start_at_the_measurement() {
+        let o = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        // A 1.0002 s warm-up: a warm-up tick at 1 s, then 1 s after its end.
+        let m = o + ms(1000) + Duration::from_micros(200);
+        assert_eq!(next_tick(o, m, o), o + ms(1000));
+        assert_eq!(next_tick(o, m, o + ms(1010)), m + ms(1000));
+        assert_eq!(next_tick(o, m, m + ms(1003)), m + ms(2000));
+        // A warm-up of exactly 1 s: its end is a tick (a warm-up one).
+        let m = o + ms(1000);
+        assert_eq!(next_tick(o, m, o + ms(20)), m);
+        assert_eq!(next_tick(o, m, m), m + ms(1000));
+        // No warm-up.
+        assert_eq!(next_tick(o, o, o), o + ms(1000));
+        // A late loop skips the ticks it missed.
+        assert_eq!(next_tick(o, o, o + ms(3500)), o + ms(4000));
     }
 }
