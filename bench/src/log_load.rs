@@ -41,6 +41,7 @@ pub fn consensus_error_kind(e: &ConsensusError) -> String {
     }
 }
 
+/// A log client of the cluster at `endpoints`; the error says what to check.
 pub(crate) fn connect(endpoints: &str, cluster_id: u32) -> Result<Log, String> {
     Log::connect_to(endpoints, cluster_id).map_err(|e| {
         format!("cannot reach the log through {endpoints}: {e}; is the cluster up (`trex status`)?")
