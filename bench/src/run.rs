@@ -352,61 +352,13 @@ pub fn run(
         last_done_ns: AtomicU64::new(0),
         recorders: Mutex::new(Vec::new()),
     });
-    let handles: Vec<JoinHandle<Result<(), String>>> = (0..clients)
-        .map(|i| {
-            let (s, client) = (shared.clone(), client.clone());
-            std::thread::spawn(move || {
-                let mut ctx = Ctx::new(s);
-                let r = std::panic::catch_unwind(AssertUnwindSafe(|| client(i, &mut ctx)));
-                // A client that failed before starting still passes the
-                // barrier, or the others would wait for it for ever.
-                ctx.start();
-                r.unwrap_or_else(|_| Err(format!("client {i} panicked (a bug: please report it)")))
-            })
-        })
-        .collect();
-
+    let handles = spawn_clients(&shared, clients, &client);
     let (_, warmup) = pace.warmup_split();
-    let mut total = new_hist();
-    let mut interval = new_hist();
-    let mut points = Vec::new();
+    let mut intervals = Intervals::new();
     let mut tick: Option<Instant> = None;
-    let mut last = (0u64, Instant::now());
-    let mut rotated: Option<Instant> = None;
+    let mut last: Option<(u64, Instant)> = None;
     let mut interrupted = None;
     let mut gave_up = None;
-    let mut sink_error = None;
-    let mut rotate = |now: Instant, measure_start: Instant| -> Option<u64> {
-        let from = *rotated.get_or_insert(measure_start);
-        if now <= from {
-            return None;
-        }
-        interval.reset();
-        for r in lock(&shared.recorders).iter() {
-            let mut h = lock(r);
-            // Same bounds everywhere: adding cannot fail.
-            let _ = interval.add(&*h);
-            h.reset();
-        }
-        let _ = total.add(&interval);
-        rotated = Some(now);
-        if let Err(e) = sink(&Interval {
-            start: from,
-            length: now - from,
-            hist: &interval,
-        }) {
-            sink_error.get_or_insert(e);
-        }
-        let p99 = interval.value_at_quantile(0.99);
-        points.push(IntervalPoint {
-            t_s: (now - measure_start).as_secs_f64(),
-            count: interval.len(),
-            p50_us: interval.value_at_quantile(0.5),
-            p99_us: p99,
-            max_us: interval.max(),
-        });
-        (!interval.is_empty()).then_some(p99)
-    };
     loop {
         if handles.iter().all(JoinHandle::is_finished) {
             break;
@@ -441,16 +393,16 @@ pub fn run(
         let p99 = if warming {
             None
         } else {
-            rotate(now, measure_start)
+            intervals.rotate(&shared, now, measure_start, sink)
         };
         let n = shared.ops_all.load(Ordering::Relaxed);
-        let rate = (n - last.0) as f64 / (now - last.1).as_secs_f64().max(1e-9);
-        last = (n, now);
+        let (n0, t0) = last.unwrap_or((0, origin));
+        last = Some((n, now));
         eprintln!(
             "  {:>5.1}s  {:>10} ops  {:>10.0} ops/s  p99 {:>9}  errors {}{}",
             (now - origin).as_secs_f64(),
             n,
-            rate,
+            (n - n0) as f64 / (now - t0).as_secs_f64().max(1e-9),
             p99.map_or("-".to_string(), crate::report::fmt_us),
             shared.errors_all.load(Ordering::Relaxed),
             if warming {
@@ -461,7 +413,69 @@ pub fn run(
         );
     }
     shared.stop.store(true, Ordering::SeqCst);
+    let failures = join_clients(handles);
 
+    let origin = shared.origin.get().copied();
+    let mut seconds = 0.0;
+    if let Some(origin) = origin {
+        let measure_start = origin + warmup;
+        let now = Instant::now();
+        if now > measure_start {
+            intervals.rotate(&shared, now, measure_start, sink);
+        }
+        let last_ns = shared.last_done_ns.load(Ordering::Relaxed);
+        let end = if last_ns > 0 {
+            origin + Duration::from_nanos(last_ns)
+        } else {
+            now
+        };
+        seconds = end.saturating_duration_since(measure_start).as_secs_f64();
+    }
+    if let Some(e) = intervals.sink_error {
+        return Err(format!("cannot write the histogram log: {e}"));
+    }
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let errors = std::mem::take(&mut *lock(&shared.errors));
+    Ok(Outcome {
+        hist: intervals.total,
+        points: intervals.points,
+        ops: shared.ops.load(Ordering::Relaxed),
+        requests: shared.requests.load(Ordering::Relaxed),
+        errors,
+        seconds,
+        missed: match (interrupted, origin.is_some()) {
+            (None, true) => pace.scheduled().map(|n| n.saturating_sub(sent)),
+            _ => None,
+        },
+        interrupted,
+        failures,
+    })
+}
+
+/// One thread per client, each running `client` under its own [`Ctx`].
+fn spawn_clients(
+    shared: &Arc<Shared>,
+    clients: usize,
+    client: &Arc<ClientFn>,
+) -> Vec<JoinHandle<Result<(), String>>> {
+    (0..clients)
+        .map(|i| {
+            let (s, client) = (shared.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut ctx = Ctx::new(s);
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| client(i, &mut ctx)));
+                // A client that failed before starting still passes the
+                // barrier, or the others would wait for it for ever.
+                ctx.start();
+                r.unwrap_or_else(|_| Err(format!("client {i} panicked (a bug: please report it)")))
+            })
+        })
+        .collect()
+}
+
+/// Why clients failed; a client still busy (after a Ctrl-C's grace) is left
+/// running and counted.
+fn join_clients(handles: Vec<JoinHandle<Result<(), String>>>) -> Vec<String> {
     let mut failures = Vec::new();
     let mut busy = 0;
     for (i, h) in handles.into_iter().enumerate() {
@@ -480,41 +494,71 @@ pub fn run(
             "{busy} client(s) were still waiting for replies when the summary was taken"
         ));
     }
-    let origin = shared.origin.get().copied();
-    let mut seconds = 0.0;
-    if let Some(origin) = origin {
-        let measure_start = origin + warmup;
-        let now = Instant::now();
-        if now > measure_start {
-            rotate(now, measure_start);
+    failures
+}
+
+/// The measurement, interval by interval: the clients' histograms are taken
+/// (and reset) once a second, handed to the sink, and added to the total.
+struct Intervals {
+    total: Histogram<u64>,
+    interval: Histogram<u64>,
+    points: Vec<IntervalPoint>,
+    /// The end of the last interval taken (`None`: none yet).
+    rotated: Option<Instant>,
+    sink_error: Option<std::io::Error>,
+}
+
+impl Intervals {
+    fn new() -> Intervals {
+        Intervals {
+            total: new_hist(),
+            interval: new_hist(),
+            points: Vec::new(),
+            rotated: None,
+            sink_error: None,
         }
-        let last_ns = shared.last_done_ns.load(Ordering::Relaxed);
-        let end = if last_ns > 0 {
-            origin + Duration::from_nanos(last_ns)
-        } else {
-            now
-        };
-        seconds = end.saturating_duration_since(measure_start).as_secs_f64();
     }
-    if let Some(e) = sink_error {
-        return Err(format!("cannot write the histogram log: {e}"));
+
+    /// Ends the current interval at `now`; returns its p99 (µs) if it
+    /// measured anything.
+    fn rotate(
+        &mut self,
+        shared: &Shared,
+        now: Instant,
+        measure_start: Instant,
+        sink: &mut dyn FnMut(&Interval<'_>) -> std::io::Result<()>,
+    ) -> Option<u64> {
+        let from = *self.rotated.get_or_insert(measure_start);
+        if now <= from {
+            return None;
+        }
+        self.rotated = Some(now);
+        let iv = &mut self.interval;
+        iv.reset();
+        for r in lock(&shared.recorders).iter() {
+            let mut h = lock(r);
+            // Same bounds everywhere: adding cannot fail.
+            let _ = iv.add(&*h);
+            h.reset();
+        }
+        let _ = self.total.add(&*iv);
+        if let Err(e) = sink(&Interval {
+            start: from,
+            length: now - from,
+            hist: iv,
+        }) {
+            self.sink_error.get_or_insert(e);
+        }
+        let p99 = iv.value_at_quantile(0.99);
+        self.points.push(IntervalPoint {
+            t_s: (now - measure_start).as_secs_f64(),
+            count: iv.len(),
+            p50_us: iv.value_at_quantile(0.5),
+            p99_us: p99,
+            max_us: iv.max(),
+        });
+        (!iv.is_empty()).then_some(p99)
     }
-    let sent = shared.sent.load(Ordering::Relaxed);
-    let errors = std::mem::take(&mut *lock(&shared.errors));
-    Ok(Outcome {
-        hist: total,
-        points,
-        ops: shared.ops.load(Ordering::Relaxed),
-        requests: shared.requests.load(Ordering::Relaxed),
-        errors,
-        seconds,
-        missed: match (interrupted, origin.is_some()) {
-            (None, true) => pace.scheduled().map(|n| n.saturating_sub(sent)),
-            _ => None,
-        },
-        interrupted,
-        failures,
-    })
 }
 
 /// The first progress tick after `after`: every whole second from `origin`
