@@ -363,7 +363,13 @@ pub fn run(
         if handles.iter().all(JoinHandle::is_finished) {
             break;
         }
-        if let Some(sig) = wait_signal(signals, Duration::from_millis(50)) {
+        // Wake for a signal, a client finishing (looked at every 50 ms), or
+        // the next tick, whichever comes first.
+        let until_tick = tick.map_or(Duration::from_millis(50), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        let wait = until_tick.clamp(Duration::from_millis(1), Duration::from_millis(50));
+        if let Some(sig) = wait_signal(signals, wait) {
             if interrupted.is_some() {
                 eprintln!("signal {sig} again: not waiting for the clients any longer");
                 break;
