@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Committed commands/s of a three-node consensus group on loopback (fsync on),
 # beside a three-node etcd cluster measured the same way in the same run:
-#   trex-bench consensus  : 64 clients, one ~100-byte registration in flight each
+#   trex-bench consensus  : 64 clients, one ~100-byte command in flight each (a read of a
+#                           lock that does not exist: it leaves nothing behind)
 #   trex-bench etcd-put   : 64 clients, one 100-byte put in flight each (JSON gateway)
 # RUNS rounds (default 3), alternating; medians and the ratio are printed.
 # Needs etcd (apt-get install -y etcd-server) and python3.

@@ -20,36 +20,38 @@ B=target/release/trex-bench
 E=127.0.0.1:7460,127.0.0.1:7461,127.0.0.1:7462
 IC="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
 rm -rf "$DIR" && mkdir -p "$DIR/results"
+# Every process this script starts is recorded here and stopped by its PID
+# (a pattern would miss the sequencer, whose command line has no --data-dir,
+# and could hit someone else's processes).
+PIDS=()
 stop_all() {
-  pkill -f "trex node .*--data-dir $DIR" 2>/dev/null || true
-  # The sequencer has no data directory: stop it by its address.
-  pkill -f "trex node sequencer --listen 127.0.0.1:7480" 2>/dev/null || true
-  pkill -f "etcd --name e[123] --data-dir $DIR" 2>/dev/null || true
-  redis-cli -p 6399 shutdown nosave >/dev/null 2>&1 || true
-  # Wait (at most 10 s) until they are gone, so the next round starts clean.
-  for _ in $(seq 100); do
-    pgrep -f "trex node .*127.0.0.1:74[678]|etcd --name e[123] --data-dir $DIR" >/dev/null || break
-    sleep 0.1
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Wait (at most 10 s each) until they are gone, so the next round starts clean.
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
+  PIDS=()
 }
 trap stop_all EXIT
 
 for i in $(seq "$RUNS"); do
   echo "== run $i/$RUNS: trex cluster (3 consensus, 1 unit, 1 sequencer)" >&2
   rm -rf "$DIR/trex"
-  for n in 1 2 3; do "$T" node consensus --id $n --listen 127.0.0.1:746$((n-1)) --peers "$E" --data-dir "$DIR/trex/n$n" 2>"$DIR/c$n.log" & done
+  for n in 1 2 3; do "$T" node consensus --id $n --listen 127.0.0.1:746$((n-1)) --peers "$E" --data-dir "$DIR/trex/n$n" 2>"$DIR/c$n.log" & PIDS+=($!); done
   sleep 1
-  "$T" node storage --listen 127.0.0.1:7470 --data-dir "$DIR/trex/u" --endpoints "$E" 2>"$DIR/u.log" &
+  "$T" node storage --listen 127.0.0.1:7470 --data-dir "$DIR/trex/u" --endpoints "$E" 2>"$DIR/u.log" & PIDS+=($!)
   for _ in $(seq 50); do "$T" members --endpoints "$E" 2>/dev/null | grep -q storage && break; sleep 0.2; done
   "$T" layout init --stripes 1 --replicas 1 --endpoints "$E" >/dev/null
-  "$T" node sequencer --listen 127.0.0.1:7480 --endpoints "$E" 2>"$DIR/q.log" &
+  "$T" node sequencer --listen 127.0.0.1:7480 --endpoints "$E" 2>"$DIR/q.log" & PIDS+=($!)
   for _ in $(seq 50); do "$T" token --node 127.0.0.1:7480 >/dev/null 2>&1 && break; sleep 0.2; done
   "$B" tokens --sequencer 127.0.0.1:7480 --clients 50 --depth 64 --duration "${SECS}s" --json "$DIR/results/tokens-$i.json" >&2
   "$B" tokens --sequencer 127.0.0.1:7480 --clients 50 --depth 64 --batch 100 --duration "${SECS}s" --json "$DIR/results/tokens100-$i.json" >&2
   "$B" lock --endpoints "$E" --clients 64 --duration "${SECS}s" --json "$DIR/results/lock-$i.json" >&2
   stop_all
   echo "== run $i/$RUNS: redis INCR" >&2
-  redis-server --port 6399 --save '' --appendonly no >"$DIR/redis.log" 2>&1 &
+  redis-server --port 6399 --save '' --appendonly no >"$DIR/redis.log" 2>&1 & PIDS+=($!)
   sleep 0.5
   redis-benchmark -p 6399 -t incr -c 50 -P 64 -n 5000000 --csv >"$DIR/results/redis-$i.csv" 2>/dev/null
   stop_all
@@ -59,7 +61,7 @@ for i in $(seq "$RUNS"); do
     etcd --name e$n --data-dir "$DIR/etcd/e$n" --listen-client-urls http://127.0.0.1:2379$n \
       --advertise-client-urls http://127.0.0.1:2379$n --listen-peer-urls http://127.0.0.1:2380$n \
       --initial-advertise-peer-urls http://127.0.0.1:2380$n --initial-cluster "$IC" \
-      --initial-cluster-state new --logger zap --log-level error 2>"$DIR/e$n.log" &
+      --initial-cluster-state new --logger zap --log-level error 2>"$DIR/e$n.log" & PIDS+=($!)
   done
   for _ in $(seq 100); do curl -sf http://127.0.0.1:23791/health >/dev/null 2>&1 && break; sleep 0.1; done
   sleep 1

@@ -1,22 +1,65 @@
-//! `trex-bench`: closed-loop load generators for Trex Corfu.
+//! `trex-bench`: load generators for Trex Corfu, closed or open loop.
+//!
+//! This file parses and checks the command line (every check before anything
+//! connects), prepares the workload, runs it under the driver (`run.rs`) and
+//! writes what was measured (`report.rs`, `plot.rs`). The workloads are in
+//! `log_load.rs`, `node_load.rs`, `consensus_load.rs` and `etcd.rs`.
 
-use clap::{Args, Parser, Subcommand};
-use hdrhistogram::Histogram;
-use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
-use std::net::TcpStream;
+mod consensus_load;
+mod etcd;
+mod log_load;
+mod node_load;
+mod plot;
+mod report;
+mod run;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use report::{fmt_duration, HistogramLog, RunInfo, Summary};
+use run::{ClientFn, Pace};
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use trex_net::conn::{read_frame, read_frame_into};
+use std::time::Duration;
 use trex_net::unit_client::{UnitApi, UnitClient};
-use trex_net::util::{duration_text, parse_duration, parse_size};
-use trex_wire::{self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp};
+use trex_net::util::{parse_duration, parse_size};
+use trex_wire as wire;
+
+const ABOUT: &str = "Load generators for Trex Corfu (and etcd, to compare with)";
+
+const LONG_ABOUT: &str = "Load generators for Trex Corfu (and etcd, to compare with).
+
+Closed loop (the default): each client sends its next request when its last one
+is answered; latency counts from the send. This finds the peak throughput, and
+hides stalls: while a request waits, the client sends nothing else.
+
+Open loop (--rate OPS/S): requests go out on a fixed schedule shared by all
+clients, whatever the answers do; each request's latency counts from its
+scheduled time, so a stall is charged to every request it held up (the
+coordinated-omission correction of wrk2 and HdrHistogram). This is what a user
+at a steady arrival rate sees. Each client then has one request in flight;
+more --clients allow more in flight.
+
+Every run warms up first (--warmup, left out of the figures) and is bounded by
+--duration (10s by default) and/or --count. Ctrl-C (or SIGTERM) stops it early
+and prints the summary of what was measured so far.";
+
+const AFTER_HELP: &str =
+    "Exit status: 0 every request succeeded; 1 some request or client failed (the
+summary says which); 2 bad arguments (nothing was contacted); 128+N stopped by
+signal N (130 for Ctrl-C), after the summary.";
 
 #[derive(Parser)]
-#[command(name = "trex-bench", version, about = "Load generators for Trex Corfu")]
+#[command(
+    name = "trex-bench",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -24,204 +67,646 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Batched durable writes at one storage unit (closed loop).
-    UnitWrite(UnitWrite),
-    /// Committed commands/s of the consensus group (closed loop, one command in
-    /// flight per client; each command a ~100-byte registration).
-    Consensus(ConsensusLoad),
-    /// The same load against etcd's JSON gateway (`/v3/kv/put`, 100-byte values),
-    /// for comparison.
-    EtcdPut(EtcdLoad),
-    /// Addresses/s from a sequencer (pipelined token requests).
-    Tokens(TokenLoad),
-    /// Lock acquire+release pairs/s through the lock service (one pair in flight per client).
-    Lock(ConsensusLoad),
-    /// etcd lease grant+revoke pairs/s through its JSON gateway, for comparison.
-    EtcdLease(EtcdLoad),
-    /// Appends to the shared log (each client appends batches of --depth entries).
-    Append(LogLoad),
-    /// Reads from the shared log (each client reads ranges of --depth addresses).
-    Read(LogLoad),
+    /// Appends to the shared log (an operation: one entry).
+    ///
+    /// Each request is a batch of --batch entries (default --depth); in closed
+    /// loop each client keeps --depth entries in flight through its pipeline.
+    Append(AppendArgs),
+    /// Reads from the shared log (an operation: one entry read).
+    ///
+    /// Each request reads a range of --depth addresses below the tail.
+    Read(ReadArgs),
+    /// Addresses from the active sequencer (an operation: one address).
+    ///
+    /// Each request asks for --batch addresses; in closed loop windows of
+    /// --depth requests are pipelined, as `redis-benchmark -P` does.
+    Tokens(TokenArgs),
+    /// Committed commands of the consensus group (an operation: one command).
+    ///
+    /// Each request is one ~100-byte command through the log that leaves
+    /// nothing behind (it reads a lock that does not exist).
+    Consensus(GroupArgs),
+    /// Lock acquire+release pairs (an operation: one pair).
+    ///
+    /// Each client takes and releases its own lock; a lock whose release failed
+    /// is released before the client ends, so a run leaves no lock held.
+    Lock(GroupArgs),
+    /// Writes straight to one storage unit (an operation: one entry).
+    ///
+    /// Each request writes --batch entries from the unit's tail on; in closed
+    /// loop --depth requests are in flight per connection. Use a unit that
+    /// serves no log (`trex node storage` on its own): the entries go to
+    /// addresses no sequencer handed out.
+    UnitWrite(UnitWriteArgs),
+    /// etcd puts, to compare with `consensus` (an operation: one put).
+    ///
+    /// 100-byte values through etcd's JSON gateway (`/v3/kv/put`).
+    EtcdPut(EtcdArgs),
+    /// etcd lease grant+revoke pairs, to compare with `lock` (an operation: one
+    /// pair).
+    ///
+    /// Through etcd's JSON gateway; a lease whose revoke failed is revoked
+    /// before the client ends.
+    EtcdLease(EtcdArgs),
+}
+
+impl Cmd {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Cmd::Append(_) => "append",
+            Cmd::Read(_) => "read",
+            Cmd::Tokens(_) => "tokens",
+            Cmd::Consensus(_) => "consensus",
+            Cmd::Lock(_) => "lock",
+            Cmd::UnitWrite(_) => "unit-write",
+            Cmd::EtcdPut(_) => "etcd-put",
+            Cmd::EtcdLease(_) => "etcd-lease",
+        }
+    }
+}
+
+/// How long, how fast, and what to write: the same for every workload.
+#[derive(Args, Clone, Debug)]
+struct RunArgs {
+    /// Open loop: offer this many operations per second in all clients
+    /// together (e.g. 20000, 20k, 1.5M). Requests go out at their scheduled
+    /// times and latency counts from those times (coordinated omission
+    /// corrected). Without --rate the run is closed loop.
+    #[arg(long, value_name = "OPS/S", value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Measure for this long (10s when neither --duration nor --count is
+    /// given). With --count too, the run ends at whichever comes first.
+    #[arg(long, value_parser = parse_bound)]
+    duration: Option<Duration>,
+    /// Measure this many operations (e.g. 10000, 10k), then stop; a whole
+    /// number of requests.
+    #[arg(long, value_parser = parse_count)]
+    count: Option<u64>,
+    /// Run this long before measuring; the warm-up is left out of every figure
+    /// and file.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// How to print the summary on standard output.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    format: Format,
+    /// Also write the JSON summary to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the latency histogram of each second as an HdrHistogram interval
+    /// log (values in microseconds), for HistogramLogAnalyzer or the
+    /// hdrhistogram libraries' log readers.
+    #[arg(long, value_name = "FILE")]
+    histogram_log: Option<PathBuf>,
+    /// Draw the latency by percentile and over time into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// How the summary is printed.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// A table for people.
+    Table,
+    /// One JSON object, the same as --json writes.
+    Json,
+}
+
+/// Where the cluster is, found as `trex` finds it.
+#[derive(Args, Clone, Debug)]
+struct ClusterArgs {
+    /// Consensus nodes, comma-separated HOST:PORT (else TREX_ENDPOINTS, else
+    /// ./trex-data/endpoints, else 127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:7402).
+    #[arg(long)]
+    endpoints: Option<String>,
+    /// The cluster id every frame carries (the servers' --cluster-id).
+    #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
+    cluster_id: u32,
 }
 
 #[derive(Args)]
-struct LogLoad {
-    /// Consensus nodes, comma-separated HOST:PORT.
-    #[arg(long, default_value = trex_consensus::client::DEFAULT_ENDPOINTS)]
-    endpoints: String,
-    /// Entry size.
-    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+struct AppendArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Entry size (e.g. 100, 4KiB); at most 4 MiB.
+    #[arg(long, default_value = "1KiB", value_parser = parse_entry_size)]
     size: u64,
-    /// Client threads.
-    #[arg(long, default_value_t = 32)]
+    /// Client threads, each with its own connections.
+    #[arg(long, default_value_t = 32, value_parser = parse_positive)]
     clients: usize,
-    /// Entries (or addresses, for reads) in flight per client.
-    #[arg(long, default_value_t = 64)]
-    depth: usize,
-    /// Appends: entries per batch; --depth / --batch batches are in flight per
-    /// client at once, through the client's pipeline (default: one batch of
-    /// --depth, i.e. blocking `append_batch` calls).
-    #[arg(long)]
+    /// Entries in flight per client [default: 64]; with --rate, the entries of
+    /// each request unless --batch says otherwise.
+    #[arg(long, value_parser = parse_positive)]
+    depth: Option<usize>,
+    /// Entries per request (one batch) [default: --depth].
+    #[arg(long, value_parser = parse_positive)]
     batch: Option<usize>,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Write the summary as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
-struct TokenLoad {
-    /// The sequencer, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:7410")]
-    sequencer: String,
-    /// Client connections, each on its own thread.
-    #[arg(long, default_value_t = 50)]
+struct ReadArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The size of the entries read, for MB/s.
+    #[arg(long, default_value = "1KiB", value_parser = parse_entry_size)]
+    size: u64,
+    /// Client threads, each with its own connections.
+    #[arg(long, default_value_t = 32, value_parser = parse_positive)]
     clients: usize,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 64)]
+    /// Addresses per request (one range read).
+    #[arg(long, default_value_t = 64, value_parser = parse_positive)]
     depth: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The sequencer, HOST:PORT (default: the active one, found through the
+    /// consensus group).
+    #[arg(long)]
+    sequencer: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Client connections, each on its own thread.
+    #[arg(long, default_value_t = 50, value_parser = parse_positive)]
+    clients: usize,
+    /// Closed loop: requests pipelined per connection, in windows
+    /// [default: 64]. Not with --rate (one request in flight per client).
+    #[arg(long, value_parser = parse_positive)]
+    depth: Option<usize>,
     /// Addresses per request.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Write the summary as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
-struct ConsensusLoad {
-    /// Consensus nodes, comma-separated HOST:PORT.
-    #[arg(long, default_value = trex_consensus::client::DEFAULT_ENDPOINTS)]
-    endpoints: String,
-    /// Concurrent clients (threads), each with one command in flight.
-    #[arg(long, default_value_t = 64)]
+struct GroupArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Client threads, each with one request in flight.
+    #[arg(long, default_value_t = 64, value_parser = parse_positive)]
     clients: usize,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Write the summary as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
-struct EtcdLoad {
-    /// etcd client URL host:port (plain HTTP).
-    #[arg(long, default_value = "127.0.0.1:2379")]
-    endpoint: String,
-    /// Concurrent clients (threads), each with one put in flight.
-    #[arg(long, default_value_t = 64)]
-    clients: usize,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Write the summary as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct UnitWrite {
+struct UnitWriteArgs {
     /// The storage unit, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7420")]
     node: String,
-    /// Entry size (e.g. 4KiB).
-    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    /// The cluster id every frame carries (the unit's --cluster-id).
+    #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
+    cluster_id: u32,
+    /// Entry size (e.g. 4KiB); at most 4 MiB.
+    #[arg(long, default_value = "4KiB", value_parser = parse_entry_size)]
     size: u64,
     /// Client connections, each on its own thread.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = parse_positive)]
     clients: usize,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 32)]
-    depth: usize,
+    /// Closed loop: requests in flight per connection [default: 32]. Not with
+    /// --rate (one request in flight per client).
+    #[arg(long, value_parser = parse_positive)]
+    depth: Option<usize>,
     /// Entries per write request.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     batch: usize,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Write the summary as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-struct Shared {
-    next_addr: AtomicU64,
-    entries: AtomicU64,
-    errors: AtomicU64,
-    stop: AtomicBool,
+#[derive(Args)]
+struct EtcdArgs {
+    /// etcd's client address host:port (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    endpoint: String,
+    /// Concurrent clients (threads), each with one request in flight.
+    #[arg(long, default_value_t = 64, value_parser = parse_positive)]
+    clients: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// A number with an optional SI suffix: `20000`, `20k`, `1.5M`, `2G`.
+fn parse_si(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('M') => (&t[..t.len() - 1], 1e6),
+        Some('G') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number; write e.g. 20000, 20k or 1.5M"))?;
+    Ok(n * mult)
+}
+
+/// `--rate`: operations per second, above zero.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r = parse_si(s)?;
+    if !r.is_finite() || r <= 0.0 {
+        return Err(format!(
+            "the rate must be above 0 operations per second (got '{s}'); leave --rate out for a closed-loop run"
+        ));
+    }
+    Ok(r)
+}
+
+/// `--count`: a whole number of operations, at least 1.
+fn parse_count(s: &str) -> Result<u64, String> {
+    let n = parse_si(s)?;
+    if n.fract() != 0.0 || !(1.0..=1e18).contains(&n) {
+        return Err(format!(
+            "the count must be a whole number of operations, at least 1 (got '{s}')"
+        ));
+    }
+    Ok(n as u64)
+}
+
+/// `--duration`: above zero.
+fn parse_bound(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "a run of '{s}' measures nothing; give a duration above 0 (e.g. 10s), or --count"
+        ));
+    }
+    Ok(d)
+}
+
+/// Entry sizes: 1 byte up to the wire's entry limit.
+fn parse_entry_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 || n > u64::from(wire::MAX_ENTRY_LEN) {
+        return Err(format!(
+            "entries are 1 byte to {} bytes (4 MiB) long; '{s}' is {n} bytes",
+            wire::MAX_ENTRY_LEN
+        ));
+    }
+    Ok(n)
+}
+
+/// Clients, depths and batches: at least 1.
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{s}' is not a whole number of at least 1")),
+    }
+}
+
+/// A checked command line, ready to run.
+struct Plan {
+    info: RunInfo,
+    pace: Pace,
+    run: RunArgs,
+    /// Prepares the clients (what needs the cluster: the active sequencer, a
+    /// unit's tail); an error here is not a usage error.
+    prepare: Box<dyn FnOnce() -> Result<Prepared, String>>,
+}
+
+/// The clients of a run, and what preparing them found out.
+struct Prepared {
+    client: Arc<ClientFn>,
+    /// Whether acknowledgements mean durability, where the workload can tell
+    /// (a storage unit says whether it runs with `--sync never`).
+    durable: Option<bool>,
+}
+
+/// The pace of `r` for requests of `per` operations.
+fn pace_of(r: &RunArgs, per: u64) -> Result<Pace, String> {
+    if let Some(n) = r.count {
+        if n % per != 0 {
+            return Err(format!(
+                "--count {n} is not a whole number of requests: each request carries {per} operations; use --count {}",
+                n.div_ceil(per) * per
+            ));
+        }
+    }
+    let request_rate = r.rate.map(|ops| ops / per as f64);
+    if request_rate.is_some_and(|q| q > 1e8) {
+        return Err(format!(
+            "--rate {} is {} requests per second, more than any client can send; lower it",
+            r.rate.unwrap_or_default(),
+            request_rate.unwrap_or_default()
+        ));
+    }
+    Ok(Pace {
+        request_rate,
+        warmup: r.warmup,
+        duration: match (r.duration, r.count) {
+            (None, None) => Some(Duration::from_secs(10)),
+            (d, _) => d,
+        },
+        requests: r.count.map(|n| n / per),
+    })
+}
+
+/// Pipelining is for closed loop: with --rate each client has one request in
+/// flight, and the schedule, not the clients, sets the pace.
+fn no_depth_with_rate(depth: Option<usize>, r: &RunArgs) -> Result<(), String> {
+    match (depth, r.rate) {
+        (Some(d), Some(_)) if d > 1 => Err(format!(
+            "--depth {d} pipelines requests, which is for closed-loop runs; with --rate each client has one request in flight: leave out --depth and raise --clients for more in flight"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn resolve_cluster(c: &ClusterArgs) -> Result<String, String> {
+    trex_consensus::endpoints::resolve(c.endpoints.as_deref()).map_err(|e| e.to_string())
+}
+
+fn info(workload: &'static str, clients: usize, per: u64, size: u64, r: &RunArgs) -> RunInfo {
+    RunInfo {
+        workload,
+        clients,
+        rate: r.rate,
+        ops_per_request: per,
+        size,
+        warmup: r.warmup,
+        durable: None,
+    }
+}
+
+/// The clients running `body` with `cfg`.
+fn clients_of<T: Send + Sync + 'static>(
+    cfg: T,
+    body: fn(&T, usize, &mut run::Ctx) -> Result<(), String>,
+) -> Prepared {
+    Prepared {
+        client: Arc::new(move |i, ctx| body(&cfg, i, ctx)),
+        durable: None,
+    }
+}
+
+/// Checks the command line and turns it into a plan; `Err` is a usage error.
+fn plan(cmd: Cmd) -> Result<Plan, String> {
+    Ok(match cmd {
+        Cmd::Append(a) => {
+            let depth = a.depth.unwrap_or(64);
+            let batch = a.batch.unwrap_or(a.depth.unwrap_or(64));
+            if a.run.rate.is_some() && a.depth.is_some() && a.batch.is_some_and(|b| b != depth) {
+                return Err(format!(
+                    "with --rate each client has one request of --batch entries in flight; --depth {depth} and --batch {batch} disagree: give only one"
+                ));
+            }
+            if a.run.rate.is_none() && batch > depth {
+                return Err(format!(
+                    "--batch {batch} is more than the --depth {depth} entries a client may have in flight; raise --depth or lower --batch"
+                ));
+            }
+            if batch > wire::MAX_OPS_PER_FRAME as usize {
+                return Err(format!(
+                    "--batch {batch}: a request holds at most {} entries",
+                    wire::MAX_OPS_PER_FRAME
+                ));
+            }
+            let per = batch as u64;
+            let cfg = log_load::AppendLoad {
+                endpoints: resolve_cluster(&a.cluster)?,
+                cluster_id: a.cluster.cluster_id,
+                size: a.size as usize,
+                batch,
+                window: if a.run.rate.is_some() {
+                    1
+                } else {
+                    depth.div_ceil(batch)
+                },
+            };
+            Plan {
+                info: info("append", a.clients, per, a.size, &a.run),
+                pace: pace_of(&a.run, per)?,
+                run: a.run,
+                prepare: Box::new(move || Ok(clients_of(cfg, log_load::append_client))),
+            }
+        }
+        Cmd::Read(a) => {
+            let per = a.depth as u64;
+            let cfg = log_load::ReadLoad {
+                endpoints: resolve_cluster(&a.cluster)?,
+                cluster_id: a.cluster.cluster_id,
+                depth: per,
+            };
+            Plan {
+                info: info("read", a.clients, per, a.size, &a.run),
+                pace: pace_of(&a.run, per)?,
+                run: a.run,
+                prepare: Box::new(move || Ok(clients_of(cfg, log_load::read_client))),
+            }
+        }
+        Cmd::Tokens(a) => {
+            no_depth_with_rate(a.depth, &a.run)?;
+            let per = u64::from(a.batch);
+            let depth = if a.run.rate.is_some() {
+                1
+            } else {
+                a.depth.unwrap_or(64)
+            };
+            if let Some(s) = &a.sequencer {
+                if !trex_consensus::endpoints::is_host_port(s) {
+                    return Err(format!(
+                        "--sequencer {s:?} is not HOST:PORT; give one such as 127.0.0.1:7410"
+                    ));
+                }
+            }
+            let endpoints = match a.sequencer {
+                Some(_) => String::new(),
+                None => resolve_cluster(&a.cluster)?,
+            };
+            let (given, cluster_id, batch) = (a.sequencer, a.cluster.cluster_id, a.batch);
+            Plan {
+                info: info("tokens", a.clients, per, 0, &a.run),
+                pace: pace_of(&a.run, per)?,
+                run: a.run,
+                prepare: Box::new(move || {
+                    let sequencer = match given {
+                        Some(s) => s,
+                        None => node_load::find_sequencer(&endpoints, cluster_id)?,
+                    };
+                    eprintln!("tokens: sequencer {sequencer}");
+                    let cfg = node_load::TokenLoad {
+                        sequencer,
+                        cluster_id,
+                        depth,
+                        batch,
+                    };
+                    Ok(clients_of(cfg, node_load::token_client))
+                }),
+            }
+        }
+        Cmd::Consensus(a) => group_plan("consensus", a, consensus_load::consensus_client)?,
+        Cmd::Lock(a) => group_plan("lock", a, consensus_load::lock_client)?,
+        Cmd::UnitWrite(a) => {
+            no_depth_with_rate(a.depth, &a.run)?;
+            let depth = if a.run.rate.is_some() {
+                1
+            } else {
+                a.depth.unwrap_or(32)
+            };
+            if !trex_consensus::endpoints::is_host_port(&a.node) {
+                return Err(format!(
+                    "--node {:?} is not HOST:PORT; give the storage unit's address, such as 127.0.0.1:7420",
+                    a.node
+                ));
+            }
+            let frame = (a.size as usize + wire::WRITE_OP_OVERHEAD) * a.batch + 4;
+            if frame > wire::MAX_BODY_LEN as usize {
+                return Err(format!(
+                    "a request of {} entries of {} bytes does not fit one frame ({} bytes at most); lower --size or --batch",
+                    a.batch,
+                    a.size,
+                    wire::MAX_BODY_LEN
+                ));
+            }
+            let per = a.batch as u64;
+            let (node, cluster_id, size, batch) = (a.node, a.cluster_id, a.size as usize, a.batch);
+            Plan {
+                info: info("unit-write", a.clients, per, a.size, &a.run),
+                pace: pace_of(&a.run, per)?,
+                run: a.run,
+                prepare: Box::new(move || {
+                    let mut c = UnitClient::connect(&node, Duration::from_secs(5))
+                        .map_err(|e| format!("cannot reach the storage unit at {node}: {e}"))?;
+                    c.cluster_id = cluster_id;
+                    let unit = c.info().map_err(|e| {
+                        format!("the storage unit at {node} did not answer info: {e}")
+                    })?;
+                    let durable = unit.flags & wire::INFO_SYNC_NEVER == 0;
+                    if !durable {
+                        eprintln!("note: the unit runs with --sync never: these writes are acknowledged before they are durable");
+                    }
+                    eprintln!("unit-write: {node}, from address {}", unit.tail);
+                    let cfg = node_load::UnitLoad {
+                        node,
+                        cluster_id,
+                        epoch: unit.sealed_epoch,
+                        size,
+                        depth,
+                        batch,
+                        next_addr: Arc::new(AtomicU64::new(unit.tail)),
+                    };
+                    Ok(Prepared {
+                        durable: Some(durable),
+                        ..clients_of(cfg, node_load::write_client)
+                    })
+                }),
+            }
+        }
+        Cmd::EtcdPut(a) => etcd_plan("etcd-put", a, etcd::put_client)?,
+        Cmd::EtcdLease(a) => etcd_plan("etcd-lease", a, etcd::lease_client)?,
+    })
+}
+
+fn group_plan(
+    name: &'static str,
+    a: GroupArgs,
+    body: fn(&consensus_load::GroupLoad, usize, &mut run::Ctx) -> Result<(), String>,
+) -> Result<Plan, String> {
+    let cfg = consensus_load::GroupLoad {
+        endpoints: resolve_cluster(&a.cluster)?,
+        cluster_id: a.cluster.cluster_id,
+    };
+    let p = Plan {
+        info: info(name, a.clients, 1, 0, &a.run),
+        pace: pace_of(&a.run, 1)?,
+        run: a.run,
+        prepare: Box::new(move || Ok(clients_of(cfg, body))),
+    };
+    Ok(p)
+}
+
+fn etcd_plan(
+    name: &'static str,
+    a: EtcdArgs,
+    body: fn(&etcd::EtcdLoad, usize, &mut run::Ctx) -> Result<(), String>,
+) -> Result<Plan, String> {
+    let cfg = etcd::EtcdLoad {
+        endpoint: a.endpoint,
+    };
+    let p = Plan {
+        info: info(name, a.clients, 1, 0, &a.run),
+        pace: pace_of(&a.run, 1)?,
+        run: a.run,
+        prepare: Box::new(move || Ok(clients_of(cfg, body))),
+    };
+    Ok(p)
+}
+
+/// The files a run writes, created before anything connects (a path that
+/// cannot be written is a usage error, not a lost run).
+struct Outputs {
+    json: Option<(PathBuf, File)>,
+    histogram_log: Option<BufWriter<File>>,
+    plot: Option<(PathBuf, File)>,
+}
+
+fn create(path: &PathBuf, flag: &str) -> Result<File, String> {
+    File::create(path).map_err(|e| {
+        format!(
+            "{flag} {}: cannot create the file ({e}); give a path in a directory that exists and can be written",
+            path.display()
+        )
+    })
+}
+
+fn outputs(r: &RunArgs) -> Result<Outputs, String> {
+    if let Some(p) = &r.plot {
+        if !p.extension().is_some_and(|x| x.eq_ignore_ascii_case("svg")) {
+            return Err(format!(
+                "--plot {}: the plot is an SVG file; name it *.svg",
+                p.display()
+            ));
+        }
+    }
+    Ok(Outputs {
+        json: match &r.json {
+            Some(p) => Some((p.clone(), create(p, "--json")?)),
+            None => None,
+        },
+        histogram_log: match &r.histogram_log {
+            Some(p) => Some(BufWriter::new(create(p, "--histogram-log")?)),
+            None => None,
+        },
+        plot: match &r.plot {
+            Some(p) => Some((p.clone(), create(p, "--plot")?)),
+            None => None,
+        },
+    })
+}
+
+fn usage_error(sub: &str, msg: &str) -> ExitCode {
+    eprintln!("error: {msg}\n\nFor more information, try 'trex-bench {sub} --help'.");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
-    let r = match Cli::parse().cmd {
-        Cmd::Append(a) => closed_loop(
-            "append",
-            a.clients,
-            a.duration,
-            a.json.as_deref(),
-            a.size,
-            |i, stop, n| append_client(&a, i, stop, n),
-        ),
-        Cmd::Read(a) => closed_loop(
-            "read",
-            a.clients,
-            a.duration,
-            a.json.as_deref(),
-            a.size,
-            |i, stop, n| read_client(&a, i, stop, n),
-        ),
-        Cmd::Tokens(a) => {
-            let per = u64::from(a.batch);
-            closed_loop(
-                "tokens",
-                a.clients,
-                a.duration,
-                a.json.as_deref(),
-                0,
-                |_, stop, n| token_client(&a.sequencer, a.depth, a.batch, per, stop, n),
-            )
+    // Before any thread exists, so that only the driver's sigtimedwait takes
+    // Ctrl-C and the run can print its summary.
+    let signals = match trex_net::block_shutdown_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot block SIGINT/SIGTERM to handle Ctrl-C: {e}");
+            return ExitCode::FAILURE;
         }
-        Cmd::Lock(a) => closed_loop(
-            "lock",
-            a.clients,
-            a.duration,
-            a.json.as_deref(),
-            0,
-            |i, stop, n| lock_client(&a.endpoints, i, stop, n),
-        ),
-        Cmd::EtcdLease(a) => closed_loop(
-            "etcd-lease",
-            a.clients,
-            a.duration,
-            a.json.as_deref(),
-            0,
-            |_, stop, n| etcd_lease_client(&a.endpoint, stop, n),
-        ),
-        Cmd::UnitWrite(a) => unit_write(&a),
-        Cmd::Consensus(a) => closed_loop(
-            "consensus",
-            a.clients,
-            a.duration,
-            a.json.as_deref(),
-            100,
-            |i, stop, n| consensus_client(&a.endpoints, i, stop, n),
-        ),
-        Cmd::EtcdPut(a) => closed_loop(
-            "etcd-put",
-            a.clients,
-            a.duration,
-            a.json.as_deref(),
-            100,
-            |i, stop, n| etcd_client(&a.endpoint, i, stop, n),
-        ),
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
+    let cmd = Cli::parse().cmd;
+    let sub = cmd.name();
+    let plan = match plan(cmd) {
+        Ok(p) => p,
+        Err(msg) => return usage_error(sub, &msg),
+    };
+    let mut out = match outputs(&plan.run) {
+        Ok(o) => o,
+        Err(msg) => return usage_error(sub, &msg),
+    };
+    match execute(plan, &mut out, &signals) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -229,719 +714,137 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `clients` threads of `one` for `duration` with a progress line each
-/// second, and prints (and optionally writes) the summary.
-fn closed_loop<F>(
-    workload: &'static str,
-    clients: usize,
-    duration: Duration,
-    json: Option<&std::path::Path>,
-    size: u64,
-    one: F,
-) -> Result<(), String>
-where
-    F: Fn(usize, &AtomicBool, &AtomicU64) -> Result<Histogram<u64>, String> + Sync,
-{
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let started = Instant::now();
-    eprintln!(
-        "{workload}: {clients} clients, one request in flight each, for {}",
-        duration_text(duration)
-    );
-    let (hist, failures) = std::thread::scope(|s| {
-        let (one, stop, done) = (&one, &stop, &done);
-        let handles: Vec<_> = (0..clients)
-            .map(|i| s.spawn(move || one(i, stop, done)))
-            .collect();
-        let mut last = (started, 0u64);
-        while started.elapsed() < duration {
-            std::thread::sleep(
-                Duration::from_secs(1).min(duration.saturating_sub(started.elapsed())),
-            );
-            let n = done.load(Ordering::Relaxed);
-            let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
-            eprintln!(
-                "  {:>5.1}s  {:>10} ops  {:>10.0} ops/s",
-                started.elapsed().as_secs_f64(),
-                n,
-                rate
-            );
-            last = (Instant::now(), n);
-        }
-        stop.store(true, Ordering::SeqCst);
-        let mut hist = new_hist().expect("valid histogram bounds");
-        let mut failures = Vec::new();
-        for h in handles {
-            match h.join() {
-                Ok(Ok(local)) => {
-                    let _ = hist.add(local);
-                }
-                Ok(Err(e)) => failures.push(e),
-                Err(_) => failures.push("a client thread panicked".to_string()),
-            }
-        }
-        (hist, failures)
-    });
-    let summary = Summary::new(
-        workload,
-        done.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-        size,
-        &hist,
-        0,
-    );
-    summary.print();
-    if let Some(path) = json {
-        std::fs::write(path, summary.json())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    match failures.first() {
-        Some(f) => Err(format!("{} client(s) failed; first: {f}", failures.len())),
-        None => Ok(()),
-    }
-}
-
-fn frame_of(opcode: Opcode, id: u64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut f = Vec::new();
-    let s = begin_frame(&mut f);
-    body(&mut f);
-    finish_frame(
-        &mut f,
-        s,
-        Header {
-            opcode: opcode as u8,
-            request_id: id,
-            ..Header::default()
+fn execute(plan: Plan, out: &mut Outputs, signals: &libc::sigset_t) -> Result<ExitCode, String> {
+    let Plan {
+        mut info,
+        pace,
+        run: args,
+        prepare,
+    } = plan;
+    let Prepared { client, durable } = prepare()?;
+    info.durable = durable;
+    let what = format!(
+        "{}: {}, {}",
+        info.workload,
+        match info.rate {
+            Some(r) => format!("open loop at {r} ops/s"),
+            None => "closed loop".to_string(),
         },
+        report::plural(info.clients as u64, "client")
     );
-    f
-}
-
-fn read_reply(s: &mut impl Read) -> Result<(Header, Vec<u8>), String> {
-    read_frame(s).map_err(|e| format!("receive failed: {e}"))
-}
-
-/// One consensus client: reads a lock that does not exist over and over (a
-/// ~100-byte command through the log, like a write, that leaves nothing in the
-/// cluster: no member, no lock), following not-leader hints.
-fn consensus_client(
-    endpoints: &str,
-    i: usize,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    use trex_consensus::sm::Op;
-    use trex_wire::consensus::{decode_submit_reply, encode_submit, SubmitReply};
-    let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let client = 0x7265_6e63_0000_0000 ^ ((std::process::id() as u64) << 16) ^ i as u64;
-    let op = Op::GetLock {
-        name: format!("trex-bench-{:0>84}", i),
-    }
-    .encode();
-    let mut target = eps[i % eps.len()].clone();
-    let mut seq = 0u64;
-    let mut conn: Option<TcpStream> = None;
-    let mut pending = false;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            let s =
-                TcpStream::connect(&target).map_err(|e| format!("cannot connect to {target}: {e}"));
-            match s {
-                Ok(s) => {
-                    s.set_nodelay(true).ok();
-                    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                    conn = Some(s);
-                }
-                Err(_) => {
-                    target = eps
-                        [(eps.iter().position(|e| *e == target).unwrap_or(0) + 1) % eps.len()]
-                    .clone();
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            }
-        }
-        if !pending {
-            seq += 1;
-        }
-        let f = frame_of(Opcode::Submit, seq, |b| encode_submit(b, client, seq, &op));
-        let t0 = Instant::now();
-        let s = conn.as_mut().expect("connected above");
-        let reply = s
-            .write_all(&f)
-            .map_err(|e| e.to_string())
-            .and_then(|_| read_reply(s));
-        match reply.and_then(|(_, b)| decode_submit_reply(&b).map_err(|e| e.to_string())) {
-            Ok(SubmitReply::Applied(_)) => {
-                pending = false;
-                hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(SubmitReply::NotLeader { addr, .. }) => {
-                pending = true;
-                if !addr.is_empty() {
-                    target = addr;
-                } else {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                conn = None;
-            }
-            Ok(SubmitReply::Timeout) => pending = true,
-            Err(_) => {
-                pending = true;
-                conn = None;
-            }
-        }
-    }
-    Ok(hist)
-}
-
-/// One etcd client: puts a 100-byte value under its own key through the JSON
-/// gateway, over one keep-alive HTTP/1.1 connection.
-fn etcd_client(
-    endpoint: &str,
-    i: usize,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut h = Http::connect(endpoint)?;
-    let b64 = |b: &[u8]| -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut o = String::new();
-        for c in b.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for k in 0..4 {
-                o.push(if k <= c.len() {
-                    T[(n >> (18 - 6 * k) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        o
-    };
-    let body = format!(
-        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
-        b64(format!("bench-{i}").as_bytes()),
-        b64(&[b'v'; 100])
-    );
-    while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
-        h.post("/v3/kv/put", &body)?;
-        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(hist)
-}
-
-/// One etcd lease client: grant a lease, then revoke it, over and over.
-fn etcd_lease_client(
-    endpoint: &str,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut h = Http::connect(endpoint)?;
-    while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
-        let r = h.post("/v3/lease/grant", "{\"TTL\":30}")?;
-        let id = r
-            .split("\"ID\":\"")
-            .nth(1)
-            .and_then(|x| x.split('"').next())
-            .ok_or_else(|| format!("no lease id in etcd's answer: {r}"))?
-            .to_string();
-        h.post("/v3/lease/revoke", &format!("{{\"ID\":\"{id}\"}}"))?;
-        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(hist)
-}
-
-/// A keep-alive HTTP/1.1 connection to etcd's JSON gateway.
-struct Http {
-    s: TcpStream,
-    host: String,
-    buf: Vec<u8>,
-}
-
-impl Http {
-    fn connect(host: &str) -> Result<Http, String> {
-        let s = TcpStream::connect(host)
-            .map_err(|e| format!("cannot connect to etcd at {host}: {e}"))?;
-        s.set_nodelay(true).ok();
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        Ok(Http {
-            s,
-            host: host.to_string(),
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// POSTs a JSON body; returns the response body.
-    fn post(&mut self, path: &str, body: &str) -> Result<String, String> {
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.s
-            .write_all(req.as_bytes())
-            .map_err(|e| format!("etcd send failed: {e}"))?;
-        self.buf.clear();
-        let mut chunk = [0u8; 4096];
-        let (head_end, len) = loop {
-            let n = self
-                .s
-                .read(&mut chunk)
-                .map_err(|e| format!("etcd receive failed: {e}"))?;
-            if n == 0 {
-                return Err("etcd closed the connection".into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..p]).to_ascii_lowercase();
-                if !head.starts_with("http/1.1 200") {
-                    return Err(format!(
-                        "etcd answered: {}",
-                        head.lines().next().unwrap_or("")
-                    ));
-                }
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                break (p + 4, len);
-            }
-        };
-        while self.buf.len() < head_end + len {
-            let n = self
-                .s
-                .read(&mut chunk)
-                .map_err(|e| format!("etcd receive failed: {e}"))?;
-            if n == 0 {
-                return Err("etcd closed the connection".into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok(String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned())
-    }
-}
-
-/// One pipelined token client, in the manner of `redis-benchmark -P`: writes
-/// `depth` requests of `batch` addresses in one go, reads the `depth` replies,
-/// repeats. Counts addresses; latency is per request (from its window's write).
-fn token_client(
-    addr: &str,
-    depth: usize,
-    batch: u32,
-    per: u64,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    let stream = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut out = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut input = BufReader::with_capacity(256 * 1024, stream);
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    // The window is the same bytes every time (ids 1..=depth; replies are
-    // matched by count): build it once, as redis-benchmark does.
-    let mut burst = Vec::new();
-    for id in 1..=depth as u64 {
-        burst.extend_from_slice(&frame_of(Opcode::Token, id, |b| {
-            trex_wire::encode_token_request(b, batch)
-        }));
-    }
-    let mut body = Vec::with_capacity(64);
-    while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
-        out.write_all(&burst)
-            .map_err(|e| format!("send failed: {e}"))?;
-        for _ in 0..depth {
-            read_frame_into(&mut input, &mut body).map_err(|e| format!("receive failed: {e}"))?;
-            match trex_wire::decode_token_reply(&body).map_err(|e| e.to_string())? {
-                trex_wire::TokenReply::Granted { .. } => {
-                    hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-                    done.fetch_add(per, Ordering::Relaxed);
-                }
-                trex_wire::TokenReply::NotSequencer { hint } => {
-                    return Err(format!(
-                        "{addr} is not the active sequencer (it points to \"{hint}\"); pass the active one's address"
-                    ));
-                }
-            }
-        }
-    }
-    Ok(hist)
-}
-
-/// One lock client: acquire then release its own lock, over and over.
-fn lock_client(
-    endpoints: &str,
-    i: usize,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    use trex_consensus::client::ConsensusClient;
-    use trex_consensus::lock::LockClient;
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut c = LockClient::new(
-        ConsensusClient::new(endpoints, Duration::from_secs(2)).map_err(|e| e.to_string())?,
-    );
-    let name = format!("bench-{}-{i}", std::process::id());
-    while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
-        let l = c
-            .acquire(&name, "bench", Duration::from_secs(30))
-            .map_err(|e| e.to_string())?;
-        c.release(&name, l.token).map_err(|e| e.to_string())?;
-        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(hist)
-}
-
-fn unit_write(a: &UnitWrite) -> Result<(), String> {
-    if a.clients == 0 || a.depth == 0 || a.batch == 0 {
-        return Err("--clients, --depth and --batch must be at least 1".into());
-    }
-    let max_batch_bytes = (a.size as usize + wire::WRITE_OP_OVERHEAD) * a.batch + 4;
-    if a.size > u64::from(wire::MAX_ENTRY_LEN) || max_batch_bytes > wire::MAX_BODY_LEN as usize {
-        return Err(format!(
-            "a batch of {} entries of {} bytes does not fit one frame (entries up to {} bytes, frames up to {} bytes); lower --size or --batch",
-            a.batch,
-            a.size,
-            wire::MAX_ENTRY_LEN,
-            wire::MAX_BODY_LEN
-        ));
-    }
-    let info = UnitClient::connect(&a.node, Duration::from_secs(5))
-        .and_then(|mut c| c.info())
-        .map_err(|e| e.to_string())?;
-    let (start_addr, epoch) = (info.tail, info.sealed_epoch);
-    let durable = info.flags & wire::INFO_SYNC_NEVER == 0;
-    if !durable {
-        eprintln!("note: the unit runs with --sync never: these writes are acknowledged before they are durable");
-    }
-    let shared = Arc::new(Shared {
-        next_addr: AtomicU64::new(start_addr),
-        entries: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
     eprintln!(
-        "unit-write: {} clients x {} in flight x {} entries of {} bytes at {} for {}, from address {start_addr}",
-        a.clients,
-        a.depth,
-        a.batch,
-        a.size,
-        a.node,
-        duration_text(a.duration)
-    );
-    let started = Instant::now();
-    let handles: Vec<_> = (0..a.clients)
-        .map(|i| {
-            let shared = shared.clone();
-            let (node, size, depth, batch) = (a.node.clone(), a.size as usize, a.depth, a.batch);
-            let load = Load {
-                writer: i as u64 + 1,
-                epoch,
-                size,
-                depth,
-                batch,
-            };
-            std::thread::spawn(move || write_client(&load, &node, &shared))
-        })
-        .collect();
-    let mut last = (started, 0u64);
-    while started.elapsed() < a.duration {
-        std::thread::sleep(
-            Duration::from_secs(1).min(a.duration.saturating_sub(started.elapsed())),
-        );
-        let n = shared.entries.load(Ordering::Relaxed);
-        let dt = last.0.elapsed().as_secs_f64();
-        let rate = (n - last.1) as f64 / dt.max(1e-9);
-        eprintln!(
-            "  {:>5.1}s  {:>10} entries  {:>10.0} entries/s  {:>8.1} MB/s  errors {}",
-            started.elapsed().as_secs_f64(),
-            n,
-            rate,
-            rate * a.size as f64 / 1e6,
-            shared.errors.load(Ordering::Relaxed)
-        );
-        last = (Instant::now(), n);
-    }
-    shared.stop.store(true, Ordering::SeqCst);
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut failures = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok(Ok(local)) => hist.add(local).map_err(|e| e.to_string())?,
-            Ok(Err(e)) => failures.push(e),
-            Err(_) => failures.push("a client thread panicked".into()),
+        "{what}; warm-up {}, then {}",
+        fmt_duration(pace.warmup),
+        match (pace.duration.map(fmt_duration), args.count) {
+            (Some(d), Some(n)) => format!("{n} ops or {d}, whichever comes first"),
+            (Some(d), None) => d,
+            (None, Some(n)) => format!("{n} ops"),
+            (None, None) => unreachable!("pace_of sets a bound"),
         }
+    );
+    let mut serializer = V2DeflateSerializer::new();
+    let mut hlog = match out.histogram_log.as_mut() {
+        Some(f) => Some(
+            HistogramLog::begin(f, &mut serializer, &what)
+                .map_err(|e| format!("cannot write the histogram log: {e}"))?,
+        ),
+        None => None,
+    };
+    let outcome = run::run(
+        info.workload,
+        info.clients,
+        pace,
+        client,
+        signals,
+        &mut |iv| hlog.as_mut().map_or(Ok(()), |l| l.write(iv)),
+    )?;
+    drop(hlog);
+    if let Some(f) = out.histogram_log.as_mut() {
+        f.flush()
+            .map_err(|e| format!("cannot write the histogram log: {e}"))?;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let ops = shared.entries.load(Ordering::Relaxed);
-    let errors = shared.errors.load(Ordering::Relaxed);
-    let mut summary = Summary::new("unit-write", ops, seconds, a.size, &hist, errors);
-    summary.durable = durable;
-    summary.print();
-    if let Some(path) = &a.json {
-        std::fs::write(path, summary.json())
+    let summary = Summary::new(&info, &outcome);
+    let json = serde_json::to_string_pretty(&summary.json()).expect("a JSON value serialises");
+    match args.format {
+        Format::Table => summary.print(),
+        Format::Json => println!("{json}"),
+    }
+    if let Some((path, f)) = out.json.as_mut() {
+        writeln!(f, "{json}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some((path, f)) = out.plot.as_mut() {
+        let title = format!(
+            "{what}: {} ops in {:.1}s, {} errors",
+            outcome.ops,
+            outcome.seconds,
+            summary.errors()
+        );
+        f.write_all(plot::latency_svg(&title, &outcome.hist, &outcome.points).as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if let Some(f) = failures.first() {
-        return Err(format!("{} client(s) failed; first: {f}", failures.len()));
+    if let Some(sig) = outcome.interrupted {
+        return Ok(ExitCode::from((128 + sig) as u8));
     }
-    if errors > 0 {
-        return Err(format!(
-            "{errors} writes were refused by the unit (see the statuses above)"
-        ));
-    }
-    Ok(())
-}
-
-/// What one client connection sends.
-#[derive(Clone, Copy)]
-struct Load {
-    writer: u64,
-    epoch: u64,
-    size: usize,
-    depth: usize,
-    batch: usize,
-}
-
-fn write_client(load: &Load, node: &str, shared: &Shared) -> Result<Histogram<u64>, String> {
-    let Load {
-        writer,
-        epoch,
-        size,
-        depth,
-        batch,
-    } = *load;
-    let stream = TcpStream::connect(node).map_err(|e| format!("cannot connect to {node}: {e}"))?;
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let mut out = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut input = BufReader::with_capacity(256 * 1024, stream);
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let payload: Vec<u8> = (0..size).map(|i| (i as u64 ^ writer) as u8).collect();
-    let mut sent: HashMap<u64, (Instant, usize)> = HashMap::with_capacity(depth * 2);
-    let mut frame = Vec::new();
-    let mut next_id = 1u64;
-    let mut seq = 0u64;
-    let mut body = Vec::new();
-    let mut send_one =
-        |out: &mut TcpStream, sent: &mut HashMap<u64, (Instant, usize)>| -> Result<(), String> {
-            let first = shared.next_addr.fetch_add(batch as u64, Ordering::Relaxed);
-            let ops: Vec<WriteOp<'_>> = (0..batch as u64)
-                .map(|i| {
-                    seq += 1;
-                    WriteOp {
-                        addr: first + i,
-                        writer,
-                        seq,
-                        data: &payload,
-                    }
-                })
-                .collect();
-            frame.clear();
-            let start = begin_frame(&mut frame);
-            wire::encode_write_request(&mut frame, &ops);
-            let h = Header {
-                opcode: Opcode::Write as u8,
-                request_id: next_id,
-                epoch,
-                ..Header::default()
-            };
-            finish_frame(&mut frame, start, h);
-            sent.insert(next_id, (Instant::now(), batch));
-            next_id += 1;
-            out.write_all(&frame)
-                .map_err(|e| format!("send failed: {e}"))
-        };
-    for _ in 0..depth {
-        send_one(&mut out, &mut sent)?;
-    }
-    while !sent.is_empty() {
-        let h =
-            read_frame_into(&mut input, &mut body).map_err(|e| format!("receive failed: {e}"))?;
-        let Some((t0, n)) = sent.remove(&h.request_id) else {
-            return Err(format!("reply to unknown request {}", h.request_id));
-        };
-        if h.is_error() {
-            let e = wire::decode_error(&body).map_err(|e| e.to_string())?;
-            return Err(format!("unit refused a write: {}", e.message));
-        }
-        let st = wire::decode_status_list(&body).map_err(|e| e.to_string())?;
-        let bad = st.iter().filter(|s| *s != Status::Ok).count() as u64;
-        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-        shared.entries.fetch_add(n as u64 - bad, Ordering::Relaxed);
-        if bad > 0 && shared.errors.fetch_add(bad, Ordering::Relaxed) == 0 {
-            let first = st.iter().find(|s| *s != Status::Ok).unwrap_or(Status::Io);
-            eprintln!("client {writer}: unit answered '{first}' to a write");
-        }
-        if !shared.stop.load(Ordering::Relaxed) {
-            send_one(&mut out, &mut sent)?;
-        }
-    }
-    Ok(hist)
-}
-
-/// Latencies from 1us to 10 minutes at 3 significant digits.
-fn new_hist() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
-    Histogram::new_with_bounds(1, 600_000_000, 3)
-}
-
-struct Summary {
-    workload: &'static str,
-    ops: u64,
-    seconds: f64,
-    ops_per_s: f64,
-    mb_per_s: f64,
-    p: [u64; 5],
-    errors: u64,
-    /// Whether acknowledgements meant durability (false with `--sync never`).
-    durable: bool,
-}
-
-impl Summary {
-    fn new(
-        workload: &'static str,
-        ops: u64,
-        seconds: f64,
-        size: u64,
-        h: &Histogram<u64>,
-        errors: u64,
-    ) -> Summary {
-        let ops_per_s = ops as f64 / seconds.max(1e-9);
-        Summary {
-            workload,
-            ops,
-            seconds,
-            ops_per_s,
-            mb_per_s: ops_per_s * size as f64 / 1e6,
-            p: [
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.9),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max(),
-            ],
-            errors,
-            durable: true,
-        }
-    }
-
-    fn print(&self) {
-        println!(
-            "{}: {} entries in {:.2}s = {:.0} entries/s, {:.1} MB/s; errors {}{}",
-            self.workload,
-            self.ops,
-            self.seconds,
-            self.ops_per_s,
-            self.mb_per_s,
-            self.errors,
-            if self.durable {
-                ""
-            } else {
-                " (not durable: --sync never)"
+    if let Some(first) = outcome.failures.first() {
+        eprintln!(
+            "error: {first}{}",
+            match outcome.failures.len() {
+                1 => String::new(),
+                n => format!(" (and {} more; see the summary)", n - 1),
             }
         );
-        println!(
-            "latency per request (us): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]
+        return Ok(ExitCode::FAILURE);
+    }
+    if summary.errors() > 0 {
+        eprintln!(
+            "error: {} requests failed; the summary lists them by kind",
+            summary.errors()
         );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_counts_take_si_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_rate("1.5M").unwrap(), 1.5e6);
+        assert_eq!(parse_rate("20k").unwrap(), 20_000.0);
+        assert!(parse_rate("0").is_err() && parse_rate("-5").is_err() && parse_rate("x").is_err());
+        assert_eq!(parse_count("10k").unwrap(), 10_000);
+        assert!(parse_count("0").is_err() && parse_count("1.5").is_err());
+        assert!(parse_bound("0s").is_err());
+        assert!(parse_entry_size("0").is_err() && parse_entry_size("5MiB").is_err());
+        assert_eq!(parse_entry_size("4MiB").unwrap(), 4 << 20);
     }
 
-    fn json(&self) -> String {
-        format!(
-            "{{\"workload\":\"{}\",\"ops\":{},\"seconds\":{:.3},\"ops_per_s\":{:.1},\"mb_per_s\":{:.2},\"errors\":{},\"durable\":{},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}\n",
-            self.workload, self.ops, self.seconds, self.ops_per_s, self.mb_per_s, self.errors, self.durable,
-            self.p[0], self.p[1], self.p[2], self.p[3], self.p[4]
+    #[test]
+    fn a_count_is_a_whole_number_of_requests() {
+        let r = RunArgs {
+            rate: Some(1000.0),
+            duration: None,
+            count: Some(640),
+            warmup: Duration::ZERO,
+            format: Format::Table,
+            json: None,
+            histogram_log: None,
+            plot: None,
+        };
+        let p = pace_of(&r, 64).unwrap();
+        assert_eq!(p.requests, Some(10));
+        assert_eq!(p.duration, None);
+        assert_eq!(p.request_rate, Some(1000.0 / 64.0));
+        let e = pace_of(
+            &RunArgs {
+                count: Some(100),
+                ..r
+            },
+            64,
         )
+        .unwrap_err();
+        assert!(e.contains("--count 128"), "{e}");
     }
-}
-
-/// One log client keeping `depth` entries of `size` bytes in flight, in
-/// batches of `batch` through its pipeline. Latency is measured per batch: from
-/// the submission of its first entry to the completion of its last.
-fn append_client(
-    a: &LogLoad,
-    i: usize,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut log = trex_log::Log::connect(&a.endpoints).map_err(|e| e.to_string())?;
-    let entry: Vec<u8> = (0..a.size).map(|k| (k as usize ^ i) as u8).collect();
-    let batch = a.batch.unwrap_or(a.depth).clamp(1, a.depth.max(1));
-    let window = a.depth.div_ceil(batch);
-    let mut p = log.pipeline(batch, window);
-    let mut started: HashMap<u64, Instant> = HashMap::new();
-    let b = batch as u64;
-    // Completed appends: counted; a batch's last entry ends its latency.
-    let mut finish = |p: &mut trex_log::Pipeline<'_>,
-                      started: &mut HashMap<u64, Instant>|
-     -> Result<(), String> {
-        while let Some((t, r)) = p.poll() {
-            r.map_err(|e| format!("append {t} failed: {e}"))?;
-            done.fetch_add(1, Ordering::Relaxed);
-            if t % b == b - 1 {
-                if let Some(t0) = started.remove(&(t - (b - 1))) {
-                    hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-                }
-            }
-        }
-        Ok(())
-    };
-    while !stop.load(Ordering::Relaxed) {
-        for _ in 0..batch {
-            let t = p.submit(&entry).map_err(|e| e.to_string())?;
-            if t % b == 0 {
-                started.insert(t, Instant::now());
-            }
-        }
-        finish(&mut p, &mut started)?;
-    }
-    p.flush().map_err(|e| e.to_string())?;
-    finish(&mut p, &mut started)?;
-    Ok(hist)
-}
-
-/// One log client reading ranges of `depth` addresses below the tail.
-fn read_client(
-    a: &LogLoad,
-    i: usize,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-) -> Result<Histogram<u64>, String> {
-    let mut hist = new_hist().map_err(|e| e.to_string())?;
-    let mut log = trex_log::Log::connect(&a.endpoints).map_err(|e| e.to_string())?;
-    let tail = log.check().map_err(|e| e.to_string())?;
-    if tail < a.depth as u64 {
-        return Err(format!(
-            "the log holds {tail} entries; append some first (trex-bench append)"
-        ));
-    }
-    let mut at = (i as u64 * 7919) % (tail - a.depth as u64 + 1);
-    while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
-        log.read_range(at, a.depth as u64)
-            .map_err(|e| e.to_string())?;
-        hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-        done.fetch_add(a.depth as u64, Ordering::Relaxed);
-        at = (at + a.depth as u64 * 13) % (tail - a.depth as u64 + 1);
-    }
-    Ok(hist)
 }

@@ -5,7 +5,8 @@ use crate::error::{usage, CliError};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::time::Duration;
-use trex_consensus::client::{ConsensusClient, DEFAULT_ENDPOINTS};
+use trex_consensus::client::ConsensusClient;
+use trex_consensus::endpoints;
 use trex_consensus::sm::Projection;
 use trex_net::util::parse_duration;
 
@@ -47,66 +48,30 @@ pub enum Format {
 }
 
 /// Where the consensus nodes are: `--endpoints`, else `TREX_ENDPOINTS`, else
-/// the file `./trex-data/endpoints`, else the defaults. A list that does not
-/// parse is a usage error, found here rather than as a timeout later.
+/// the file `./trex-data/endpoints`, else the defaults
+/// ([`trex_consensus::endpoints::resolve`], the rule `trex-bench` follows too).
+/// A list that does not parse is a usage error, found here rather than as a
+/// timeout later.
 pub fn resolve_endpoints(ep: &Endpoints) -> Result<String, CliError> {
-    if let Some(e) = &ep.endpoints {
-        check_endpoints(e, "--endpoints")?;
-        return Ok(e.clone());
-    }
-    if let Ok(e) = std::env::var("TREX_ENDPOINTS") {
-        if !e.trim().is_empty() {
-            check_endpoints(&e, "TREX_ENDPOINTS")?;
-            return Ok(e);
-        }
-    }
-    if let Ok(e) = std::fs::read_to_string("trex-data/endpoints") {
-        if !e.trim().is_empty() {
-            check_endpoints(&e, "./trex-data/endpoints")?;
-            return Ok(e.trim().to_string());
-        }
-    }
-    Ok(DEFAULT_ENDPOINTS.to_string())
+    Ok(endpoints::resolve(ep.endpoints.as_deref())?)
 }
 
 /// Checks a comma-separated list of consensus endpoints, as the clients will
 /// split it, naming `from` (where the list came from) if an entry is not
 /// HOST:PORT.
 pub fn check_endpoints(list: &str, from: &str) -> Result<(), CliError> {
-    let entries: Vec<&str> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if entries.is_empty() {
-        return Err(usage!(
-            "no consensus endpoints given: pass --endpoints HOST:PORT,... or set TREX_ENDPOINTS"
-        ));
-    }
-    match entries.into_iter().find(|e| !is_host_port(e)) {
-        Some(bad) => Err(usage!(
-            "consensus endpoint \"{bad}\" in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
-        )),
-        None => Ok(()),
-    }
+    Ok(endpoints::check(list, from)?)
 }
 
 /// Checks one HOST:PORT address; `what` says what it names and how it was
 /// given, for the message.
 pub fn check_address(addr: &str, what: &str, example: &str) -> Result<(), CliError> {
-    if is_host_port(addr.trim()) {
+    if endpoints::is_host_port(addr.trim()) {
         return Ok(());
     }
     Err(usage!(
         "{what} \"{addr}\" is not HOST:PORT; give one such as {example}"
     ))
-}
-
-/// Whether `s` has the shape std's address lookup requires (a port after the
-/// last colon). Whether HOST resolves is for the connection to find out.
-fn is_host_port(s: &str) -> bool {
-    s.rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
 }
 
 /// A client of the consensus nodes `ep` names.

@@ -30,17 +30,17 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "finds temporary files the unit itself wrote",
     ),
     (
-        "bench/src/main.rs",
+        "bench/src/etcd.rs",
         "split(\"\\\"ID\\\":\\\"\")",
         "the load generator reads etcd's JSON lease id (a benchmark peer)",
     ),
     (
-        "bench/src/main.rs",
+        "bench/src/etcd.rs",
         "starts_with(\"http/1.1 200\")",
         "the load generator checks etcd's HTTP status line (a benchmark peer)",
     ),
     (
-        "bench/src/main.rs",
+        "bench/src/etcd.rs",
         "strip_prefix(\"content-length:\")",
         "the load generator parses etcd's HTTP header (a benchmark peer)",
     ),

@@ -3,12 +3,14 @@
 //! ([`driver`]), the replicated state machine holding members, the layout and the
 //! advisory locks ([`sm`]), the durable journal ([`journal`]), the node that runs
 //! a replica on the event loop ([`node`]), and the clients of the group
-//! ([`client`], [`lock`]); errors are typed ([`error::ConsensusError`]).
+//! ([`client`], [`lock`]) and where client programs find the group
+//! ([`endpoints`]); errors are typed ([`error::ConsensusError`]).
 
 pub use error::ConsensusError;
 
 pub mod client;
 pub mod driver;
+pub mod endpoints;
 pub mod error;
 pub mod journal;
 pub mod lock;
