@@ -57,7 +57,13 @@ pub fn consensus_client(a: &GroupLoad, i: usize, ctx: &mut Ctx) -> Result<(), St
         // group applies it once.
         let outcome = loop {
             if Instant::now() >= deadline {
-                break Err(("no-leader", format!("no leader applied the command within {COMMAND_DEADLINE:?}; last tried {target}")));
+                break Err((
+                    "no-leader",
+                    format!(
+                        "no leader applied the command within {}; last tried {target}",
+                        trex_net::util::duration_text(COMMAND_DEADLINE)
+                    ),
+                ));
             }
             if ctx.stopping() && Instant::now() >= slot.due + Duration::from_secs(2) {
                 break Err((

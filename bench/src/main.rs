@@ -511,7 +511,7 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
             if let Some(s) = &a.sequencer {
                 if !trex_consensus::endpoints::is_host_port(s) {
                     return Err(format!(
-                        "--sequencer {s:?} is not HOST:PORT; give one such as 127.0.0.1:7410"
+                        "--sequencer \"{s}\" is not HOST:PORT; give one such as 127.0.0.1:7410"
                     ));
                 }
             }
@@ -551,7 +551,7 @@ fn plan(cmd: Cmd) -> Result<Plan, String> {
             };
             if !trex_consensus::endpoints::is_host_port(&a.node) {
                 return Err(format!(
-                    "--node {:?} is not HOST:PORT; give the storage unit's address, such as 127.0.0.1:7420",
+                    "--node \"{}\" is not HOST:PORT; give the storage unit's address, such as 127.0.0.1:7420",
                     a.node
                 ));
             }
@@ -686,6 +686,10 @@ fn usage_error(sub: &str, msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`trex-bench … | head`) ends the run quietly,
+    // as any Unix filter does, instead of a panic on the broken pipe.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // Before any thread exists, so that only the driver's sigtimedwait takes
     // Ctrl-C and the run can print its summary.
     let signals = match trex_net::block_shutdown_signals() {

@@ -135,7 +135,7 @@ pub fn token_client(a: &TokenLoad, _i: usize, ctx: &mut Ctx) -> Result<(), Strin
                 Ok(wire::TokenReply::Granted { .. }) => ctx.done(*slot, u64::from(a.batch)),
                 Ok(wire::TokenReply::NotSequencer { hint }) => {
                     let why = format!(
-                        "{} is not the active sequencer (hint: {hint:?}); run again with --sequencer at the active one, or without it to find it through the consensus group",
+                        "{} is not the active sequencer (hint: {hint}); run again with --sequencer at the active one, or without it to find it through the consensus group",
                         a.sequencer
                     );
                     lost(ctx, &slots[k..], &why);

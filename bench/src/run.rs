@@ -378,11 +378,14 @@ pub fn run(
             shared.stop.store(true, Ordering::SeqCst);
             gave_up = Some(Instant::now() + GRACE);
             eprintln!(
-                "stopping (signal {sig}): waiting up to {GRACE:?} for requests in flight; Ctrl-C again to quit at once"
+                "stopping (signal {sig}): waiting up to {} for requests in flight; Ctrl-C again to quit at once", trex_net::util::duration_text(GRACE)
             );
         }
         if gave_up.is_some_and(|t| Instant::now() >= t) {
-            eprintln!("clients still busy after {GRACE:?}: summarising without them");
+            eprintln!(
+                "clients still busy after {}: summarising without them",
+                trex_net::util::duration_text(GRACE)
+            );
             break;
         }
         let Some(&origin) = shared.origin.get() else {

@@ -48,7 +48,7 @@ pub fn check(list: &str, from: &str) -> Result<(), ConsensusError> {
     }
     match entries.into_iter().find(|e| !is_host_port(e)) {
         Some(bad) => Err(ConsensusError::Config(format!(
-            "consensus endpoint {bad:?} in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
+            "consensus endpoint \"{bad}\" in {from} is not HOST:PORT; give a comma-separated list such as {DEFAULT_ENDPOINTS}"
         ))),
         None => Ok(()),
     }
