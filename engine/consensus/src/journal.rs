@@ -14,9 +14,20 @@
 //!
 //! All integers little-endian. A checkpoint starts a new generation: it is
 //! written to a new file, synced, and the old file deleted (compaction below the
-//! snapshot). At open, a damaged record at the very end is a torn write and is
-//! cut off; damage anywhere else stops the node with advice
-//! ([`RecoveryMode::TolerateCorruptTail`]).
+//! snapshot).
+//!
+//! File `DURABLE` (12 bytes, rewritten in place after each completed sync,
+//! never synced on its own): `generation u32, len u32` of the journal known
+//! durable, then the CRC-32 of those 8 bytes. It can only lag the truth (it is
+//! written after the sync it records), so a journal shorter than it says, or
+//! a generation it names that is missing, was damaged after the fact.
+//!
+//! At open, a damaged record is a torn write only if nothing intact follows
+//! it, it lies past the `DURABLE` mark, and (in a generation after the first)
+//! the file still starts with its checkpoint; such a record is cut off, with a
+//! WARN line. Anything else is [`OpenError::Damaged`]: the node must not
+//! vote with what is left (it may have lost a promise or an accepted value);
+//! see `docs/consensus.md`, "A damaged journal".
 
 use super::paxos::JournalRecord;
 use std::fs::{self, File, OpenOptions};
@@ -43,9 +54,77 @@ const CRC_COVERS: usize = OFF_LEN;
 const _: () = assert!(OFF_CRC + 4 == OFF_LEN);
 const _: () = assert!(OFF_LEN + 4 == RECORD_HEADER_LEN);
 
-/// How the journal tells a torn tail from corruption; corruption stops the
-/// node (its promises cannot come from anywhere else).
+/// How the journal tells a torn tail from corruption.
 const RECOVERY: RecoveryMode = RecoveryMode::TolerateCorruptTail;
+
+/// The file holding the durable mark (see the module documentation).
+pub const DURABLE_FILE: &str = "DURABLE";
+
+/// Why a journal could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The journal is damaged beyond a torn tail: what is left may lack a
+    /// promise or an accepted value this node acknowledged.
+    Damaged {
+        /// The damaged file.
+        path: PathBuf,
+        /// What was found, for the log.
+        what: String,
+    },
+    /// The directory or a file cannot be used at all (permissions, I/O).
+    Io(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Damaged { path, what } => {
+                write!(f, "journal {} is damaged: {what}", path.display())
+            }
+            OpenError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for OpenError {
+    fn from(e: String) -> OpenError {
+        OpenError::Io(e)
+    }
+}
+
+/// Parses the intact record at the start of `rest`: the record and its size.
+fn parse_record(rest: &[u8]) -> Option<(JournalRecord, usize)> {
+    let len = u32::from_le_bytes(rest.get(OFF_LEN..RECORD_HEADER_LEN)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(rest.get(OFF_CRC..OFF_LEN)?.try_into().ok()?);
+    let body = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN.checked_add(len)?)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rest[CRC_COVERS..RECORD_HEADER_LEN]);
+    h.update(body);
+    if h.finalize() != crc {
+        return None;
+    }
+    decode_record(body)
+        .ok()
+        .map(|r| (r, RECORD_HEADER_LEN + len))
+}
+
+/// Whether an intact record starts anywhere in `rest` (records are unaligned:
+/// every offset is tried).
+fn intact_record_in(rest: &[u8]) -> bool {
+    (0..rest.len().saturating_sub(RECORD_HEADER_LEN)).any(|i| parse_record(&rest[i..]).is_some())
+}
+
+/// Reads the durable mark: `(generation, len)`, if the file is there and whole.
+fn read_durable(dir: &Path) -> Option<(u64, u64)> {
+    let b = fs::read(dir.join(DURABLE_FILE)).ok()?;
+    let b: [u8; 12] = b.get(..12)?.try_into().ok()?;
+    if crc32fast::hash(&b[..8]) != u32::from_le_bytes(b[8..12].try_into().ok()?) {
+        return None;
+    }
+    let g = u32::from_le_bytes(b[..4].try_into().ok()?);
+    let l = u32::from_le_bytes(b[4..8].try_into().ok()?);
+    Some((u64::from(g), u64::from(l)))
+}
 
 /// Payload kinds: the first payload byte.
 const R_PROMISE: u8 = 1;
@@ -148,6 +227,8 @@ pub struct Journal {
     /// The data directory's lock, held while the journal is open: two
     /// consensus processes never run on one journal.
     _lock: File,
+    /// The durable mark's file, rewritten after each completed sync.
+    durable_file: Option<File>,
 }
 
 fn path_of(dir: &Path, generation: u64) -> PathBuf {
@@ -161,7 +242,11 @@ fn err(what: &str, p: &Path, e: io::Error) -> String {
 impl Journal {
     /// Opens the journal in `dir` (creating it) and returns the records found,
     /// oldest first.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<JournalRecord>), String> {
+    ///
+    /// Errors: [`OpenError::Damaged`] when the journal is damaged beyond a
+    /// torn tail (see the module documentation), [`OpenError::Io`] when the
+    /// directory cannot be used.
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<JournalRecord>), OpenError> {
         fs::create_dir_all(dir).map_err(|e| err("cannot create", dir, e))?;
         let lock = trex_net::util::lock_data_dir(dir)?;
         let mut gens: Vec<u64> = fs::read_dir(dir)
@@ -185,57 +270,77 @@ impl Journal {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(err("cannot read", &path, e)),
+            Err(e) => return Err(err("cannot read", &path, e).into()),
         };
+        let damaged = |what: String| OpenError::Damaged {
+            path: path.clone(),
+            what,
+        };
+        let durable = read_durable(dir);
+        if let Some((g, l)) = durable {
+            if g > generation || (g == generation && l > 0 && bytes.is_empty()) {
+                return Err(damaged(format!(
+                    "its file is missing: generation {g} had {l} bytes durable (file {DURABLE_FILE})"
+                )));
+            }
+        }
         let mut records = Vec::new();
         let mut off = 0usize;
         while off < bytes.len() {
             let rest = &bytes[off..];
-            let len_at = |rest: &[u8]| {
-                let b = rest.get(OFF_LEN..RECORD_HEADER_LEN)?;
-                Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
-            };
-            let parsed = (rest.len() >= RECORD_HEADER_LEN)
-                .then(|| {
-                    let crc = rest[OFF_CRC..OFF_LEN].try_into().unwrap_or_default();
-                    let len = len_at(rest)?;
-                    let body = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len)?;
-                    let mut h = crc32fast::Hasher::new();
-                    h.update(&rest[CRC_COVERS..RECORD_HEADER_LEN]);
-                    h.update(body);
-                    (h.finalize() == u32::from_le_bytes(crc)).then_some(())?;
-                    decode_record(body)
-                        .ok()
-                        .map(|r| (r, RECORD_HEADER_LEN + len))
-                })
-                .flatten();
-            match parsed {
+            match parse_record(rest) {
                 Some((r, n)) => {
+                    if off == 0 && generation > 1 && !matches!(r, JournalRecord::Checkpoint { .. })
+                    {
+                        return Err(damaged(
+                            "generation {generation} does not start with its checkpoint".into(),
+                        ));
+                    }
                     records.push(r);
                     off += n;
                 }
                 None => {
-                    // Journal records are unaligned and carry no nonce, so the
-                    // next intact one cannot be searched for: something intact
-                    // may follow only if the damaged record ends before the file.
-                    let len = len_at(rest).unwrap_or(0);
-                    let intact_after =
-                        rest.len() >= RECORD_HEADER_LEN && RECORD_HEADER_LEN + len < rest.len();
-                    // Only the newest generation is read: the file appended to.
-                    if RECOVERY.judge(true, intact_after) == Damage::TornTail {
+                    // A record that does not check out. A crash can leave one
+                    // only at the very end, and only past what a sync made
+                    // durable; a generation after the first was synced whole
+                    // with its checkpoint before it replaced the one before.
+                    // Anything intact after it (found by trying every offset:
+                    // a damaged length field says nothing) proves damage.
+                    let intact_after = intact_record_in(&rest[1..]);
+                    let below_mark =
+                        durable.is_some_and(|(g, l)| g == generation && (off as u64) < l);
+                    let lost_checkpoint = off == 0 && generation > 1;
+                    if RECOVERY.judge(true, intact_after) == Damage::TornTail
+                        && !below_mark
+                        && !lost_checkpoint
+                    {
                         trex_net::log_line!(
                             "WARN",
-                            "journal {}: cut a torn record of {} bytes at offset {off}",
+                            "journal {}: cut a torn record of {} bytes at offset {off} (a write the crash interrupted, never acknowledged)",
                             path.display(),
                             rest.len()
                         );
                         break;
                     }
-                    return Err(format!(
-                        "journal {} is damaged at offset {off}; this node cannot trust its promises. Move its data directory aside and start it empty: it rejoins and catches up from the others",
-                        path.display()
-                    ));
+                    let why = if lost_checkpoint {
+                        "its checkpoint (the first record) is damaged or cut".to_string()
+                    } else if below_mark {
+                        format!(
+                            "a damaged record at offset {off}, below the {} bytes known durable",
+                            durable.map_or(0, |d| d.1)
+                        )
+                    } else {
+                        format!("a damaged record at offset {off} with intact records after it")
+                    };
+                    return Err(damaged(why));
                 }
+            }
+        }
+        if let Some((g, l)) = durable {
+            if g == generation && (off as u64) < l {
+                return Err(damaged(format!(
+                    "it ends at {off} bytes, but {l} bytes were known durable (file {DURABLE_FILE}): it was cut"
+                )));
             }
         }
         let file = OpenOptions::new()
@@ -250,7 +355,13 @@ impl Journal {
         dir_file
             .sync_all()
             .map_err(|e| err("cannot sync", dir, e))?;
-        let j = Journal {
+        let durable_file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(dir.join(DURABLE_FILE))
+            .ok();
+        let mut j = Journal {
             dir: dir.to_path_buf(),
             dir_file,
             file: Arc::new(file),
@@ -259,7 +370,10 @@ impl Journal {
             buf: Vec::new(),
             dir_dirty: false,
             _lock: lock,
+            durable_file,
         };
+        // Everything read back was just synced.
+        j.note_durable(j.lsn());
         Ok((j, records))
     }
 
@@ -315,7 +429,28 @@ impl Journal {
         self.len = self.buf.len() as u64;
         fs::remove_file(old)?;
         self.dir_dirty = true;
+        // The checkpoint was synced above, with the directory.
+        let lsn = self.lsn();
+        self.note_durable(lsn);
         Ok(())
+    }
+
+    /// Records that a sync made everything up to `lsn` durable (the
+    /// `DURABLE` mark; best effort, never synced on its own).
+    pub fn note_durable(&mut self, lsn: u64) {
+        use std::os::unix::fs::FileExt;
+        let (g, l) = (lsn >> 40, lsn & ((1 << 40) - 1));
+        let (Ok(g), Ok(l)) = (u32::try_from(g), u32::try_from(l)) else {
+            return; // beyond what the mark holds: keep the older, lower one
+        };
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&g.to_le_bytes());
+        b[4..8].copy_from_slice(&l.to_le_bytes());
+        let crc = crc32fast::hash(&b[..8]);
+        b[8..].copy_from_slice(&crc.to_le_bytes());
+        if let Some(f) = &self.durable_file {
+            let _ = f.write_at(&b, 0);
+        }
     }
 
     /// LSN of everything written so far: generation and length.
@@ -395,7 +530,84 @@ mod tests {
         bytes[10] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
         let e = Journal::open(dir.path()).err().unwrap();
-        assert!(e.contains("damaged") && e.contains("rejoins"), "{e}");
+        assert!(matches!(e, OpenError::Damaged { .. }), "{e}");
+    }
+
+    /// Writes `sample()` as generation 1 (with the durable mark at its end
+    /// unless `mark` is false), damages it with `f`, and opens it again.
+    fn damaged(mark: bool, f: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<JournalRecord>, OpenError> {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&sample()).unwrap();
+        if mark {
+            j.note_durable(j.lsn());
+        }
+        drop(j);
+        if !mark {
+            fs::remove_file(dir.path().join(DURABLE_FILE)).unwrap();
+        }
+        let path = path_of(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        f(&mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        Journal::open(dir.path()).map(|(_, r)| r)
+    }
+
+    #[test]
+    fn a_damaged_length_field_is_damage_not_a_torn_tail() {
+        // Issue 13: one flipped length bit made the rest of the journal look
+        // like a torn tail, and it was cut silently. Intact records follow.
+        let r = damaged(false, |b| b[OFF_LEN + 2] ^= 0x01);
+        assert!(matches!(r, Err(OpenError::Damaged { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_cut_at_a_record_boundary_is_found_by_the_durable_mark() {
+        // Issue 13: cutting whole records left a valid but shorter journal.
+        let first = RECORD_HEADER_LEN + {
+            let mut b = Vec::new();
+            encode_record(&mut b, &sample()[0]);
+            b.len()
+        };
+        let r = damaged(true, |b| b.truncate(first));
+        assert!(matches!(r, Err(OpenError::Damaged { .. })), "{r:?}");
+        // Without the mark (a crash before any sync was noted) the same cut
+        // cannot be told from a shorter history.
+        assert_eq!(damaged(false, |b| b.truncate(first)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_torn_tail_past_the_durable_mark_is_still_cut() {
+        let r = damaged(true, |b| {
+            b.extend_from_slice(&[1, 2, 3, 4, 200, 0, 0, 0, 9])
+        });
+        assert_eq!(r.unwrap(), sample());
+    }
+
+    #[test]
+    fn a_checkpoint_cut_short_is_damage() {
+        // Issue 13: a cut inside the checkpoint dropped every record and the
+        // promise with it.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let cp = JournalRecord::Checkpoint {
+            promised: Ballot {
+                counter: 5,
+                node: 1,
+            },
+            upto: 100,
+            state: vec![7; 300],
+            accepted: vec![],
+        };
+        j.append(&[cp]).unwrap();
+        drop(j);
+        // No mark to help: the generation itself says a checkpoint starts it.
+        fs::remove_file(dir.path().join(DURABLE_FILE)).unwrap();
+        let path = path_of(dir.path(), 2);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let r = Journal::open(dir.path());
+        assert!(matches!(r, Err(OpenError::Damaged { .. })), "{:?}", r.err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! (`NodeIo`) and tells the driver when a group-committed sync completes.
 
 use super::driver::{Driver, ReadyIo};
-use super::journal::Journal;
+use super::journal::{Journal, OpenError, DURABLE_FILE};
 use super::paxos::{Applied, Config, JournalRecord, Replica};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -603,6 +603,9 @@ impl ConsensusService {
     fn reap_syncs(&mut self) {
         while let Some((lsn, result)) = self.syncer.poll_done() {
             self.syncing = false;
+            if result.is_ok() {
+                self.io.journal.note_durable(lsn);
+            }
             if let Some(at) = self.sync_started.take() {
                 self.io
                     .metrics
@@ -864,16 +867,37 @@ impl Service for ConsensusService {
 /// Opens the journal, recovers, and serves until SIGINT/SIGTERM.
 pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
-    let (journal, records) = Journal::open(&opts.data_dir)?;
+    let mut id = match read_node_id(&opts.data_dir)? {
+        Some(kept) => {
+            if kept != opts.id {
+                trex_net::log_line!(
+                    "INFO",
+                    "this node is consensus node {kept} (kept in {}/{NODE_ID_FILE}: it was added again under that id after its journal was damaged); --id {} is not used",
+                    opts.data_dir.display(),
+                    opts.id
+                );
+            }
+            kept
+        }
+        None => opts.id,
+    };
+    let (journal, records) = match Journal::open(&opts.data_dir) {
+        Ok(x) => x,
+        Err(OpenError::Io(e)) => return Err(e),
+        Err(e @ OpenError::Damaged { .. }) => {
+            id = recover_from_damage(opts, id, &e)?;
+            Journal::open(&opts.data_dir).map_err(|e| e.to_string())?
+        }
+    };
     let start = StartGroup::load_or_store(&opts.data_dir, opts, records.is_empty())?;
-    if !start.join && !start.nodes.iter().any(|(id, _)| *id == opts.id) {
+    if !start.join && !start.nodes.iter().any(|(n, _)| *n == id) {
         return Err(format!(
             "node {} is not in the group it was started with ({}); give --id of one of them, or --join to add a node to a running group",
-            opts.id,
+            id,
             start.describe()
         ));
     }
-    if let Some((_, a)) = start.nodes.iter().find(|(id, _)| *id == opts.id) {
+    if let Some((_, a)) = start.nodes.iter().find(|(n, _)| *n == id) {
         if *a != opts.listen {
             trex_net::log_line!(
                 "WARN",
@@ -883,7 +907,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         }
     }
     let ids: Vec<NodeId> = start.nodes.iter().map(|(id, _)| *id).collect();
-    let mut cfg = Config::new(opts.id, ids);
+    let mut cfg = Config::new(id, ids);
     cfg.addrs = start
         .nodes
         .iter()
@@ -892,14 +916,14 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     cfg.joining = start.join;
     cfg.election_ms = opts.election_ms;
     cfg.heartbeat_ms = opts.heartbeat_ms;
-    cfg.seed = unix_ms() ^ opts.id;
+    cfg.seed = unix_ms() ^ id;
     let count = records.len();
     let replica = Replica::recover(cfg, records, unix_ms())?;
     let st = replica.status();
     trex_net::log_line!(
         "INFO",
         "node {} recovered {count} journal records from {}: promised ballot {}.{}, snapshot at slot {}",
-        opts.id,
+        id,
         opts.data_dir.display(),
         st.promised.counter,
         st.promised.node,
@@ -911,12 +935,12 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
         trex_net::log_line!("INFO", "{how}");
         let mut svc = ConsensusService {
-            id: opts.id,
+            id,
             replica,
             // Journal::open synced what it read back: all of it is durable.
             driver: Driver::new(journal.lsn()),
             io: NodeIo {
-                id: opts.id,
+                id,
                 cluster_id: opts.cluster_id,
                 journal,
                 peers: BTreeMap::new(),
@@ -964,7 +988,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     trex_net::log_line!(
         "INFO",
         "consensus node {} listening on {} ({})",
-        opts.id,
+        id,
         el.local_addr(),
         if start.join {
             "joining a running group".to_string()
@@ -975,7 +999,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     trex_net::util::sd_notify("READY=1\nSTATUS=consensus node listening");
     el.run().map_err(|e| format!("event loop failed: {e}"))?;
     trex_net::util::sd_notify("STOPPING=1");
-    trex_net::log_line!("INFO", "consensus node {} stopped cleanly", opts.id);
+    trex_net::log_line!("INFO", "consensus node {} stopped cleanly", id);
     Ok(())
 }
 
@@ -1073,4 +1097,183 @@ impl StartGroup {
         }
         Ok(StartGroup { join, nodes })
     }
+}
+
+/// The file in a consensus node's data directory that holds the id it was
+/// added under after its journal was damaged (absent otherwise: `--id`).
+pub const NODE_ID_FILE: &str = "NODE_ID";
+
+fn read_node_id(dir: &std::path::Path) -> Result<Option<NodeId>, String> {
+    match std::fs::read_to_string(dir.join(NODE_ID_FILE)) {
+        Ok(t) => t.trim().parse().map(Some).map_err(|_| {
+            format!(
+                "{}/{NODE_ID_FILE} holds {:?}, not a node id; restore it, or move the data directory aside and add the node again (`trex endpoint add`, then --join)",
+                dir.display(),
+                t.trim()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}/{NODE_ID_FILE}: {e}", dir.display())),
+    }
+}
+
+/// Writes `text` to `dir/name` atomically and durably.
+fn write_durably(dir: &std::path::Path, name: &str, text: &str) -> Result<(), String> {
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(name));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|e| {
+            format!(
+                "cannot write {}: {e}; check the data directory's permissions and free space",
+                path.display()
+            )
+        })
+}
+
+/// The safe way back for a node whose journal is damaged (see
+/// `docs/consensus.md`, "A damaged journal"): what is left may lack a promise
+/// or an accepted value this node acknowledged, so it must never vote under
+/// its old id again. It sets the damaged files aside, asks the group to
+/// remove its old id and to add it under a new one (the next unused id, same
+/// address), and starts as a joining node that learns the log before it
+/// votes. Retried (with a line every 10 s) for up to 10 minutes while no
+/// majority answers. Returns the new id.
+fn recover_from_damage(
+    opts: &ConsensusOptions,
+    old: NodeId,
+    damage: &OpenError,
+) -> Result<NodeId, String> {
+    let dir = &opts.data_dir;
+    trex_net::log_line!(
+        "ERROR",
+        "{damage}; consensus node {old} may have lost a promise or an accepted value, so it will not vote under id {old} again: it asks the group to add it back under a new id and learns the log from the others"
+    );
+    // The group and the addresses this node knows, before anything moves.
+    let kept = std::fs::read_to_string(dir.join(GROUP_FILE))
+        .ok()
+        .and_then(|t| StartGroup::parse(&t).ok());
+    let mut known: Vec<(NodeId, SocketAddr)> = kept.map(|g| g.nodes).unwrap_or_default();
+    known.extend(opts.peers.iter().copied());
+    let addr = known
+        .iter()
+        .find(|(i, _)| *i == old)
+        .map_or(opts.listen, |(_, a)| *a);
+    let contacts: Vec<String> = known
+        .iter()
+        .filter(|(_, a)| *a != addr)
+        .map(|(_, a)| a.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if contacts.is_empty() {
+        return Err(format!(
+            "{damage}; no other consensus node is known to learn the log from: restore the journal from a backup, or start a new group"
+        ));
+    }
+    // Set the damaged journal aside (kept for inspection, never read again).
+    let stamp = unix_ms();
+    for e in std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
+        let Ok(e) = e else { continue };
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with("journal-") && name.ends_with(".log")) || name == DURABLE_FILE {
+            let to = dir.join(format!("damaged-{stamp}-{name}"));
+            std::fs::rename(e.path(), &to).map_err(|e| format!("cannot set {name} aside: {e}"))?;
+        }
+    }
+    let t0 = Instant::now();
+    let mut said = Instant::now() - Duration::from_secs(60);
+    let (new, group_text) = loop {
+        match rejoin_attempt(old, &addr.to_string(), &contacts.join(","), opts.cluster_id) {
+            Ok(Some(done)) => break done,
+            Ok(None) => {}
+            Err(e) if t0.elapsed() > Duration::from_secs(600) => {
+                return Err(format!(
+                    "could not be added back to the group within 10 minutes ({e}); the damaged journal is set aside as damaged-{stamp}-*. Check that a majority of the group runs (`trex endpoint status`), then start this node again"
+                ));
+            }
+            Err(e) if said.elapsed() >= Duration::from_secs(10) => {
+                said = Instant::now();
+                trex_net::log_line!("WARN", "not added back yet: {e}; retrying");
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // GROUP first: a crash between the two leaves the old id with a joining
+    // group, which the next start recovers from the same way.
+    write_durably(dir, GROUP_FILE, &group_text)?;
+    write_durably(dir, NODE_ID_FILE, &format!("{new}\n"))?;
+    trex_net::log_line!(
+        "INFO",
+        "added back to the consensus group as node {new} at {addr} (id {old} is retired); learning the log from {}",
+        contacts.join(",")
+    );
+    Ok(new)
+}
+
+/// One step of [`recover_from_damage`]: `Some(new id)` once this address is in
+/// the group under an id other than `old`; `None` after a step that needs
+/// another (the removal was submitted).
+fn rejoin_attempt(
+    old: NodeId,
+    addr: &str,
+    contacts: &str,
+    cluster_id: u32,
+) -> Result<Option<(NodeId, String)>, String> {
+    use crate::client::{ConsensusClient, Submit};
+    use crate::sm::Op;
+    let mut c = ConsensusClient::new(contacts, Duration::from_secs(1))
+        .map_err(|e| e.to_string())?
+        .with_total(Duration::from_secs(3))
+        .with_cluster_id(cluster_id);
+    let g = c.group(&Op::Group).map_err(|e| e.to_string())?;
+    if g.current.is_empty() {
+        return Err("the group is not recorded yet (no leader since it started)".into());
+    }
+    let mut all = g.current.clone();
+    if let Some((_, next)) = &g.pending {
+        all.extend(next.clone());
+    }
+    // A previous attempt may have got this far.
+    if let Some((id, _)) = all.iter().find(|(id, a)| a.as_str() == addr && **id != old) {
+        return Ok(Some((*id, joining_group_text(&g))));
+    }
+    if g.pending.is_some() {
+        return Err("a change of the group is in progress".into());
+    }
+    if g.current.contains_key(&old) {
+        c.group(&Op::GroupRemove { id: old })
+            .map_err(|e| format!("removing id {old}: {e}"))?;
+        return Ok(None);
+    }
+    let new = all
+        .keys()
+        .chain(g.retired.iter())
+        .copied()
+        .chain([old])
+        .max()
+        .unwrap_or(old)
+        + 1;
+    let g = c
+        .group(&Op::GroupAdd {
+            id: new,
+            addr: addr.to_string(),
+        })
+        .map_err(|e| format!("adding id {new}: {e}"))?;
+    Ok(Some((new, joining_group_text(&g))))
+}
+
+/// The `GROUP` file of a node that joins `g` (whom to learn the log from).
+fn joining_group_text(g: &crate::sm::GroupView) -> String {
+    let mut text = String::from("join\n");
+    let mut nodes = g.current.clone();
+    if let Some((_, next)) = &g.pending {
+        nodes.extend(next.clone());
+    }
+    for (id, a) in &nodes {
+        text.push_str(&format!("{id}={a}\n"));
+    }
+    text
 }

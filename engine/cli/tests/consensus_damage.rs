@@ -1,0 +1,180 @@
+//! A consensus node whose journal is damaged (issue 13) never votes with what
+//! is left: it sets the journal aside, has the group retire its id and add it
+//! back under a new one, and learns the log from the others. Real processes:
+//! one flipped length bit in a follower's journal, then (later, on another
+//! node) a cut at a record boundary, found by the durable mark.
+
+mod common;
+
+use common::{group, trex_cli};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use trex_consensus::client::ConsensusClient;
+
+const T: Duration = Duration::from_secs(20);
+
+/// The newest journal file in `dir`.
+fn journal(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("journal-") && n.ends_with(".log")
+        })
+        .collect();
+    files.sort();
+    files.pop().expect("a journal file")
+}
+
+/// The offsets where records start (header: crc u32, len u32).
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 8 <= bytes.len() {
+        out.push(off);
+        off += 8 + u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
+    }
+    out
+}
+
+fn group_json(eps: &str) -> serde_json::Value {
+    let (code, out, err) = trex_cli(eps, &["endpoint", "list", "-w", "json"], T);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().or_else(|| n["id"].as_u64()).unwrap())
+        .collect()
+}
+
+/// Waits until the node at `addr` reports id `id` and has applied what the
+/// rest of the group committed.
+fn caught_up(addr: &str, others: &[&str], id: u64) {
+    let t0 = Instant::now();
+    loop {
+        let commit = others
+            .iter()
+            .filter_map(|a| ConsensusClient::node_status(a, T).ok())
+            .map(|s| s.commit)
+            .max()
+            .unwrap_or(0);
+        if let Ok(s) = ConsensusClient::node_status(addr, T) {
+            if s.id == id && s.applied >= commit && commit > 0 {
+                return;
+            }
+        }
+        assert!(t0.elapsed() < T, "node {id} at {addr} did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_damaged_journal_makes_the_node_rejoin_under_a_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = group(dir.path());
+    g.wait_leader(T);
+    let eps = g.addrs.join(",");
+    for i in 0..30 {
+        let (code, _, err) = trex_cli(
+            &eps,
+            &[
+                "lock",
+                "acquire",
+                &format!("l{i}"),
+                "--holder",
+                "h",
+                "--ttl",
+                "1h",
+            ],
+            T,
+        );
+        assert_eq!(code, Some(0), "{err}");
+    }
+
+    // A follower: one bit of a length field in the middle of its journal.
+    let leader = g.wait_leader(T);
+    let f = (leader + 1) % 3;
+    g.kill(f);
+    let path = journal(&g.dirs[f]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let starts = record_starts(&bytes);
+    assert!(starts.len() > 4, "a journal of {} records", starts.len());
+    bytes[starts[starts.len() / 2] + 6] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    g.start_node(f);
+    let new_f = 4;
+    let others: Vec<&str> = (0..3)
+        .filter(|i| *i != f)
+        .map(|i| g.addrs[i].as_str())
+        .collect();
+    caught_up(&g.addrs[f], &others, new_f);
+    let v = group_json(&eps);
+    let mut want: Vec<u64> = (1..=3).filter(|i| *i != f as u64 + 1).collect();
+    want.push(new_f);
+    assert_eq!(ids(&v["voting"]), want, "{v}");
+    assert_eq!(ids(&v["retired"]), vec![f as u64 + 1], "{v}");
+    let aside = std::fs::read_dir(&g.dirs[f])
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("damaged-")
+        })
+        .count();
+    assert!(aside >= 1, "the damaged journal is kept aside");
+
+    // Later, another node: its journal cut at a record boundary (a shorter
+    // but well-formed journal), found by the durable mark.
+    let leader = g.wait_leader(T);
+    let h = (0..3).find(|i| *i != f && *i != leader).unwrap();
+    g.kill(h);
+    let path = journal(&g.dirs[h]);
+    let bytes = std::fs::read(&path).unwrap();
+    let starts = record_starts(&bytes);
+    std::fs::write(&path, &bytes[..starts[starts.len() / 2]]).unwrap();
+    g.start_node(h);
+    let new_h = 5;
+    let others: Vec<&str> = (0..3)
+        .filter(|i| *i != h)
+        .map(|i| g.addrs[i].as_str())
+        .collect();
+    caught_up(&g.addrs[h], &others, new_h);
+    let v = group_json(&eps);
+    assert_eq!(ids(&v["voting"]).len(), 3, "{v}");
+    assert!(ids(&v["voting"]).contains(&new_h), "{v}");
+    assert_eq!(ids(&v["retired"]).len(), 2, "{v}");
+
+    // Nothing was lost: every lock is still held (a second acquire is refused),
+    // and the group takes new commands with the original leader gone too.
+    g.kill(leader);
+    for i in 0..30 {
+        let (code, _, err) = trex_cli(
+            &eps,
+            &[
+                "lock",
+                "acquire",
+                &format!("l{i}"),
+                "--holder",
+                "x",
+                "--ttl",
+                "1h",
+            ],
+            T,
+        );
+        assert_ne!(code, Some(0), "lock l{i} was free again");
+        assert!(err.contains("held"), "l{i}: {err}");
+    }
+    let (code, _, err) = trex_cli(
+        &eps,
+        &["lock", "acquire", "after", "--holder", "x", "--ttl", "1h"],
+        T,
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
