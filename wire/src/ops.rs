@@ -5,7 +5,8 @@
 //! ("Operations").
 //!
 //! An operation is a tag byte and its fields, little-endian. Tags 1–15 belong
-//! to the cluster and layout services, 16–31 to the lock service. A result is a
+//! to the cluster and layout services, 16–31 to the lock service, 32–47 to the
+//! consensus group (besides 12–15). A result is a
 //! status byte: [`RESULT_OK`] and the operation's payload, or [`RESULT_ERR`]
 //! and a [`Refused`] (a [`Refusal`] code and a reason for people).
 
@@ -226,6 +227,19 @@ pub enum Op {
     /// Read the consensus group (linearizable). The result is the group
     /// ([`encode_group`]).
     Group,
+    /// Replace node `old` by a new node `id` at `addr` in one change (the
+    /// group keeps its size): how a node whose journal was damaged comes
+    /// back, and how an operator replaces a dead node without passing
+    /// through a smaller group. `addr` may be `old`'s. Refused as
+    /// [`Op::GroupAdd`] and [`Op::GroupRemove`] are, and for `old` = `id`.
+    GroupReplace {
+        /// The node leaving.
+        old: NodeId,
+        /// The node joining (never used in this group before).
+        id: NodeId,
+        /// Where it listens (HOST:PORT).
+        addr: String,
+    },
 }
 
 /// Slots between the one a change of the consensus group is chosen in and the
@@ -350,6 +364,7 @@ const OP_GROUP_INIT: u8 = 12;
 const OP_GROUP_ADD: u8 = 13;
 const OP_GROUP_REMOVE: u8 = 14;
 const OP_GROUP: u8 = 15;
+const OP_GROUP_REPLACE: u8 = 32;
 const OP_ACQUIRE: u8 = 16;
 const OP_RENEW: u8 = 17;
 const OP_RELEASE: u8 = 18;
@@ -463,6 +478,7 @@ impl Op {
             Op::GroupAdd { .. } => "group-add",
             Op::GroupRemove { .. } => "group-remove",
             Op::Group => "group",
+            Op::GroupReplace { .. } => "group-replace",
             Op::System(_) => "system",
         }
     }
@@ -570,6 +586,12 @@ impl Op {
                 put_u64(&mut out, *id);
             }
             Op::Group => out.push(OP_GROUP),
+            Op::GroupReplace { old, id, addr } => {
+                out.push(OP_GROUP_REPLACE);
+                put_u64(&mut out, *old);
+                put_u64(&mut out, *id);
+                put_str(&mut out, addr);
+            }
             Op::System(inner) => {
                 out.push(OP_SYSTEM);
                 out.extend_from_slice(&inner.encode());
@@ -645,6 +667,11 @@ impl Op {
             },
             OP_GROUP_REMOVE => Op::GroupRemove { id: r.u64()? },
             OP_GROUP => Op::Group,
+            OP_GROUP_REPLACE => Op::GroupReplace {
+                old: r.u64()?,
+                id: r.u64()?,
+                addr: get_str(&mut r)?,
+            },
             OP_SYSTEM => {
                 let inner = Op::decode(r.bytes(r.remaining())?)?;
                 if !matches!(

@@ -88,7 +88,7 @@ fn a_killed_consensus_node_is_replaced_by_a_new_one_while_a_client_appends() {
     );
     let (code, out, err) = trex_cli(&cluster.eps, &["endpoint", "remove", "3"], T);
     assert_eq!(code, Some(0), "remove: {out}{err}");
-    assert!(out.contains("removed consensus node 3"), "{out}");
+    assert!(out.contains("consensus node 3 left the group"), "{out}");
     let (code, out, err) = trex_cli(&cluster.eps, &["endpoint", "add", "4", &addr4], T);
     assert_eq!(code, Some(0), "add: {out}{err}");
     assert!(
@@ -221,6 +221,25 @@ fn group_changes_are_refused_with_a_reason() {
     }
     // Nothing changed.
     assert_eq!(voting(&group_json(eps)), vec![1, 2, 3]);
+    // A replacement is one change: node 3 leaves and node 8 joins at once
+    // (here on node 3's own address), and the group keeps its size.
+    let (code, out, err) = trex_cli(
+        eps,
+        &[
+            "endpoint",
+            "replace",
+            "3",
+            "8",
+            &format!("127.0.0.1:{}", cluster.base + 2),
+            "-w",
+            "json",
+        ],
+        T,
+    );
+    assert_eq!(code, Some(0), "replace: {out}{err}");
+    let g: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(voting(&g), vec![1, 2, 8], "{g}");
+    assert_eq!(g["retired"], serde_json::json!([3]), "{g}");
     // A node that is not in its --peers and not joining is a usage error.
     let out = Command::new(env!("CARGO_BIN_EXE_trex"))
         .args(["node", "consensus", "--id", "7", "--listen", "127.0.0.1:1"])

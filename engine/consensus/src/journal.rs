@@ -610,6 +610,89 @@ mod tests {
         assert!(matches!(r, Err(OpenError::Damaged { .. })), "{:?}", r.err());
     }
 
+    /// The fault matrix of issue 13 for the journal: every fault, at every
+    /// position, either is found ([`OpenError::Damaged`]: the node takes
+    /// the safe way back) or loses nothing that was durable. Never a silent
+    /// loss of a synced record.
+    #[test]
+    fn no_fault_anywhere_silently_loses_a_durable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = JournalRecord::Checkpoint {
+            promised: Ballot {
+                counter: 2,
+                node: 1,
+            },
+            upto: 10,
+            state: vec![3; 200],
+            accepted: vec![],
+        };
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&sample()).unwrap();
+        j.append(&[cp]).unwrap(); // generation 2 starts with it
+        let mut more = Vec::new();
+        for i in 0..40u64 {
+            more.push(JournalRecord::Accept {
+                slot: 10 + i,
+                ballot: Ballot {
+                    counter: 2,
+                    node: 1,
+                },
+                value: vec![trex_wire::consensus::Command {
+                    client: i,
+                    seq: 1,
+                    stamp_ms: 5,
+                    op: vec![7; (i as usize * 37) % 300],
+                }],
+            });
+        }
+        j.append(&more).unwrap();
+        j.note_durable(j.lsn());
+        drop(j);
+        let path = path_of(dir.path(), 2);
+        let good = fs::read(&path).unwrap();
+        let (_, durable) = Journal::open(dir.path()).unwrap();
+        assert_eq!(durable.len(), 41);
+        let mut found = 0;
+        let mut check = |bytes: Option<Vec<u8>>, what: &str| {
+            match bytes {
+                Some(b) => fs::write(&path, b).unwrap(),
+                None => fs::remove_file(&path).unwrap(),
+            }
+            match Journal::open(dir.path()) {
+                Err(OpenError::Damaged { .. }) => found += 1,
+                Err(e) => panic!("{what}: {e}"),
+                Ok((_, r)) => assert_eq!(r, durable, "{what}: records lost silently"),
+            }
+            // Restore the journal and its mark for the next case.
+            fs::write(&path, &good).unwrap();
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            drop(j);
+        };
+        for at in 0..good.len() {
+            let mut b = good.clone();
+            b[at] ^= 1 << (at % 8);
+            check(Some(b), &format!("bit flip at {at}"));
+        }
+        for at in (0..good.len()).step_by(97) {
+            let mut zero = good.clone();
+            let end = (at + 4096).min(zero.len());
+            zero[at..end].iter_mut().for_each(|x| *x = 0);
+            check(Some(zero), &format!("zeroed block at {at}"));
+            let mut junk = good.clone();
+            junk[at..end]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = (i as u8).wrapping_mul(31).wrapping_add(7));
+            check(Some(junk), &format!("junk block at {at}"));
+        }
+        for at in 0..good.len() {
+            check(Some(good[..at].to_vec()), &format!("cut at {at}"));
+        }
+        check(None, "file missing");
+        // Every case above damaged something durable: each was found.
+        assert_eq!(found, good.len() * 2 + good.len().div_ceil(97) * 2 + 1);
+    }
+
     #[test]
     fn a_checkpoint_compacts_the_journal() {
         let dir = tempfile::tempdir().unwrap();

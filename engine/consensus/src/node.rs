@@ -1137,8 +1137,8 @@ fn write_durably(dir: &std::path::Path, name: &str, text: &str) -> Result<(), St
 /// or an accepted value this node acknowledged, so it must never vote under
 /// its old id again. It sets the damaged files aside, asks the group to
 /// remove its old id and to add it under a new one (the next unused id, same
-/// address), and starts as a joining node that learns the log before it
-/// votes. Retried (with a line every 10 s) for up to 10 minutes while no
+/// address; one `group-replace`), and starts as a joining node that learns
+/// the log before it votes. Retried (with a line every 10 s) for up to 10 minutes while no
 /// majority answers. Returns the new id.
 fn recover_from_damage(
     opts: &ConsensusOptions,
@@ -1243,11 +1243,6 @@ fn rejoin_attempt(
     if g.pending.is_some() {
         return Err("a change of the group is in progress".into());
     }
-    if g.current.contains_key(&old) {
-        c.group(&Op::GroupRemove { id: old })
-            .map_err(|e| format!("removing id {old}: {e}"))?;
-        return Ok(None);
-    }
     let new = all
         .keys()
         .chain(g.retired.iter())
@@ -1256,12 +1251,23 @@ fn rejoin_attempt(
         .max()
         .unwrap_or(old)
         + 1;
-    let g = c
-        .group(&Op::GroupAdd {
+    // One change: the old id leaves and the new one joins (the group keeps
+    // its size, so it never passes through a smaller, more fragile one).
+    let op = if g.current.contains_key(&old) {
+        Op::GroupReplace {
+            old,
             id: new,
             addr: addr.to_string(),
-        })
-        .map_err(|e| format!("adding id {new}: {e}"))?;
+        }
+    } else {
+        Op::GroupAdd {
+            id: new,
+            addr: addr.to_string(),
+        }
+    };
+    let g = c
+        .group(&op)
+        .map_err(|e| format!("replacing id {old} by {new}: {e}"))?;
     Ok(Some((new, joining_group_text(&g))))
 }
 

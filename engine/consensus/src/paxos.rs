@@ -288,6 +288,9 @@ pub struct Replica {
     /// Peer messages dropped because a ballot in them was out of range
     /// ([`trex_wire::range`]).
     dropped_out_of_range: u64,
+    /// The first slot of the latest group change this node applied (it
+    /// checkpoints once past it).
+    change_from: u64,
 }
 
 impl Replica {
@@ -318,6 +321,7 @@ impl Replica {
             max_counter: 0,
             ready: Ready::default(),
             dropped_out_of_range: 0,
+            change_from: 0,
         };
         for rec in records {
             match rec {
@@ -687,6 +691,13 @@ impl Replica {
         };
         self.catchup_ms = now_ms;
         self.send(target, Msg::CatchUp { from: self.applied });
+    }
+
+    /// The first slot of the latest change of the group this node applied
+    /// (0: none since it started). Its snapshot passes it as soon as it
+    /// applies that slot.
+    pub fn last_change_from(&self) -> u64 {
+        self.change_from
     }
 
     /// Peer messages dropped so far because a ballot in them was out of range.
@@ -1339,6 +1350,9 @@ impl Replica {
             self.ready.applied_slots.push((self.applied, value_hash(v)));
             for cmd in v.clone() {
                 let result = self.sm.apply_in(&cmd, self.applied);
+                if let Some((from, _)) = self.sm.group.as_ref().and_then(|g| g.pending.as_ref()) {
+                    self.change_from = self.change_from.max(*from);
+                }
                 self.ready.on_durable.applied.push(Applied {
                     slot: self.applied,
                     client: cmd.client,
@@ -1357,7 +1371,11 @@ impl Replica {
             l.inflight.retain(|s, _| *s >= applied);
             l.next_slot = l.next_slot.max(applied);
         }
-        if self.applied >= self.snap_upto + self.cfg.snapshot_every {
+        // A change of the group that has taken effect is checkpointed at
+        // once: a restarted node then starts past it, and never needs the
+        // old group (whose nodes may be gone for good) to learn slots again.
+        let change_passed = self.snap_upto < self.change_from && self.applied >= self.change_from;
+        if change_passed || self.applied >= self.snap_upto + self.cfg.snapshot_every {
             let state = self.sm.encode();
             self.install_checkpoint(self.applied, state);
         }

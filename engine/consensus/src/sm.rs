@@ -190,8 +190,17 @@ impl StateMachine {
                 }
                 self.group_result()
             }
-            Op::GroupAdd { id, addr } => self.change_group(id, Some(addr), slot),
-            Op::GroupRemove { id } => self.change_group(id, None, slot),
+            Op::GroupAdd { id, addr } => self.change_group(None, Some((id, addr)), slot),
+            Op::GroupRemove { id } => self.change_group(Some(id), None, slot),
+            Op::GroupReplace { old, id, addr } => {
+                if old == id {
+                    return refuse(
+                        Refusal::InvalidArgument,
+                        format!("node {old} cannot replace itself; give the new node a new id"),
+                    );
+                }
+                self.change_group(Some(old), Some((id, addr)), slot)
+            }
             Op::Group => {
                 self.settle_group(slot);
                 self.group_result()
@@ -553,7 +562,15 @@ impl StateMachine {
         }
     }
 
-    fn change_group(&mut self, id: NodeId, addr: Option<String>, slot: u64) -> Vec<u8> {
+    /// Removes node `leave` and/or adds node `join` (id, address): one
+    /// change, the new group voting from [`GROUP_LAG`] slots after this one
+    /// (see `docs/consensus.md`, "Changing the group").
+    fn change_group(
+        &mut self,
+        leave: Option<NodeId>,
+        join: Option<(NodeId, String)>,
+        slot: u64,
+    ) -> Vec<u8> {
         self.settle_group(slot);
         let Some(g) = self.group.as_mut() else {
             return refuse(
@@ -570,54 +587,55 @@ impl StateMachine {
             );
         }
         let mut next = g.current.clone();
-        match addr {
-            Some(addr) => {
-                if id == 0 || id > trex_wire::range::MAX_COUNTER {
-                    return refuse(
-                        Refusal::InvalidArgument,
-                        format!("consensus node id {id} is not between 1 and 2^62"),
-                    );
-                }
-                if g.current.contains_key(&id) || g.retired.contains(&id) {
-                    return refuse(
-                        Refusal::IdInUse,
-                        format!("consensus node id {id} is or was in the group; give the new node an id never used before"),
-                    );
-                }
-                if addr.is_empty() || addr.len() > 255 {
-                    return refuse(
-                        Refusal::InvalidArgument,
-                        format!("consensus node address \"{addr}\" is not HOST:PORT"),
-                    );
-                }
-                if let Some((other, _)) = g.current.iter().find(|(_, a)| **a == addr) {
-                    return refuse(
-                        Refusal::IdInUse,
-                        format!("node {other} of the group already listens at {addr}; remove it first or give the new node another address"),
-                    );
-                }
-                next.insert(id, addr);
+        if let Some(id) = leave {
+            if !g.current.contains_key(&id) {
+                let ids: Vec<String> = g.current.keys().map(|i| i.to_string()).collect();
+                return refuse(
+                    Refusal::InvalidArgument,
+                    format!(
+                        "node {id} is not in the consensus group (its nodes: {})",
+                        ids.join(", ")
+                    ),
+                );
             }
-            None => {
-                if !g.current.contains_key(&id) {
-                    let ids: Vec<String> = g.current.keys().map(|i| i.to_string()).collect();
-                    return refuse(
-                        Refusal::InvalidArgument,
-                        format!(
-                            "node {id} is not in the consensus group (its nodes: {})",
-                            ids.join(", ")
-                        ),
-                    );
-                }
-                if g.current.len() == 1 {
-                    return refuse(
-                        Refusal::InvalidArgument,
-                        format!("node {id} is the group's last node; add its replacement first"),
-                    );
-                }
-                next.remove(&id);
-                g.retired.push(id);
+            if g.current.len() == 1 && join.is_none() {
+                return refuse(
+                    Refusal::InvalidArgument,
+                    format!("node {id} is the group's last node; add its replacement first"),
+                );
             }
+            next.remove(&id);
+        }
+        if let Some((id, addr)) = join {
+            if id == 0 || id > trex_wire::range::MAX_COUNTER {
+                return refuse(
+                    Refusal::InvalidArgument,
+                    format!("consensus node id {id} is not between 1 and 2^62"),
+                );
+            }
+            if g.current.contains_key(&id) || g.retired.contains(&id) {
+                return refuse(
+                    Refusal::IdInUse,
+                    format!("consensus node id {id} is or was in the group; give the new node an id never used before"),
+                );
+            }
+            if addr.is_empty() || addr.len() > 255 {
+                return refuse(
+                    Refusal::InvalidArgument,
+                    format!("consensus node address \"{addr}\" is not HOST:PORT"),
+                );
+            }
+            // The node leaving may hand its address on.
+            if let Some((other, _)) = next.iter().find(|(_, a)| **a == addr) {
+                return refuse(
+                    Refusal::IdInUse,
+                    format!("node {other} of the group already listens at {addr}; remove it first or give the new node another address"),
+                );
+            }
+            next.insert(id, addr);
+        }
+        if let Some(id) = leave {
+            g.retired.push(id);
         }
         g.pending = Some((slot + GROUP_LAG, next));
         self.group_result()

@@ -120,6 +120,14 @@ fn op_vectors() -> Vec<(&'static str, Op)> {
         ("op-group-remove", Op::GroupRemove { id: 3 }),
         ("op-group", Op::Group),
         (
+            "op-group-replace",
+            Op::GroupReplace {
+                old: 2,
+                id: 5,
+                addr: "10.0.0.2:7400".into(),
+            },
+        ),
+        (
             "op-system",
             Op::System(Box::new(Op::Renew {
                 name: "sequencer".into(),
@@ -415,6 +423,19 @@ fn result_vectors() -> (
             },
         ),
         Payload::Refused(Refusal::IdInUse),
+    ));
+    v.push((
+        "result-group-replace",
+        h.apply_in(
+            210,
+            T + 26_000,
+            Op::GroupReplace {
+                old: 2,
+                id: 5,
+                addr: node(2).1,
+            },
+        ),
+        Payload::Group,
     ));
     // Every operation whose result is "—" answers the same bytes: register's.
     v.push(("result-ok", ok[0].1.clone(), Payload::Nothing));

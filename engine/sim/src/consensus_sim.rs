@@ -44,6 +44,16 @@ pub struct SimOptions {
     /// nodes keep running (and crashing) with their stale view. The liveness
     /// phase then requires the final group to converge.
     pub reconfigure: bool,
+    /// The damaged-journal scenario (issue 13): twice during the safety
+    /// phase, a voting node crashes and its journal is found damaged. It
+    /// takes the safe way back of a real node: it never runs under its old id
+    /// again; the group retires that id and adds the node under a new one,
+    /// and it starts empty as a joining node.
+    pub journal_damage: bool,
+    /// With `journal_damage`: restart the damaged node on what is left of its
+    /// journal, under its old id (what a node must NOT do; for showing that
+    /// the checks catch it).
+    pub unsafe_damage: bool,
 }
 
 impl Default for SimOptions {
@@ -56,6 +66,8 @@ impl Default for SimOptions {
             full_restart: false,
             deaf_leader: false,
             reconfigure: false,
+            journal_damage: false,
+            unsafe_damage: false,
         }
     }
 }
@@ -95,6 +107,8 @@ pub struct SimReport {
     pub group_changes: u64,
     /// The group at the end (ids).
     pub final_group: Vec<NodeId>,
+    /// Damaged journals: nodes that came back under a new id.
+    pub damaged: u64,
 }
 
 /// The simulators' PRNG (splitmix64): small, fast, and the same everywhere.
@@ -159,6 +173,8 @@ enum Event {
         node: NodeId,
     },
     Chaos,
+    /// A voting node's journal is found damaged (`journal_damage`).
+    Damage,
 }
 
 struct SimNode {
@@ -300,6 +316,17 @@ struct Sim {
     deaf: Option<NodeId>,
     /// The next id an added consensus node gets.
     next_node_id: NodeId,
+    /// Ids of nodes whose journal was damaged, to be retired (and the node
+    /// added back under a new id) by the operator client.
+    rejoin: std::collections::VecDeque<NodeId>,
+    /// A node added back after damage (its new id, and the damaged id it
+    /// replaces) whose change has not taken effect yet (asked again until it
+    /// has).
+    awaiting_add: Option<(NodeId, NodeId)>,
+    /// Whether the operator client makes changes of its own.
+    reconfigure: bool,
+    /// See [`SimOptions::unsafe_damage`].
+    unsafe_damage: bool,
 }
 
 impl Sim {
@@ -310,7 +337,8 @@ impl Sim {
     }
 
     fn node_now(&self, id: NodeId) -> u64 {
-        (self.now as i64 + self.nodes[&id].skew_ms).max(0) as u64 + 1_000_000
+        let skew = self.nodes.get(&id).map_or(0, |n| n.skew_ms);
+        (self.now as i64 + skew).max(0) as u64 + 1_000_000
     }
 
     fn trace(&mut self, x: u64) {
@@ -584,6 +612,36 @@ impl Sim {
         if g.pending.is_some() {
             return Op::Group;
         }
+        // A damaged node first: retire its id, then add it back as a new one.
+        if let Some((id, old)) = self.awaiting_add {
+            if g.current.contains_key(&id) {
+                self.awaiting_add = None;
+            } else {
+                // Refused or lost: ask again.
+                let addr = format!("sim:{id}");
+                return if g.current.contains_key(&old) {
+                    Op::GroupReplace { old, id, addr }
+                } else {
+                    Op::GroupAdd { id, addr }
+                };
+            }
+        }
+        if let Some(old) = self.rejoin.pop_front() {
+            // One change: the damaged id leaves, the new one joins.
+            let op = self.add_node(&g);
+            let Op::GroupAdd { id, addr } = op else {
+                unreachable!("add_node adds")
+            };
+            self.awaiting_add = Some((id, old));
+            return if g.current.contains_key(&old) {
+                Op::GroupReplace { old, id, addr }
+            } else {
+                Op::GroupAdd { id, addr }
+            };
+        }
+        if !self.reconfigure {
+            return Op::Group;
+        }
         let n = g.current.len() as u64;
         let remove = n >= 5 || (n >= 2 && self.rng.chance(0.5));
         if remove {
@@ -591,6 +649,11 @@ impl Sim {
             let id = ids[self.rng.below(n) as usize];
             return Op::GroupRemove { id };
         }
+        self.add_node(&g)
+    }
+
+    /// Starts a new node (as joining) and returns the operation adding it.
+    fn add_node(&mut self, g: &trex_consensus::sm::GroupView) -> Op {
         let id = self.next_node_id;
         self.next_node_id += 1;
         let mut cfg = self.cfg_for(id);
@@ -662,10 +725,14 @@ impl Sim {
                     r.tick(now);
                     self.collect(node)?;
                 }
-                self.at(10, Event::Tick { node });
+                if self.nodes.contains_key(&node) {
+                    self.at(10, Event::Tick { node });
+                }
             }
             Event::SyncDone { node, incarnation } => {
-                let n = self.nodes.get_mut(&node).expect("node");
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(()); // retired after its journal was damaged
+                };
                 if n.incarnation != incarnation || n.replica.is_none() {
                     return Ok(());
                 }
@@ -782,7 +849,8 @@ impl Sim {
                         self.report.group_changes += 1;
                     }
                     let d = 300 + self.rng.below(1500);
-                    let keep_going = self.faulty;
+                    let keep_going =
+                        self.faulty || !self.rejoin.is_empty() || self.awaiting_add.is_some();
                     if keep_going {
                         self.at(d, Event::ClientTimer { client });
                     }
@@ -821,7 +889,9 @@ impl Sim {
                 }
             }
             Event::Crash { node } => {
-                let n = self.nodes.get_mut(&node).expect("node");
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(()); // retired after its journal was damaged
+                };
                 if n.replica.take().is_some() {
                     // Every write not yet synced is lost, and with it what
                     // waited for it.
@@ -838,12 +908,101 @@ impl Sim {
             }
             Event::Restart { node } => {
                 let now = self.node_now(node);
-                let n = self.nodes.get_mut(&node).expect("node");
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(()); // retired after its journal was damaged
+                };
                 let cfg = n.cfg.clone();
                 if n.replica.is_none() {
                     let r = Replica::recover(cfg, n.durable.clone(), now)?;
                     n.next_slot = r.status().applied;
                     n.replica = Some(r);
+                }
+            }
+            Event::Damage => {
+                // One damaged node at a time: the next waits until the group
+                // took the last one back and every voter runs and has caught
+                // up (a second loss before that is two failures at once,
+                // beyond what a group of three survives).
+                let settled = self.rejoin.is_empty()
+                    && self.awaiting_add.is_none()
+                    && self.group_view().is_some_and(|g| g.pending.is_none())
+                    && {
+                        // Every voter runs, has nothing unsynced, and has a
+                        // snapshot past the last change of the group (so a
+                        // restart never needs the old group again).
+                        let members = self.members();
+                        let reps: Vec<Option<&Replica>> = members
+                            .iter()
+                            .map(|id| {
+                                self.nodes
+                                    .get(id)
+                                    .filter(|n| n.disk.records.is_empty())
+                                    .and_then(|n| n.replica.as_ref())
+                            })
+                            .collect();
+                        let change = reps
+                            .iter()
+                            .flatten()
+                            .map(|r| r.last_change_from())
+                            .max()
+                            .unwrap_or(0);
+                        reps.iter()
+                            .all(|r| r.is_some_and(|r| r.status().snapshot >= change))
+                    };
+                if !settled {
+                    self.at(500, Event::Damage);
+                    return Ok(());
+                }
+                // A voting node that runs, chosen at random.
+                let members: Vec<NodeId> = self
+                    .members()
+                    .into_iter()
+                    .filter(|id| self.nodes.get(id).is_some_and(|n| n.replica.is_some()))
+                    .collect();
+                if members.is_empty() {
+                    return Ok(());
+                }
+                let node = members[self.rng.below(members.len() as u64) as usize];
+                if std::env::var("SIMDBG").is_ok() {
+                    eprintln!(
+                        "t={} damage {node}; members {:?}; {:?}",
+                        self.now,
+                        members,
+                        self.nodes
+                            .iter()
+                            .map(|(i, n)| (
+                                *i,
+                                n.replica.as_ref().map(|r| (
+                                    r.status().applied,
+                                    r.status().snapshot,
+                                    r.voters(r.status().snapshot)
+                                ))
+                            ))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                self.report.damaged += 1;
+                self.trace(node * 6133);
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(()); // retired after its journal was damaged
+                };
+                n.replica = None;
+                n.disk = SimDisk::default();
+                n.driver = Driver::default();
+                n.syncing = false;
+                n.incarnation += 1;
+                n.proposed.clear();
+                if self.unsafe_damage {
+                    // What must not be done: back under its old id on what is
+                    // left (records lost from a random point on).
+                    let keep = self.rng.below(n.durable.len() as u64 + 1) as usize;
+                    n.durable.truncate(keep);
+                    let d = 100 + self.rng.below(500);
+                    self.at(d, Event::Restart { node });
+                } else {
+                    // The safe way back: never again under this id.
+                    self.nodes.remove(&node);
+                    self.rejoin.push_back(node);
                 }
             }
             Event::Chaos => {
@@ -1016,6 +1175,10 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
         },
         cfg_base: base,
         next_node_id: n_nodes + 1,
+        rejoin: std::collections::VecDeque::new(),
+        awaiting_add: None,
+        reconfigure: opts.reconfigure,
+        unsafe_damage: opts.unsafe_damage,
         // Scaled down with the reports: 16 KiB stands for the 16 MiB frame.
         frame_limit: opts.full_restart.then_some(16 << 10),
         deaf: None,
@@ -1064,7 +1227,15 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
         let d = sim.rng.below(50);
         sim.at(d, Event::ClientTimer { client: c });
     }
-    if opts.reconfigure {
+    if opts.journal_damage {
+        // Twice, at random moments of the safety phase (a different node
+        // each time, unless it was added back already).
+        for _ in 0..2 {
+            let at = 1_000 + sim.rng.below(opts.safety_ms.saturating_sub(6_000).max(1));
+            sim.at(at, Event::Damage);
+        }
+    }
+    if opts.reconfigure || opts.journal_damage {
         let admin = Client {
             seq: 0,
             target: 1,

@@ -43,6 +43,15 @@ struct Args {
     /// at a time during the safety phase.
     #[arg(long)]
     reconfigure: bool,
+    /// The damaged-journal scenario: twice a voting node's journal is found
+    /// damaged; it comes back under a new id, empty.
+    #[arg(long)]
+    journal_damage: bool,
+    /// With --journal-damage: restart the damaged node on what is left of
+    /// its journal under its old id instead (unsafe; to show the checks
+    /// catch it).
+    #[arg(long)]
+    unsafe_damage: bool,
     /// With --cluster: operations per client.
     #[arg(long, default_value_t = 40)]
     ops: usize,
@@ -58,6 +67,8 @@ fn main() -> ExitCode {
         full_restart: a.full_restart,
         deaf_leader: a.deaf_leader,
         reconfigure: a.reconfigure,
+        journal_damage: a.journal_damage,
+        unsafe_damage: a.unsafe_damage,
         ..SimOptions::default()
     };
     let copts = ClusterOptions {
@@ -131,6 +142,8 @@ fn main() -> ExitCode {
                     (a.full_restart, " --full-restart"),
                     (a.deaf_leader, " --deaf-leader"),
                     (a.reconfigure, " --reconfigure"),
+                    (a.journal_damage, " --journal-damage"),
+                    (a.unsafe_damage, " --unsafe-damage"),
                 ] {
                     if on {
                         fr.push_str(flag);

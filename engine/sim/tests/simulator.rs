@@ -116,3 +116,46 @@ fn group_changes_under_faults_keep_one_value_per_slot_and_converge() {
     }
     assert!(changes > n * 3, "only {changes} group changes took effect");
 }
+
+/// A damaged journal (issue 13), twice per seed on different nodes: the node
+/// never votes under its old id again; the group replaces that id by a new
+/// one (`group-replace`) and the node starts empty as a joining node. No two
+/// values may be chosen for a slot, and the group must converge.
+#[test]
+fn a_damaged_journal_never_votes_again_and_the_group_goes_on() {
+    let opts = SimOptions {
+        journal_damage: true,
+        ..SimOptions::default()
+    };
+    let n: u64 = std::env::var("TREX_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    let mut damaged = 0;
+    for seed in [247].into_iter().chain(30_000..30_000 + n) {
+        match run(seed, opts) {
+            Ok(r) => damaged += r.damaged,
+            Err(e) => panic!(
+                "{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --journal-damage --seed {seed}"
+            ),
+        }
+    }
+    assert!(damaged > n, "only {damaged} journals damaged");
+}
+
+/// The check above has teeth: a node that came back on what was left of its
+/// journal, under its old id (what a node must not do), makes the simulator
+/// find two values chosen for one slot within a few seeds.
+#[test]
+fn a_node_back_on_a_damaged_journal_under_its_old_id_is_caught() {
+    let opts = SimOptions {
+        journal_damage: true,
+        unsafe_damage: true,
+        ..SimOptions::default()
+    };
+    let caught = (1..=40)
+        .filter_map(|seed| run(seed, opts).err())
+        .filter(|e| e.contains("two values chosen"))
+        .count();
+    assert!(caught > 0, "no seed of 40 caught the amnesiac node");
+}

@@ -32,6 +32,19 @@ pub enum EndpointCmd {
         #[command(flatten)]
         ep: Endpoints,
     },
+    /// Replace consensus node OLD by a new node ID at HOST:PORT in one change
+    /// (the group keeps its size; HOST:PORT may be OLD's). Waits until it is in
+    /// effect; then start the new node with --join (the command prints how).
+    Replace {
+        /// The node leaving (`trex endpoint list`).
+        old: u64,
+        /// The new node's id: never used in this group before.
+        id: u64,
+        /// Where the new node listens (IP:PORT).
+        addr: String,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
     /// Remove a consensus node from the group (one at a time; waits until
     /// the change is in effect). To replace a dead node: remove it, then add
     /// its replacement. Stop the removed node afterwards.
@@ -50,8 +63,9 @@ pub fn run(cmd: EndpointCmd) -> Result<(), CliError> {
     match cmd {
         EndpointCmd::Status(a) => status(a),
         EndpointCmd::List(a) => list(a),
-        EndpointCmd::Add { id, addr, ep } => change(id, Some(addr), &ep),
-        EndpointCmd::Remove { id, ep } => change(id, None, &ep),
+        EndpointCmd::Add { id, addr, ep } => change(None, Some((id, addr)), &ep),
+        EndpointCmd::Remove { id, ep } => change(Some(id), None, &ep),
+        EndpointCmd::Replace { old, id, addr, ep } => change(Some(old), Some((id, addr)), &ep),
     }
 }
 
@@ -112,20 +126,27 @@ fn group_json(g: &GroupView) -> serde_json::Value {
     })
 }
 
-/// `trex endpoint add` (`addr` given) or `remove`: submits the change, then
-/// waits (within --timeout, retrying while an earlier change is finishing)
-/// until it is in effect.
-fn change(id: u64, addr: Option<String>, ep: &Endpoints) -> Result<(), CliError> {
-    if let Some(a) = &addr {
+/// `trex endpoint add` (`join` given), `remove` (`leave` given) or
+/// `replace` (both): submits the change, then waits (within --timeout,
+/// retrying while an earlier change is finishing) until it is in effect, and
+/// prints the group (`-w json`: as `trex endpoint list` does).
+fn change(leave: Option<u64>, join: Option<(u64, String)>, ep: &Endpoints) -> Result<(), CliError> {
+    if let Some((_, a)) = &join {
         check_address(a, "the new node's address", "10.0.0.4:7400")?;
     }
     let mut c = consensus_client(ep)?;
-    let op = match &addr {
-        Some(a) => Op::GroupAdd {
-            id,
+    let op = match (leave, &join) {
+        (Some(old), Some((id, a))) => Op::GroupReplace {
+            old,
+            id: *id,
             addr: a.trim().to_string(),
         },
-        None => Op::GroupRemove { id },
+        (None, Some((id, a))) => Op::GroupAdd {
+            id: *id,
+            addr: a.trim().to_string(),
+        },
+        (Some(id), None) => Op::GroupRemove { id },
+        (None, None) => unreachable!("every endpoint command changes something"),
     };
     let deadline = Instant::now() + ep.timeout;
     let mut g = loop {
@@ -152,25 +173,30 @@ fn change(id: u64, addr: Option<String>, ep: &Endpoints) -> Result<(), CliError>
         std::thread::sleep(Duration::from_millis(50));
         g = c.group(&Op::Group)?;
     }
-    let peers: Vec<String> = g.current.iter().map(|(i, a)| format!("{i}={a}")).collect();
-    match addr {
-        Some(a) => {
+    if ep.format == Format::Json {
+        print_json(&group_json(&g));
+        return Ok(());
+    }
+    let peers = g
+        .current
+        .iter()
+        .map(|(i, a)| format!("{i}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Some(old) = leave {
+        println!("consensus node {old} left the group (its id is retired)");
+    }
+    match &join {
+        Some((id, a)) => {
+            println!("consensus node {id} at {a} is in the group; the group is now {peers}");
             println!(
-                "added consensus node {id} at {a}; the group is now {}",
-                peers.join(",")
-            );
-            println!(
-                "start it (if it is not running) with:\n  trex node consensus --id {id} --listen {a} --join --peers {} --data-dir <an empty directory>",
-                peers.join(",")
+                "start it (if it is not running) with:\n  trex node consensus --id {id} --listen {a} --join --peers {peers} --data-dir <an empty directory>"
             );
         }
-        None => {
-            println!(
-                "removed consensus node {id}; the group is now {}",
-                peers.join(",")
-            );
-            println!("stop node {id} now, and drop it from every --endpoints list and config file");
-        }
+        None => println!("the group is now {peers}"),
+    }
+    if let Some(old) = leave {
+        println!("stop node {old} if it still runs, and drop its address from every --endpoints list and config file");
     }
     Ok(())
 }
