@@ -57,6 +57,9 @@ const _: () = assert!(OFF_LEN + 4 == RECORD_HEADER_LEN);
 /// How the journal tells a torn tail from corruption.
 const RECOVERY: RecoveryMode = RecoveryMode::TolerateCorruptTail;
 
+/// Linux's errno for an I/O error (a failing disk).
+const EIO: i32 = 5;
+
 /// The file holding the durable mark (see the module documentation).
 pub const DURABLE_FILE: &str = "DURABLE";
 
@@ -270,6 +273,14 @@ impl Journal {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            // An I/O error reading it back: what it holds is unknown, which
+            // is as bad as damage (and handled the same, safe way).
+            Err(e) if e.raw_os_error() == Some(EIO) => {
+                return Err(OpenError::Damaged {
+                    path: path.clone(),
+                    what: format!("it cannot be read: {e}"),
+                });
+            }
             Err(e) => return Err(err("cannot read", &path, e).into()),
         };
         let damaged = |what: String| OpenError::Damaged {
