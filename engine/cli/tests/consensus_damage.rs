@@ -185,3 +185,108 @@ fn a_damaged_journal_makes_the_node_rejoin_under_a_new_id() {
     );
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A tmpfs of `size` at a fresh directory (root only), unmounted on drop.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { _dir: dir, path })
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount the tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[test]
+fn a_consensus_node_whose_disk_fills_stops_and_comes_back_when_space_is_freed() {
+    let Some(disk) = SmallDisk::mount("256k") else {
+        return eprintln!("skipped: mounting a tmpfs needs root");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = group(dir.path());
+    // Node 3's journal on the small disk.
+    g.kill(2);
+    g.dirs[2] = disk.path.join("n3");
+    g.start_node(2);
+    g.wait_leader(T);
+    let eps = g.addrs.join(",");
+    let holder = "h".repeat(2000);
+    let mut held = 0;
+    for i in 0..400 {
+        let (code, _, err) = trex_cli(
+            &eps,
+            &[
+                "lock",
+                "acquire",
+                &format!("big{i}"),
+                "--holder",
+                &holder,
+                "--ttl",
+                "1h",
+            ],
+            T,
+        );
+        assert_eq!(
+            code,
+            Some(0),
+            "the group serves while node 3's disk fills: {err}"
+        );
+        held += 1;
+        if g.procs[2].as_mut().unwrap().try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let status = g.procs[2].as_mut().unwrap().wait().unwrap();
+    assert!(
+        !status.success(),
+        "node 3 stopped when its disk filled ({held} locks)"
+    );
+    // Space freed: it restarts on its journal, under its own id, and catches up.
+    disk.grow("64m");
+    g.start_node(2);
+    let others = [g.addrs[0].as_str(), g.addrs[1].as_str()];
+    caught_up(&g.addrs[2], &others, 3);
+    assert!(
+        !std::fs::read_dir(&g.dirs[2]).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("damaged-")),
+        "a full disk is not damage"
+    );
+    // It votes again: with node 1 gone, nodes 2 and 3 are the majority.
+    g.kill(0);
+    let (code, _, err) = trex_cli(
+        &eps,
+        &["lock", "acquire", "after", "--holder", "x", "--ttl", "1h"],
+        T,
+    );
+    assert_eq!(code, Some(0), "{err}");
+}

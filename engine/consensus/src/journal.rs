@@ -264,8 +264,31 @@ impl Journal {
             })
             .collect();
         gens.sort_unstable();
+        // A compaction writes the next generation, syncs it, then deletes the
+        // one before: while the one before is still there, the newest counts
+        // only if its checkpoint is whole (else the compaction was cut short
+        // before it took over: drop it, the one before holds everything).
+        while gens.len() > 1 {
+            let newest = path_of(dir, *gens.last().expect("two or more"));
+            let whole = fs::read(&newest).ok().is_some_and(|b| {
+                matches!(
+                    parse_record(&b),
+                    Some((JournalRecord::Checkpoint { .. }, _))
+                )
+            });
+            if whole {
+                break;
+            }
+            trex_net::log_line!(
+                "WARN",
+                "journal {}: a compaction was cut short before it took over; dropping it and keeping the generation before",
+                newest.display()
+            );
+            fs::remove_file(&newest).map_err(|e| err("cannot remove", &newest, e))?;
+            gens.pop();
+        }
         let generation = gens.last().copied().unwrap_or(1);
-        // Older generations are leftovers of a compaction cut short.
+        // Older generations are leftovers of a compaction that took over.
         for g in &gens[..gens.len().saturating_sub(1)] {
             let _ = fs::remove_file(path_of(dir, *g));
         }
@@ -702,6 +725,21 @@ mod tests {
         check(None, "file missing");
         // Every case above damaged something durable: each was found.
         assert_eq!(found, good.len() * 2 + good.len().div_ceil(97) * 2 + 1);
+    }
+
+    #[test]
+    fn a_compaction_cut_short_keeps_the_generation_before() {
+        // A full disk (or a crash) while the next generation's checkpoint
+        // was being written: it never took over, the old file is whole.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&sample()).unwrap();
+        j.note_durable(j.lsn());
+        drop(j);
+        fs::write(path_of(dir.path(), 2), [9u8, 9, 9, 200, 0, 0]).unwrap();
+        let (_, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(found, sample());
+        assert!(!path_of(dir.path(), 2).exists());
     }
 
     #[test]

@@ -384,7 +384,7 @@ impl ConsensusService {
             }
             if let Err(e) = self.driver.step(ready, &mut self.io) {
                 // The promises of this step cannot be kept: stop rather than lie.
-                trex_net::log_line!("ERROR", "journal write failed: {e}; stopping the node (restart it to recover from its journal)");
+                trex_net::log_line!("ERROR", "journal write failed: {e}; stopping the node so that it never acknowledges what it could not write. Free space if the disk is full (or replace a failing disk), then restart it: it recovers from its journal, and the others serve meanwhile");
                 std::process::exit(1);
             }
             if !self.deliver_to_self() {
