@@ -25,6 +25,13 @@ pub const MEMBER_LIVE_MS: u64 = 15_000;
 
 /// Longest lease a lock grants (one day).
 pub const MAX_TTL_MS: u64 = 86_400_000;
+/// How long an expired lock is kept after it became free (its expiry plus
+/// the grace), so that a late `renew` still learns `lease-expired`; then it is
+/// forgotten (a later `renew` or `get-lock` answers `no-such-lock`). A
+/// released lock is forgotten at once. The fencing counter is kept: tokens
+/// only increase. (10 s.)
+pub const LOCK_FORGET_MS: u64 = 10_000;
+
 /// Grace after expiry before a lock changes hands, unless set otherwise.
 pub const DEFAULT_LOCK_GRACE_MS: u64 = 1_000;
 
@@ -55,6 +62,9 @@ pub struct StateMachine {
     pub client_seen_ms: BTreeMap<u64, u64>,
     /// Advisory locks by name.
     pub locks: BTreeMap<String, LockState>,
+    /// `(expire_ms, name)` of every lock, oldest expiry first: what to forget
+    /// next (derived from `locks`; not in the snapshot).
+    lock_expiries: std::collections::BTreeSet<(u64, String)>,
     /// The last fencing token handed out (tokens only increase).
     pub fence: u64,
     /// Grace after expiry before a lock changes hands (ms); 0 means the default.
@@ -99,6 +109,7 @@ impl StateMachine {
                 );
             }
         }
+        self.forget_locks(c.stamp_ms);
         let result = match Op::decode(&c.op) {
             Ok(op) => self.apply_op(op, c.stamp_ms, slot),
             Err(e) => refuse(Refusal::Undecodable, format!("undecodable operation: {e}")),
@@ -224,7 +235,7 @@ impl StateMachine {
                 }
                 None => refuse(
                     Refusal::NoSuchLock,
-                    format!("lock \"{name}\" has never been taken"),
+                    format!("lock \"{name}\" is not held: never taken, or released or expired and forgotten"),
                 ),
             },
             Op::SetLockGrace { grace_ms } => {
@@ -345,10 +356,37 @@ impl StateMachine {
         self.install(expected_epoch, projection)
     }
 
+    /// Forgets locks that expired, were free for [`LOCK_FORGET_MS`], and
+    /// were not taken again (by the leader's stamp `now_ms`: every replica
+    /// forgets the same ones at the same command).
+    fn forget_locks(&mut self, now_ms: u64) {
+        let keep = self.grace_ms().saturating_add(LOCK_FORGET_MS);
+        while let Some((expire, _)) = self.lock_expiries.first() {
+            if expire.saturating_add(keep) > now_ms {
+                break;
+            }
+            let (expire, name) = self.lock_expiries.pop_first().expect("checked");
+            if self.locks.get(&name).is_some_and(|l| l.expire_ms == expire) {
+                self.locks.remove(&name);
+            }
+        }
+    }
+
+    /// Records lock `name`'s new state, keeping [`Self::lock_expiries`] in step.
+    fn put_lock(&mut self, name: String, l: LockState) {
+        if let Some(old) = self.locks.get(&name) {
+            self.lock_expiries.remove(&(old.expire_ms, name.clone()));
+        }
+        self.lock_expiries.insert((l.expire_ms, name.clone()));
+        self.locks.insert(name, l);
+    }
+
     fn on_release(&mut self, name: &str, token: u64) -> Vec<u8> {
-        match self.locks.get_mut(name) {
+        match self.locks.get(name) {
             Some(l) if l.token == token && !l.released => {
-                l.released = true;
+                // Released: forgotten at once (the fencing counter stays).
+                self.lock_expiries.remove(&(l.expire_ms, name.to_string()));
+                self.locks.remove(name);
                 vec![RESULT_OK]
             }
             Some(l) if l.token == token => refuse(
@@ -362,7 +400,10 @@ impl StateMachine {
                     l.token, l.holder
                 ),
             ),
-            None => refuse(Refusal::NoSuchLock, format!("lock \"{name}\" does not exist")),
+            None => refuse(
+                Refusal::NoSuchLock,
+                format!("lock \"{name}\" is not held (never taken, or released or expired and forgotten); your lease is gone"),
+            ),
         }
     }
 
@@ -432,7 +473,7 @@ impl StateMachine {
         };
         let mut out = vec![RESULT_OK];
         encode_lock(&mut out, &name, &l);
-        self.locks.insert(name, l);
+        self.put_lock(name, l);
         out
     }
 
@@ -443,11 +484,15 @@ impl StateMachine {
                 format!("ttl {ttl_ms} ms is out of range: use 1 ms to {MAX_TTL_MS} ms"),
             );
         }
-        match self.locks.get_mut(name) {
+        match self.locks.get(name) {
             Some(l) if l.token == token && !l.released && now_ms < l.expire_ms => {
-                l.expire_ms = now_ms.saturating_add(ttl_ms);
+                let l = LockState {
+                    expire_ms: now_ms.saturating_add(ttl_ms),
+                    ..l.clone()
+                };
                 let mut out = vec![RESULT_OK];
-                encode_lock(&mut out, name, l);
+                encode_lock(&mut out, name, &l);
+                self.put_lock(name.to_string(), l);
                 out
             }
             Some(l) if l.token == token && !l.released => refuse(
@@ -471,7 +516,7 @@ impl StateMachine {
             ),
             None => refuse(
                 Refusal::NoSuchLock,
-                format!("lock \"{name}\" does not exist; acquire it first"),
+                format!("lock \"{name}\" is not held (never taken, or released or expired and forgotten); acquire it first"),
             ),
         }
     }
@@ -721,6 +766,10 @@ impl StateMachine {
             history,
             clients,
             client_seen_ms,
+            lock_expiries: locks
+                .iter()
+                .map(|(n, l): (&String, &LockState)| (l.expire_ms, n.clone()))
+                .collect(),
             locks,
             fence,
             lock_grace_ms,

@@ -243,3 +243,75 @@ fn system_leases_are_out_of_the_user_namespace() {
         .unwrap_err();
     assert!(e.contains("not an operation on a system lease"), "{e}");
 }
+
+/// Issue 14: state that is released is forgotten. Lock cycles on distinct
+/// names (acquire then release, and acquire then let expire) leave the state
+/// machine as small as they found it, while tokens keep increasing.
+#[test]
+fn released_and_expired_locks_are_forgotten_and_tokens_still_increase() {
+    let mut s = Sm {
+        sm: StateMachine::default(),
+        seq: 0,
+    };
+    let t0 = 1_700_000_000_000u64;
+    let base = s.sm.encode().len();
+    let mut last = 0;
+    for i in 0..100_000u64 {
+        let name = format!("job-{i}");
+        let (_, token, _) = s.at(t0 + i, acquire(&name, "w", 60_000)).unwrap();
+        assert!(token > last, "tokens increase");
+        last = token;
+        s.at(t0 + i, Op::Release { name, token }).unwrap();
+    }
+    assert!(
+        s.sm.locks.is_empty(),
+        "{} released locks kept",
+        s.sm.locks.len()
+    );
+    // The client table holds one client; the snapshot stays its size.
+    assert!(s.sm.encode().len() < base + 200, "snapshot grew");
+    // Expired leases: kept through their grace and 10 s more (a late renew
+    // still hears lease-expired), then forgotten as time passes.
+    for i in 0..50_000u64 {
+        s.at(t0 + 200_000 + i, acquire(&format!("tmp-{i}"), "w", 5))
+            .unwrap();
+    }
+    let held = s.sm.locks.len();
+    assert!(
+        held <= 11_100,
+        "{held} expired locks kept (at most the last ~11 s)"
+    );
+    s.at(t0 + 200_000 + 50_000 + 12_000, Op::Noop).unwrap();
+    assert!(
+        s.sm.locks.is_empty(),
+        "{} expired locks kept",
+        s.sm.locks.len()
+    );
+    // A late renew within the window learns why; after it, the lock is gone.
+    let (_, token, exp) = s.at(t0 + 400_000, acquire("late", "w", 1_000)).unwrap();
+    let e = s
+        .at(
+            exp + 5_000,
+            Op::Renew {
+                name: "late".into(),
+                token,
+                ttl_ms: 1_000,
+            },
+        )
+        .unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+    let e = s
+        .at(
+            exp + 20_000,
+            Op::Renew {
+                name: "late".into(),
+                token,
+                ttl_ms: 1_000,
+            },
+        )
+        .unwrap_err();
+    assert!(e.contains("not held"), "{e}");
+    // Tokens never go back, even for a name used before.
+    let (_, again, _) = s.at(exp + 30_000, acquire("job-0", "w", 1_000)).unwrap();
+    assert!(again > token);
+}
