@@ -481,26 +481,51 @@ pub fn read(a: ReadArgs) -> Result<(), CliError> {
     let mut log = connect(&a.ep)?;
     let end = a.addr.saturating_add(a.count);
     let mut at = a.addr;
+    let mut out = Output::new();
     while at < end {
         let n = (end - at).min(4096);
         for (k, s) in log.read_range(at, n)?.into_iter().enumerate() {
             if a.raw {
-                write_raw(at + k as u64, &s)?;
+                write_raw(&mut out.w, at + k as u64, &s)?;
             } else {
-                print_slot(a.ep.format, at + k as u64, &s);
+                out.slot(a.ep.format, at + k as u64, &s)?;
             }
         }
         at += n;
     }
-    Ok(())
+    out.flush()
+}
+
+/// Standard output for many entries: written in 256 KiB pieces, not a
+/// system call per line, and flushed whenever the command is about to wait.
+struct Output {
+    w: std::io::BufWriter<std::io::StdoutLock<'static>>,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            w: std::io::BufWriter::with_capacity(256 << 10, std::io::stdout().lock()),
+        }
+    }
+
+    fn slot(&mut self, format: Format, addr: u64, s: &Slot) -> Result<(), CliError> {
+        print_slot(&mut self.w, format, addr, s)
+            .map_err(|e| format!("cannot write the entry at {addr}: {e}").into())
+    }
+
+    fn flush(&mut self) -> Result<(), CliError> {
+        use std::io::Write;
+        self.w
+            .flush()
+            .map_err(|e| format!("cannot write standard output: {e}").into())
+    }
 }
 
 /// An entry's bytes, exactly, on standard output.
-fn write_raw(addr: u64, s: &Slot) -> Result<(), CliError> {
-    use std::io::Write;
+fn write_raw(out: &mut impl std::io::Write, addr: u64, s: &Slot) -> Result<(), CliError> {
     match s {
-        Slot::Data { data, .. } => std::io::stdout()
-            .lock()
+        Slot::Data { data, .. } => out
             .write_all(data)
             .map_err(|e| format!("cannot write the entry at {addr}: {e}").into()),
         Slot::Hole => Err(failed!(
@@ -519,12 +544,20 @@ fn write_raw(addr: u64, s: &Slot) -> Result<(), CliError> {
 pub fn tail(a: TailArgs) -> Result<(), CliError> {
     let mut log = connect(&a.ep)?;
     let end = log.check()?;
+    let mut out = Output::new();
     let mut sub = log.subscribe(a.from, Duration::from_secs(1));
     while a.follow || sub.position() < end {
-        let (at, s) = sub.next_entry()?;
-        print_slot(a.ep.format, at, &s);
+        match sub.try_next()? {
+            Some((at, s)) => out.slot(a.ep.format, at, &s)?,
+            None => {
+                // Caught up (or waiting on a hole): what is buffered goes out
+                // now, so a follower sees entries as they come.
+                out.flush()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
-    Ok(())
+    out.flush()
 }
 
 /// `trex trim`.
@@ -590,7 +623,12 @@ struct SlotJson {
 
 /// One address as `trex read` and `trex tail` print it: `ADDR\tDATA` (the
 /// bytes escaped) for people, one JSON object per line for programs.
-fn print_slot(format: Format, addr: u64, s: &Slot) {
+fn print_slot(
+    out: &mut impl std::io::Write,
+    format: Format,
+    addr: u64,
+    s: &Slot,
+) -> std::io::Result<()> {
     if format == Format::Json {
         let (state, data) = match s {
             Slot::Data { data, .. } => ("data", Some(data)),
@@ -598,18 +636,21 @@ fn print_slot(format: Format, addr: u64, s: &Slot) {
             Slot::Unwritten => ("unwritten", None),
             Slot::Trimmed => ("trimmed", None),
         };
-        print_json(&SlotJson {
-            address: addr,
-            state,
-            data: data.map(|d| base64(d)),
-            len: data.map(Vec::len),
-        });
-        return;
+        serde_json::to_writer(
+            &mut *out,
+            &SlotJson {
+                address: addr,
+                state,
+                data: data.map(|d| base64(d)),
+                len: data.map(Vec::len),
+            },
+        )?;
+        return writeln!(out);
     }
     match s {
-        Slot::Data { data, .. } => println!("{addr}\t{}", escape(data)),
-        Slot::Hole => println!("{addr}\t(hole)"),
-        Slot::Unwritten => println!("{addr}\t(unwritten)"),
-        Slot::Trimmed => println!("{addr}\t(trimmed)"),
+        Slot::Data { data, .. } => writeln!(out, "{addr}\t{}", escape(data)),
+        Slot::Hole => writeln!(out, "{addr}\t(hole)"),
+        Slot::Unwritten => writeln!(out, "{addr}\t(unwritten)"),
+        Slot::Trimmed => writeln!(out, "{addr}\t(trimmed)"),
     }
 }
