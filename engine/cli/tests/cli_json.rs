@@ -234,7 +234,11 @@ fn every_command_that_prints_data_prints_json() {
     // A released lock is forgotten (issue 14): showing it says so.
     let gone = trex(&eps, &["lock", "show", "jobs", "-w", "json"]);
     assert!(!gone.status.success());
-    assert!(text(&gone.stderr).contains("not held"), "{}", text(&gone.stderr));
+    assert!(
+        text(&gone.stderr).contains("not held"),
+        "{}",
+        text(&gone.stderr)
+    );
     // The table says the same expiry for people.
     let out = trex(&eps, &["lock", "show", "sequencer"]);
     let line = text(&out.stdout);

@@ -232,6 +232,9 @@ pub struct Journal {
     _lock: File,
     /// The durable mark's file, rewritten after each completed sync.
     durable_file: Option<File>,
+    /// Older generations to delete once a sync covers the LSN given (the
+    /// checkpoint that replaced them).
+    superseded: Vec<(u64, PathBuf)>,
 }
 
 fn path_of(dir: &Path, generation: u64) -> PathBuf {
@@ -405,6 +408,7 @@ impl Journal {
             dir_dirty: false,
             _lock: lock,
             durable_file,
+            superseded: Vec::new(),
         };
         // Everything read back was just synced.
         j.note_durable(j.lsn());
@@ -439,7 +443,12 @@ impl Journal {
         self.buf[h.start + OFF_CRC..h.start + OFF_LEN].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Writes a checkpoint into a new file, syncs it, and drops the old file.
+    /// Writes a checkpoint into a new file, which is the journal from now on.
+    /// Nothing waits for the disk here (the event loop must not): the next
+    /// sync job covers the new file and the directory, and the old file is
+    /// deleted once that sync completes ([`Journal::note_durable`]). A crash
+    /// before then leaves both; [`Journal::open`] keeps the new one only if
+    /// its checkpoint is whole.
     fn rotate(&mut self, rec: &JournalRecord) -> io::Result<()> {
         let next = self.generation + 1;
         let path = path_of(&self.dir, next);
@@ -451,21 +460,16 @@ impl Journal {
         self.buf.clear();
         self.frame(rec);
         (&file).write_all(&self.buf)?;
-        // Synchronous on purpose: once the new file exists, it is the journal.
-        file.sync_all()?;
         // Records still unsynced in the old file go with it: the checkpoint
         // carries the promise and every accepted value still needed.
-        self.dir_file.sync_all()?;
         let file = OpenOptions::new().append(true).open(&path)?;
         let old = path_of(&self.dir, self.generation);
         self.file = Arc::new(file);
         self.generation = next;
         self.len = self.buf.len() as u64;
-        fs::remove_file(old)?;
         self.dir_dirty = true;
-        // The checkpoint was synced above, with the directory.
-        let lsn = self.lsn();
-        self.note_durable(lsn);
+        // Deleted once the new file is durable with its checkpoint.
+        self.superseded.push((self.lsn(), old));
         Ok(())
     }
 
@@ -473,6 +477,20 @@ impl Journal {
     /// `DURABLE` mark; best effort, never synced on its own).
     pub fn note_durable(&mut self, lsn: u64) {
         use std::os::unix::fs::FileExt;
+        // Generations a durable checkpoint replaced are no longer needed.
+        self.superseded.retain(|(after, path)| {
+            if lsn < *after {
+                return true;
+            }
+            if let Err(e) = fs::remove_file(path) {
+                trex_net::log_line!(
+                    "WARN",
+                    "cannot delete the replaced journal {}: {e}; it is deleted at the next start",
+                    path.display()
+                );
+            }
+            false
+        });
         let (g, l) = (lsn >> 40, lsn & ((1 << 40) - 1));
         let (Ok(g), Ok(l)) = (u32::try_from(g), u32::try_from(l)) else {
             return; // beyond what the mark holds: keep the older, lower one
@@ -634,6 +652,7 @@ mod tests {
             accepted: vec![],
         };
         j.append(&[cp]).unwrap();
+        j.note_durable(j.lsn()); // the sync completed: generation 1 is gone
         drop(j);
         // No mark to help: the generation itself says a checkpoint starts it.
         fs::remove_file(dir.path().join(DURABLE_FILE)).unwrap();
@@ -764,6 +783,11 @@ mod tests {
             }),
         ])
         .unwrap();
+        assert!(
+            path_of(dir.path(), 1).exists(),
+            "the old generation stays until the new one is durable"
+        );
+        j.note_durable(j.lsn());
         drop(j);
         assert!(
             !path_of(dir.path(), 1).exists(),
