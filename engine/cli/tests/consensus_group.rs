@@ -251,3 +251,86 @@ fn group_changes_are_refused_with_a_reason() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--join"), "{err}");
 }
+
+/// Long-lived clients follow the group (`GROUP_REFRESH`): the storage units
+/// and sequencers of `trex up` keep the consensus endpoints they were started
+/// with, yet after all three consensus nodes are replaced one at a time by
+/// nodes on other ports (none of the original addresses answers any more),
+/// the sequencer still renews its lease and appends go on.
+#[test]
+fn every_consensus_node_replaced_one_at_a_time_and_the_cluster_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = trex_up(dir.path(), &["--segment-size", "8MiB"]);
+    let base = cluster.base;
+    let addr = |i: u16| format!("127.0.0.1:{}", base + i - 1);
+    let mut nodes: Vec<(u64, String)> = (1..=3).map(|i| (i, addr(i as u16))).collect();
+    let mut started = Vec::new();
+    for (k, old) in [3u64, 2, 1].into_iter().enumerate() {
+        let new = 4 + k as u64;
+        let new_addr = format!("127.0.0.1:{}", free_port());
+        let old_addr = nodes.iter().find(|(i, _)| *i == old).unwrap().1.clone();
+        kill(
+            &format!("consensus --id {old} --listen {old_addr}"),
+            libc::SIGKILL,
+        );
+        let live: Vec<String> = nodes
+            .iter()
+            .filter(|(i, _)| *i != old)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let eps = live.join(",");
+        let (code, out, err) = trex_cli(
+            &eps,
+            &[
+                "endpoint",
+                "replace",
+                &old.to_string(),
+                &new.to_string(),
+                &new_addr,
+            ],
+            T,
+        );
+        assert_eq!(code, Some(0), "replace {old} by {new}: {out}{err}");
+        nodes.retain(|(i, _)| *i != old);
+        nodes.push((new, new_addr.clone()));
+        let peers: Vec<String> = nodes.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        started.push(Node(
+            Command::new(env!("CARGO_BIN_EXE_trex"))
+                .args([
+                    "node",
+                    "consensus",
+                    "--id",
+                    &new.to_string(),
+                    "--listen",
+                    &new_addr,
+                ])
+                .args(["--join", "--peers", &peers.join(","), "--data-dir"])
+                .arg(dir.path().join(format!("consensus-{new}")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        // The new node catches up; the cluster's clients learn the group.
+        let t0 = Instant::now();
+        while ConsensusClient::node_status(&new_addr, T).map_or(true, |s| s.applied == 0) {
+            assert!(t0.elapsed() < T, "node {new} did not catch up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(11_000));
+    }
+    // No original address answers; the sequencer and units were started
+    // with those alone.
+    let now: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
+    let eps = now.join(",");
+    assert_eq!(voting(&group_json(&eps)), vec![4, 5, 6]);
+    for i in 0..20 {
+        let (code, out, err) = trex_cli(&eps, &["append", &format!("after-{i}")], T);
+        assert_eq!(code, Some(0), "append after the group moved: {out}{err}");
+    }
+    let (code, out, err) = trex_cli(&eps, &["status", "-w", "json"], T);
+    assert_eq!(code, Some(0), "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(!st["sequencer_lease"].is_null(), "the lease is held: {st}");
+}

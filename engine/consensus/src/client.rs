@@ -36,7 +36,23 @@ pub struct ConsensusClient {
     total: Option<Duration>,
     /// Sent in every frame: the nodes refuse frames of another cluster.
     cluster_id: u32,
+    /// The endpoints given (kept after the group's own, in case the group
+    /// cannot be read).
+    configured: Vec<String>,
+    /// When the endpoints were last set from the group's record (`None`:
+    /// never): a long-lived client follows changes of the consensus group.
+    learned_at: Option<Instant>,
+    /// Set when a leader hint named a node outside the endpoints: the group
+    /// changed, learn it at the next chance.
+    stale: bool,
 }
+
+/// How often a long-lived client reads the consensus group to follow its
+/// changes (`trex endpoint add|remove|replace`): a unit or sequencer started
+/// with the old nodes keeps reaching the group after all of them were
+/// replaced one at a time. (10 s; sooner when a leader hint names a node it
+/// did not know.)
+pub const GROUP_REFRESH: Duration = Duration::from_secs(10);
 
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, CallError> {
     trex_net::conn::connect(addr, timeout)
@@ -143,6 +159,9 @@ impl ConsensusClient {
             ));
         }
         Ok(ConsensusClient {
+            configured: endpoints.clone(),
+            learned_at: None,
+            stale: false,
             endpoints,
             preferred: 0,
             leader: None,
@@ -207,9 +226,13 @@ impl ConsensusClient {
                 {
                     SubmitReply::Applied(res) => {
                         self.leader = Some(addr);
+                        if !matches!(op, Op::Group) {
+                            self.follow_group();
+                        }
                         return Ok(res);
                     }
                     SubmitReply::NotLeader { addr: hint, .. } if !hint.is_empty() => {
+                        self.stale |= !self.endpoints.contains(&hint);
                         self.leader = Some(hint);
                     }
                     SubmitReply::NotLeader { .. } => {
@@ -241,6 +264,52 @@ impl ConsensusClient {
             last: last_err,
             endpoints: self.endpoints.join(","),
         })
+    }
+
+    /// Sets the endpoints from the group's record (its voting nodes and a
+    /// change in progress, then the configured ones), every
+    /// [`GROUP_REFRESH`] or when a hint showed them stale. Best effort: the
+    /// endpoints stay as they are if the group cannot be read.
+    fn follow_group(&mut self) {
+        let due = match self.learned_at {
+            None => {
+                // A fresh client (a command) does not pay for this; a
+                // long-lived one starts the clock on its first success.
+                self.learned_at = Some(Instant::now());
+                self.stale
+            }
+            Some(t) => self.stale || t.elapsed() >= GROUP_REFRESH,
+        };
+        if !due {
+            return;
+        }
+        self.learned_at = Some(Instant::now());
+        self.stale = false;
+        let Ok(b) = self.submit(&Op::Group) else {
+            return;
+        };
+        let Ok(Ok(payload)) = decode_result(&b) else {
+            return;
+        };
+        let Ok(g) = decode_group(&mut Reader::new(payload)) else {
+            return;
+        };
+        let mut eps: Vec<String> = g.current.values().cloned().collect();
+        if let Some((_, next)) = &g.pending {
+            eps.extend(next.values().cloned());
+        }
+        if eps.is_empty() {
+            return; // not recorded yet
+        }
+        for e in &self.configured {
+            eps.push(e.clone());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        eps.retain(|e| seen.insert(e.clone()));
+        if eps != self.endpoints {
+            self.endpoints = eps;
+            self.preferred = 0;
+        }
     }
 
     /// Calls `addr` over the kept connection, opening one if needed.
