@@ -881,15 +881,36 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         }
         None => opts.id,
     };
-    let (journal, records) = match Journal::open(&opts.data_dir) {
-        Ok(x) => x,
+    let opened = match Journal::open(&opts.data_dir) {
+        Ok(x) => Ok(x),
         Err(OpenError::Io(e)) => return Err(e),
-        Err(e @ OpenError::Damaged { .. }) => {
+        Err(e @ OpenError::Damaged { .. }) => Err(e),
+    };
+    // The group it started with counts as much as the journal: until the log
+    // records the group, it says whose majority this node's votes join.
+    let opened = match opened {
+        Ok((journal, records)) => {
+            match StartGroup::load_or_store(&opts.data_dir, opts, records.is_empty()) {
+                Ok(start) => Ok((journal, records, start)),
+                Err(StartError::Damaged(path, why)) => {
+                    drop(journal); // releases the directory for the way back
+                    Err(OpenError::Damaged { path, what: why })
+                }
+                Err(StartError::Io(e)) => return Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let (journal, records, start) = match opened {
+        Ok(x) => x,
+        Err(e) => {
             id = recover_from_damage(opts, id, &e)?;
-            Journal::open(&opts.data_dir).map_err(|e| e.to_string())?
+            let (journal, records) = Journal::open(&opts.data_dir).map_err(|e| e.to_string())?;
+            let start = StartGroup::load_or_store(&opts.data_dir, opts, records.is_empty())
+                .map_err(|e| e.to_string())?;
+            (journal, records, start)
         }
     };
-    let start = StartGroup::load_or_store(&opts.data_dir, opts, records.is_empty())?;
     if !start.join && !start.nodes.iter().any(|(n, _)| *n == id) {
         return Err(format!(
             "node {} is not in the group it was started with ({}); give --id of one of them, or --join to add a node to a running group",
@@ -1007,6 +1028,29 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
 /// first started with.
 pub const GROUP_FILE: &str = "GROUP";
 
+/// Why the `GROUP` file could not be used.
+enum StartError {
+    /// It is there but damaged: handled as a damaged journal.
+    Damaged(std::path::PathBuf, String),
+    /// The directory cannot be used (permissions, I/O).
+    Io(String),
+}
+
+impl From<String> for StartError {
+    fn from(e: String) -> StartError {
+        StartError::Io(e)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Damaged(p, why) => write!(f, "{}: {why}", p.display()),
+            StartError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
 /// The group a node was first started with, as its data directory keeps it:
 /// until the log records the group, this is what the node counts quorums
 /// of, so a later start with other `--peers` must not change it.
@@ -1028,7 +1072,7 @@ impl StartGroup {
         dir: &std::path::Path,
         opts: &ConsensusOptions,
         fresh: bool,
-    ) -> Result<StartGroup, String> {
+    ) -> Result<StartGroup, StartError> {
         let path = dir.join(GROUP_FILE);
         let given = StartGroup {
             join: opts.join,
@@ -1037,7 +1081,7 @@ impl StartGroup {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let kept = StartGroup::parse(&text).map_err(|e| {
-                    format!("{} is damaged ({e}); restore it from a backup, or move the data directory away and add this node again with `trex endpoint add` and --join", path.display())
+                    StartError::Damaged(path.clone(), format!("its group file is damaged ({e})"))
                 })?;
                 if kept.join != given.join || kept.nodes != given.nodes {
                     trex_net::log_line!(
@@ -1064,6 +1108,7 @@ impl StartGroup {
                 for (id, a) in &given.nodes {
                     text.push_str(&format!("{id}={a}\n"));
                 }
+                let text = with_crc(text);
                 let tmp = dir.join(format!("{GROUP_FILE}.tmp"));
                 std::fs::write(&tmp, text)
                     .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
@@ -1072,11 +1117,31 @@ impl StartGroup {
                     .map_err(|e| format!("cannot write {}: {e}; check the data directory's permissions and free space", path.display()))?;
                 Ok(given)
             }
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(StartError::Damaged(
+                path.clone(),
+                format!("its group file is damaged ({e})"),
+            )),
+            Err(e) => Err(StartError::Io(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
         }
     }
 
     fn parse(text: &str) -> Result<StartGroup, String> {
+        let body = text.trim_end_matches('\n');
+        let text = match body.rsplit_once('\n') {
+            Some((before, last)) if last.starts_with("crc=") => {
+                let want = u32::from_str_radix(&last[4..], 16)
+                    .map_err(|_| format!("line \"{last}\" is not a checksum"))?;
+                let covered = &text[..before.len() + 1];
+                if crc32fast::hash(covered.as_bytes()) != want {
+                    return Err("its checksum does not match".into());
+                }
+                covered
+            }
+            _ => return Err("its checksum line is missing".into()),
+        };
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let join = match lines.next() {
             Some("join") => true,
@@ -1281,5 +1346,14 @@ fn joining_group_text(g: &crate::sm::GroupView) -> String {
     for (id, a) in &nodes {
         text.push_str(&format!("{id}={a}\n"));
     }
+    with_crc(text)
+}
+
+/// Ends `text` with a line `crc=XXXXXXXX`: the CRC-32 of everything before
+/// it, so that a damaged `GROUP` file is found (one that still parses could
+/// name another group).
+fn with_crc(mut text: String) -> String {
+    let crc = crc32fast::hash(text.as_bytes());
+    text.push_str(&format!("crc={crc:08x}\n"));
     text
 }
