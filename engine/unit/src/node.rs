@@ -388,11 +388,13 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         }
         trex_net::log_line!(
             "INFO",
-            "recovered {} in {:.1}s: {} records ({} corrupt, {} duplicates) from {} indexed + {} scanned segments; tail {}, sealed epoch {}, trim mark {}",
+            "recovered {} in {:.1}s: {} records ({} corrupt, {} of unknown address; {} damaged seal/trim records; {} duplicates) from {} indexed + {} scanned segments; tail {}, sealed epoch {}, trim mark {}",
             opts.data_dir.display(),
             started.elapsed().as_secs_f64(),
             stats.records,
             stats.corrupt,
+            stats.unattributed,
+            stats.corrupt_meta,
             stats.duplicates,
             s.indexed,
             s.scanned,

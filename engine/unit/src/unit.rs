@@ -62,6 +62,11 @@ pub struct RecoveryStats {
     pub corrupt: u64,
     /// Records naming an address already indexed (the last one read wins).
     pub duplicates: u64,
+    /// Damaged records whose header is damaged too (counted in `corrupt`):
+    /// their address is unknown.
+    pub unattributed: u64,
+    /// Damaged seal/trim records (not counted in `corrupt`: no entry is lost).
+    pub corrupt_meta: u64,
 }
 
 /// What a unit has stored since it opened (monotonic; for metrics).
@@ -90,6 +95,11 @@ pub struct Unit<S: Store> {
     entries: u64,
     junk: u64,
     corrupt: u64,
+    /// Damaged records of unknown address (their header is damaged): while
+    /// there are any, an address the unit holds no record of may be one it
+    /// acknowledged, so it answers `corrupt` (the client reads another
+    /// replica, and read repair copies the value here), never `unwritten`.
+    unattributed: u64,
     appended_lsn: u64,
     durable_lsn: u64,
     syncing: bool,
@@ -125,16 +135,20 @@ impl<S: Store> Unit<S> {
             }
             Recovered::Corrupt { addr, loc } => {
                 stats.corrupt += 1;
-                if let Some(addr) = addr {
-                    let slot = Slot {
-                        loc,
-                        lsn: 0,
-                        kind: Kind::Data,
-                        corrupt: true,
-                    };
-                    index.insert_if_absent(addr, slot);
+                match addr {
+                    Some(addr) => {
+                        let slot = Slot {
+                            loc,
+                            lsn: 0,
+                            kind: Kind::Data,
+                            corrupt: true,
+                        };
+                        index.insert_if_absent(addr, slot);
+                    }
+                    None => stats.unattributed += 1,
                 }
             }
+            Recovered::CorruptMeta { .. } => stats.corrupt_meta += 1,
             Recovered::Meta(m) => meta = meta.max(m),
         })?;
         index.retain(|addr, _| addr >= meta.trim_mark);
@@ -156,7 +170,8 @@ impl<S: Store> Unit<S> {
                 .filter(|s| s.kind == Kind::Data && !s.corrupt)
                 .count() as u64,
             junk: index.values().filter(|s| s.kind == Kind::Junk).count() as u64,
-            corrupt: stats.corrupt,
+            corrupt: stats.corrupt - stats.unattributed,
+            unattributed: stats.unattributed,
             index,
             appended_lsn: 0,
             durable_lsn: 0,
@@ -246,7 +261,7 @@ impl<S: Store> Unit<S> {
             tail: self.tail,
             entries: self.entries,
             junk: self.junk,
-            corrupt: self.corrupt,
+            corrupt: self.corrupt + self.unattributed,
             segments: s.segments,
             flags,
             segment_size_bytes: s.segment_size_bytes,
@@ -523,6 +538,11 @@ impl<S: Store> Unit<S> {
                 _ if addr < self.meta.trim_mark => {
                     tag = tag.max(self.trimmed_tag(addr));
                     b.status(&mut frame, addr, Status::Trimmed);
+                    continue;
+                }
+                None if self.unattributed > 0 => {
+                    // Maybe the address of a record whose header is damaged.
+                    b.status(&mut frame, addr, Status::Corrupt);
                     continue;
                 }
                 None => {

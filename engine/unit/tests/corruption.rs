@@ -211,10 +211,13 @@ fn random_garbage_appended_to_every_segment_never_turns_into_entries() {
         if addr < 120 {
             assert_eq!((status, data), (Status::Ok, value(addr)), "address {addr}");
         } else {
-            assert_eq!(
-                status,
-                Status::Unwritten,
-                "address {addr} was never written"
+            // Junk after the newest segment's last record is not a write cut
+            // short (no zero page, no zero checksum): it may be a damaged
+            // record of unknown address, so the unit may answer `corrupt`
+            // (the client reads another replica), but never serves it.
+            assert!(
+                matches!(status, Status::Unwritten | Status::Corrupt),
+                "address {addr} was never written: {status:?}"
             );
         }
     }

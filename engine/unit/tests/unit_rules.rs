@@ -148,7 +148,7 @@ fn a_corrupt_record_is_never_served() {
     sync(&mut u);
     replies(&mut u);
     let mut store = u.into_store();
-    assert!(store.corrupt(3));
+    assert!(store.corrupt_payload(3));
     let (mut u, stats) = Unit::open(store, UnitConfig::default()).unwrap();
     assert_eq!(stats.corrupt, 1, "recovery reports the damage");
     send(&mut u, 2, Opcode::Read, 0, |b| {
@@ -165,6 +165,49 @@ fn a_corrupt_record_is_never_served() {
         st,
         vec![Status::Corrupt],
         "a corrupt address is not silently overwritten"
+    );
+}
+
+/// A record whose header is damaged names no address anyone may believe
+/// (a flipped address bit once moved a unit's tail to 2^62): the unit's tail
+/// ignores it, and every address the unit holds no record of answers
+/// `corrupt` — it may be the lost one — so a reader asks another replica
+/// rather than trusting `unwritten`. Intact records are still served.
+#[test]
+fn a_record_with_a_damaged_header_is_trusted_for_nothing() {
+    let mut u = unit();
+    write(&mut u, 1, 2, b"before");
+    write(&mut u, 2, 3, b"precious");
+    write(&mut u, 3, 4, b"after");
+    sync(&mut u);
+    replies(&mut u);
+    let mut store = u.into_store();
+    assert!(
+        store.corrupt(3),
+        "the flip lands in the header of 3's record"
+    );
+    let (mut u, stats) = Unit::open(store, UnitConfig::default()).unwrap();
+    assert_eq!((stats.corrupt, stats.unattributed), (1, 1));
+    assert_eq!(u.tail(), 5, "the damaged header does not move the tail");
+    assert_eq!(u.info().corrupt, 1, "info counts it");
+    send(&mut u, 9, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[2, 3, 4, 7])
+    });
+    let r = replies(&mut u);
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    let got: Vec<(u64, Status)> = wire::decode_read_reply(f.body)
+        .unwrap()
+        .iter()
+        .map(|x| (x.addr, x.status))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, Status::Ok),
+            (3, Status::Corrupt),
+            (4, Status::Ok),
+            (7, Status::Corrupt)
+        ]
     );
 }
 

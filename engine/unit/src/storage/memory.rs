@@ -3,7 +3,7 @@
 //! can (a) lose every record not covered by a completed sync, as a power loss
 //! would, and (b) corrupt chosen records.
 
-use super::record::{decode_record, encode_record, record_size};
+use super::record::{decode_record, encode_record, record_size, Format};
 use super::{
     AppendError, Appended, CorruptRecord, Kind, Loc, RecordHead, Recovered, Store, StoreStats,
     SyncJob,
@@ -48,7 +48,7 @@ impl MemStore {
     /// there is none.
     pub fn corrupt(&mut self, addr: u64) -> bool {
         for r in self.records.iter_mut().rev().flatten() {
-            if let Ok((h, _, _)) = decode_record(r, NONCE, usize::MAX) {
+            if let Ok((h, _, _)) = decode_record(r, NONCE, usize::MAX, Format::V2) {
                 if h.addr == addr && h.kind != Kind::Meta {
                     let last = r.len() - 1;
                     r[last / 2] ^= 0x40;
@@ -60,17 +60,20 @@ impl MemStore {
     }
 
     /// Flips one byte of the newest record that names `addr`, inside what the
-    /// checksum covers but outside the fields that name the record: a payload
-    /// byte, or the writer id of a record without payload. Recovery then sees
+    /// record checksum covers but outside the header (whose own checksum would
+    /// then fail, leaving the record unattributed): a payload byte, or the
+    /// record checksum of a record without payload. Recovery then sees
     /// a record of `addr` failing its checksum (unlike [`MemStore::corrupt`],
     /// whose flip may land in the header and leave the record unattributed).
     /// Returns false if there is none.
     pub fn corrupt_payload(&mut self, addr: u64) -> bool {
         for r in self.records.iter_mut().rev().flatten() {
-            if let Ok((h, p, _)) = decode_record(r, NONCE, usize::MAX) {
+            if let Ok((h, p, _)) = decode_record(r, NONCE, usize::MAX, Format::V2) {
                 if h.addr == addr && h.kind != Kind::Meta {
+                    // (Without payload: the record checksum itself, which the
+                    // header checksum does not cover.)
                     let at = if p.is_empty() {
-                        16
+                        1
                     } else {
                         super::record::RECORD_HEADER_LEN + p.len() / 2
                     };
@@ -93,7 +96,7 @@ impl MemStore {
         let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::new();
         for r in self.records.iter().flatten() {
-            let h = match decode_record(r, NONCE, usize::MAX) {
+            let h = match decode_record(r, NONCE, usize::MAX, Format::V2) {
                 Ok((h, _, _)) => h,
                 Err(super::record::Invalid::BadChecksum(h)) => h,
                 Err(_) => continue,
@@ -119,13 +122,16 @@ impl Store for MemStore {
                 seg: 0,
                 off: i as u32,
             };
-            match decode_record(r, NONCE, self.max_payload) {
+            match decode_record(r, NONCE, self.max_payload, Format::V2) {
                 Ok((h, _, _)) if h.kind == Kind::Meta => visit(Recovered::Meta(h.as_meta())),
                 Ok((h, _, _)) => visit(Recovered::Record {
                     addr: h.addr,
                     kind: h.kind,
                     loc,
                 }),
+                Err(super::record::Invalid::BadChecksum(h)) if h.kind == Kind::Meta => {
+                    visit(Recovered::CorruptMeta { loc })
+                }
                 Err(super::record::Invalid::BadChecksum(h)) => visit(Recovered::Corrupt {
                     addr: Some(h.addr),
                     loc,
@@ -167,7 +173,7 @@ impl Store for MemStore {
             .records
             .get(loc.off as usize)
             .and_then(|r| r.as_deref());
-        match rec.map(|r| decode_record(r, NONCE, self.max_payload)) {
+        match rec.map(|r| decode_record(r, NONCE, self.max_payload, Format::V2)) {
             Some(Ok((h, p, _))) => Ok((h, p)),
             _ => Err(CorruptRecord(loc)),
         }
@@ -201,7 +207,7 @@ impl Store for MemStore {
         for r in self.records[..self.synced].iter_mut() {
             let below = r
                 .as_deref()
-                .and_then(|b| decode_record(b, NONCE, usize::MAX).ok())
+                .and_then(|b| decode_record(b, NONCE, usize::MAX, Format::V2).ok())
                 .is_some_and(|(h, _, _)| h.kind != Kind::Meta && h.addr < trim_mark);
             if below {
                 *r = None;

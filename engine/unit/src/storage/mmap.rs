@@ -18,7 +18,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic    b"TRXS"
-//!      4    4 version  1
+//!      4    4 version  2 (1: records without a header checksum; read, never appended to)
 //!      8    8 id       the segment's id (also its file name)
 //!     16    8 nonce    random, seeds every record checksum of this segment
 //!     24    8 size     bytes in the file
@@ -70,7 +70,7 @@
 //! directory lock keeps a second process from touching them.
 
 use super::record::{
-    decode_record, encode_record, record_size, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
+    decode_record, encode_record, record_size, Format, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 use super::{
     AppendError, Appended, CorruptRecord, Kind, Loc, Meta, RecordHead, Recovered, Store,
@@ -88,8 +88,13 @@ use trex_net::sync::{Damage, RecoveryMode};
 /// Size of a segment file header.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 const SEG_MAGIC: &[u8; 4] = b"TRXS";
-/// The segment and index format this code writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The segment format this code writes: 2 (records carry a header checksum,
+/// `record.rs`). Format 1 segments are still read, never appended to.
+const SEG_VERSION: u32 = 2;
+/// The format of index files (`.idx`).
+const IDX_VERSION: u32 = 1;
+/// The format of `META` slots.
+const META_VERSION: u32 = 1;
 
 /// Segment header: the magic, so a foreign file is refused.
 const SEG_OFF_MAGIC: usize = 0;
@@ -230,6 +235,8 @@ struct Segment {
     file: Arc<File>,
     map: MmapMut,
     nonce: u64,
+    /// Its record format (format 1 segments are never appended to).
+    format: Format,
     size: u32,
     used: u32,
     max_addr: Option<u64>,
@@ -244,11 +251,12 @@ struct Segment {
 
 impl Segment {
     /// A segment with nothing scanned or appended yet.
-    fn new(file: File, map: MmapMut, nonce: u64, size: u64) -> Segment {
+    fn new(file: File, map: MmapMut, nonce: u64, size: u64, format: Format) -> Segment {
         Segment {
             file: Arc::new(file),
             map,
             nonce,
+            format,
             size: size as u32,
             used: SEGMENT_HEADER_LEN as u32,
             max_addr: None,
@@ -312,28 +320,33 @@ fn random_nonce() -> u64 {
 fn encode_seg_header(id: u32, nonce: u64, size: u64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[SEG_OFF_MAGIC..SEG_OFF_VERSION].copy_from_slice(SEG_MAGIC);
-    h[SEG_OFF_VERSION..SEG_OFF_ID].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[SEG_OFF_VERSION..SEG_OFF_ID].copy_from_slice(&SEG_VERSION.to_le_bytes());
     h[SEG_OFF_ID..SEG_OFF_NONCE].copy_from_slice(&u64::from(id).to_le_bytes());
     h[SEG_OFF_NONCE..SEG_OFF_SIZE].copy_from_slice(&nonce.to_le_bytes());
     h[SEG_OFF_SIZE..SEG_OFF_RESERVED].copy_from_slice(&size.to_le_bytes());
     let crc = crc32fast::hash(&h[..SEG_OFF_CRC]);
     h[SEG_OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(decode_seg_header(&h, id), Some((nonce, size)));
+    debug_assert_eq!(decode_seg_header(&h, id), Some((nonce, size, Format::V2)));
     h
 }
 
-/// Returns the nonce and size of a valid segment header for segment `id`.
-fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64)> {
+/// Returns the nonce, size and record format of a valid segment header for
+/// segment `id`.
+fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64, Format)> {
     let h = h.get(..SEGMENT_HEADER_LEN)?;
     let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
     let crc = u32::from_le_bytes(h[SEG_OFF_CRC..].try_into().ok()?);
     let size = u64_at(SEG_OFF_SIZE);
+    let format = match u32::from_le_bytes(h[SEG_OFF_VERSION..SEG_OFF_ID].try_into().ok()?) {
+        1 => Format::V1,
+        SEG_VERSION => Format::V2,
+        _ => return None,
+    };
     let ok = &h[SEG_OFF_MAGIC..SEG_OFF_VERSION] == SEG_MAGIC
-        && h[SEG_OFF_VERSION..SEG_OFF_ID] == FORMAT_VERSION.to_le_bytes()
         && u64_at(SEG_OFF_ID) == u64::from(id)
         && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size)
         && crc == crc32fast::hash(&h[..SEG_OFF_CRC]);
-    ok.then(|| (u64_at(SEG_OFF_NONCE), size))
+    ok.then(|| (u64_at(SEG_OFF_NONCE), size, format))
 }
 
 /// Whether a segment file holds nothing but zeros (its creation never got as far
@@ -356,6 +369,29 @@ fn never_written(path: &Path, len: u64) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Whether the bytes `[off, end)` of a segment, a record that fails
+/// verification, could be a write cut short by a crash rather than damage of a
+/// complete record. A record is encoded front to back with its checksum last,
+/// and pages reach the disk whole or not at all (a page written back while
+/// the record was being encoded holds a prefix of it, then zeros): so a torn
+/// record has a zero checksum, or some page of it ends in zeros. A complete
+/// record with a flipped bit, a junk block or a wrong length has neither
+/// (its 8-byte padding always includes a non-zero byte of the record).
+fn could_be_torn(seg: &[u8], off: usize, end: usize) -> bool {
+    const PAGE: usize = 4096;
+    let end = end.min(seg.len());
+    if seg[off..off + 4].iter().all(|b| *b == 0) {
+        return true;
+    }
+    let pages = (off / PAGE + 1..)
+        .map(|p| p * PAGE)
+        .take_while(|b| *b < end)
+        .chain(std::iter::once(end));
+    pages
+        .into_iter()
+        .any(|b| seg[b.saturating_sub(8).max(off)..b].iter().all(|x| *x == 0))
+}
+
 fn fsync_dir(dir: &File) -> io::Result<()> {
     dir.sync_all()
 }
@@ -363,7 +399,7 @@ fn fsync_dir(dir: &File) -> io::Result<()> {
 fn encode_meta_slot(gen: u64, m: Meta) -> [u8; META_SLOT_LEN] {
     let mut b = [0u8; META_SLOT_LEN];
     b[META_OFF_MAGIC..META_OFF_VERSION].copy_from_slice(META_MAGIC);
-    b[META_OFF_VERSION..META_OFF_GEN].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[META_OFF_VERSION..META_OFF_GEN].copy_from_slice(&META_VERSION.to_le_bytes());
     b[META_OFF_GEN..META_OFF_SEALED_EPOCH].copy_from_slice(&gen.to_le_bytes());
     b[META_OFF_SEALED_EPOCH..META_OFF_TRIM_MARK].copy_from_slice(&m.sealed_epoch.to_le_bytes());
     b[META_OFF_TRIM_MARK..META_OFF_RESERVED].copy_from_slice(&m.trim_mark.to_le_bytes());
@@ -378,7 +414,7 @@ fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta)> {
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
     let crc = u32::from_le_bytes(b[META_OFF_CRC..].try_into().ok()?);
     let ok = &b[META_OFF_MAGIC..META_OFF_VERSION] == META_MAGIC
-        && b[META_OFF_VERSION..META_OFF_GEN] == FORMAT_VERSION.to_le_bytes()
+        && b[META_OFF_VERSION..META_OFF_GEN] == META_VERSION.to_le_bytes()
         && crc == crc32fast::hash(&b[..META_OFF_CRC]);
     ok.then(|| {
         let m = Meta {
@@ -502,7 +538,7 @@ impl MmapStore {
             let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
                 .ok()
                 .and_then(|_| decode_seg_header(&head, id));
-            if let Some((_, size)) = header {
+            if let Some((_, size, _)) = header {
                 if len > size {
                     store.report.notes.push(format!(
                         "segment {}: ignoring {} bytes past its end (appended garbage)",
@@ -535,11 +571,13 @@ impl MmapStore {
                 None => None,
             };
             match (map, header) {
-                (Some(map), Some((nonce, size))) => {
+                (Some(map), Some((nonce, size, format))) => {
                     if last {
                         let _ = map.advise(memmap2::Advice::Sequential);
                     }
-                    store.segs.insert(id, Segment::new(file, map, nonce, size));
+                    store
+                        .segs
+                        .insert(id, Segment::new(file, map, nonce, size, format));
                 }
                 _ if last && never_written(&path, len)? => {
                     // The newest segment's creation never completed (crash before
@@ -641,17 +679,20 @@ impl MmapStore {
     }
 
     /// Scans a segment record by record. A record that fails verification is a
-    /// torn tail if nothing valid follows it in the newest segment (the bytes are
-    /// zeroed), and corruption otherwise (reported, never served): [`RECOVERY`].
+    /// torn tail if nothing valid follows it in the newest segment *and* it
+    /// could be a write cut short ([`could_be_torn`]): its bytes are zeroed.
+    /// Anything else is corruption (reported, never served): [`RECOVERY`]. A
+    /// damaged record is attributed to an address only if its header verifies.
     fn scan(&mut self, id: u32, last: bool, visit: &mut dyn FnMut(Recovered)) {
         let max_payload = self.max_payload;
         let Some(seg) = self.segs.get_mut(&id) else {
             return;
         };
+        let format = seg.format;
         let size = seg.size as usize;
         let mut off = SEGMENT_HEADER_LEN;
         while off + RECORD_HEADER_LEN <= size {
-            let err = match decode_record(&seg.map[off..], seg.nonce, max_payload) {
+            let err = match decode_record(&seg.map[off..], seg.nonce, max_payload, format) {
                 Ok((h, _, rec_size)) => {
                     let loc = Loc {
                         seg: id,
@@ -683,37 +724,55 @@ impl MmapStore {
             }; // clean end of data
             let next = (off + 8..nonzero_end)
                 .step_by(8)
-                .find(|&o| decode_record(&seg.map[o..], seg.nonce, max_payload).is_ok());
+                .find(|&o| decode_record(&seg.map[o..], seg.nonce, max_payload, format).is_ok());
             let loc = Loc {
                 seg: id,
                 off: off as u32,
             };
-            let claimed = match err {
-                Invalid::BadChecksum(h) if h.kind != Kind::Meta => Some(h.addr),
-                _ => None,
-            };
-            // A record whose header is plausible but whose checksum fails most
-            // likely has a damaged payload (the payload is most of a record's
-            // bytes), and its length leads to the next record. Stepping there
-            // attributes every damaged record of a run to its address; a search
-            // for the next valid record would pass over the others unattributed,
-            // and the unit would answer `unwritten` for entries it acknowledged.
-            let step = match err {
-                Invalid::BadChecksum(_) => {
-                    let len =
-                        u32::from_le_bytes(seg.map[off + 4..off + 8].try_into().expect("4 bytes"))
-                            as usize;
-                    let to = off + record_size(len);
-                    let looks_like_a_record = to + RECORD_HEADER_LEN <= size
-                        && matches!(
-                            decode_record(&seg.map[to..], seg.nonce, max_payload),
-                            Ok(_) | Err(Invalid::BadChecksum(_))
-                        );
-                    looks_like_a_record.then_some(to)
+            // The damaged record's header, if it can be trusted: in format 2
+            // its own checksum verifies; in format 1 (no header checksum) it
+            // is only plausible, so an address no log ever reaches is not
+            // believed either.
+            let head = match err {
+                Invalid::BadChecksum(h)
+                    if format == Format::V2
+                        || h.kind == Kind::Meta
+                        || h.addr <= trex_wire::range::MAX_COUNTER =>
+                {
+                    Some(h)
                 }
                 _ => None,
             };
-            match (RECOVERY.judge(last, next.is_some()), next) {
+            let claimed = head.filter(|h| h.kind != Kind::Meta).map(|h| h.addr);
+            // A record whose header is trusted but whose checksum fails has a
+            // damaged payload, and its length leads to the next record.
+            // Stepping there attributes every damaged record of a run to its
+            // address; a search for the next valid record would pass over the
+            // others unattributed.
+            let trusted_end = head.map(|_| {
+                let len = u32::from_le_bytes(seg.map[off + 4..off + 8].try_into().expect("4 bytes"))
+                    as usize;
+                off + record_size(len)
+            });
+            let step = trusted_end.filter(|&to| {
+                to <= size
+                    && (to >= nonzero_end
+                        || (to + RECORD_HEADER_LEN <= size
+                            && matches!(
+                                decode_record(&seg.map[to..], seg.nonce, max_payload, format),
+                                Ok(_) | Err(Invalid::BadChecksum(_))
+                            )))
+            });
+            let mut judged = RECOVERY.judge(last, next.is_some());
+            if judged == Damage::TornTail
+                && format == Format::V2
+                && !could_be_torn(&seg.map[..size], off, trusted_end.unwrap_or(nonzero_end))
+            {
+                // Every byte of the record is there, and wrong: damage of a
+                // record that may have been acknowledged, not a write cut short.
+                judged = Damage::Corrupt;
+            }
+            match (judged, next) {
                 (Damage::TornTail, _) => {
                     seg.map[off..nonzero_end].fill(0);
                     self.report.torn_bytes += (nonzero_end - off) as u64;
@@ -723,30 +782,7 @@ impl MmapStore {
                     ));
                     break;
                 }
-                (Damage::Corrupt, None) => {
-                    seg.damaged = true;
-                    if let Some(a) = claimed {
-                        seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
-                    }
-                    self.report.corrupt += 1;
-                    visit(Recovered::Corrupt { addr: claimed, loc });
-                    if let Some(to) = step {
-                        self.report.notes.push(format!(
-                            "segment {id}: damaged record at offset {off}{}; no valid record follows, going on at offset {to}",
-                            claimed.map(|a| format!(" (address {a})")).unwrap_or_default()
-                        ));
-                        off = to;
-                        continue;
-                    }
-                    self.report.notes.push(format!(
-                        "segment {id}: damaged data from offset {off} to the end of the segment; \
-                         the entries there are not served (read them from another replica)"
-                    ));
-                    off = nonzero_end.next_multiple_of(8);
-                    break;
-                }
-                (Damage::Corrupt, Some(next)) => {
-                    let next = step.filter(|to| *to <= next).unwrap_or(next);
+                (Damage::Corrupt, next) => {
                     seg.damaged = true;
                     if let Some(a) = claimed {
                         // Keeps the segment from being reclaimed while the address
@@ -754,13 +790,33 @@ impl MmapStore {
                         seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
                     }
                     self.report.corrupt += 1;
+                    let what = match (head, claimed) {
+                        (_, Some(a)) => format!("damaged record of address {a}"),
+                        (Some(_), None) => "damaged seal/trim record".to_string(),
+                        (None, _) => "damaged record header (its address is unknown: the unit answers `corrupt` for every address it does not hold until the segment is gone)".to_string(),
+                    };
+                    match head {
+                        Some(h) if h.kind == Kind::Meta => visit(Recovered::CorruptMeta { loc }),
+                        _ => visit(Recovered::Corrupt { addr: claimed, loc }),
+                    }
+                    let to = match (step, next) {
+                        (Some(to), Some(next)) => Some(to.min(next)),
+                        (a, b) => a.or(b),
+                    };
+                    if let Some(to) = to {
+                        self.report.notes.push(format!(
+                            "segment {id}: {what} at offset {off}; going on at offset {to} \
+                             (after a power loss this can also be unsynced data written back out of order)"
+                        ));
+                        off = to;
+                        continue;
+                    }
                     self.report.notes.push(format!(
-                        "segment {id}: damaged record at offset {off}{}; skipped to offset {next} \
-                         (after a power loss this can also be unsynced data written back out of order)",
-                        claimed.map(|a| format!(" (address {a})")).unwrap_or_default()
+                        "segment {id}: {what} at offset {off}, damaged data to the end of the segment; \
+                         the entries there are not served (they are read from another replica)"
                     ));
-                    visit(Recovered::Corrupt { addr: claimed, loc });
-                    off = next;
+                    off = nonzero_end.next_multiple_of(8);
+                    break;
                 }
             }
         }
@@ -781,7 +837,7 @@ impl MmapStore {
         let mut b = vec![0u8; len];
         let h = &mut b[..IDX_HEADER_LEN];
         h[IDX_OFF_MAGIC..IDX_OFF_VERSION].copy_from_slice(IDX_MAGIC);
-        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&IDX_VERSION.to_le_bytes());
         for (off, v) in [
             (IDX_OFF_ID, u64::from(id)),
             (IDX_OFF_NONCE, seg.nonce),
@@ -856,7 +912,8 @@ impl MmapStore {
         let _ = map.advise(memmap2::Advice::Sequential);
         let nonce = random_nonce();
         map[..SEGMENT_HEADER_LEN].copy_from_slice(&encode_seg_header(id, nonce, size));
-        self.segs.insert(id, Segment::new(file, map, nonce, size));
+        self.segs
+            .insert(id, Segment::new(file, map, nonce, size, Format::V2));
         self.dirty.insert(id);
         self.dir_dirty = true;
         Ok(())
@@ -1003,10 +1060,13 @@ impl Store for MmapStore {
             META_RESERVE as u64
         };
         let need = record_size(payload.len()) as u64 + reserve;
+        // A format 1 segment (written by an older version) is never appended
+        // to: its records would not match its format.
         let room = self
             .segs
             .values()
             .next_back()
+            .filter(|s| s.format == Format::V2)
             .map(|s| u64::from(s.size - s.used));
         if room.is_none_or(|r| r < need) {
             // Rollover is a sync barrier: the old segment is made durable before
@@ -1062,7 +1122,7 @@ impl Store for MmapStore {
             .map
             .get(loc.off as usize..seg.used as usize)
             .ok_or(CorruptRecord(loc))?;
-        match decode_record(src, seg.nonce, self.max_payload) {
+        match decode_record(src, seg.nonce, self.max_payload, seg.format) {
             Ok((h, p, _)) => Ok((h, p)),
             Err(_) => Err(CorruptRecord(loc)),
         }

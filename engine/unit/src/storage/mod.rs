@@ -62,12 +62,22 @@ pub enum Recovered {
         /// Where it lives.
         loc: Loc,
     },
-    /// A record that fails its checksum. `addr` is the address its header names
-    /// when the header looks plausible; it is then answered as corrupt.
+    /// A data or junk record that fails its checksum. `addr` is the address
+    /// its header names when the header verifies (then that address answers
+    /// `corrupt`); `None` when the header itself is damaged, so the address
+    /// is unknown: then every address the unit does not hold answers
+    /// `corrupt` (see `Unit`), never `unwritten`.
     Corrupt {
-        /// Address named by the damaged header, if plausible.
+        /// Address named by the damaged record's header, if it verifies.
         addr: Option<u64>,
         /// Where the damage starts.
+        loc: Loc,
+    },
+    /// A meta record (seal, trim) whose header verifies but whose checksum
+    /// fails: no entry is lost, and the values it held are also in the `META`
+    /// file (`mmap.rs`).
+    CorruptMeta {
+        /// Where it lives.
         loc: Loc,
     },
     /// A meta record (sealed epoch and trim mark).

@@ -1,0 +1,263 @@
+//! Issue 13, the storage unit's side: one on-disk fault in one unit of a
+//! `trex up` cluster (2 stripes × 2 replicas, 64 KiB segments), applied with
+//! the unit stopped, then the unit restarted on its data. Nothing acknowledged
+//! may be lost, nothing damaged served, reads must answer from the chain's
+//! other replica at once, and the damaged copy must be rewritten from it (by
+//! read repair, or by the sequencer's repair loop when no client reads it).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::trex_cli;
+
+/// Entries: 6 KiB each, so a 64 KiB segment holds about ten.
+fn entry(i: usize) -> String {
+    format!("entry-{i}-{}", "x".repeat(6 << 10))
+}
+
+/// What `trex read` prints for entry `i` at `addr`.
+fn line(addr: usize, i: usize) -> String {
+    format!("{addr}\t{}", entry(i))
+}
+
+fn append_entries(eps: &str, n: std::ops::Range<usize>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["append", "-", "--endpoints", eps])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for i in n {
+        writeln!(input, "{}", entry(i)).unwrap();
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success(), "trex append failed");
+}
+
+/// A cluster whose unit at `victim` (its data in `data`) is stopped,
+/// damaged and restarted by the test.
+struct Bed {
+    _cluster: common::Cluster,
+    eps: String,
+    victim: u16,
+    data: PathBuf,
+    cmdline: Vec<String>,
+    restarted: Option<common::Proc>,
+    _dir: tempfile::TempDir,
+}
+
+/// Which unit of the cluster to damage.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Role {
+    /// The head of stripe 1's chain (odd addresses).
+    Head,
+    /// The tail of stripe 1's chain: every read of an odd address goes to it.
+    Tail,
+}
+
+impl Bed {
+    /// `trex up` with `repair_every`, entries `0..n` appended; unit `role`
+    /// of stripe 1 stopped.
+    fn new(n: usize, repair_every: &str, role: Role) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let base = common::free_base();
+        // Chains [u1, u2] (even addresses) and [u3, u4] (odd), ports +20…+23.
+        let (victim, unit) = match role {
+            Role::Head => (base + 22, "unit-3"),
+            Role::Tail => (base + 23, "unit-4"),
+        };
+        let cluster = common::trex_up_at(
+            dir.path(),
+            base,
+            &["--repair-every", repair_every, "--segment-size", "64KiB"],
+        );
+        let eps = cluster.eps.clone();
+        append_entries(&eps, 0..n);
+        let pattern = format!("storage --listen 127.0.0.1:{victim} ");
+        let cmdline = common::cmdline_of(&pattern);
+        common::kill(&pattern, libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(300));
+        Bed {
+            _cluster: cluster,
+            eps,
+            victim,
+            data: dir.path().join(unit),
+            cmdline,
+            restarted: None,
+            _dir: dir,
+        }
+    }
+
+    /// Starts the damaged unit again on its data; waits until it answers.
+    fn restart(&mut self) {
+        self.restarted = Some(common::restart(&self.cmdline));
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.victim)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `trex unit ARGS --node VICTIM`: exit code, standard output and error.
+    fn unit(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .arg("unit")
+            .args(args)
+            .args(["--node", &format!("127.0.0.1:{}", self.victim)])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The victim's `info`.
+    fn info(&self) -> serde_json::Value {
+        let (code, out, err) = self.unit(&["info", "-w", "json"]);
+        assert_eq!(code, Some(0), "unit info: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// What the victim itself answers for `addr`: the entry's bytes, or its
+    /// status in words.
+    fn unit_read(&self, addr: usize) -> String {
+        let (_, out, err) = self.unit(&["read", &addr.to_string(), "--raw"]);
+        if out.is_empty() {
+            err
+        } else {
+            out
+        }
+    }
+
+    /// Segment files of the victim, oldest first.
+    fn segments(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.data)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The segment file holding entry `i`'s record, and the offset of the
+    /// record's header in it.
+    fn record_of(&self, i: usize) -> (PathBuf, usize) {
+        let tag = format!("entry-{i}-");
+        for p in self.segments() {
+            let bytes = std::fs::read(&p).unwrap();
+            if let Some(at) = bytes.windows(tag.len()).position(|w| w == tag.as_bytes()) {
+                return (p, at - RECORD_HEADER_LEN);
+            }
+        }
+        panic!("entry {i} is in no segment of {}", self.data.display());
+    }
+}
+
+/// Size of a record header (`engine/unit/src/storage/record.rs`).
+const RECORD_HEADER_LEN: usize = 40;
+
+/// XORs `mask` into the byte at `off` of `path`.
+fn flip(path: &Path, off: usize, mask: u8) {
+    let mut b = std::fs::read(path).unwrap();
+    b[off] ^= mask;
+    std::fs::write(path, &b).unwrap();
+}
+
+/// Polls `f` until it is true, for at most `within`.
+fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let t0 = Instant::now();
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if t0.elapsed() > within => panic!("{what} not within {within:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+const WITHIN: Duration = Duration::from_secs(40);
+
+/// Case 1: one bit flipped in the address field of entry 3's record on the
+/// tail of its chain (bit 62: the address becomes 2^62 + 3). Before, the unit
+/// believed the damaged header: its tail became 2^62 + 4, and `trex read 3`
+/// answered unwritten for the acknowledged entry. Now the header fails its
+/// own checksum, so nothing of it is used: the tail stays, the unit answers
+/// `corrupt` (never `unwritten`) for what it does not hold, the read comes
+/// from the head and is repaired back, and a takeover starts the counter where
+/// the log really ends.
+#[test]
+fn a_flipped_address_bit_is_trusted_for_nothing() {
+    let mut bed = Bed::new(6, "0s", Role::Tail);
+    let (seg, at) = bed.record_of(3);
+    flip(&seg, at + 8 + 7, 0x40);
+    bed.restart();
+    let info = bed.info();
+    assert!(
+        info["tail"].as_u64().unwrap() < 100,
+        "the damaged record moved the unit's tail: {info}"
+    );
+    let got = bed.unit_read(3);
+    assert!(got.contains("corrupt"), "the unit's own answer: {got}");
+    let (code, out, err) = trex_cli(&bed.eps, &["read", "3"], WITHIN);
+    assert_eq!(code, Some(0), "read 3: {err}");
+    assert_eq!(out.trim_end(), line(3, 3), "read 3");
+    // Read repair copied the head's value to the damaged unit.
+    assert_eq!(bed.unit_read(3), entry(3), "read repair");
+    let (code, out, err) = trex_cli(&bed.eps, &["check"], WITHIN);
+    assert_eq!((code, out.trim()), (Some(0), "6"), "check: {err}");
+    // A takeover: the new counter starts at the log's end, not at 2^62.
+    let (code, status, err) = trex_cli(&bed.eps, &["status"], WITHIN);
+    assert_eq!(code, Some(0), "status: {err}");
+    let active = status
+        .lines()
+        .find_map(|l| l.strip_prefix("sequencer  "))
+        .unwrap_or_else(|| panic!("no sequencer: {status}"))
+        .trim()
+        .to_string();
+    common::kill(&format!("[-]-listen 127.0.0.1:{active} "), libc::SIGKILL);
+    let mut addr = None;
+    eventually(
+        Duration::from_secs(30),
+        "an append after the takeover",
+        || {
+            let (code, out, err) = trex_cli(&bed.eps, &["append", "after"], WITHIN);
+            if code == Some(0) {
+                addr = out.trim().parse::<u64>().ok();
+                Ok(())
+            } else {
+                Err(err)
+            }
+        },
+    );
+    let addr = addr.expect("an address");
+    assert!(addr < 1000, "the log's address space jumped to {addr}");
+}
+
+/// Case 3: a payload bit flipped in the last record of the tail's newest
+/// segment. Every byte of the record is there, so it is damage, not a write
+/// cut short: before, the unit cut it as a torn tail and answered `unwritten`
+/// for the acknowledged entry. Now it answers `corrupt`, the client reads the
+/// head, and read repair rewrites the copy.
+#[test]
+fn a_damaged_last_record_is_not_cut_as_a_torn_write() {
+    let mut bed = Bed::new(6, "0s", Role::Tail);
+    let (seg, at) = bed.record_of(5);
+    flip(&seg, at + RECORD_HEADER_LEN + 100, 0x20);
+    bed.restart();
+    let got = bed.unit_read(5);
+    assert!(got.contains("corrupt"), "the unit's own answer: {got}");
+    assert_eq!(bed.info()["corrupt"].as_u64(), Some(1), "{}", bed.info());
+    let (code, out, err) = trex_cli(&bed.eps, &["read", "5"], WITHIN);
+    assert_eq!(code, Some(0), "read 5: {err}");
+    assert_eq!(out.trim_end(), line(5, 5), "read 5");
+    assert_eq!(bed.unit_read(5), entry(5), "read repair");
+    assert_eq!(bed.info()["corrupt"].as_u64(), Some(0), "{}", bed.info());
+}
