@@ -9,9 +9,10 @@
 //!   newest segment always knows them even after older ones are reclaimed.
 //! - `NNNNNNNNNN.idx` — the index of a full segment (addresses, offsets, kinds and
 //!   the segment's newest meta), written once the segment's data is durable.
-//!   At open, a segment with a valid index is not scanned; the rest are scanned
-//!   record by record. An index is only a cache: it carries its own checksum, and
-//!   a missing or damaged one just means a scan.
+//!   At open, a segment with a valid index is not scanned (each record it names
+//!   is verified, attributed to the index's address if damaged); the rest are
+//!   scanned record by record. An index is only a cache: it carries its own
+//!   checksum, and a missing or damaged one just means a scan.
 //!
 //! Segment header (all integers little-endian):
 //!
@@ -658,6 +659,7 @@ impl MmapStore {
         };
         seg.max_addr = u64_at(IDX_OFF_MAX_ADDR_END).checked_sub(1);
         seg.indexed = true;
+        let max_payload = self.max_payload;
         for e in body[IDX_HEADER_LEN..].chunks_exact(IDX_ENTRY_LEN) {
             let addr = &e[IDX_ENTRY_OFF_ADDR..IDX_ENTRY_OFF_OFFSET];
             let addr = u64::from_le_bytes(addr.try_into().unwrap_or([0; 8]));
@@ -668,11 +670,29 @@ impl MmapStore {
             } else {
                 Kind::Data
             };
-            visit(Recovered::Record {
-                addr,
-                kind,
-                loc: Loc { seg: id, off },
-            });
+            let loc = Loc { seg: id, off };
+            // The index says where each record is and what it names, which
+            // stays true whatever happens to the record's bytes; whether they
+            // are intact is checked here, so damage is found (and repaired
+            // from peers) at start, not only when some client reads it.
+            let intact = seg
+                .map
+                .get(off as usize..used as usize)
+                .and_then(|src| decode_record(src, seg.nonce, max_payload, seg.format).ok())
+                .is_some_and(|(h, _, _)| h.addr == addr && h.kind == kind);
+            if intact {
+                visit(Recovered::Record { addr, kind, loc });
+            } else {
+                seg.damaged = true;
+                self.report.corrupt += 1;
+                self.report.notes.push(format!(
+                    "segment {id}: damaged record of address {addr} at offset {off} (found through its index); it is read from another replica and rewritten"
+                ));
+                visit(Recovered::Corrupt {
+                    addr: Some(addr),
+                    loc,
+                });
+            }
         }
         visit(Recovered::Meta(seg.meta));
         true
