@@ -64,6 +64,13 @@ impl Bed {
     /// `trex up` with `repair_every`, entries `0..n` appended; unit `role`
     /// of stripe 1 stopped.
     fn new(n: usize, repair_every: &str, role: Role) -> Bed {
+        let bed = Bed::start(n, repair_every, role);
+        bed.stop();
+        bed
+    }
+
+    /// As [`Bed::new`], the unit still running.
+    fn start(n: usize, repair_every: &str, role: Role) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let base = common::free_base();
         // Chains [u1, u2] (even addresses) and [u3, u4] (odd), ports +20…+23.
@@ -80,8 +87,6 @@ impl Bed {
         append_entries(&eps, 0..n);
         let pattern = format!("storage --listen 127.0.0.1:{victim} ");
         let cmdline = common::cmdline_of(&pattern);
-        common::kill(&pattern, libc::SIGKILL);
-        std::thread::sleep(Duration::from_millis(300));
         Bed {
             _cluster: cluster,
             eps,
@@ -91,6 +96,15 @@ impl Bed {
             restarted: None,
             _dir: dir,
         }
+    }
+
+    /// Stops the unit (SIGKILL) that [`Bed::start`] left running.
+    fn stop(&self) {
+        common::kill(
+            &format!("storage --listen 127.0.0.1:{} ", self.victim),
+            libc::SIGKILL,
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     /// Starts the damaged unit again on its data; waits until it answers.
@@ -219,7 +233,14 @@ fn a_flipped_address_bit_is_trusted_for_nothing() {
     let (code, out, err) = trex_cli(&bed.eps, &["check"], WITHIN);
     assert_eq!((code, out.trim()), (Some(0), "6"), "check: {err}");
     // A takeover: the new counter starts at the log's end, not at 2^62.
-    let (code, status, err) = trex_cli(&bed.eps, &["status"], WITHIN);
+    let addr = takeover(&bed.eps);
+    assert!(addr < 1000, "the log's address space jumped to {addr}");
+}
+
+/// Kills the active sequencer and appends until a standby has taken over
+/// (sealing every unit at a new epoch); returns the append's address.
+fn takeover(eps: &str) -> u64 {
+    let (code, status, err) = trex_cli(eps, &["status"], WITHIN);
     assert_eq!(code, Some(0), "status: {err}");
     let active = status
         .lines()
@@ -233,7 +254,7 @@ fn a_flipped_address_bit_is_trusted_for_nothing() {
         Duration::from_secs(30),
         "an append after the takeover",
         || {
-            let (code, out, err) = trex_cli(&bed.eps, &["append", "after"], WITHIN);
+            let (code, out, err) = trex_cli(eps, &["append", "after"], WITHIN);
             if code == Some(0) {
                 addr = out.trim().parse::<u64>().ok();
                 Ok(())
@@ -242,8 +263,7 @@ fn a_flipped_address_bit_is_trusted_for_nothing() {
             }
         },
     );
-    let addr = addr.expect("an address");
-    assert!(addr < 1000, "the log's address space jumped to {addr}");
+    addr.expect("an address")
 }
 
 /// Case 3: a payload bit flipped in the last record of the tail's newest
@@ -369,4 +389,66 @@ fn a_damaged_last_record_is_rewritten_by_the_repair_loop() {
     let (code, out, err) = trex_cli(&bed.eps, &["read", "5"], WITHIN);
     assert_eq!(code, Some(0), "read 5: {err}");
     assert!(out.trim_end() == line(5, 5), "read 5: {}", short(&out));
+}
+
+/// The offset of the last record in a segment file (records follow each
+/// other from offset 64, each `(40 + len)` rounded up to 8 bytes).
+fn last_record(seg: &Path) -> usize {
+    let b = std::fs::read(seg).unwrap();
+    let (mut off, mut last) = (64, None);
+    while off + RECORD_HEADER_LEN <= b.len()
+        && b[off..off + RECORD_HEADER_LEN].iter().any(|x| *x != 0)
+    {
+        let len = u32::from_le_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+        last = Some(off);
+        off += (RECORD_HEADER_LEN + len).next_multiple_of(8);
+    }
+    last.expect("a record")
+}
+
+/// Case 4: one bit flipped in the sealed epoch of the unit's last record, its
+/// seal. Before, the unit cut it as a torn write and came back sealed at an
+/// older epoch than it had acknowledged, accepting a write at that epoch which
+/// a healthy unit refuses. Now every seal is also in `META`, durable before
+/// the seal is acknowledged, and the unit takes the larger: fencing survives.
+#[test]
+fn a_damaged_seal_record_does_not_lower_the_fence() {
+    let bed = Bed::start(2, "0s", Role::Tail);
+    takeover(&bed.eps);
+    // A takeover with no append after it on this chain: the seal is the
+    // unit's last record.
+    let sealed = bed.info()["sealed_epoch"].as_u64().unwrap();
+    assert!(sealed >= 2, "sealed at {sealed}");
+    bed.stop();
+    let seg = bed.segments().pop().unwrap();
+    let at = last_record(&seg);
+    let b = std::fs::read(&seg).unwrap();
+    assert_eq!(b[at + 32], 3, "the last record is a meta record (a seal)");
+    assert_eq!(
+        u64::from_le_bytes(b[at + 16..at + 24].try_into().unwrap()),
+        sealed,
+        "it holds the sealed epoch"
+    );
+    flip(&seg, at + 16, 0x01);
+    let mut bed = bed;
+    bed.restart();
+    let info = bed.info();
+    assert!(
+        info["sealed_epoch"].as_u64().unwrap() >= sealed,
+        "the fence went back: sealed at {sealed} before, now {info}"
+    );
+    let (code, _, err) = bed.unit(&[
+        "write",
+        "1001",
+        "stale",
+        "--epoch",
+        &(sealed - 1).to_string(),
+    ]);
+    assert_ne!(
+        code,
+        Some(0),
+        "a write at epoch {} was accepted",
+        sealed - 1
+    );
+    assert!(err.contains("sealed"), "refused as sealed: {err}");
 }

@@ -45,12 +45,14 @@
 //! ```
 //!
 //! The sealed epoch and trim mark are meta records (see [`super::record`]), and
-//! an index carries its segment's newest. When a meta record fits neither the
-//! newest segment nor a new one (the disk is full and the room kept at the end
-//! of each segment, [`META_RESERVE`], is used up by earlier seals), it goes to
-//! the `META` file instead: created and preallocated at open, two 64-byte slots
-//! written in turn and `fdatasync`ed at once, so a seal (the fence of P5) can
-//! always be recorded on a full unit:
+//! an index carries its segment's newest. Every one is also written to the
+//! `META` file, durably before the append returns, so a damaged last record
+//! cannot take a seal back; when a meta record fits neither the newest segment
+//! nor a new one (the disk is full and the room kept at the end of each
+//! segment, [`META_RESERVE`], is used up by earlier seals), `META` alone holds
+//! it. It is created and preallocated at open, two 64-byte slots written in
+//! turn and `fdatasync`ed at once, so a seal (the fence of P5) can always be
+//! recorded, even on a full unit:
 //!
 //! ```text
 //! offset size field
@@ -974,19 +976,14 @@ impl MmapStore {
         why: String,
     ) -> Result<Appended, AppendError> {
         let path = self.dir.join(META_FILE);
-        let Some(file) = self.meta_file.as_ref() else {
+        if self.meta_file.is_none() {
             return Err(AppendError::Full(format!(
                 "{why}; and there is no {} to record it in",
                 path.display()
             )));
-        };
+        }
         let meta = self.meta.max(head.as_meta());
-        let gen = self.meta_gen + 1;
-        let off = (gen % 2) * META_SLOT_LEN as u64;
-        std::os::unix::fs::FileExt::write_all_at(file, &encode_meta_slot(gen, meta), off)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| AppendError::Io(io_err("cannot write", &path, e)))?;
-        self.meta_gen = gen;
+        self.write_meta_slot(meta)?;
         self.meta = meta;
         if let Some(seg) = self.segs.values_mut().next_back() {
             seg.meta = seg.meta.max(meta);
@@ -1004,6 +1001,24 @@ impl MmapStore {
             loc: Loc { seg, off },
             lsn: if now > self.durable_lsn { now } else { 0 },
         })
+    }
+
+    /// Writes `meta` to the next slot of the `META` file and makes it
+    /// durable. Every seal and trim goes there (besides its meta record in a
+    /// segment, which a scan may lose: a damaged last record is not trusted),
+    /// so the fence of P5 survives the loss of the record that set it. Without
+    /// a `META` file (no room for it at open) nothing is written.
+    fn write_meta_slot(&mut self, meta: Meta) -> Result<(), AppendError> {
+        let Some(file) = self.meta_file.as_ref() else {
+            return Ok(());
+        };
+        let gen = self.meta_gen + 1;
+        let off = (gen % 2) * META_SLOT_LEN as u64;
+        std::os::unix::fs::FileExt::write_all_at(file, &encode_meta_slot(gen, meta), off)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| AppendError::Io(io_err("cannot write", &self.dir.join(META_FILE), e)))?;
+        self.meta_gen = gen;
+        Ok(())
     }
 
     /// The newest valid slot of the `META` file, if any.
@@ -1131,6 +1146,9 @@ impl Store for MmapStore {
         }
         if head.kind == Kind::Meta {
             self.meta = self.meta.max(head.as_meta());
+            // Durable in `META` before the append returns (so before any
+            // reply about it): see `write_meta_slot`.
+            self.write_meta_slot(self.meta)?;
         }
         let id = self.active().expect("a segment exists after rollover");
         Ok(self.put(id, head, payload))
