@@ -452,3 +452,66 @@ fn a_damaged_seal_record_does_not_lower_the_fence() {
     );
     assert!(err.contains("sealed"), "refused as sealed: {err}");
 }
+
+/// A tmpfs mounted for one unit's data, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Case 5: a unit with less free space than one segment (a 48 KiB tmpfs, 64
+/// KiB segments) is full from the start. Before, every sequencer takeover
+/// failed ("cannot preallocate … disk full") and with it every append. Now it
+/// is sealed all the same (its seals go to `META`), answers `full` to writes
+/// so the cluster routes around it, and takeovers and appends go on.
+#[test]
+fn a_unit_smaller_than_a_segment_is_full_and_takeovers_go_on() {
+    a_full_unit_lets_takeovers_go_on(0);
+}
+
+/// Case 5 on a disk so full that not even the 4 KiB `META` file fits at
+/// start (two free pages: the unit's `LOCK` and `NODE_ID` take them): the
+/// unit can record no seal at all. It can record nothing else either (a
+/// write needs more room than a seal), so it is harmless unsealed; before,
+/// its refusal failed every takeover, and with them every append.
+#[test]
+fn a_unit_without_room_for_a_seal_lets_takeovers_go_on() {
+    a_full_unit_lets_takeovers_go_on(40960);
+}
+
+fn a_full_unit_lets_takeovers_go_on(filler: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("unit-4");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _mount = Mount(small.clone());
+    if filler > 0 {
+        std::fs::write(small.join("filler"), vec![1u8; filler]).unwrap();
+    }
+    let base = common::free_base();
+    let cluster = common::trex_up_at(
+        dir.path(),
+        base,
+        &["--repair-every", "1s", "--segment-size", "64KiB"],
+    );
+    let eps = cluster.eps.clone();
+    append_entries(&eps, 0..6);
+    // (`trex up` runs two sequencers: one takeover.)
+    let addr = takeover(&eps);
+    assert!(addr >= 6, "appended at {addr}");
+    append_entries(&eps, 6..10);
+    let (code, out, err) = trex_cli(&eps, &["check"], WITHIN);
+    assert_eq!(code, Some(0), "check: {err}");
+    assert_eq!(out.trim(), "11", "check: 6 + 1 + 4 entries");
+}

@@ -106,6 +106,10 @@ pub struct Unit<S: Store> {
     poisoned: Option<String>,
     /// The last append failed for lack of space and none succeeded since.
     full: bool,
+    /// The highest seal refused for lack of room to record it: not durable
+    /// (so not acknowledged), but requests below it are refused while the
+    /// unit runs.
+    unrecorded_seal: u64,
     pending: VecDeque<Pending>,
     ready: VecDeque<Reply>,
     statuses: Vec<Status>,
@@ -178,6 +182,7 @@ impl<S: Store> Unit<S> {
             syncing: false,
             poisoned: None,
             full: false,
+            unrecorded_seal: 0,
             pending: VecDeque::new(),
             ready: VecDeque::new(),
             statuses: Vec::new(),
@@ -314,10 +319,11 @@ impl<S: Store> Unit<S> {
             }
         };
         let fenced = !matches!(request, Request::Seal { .. } | Request::Info);
-        if fenced && header.epoch < self.meta.sealed_epoch {
+        if fenced && header.epoch < self.meta.sealed_epoch.max(self.unrecorded_seal) {
             let msg = format!(
                 "epoch {} is sealed; the unit is at epoch {}: refresh the layout and retry",
-                header.epoch, self.meta.sealed_epoch
+                header.epoch,
+                self.meta.sealed_epoch.max(self.unrecorded_seal)
             );
             self.refuse(to, header, ErrorCode::SealedEpoch, &msg, false);
             return true;
@@ -662,7 +668,15 @@ impl<S: Store> Unit<S> {
                     reply.sealed = true;
                     reply.sealed_epoch = epoch;
                 }
-                Err((code, msg)) => return self.refuse(to, header, code, &msg, false),
+                Err((code, msg)) => {
+                    if code == ErrorCode::Full {
+                        // Not durable, so not acknowledged; but while it runs
+                        // the unit refuses the older epoch all the same (it
+                        // may get room again before a seal can be recorded).
+                        self.unrecorded_seal = self.unrecorded_seal.max(epoch);
+                    }
+                    return self.refuse(to, header, code, &msg, false);
+                }
             }
         }
         self.respond(to, header, tag, |out| wire::encode_seal_reply(out, &reply));

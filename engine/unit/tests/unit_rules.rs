@@ -233,6 +233,35 @@ fn full_store_answers_full_and_keeps_serving() {
     assert!(u.poisoned().is_none(), "full is not a failure");
 }
 
+/// A seal the unit has no room to record is refused (`full`: it is not
+/// durable, so not acknowledged), yet while the unit runs requests below that
+/// epoch are refused: room could come back before a seal can be recorded, and
+/// a write at the old epoch must not get in meanwhile.
+#[test]
+fn a_seal_refused_for_lack_of_room_still_fences_while_the_unit_runs() {
+    let mut store = MemStore::new();
+    store.capacity = Some(1);
+    let (mut u, _) = Unit::open(store, UnitConfig::default()).unwrap();
+    write(&mut u, 1, 0, b"a");
+    sync(&mut u);
+    replies(&mut u);
+    send(&mut u, 2, Opcode::Seal, 0, |b| wire::encode_u64(b, 5));
+    sync(&mut u);
+    let r = replies(&mut u);
+    assert_eq!(error_code(&r[0]), Some(ErrorCode::Full), "not recorded");
+    u.store_mut().capacity = None; // room again
+    send(&mut u, 3, Opcode::Fill, 4, |b| {
+        wire::encode_addr_list(b, &[1])
+    });
+    sync(&mut u);
+    let r = replies(&mut u);
+    assert_eq!(
+        error_code(&r[0]),
+        Some(ErrorCode::SealedEpoch),
+        "epoch 4 is fenced"
+    );
+}
+
 #[test]
 fn nothing_waits_forever_on_a_poisoned_unit() {
     let mut u = unit();
