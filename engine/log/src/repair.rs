@@ -23,7 +23,7 @@
 //! restarted) could hold values the log since decided otherwise. Wipe its data
 //! directory to reuse it.
 
-use super::{slot_of, units_of, Log, Slot};
+use super::{slot_of, units_of, unreadable_copy, Log, Slot};
 use crate::env::unit_alive;
 use crate::error::{fail, LogError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -207,7 +207,7 @@ impl Log {
                             .iter()
                             .find(|it| it.status == Status::Deferred)
                             .map(|it| it.addr);
-                        for it in items.iter().filter(|it| it.status == Status::Corrupt) {
+                        for it in items.iter().filter(|it| unreadable_copy(it.status)) {
                             if let Err(e) = self.read_elsewhere(it.addr, id, epoch) {
                                 progress(&format!("unit {id}: {e}"));
                             }
@@ -636,7 +636,7 @@ impl Log {
         {
             // A damaged copy on the source: read it from the chain's other
             // replicas (which also rewrites the source's copy).
-            let it = if it.status == Status::Corrupt {
+            let it = if unreadable_copy(it.status) {
                 self.read_elsewhere(it.addr, source, epoch)?
             } else {
                 it

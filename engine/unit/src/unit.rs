@@ -10,7 +10,7 @@
 
 use crate::index::Index;
 use crate::storage::{
-    AppendError, Appended, Kind, Loc, Meta, RecordHead, Recovered, Store, SyncJob,
+    AppendError, Appended, Kind, Loc, Meta, ReadError, RecordHead, Recovered, Store, SyncJob,
 };
 use std::collections::VecDeque;
 use trex_net::metrics::BuildInfo;
@@ -430,9 +430,13 @@ impl<S: Store> Unit<S> {
             return match self.store.read(slot.loc) {
                 Ok((h, p)) if h.writer == writer && h.seq == seq && p == data => (Status::Ok, tag),
                 Ok(_) => (Status::Written, tag),
-                Err(_) => {
+                Err(ReadError::Corrupt(_)) => {
                     self.mark_corrupt(addr);
                     (Status::Corrupt, 0)
+                }
+                Err(ReadError::Io { .. }) => {
+                    self.mark_corrupt(addr);
+                    (Status::Io, 0)
                 }
             };
         }
@@ -577,6 +581,15 @@ impl<S: Store> Unit<S> {
                             };
                             b.entry(&mut frame, addr, e);
                         }
+                    }
+                    Err(ReadError::Io { why, .. }) => {
+                        // The device failed to return it: answered `io`
+                        // (read another replica), and from now on treated as
+                        // damaged, so repair rewrites it elsewhere (away from
+                        // a bad sector).
+                        trex_net::log_line!("WARN", "read of address {addr} failed: {why}; answered io, the copy is rewritten from another replica by repair");
+                        bad.push(addr);
+                        b.status(&mut frame, addr, Status::Io);
                     }
                     _ => {
                         bad.push(addr);

@@ -262,6 +262,61 @@ fn a_seal_refused_for_lack_of_room_still_fences_while_the_unit_runs() {
     );
 }
 
+/// Runtime I/O errors. A read the device fails answers `io` for that address
+/// (the client reads another replica); the copy then counts as damaged, so a
+/// `repair` (read repair, the repair loop) rewrites it elsewhere and it reads
+/// again. A failed write poisons the unit: `io`, and no write after it.
+#[test]
+fn a_failed_read_answers_io_and_a_failed_write_poisons() {
+    let mut u = unit();
+    write(&mut u, 1, 3, b"precious");
+    write(&mut u, 2, 4, b"other");
+    sync(&mut u);
+    replies(&mut u);
+    assert!(u.store_mut().fail_reads(3));
+    let read = |u: &mut Unit<MemStore>, id| {
+        send(u, id, Opcode::Read, 0, |b| {
+            wire::encode_addr_list(b, &[3, 4])
+        });
+        sync(u);
+        let r = replies(u);
+        let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+        wire::decode_read_reply(f.body)
+            .unwrap()
+            .iter()
+            .map(|x| x.status)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read(&mut u, 3), vec![Status::Io, Status::Ok]);
+    assert_eq!(
+        u.info().corrupt,
+        1,
+        "counted, so the repair loop rewrites it"
+    );
+    assert!(u.poisoned().is_none(), "a failed read does not poison");
+    let op = wire::WriteOp {
+        addr: 3,
+        writer: 1,
+        seq: 3,
+        data: b"precious",
+    };
+    send(&mut u, 5, Opcode::Repair, 0, |b| {
+        wire::encode_write_request(b, &[op])
+    });
+    sync(&mut u);
+    replies(&mut u);
+    assert_eq!(read(&mut u, 6), vec![Status::Ok, Status::Ok], "rewritten");
+    assert_eq!(u.info().corrupt, 0);
+    u.store_mut().failing_writes = true;
+    write(&mut u, 7, 5, b"lost");
+    sync(&mut u);
+    let r = replies(&mut u);
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    let st: Vec<Status> = wire::decode_status_list(f.body).unwrap().iter().collect();
+    assert_eq!(st, vec![Status::Io]);
+    assert!(u.poisoned().is_some(), "a failed write poisons the unit");
+}
+
 #[test]
 fn nothing_waits_forever_on_a_poisoned_unit() {
     let mut u = unit();

@@ -1,12 +1,12 @@
 //! An in-memory [`Store`] for tests and the deterministic simulator. It keeps
 //! encoded records exactly as the disk store does, so checksums are real, and it
 //! can (a) lose every record not covered by a completed sync, as a power loss
-//! would, and (b) corrupt chosen records.
+//! would, (b) corrupt chosen records, and (c) fail reads of chosen addresses
+//! and every append, as a failing device would (EIO).
 
 use super::record::{decode_record, encode_record, record_size, Format};
 use super::{
-    AppendError, Appended, CorruptRecord, Kind, Loc, RecordHead, Recovered, Store, StoreStats,
-    SyncJob,
+    AppendError, Appended, Kind, Loc, ReadError, RecordHead, Recovered, Store, StoreStats, SyncJob,
 };
 
 const NONCE: u64 = 0x7472_6578_6d65_6d00;
@@ -27,6 +27,11 @@ pub struct MemStore {
     /// for them outside its data space (`mmap.rs`, the `META` file): a full
     /// unit can always be fenced.
     pub budget_bytes: Option<u64>,
+    /// Records (by index) whose reads fail with an I/O error, as a bad
+    /// sector's would: see [`MemStore::fail_reads`].
+    failing_reads: std::collections::BTreeSet<usize>,
+    /// Every append fails with an I/O error (a device that fails writes).
+    pub failing_writes: bool,
 }
 
 impl MemStore {
@@ -78,6 +83,23 @@ impl MemStore {
                         super::record::RECORD_HEADER_LEN + p.len() / 2
                     };
                     r[at] ^= 0x40;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Makes reads of the newest record that names `addr` fail with an I/O
+    /// error from now on, as a bad sector would: the bytes stay intact, the
+    /// device just does not return them; a record written again (elsewhere)
+    /// reads fine. Returns false if there is none.
+    pub fn fail_reads(&mut self, addr: u64) -> bool {
+        for (i, r) in self.records.iter().enumerate().rev() {
+            let Some(r) = r else { continue };
+            if let Ok((h, _, _)) = decode_record(r, NONCE, usize::MAX, Format::V2) {
+                if h.addr == addr && h.kind != Kind::Meta {
+                    self.failing_reads.insert(i);
                     return true;
                 }
             }
@@ -144,6 +166,9 @@ impl Store for MemStore {
     }
 
     fn append(&mut self, head: &RecordHead, payload: &[u8]) -> Result<Appended, AppendError> {
+        if self.failing_writes {
+            return Err(AppendError::Io("injected write error (EIO)".into()));
+        }
         if self.capacity.is_some_and(|c| self.records.len() >= c) {
             return Err(AppendError::Full("memory store at capacity".into()));
         }
@@ -168,14 +193,18 @@ impl Store for MemStore {
         })
     }
 
-    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord> {
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError> {
         let rec = self
             .records
             .get(loc.off as usize)
             .and_then(|r| r.as_deref());
         match rec.map(|r| decode_record(r, NONCE, self.max_payload, Format::V2)) {
+            Some(Ok(_)) if self.failing_reads.contains(&(loc.off as usize)) => Err(ReadError::Io {
+                loc,
+                why: "injected read error (EIO)".into(),
+            }),
             Some(Ok((h, p, _))) => Ok((h, p)),
-            _ => Err(CorruptRecord(loc)),
+            _ => Err(ReadError::Corrupt(loc)),
         }
     }
 

@@ -76,8 +76,8 @@ use super::record::{
     decode_record, encode_record, record_size, Format, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 use super::{
-    AppendError, Appended, CorruptRecord, Kind, Loc, Meta, RecordHead, Recovered, Store,
-    StoreStats, SyncJob,
+    AppendError, Appended, Kind, Loc, Meta, ReadError, RecordHead, Recovered, Store, StoreStats,
+    SyncJob,
 };
 use memmap2::MmapMut;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1154,15 +1154,15 @@ impl Store for MmapStore {
         Ok(self.put(id, head, payload))
     }
 
-    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord> {
-        let seg = self.segs.get(&loc.seg).ok_or(CorruptRecord(loc))?;
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError> {
+        let seg = self.segs.get(&loc.seg).ok_or(ReadError::Corrupt(loc))?;
         let src = seg
             .map
             .get(loc.off as usize..seg.used as usize)
-            .ok_or(CorruptRecord(loc))?;
+            .ok_or(ReadError::Corrupt(loc))?;
         match decode_record(src, seg.nonce, self.max_payload, seg.format) {
             Ok((h, p, _)) => Ok((h, p)),
-            Err(_) => Err(CorruptRecord(loc)),
+            Err(_) => Err(ReadError::Corrupt(loc)),
         }
     }
 

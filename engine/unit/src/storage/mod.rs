@@ -97,10 +97,22 @@ pub enum AppendError {
     Io(String),
 }
 
-/// A record failed verification on read.
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
-#[error("record at segment {} offset {} fails its checksum", .0.seg, .0.off)]
-pub struct CorruptRecord(pub Loc);
+/// Why a record could not be read.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The record fails verification: damaged.
+    #[error("record at segment {} offset {} fails its checksum", .0.seg, .0.off)]
+    Corrupt(Loc),
+    /// The device failed to return the record's bytes (EIO): it may be
+    /// intact, but it cannot be served; another replica can.
+    #[error("cannot read the record at segment {} offset {}: {why}", .loc.seg, .loc.off)]
+    Io {
+        /// Where the record lives.
+        loc: Loc,
+        /// The error.
+        why: String,
+    },
+}
 
 /// Sizes reported by `info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,7 +134,7 @@ pub trait Store {
     /// Appends a record.
     fn append(&mut self, head: &RecordHead, payload: &[u8]) -> Result<Appended, AppendError>;
     /// Reads and verifies the record at `loc`.
-    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord>;
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError>;
     /// Largest payload one record may have.
     fn max_payload(&self) -> usize;
     /// Starts a sync covering every append so far, if any is not yet durable.
