@@ -194,14 +194,18 @@ const META_OFF_VERSION: usize = 4;
 const META_OFF_GEN: usize = 8;
 const META_OFF_SEALED_EPOCH: usize = 16;
 const META_OFF_TRIM_MARK: usize = 24;
-const META_OFF_RESERVED: usize = 32;
+/// The lowest segment id that must exist (older ones were reclaimed); 0:
+/// unknown (no segment yet, or a slot written before this field existed).
+const META_OFF_FIRST_SEGMENT: usize = 32;
+const META_OFF_RESERVED: usize = 40;
 const META_OFF_CRC: usize = 60;
 const _: () = assert!(META_OFF_MAGIC + META_MAGIC.len() == META_OFF_VERSION);
 const _: () = assert!(META_OFF_VERSION + 4 == META_OFF_GEN);
 const _: () = assert!(META_OFF_GEN + 8 == META_OFF_SEALED_EPOCH);
 const _: () = assert!(META_OFF_SEALED_EPOCH + 8 == META_OFF_TRIM_MARK);
-const _: () = assert!(META_OFF_TRIM_MARK + 8 == META_OFF_RESERVED);
-const _: () = assert!(META_OFF_RESERVED + 28 == META_OFF_CRC);
+const _: () = assert!(META_OFF_TRIM_MARK + 8 == META_OFF_FIRST_SEGMENT);
+const _: () = assert!(META_OFF_FIRST_SEGMENT + 8 == META_OFF_RESERVED);
+const _: () = assert!(META_OFF_RESERVED + 20 == META_OFF_CRC);
 const _: () = assert!(META_OFF_CRC + 4 == META_SLOT_LEN);
 const _: () = assert!(2 * META_SLOT_LEN as u64 <= META_FILE_LEN);
 /// How a scan tells a torn tail from corruption; corruption is skipped and
@@ -290,6 +294,15 @@ pub struct MmapStore {
     meta_file: Option<File>,
     /// Generation of the newest slot written to it.
     meta_gen: u64,
+    /// The newest segment, all zeros, removed at open (its creation never
+    /// completed): not missing.
+    removed_incomplete: Option<u32>,
+    /// Newest segments found cut short at open (and extended again).
+    cut: Vec<u32>,
+    /// Segments that cannot be used (a damaged header; an older segment cut
+    /// short), and why: left in place, never read or written, their entries
+    /// come from other replicas (see `recover`).
+    set_aside: Vec<(u32, String)>,
     /// What `open` and `recover` found.
     pub report: OpenReport,
 }
@@ -399,20 +412,23 @@ fn fsync_dir(dir: &File) -> io::Result<()> {
     dir.sync_all()
 }
 
-fn encode_meta_slot(gen: u64, m: Meta) -> [u8; META_SLOT_LEN] {
+fn encode_meta_slot(gen: u64, m: Meta, first_segment: u32) -> [u8; META_SLOT_LEN] {
     let mut b = [0u8; META_SLOT_LEN];
     b[META_OFF_MAGIC..META_OFF_VERSION].copy_from_slice(META_MAGIC);
     b[META_OFF_VERSION..META_OFF_GEN].copy_from_slice(&META_VERSION.to_le_bytes());
     b[META_OFF_GEN..META_OFF_SEALED_EPOCH].copy_from_slice(&gen.to_le_bytes());
     b[META_OFF_SEALED_EPOCH..META_OFF_TRIM_MARK].copy_from_slice(&m.sealed_epoch.to_le_bytes());
-    b[META_OFF_TRIM_MARK..META_OFF_RESERVED].copy_from_slice(&m.trim_mark.to_le_bytes());
+    b[META_OFF_TRIM_MARK..META_OFF_FIRST_SEGMENT].copy_from_slice(&m.trim_mark.to_le_bytes());
+    b[META_OFF_FIRST_SEGMENT..META_OFF_RESERVED]
+        .copy_from_slice(&u64::from(first_segment).to_le_bytes());
     let crc = crc32fast::hash(&b[..META_OFF_CRC]);
     b[META_OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// The generation and meta of a valid slot of the `META` file.
-fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta)> {
+/// The generation, meta and first segment id (0: unknown) of a valid slot
+/// of the `META` file.
+fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta, u32)> {
     let b = b.get(..META_SLOT_LEN)?;
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
     let crc = u32::from_le_bytes(b[META_OFF_CRC..].try_into().ok()?);
@@ -424,7 +440,8 @@ fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta)> {
             sealed_epoch: u64_at(META_OFF_SEALED_EPOCH),
             trim_mark: u64_at(META_OFF_TRIM_MARK),
         };
-        (u64_at(META_OFF_GEN), m)
+        let first = u32::try_from(u64_at(META_OFF_FIRST_SEGMENT)).unwrap_or(0);
+        (u64_at(META_OFF_GEN), m, first)
     })
 }
 
@@ -519,6 +536,9 @@ impl MmapStore {
             rollover_barrier: true,
             meta_file: None,
             meta_gen: 0,
+            removed_incomplete: None,
+            cut: Vec::new(),
+            set_aside: Vec::new(),
             // Room for the opening meta record, the meta reserve and one header.
             max_payload: (opts.segment_size as usize)
                 .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
@@ -557,11 +577,13 @@ impl MmapStore {
                     ));
                     file.set_len(size)
                         .map_err(|e| io_err("cannot extend", &path, e))?;
+                    store.cut.push(id);
                 } else if len < size {
-                    return Err(format!(
-                        "segment {} was cut to {len} of {size} bytes; move it out of the data directory to start without it (its entries must then come from other replicas)",
-                        path.display()
+                    store.set_aside.push((
+                        id,
+                        format!("was cut to {len} of {size} bytes; it is left in place, unused"),
                     ));
+                    continue;
                 }
             }
             let map = match header {
@@ -591,12 +613,13 @@ impl MmapStore {
                     ));
                     fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
                     store.dir_dirty = true;
+                    store.removed_incomplete = Some(id);
                 }
                 _ => {
-                    return Err(format!(
-                        "segment {} has a damaged header; move it out of the data directory to start without it (its entries must then come from other replicas)",
-                        path.display()
-                    ))
+                    store.set_aside.push((
+                        id,
+                        "has a damaged header; it is left in place, unused".to_string(),
+                    ));
                 }
             }
         }
@@ -776,9 +799,14 @@ impl MmapStore {
                     as usize;
                 off + record_size(len)
             });
+            // In format 2 the length is verified, so the next record starts
+            // there whatever its state (damage there is judged in its turn,
+            // never skipped unreported); in format 1 only if what is there
+            // looks like a record.
             let step = trusted_end.filter(|&to| {
                 to <= size
-                    && (to >= nonzero_end
+                    && (format == Format::V2
+                        || to >= nonzero_end
                         || (to + RECORD_HEADER_LEN <= size
                             && matches!(
                                 decode_record(&seg.map[to..], seg.nonce, max_payload, format),
@@ -1014,7 +1042,9 @@ impl MmapStore {
         };
         let gen = self.meta_gen + 1;
         let off = (gen % 2) * META_SLOT_LEN as u64;
-        std::os::unix::fs::FileExt::write_all_at(file, &encode_meta_slot(gen, meta), off)
+        let first = self.segs.keys().next().copied().unwrap_or(0);
+        let slot = encode_meta_slot(gen, meta, first);
+        std::os::unix::fs::FileExt::write_all_at(file, &slot, off)
             .and_then(|_| file.sync_data())
             .map_err(|e| AppendError::Io(io_err("cannot write", &self.dir.join(META_FILE), e)))?;
         self.meta_gen = gen;
@@ -1022,14 +1052,14 @@ impl MmapStore {
     }
 
     /// The newest valid slot of the `META` file, if any.
-    fn read_meta_file(&self) -> Option<(u64, Meta)> {
+    fn read_meta_file(&self) -> Option<(u64, Meta, u32)> {
         let file = self.meta_file.as_ref()?;
         let mut b = [0u8; 2 * META_SLOT_LEN];
         std::os::unix::fs::FileExt::read_exact_at(file, &mut b, 0).ok()?;
         [&b[..META_SLOT_LEN], &b[META_SLOT_LEN..]]
             .into_iter()
             .filter_map(decode_meta_slot)
-            .max_by_key(|(gen, _)| *gen)
+            .max_by_key(|(gen, _, _)| *gen)
     }
 }
 
@@ -1037,10 +1067,55 @@ impl Store for MmapStore {
     fn recover(&mut self, visit: &mut dyn FnMut(Recovered)) -> Result<(), String> {
         let ids: Vec<u32> = self.segs.keys().copied().collect();
         let mut meta = Meta::default();
-        if let Some((gen, m)) = self.read_meta_file() {
+        let mut first = 0;
+        if let Some((gen, m, f)) = self.read_meta_file() {
             self.meta_gen = gen;
             meta = m;
+            first = f;
             visit(Recovered::Meta(m));
+        }
+        // Segment files that must exist and do not (between the first one
+        // `META` names, or the oldest present, and the newest present; or
+        // all of them), and newest segments found cut short: whatever they
+        // held is gone from here, at addresses nobody can name. Such damage
+        // makes the unit answer `corrupt` for every address it does not hold
+        // (see `Recovered::Corrupt`), so readers go to the other replicas and
+        // the copies are rewritten from them.
+        let aside: BTreeSet<u32> = self.set_aside.iter().map(|(id, _)| *id).collect();
+        let present: BTreeSet<u32> = self.segs.keys().chain(&aside).copied().collect();
+        let lowest = match (first, present.first()) {
+            (0, Some(p)) => *p,
+            (f, Some(p)) => f.min(*p),
+            (f, None) => f,
+        };
+        let newest = present.last().copied().unwrap_or(lowest);
+        let mut lost: Vec<(u32, &str)> = (lowest.max(1)..=newest)
+            .filter(|id| {
+                lowest > 0 && !present.contains(id) && Some(*id) != self.removed_incomplete
+            })
+            .map(|id| (id, "is missing"))
+            .collect();
+        if first > 0 && present.is_empty() && self.removed_incomplete != Some(first) {
+            lost.push((first, "is missing (no segment file is left)"));
+        }
+        for id in &self.cut {
+            lost.push((*id, "was cut short (the records after the cut are gone)"));
+        }
+        for (id, why) in &self.set_aside {
+            lost.push((*id, why));
+        }
+        for (id, what) in lost {
+            self.report.corrupt += 1;
+            self.report.notes.push(format!(
+                "segment {id} {what}; its entries are read from, and rewritten from, the other replicas of their chains (this unit answers `corrupt` for every address it does not hold)"
+            ));
+            if let Some(seg) = self.segs.get_mut(&id) {
+                seg.damaged = true;
+            }
+            visit(Recovered::Corrupt {
+                addr: None,
+                loc: Loc { seg: id, off: 0 },
+            });
         }
         let mut wrap = |r: Recovered| {
             if let Recovered::Meta(m) = r {
@@ -1130,7 +1205,9 @@ impl Store for MmapStore {
                         });
                 }
             }
-            let id = self.active().map_or(1, |a| a + 1);
+            // (A segment set aside keeps its id: never reused.)
+            let aside = self.set_aside.iter().map(|(id, _)| *id).max();
+            let id = self.active().max(aside).map_or(1, |a| a + 1);
             match self.create_segment(id) {
                 Ok(()) => {}
                 // No room for a seal or trim anywhere in the segments: the
@@ -1215,6 +1292,28 @@ impl Store for MmapStore {
             .filter(|(id, s)| **id < durable_seg && s.max_addr.is_none_or(|m| m < trim_mark))
             .map(|(id, _)| *id)
             .collect();
+        if doomed.is_empty() {
+            return 0;
+        }
+        // `META` names the first segment that must exist before any file
+        // goes, so a segment missing at open is known to be lost, not
+        // reclaimed.
+        let keep = self.segs.keys().find(|id| !doomed.contains(id)).copied();
+        if let (Some(file), Some(first)) = (self.meta_file.as_ref(), keep) {
+            let gen = self.meta_gen + 1;
+            let off = (gen % 2) * META_SLOT_LEN as u64;
+            let slot = encode_meta_slot(gen, self.meta, first);
+            let written = std::os::unix::fs::FileExt::write_all_at(file, &slot, off)
+                .and_then(|_| file.sync_data());
+            if let Err(e) = written {
+                eprintln!(
+                    "warning: cannot write {}: {e}; segments are not reclaimed until it can be written",
+                    self.dir.join(META_FILE).display()
+                );
+                return 0;
+            }
+            self.meta_gen = gen;
+        }
         for id in &doomed {
             self.segs.remove(id); // unmaps before the file goes
             self.dirty.remove(id);
