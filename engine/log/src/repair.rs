@@ -189,7 +189,17 @@ impl Log {
                         continue;
                     }
                     let from = seg.start.max(info.trim_mark);
-                    let end = seg.end.min(info.tail);
+                    // Up to the chain's tail, not only this unit's: a unit
+                    // that lost its last entries (a segment cut short, its
+                    // newest records gone) has a lower tail than its chain,
+                    // and answers `corrupt` above it until they are copied.
+                    let chain_tail = chain
+                        .iter()
+                        .filter(|u| **u != id)
+                        .filter_map(|u| self.with_unit(*u, |c| c.info()).ok())
+                        .map(|i| i.tail)
+                        .fold(info.tail, u64::max);
+                    let end = seg.end.min(chain_tail);
                     let mut a = from + (stripe as u64 + n - from % n) % n;
                     while a < end {
                         let addrs: Vec<u64> = (0..BATCH as u64)
