@@ -280,6 +280,14 @@ fn a_damaged_last_record_is_not_cut_as_a_torn_write() {
     let got = bed.unit_read(5);
     assert!(got.contains("corrupt"), "the unit's own answer: {got}");
     assert_eq!(bed.info()["corrupt"].as_u64(), Some(1), "{}", bed.info());
+    // `trex status` says so (the repair loop is off here: it stays).
+    let (code, status, err) = trex_cli(&bed.eps, &["status"], WITHIN);
+    assert_eq!(code, Some(0), "status: {err}");
+    let row = status
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{} ", bed.victim)))
+        .unwrap_or_else(|| panic!("no row for the unit: {status}"));
+    assert!(row.contains("damaged 1"), "status row: {row}");
     let (code, out, err) = trex_cli(&bed.eps, &["read", "5"], WITHIN);
     assert_eq!(code, Some(0), "read 5: {err}");
     assert_eq!(out.trim_end(), line(5, 5), "read 5");
