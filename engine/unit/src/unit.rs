@@ -523,6 +523,33 @@ impl<S: Store> Unit<S> {
         }
     }
 
+    /// Verifies about `budget_bytes` more of the records recovery took from
+    /// an index unread ([`Store::scrub`]); each one found damaged answers
+    /// `corrupt` from now on (and counts in `info`, so the repair loop
+    /// rewrites it from another replica). Returns how many were found.
+    pub fn scrub(&mut self, budget_bytes: usize) -> usize {
+        let mut n = 0;
+        for (addr, loc) in self.store.scrub(budget_bytes) {
+            // Only if the index still points there (a repair may have
+            // replaced it, a trim removed it).
+            if self
+                .index
+                .get(addr)
+                .is_some_and(|s| s.loc == loc && !s.corrupt)
+            {
+                trex_net::log_line!(
+                    "WARN",
+                    "scrub: the record of address {addr} (segment {}, offset {}) is damaged; it answers corrupt and the repair loop rewrites it from another replica",
+                    loc.seg,
+                    loc.off
+                );
+                self.mark_corrupt(addr);
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn mark_corrupt(&mut self, addr: u64) {
         if let Some(slot) = self.index.get_mut(addr) {
             if !slot.corrupt {

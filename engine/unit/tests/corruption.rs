@@ -419,3 +419,33 @@ fn a_missing_segment_file_makes_absent_addresses_answer_corrupt() {
         }
     }
 }
+
+/// A segment loaded from its index is not read at start (a start stays
+/// fast); the scrub verifies its records while the unit runs, and one found
+/// damaged answers `corrupt` and counts in `info` from then on — so the
+/// repair loop rewrites it without a client ever reading it. Before, such
+/// damage stayed unknown, and unrepaired, until a read.
+#[test]
+fn the_scrub_finds_damage_in_indexed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 200);
+    let first = segments(dir.path()).remove(0);
+    assert!(first.with_extension("idx").exists(), "indexed");
+    let off = find(&first, 10).expect("entry 10 in the oldest segment");
+    let mut f = OpenOptions::new().write(true).open(&first).unwrap();
+    f.seek(SeekFrom::Start(off as u64 + 100)).unwrap();
+    f.write_all(&[0xFF]).unwrap();
+    drop(f);
+    let mut u = open(dir.path());
+    assert_eq!(u.store().report.indexed, 2, "{:?}", u.store().report);
+    assert_eq!(u.info().corrupt, 0, "not read at start");
+    assert_eq!(u.scrub(usize::MAX), 1, "found by the scrub");
+    assert_eq!(u.scrub(usize::MAX), 0, "once");
+    assert_eq!(u.info().corrupt, 1);
+    let got = read_all(&mut u, 200);
+    assert_eq!(got[10].1, Status::Corrupt);
+    assert!(got
+        .iter()
+        .filter(|(a, _, _)| *a != 10)
+        .all(|(a, s, d)| *s == Status::Ok && *d == value(*a)));
+}

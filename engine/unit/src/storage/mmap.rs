@@ -10,8 +10,8 @@
 //! - `NNNNNNNNNN.idx` — the index of a full segment (addresses, offsets, kinds and
 //!   the segment's newest meta), written once the segment's data is durable.
 //!   At open, a segment with a valid index is not scanned (each record it names
-//!   is verified, attributed to the index's address if damaged); the rest are
-//!   scanned record by record. An index is only a cache: it carries its own
+//!   is verified later by the scrub, [`Store::scrub`], and attributed to the
+//!   index's address if damaged); the rest are scanned record by record. An index is only a cache: it carries its own
 //!   checksum, and a missing or damaged one just means a scan.
 //!
 //! Segment header (all integers little-endian):
@@ -299,6 +299,9 @@ pub struct MmapStore {
     removed_incomplete: Option<u32>,
     /// Newest segments found cut short at open (and extended again).
     cut: Vec<u32>,
+    /// Records of indexed segments not yet verified by the scrub (see
+    /// `Store::scrub`).
+    unverified: std::collections::VecDeque<(u64, Kind, Loc)>,
     /// Segments that cannot be used (a damaged header; an older segment cut
     /// short), and why: left in place, never read or written, their entries
     /// come from other replicas (see `recover`).
@@ -539,6 +542,7 @@ impl MmapStore {
             removed_incomplete: None,
             cut: Vec::new(),
             set_aside: Vec::new(),
+            unverified: std::collections::VecDeque::new(),
             // Room for the opening meta record, the meta reserve and one header.
             max_payload: (opts.segment_size as usize)
                 .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
@@ -684,7 +688,6 @@ impl MmapStore {
         };
         seg.max_addr = u64_at(IDX_OFF_MAX_ADDR_END).checked_sub(1);
         seg.indexed = true;
-        let max_payload = self.max_payload;
         for e in body[IDX_HEADER_LEN..].chunks_exact(IDX_ENTRY_LEN) {
             let addr = &e[IDX_ENTRY_OFF_ADDR..IDX_ENTRY_OFF_OFFSET];
             let addr = u64::from_le_bytes(addr.try_into().unwrap_or([0; 8]));
@@ -698,26 +701,11 @@ impl MmapStore {
             let loc = Loc { seg: id, off };
             // The index says where each record is and what it names, which
             // stays true whatever happens to the record's bytes; whether they
-            // are intact is checked here, so damage is found (and repaired
-            // from peers) at start, not only when some client reads it.
-            let intact = seg
-                .map
-                .get(off as usize..used as usize)
-                .and_then(|src| decode_record(src, seg.nonce, max_payload, seg.format).ok())
-                .is_some_and(|(h, _, _)| h.addr == addr && h.kind == kind);
-            if intact {
-                visit(Recovered::Record { addr, kind, loc });
-            } else {
-                seg.damaged = true;
-                self.report.corrupt += 1;
-                self.report.notes.push(format!(
-                    "segment {id}: damaged record of address {addr} at offset {off} (found through its index); it is read from another replica and rewritten"
-                ));
-                visit(Recovered::Corrupt {
-                    addr: Some(addr),
-                    loc,
-                });
-            }
+            // are intact is checked by the scrub (`Store::scrub`) once the
+            // unit runs, so damage is found (and repaired from peers) without
+            // a client reading it, and a start stays fast.
+            self.unverified.push_back((addr, kind, loc));
+            visit(Recovered::Record { addr, kind, loc });
         }
         visit(Recovered::Meta(seg.meta));
         true
@@ -1245,6 +1233,32 @@ impl Store for MmapStore {
 
     fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    fn scrub(&mut self, budget_bytes: usize) -> Vec<(u64, Loc)> {
+        let mut found = Vec::new();
+        let mut spent = 0;
+        while spent < budget_bytes {
+            let Some((addr, kind, loc)) = self.unverified.pop_front() else {
+                break;
+            };
+            let Some(seg) = self.segs.get_mut(&loc.seg) else {
+                continue; // reclaimed since
+            };
+            let got = seg
+                .map
+                .get(loc.off as usize..seg.used as usize)
+                .and_then(|src| decode_record(src, seg.nonce, self.max_payload, seg.format).ok());
+            match got {
+                Some((h, _, size)) if h.addr == addr && h.kind == kind => spent += size,
+                _ => {
+                    spent += RECORD_HEADER_LEN;
+                    seg.damaged = true;
+                    found.push((addr, loc));
+                }
+            }
+        }
+        found
     }
 
     fn begin_sync(&mut self) -> Option<SyncJob> {

@@ -137,6 +137,14 @@ pub trait Store {
     fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError>;
     /// Largest payload one record may have.
     fn max_payload(&self) -> usize;
+    /// Verifies up to about `budget_bytes` of records that recovery did not
+    /// (those of segments loaded from their index); returns the address and
+    /// place of each one found damaged. Called while the unit runs, a little
+    /// at a time, so damage is found without a client reading it.
+    fn scrub(&mut self, budget_bytes: usize) -> Vec<(u64, Loc)> {
+        let _ = budget_bytes;
+        Vec::new()
+    }
     /// Starts a sync covering every append so far, if any is not yet durable.
     fn begin_sync(&mut self) -> Option<SyncJob>;
     /// Reports the outcome of the job begun last.
