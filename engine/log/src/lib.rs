@@ -655,7 +655,7 @@ impl Log {
                             work.push((unit, deferred));
                         }
                         for it in items.into_iter().filter(|it| it.status != Status::Deferred) {
-                            let it = if it.status == Status::Corrupt {
+                            let it = if unreadable_copy(it.status) {
                                 // A damaged copy at the tail: the chain's other
                                 // replicas hold the same value (it reached the
                                 // tail through them, in chain order).
@@ -694,7 +694,7 @@ impl Log {
     }
 
     /// Reads `addr` from the replicas of its chain other than `bad` (which
-    /// answered `corrupt`), tail first. Returns the first answer that is not
+    /// answered `corrupt` or `io`), tail first. Returns the first answer that is not
     /// `corrupt` or a failure; `unwritten` if no other replica holds it (an
     /// append that reached only the damaged unit), and an error naming the units
     /// when every replica is damaged or unreachable.
@@ -705,12 +705,12 @@ impl Log {
         epoch: u64,
     ) -> Result<ReadItem, LogError> {
         let chain = self.chain(addr)?;
-        let mut why = vec![format!("unit {bad}: corrupt")];
+        let mut why = vec![format!("unit {bad}: corrupt or unreadable")];
         let mut unwritten = None;
         for unit in chain.iter().rev().filter(|u| **u != bad) {
             match self.with_unit(*unit, |c| c.read(epoch, &[addr])) {
                 Ok(mut v) => match v[0].status {
-                    Status::Corrupt => why.push(format!("unit {unit}: corrupt")),
+                    s if unreadable_copy(s) => why.push(format!("unit {unit}: {s}")),
                     Status::Unwritten => unwritten = Some(v.remove(0)),
                     _ => {
                         let good = v.remove(0);
@@ -774,7 +774,7 @@ impl Log {
             let head = chain[0];
             let read = self.with_unit(head, |c| c.read(epoch, &[addr]));
             let found = match read {
-                Ok(v) if v[0].status == Status::Corrupt => {
+                Ok(v) if unreadable_copy(v[0].status) => {
                     // The head's copy is damaged; what it held is on the rest
                     // of the chain if the append got that far.
                     self.read_elsewhere(addr, head, epoch)?
@@ -1338,4 +1338,12 @@ impl Subscription<'_> {
         self.keep_decided(slots);
         Ok(())
     }
+}
+
+/// Whether a read answer says this replica's copy cannot be served — damaged
+/// (`corrupt`) or unreadable (`io`: the device failed to return it) — so the
+/// chain's other replicas are read instead, and the copy is rewritten from
+/// them (`repair`).
+pub(crate) fn unreadable_copy(s: Status) -> bool {
+    matches!(s, Status::Corrupt | Status::Io)
 }

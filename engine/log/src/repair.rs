@@ -23,7 +23,7 @@
 //! restarted) could hold values the log since decided otherwise. Wipe its data
 //! directory to reuse it.
 
-use super::{slot_of, units_of, Log, Slot};
+use super::{slot_of, units_of, unreadable_copy, Log, Slot};
 use crate::env::unit_alive;
 use crate::error::{fail, LogError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -189,7 +189,17 @@ impl Log {
                         continue;
                     }
                     let from = seg.start.max(info.trim_mark);
-                    let end = seg.end.min(info.tail);
+                    // Up to the chain's tail, not only this unit's: a unit
+                    // that lost its last entries (a segment cut short, its
+                    // newest records gone) has a lower tail than its chain,
+                    // and answers `corrupt` above it until they are copied.
+                    let chain_tail = chain
+                        .iter()
+                        .filter(|u| **u != id)
+                        .filter_map(|u| self.with_unit(*u, |c| c.info()).ok())
+                        .map(|i| i.tail)
+                        .fold(info.tail, u64::max);
+                    let end = seg.end.min(chain_tail);
                     let mut a = from + (stripe as u64 + n - from % n) % n;
                     while a < end {
                         let addrs: Vec<u64> = (0..BATCH as u64)
@@ -207,7 +217,7 @@ impl Log {
                             .iter()
                             .find(|it| it.status == Status::Deferred)
                             .map(|it| it.addr);
-                        for it in items.iter().filter(|it| it.status == Status::Corrupt) {
+                        for it in items.iter().filter(|it| unreadable_copy(it.status)) {
                             if let Err(e) = self.read_elsewhere(it.addr, id, epoch) {
                                 progress(&format!("unit {id}: {e}"));
                             }
@@ -636,7 +646,7 @@ impl Log {
         {
             // A damaged copy on the source: read it from the chain's other
             // replicas (which also rewrites the source's copy).
-            let it = if it.status == Status::Corrupt {
+            let it = if unreadable_copy(it.status) {
                 self.read_elsewhere(it.addr, source, epoch)?
             } else {
                 it

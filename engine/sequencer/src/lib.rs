@@ -424,12 +424,31 @@ impl Service for SequencerService {
 
 /// Seals every storage unit of the projection at `epoch`; returns the highest
 /// tail they report.
+///
+/// A unit that refuses the seal as `full` has no room for even a seal record
+/// (its disk was full before it could set aside its `META` file): it can
+/// record no write at any epoch either (an entry needs more room than a
+/// seal), so it needs no fence, and refusing the takeover for it would stop
+/// every append. Its tail (from `info`) still counts; it is passed over with
+/// a warning, and clients take it out of its chains when it answers `full`.
 fn seal_all(env: &mut dyn Env, units: &[(u64, String)], epoch: u64) -> Result<u64, String> {
     let mut tail = 0;
     for (id, addr) in units {
-        let r = At(&mut *env, addr)
-            .seal(epoch)
-            .map_err(|e| format!("unit {id} at {addr}: {e}"))?;
+        let r = match At(&mut *env, addr).seal(epoch) {
+            Ok(r) => r,
+            Err(e) if e.code() == Some(ErrorCode::Full) => {
+                let info = At(&mut *env, addr)
+                    .info()
+                    .map_err(|e| format!("unit {id} at {addr}: {e}"))?;
+                trex_net::log_line!(
+                    "WARN",
+                    "unit {id} at {addr} is full and cannot record the seal at epoch {epoch} ({e}); it cannot record any write either, so the takeover goes on without sealing it; free space on it and restart it"
+                );
+                tail = tail.max(info.tail);
+                continue;
+            }
+            Err(e) => return Err(format!("unit {id} at {addr}: {e}")),
+        };
         if r.sealed_epoch > epoch {
             return Err(format!(
                 "unit {id} is already sealed at epoch {} (a newer sequencer?)",

@@ -838,12 +838,20 @@ impl World {
                     _ => None,
                 };
                 let mut store = store?;
-                // A damaged record: flipped before recovery reads it.
+                // A damaged record: flipped before recovery reads it; or
+                // (odd addresses) a record the device fails to read back (EIO
+                // on every read, the bytes intact: a bad sector).
                 if self.faulty && self.rng.chance(self.faults.damage) {
                     if let Some(a) = self.damage_candidate(&addr, &store) {
-                        if store.corrupt_payload(a) {
+                        let done = if a % 2 == 1 {
+                            store.fail_reads(a)
+                        } else {
+                            store.corrupt_payload(a)
+                        };
+                        if done {
                             if self.debug {
-                                eprintln!("damage address {a} on {addr}");
+                                let how = if a % 2 == 1 { "read errors" } else { "damage" };
+                                eprintln!("{how} at address {a} on {addr}");
                             }
                             self.damaged.insert(addr.clone());
                             self.report.damaged_records += 1;

@@ -10,7 +10,7 @@
 
 use crate::index::Index;
 use crate::storage::{
-    AppendError, Appended, Kind, Loc, Meta, RecordHead, Recovered, Store, SyncJob,
+    AppendError, Appended, Kind, Loc, Meta, ReadError, RecordHead, Recovered, Store, SyncJob,
 };
 use std::collections::VecDeque;
 use trex_net::metrics::BuildInfo;
@@ -62,6 +62,11 @@ pub struct RecoveryStats {
     pub corrupt: u64,
     /// Records naming an address already indexed (the last one read wins).
     pub duplicates: u64,
+    /// Damaged records whose header is damaged too (counted in `corrupt`):
+    /// their address is unknown.
+    pub unattributed: u64,
+    /// Damaged seal/trim records (not counted in `corrupt`: no entry is lost).
+    pub corrupt_meta: u64,
 }
 
 /// What a unit has stored since it opened (monotonic; for metrics).
@@ -90,12 +95,21 @@ pub struct Unit<S: Store> {
     entries: u64,
     junk: u64,
     corrupt: u64,
+    /// Damaged records of unknown address (their header is damaged): while
+    /// there are any, an address the unit holds no record of may be one it
+    /// acknowledged, so it answers `corrupt` (the client reads another
+    /// replica, and read repair copies the value here), never `unwritten`.
+    unattributed: u64,
     appended_lsn: u64,
     durable_lsn: u64,
     syncing: bool,
     poisoned: Option<String>,
     /// The last append failed for lack of space and none succeeded since.
     full: bool,
+    /// The highest seal refused for lack of room to record it: not durable
+    /// (so not acknowledged), but requests below it are refused while the
+    /// unit runs.
+    unrecorded_seal: u64,
     pending: VecDeque<Pending>,
     ready: VecDeque<Reply>,
     statuses: Vec<Status>,
@@ -125,16 +139,20 @@ impl<S: Store> Unit<S> {
             }
             Recovered::Corrupt { addr, loc } => {
                 stats.corrupt += 1;
-                if let Some(addr) = addr {
-                    let slot = Slot {
-                        loc,
-                        lsn: 0,
-                        kind: Kind::Data,
-                        corrupt: true,
-                    };
-                    index.insert_if_absent(addr, slot);
+                match addr {
+                    Some(addr) => {
+                        let slot = Slot {
+                            loc,
+                            lsn: 0,
+                            kind: Kind::Data,
+                            corrupt: true,
+                        };
+                        index.insert_if_absent(addr, slot);
+                    }
+                    None => stats.unattributed += 1,
                 }
             }
+            Recovered::CorruptMeta { .. } => stats.corrupt_meta += 1,
             Recovered::Meta(m) => meta = meta.max(m),
         })?;
         index.retain(|addr, _| addr >= meta.trim_mark);
@@ -156,13 +174,15 @@ impl<S: Store> Unit<S> {
                 .filter(|s| s.kind == Kind::Data && !s.corrupt)
                 .count() as u64,
             junk: index.values().filter(|s| s.kind == Kind::Junk).count() as u64,
-            corrupt: stats.corrupt,
+            corrupt: stats.corrupt - stats.unattributed,
+            unattributed: stats.unattributed,
             index,
             appended_lsn: 0,
             durable_lsn: 0,
             syncing: false,
             poisoned: None,
             full: false,
+            unrecorded_seal: 0,
             pending: VecDeque::new(),
             ready: VecDeque::new(),
             statuses: Vec::new(),
@@ -246,7 +266,7 @@ impl<S: Store> Unit<S> {
             tail: self.tail,
             entries: self.entries,
             junk: self.junk,
-            corrupt: self.corrupt,
+            corrupt: self.corrupt + self.unattributed,
             segments: s.segments,
             flags,
             segment_size_bytes: s.segment_size_bytes,
@@ -299,10 +319,11 @@ impl<S: Store> Unit<S> {
             }
         };
         let fenced = !matches!(request, Request::Seal { .. } | Request::Info);
-        if fenced && header.epoch < self.meta.sealed_epoch {
+        if fenced && header.epoch < self.meta.sealed_epoch.max(self.unrecorded_seal) {
             let msg = format!(
                 "epoch {} is sealed; the unit is at epoch {}: refresh the layout and retry",
-                header.epoch, self.meta.sealed_epoch
+                header.epoch,
+                self.meta.sealed_epoch.max(self.unrecorded_seal)
             );
             self.refuse(to, header, ErrorCode::SealedEpoch, &msg, false);
             return true;
@@ -409,9 +430,13 @@ impl<S: Store> Unit<S> {
             return match self.store.read(slot.loc) {
                 Ok((h, p)) if h.writer == writer && h.seq == seq && p == data => (Status::Ok, tag),
                 Ok(_) => (Status::Written, tag),
-                Err(_) => {
+                Err(ReadError::Corrupt(_)) => {
                     self.mark_corrupt(addr);
                     (Status::Corrupt, 0)
+                }
+                Err(ReadError::Io { .. }) => {
+                    self.mark_corrupt(addr);
+                    (Status::Io, 0)
                 }
             };
         }
@@ -498,6 +523,33 @@ impl<S: Store> Unit<S> {
         }
     }
 
+    /// Verifies about `budget_bytes` more of the records recovery took from
+    /// an index unread ([`Store::scrub`]); each one found damaged answers
+    /// `corrupt` from now on (and counts in `info`, so the repair loop
+    /// rewrites it from another replica). Returns how many were found.
+    pub fn scrub(&mut self, budget_bytes: usize) -> usize {
+        let mut n = 0;
+        for (addr, loc) in self.store.scrub(budget_bytes) {
+            // Only if the index still points there (a repair may have
+            // replaced it, a trim removed it).
+            if self
+                .index
+                .get(addr)
+                .is_some_and(|s| s.loc == loc && !s.corrupt)
+            {
+                trex_net::log_line!(
+                    "WARN",
+                    "scrub: the record of address {addr} (segment {}, offset {}) is damaged; it answers corrupt and the repair loop rewrites it from another replica",
+                    loc.seg,
+                    loc.off
+                );
+                self.mark_corrupt(addr);
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn mark_corrupt(&mut self, addr: u64) {
         if let Some(slot) = self.index.get_mut(addr) {
             if !slot.corrupt {
@@ -523,6 +575,11 @@ impl<S: Store> Unit<S> {
                 _ if addr < self.meta.trim_mark => {
                     tag = tag.max(self.trimmed_tag(addr));
                     b.status(&mut frame, addr, Status::Trimmed);
+                    continue;
+                }
+                None if self.unattributed > 0 => {
+                    // Maybe the address of a record whose header is damaged.
+                    b.status(&mut frame, addr, Status::Corrupt);
                     continue;
                 }
                 None => {
@@ -551,6 +608,15 @@ impl<S: Store> Unit<S> {
                             };
                             b.entry(&mut frame, addr, e);
                         }
+                    }
+                    Err(ReadError::Io { why, .. }) => {
+                        // The device failed to return it: answered `io`
+                        // (read another replica), and from now on treated as
+                        // damaged, so repair rewrites it elsewhere (away from
+                        // a bad sector).
+                        trex_net::log_line!("WARN", "read of address {addr} failed: {why}; answered io, the copy is rewritten from another replica by repair");
+                        bad.push(addr);
+                        b.status(&mut frame, addr, Status::Io);
                     }
                     _ => {
                         bad.push(addr);
@@ -642,7 +708,15 @@ impl<S: Store> Unit<S> {
                     reply.sealed = true;
                     reply.sealed_epoch = epoch;
                 }
-                Err((code, msg)) => return self.refuse(to, header, code, &msg, false),
+                Err((code, msg)) => {
+                    if code == ErrorCode::Full {
+                        // Not durable, so not acknowledged; but while it runs
+                        // the unit refuses the older epoch all the same (it
+                        // may get room again before a seal can be recorded).
+                        self.unrecorded_seal = self.unrecorded_seal.max(epoch);
+                    }
+                    return self.refuse(to, header, code, &msg, false);
+                }
             }
         }
         self.respond(to, header, tag, |out| wire::encode_seal_reply(out, &reply));

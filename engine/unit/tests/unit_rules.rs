@@ -148,7 +148,7 @@ fn a_corrupt_record_is_never_served() {
     sync(&mut u);
     replies(&mut u);
     let mut store = u.into_store();
-    assert!(store.corrupt(3));
+    assert!(store.corrupt_payload(3));
     let (mut u, stats) = Unit::open(store, UnitConfig::default()).unwrap();
     assert_eq!(stats.corrupt, 1, "recovery reports the damage");
     send(&mut u, 2, Opcode::Read, 0, |b| {
@@ -165,6 +165,49 @@ fn a_corrupt_record_is_never_served() {
         st,
         vec![Status::Corrupt],
         "a corrupt address is not silently overwritten"
+    );
+}
+
+/// A record whose header is damaged names no address anyone may believe
+/// (a flipped address bit once moved a unit's tail to 2^62): the unit's tail
+/// ignores it, and every address the unit holds no record of answers
+/// `corrupt` — it may be the lost one — so a reader asks another replica
+/// rather than trusting `unwritten`. Intact records are still served.
+#[test]
+fn a_record_with_a_damaged_header_is_trusted_for_nothing() {
+    let mut u = unit();
+    write(&mut u, 1, 2, b"before");
+    write(&mut u, 2, 3, b"precious");
+    write(&mut u, 3, 4, b"after");
+    sync(&mut u);
+    replies(&mut u);
+    let mut store = u.into_store();
+    assert!(
+        store.corrupt(3),
+        "the flip lands in the header of 3's record"
+    );
+    let (mut u, stats) = Unit::open(store, UnitConfig::default()).unwrap();
+    assert_eq!((stats.corrupt, stats.unattributed), (1, 1));
+    assert_eq!(u.tail(), 5, "the damaged header does not move the tail");
+    assert_eq!(u.info().corrupt, 1, "info counts it");
+    send(&mut u, 9, Opcode::Read, 0, |b| {
+        wire::encode_addr_list(b, &[2, 3, 4, 7])
+    });
+    let r = replies(&mut u);
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    let got: Vec<(u64, Status)> = wire::decode_read_reply(f.body)
+        .unwrap()
+        .iter()
+        .map(|x| (x.addr, x.status))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, Status::Ok),
+            (3, Status::Corrupt),
+            (4, Status::Ok),
+            (7, Status::Corrupt)
+        ]
     );
 }
 
@@ -188,6 +231,90 @@ fn full_store_answers_full_and_keeps_serving() {
     };
     assert_eq!((st(&r[0]), st(&r[1])), (Status::Ok, Status::Full));
     assert!(u.poisoned().is_none(), "full is not a failure");
+}
+
+/// A seal the unit has no room to record is refused (`full`: it is not
+/// durable, so not acknowledged), yet while the unit runs requests below that
+/// epoch are refused: room could come back before a seal can be recorded, and
+/// a write at the old epoch must not get in meanwhile.
+#[test]
+fn a_seal_refused_for_lack_of_room_still_fences_while_the_unit_runs() {
+    let mut store = MemStore::new();
+    store.capacity = Some(1);
+    let (mut u, _) = Unit::open(store, UnitConfig::default()).unwrap();
+    write(&mut u, 1, 0, b"a");
+    sync(&mut u);
+    replies(&mut u);
+    send(&mut u, 2, Opcode::Seal, 0, |b| wire::encode_u64(b, 5));
+    sync(&mut u);
+    let r = replies(&mut u);
+    assert_eq!(error_code(&r[0]), Some(ErrorCode::Full), "not recorded");
+    u.store_mut().capacity = None; // room again
+    send(&mut u, 3, Opcode::Fill, 4, |b| {
+        wire::encode_addr_list(b, &[1])
+    });
+    sync(&mut u);
+    let r = replies(&mut u);
+    assert_eq!(
+        error_code(&r[0]),
+        Some(ErrorCode::SealedEpoch),
+        "epoch 4 is fenced"
+    );
+}
+
+/// Runtime I/O errors. A read the device fails answers `io` for that address
+/// (the client reads another replica); the copy then counts as damaged, so a
+/// `repair` (read repair, the repair loop) rewrites it elsewhere and it reads
+/// again. A failed write poisons the unit: `io`, and no write after it.
+#[test]
+fn a_failed_read_answers_io_and_a_failed_write_poisons() {
+    let mut u = unit();
+    write(&mut u, 1, 3, b"precious");
+    write(&mut u, 2, 4, b"other");
+    sync(&mut u);
+    replies(&mut u);
+    assert!(u.store_mut().fail_reads(3));
+    let read = |u: &mut Unit<MemStore>, id| {
+        send(u, id, Opcode::Read, 0, |b| {
+            wire::encode_addr_list(b, &[3, 4])
+        });
+        sync(u);
+        let r = replies(u);
+        let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+        wire::decode_read_reply(f.body)
+            .unwrap()
+            .iter()
+            .map(|x| x.status)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read(&mut u, 3), vec![Status::Io, Status::Ok]);
+    assert_eq!(
+        u.info().corrupt,
+        1,
+        "counted, so the repair loop rewrites it"
+    );
+    assert!(u.poisoned().is_none(), "a failed read does not poison");
+    let op = wire::WriteOp {
+        addr: 3,
+        writer: 1,
+        seq: 3,
+        data: b"precious",
+    };
+    send(&mut u, 5, Opcode::Repair, 0, |b| {
+        wire::encode_write_request(b, &[op])
+    });
+    sync(&mut u);
+    replies(&mut u);
+    assert_eq!(read(&mut u, 6), vec![Status::Ok, Status::Ok], "rewritten");
+    assert_eq!(u.info().corrupt, 0);
+    u.store_mut().failing_writes = true;
+    write(&mut u, 7, 5, b"lost");
+    sync(&mut u);
+    let r = replies(&mut u);
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    let st: Vec<Status> = wire::decode_status_list(f.body).unwrap().iter().collect();
+    assert_eq!(st, vec![Status::Io]);
+    assert!(u.poisoned().is_some(), "a failed write poisons the unit");
 }
 
 #[test]

@@ -489,11 +489,15 @@ impl Report {
                     i.trim_mark,
                     i.sealed_epoch,
                     if i.flags & INFO_POISONED != 0 {
-                        "poisoned"
+                        "poisoned".to_string()
                     } else if i.flags & INFO_FULL != 0 {
-                        "full"
+                        "full".to_string()
+                    } else if i.corrupt > 0 {
+                        // Damaged records, rewritten from the other replicas
+                        // by the repair loop (docs/storage.md, Recovery).
+                        format!("damaged {}", i.corrupt)
                     } else {
-                        "ok"
+                        "ok".to_string()
                     },
                     version_text(u.build.as_ref())
                 ),

@@ -384,7 +384,7 @@ fn explain(status: Status) -> &'static str {
         Status::Unwritten => "unwritten: nothing is stored at this address",
         Status::Trimmed => "trimmed: the address is below the trim mark",
         Status::Full => "full: the unit has no room; trim the log or add space",
-        Status::Io => "io: the unit failed to write and is poisoned; restart it",
+        Status::Io => "io: an I/O error; for a read, read another replica (repair rewrites this copy); after a failed write the unit is poisoned: restart it",
         Status::Corrupt => "corrupt: the stored record fails its checksum; read another replica",
         Status::TooLarge => "too-large: the entry exceeds the unit's limit",
         Status::Deferred => "deferred: the reply was full; ask again for this address",

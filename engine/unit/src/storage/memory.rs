@@ -1,12 +1,12 @@
 //! An in-memory [`Store`] for tests and the deterministic simulator. It keeps
 //! encoded records exactly as the disk store does, so checksums are real, and it
 //! can (a) lose every record not covered by a completed sync, as a power loss
-//! would, and (b) corrupt chosen records.
+//! would, (b) corrupt chosen records, and (c) fail reads of chosen addresses
+//! and every append, as a failing device would (EIO).
 
-use super::record::{decode_record, encode_record, record_size};
+use super::record::{decode_record, encode_record, record_size, Format};
 use super::{
-    AppendError, Appended, CorruptRecord, Kind, Loc, RecordHead, Recovered, Store, StoreStats,
-    SyncJob,
+    AppendError, Appended, Kind, Loc, ReadError, RecordHead, Recovered, Store, StoreStats, SyncJob,
 };
 
 const NONCE: u64 = 0x7472_6578_6d65_6d00;
@@ -27,6 +27,11 @@ pub struct MemStore {
     /// for them outside its data space (`mmap.rs`, the `META` file): a full
     /// unit can always be fenced.
     pub budget_bytes: Option<u64>,
+    /// Records (by index) whose reads fail with an I/O error, as a bad
+    /// sector's would: see [`MemStore::fail_reads`].
+    failing_reads: std::collections::BTreeSet<usize>,
+    /// Every append fails with an I/O error (a device that fails writes).
+    pub failing_writes: bool,
 }
 
 impl MemStore {
@@ -48,7 +53,7 @@ impl MemStore {
     /// there is none.
     pub fn corrupt(&mut self, addr: u64) -> bool {
         for r in self.records.iter_mut().rev().flatten() {
-            if let Ok((h, _, _)) = decode_record(r, NONCE, usize::MAX) {
+            if let Ok((h, _, _)) = decode_record(r, NONCE, usize::MAX, Format::V2) {
                 if h.addr == addr && h.kind != Kind::Meta {
                     let last = r.len() - 1;
                     r[last / 2] ^= 0x40;
@@ -60,21 +65,41 @@ impl MemStore {
     }
 
     /// Flips one byte of the newest record that names `addr`, inside what the
-    /// checksum covers but outside the fields that name the record: a payload
-    /// byte, or the writer id of a record without payload. Recovery then sees
+    /// record checksum covers but outside the header (whose own checksum would
+    /// then fail, leaving the record unattributed): a payload byte, or the
+    /// record checksum of a record without payload. Recovery then sees
     /// a record of `addr` failing its checksum (unlike [`MemStore::corrupt`],
     /// whose flip may land in the header and leave the record unattributed).
     /// Returns false if there is none.
     pub fn corrupt_payload(&mut self, addr: u64) -> bool {
         for r in self.records.iter_mut().rev().flatten() {
-            if let Ok((h, p, _)) = decode_record(r, NONCE, usize::MAX) {
+            if let Ok((h, p, _)) = decode_record(r, NONCE, usize::MAX, Format::V2) {
                 if h.addr == addr && h.kind != Kind::Meta {
+                    // (Without payload: the record checksum itself, which the
+                    // header checksum does not cover.)
                     let at = if p.is_empty() {
-                        16
+                        1
                     } else {
                         super::record::RECORD_HEADER_LEN + p.len() / 2
                     };
                     r[at] ^= 0x40;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Makes reads of the newest record that names `addr` fail with an I/O
+    /// error from now on, as a bad sector would: the bytes stay intact, the
+    /// device just does not return them; a record written again (elsewhere)
+    /// reads fine. Returns false if there is none.
+    pub fn fail_reads(&mut self, addr: u64) -> bool {
+        for (i, r) in self.records.iter().enumerate().rev() {
+            let Some(r) = r else { continue };
+            if let Ok((h, _, _)) = decode_record(r, NONCE, usize::MAX, Format::V2) {
+                if h.addr == addr && h.kind != Kind::Meta {
+                    self.failing_reads.insert(i);
                     return true;
                 }
             }
@@ -93,7 +118,7 @@ impl MemStore {
         let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::new();
         for r in self.records.iter().flatten() {
-            let h = match decode_record(r, NONCE, usize::MAX) {
+            let h = match decode_record(r, NONCE, usize::MAX, Format::V2) {
                 Ok((h, _, _)) => h,
                 Err(super::record::Invalid::BadChecksum(h)) => h,
                 Err(_) => continue,
@@ -119,13 +144,16 @@ impl Store for MemStore {
                 seg: 0,
                 off: i as u32,
             };
-            match decode_record(r, NONCE, self.max_payload) {
+            match decode_record(r, NONCE, self.max_payload, Format::V2) {
                 Ok((h, _, _)) if h.kind == Kind::Meta => visit(Recovered::Meta(h.as_meta())),
                 Ok((h, _, _)) => visit(Recovered::Record {
                     addr: h.addr,
                     kind: h.kind,
                     loc,
                 }),
+                Err(super::record::Invalid::BadChecksum(h)) if h.kind == Kind::Meta => {
+                    visit(Recovered::CorruptMeta { loc })
+                }
                 Err(super::record::Invalid::BadChecksum(h)) => visit(Recovered::Corrupt {
                     addr: Some(h.addr),
                     loc,
@@ -138,6 +166,9 @@ impl Store for MemStore {
     }
 
     fn append(&mut self, head: &RecordHead, payload: &[u8]) -> Result<Appended, AppendError> {
+        if self.failing_writes {
+            return Err(AppendError::Io("injected write error (EIO)".into()));
+        }
         if self.capacity.is_some_and(|c| self.records.len() >= c) {
             return Err(AppendError::Full("memory store at capacity".into()));
         }
@@ -162,14 +193,18 @@ impl Store for MemStore {
         })
     }
 
-    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord> {
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError> {
         let rec = self
             .records
             .get(loc.off as usize)
             .and_then(|r| r.as_deref());
-        match rec.map(|r| decode_record(r, NONCE, self.max_payload)) {
+        match rec.map(|r| decode_record(r, NONCE, self.max_payload, Format::V2)) {
+            Some(Ok(_)) if self.failing_reads.contains(&(loc.off as usize)) => Err(ReadError::Io {
+                loc,
+                why: "injected read error (EIO)".into(),
+            }),
             Some(Ok((h, p, _))) => Ok((h, p)),
-            _ => Err(CorruptRecord(loc)),
+            _ => Err(ReadError::Corrupt(loc)),
         }
     }
 
@@ -201,7 +236,7 @@ impl Store for MemStore {
         for r in self.records[..self.synced].iter_mut() {
             let below = r
                 .as_deref()
-                .and_then(|b| decode_record(b, NONCE, usize::MAX).ok())
+                .and_then(|b| decode_record(b, NONCE, usize::MAX, Format::V2).ok())
                 .is_some_and(|(h, _, _)| h.kind != Kind::Meta && h.addr < trim_mark);
             if below {
                 *r = None;

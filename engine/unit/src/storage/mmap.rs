@@ -9,16 +9,17 @@
 //!   newest segment always knows them even after older ones are reclaimed.
 //! - `NNNNNNNNNN.idx` — the index of a full segment (addresses, offsets, kinds and
 //!   the segment's newest meta), written once the segment's data is durable.
-//!   At open, a segment with a valid index is not scanned; the rest are scanned
-//!   record by record. An index is only a cache: it carries its own checksum, and
-//!   a missing or damaged one just means a scan.
+//!   At open, a segment with a valid index is not scanned (each record it names
+//!   is verified later by the scrub, [`Store::scrub`], and attributed to the
+//!   index's address if damaged); the rest are scanned record by record. An index is only a cache: it carries its own
+//!   checksum, and a missing or damaged one just means a scan.
 //!
 //! Segment header (all integers little-endian):
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic    b"TRXS"
-//!      4    4 version  1
+//!      4    4 version  2 (1: records without a header checksum; read, never appended to)
 //!      8    8 id       the segment's id (also its file name)
 //!     16    8 nonce    random, seeds every record checksum of this segment
 //!     24    8 size     bytes in the file
@@ -44,12 +45,14 @@
 //! ```
 //!
 //! The sealed epoch and trim mark are meta records (see [`super::record`]), and
-//! an index carries its segment's newest. When a meta record fits neither the
-//! newest segment nor a new one (the disk is full and the room kept at the end
-//! of each segment, [`META_RESERVE`], is used up by earlier seals), it goes to
-//! the `META` file instead: created and preallocated at open, two 64-byte slots
-//! written in turn and `fdatasync`ed at once, so a seal (the fence of P5) can
-//! always be recorded on a full unit:
+//! an index carries its segment's newest. Every one is also written to the
+//! `META` file, durably before the append returns, so a damaged last record
+//! cannot take a seal back; when a meta record fits neither the newest segment
+//! nor a new one (the disk is full and the room kept at the end of each
+//! segment, [`META_RESERVE`], is used up by earlier seals), `META` alone holds
+//! it. It is created and preallocated at open, two 64-byte slots written in
+//! turn and `fdatasync`ed at once, so a seal (the fence of P5) can always be
+//! recorded, even on a full unit:
 //!
 //! ```text
 //! offset size field
@@ -70,11 +73,11 @@
 //! directory lock keeps a second process from touching them.
 
 use super::record::{
-    decode_record, encode_record, record_size, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
+    decode_record, encode_record, record_size, Format, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 use super::{
-    AppendError, Appended, CorruptRecord, Kind, Loc, Meta, RecordHead, Recovered, Store,
-    StoreStats, SyncJob,
+    AppendError, Appended, Kind, Loc, Meta, ReadError, RecordHead, Recovered, Store, StoreStats,
+    SyncJob,
 };
 use memmap2::MmapMut;
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,8 +91,13 @@ use trex_net::sync::{Damage, RecoveryMode};
 /// Size of a segment file header.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 const SEG_MAGIC: &[u8; 4] = b"TRXS";
-/// The segment and index format this code writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The segment format this code writes: 2 (records carry a header checksum,
+/// `record.rs`). Format 1 segments are still read, never appended to.
+const SEG_VERSION: u32 = 2;
+/// The format of index files (`.idx`).
+const IDX_VERSION: u32 = 1;
+/// The format of `META` slots.
+const META_VERSION: u32 = 1;
 
 /// Segment header: the magic, so a foreign file is refused.
 const SEG_OFF_MAGIC: usize = 0;
@@ -186,14 +194,18 @@ const META_OFF_VERSION: usize = 4;
 const META_OFF_GEN: usize = 8;
 const META_OFF_SEALED_EPOCH: usize = 16;
 const META_OFF_TRIM_MARK: usize = 24;
-const META_OFF_RESERVED: usize = 32;
+/// The lowest segment id that must exist (older ones were reclaimed); 0:
+/// unknown (no segment yet, or a slot written before this field existed).
+const META_OFF_FIRST_SEGMENT: usize = 32;
+const META_OFF_RESERVED: usize = 40;
 const META_OFF_CRC: usize = 60;
 const _: () = assert!(META_OFF_MAGIC + META_MAGIC.len() == META_OFF_VERSION);
 const _: () = assert!(META_OFF_VERSION + 4 == META_OFF_GEN);
 const _: () = assert!(META_OFF_GEN + 8 == META_OFF_SEALED_EPOCH);
 const _: () = assert!(META_OFF_SEALED_EPOCH + 8 == META_OFF_TRIM_MARK);
-const _: () = assert!(META_OFF_TRIM_MARK + 8 == META_OFF_RESERVED);
-const _: () = assert!(META_OFF_RESERVED + 28 == META_OFF_CRC);
+const _: () = assert!(META_OFF_TRIM_MARK + 8 == META_OFF_FIRST_SEGMENT);
+const _: () = assert!(META_OFF_FIRST_SEGMENT + 8 == META_OFF_RESERVED);
+const _: () = assert!(META_OFF_RESERVED + 20 == META_OFF_CRC);
 const _: () = assert!(META_OFF_CRC + 4 == META_SLOT_LEN);
 const _: () = assert!(2 * META_SLOT_LEN as u64 <= META_FILE_LEN);
 /// How a scan tells a torn tail from corruption; corruption is skipped and
@@ -230,6 +242,8 @@ struct Segment {
     file: Arc<File>,
     map: MmapMut,
     nonce: u64,
+    /// Its record format (format 1 segments are never appended to).
+    format: Format,
     size: u32,
     used: u32,
     max_addr: Option<u64>,
@@ -244,11 +258,12 @@ struct Segment {
 
 impl Segment {
     /// A segment with nothing scanned or appended yet.
-    fn new(file: File, map: MmapMut, nonce: u64, size: u64) -> Segment {
+    fn new(file: File, map: MmapMut, nonce: u64, size: u64, format: Format) -> Segment {
         Segment {
             file: Arc::new(file),
             map,
             nonce,
+            format,
             size: size as u32,
             used: SEGMENT_HEADER_LEN as u32,
             max_addr: None,
@@ -279,6 +294,18 @@ pub struct MmapStore {
     meta_file: Option<File>,
     /// Generation of the newest slot written to it.
     meta_gen: u64,
+    /// The newest segment, all zeros, removed at open (its creation never
+    /// completed): not missing.
+    removed_incomplete: Option<u32>,
+    /// Newest segments found cut short at open (and extended again).
+    cut: Vec<u32>,
+    /// Records of indexed segments not yet verified by the scrub (see
+    /// `Store::scrub`).
+    unverified: std::collections::VecDeque<(u64, Kind, Loc)>,
+    /// Segments that cannot be used (a damaged header; an older segment cut
+    /// short), and why: left in place, never read or written, their entries
+    /// come from other replicas (see `recover`).
+    set_aside: Vec<(u32, String)>,
     /// What `open` and `recover` found.
     pub report: OpenReport,
 }
@@ -312,28 +339,33 @@ fn random_nonce() -> u64 {
 fn encode_seg_header(id: u32, nonce: u64, size: u64) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[SEG_OFF_MAGIC..SEG_OFF_VERSION].copy_from_slice(SEG_MAGIC);
-    h[SEG_OFF_VERSION..SEG_OFF_ID].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[SEG_OFF_VERSION..SEG_OFF_ID].copy_from_slice(&SEG_VERSION.to_le_bytes());
     h[SEG_OFF_ID..SEG_OFF_NONCE].copy_from_slice(&u64::from(id).to_le_bytes());
     h[SEG_OFF_NONCE..SEG_OFF_SIZE].copy_from_slice(&nonce.to_le_bytes());
     h[SEG_OFF_SIZE..SEG_OFF_RESERVED].copy_from_slice(&size.to_le_bytes());
     let crc = crc32fast::hash(&h[..SEG_OFF_CRC]);
     h[SEG_OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(decode_seg_header(&h, id), Some((nonce, size)));
+    debug_assert_eq!(decode_seg_header(&h, id), Some((nonce, size, Format::V2)));
     h
 }
 
-/// Returns the nonce and size of a valid segment header for segment `id`.
-fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64)> {
+/// Returns the nonce, size and record format of a valid segment header for
+/// segment `id`.
+fn decode_seg_header(h: &[u8], id: u32) -> Option<(u64, u64, Format)> {
     let h = h.get(..SEGMENT_HEADER_LEN)?;
     let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
     let crc = u32::from_le_bytes(h[SEG_OFF_CRC..].try_into().ok()?);
     let size = u64_at(SEG_OFF_SIZE);
+    let format = match u32::from_le_bytes(h[SEG_OFF_VERSION..SEG_OFF_ID].try_into().ok()?) {
+        1 => Format::V1,
+        SEG_VERSION => Format::V2,
+        _ => return None,
+    };
     let ok = &h[SEG_OFF_MAGIC..SEG_OFF_VERSION] == SEG_MAGIC
-        && h[SEG_OFF_VERSION..SEG_OFF_ID] == FORMAT_VERSION.to_le_bytes()
         && u64_at(SEG_OFF_ID) == u64::from(id)
         && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size)
         && crc == crc32fast::hash(&h[..SEG_OFF_CRC]);
-    ok.then(|| (u64_at(SEG_OFF_NONCE), size))
+    ok.then(|| (u64_at(SEG_OFF_NONCE), size, format))
 }
 
 /// Whether a segment file holds nothing but zeros (its creation never got as far
@@ -356,36 +388,63 @@ fn never_written(path: &Path, len: u64) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Whether the bytes `[off, end)` of a segment, a record that fails
+/// verification, could be a write cut short by a crash rather than damage of a
+/// complete record. A record is encoded front to back with its checksum last,
+/// and pages reach the disk whole or not at all (a page written back while
+/// the record was being encoded holds a prefix of it, then zeros): so a torn
+/// record has a zero checksum, or some page of it ends in zeros. A complete
+/// record with a flipped bit, a junk block or a wrong length has neither
+/// (its 8-byte padding always includes a non-zero byte of the record).
+fn could_be_torn(seg: &[u8], off: usize, end: usize) -> bool {
+    const PAGE: usize = 4096;
+    let end = end.min(seg.len());
+    if seg[off..off + 4].iter().all(|b| *b == 0) {
+        return true;
+    }
+    let pages = (off / PAGE + 1..)
+        .map(|p| p * PAGE)
+        .take_while(|b| *b < end)
+        .chain(std::iter::once(end));
+    pages
+        .into_iter()
+        .any(|b| seg[b.saturating_sub(8).max(off)..b].iter().all(|x| *x == 0))
+}
+
 fn fsync_dir(dir: &File) -> io::Result<()> {
     dir.sync_all()
 }
 
-fn encode_meta_slot(gen: u64, m: Meta) -> [u8; META_SLOT_LEN] {
+fn encode_meta_slot(gen: u64, m: Meta, first_segment: u32) -> [u8; META_SLOT_LEN] {
     let mut b = [0u8; META_SLOT_LEN];
     b[META_OFF_MAGIC..META_OFF_VERSION].copy_from_slice(META_MAGIC);
-    b[META_OFF_VERSION..META_OFF_GEN].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[META_OFF_VERSION..META_OFF_GEN].copy_from_slice(&META_VERSION.to_le_bytes());
     b[META_OFF_GEN..META_OFF_SEALED_EPOCH].copy_from_slice(&gen.to_le_bytes());
     b[META_OFF_SEALED_EPOCH..META_OFF_TRIM_MARK].copy_from_slice(&m.sealed_epoch.to_le_bytes());
-    b[META_OFF_TRIM_MARK..META_OFF_RESERVED].copy_from_slice(&m.trim_mark.to_le_bytes());
+    b[META_OFF_TRIM_MARK..META_OFF_FIRST_SEGMENT].copy_from_slice(&m.trim_mark.to_le_bytes());
+    b[META_OFF_FIRST_SEGMENT..META_OFF_RESERVED]
+        .copy_from_slice(&u64::from(first_segment).to_le_bytes());
     let crc = crc32fast::hash(&b[..META_OFF_CRC]);
     b[META_OFF_CRC..].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// The generation and meta of a valid slot of the `META` file.
-fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta)> {
+/// The generation, meta and first segment id (0: unknown) of a valid slot
+/// of the `META` file.
+fn decode_meta_slot(b: &[u8]) -> Option<(u64, Meta, u32)> {
     let b = b.get(..META_SLOT_LEN)?;
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
     let crc = u32::from_le_bytes(b[META_OFF_CRC..].try_into().ok()?);
     let ok = &b[META_OFF_MAGIC..META_OFF_VERSION] == META_MAGIC
-        && b[META_OFF_VERSION..META_OFF_GEN] == FORMAT_VERSION.to_le_bytes()
+        && b[META_OFF_VERSION..META_OFF_GEN] == META_VERSION.to_le_bytes()
         && crc == crc32fast::hash(&b[..META_OFF_CRC]);
     ok.then(|| {
         let m = Meta {
             sealed_epoch: u64_at(META_OFF_SEALED_EPOCH),
             trim_mark: u64_at(META_OFF_TRIM_MARK),
         };
-        (u64_at(META_OFF_GEN), m)
+        let first = u32::try_from(u64_at(META_OFF_FIRST_SEGMENT)).unwrap_or(0);
+        (u64_at(META_OFF_GEN), m, first)
     })
 }
 
@@ -480,6 +539,10 @@ impl MmapStore {
             rollover_barrier: true,
             meta_file: None,
             meta_gen: 0,
+            removed_incomplete: None,
+            cut: Vec::new(),
+            set_aside: Vec::new(),
+            unverified: std::collections::VecDeque::new(),
             // Room for the opening meta record, the meta reserve and one header.
             max_payload: (opts.segment_size as usize)
                 .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
@@ -502,7 +565,7 @@ impl MmapStore {
             let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
                 .ok()
                 .and_then(|_| decode_seg_header(&head, id));
-            if let Some((_, size)) = header {
+            if let Some((_, size, _)) = header {
                 if len > size {
                     store.report.notes.push(format!(
                         "segment {}: ignoring {} bytes past its end (appended garbage)",
@@ -518,11 +581,13 @@ impl MmapStore {
                     ));
                     file.set_len(size)
                         .map_err(|e| io_err("cannot extend", &path, e))?;
+                    store.cut.push(id);
                 } else if len < size {
-                    return Err(format!(
-                        "segment {} was cut to {len} of {size} bytes; move it out of the data directory to start without it (its entries must then come from other replicas)",
-                        path.display()
+                    store.set_aside.push((
+                        id,
+                        format!("was cut to {len} of {size} bytes; it is left in place, unused"),
                     ));
+                    continue;
                 }
             }
             let map = match header {
@@ -535,11 +600,13 @@ impl MmapStore {
                 None => None,
             };
             match (map, header) {
-                (Some(map), Some((nonce, size))) => {
+                (Some(map), Some((nonce, size, format))) => {
                     if last {
                         let _ = map.advise(memmap2::Advice::Sequential);
                     }
-                    store.segs.insert(id, Segment::new(file, map, nonce, size));
+                    store
+                        .segs
+                        .insert(id, Segment::new(file, map, nonce, size, format));
                 }
                 _ if last && never_written(&path, len)? => {
                     // The newest segment's creation never completed (crash before
@@ -550,12 +617,13 @@ impl MmapStore {
                     ));
                     fs::remove_file(&path).map_err(|e| io_err("cannot remove", &path, e))?;
                     store.dir_dirty = true;
+                    store.removed_incomplete = Some(id);
                 }
                 _ => {
-                    return Err(format!(
-                        "segment {} has a damaged header; move it out of the data directory to start without it (its entries must then come from other replicas)",
-                        path.display()
-                    ))
+                    store.set_aside.push((
+                        id,
+                        "has a damaged header; it is left in place, unused".to_string(),
+                    ));
                 }
             }
         }
@@ -630,28 +698,34 @@ impl MmapStore {
             } else {
                 Kind::Data
             };
-            visit(Recovered::Record {
-                addr,
-                kind,
-                loc: Loc { seg: id, off },
-            });
+            let loc = Loc { seg: id, off };
+            // The index says where each record is and what it names, which
+            // stays true whatever happens to the record's bytes; whether they
+            // are intact is checked by the scrub (`Store::scrub`) once the
+            // unit runs, so damage is found (and repaired from peers) without
+            // a client reading it, and a start stays fast.
+            self.unverified.push_back((addr, kind, loc));
+            visit(Recovered::Record { addr, kind, loc });
         }
         visit(Recovered::Meta(seg.meta));
         true
     }
 
     /// Scans a segment record by record. A record that fails verification is a
-    /// torn tail if nothing valid follows it in the newest segment (the bytes are
-    /// zeroed), and corruption otherwise (reported, never served): [`RECOVERY`].
+    /// torn tail if nothing valid follows it in the newest segment *and* it
+    /// could be a write cut short ([`could_be_torn`]): its bytes are zeroed.
+    /// Anything else is corruption (reported, never served): [`RECOVERY`]. A
+    /// damaged record is attributed to an address only if its header verifies.
     fn scan(&mut self, id: u32, last: bool, visit: &mut dyn FnMut(Recovered)) {
         let max_payload = self.max_payload;
         let Some(seg) = self.segs.get_mut(&id) else {
             return;
         };
+        let format = seg.format;
         let size = seg.size as usize;
         let mut off = SEGMENT_HEADER_LEN;
         while off + RECORD_HEADER_LEN <= size {
-            let err = match decode_record(&seg.map[off..], seg.nonce, max_payload) {
+            let err = match decode_record(&seg.map[off..], seg.nonce, max_payload, format) {
                 Ok((h, _, rec_size)) => {
                     let loc = Loc {
                         seg: id,
@@ -683,37 +757,60 @@ impl MmapStore {
             }; // clean end of data
             let next = (off + 8..nonzero_end)
                 .step_by(8)
-                .find(|&o| decode_record(&seg.map[o..], seg.nonce, max_payload).is_ok());
+                .find(|&o| decode_record(&seg.map[o..], seg.nonce, max_payload, format).is_ok());
             let loc = Loc {
                 seg: id,
                 off: off as u32,
             };
-            let claimed = match err {
-                Invalid::BadChecksum(h) if h.kind != Kind::Meta => Some(h.addr),
-                _ => None,
-            };
-            // A record whose header is plausible but whose checksum fails most
-            // likely has a damaged payload (the payload is most of a record's
-            // bytes), and its length leads to the next record. Stepping there
-            // attributes every damaged record of a run to its address; a search
-            // for the next valid record would pass over the others unattributed,
-            // and the unit would answer `unwritten` for entries it acknowledged.
-            let step = match err {
-                Invalid::BadChecksum(_) => {
-                    let len =
-                        u32::from_le_bytes(seg.map[off + 4..off + 8].try_into().expect("4 bytes"))
-                            as usize;
-                    let to = off + record_size(len);
-                    let looks_like_a_record = to + RECORD_HEADER_LEN <= size
-                        && matches!(
-                            decode_record(&seg.map[to..], seg.nonce, max_payload),
-                            Ok(_) | Err(Invalid::BadChecksum(_))
-                        );
-                    looks_like_a_record.then_some(to)
+            // The damaged record's header, if it can be trusted: in format 2
+            // its own checksum verifies; in format 1 (no header checksum) it
+            // is only plausible, so an address no log ever reaches is not
+            // believed either.
+            let head = match err {
+                Invalid::BadChecksum(h)
+                    if format == Format::V2
+                        || h.kind == Kind::Meta
+                        || h.addr <= trex_wire::range::MAX_COUNTER =>
+                {
+                    Some(h)
                 }
                 _ => None,
             };
-            match (RECOVERY.judge(last, next.is_some()), next) {
+            let claimed = head.filter(|h| h.kind != Kind::Meta).map(|h| h.addr);
+            // A record whose header is trusted but whose checksum fails has a
+            // damaged payload, and its length leads to the next record.
+            // Stepping there attributes every damaged record of a run to its
+            // address; a search for the next valid record would pass over the
+            // others unattributed.
+            let trusted_end = head.map(|_| {
+                let len = u32::from_le_bytes(seg.map[off + 4..off + 8].try_into().expect("4 bytes"))
+                    as usize;
+                off + record_size(len)
+            });
+            // In format 2 the length is verified, so the next record starts
+            // there whatever its state (damage there is judged in its turn,
+            // never skipped unreported); in format 1 only if what is there
+            // looks like a record.
+            let step = trusted_end.filter(|&to| {
+                to <= size
+                    && (format == Format::V2
+                        || to >= nonzero_end
+                        || (to + RECORD_HEADER_LEN <= size
+                            && matches!(
+                                decode_record(&seg.map[to..], seg.nonce, max_payload, format),
+                                Ok(_) | Err(Invalid::BadChecksum(_))
+                            )))
+            });
+            let mut judged = RECOVERY.judge(last, next.is_some());
+            if judged == Damage::TornTail
+                && format == Format::V2
+                && !could_be_torn(&seg.map[..size], off, trusted_end.unwrap_or(nonzero_end))
+            {
+                // Every byte of the record is there, and wrong: damage of a
+                // record that may have been acknowledged, not a write cut short.
+                judged = Damage::Corrupt;
+            }
+            match (judged, next) {
                 (Damage::TornTail, _) => {
                     seg.map[off..nonzero_end].fill(0);
                     self.report.torn_bytes += (nonzero_end - off) as u64;
@@ -723,30 +820,7 @@ impl MmapStore {
                     ));
                     break;
                 }
-                (Damage::Corrupt, None) => {
-                    seg.damaged = true;
-                    if let Some(a) = claimed {
-                        seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
-                    }
-                    self.report.corrupt += 1;
-                    visit(Recovered::Corrupt { addr: claimed, loc });
-                    if let Some(to) = step {
-                        self.report.notes.push(format!(
-                            "segment {id}: damaged record at offset {off}{}; no valid record follows, going on at offset {to}",
-                            claimed.map(|a| format!(" (address {a})")).unwrap_or_default()
-                        ));
-                        off = to;
-                        continue;
-                    }
-                    self.report.notes.push(format!(
-                        "segment {id}: damaged data from offset {off} to the end of the segment; \
-                         the entries there are not served (read them from another replica)"
-                    ));
-                    off = nonzero_end.next_multiple_of(8);
-                    break;
-                }
-                (Damage::Corrupt, Some(next)) => {
-                    let next = step.filter(|to| *to <= next).unwrap_or(next);
+                (Damage::Corrupt, next) => {
                     seg.damaged = true;
                     if let Some(a) = claimed {
                         // Keeps the segment from being reclaimed while the address
@@ -754,13 +828,33 @@ impl MmapStore {
                         seg.max_addr = Some(seg.max_addr.map_or(a, |m| m.max(a)));
                     }
                     self.report.corrupt += 1;
+                    let what = match (head, claimed) {
+                        (_, Some(a)) => format!("damaged record of address {a}"),
+                        (Some(_), None) => "damaged seal/trim record".to_string(),
+                        (None, _) => "damaged record header (its address is unknown: the unit answers `corrupt` for every address it does not hold until the segment is gone)".to_string(),
+                    };
+                    match head {
+                        Some(h) if h.kind == Kind::Meta => visit(Recovered::CorruptMeta { loc }),
+                        _ => visit(Recovered::Corrupt { addr: claimed, loc }),
+                    }
+                    let to = match (step, next) {
+                        (Some(to), Some(next)) => Some(to.min(next)),
+                        (a, b) => a.or(b),
+                    };
+                    if let Some(to) = to {
+                        self.report.notes.push(format!(
+                            "segment {id}: {what} at offset {off}; going on at offset {to} \
+                             (after a power loss this can also be unsynced data written back out of order)"
+                        ));
+                        off = to;
+                        continue;
+                    }
                     self.report.notes.push(format!(
-                        "segment {id}: damaged record at offset {off}{}; skipped to offset {next} \
-                         (after a power loss this can also be unsynced data written back out of order)",
-                        claimed.map(|a| format!(" (address {a})")).unwrap_or_default()
+                        "segment {id}: {what} at offset {off}, damaged data to the end of the segment; \
+                         the entries there are not served (they are read from another replica)"
                     ));
-                    visit(Recovered::Corrupt { addr: claimed, loc });
-                    off = next;
+                    off = nonzero_end.next_multiple_of(8);
+                    break;
                 }
             }
         }
@@ -781,7 +875,7 @@ impl MmapStore {
         let mut b = vec![0u8; len];
         let h = &mut b[..IDX_HEADER_LEN];
         h[IDX_OFF_MAGIC..IDX_OFF_VERSION].copy_from_slice(IDX_MAGIC);
-        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&IDX_VERSION.to_le_bytes());
         for (off, v) in [
             (IDX_OFF_ID, u64::from(id)),
             (IDX_OFF_NONCE, seg.nonce),
@@ -856,7 +950,8 @@ impl MmapStore {
         let _ = map.advise(memmap2::Advice::Sequential);
         let nonce = random_nonce();
         map[..SEGMENT_HEADER_LEN].copy_from_slice(&encode_seg_header(id, nonce, size));
-        self.segs.insert(id, Segment::new(file, map, nonce, size));
+        self.segs
+            .insert(id, Segment::new(file, map, nonce, size, Format::V2));
         self.dirty.insert(id);
         self.dir_dirty = true;
         Ok(())
@@ -897,19 +992,14 @@ impl MmapStore {
         why: String,
     ) -> Result<Appended, AppendError> {
         let path = self.dir.join(META_FILE);
-        let Some(file) = self.meta_file.as_ref() else {
+        if self.meta_file.is_none() {
             return Err(AppendError::Full(format!(
                 "{why}; and there is no {} to record it in",
                 path.display()
             )));
-        };
+        }
         let meta = self.meta.max(head.as_meta());
-        let gen = self.meta_gen + 1;
-        let off = (gen % 2) * META_SLOT_LEN as u64;
-        std::os::unix::fs::FileExt::write_all_at(file, &encode_meta_slot(gen, meta), off)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| AppendError::Io(io_err("cannot write", &path, e)))?;
-        self.meta_gen = gen;
+        self.write_meta_slot(meta)?;
         self.meta = meta;
         if let Some(seg) = self.segs.values_mut().next_back() {
             seg.meta = seg.meta.max(meta);
@@ -929,15 +1019,35 @@ impl MmapStore {
         })
     }
 
+    /// Writes `meta` to the next slot of the `META` file and makes it
+    /// durable. Every seal and trim goes there (besides its meta record in a
+    /// segment, which a scan may lose: a damaged last record is not trusted),
+    /// so the fence of P5 survives the loss of the record that set it. Without
+    /// a `META` file (no room for it at open) nothing is written.
+    fn write_meta_slot(&mut self, meta: Meta) -> Result<(), AppendError> {
+        let Some(file) = self.meta_file.as_ref() else {
+            return Ok(());
+        };
+        let gen = self.meta_gen + 1;
+        let off = (gen % 2) * META_SLOT_LEN as u64;
+        let first = self.segs.keys().next().copied().unwrap_or(0);
+        let slot = encode_meta_slot(gen, meta, first);
+        std::os::unix::fs::FileExt::write_all_at(file, &slot, off)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| AppendError::Io(io_err("cannot write", &self.dir.join(META_FILE), e)))?;
+        self.meta_gen = gen;
+        Ok(())
+    }
+
     /// The newest valid slot of the `META` file, if any.
-    fn read_meta_file(&self) -> Option<(u64, Meta)> {
+    fn read_meta_file(&self) -> Option<(u64, Meta, u32)> {
         let file = self.meta_file.as_ref()?;
         let mut b = [0u8; 2 * META_SLOT_LEN];
         std::os::unix::fs::FileExt::read_exact_at(file, &mut b, 0).ok()?;
         [&b[..META_SLOT_LEN], &b[META_SLOT_LEN..]]
             .into_iter()
             .filter_map(decode_meta_slot)
-            .max_by_key(|(gen, _)| *gen)
+            .max_by_key(|(gen, _, _)| *gen)
     }
 }
 
@@ -945,10 +1055,55 @@ impl Store for MmapStore {
     fn recover(&mut self, visit: &mut dyn FnMut(Recovered)) -> Result<(), String> {
         let ids: Vec<u32> = self.segs.keys().copied().collect();
         let mut meta = Meta::default();
-        if let Some((gen, m)) = self.read_meta_file() {
+        let mut first = 0;
+        if let Some((gen, m, f)) = self.read_meta_file() {
             self.meta_gen = gen;
             meta = m;
+            first = f;
             visit(Recovered::Meta(m));
+        }
+        // Segment files that must exist and do not (between the first one
+        // `META` names, or the oldest present, and the newest present; or
+        // all of them), and newest segments found cut short: whatever they
+        // held is gone from here, at addresses nobody can name. Such damage
+        // makes the unit answer `corrupt` for every address it does not hold
+        // (see `Recovered::Corrupt`), so readers go to the other replicas and
+        // the copies are rewritten from them.
+        let aside: BTreeSet<u32> = self.set_aside.iter().map(|(id, _)| *id).collect();
+        let present: BTreeSet<u32> = self.segs.keys().chain(&aside).copied().collect();
+        let lowest = match (first, present.first()) {
+            (0, Some(p)) => *p,
+            (f, Some(p)) => f.min(*p),
+            (f, None) => f,
+        };
+        let newest = present.last().copied().unwrap_or(lowest);
+        let mut lost: Vec<(u32, &str)> = (lowest.max(1)..=newest)
+            .filter(|id| {
+                lowest > 0 && !present.contains(id) && Some(*id) != self.removed_incomplete
+            })
+            .map(|id| (id, "is missing"))
+            .collect();
+        if first > 0 && present.is_empty() && self.removed_incomplete != Some(first) {
+            lost.push((first, "is missing (no segment file is left)"));
+        }
+        for id in &self.cut {
+            lost.push((*id, "was cut short (the records after the cut are gone)"));
+        }
+        for (id, why) in &self.set_aside {
+            lost.push((*id, why));
+        }
+        for (id, what) in lost {
+            self.report.corrupt += 1;
+            self.report.notes.push(format!(
+                "segment {id} {what}; its entries are read from, and rewritten from, the other replicas of their chains (this unit answers `corrupt` for every address it does not hold)"
+            ));
+            if let Some(seg) = self.segs.get_mut(&id) {
+                seg.damaged = true;
+            }
+            visit(Recovered::Corrupt {
+                addr: None,
+                loc: Loc { seg: id, off: 0 },
+            });
         }
         let mut wrap = |r: Recovered| {
             if let Recovered::Meta(m) = r {
@@ -1003,10 +1158,13 @@ impl Store for MmapStore {
             META_RESERVE as u64
         };
         let need = record_size(payload.len()) as u64 + reserve;
+        // A format 1 segment (written by an older version) is never appended
+        // to: its records would not match its format.
         let room = self
             .segs
             .values()
             .next_back()
+            .filter(|s| s.format == Format::V2)
             .map(|s| u64::from(s.size - s.used));
         if room.is_none_or(|r| r < need) {
             // Rollover is a sync barrier: the old segment is made durable before
@@ -1035,7 +1193,9 @@ impl Store for MmapStore {
                         });
                 }
             }
-            let id = self.active().map_or(1, |a| a + 1);
+            // (A segment set aside keeps its id: never reused.)
+            let aside = self.set_aside.iter().map(|(id, _)| *id).max();
+            let id = self.active().max(aside).map_or(1, |a| a + 1);
             match self.create_segment(id) {
                 Ok(()) => {}
                 // No room for a seal or trim anywhere in the segments: the
@@ -1051,25 +1211,54 @@ impl Store for MmapStore {
         }
         if head.kind == Kind::Meta {
             self.meta = self.meta.max(head.as_meta());
+            // Durable in `META` before the append returns (so before any
+            // reply about it): see `write_meta_slot`.
+            self.write_meta_slot(self.meta)?;
         }
         let id = self.active().expect("a segment exists after rollover");
         Ok(self.put(id, head, payload))
     }
 
-    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord> {
-        let seg = self.segs.get(&loc.seg).ok_or(CorruptRecord(loc))?;
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError> {
+        let seg = self.segs.get(&loc.seg).ok_or(ReadError::Corrupt(loc))?;
         let src = seg
             .map
             .get(loc.off as usize..seg.used as usize)
-            .ok_or(CorruptRecord(loc))?;
-        match decode_record(src, seg.nonce, self.max_payload) {
+            .ok_or(ReadError::Corrupt(loc))?;
+        match decode_record(src, seg.nonce, self.max_payload, seg.format) {
             Ok((h, p, _)) => Ok((h, p)),
-            Err(_) => Err(CorruptRecord(loc)),
+            Err(_) => Err(ReadError::Corrupt(loc)),
         }
     }
 
     fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    fn scrub(&mut self, budget_bytes: usize) -> Vec<(u64, Loc)> {
+        let mut found = Vec::new();
+        let mut spent = 0;
+        while spent < budget_bytes {
+            let Some((addr, kind, loc)) = self.unverified.pop_front() else {
+                break;
+            };
+            let Some(seg) = self.segs.get_mut(&loc.seg) else {
+                continue; // reclaimed since
+            };
+            let got = seg
+                .map
+                .get(loc.off as usize..seg.used as usize)
+                .and_then(|src| decode_record(src, seg.nonce, self.max_payload, seg.format).ok());
+            match got {
+                Some((h, _, size)) if h.addr == addr && h.kind == kind => spent += size,
+                _ => {
+                    spent += RECORD_HEADER_LEN;
+                    seg.damaged = true;
+                    found.push((addr, loc));
+                }
+            }
+        }
+        found
     }
 
     fn begin_sync(&mut self) -> Option<SyncJob> {
@@ -1117,6 +1306,28 @@ impl Store for MmapStore {
             .filter(|(id, s)| **id < durable_seg && s.max_addr.is_none_or(|m| m < trim_mark))
             .map(|(id, _)| *id)
             .collect();
+        if doomed.is_empty() {
+            return 0;
+        }
+        // `META` names the first segment that must exist before any file
+        // goes, so a segment missing at open is known to be lost, not
+        // reclaimed.
+        let keep = self.segs.keys().find(|id| !doomed.contains(id)).copied();
+        if let (Some(file), Some(first)) = (self.meta_file.as_ref(), keep) {
+            let gen = self.meta_gen + 1;
+            let off = (gen % 2) * META_SLOT_LEN as u64;
+            let slot = encode_meta_slot(gen, self.meta, first);
+            let written = std::os::unix::fs::FileExt::write_all_at(file, &slot, off)
+                .and_then(|_| file.sync_data());
+            if let Err(e) = written {
+                eprintln!(
+                    "warning: cannot write {}: {e}; segments are not reclaimed until it can be written",
+                    self.dir.join(META_FILE).display()
+                );
+                return 0;
+            }
+            self.meta_gen = gen;
+        }
         for id in &doomed {
             self.segs.remove(id); // unmaps before the file goes
             self.dirty.remove(id);

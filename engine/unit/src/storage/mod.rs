@@ -62,12 +62,22 @@ pub enum Recovered {
         /// Where it lives.
         loc: Loc,
     },
-    /// A record that fails its checksum. `addr` is the address its header names
-    /// when the header looks plausible; it is then answered as corrupt.
+    /// A data or junk record that fails its checksum. `addr` is the address
+    /// its header names when the header verifies (then that address answers
+    /// `corrupt`); `None` when the header itself is damaged, so the address
+    /// is unknown: then every address the unit does not hold answers
+    /// `corrupt` (see `Unit`), never `unwritten`.
     Corrupt {
-        /// Address named by the damaged header, if plausible.
+        /// Address named by the damaged record's header, if it verifies.
         addr: Option<u64>,
         /// Where the damage starts.
+        loc: Loc,
+    },
+    /// A meta record (seal, trim) whose header verifies but whose checksum
+    /// fails: no entry is lost, and the values it held are also in the `META`
+    /// file (`mmap.rs`).
+    CorruptMeta {
+        /// Where it lives.
         loc: Loc,
     },
     /// A meta record (sealed epoch and trim mark).
@@ -87,10 +97,22 @@ pub enum AppendError {
     Io(String),
 }
 
-/// A record failed verification on read.
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
-#[error("record at segment {} offset {} fails its checksum", .0.seg, .0.off)]
-pub struct CorruptRecord(pub Loc);
+/// Why a record could not be read.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The record fails verification: damaged.
+    #[error("record at segment {} offset {} fails its checksum", .0.seg, .0.off)]
+    Corrupt(Loc),
+    /// The device failed to return the record's bytes (EIO): it may be
+    /// intact, but it cannot be served; another replica can.
+    #[error("cannot read the record at segment {} offset {}: {why}", .loc.seg, .loc.off)]
+    Io {
+        /// Where the record lives.
+        loc: Loc,
+        /// The error.
+        why: String,
+    },
+}
 
 /// Sizes reported by `info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,9 +134,17 @@ pub trait Store {
     /// Appends a record.
     fn append(&mut self, head: &RecordHead, payload: &[u8]) -> Result<Appended, AppendError>;
     /// Reads and verifies the record at `loc`.
-    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), CorruptRecord>;
+    fn read(&self, loc: Loc) -> Result<(RecordHead, &[u8]), ReadError>;
     /// Largest payload one record may have.
     fn max_payload(&self) -> usize;
+    /// Verifies up to about `budget_bytes` of records that recovery did not
+    /// (those of segments loaded from their index); returns the address and
+    /// place of each one found damaged. Called while the unit runs, a little
+    /// at a time, so damage is found without a client reading it.
+    fn scrub(&mut self, budget_bytes: usize) -> Vec<(u64, Loc)> {
+        let _ = budget_bytes;
+        Vec::new()
+    }
     /// Starts a sync covering every append so far, if any is not yet durable.
     fn begin_sync(&mut self) -> Option<SyncJob>;
     /// Reports the outcome of the job begun last.

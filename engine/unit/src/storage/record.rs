@@ -8,9 +8,19 @@
 //!     16    8 writer  writer id (junk: 0; meta: sealed epoch)
 //!     24    8 seq     writer sequence number (junk: 0; meta: trim mark)
 //!     32    1 kind    1 data, 2 junk, 3 meta; 0 never (zeroed space ends a segment)
-//!     33    7 zero    reserved, must be zero
+//!     33    3 zero    reserved, must be zero
+//!     36    4 hcrc    CRC-32 of (segment nonce as u64 LE ++ bytes 4..36): the header's own
+//!                     checksum (format 2; in format 1 these bytes are zero)
 //!     40  len payload
 //! ```
+//! The header checksum is checked before any header field is used: a record
+//! whose header fails it is not trusted for anything, its address and length
+//! included (a flipped address bit must not invent an entry at 2^62, a flipped
+//! length bit must not hide the records after it). A record whose header
+//! verifies but whose payload does not is a damaged entry *of that address*.
+//! Segments written before the header checksum existed (format 1, see
+//! `mmap.rs`) are still read: there a failing record's header is only
+//! trusted if it is plausible, as before.
 //! Records start on 8-byte boundaries. A meta record has no file of its own:
 //! it reuses this header, `writer` holding the sealed epoch and `seq` the trim
 //! mark, with an empty payload. Seeding the CRC with the segment's random
@@ -41,6 +51,9 @@ const OFF_KIND: usize = 32;
 /// Reserved bytes, zero: room for later fields, and one more check that a
 /// header is plausible before its checksum is computed.
 const OFF_RESERVED: usize = 33;
+/// The header's own checksum (format 2): lets a damaged payload be told from a
+/// damaged header, whose fields must not be used.
+const OFF_HCRC: usize = 36;
 /// Where the payload starts.
 const OFF_PAYLOAD: usize = RECORD_HEADER_LEN;
 /// What the checksum covers of the header: everything after the checksum.
@@ -53,10 +66,21 @@ const _: () = assert!(OFF_ADDR + 8 == OFF_WRITER);
 const _: () = assert!(OFF_WRITER + 8 == OFF_SEQ);
 const _: () = assert!(OFF_SEQ + 8 == OFF_KIND);
 const _: () = assert!(OFF_KIND + 1 == OFF_RESERVED);
-const _: () = assert!(OFF_RESERVED + 7 == OFF_PAYLOAD);
+const _: () = assert!(OFF_RESERVED + 3 == OFF_HCRC);
+const _: () = assert!(OFF_HCRC + 4 == OFF_PAYLOAD);
 const _: () = assert!(OFF_ADDR.is_multiple_of(8) && OFF_WRITER.is_multiple_of(8));
 const _: () = assert!(OFF_SEQ.is_multiple_of(8));
 const _: () = assert!(RECORD_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
+
+/// The record format of a segment (its header's version field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Format 1: no header checksum; read only (a segment in this format is
+    /// never appended to again).
+    V1,
+    /// Format 2: bytes 36..40 hold the header's own checksum.
+    V2,
+}
 
 /// What a record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,6 +154,13 @@ pub fn record_size(len: usize) -> usize {
     (RECORD_HEADER_LEN + len).next_multiple_of(RECORD_ALIGN)
 }
 
+fn header_checksum(nonce: u64, h: &[u8]) -> u32 {
+    let mut c = crc32fast::Hasher::new();
+    c.update(&nonce.to_le_bytes());
+    c.update(&h[OFF_LEN..OFF_HCRC]);
+    c.finalize()
+}
+
 fn checksum(nonce: u64, head_tail: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&nonce.to_le_bytes());
@@ -138,8 +169,8 @@ fn checksum(nonce: u64, head_tail: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Writes a record (header, payload, zero padding) into `dst`, which must be
-/// exactly `record_size(payload.len())` bytes.
+/// Writes a record (header, payload, zero padding) in format 2 into `dst`,
+/// which must be exactly `record_size(payload.len())` bytes.
 pub fn encode_record(dst: &mut [u8], nonce: u64, head: &RecordHead, payload: &[u8]) {
     debug_assert_eq!(dst.len(), record_size(payload.len()));
     let (h, rest) = dst.split_at_mut(OFF_PAYLOAD);
@@ -148,7 +179,9 @@ pub fn encode_record(dst: &mut [u8], nonce: u64, head: &RecordHead, payload: &[u
     h[OFF_WRITER..OFF_SEQ].copy_from_slice(&head.writer.to_le_bytes());
     h[OFF_SEQ..OFF_KIND].copy_from_slice(&head.seq.to_le_bytes());
     h[OFF_KIND] = head.kind as u8;
-    h[OFF_RESERVED..OFF_PAYLOAD].fill(0);
+    h[OFF_RESERVED..OFF_HCRC].fill(0);
+    let hcrc = header_checksum(nonce, h);
+    h[OFF_HCRC..OFF_PAYLOAD].copy_from_slice(&hcrc.to_le_bytes());
     rest[..payload.len()].copy_from_slice(payload);
     rest[payload.len()..].fill(0);
     let crc = checksum(nonce, &h[CRC_COVERS..], payload);
@@ -162,9 +195,13 @@ pub enum Invalid {
     Empty,
     /// Too few bytes for the header or the payload it names.
     Truncated,
-    /// The header is implausible (bad kind, reserved bytes set, length too large).
+    /// The header is damaged (its checksum fails, or in format 1 it is
+    /// implausible: bad kind, reserved bytes set, length too large): none of
+    /// its fields may be used.
     BadHeader,
-    /// The header is plausible but the checksum fails; `head` is what it claims.
+    /// The header verifies (format 1: is plausible) but the record's checksum
+    /// fails: `head` is the damaged record's header, and the payload length
+    /// its header names was within the bytes given.
     BadChecksum(RecordHead),
 }
 
@@ -180,12 +217,13 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Decodes and verifies the record at the start of `src`. Returns its header,
-/// payload and total size (padding included).
+/// Decodes and verifies the record at the start of `src`, in `format`. Returns
+/// its header, payload and total size (padding included).
 pub fn decode_record(
     src: &[u8],
     nonce: u64,
     max_payload: usize,
+    format: Format,
 ) -> Result<(RecordHead, &[u8], usize), Invalid> {
     let Some(h) = src.get(..RECORD_HEADER_LEN) else {
         return Err(Invalid::Truncated);
@@ -193,9 +231,18 @@ pub fn decode_record(
     if h.iter().all(|b| *b == 0) {
         return Err(Invalid::Empty);
     }
+    let reserved_end = match format {
+        Format::V1 => OFF_PAYLOAD,
+        Format::V2 => {
+            if u32_at(h, OFF_HCRC) != header_checksum(nonce, h) {
+                return Err(Invalid::BadHeader);
+            }
+            OFF_HCRC
+        }
+    };
     let len = u32_at(h, OFF_LEN) as usize;
     let kind = Kind::from_u8(h[OFF_KIND]);
-    let reserved_zero = h[OFF_RESERVED..OFF_PAYLOAD].iter().all(|b| *b == 0);
+    let reserved_zero = h[OFF_RESERVED..reserved_end].iter().all(|b| *b == 0);
     let (Some(kind), true, true) = (kind, reserved_zero, len <= max_payload) else {
         return Err(Invalid::BadHeader);
     };
@@ -230,26 +277,60 @@ mod tests {
         let payload = b"hello, log";
         let mut buf = vec![0u8; record_size(payload.len())];
         encode_record(&mut buf, 42, &head, payload);
-        let (h, p, size) = decode_record(&buf, 42, 1024).expect("valid record");
+        let (h, p, size) = decode_record(&buf, 42, 1024, Format::V2).expect("valid record");
         assert_eq!((h, p, size), (head, &payload[..], 56));
         // Another segment's nonce never verifies.
-        assert!(matches!(
-            decode_record(&buf, 43, 1024),
-            Err(Invalid::BadChecksum(_))
-        ));
+        assert!(decode_record(&buf, 43, 1024, Format::V2).is_err());
         for bit in 0..(RECORD_HEADER_LEN + payload.len()) * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_record(&b, 42, 1024).is_err(),
-                "flip of bit {bit} went unnoticed"
-            );
+            let got = decode_record(&b, 42, 1024, Format::V2);
+            if (OFF_LEN * 8..RECORD_HEADER_LEN * 8).contains(&bit) {
+                // A damaged header is trusted for nothing: not its address,
+                // not its length.
+                assert_eq!(got, Err(Invalid::BadHeader), "header bit {bit}");
+            } else {
+                // A damaged payload (or record checksum, which the header
+                // checksum does not cover) is a damaged entry of the
+                // header's address.
+                assert_eq!(got, Err(Invalid::BadChecksum(head)), "bit {bit}");
+            }
         }
     }
 
     #[test]
+    fn format_1_records_without_a_header_checksum_still_read() {
+        let head = RecordHead {
+            kind: Kind::Junk,
+            addr: 9,
+            writer: 0,
+            seq: 0,
+        };
+        let mut buf = vec![0u8; record_size(0)];
+        encode_record(&mut buf, 5, &head, &[]);
+        // Format 1: the header checksum bytes were zero and the record
+        // checksum covered them so.
+        buf[OFF_HCRC..OFF_PAYLOAD].fill(0);
+        let crc = checksum(5, &buf[CRC_COVERS..OFF_PAYLOAD], &[]);
+        buf[OFF_CRC..OFF_LEN].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_record(&buf, 5, 64, Format::V1),
+            Ok((head, &[][..], 40))
+        );
+        assert_eq!(
+            decode_record(&buf, 5, 64, Format::V2),
+            Err(Invalid::BadHeader)
+        );
+    }
+
+    #[test]
     fn zeroed_space_is_empty_not_corrupt() {
-        assert_eq!(decode_record(&[0u8; 64], 1, 1024), Err(Invalid::Empty));
-        assert_eq!(decode_record(&[0u8; 10], 1, 1024), Err(Invalid::Truncated));
+        for f in [Format::V1, Format::V2] {
+            assert_eq!(decode_record(&[0u8; 64], 1, 1024, f), Err(Invalid::Empty));
+            assert_eq!(
+                decode_record(&[0u8; 10], 1, 1024, f),
+                Err(Invalid::Truncated)
+            );
+        }
     }
 }
