@@ -238,8 +238,10 @@ fn refusals_exit_1_and_lost_leases_exit_3() {
     lock(3, &["release", "never-taken", "--token", "999"]);
     lock(0, &["release", "jobs", "--token", &t]);
     let r = lock(3, &["renew", "jobs", "--token", &t]);
-    assert!(r.stderr.contains("acquire it again"), "{}", r.stderr);
-    lock(0, &["show", "jobs"]);
+    assert!(r.stderr.contains("acquire it"), "{}", r.stderr);
+    // A released lock is forgotten (issue 14): showing it is a refusal.
+    let r = lock(1, &["show", "jobs"]);
+    assert!(r.stderr.contains("not held"), "{}", r.stderr);
     // A command that cannot start: refused, and the lock is free again at once.
     let run = [
         "lock",
