@@ -6,37 +6,12 @@
 
 mod common;
 
-use common::{group, trex_cli};
-use std::path::{Path, PathBuf};
+use common::{group, journal_record_starts, newest_journal, trex_cli};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use trex_consensus::client::ConsensusClient;
 
 const T: Duration = Duration::from_secs(20);
-
-/// The newest journal file in `dir`.
-fn journal(dir: &Path) -> PathBuf {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with("journal-") && n.ends_with(".log")
-        })
-        .collect();
-    files.sort();
-    files.pop().expect("a journal file")
-}
-
-/// The offsets where records start (header: crc u32, len u32).
-fn record_starts(bytes: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 8 <= bytes.len() {
-        out.push(off);
-        off += 8 + u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
-    }
-    out
-}
 
 fn group_json(eps: &str) -> serde_json::Value {
     let (code, out, err) = trex_cli(eps, &["endpoint", "list", "-w", "json"], T);
@@ -100,9 +75,9 @@ fn a_damaged_journal_makes_the_node_rejoin_under_a_new_id() {
     let leader = g.wait_leader(T);
     let f = (leader + 1) % 3;
     g.kill(f);
-    let path = journal(&g.dirs[f]);
+    let path = newest_journal(&g.dirs[f]);
     let mut bytes = std::fs::read(&path).unwrap();
-    let starts = record_starts(&bytes);
+    let starts = journal_record_starts(&bytes);
     assert!(starts.len() > 4, "a journal of {} records", starts.len());
     bytes[starts[starts.len() / 2] + 6] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
@@ -140,9 +115,9 @@ fn a_damaged_journal_makes_the_node_rejoin_under_a_new_id() {
         (0..3).find(|i| *i != f).unwrap()
     };
     g.kill(h);
-    let path = journal(&g.dirs[h]);
+    let path = newest_journal(&g.dirs[h]);
     let bytes = std::fs::read(&path).unwrap();
-    let starts = record_starts(&bytes);
+    let starts = journal_record_starts(&bytes);
     std::fs::write(&path, &bytes[..starts[starts.len() / 2]]).unwrap();
     g.start_node(h);
     let new_h = 5;

@@ -18,9 +18,9 @@
 
 mod common;
 
-use common::{group, trex_cli};
+use common::{group, journal_record_starts, newest_journal, trex_cli};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use trex_consensus::client::ConsensusClient;
 
@@ -78,39 +78,15 @@ struct Outcome {
     note: String,
 }
 
-fn journal(dir: &Path) -> PathBuf {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with("journal-") && n.ends_with(".log")
-        })
-        .collect();
-    files.sort();
-    files.pop().expect("a journal file")
-}
-
-/// Record start offsets of a journal (header: crc u32, len u32).
-fn record_starts(b: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 8 <= b.len() {
-        out.push(off);
-        off += 8 + u32::from_le_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
-    }
-    out
-}
-
 /// Applies the fault; `None` where it does not apply to the structure.
 fn damage(dir: &Path, row: Row, col: Col) -> Option<String> {
     let path = match row {
-        Row::JournalRecord | Row::JournalTail | Row::JournalFile => journal(dir),
+        Row::JournalRecord | Row::JournalTail | Row::JournalFile => newest_journal(dir),
         Row::DurableMark => dir.join("DURABLE"),
         Row::GroupFile => dir.join("GROUP"),
     };
     let mut b = std::fs::read(&path).unwrap();
-    let starts = record_starts(&b);
+    let starts = journal_record_starts(&b);
     // Where the fault lands: a record in the middle, the last record, or the
     // start of a file without records.
     let (at, end) = match row {

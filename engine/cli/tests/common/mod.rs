@@ -520,3 +520,28 @@ impl Drop for Follower {
         let _ = self.child.wait();
     }
 }
+
+/// The newest journal file of a consensus node's data directory.
+pub fn newest_journal(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("journal-") && n.ends_with(".log")
+        })
+        .collect();
+    files.sort();
+    files.pop().expect("a journal file")
+}
+
+/// Where the records of a consensus journal start (header: crc u32, len u32).
+pub fn journal_record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 8 <= bytes.len() {
+        out.push(off);
+        off += 8 + u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
+    }
+    out
+}
