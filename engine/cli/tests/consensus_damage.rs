@@ -13,6 +13,16 @@ use trex_consensus::client::ConsensusClient;
 
 const T: Duration = Duration::from_secs(20);
 
+/// `trex lock acquire NAME --holder HOLDER --ttl 1h` against `eps`: its exit
+/// code, standard output and standard error.
+fn acquire(eps: &str, name: &str, holder: &str) -> (Option<i32>, String, String) {
+    trex_cli(
+        eps,
+        &["lock", "acquire", name, "--holder", holder, "--ttl", "1h"],
+        T,
+    )
+}
+
 fn group_json(eps: &str) -> serde_json::Value {
     let (code, out, err) = trex_cli(eps, &["endpoint", "list", "-w", "json"], T);
     assert_eq!(code, Some(0), "{err}");
@@ -55,19 +65,7 @@ fn a_damaged_journal_makes_the_node_rejoin_under_a_new_id() {
     g.wait_leader(T);
     let eps = g.addrs.join(",");
     for i in 0..30 {
-        let (code, _, err) = trex_cli(
-            &eps,
-            &[
-                "lock",
-                "acquire",
-                &format!("l{i}"),
-                "--holder",
-                "h",
-                "--ttl",
-                "1h",
-            ],
-            T,
-        );
+        let (code, _, err) = acquire(&eps, &format!("l{i}"), "h");
         assert_eq!(code, Some(0), "{err}");
     }
 
@@ -137,27 +135,11 @@ fn a_damaged_journal_makes_the_node_rejoin_under_a_new_id() {
     let last = (0..3).find(|i| *i != f && *i != h).unwrap();
     g.kill(last);
     for i in 0..30 {
-        let (code, _, err) = trex_cli(
-            &eps,
-            &[
-                "lock",
-                "acquire",
-                &format!("l{i}"),
-                "--holder",
-                "x",
-                "--ttl",
-                "1h",
-            ],
-            T,
-        );
+        let (code, _, err) = acquire(&eps, &format!("l{i}"), "x");
         assert_ne!(code, Some(0), "lock l{i} was free again");
         assert!(err.contains("held"), "l{i}: {err}");
     }
-    let (code, _, err) = trex_cli(
-        &eps,
-        &["lock", "acquire", "after", "--holder", "x", "--ttl", "1h"],
-        T,
-    );
+    let (code, _, err) = acquire(&eps, "after", "x");
     assert_eq!(code, Some(0), "{err}");
 }
 
@@ -215,19 +197,7 @@ fn a_consensus_node_whose_disk_fills_stops_and_comes_back_when_space_is_freed() 
     let holder = "h".repeat(2000);
     let mut held = 0;
     for i in 0..400 {
-        let (code, _, err) = trex_cli(
-            &eps,
-            &[
-                "lock",
-                "acquire",
-                &format!("big{i}"),
-                "--holder",
-                &holder,
-                "--ttl",
-                "1h",
-            ],
-            T,
-        );
+        let (code, _, err) = acquire(&eps, &format!("big{i}"), &holder);
         assert_eq!(
             code,
             Some(0),
@@ -258,10 +228,6 @@ fn a_consensus_node_whose_disk_fills_stops_and_comes_back_when_space_is_freed() 
     );
     // It votes again: with node 1 gone, nodes 2 and 3 are the majority.
     g.kill(0);
-    let (code, _, err) = trex_cli(
-        &eps,
-        &["lock", "acquire", "after", "--holder", "x", "--ttl", "1h"],
-        T,
-    );
+    let (code, _, err) = acquire(&eps, "after", "x");
     assert_eq!(code, Some(0), "{err}");
 }

@@ -1349,9 +1349,9 @@ fn joining_group_text(g: &crate::sm::GroupView) -> String {
     with_crc(text)
 }
 
-/// Ends `text` with a line `crc=XXXXXXXX`: the CRC-32 of everything before
-/// it, so that a damaged `GROUP` file is found (one that still parses could
-/// name another group).
+/// Ends `text` with a checksum line, `crc=` and eight lower-case hex digits:
+/// the CRC-32 of everything before it, so that a damaged `GROUP` file is
+/// found (one that still parses could name another group).
 fn with_crc(mut text: String) -> String {
     let crc = crc32fast::hash(text.as_bytes());
     text.push_str(&format!("crc={crc:08x}\n"));
