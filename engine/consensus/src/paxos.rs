@@ -479,7 +479,14 @@ impl Replica {
     /// this one knows of (any sender, for a joining node that has not learned
     /// the group: its node layer admits only the peers it was given).
     fn is_peer(&self, from: NodeId) -> bool {
-        (self.cfg.joining && self.sm.group.is_none()) || self.peers().contains(&from)
+        // Per message: look the sender up, without building `peers()`.
+        match &self.sm.group {
+            Some(g) => {
+                g.at(self.applied).contains_key(&from)
+                    || g.at(self.applied + GROUP_LAG - 1).contains_key(&from)
+            }
+            None => self.cfg.joining || self.cfg.nodes.contains(&from),
+        }
     }
 
     /// Whether this node votes on its next slot (else it neither campaigns
@@ -1224,7 +1231,6 @@ impl Replica {
     }
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slot: u64, now_ms: u64) {
-        let voters = self.voters(slot);
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -1235,7 +1241,16 @@ impl Replica {
             return;
         };
         f.acks.insert(from);
-        if !majority(&voters, &f.acks) {
+        // Per acknowledgement: count the slot's voters without collecting them.
+        let chosen = match &self.sm.group {
+            Some(g) => {
+                let voters = g.at(slot);
+                !voters.is_empty()
+                    && voters.keys().filter(|n| f.acks.contains(n)).count() > voters.len() / 2
+            }
+            None => !self.cfg.joining && majority(&self.cfg.nodes, &f.acks),
+        };
+        if !chosen {
             return;
         }
         let f = l.inflight.remove(&slot).expect("present above");
