@@ -887,21 +887,54 @@ impl Log {
     }
 
     fn take_out_sealing(&mut self, failed: u64, why: &str, seal_it: bool) -> Result<(), LogError> {
-        self.refresh()?;
-        let p = self.projection.clone();
-        if !p
-            .segments
-            .iter()
-            .any(|s| s.stripes.iter().any(|c| c.contains(&failed)))
-        {
-            return Ok(()); // someone else took it out already
+        // Another client may install a layout between our read and our
+        // install (a sequencer takeover, say): then the install is refused
+        // with `epoch-mismatch`, and the removal is planned again on the new
+        // layout. Returning before the unit is really out would let a caller
+        // act on a unit still serving (an operator wiping a chain's tail).
+        for _ in 0..self.max_retries.max(1) {
+            self.refresh()?;
+            let p = self.projection.clone();
+            if !p
+                .segments
+                .iter()
+                .any(|s| s.stripes.iter().any(|c| c.contains(&failed)))
+            {
+                return Ok(()); // someone else took it out already
+            }
+            let next = Self::without_unit(&p, failed, why, seal_it)?;
+            let op = trex_consensus::sm::Op::Install {
+                expected_epoch: p.epoch,
+                projection: next.clone(),
+            };
+            match self.env.submit_ok(&op) {
+                Ok(_) => return self.seal_after_take_out(next, failed, why, seal_it),
+                Err(e) if e.is_refused(Refusal::EpochMismatch) => continue, // raced: plan again
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(fail!(
+            "storage unit {failed} failed ({why}), but the layout changed under each of {} attempts to take it out; it is still in the layout: retry when reconfigurations settle (`trex layout` shows the current one)",
+            self.max_retries.max(1)
+        ))
+    }
+
+    /// The projection one epoch above `p` with `failed` removed from every
+    /// chain. Errors when a chain would be left empty (its entries would be
+    /// unavailable), or, for a unit that answers (`keep_last`), when it is the
+    /// last replica of every older range it is in.
+    fn without_unit(
+        p: &Projection,
+        failed: u64,
+        why: &str,
+        keep_last: bool,
+    ) -> Result<Projection, LogError> {
         let mut next = p.clone();
         next.epoch = trex_wire::range::next("epoch", p.epoch).map_err(|e| fail!("{e}"))?;
         let open = next.segments.len().saturating_sub(1);
         for (i, seg) in next.segments.iter_mut().enumerate() {
             for chain in &mut seg.stripes {
-                if seal_it && i < open && chain.as_slice() == [failed] {
+                if keep_last && i < open && chain.as_slice() == [failed] {
                     // It answers (full, say) and is the last replica of an
                     // older range: it stays there and serves reads, while
                     // the layout moves on without it for new addresses.
@@ -920,15 +953,18 @@ impl Log {
                 "storage unit {failed} failed ({why}) and is the last replica of its stripe for older addresses: it keeps serving them until a spare holds a copy"
             ));
         }
-        let op = trex_consensus::sm::Op::Install {
-            expected_epoch: p.epoch,
-            projection: next.clone(),
-        };
-        match self.env.submit_ok(&op) {
-            Ok(_) => {}
-            Err(e) if e.is_refused(Refusal::EpochMismatch) => return self.refresh(), // raced: read again
-            Err(e) => return Err(e.into()),
-        }
+        Ok(next)
+    }
+
+    /// After `next` (without `failed`) was installed: seals its units (and
+    /// `failed` itself when it answers) at its epoch.
+    fn seal_after_take_out(
+        &mut self,
+        next: Projection,
+        failed: u64,
+        why: &str,
+        seal_it: bool,
+    ) -> Result<(), LogError> {
         trex_net::log_line!(
             "WARN",
             "storage unit {failed} failed ({why}); installed layout epoch {} without it",
