@@ -188,3 +188,64 @@ fn a_full_unit_still_records_a_seal() {
     assert_eq!(u.meta().sealed_epoch, 101);
     assert_eq!(u.meta().trim_mark, mark);
 }
+
+/// A full unit still fills holes: data stops, but junk goes into room each
+/// segment keeps for fills, so the last replica of a closed range that ran
+/// full can still have its holes decided (readers and repair wait on them
+/// otherwise). Each fill is durable and reads back as junk after a reopen.
+#[test]
+fn a_full_unit_still_fills_holes() {
+    let Some(disk) = SmallDisk::mount("512k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let mut u = open(&disk.path);
+    let data = vec![5u8; 3000];
+    let mut id = 1;
+    let mut addr = 0;
+    loop {
+        id += 1;
+        match write_status(&mut u, id, 0, addr, &data) {
+            Status::Ok => addr += 1,
+            Status::Full => break,
+            other => panic!("write of {addr} answered {other}"),
+        }
+        assert!(addr < 1000, "a 512 KiB disk never ran full");
+    }
+    // Then the smallest entries, until not even those fit.
+    loop {
+        id += 1;
+        match write_status(&mut u, id, 0, addr, b"x") {
+            Status::Ok => addr += 1,
+            Status::Full => break,
+            other => panic!("write of {addr} answered {other}"),
+        }
+        assert!(addr < 100_000, "small writes never ran full");
+    }
+    assert!(u.full(), "the unit says it is full");
+    // Holes above the tail (writes that never came): 16 fills, each ok.
+    let holes: Vec<u64> = (addr + 1..addr + 17).collect();
+    for h in &holes {
+        id += 1;
+        send(&mut u, id, Opcode::Fill, 0, |b| {
+            wire::encode_addr_list(b, &[*h])
+        });
+        let r = one_reply(&mut u);
+        assert_eq!(error_code(&r), None, "fill of {h} answered");
+        let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+        let st = wire::decode_status_list(f.body).unwrap().iter().next();
+        assert_eq!(st, Some(Status::Ok), "fill of {h} on a full unit");
+    }
+    // Data is still refused.
+    id += 1;
+    assert_eq!(write_status(&mut u, id, 0, addr, &data), Status::Full);
+    let got = read(&mut u, 0, &holes);
+    assert!(got.iter().all(|(s, _)| *s == Status::Junk), "{got:?}");
+    drop(u);
+    let mut u = open(&disk.path);
+    let got = read(&mut u, 0, &holes);
+    assert!(
+        got.iter().all(|(s, _)| *s == Status::Junk),
+        "after a reopen: {got:?}"
+    );
+}

@@ -25,8 +25,12 @@ pub struct MemStore {
     /// do not count) would exceed it (None: never). Meta records (a seal, a
     /// trim mark) are never refused for space, as the disk store keeps room
     /// for them outside its data space (`mmap.rs`, the `META` file): a full
-    /// unit can always be fenced.
+    /// unit can always be fenced. Junk (a fill) may go
+    /// [`MemStore::fill_reserve_bytes`] over it, as the disk store keeps room
+    /// at the end of each segment that only fills and meta records use.
     pub budget_bytes: Option<u64>,
+    /// How far over [`MemStore::budget_bytes`] junk records may go.
+    pub fill_reserve_bytes: u64,
     /// Records (by index) whose reads fail with an I/O error, as a bad
     /// sector's would: see [`MemStore::fail_reads`].
     failing_reads: std::collections::BTreeSet<usize>,
@@ -39,6 +43,7 @@ impl MemStore {
     pub fn new() -> MemStore {
         MemStore {
             max_payload: trex_wire::MAX_ENTRY_LEN as usize,
+            fill_reserve_bytes: 64 * super::record::RECORD_HEADER_LEN as u64,
             ..MemStore::default()
         }
     }
@@ -174,6 +179,11 @@ impl Store for MemStore {
         }
         if let Some(budget) = self.budget_bytes.filter(|_| head.kind != Kind::Meta) {
             let need = record_size(payload.len()) as u64;
+            let budget = if head.kind == Kind::Junk {
+                budget + self.fill_reserve_bytes
+            } else {
+                budget
+            };
             if self.used_bytes() + need > budget {
                 return Err(AppendError::Full(format!(
                     "memory store over its budget of {budget} bytes"
@@ -281,6 +291,25 @@ mod tests {
             Err(AppendError::Full(_))
         ));
         assert_eq!(s.used_bytes(), 2 * one);
+        // Junk (a fill) may use the reserve kept for it, and no more.
+        let junk = |addr| RecordHead {
+            kind: Kind::Junk,
+            addr,
+            writer: 0,
+            seq: 0,
+        };
+        let fits = s.fill_reserve_bytes / record_size(0) as u64;
+        for a in 0..fits {
+            assert!(
+                s.append(&junk(10 + a), &[]).is_ok(),
+                "fill {a} within the reserve"
+            );
+        }
+        assert!(matches!(
+            s.append(&junk(999), &[]),
+            Err(AppendError::Full(_))
+        ));
+        assert!(s.append(&head(3), &[1; 10]).is_err(), "data still refused");
         // A seal is recorded whatever the budget (a full unit can be fenced).
         let seal = RecordHead::meta(crate::storage::Meta {
             sealed_epoch: 7,

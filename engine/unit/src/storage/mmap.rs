@@ -182,6 +182,15 @@ const _: () = assert!(IDX_HEADER_LEN.is_multiple_of(8) && IDX_ENTRY_LEN.is_multi
 /// unit whose disk is full can still record a seal or the trim that frees space
 /// (once they are used up too, the `META` file takes the rest).
 const META_RESERVE: usize = 25 * RECORD_HEADER_LEN;
+/// Bytes at the end of every segment, before [`META_RESERVE`], that data
+/// records may not use but junk (a fill) may: a unit that runs full can still
+/// fill the holes of the ranges it keeps serving, which readers and repair
+/// need to decide (a hole left unfillable on a closed range's last replica
+/// would stall every reader at it). A 256th of the segment, at least room for
+/// 16 fills: 6,553 fills in a 64 MiB segment.
+fn fill_reserve(segment_size: u64) -> u64 {
+    (segment_size / 256).max(16 * RECORD_HEADER_LEN as u64)
+}
 /// The file for meta records that fit no segment (see the module docs).
 const META_FILE: &str = "META";
 /// Its preallocated size: one block, so writing a slot never needs new space.
@@ -543,9 +552,14 @@ impl MmapStore {
             cut: Vec::new(),
             set_aside: Vec::new(),
             unverified: std::collections::VecDeque::new(),
-            // Room for the opening meta record, the meta reserve and one header.
+            // Room for the opening meta record, the reserves and one header.
             max_payload: (opts.segment_size as usize)
-                .saturating_sub(SEGMENT_HEADER_LEN + 2 * RECORD_HEADER_LEN + META_RESERVE)
+                .saturating_sub(
+                    SEGMENT_HEADER_LEN
+                        + 2 * RECORD_HEADER_LEN
+                        + META_RESERVE
+                        + fill_reserve(opts.segment_size) as usize,
+                )
                 .min(trex_wire::MAX_ENTRY_LEN as usize),
             report: OpenReport::default(),
         };
@@ -1152,10 +1166,10 @@ impl Store for MmapStore {
                 self.max_payload
             )));
         }
-        let reserve = if head.kind == Kind::Meta {
-            0
-        } else {
-            META_RESERVE as u64
+        let reserve = match head.kind {
+            Kind::Meta => 0,
+            Kind::Junk => META_RESERVE as u64,
+            Kind::Data => META_RESERVE as u64 + fill_reserve(self.segment_size),
         };
         let need = record_size(payload.len()) as u64 + reserve;
         // A format 1 segment (written by an older version) is never appended
