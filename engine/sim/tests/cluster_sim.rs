@@ -45,6 +45,8 @@ fn cluster_seeds_that_once_failed_pass() {
 /// copies are rewritten from other replicas). Seed 500396 once lost an
 /// acknowledged entry: a take-out raced with a sequencer takeover's install,
 /// was refused, and was reported done, so the operator wiped a chain's tail.
+/// Seeds 500306, 500485, 500551, 500831 and 500882 stalled: a full unit, the
+/// last replica of a closed range, refused the fills of its holes.
 #[test]
 fn a_range_of_hard_fault_cluster_seeds_passes() {
     let n: u64 = std::env::var("TREX_CLUSTER_SIM_HARD_SEEDS")
@@ -56,7 +58,10 @@ fn a_range_of_hard_fault_cluster_seeds_passes() {
         ..ClusterOptions::default()
     };
     let (mut damaged, mut full) = (0, 0);
-    for seed in [500_396].into_iter().chain(200_000..200_000 + n) {
+    for seed in [500_396, 500_306, 500_485, 500_551, 500_831, 500_882]
+        .into_iter()
+        .chain(200_000..200_000 + n)
+    {
         let r = run_cluster(seed, opts).unwrap_or_else(|e| {
             panic!("{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --cluster --hard-faults --seed {seed}")
         });
