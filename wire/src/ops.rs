@@ -125,6 +125,18 @@ pub enum Op {
     Members,
     /// Read the current projection and the history length.
     Layout,
+    /// Read part of the projection history, oldest first: the projections at
+    /// indexes `from`, `from + 1`, … (index 0 is the first ever installed),
+    /// at most `max` of them and at most [`LAYOUT_HISTORY_MAX`], fewer where
+    /// the reply would pass 1 MiB; and the history's length. Readers use it
+    /// to find which former replica of a chain holds a damaged copy's bytes
+    /// (docs/protocol.md, "Damaged copies").
+    LayoutHistory {
+        /// Index of the first projection wanted.
+        from: u64,
+        /// How many at most.
+        max: u32,
+    },
     /// Does nothing (a barrier).
     Noop,
     /// `Install`, by a sequencer taking over: refused unless `lease_token` holds
@@ -336,6 +348,13 @@ pub fn decode_group(r: &mut Reader<'_>) -> Result<GroupView, DecodeError> {
 /// The lock whose holder is the active sequencer.
 pub const SEQUENCER_LEASE: &str = "sequencer";
 
+/// The most projections one `layout-history` result carries.
+pub const LAYOUT_HISTORY_MAX: u32 = 64;
+
+/// A `layout-history` result stops adding projections once it is this long
+/// (it always carries at least one where one is left).
+pub const LAYOUT_HISTORY_BYTES: usize = 1 << 20;
+
 /// The state of one advisory lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockState {
@@ -356,6 +375,7 @@ const OP_INIT_LAYOUT: u8 = 4;
 const OP_INSTALL: u8 = 5;
 const OP_MEMBERS: u8 = 6;
 const OP_LAYOUT: u8 = 7;
+const OP_LAYOUT_HISTORY: u8 = 48;
 const OP_NOOP: u8 = 8;
 const OP_INSTALL_AS_SEQUENCER: u8 = 9;
 const OP_TRIM: u8 = 10;
@@ -465,6 +485,7 @@ impl Op {
             Op::Install { .. } => "install",
             Op::Members => "members",
             Op::Layout => "layout",
+            Op::LayoutHistory { .. } => "layout-history",
             Op::Noop => "noop",
             Op::InstallAsSequencer { .. } => "install-as-sequencer",
             Op::Acquire { .. } => "acquire",
@@ -516,6 +537,11 @@ impl Op {
             }
             Op::Members => out.push(OP_MEMBERS),
             Op::Layout => out.push(OP_LAYOUT),
+            Op::LayoutHistory { from, max } => {
+                out.push(OP_LAYOUT_HISTORY);
+                put_u64(&mut out, *from);
+                put_u32(&mut out, *max);
+            }
             Op::Noop => out.push(OP_NOOP),
             Op::InstallAsSequencer {
                 expected_epoch,
@@ -632,6 +658,10 @@ impl Op {
             },
             OP_MEMBERS => Op::Members,
             OP_LAYOUT => Op::Layout,
+            OP_LAYOUT_HISTORY => Op::LayoutHistory {
+                from: r.u64()?,
+                max: r.u32()?,
+            },
             OP_NOOP => Op::Noop,
             OP_ACQUIRE => Op::Acquire {
                 name: get_str(&mut r)?,

@@ -523,3 +523,59 @@ fn a_full_unit_lets_takeovers_go_on(filler: usize) {
     assert_eq!(code, Some(0), "check: {err}");
     assert_eq!(out.trim(), "11", "check: 6 + 1 + 4 entries");
 }
+
+/// The layout's chain for the odd addresses, from `trex layout -w json`.
+fn odd_chain(eps: &str) -> Vec<u64> {
+    let (code, out, err) = trex_cli(eps, &["layout", "show", "-w", "json"], WITHIN);
+    assert_eq!(code, Some(0), "layout: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let seg = v["segments"].as_array().unwrap().last().unwrap().clone();
+    seg["stripes"][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_u64().unwrap())
+        .collect()
+}
+
+/// A damaged copy on the last replica of its chain, whose partner left the
+/// chain before the damage was repaired (stopped, then taken out by the next
+/// append), is restored from that former replica once it runs again: the
+/// partner stood behind the damaged unit in every projection that named it,
+/// so it holds the damaged unit's own bytes (docs/protocol.md, "Damaged
+/// copies"). Before, the read failed ("damaged or unreachable on every
+/// replica") although an intact copy was running.
+#[test]
+fn a_damaged_copy_is_restored_from_a_former_replica() {
+    // The damaged unit is stripe 1's head (unit 3); its partner, the tail
+    // (unit 4, port +23), leaves the chain.
+    let mut bed = Bed::start(6, "0s", Role::Head);
+    let partner = format!("storage --listen 127.0.0.1:{} ", bed.victim + 1);
+    let partner_cmd = common::cmdline_of(&partner);
+    common::kill(&partner, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    // Appends reach the dead tail and take it out of the layout.
+    append_entries(&bed.eps, 6..10);
+    let chain = odd_chain(&bed.eps);
+    assert_eq!(chain.len(), 1, "the tail was taken out: chain {chain:?}");
+    // Entry 3's copy on the head, now the chain's only replica, damaged.
+    bed.stop();
+    let (seg, at) = bed.record_of(3);
+    flip(&seg, at + RECORD_HEADER_LEN + 100, 0x20);
+    bed.restart();
+    assert!(bed.unit_read(3).contains("corrupt"), "{}", bed.unit_read(3));
+    // The former tail runs again, outside the layout, with its data.
+    let _partner = common::restart(&partner_cmd);
+    eventually(WITHIN, "read 3 from the former replica", || {
+        let (code, out, err) = trex_cli(&bed.eps, &["read", "3"], WITHIN);
+        (code == Some(0) && out.trim_end() == line(3, 3))
+            .then_some(())
+            .ok_or(format!("{code:?} {} {}", short(&out), short(&err)))
+    });
+    assert_eq!(odd_chain(&bed.eps), chain, "the layout did not change");
+    assert!(bed.unit_read(3) == entry(3), "the head's copy was repaired");
+    let (code, out, err) = trex_cli(&bed.eps, &["read", "0", "--count", "10"], WITHIN);
+    assert_eq!(code, Some(0), "read: {err}");
+    let all: Vec<String> = (0..10).map(|i| line(i, i)).collect();
+    assert!(out.lines().eq(all.iter()), "read: {}", short(&out));
+}

@@ -382,6 +382,29 @@ pub trait Submit {
         Ok(g)
     }
 
+    /// Every projection ever installed, oldest first, through the log (in
+    /// pages of `layout-history`).
+    fn layout_history(&mut self) -> Result<Vec<Projection>, ConsensusError> {
+        let bad = |e: trex_wire::DecodeError| ConsensusError::Protocol(e.to_string());
+        let mut out = Vec::new();
+        loop {
+            let b = self.submit_ok(&Op::LayoutHistory {
+                from: out.len() as u64,
+                max: trex_wire::ops::LAYOUT_HISTORY_MAX,
+            })?;
+            let mut r = Reader::new(&b);
+            let len = r.u64().map_err(bad)?;
+            let n = r.u32().map_err(bad)?;
+            for _ in 0..n {
+                out.push(decode_projection(&mut r).map_err(bad)?);
+            }
+            r.finish().map_err(bad)?;
+            if n == 0 || out.len() as u64 >= len {
+                return Ok(out);
+            }
+        }
+    }
+
     /// The current projection (if any) and how many were ever installed,
     /// through the log.
     fn layout(&mut self) -> Result<(u64, Option<Projection>), ConsensusError> {

@@ -190,6 +190,26 @@ impl StateMachine {
                 }
                 out
             }
+            Op::LayoutHistory { from, max } => {
+                let mut out = vec![RESULT_OK];
+                put_u64(&mut out, self.history.len() as u64);
+                let start = usize::try_from(from)
+                    .unwrap_or(usize::MAX)
+                    .min(self.history.len());
+                let want = max.min(trex_wire::ops::LAYOUT_HISTORY_MAX) as usize;
+                let count_at = out.len();
+                put_u32(&mut out, 0);
+                let mut n = 0u32;
+                for p in self.history[start..].iter().take(want) {
+                    if n > 0 && out.len() >= trex_wire::ops::LAYOUT_HISTORY_BYTES {
+                        break;
+                    }
+                    encode_projection(&mut out, p);
+                    n += 1;
+                }
+                out[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+                out
+            }
             Op::Noop => vec![RESULT_OK],
             Op::GroupInit { nodes } => {
                 if self.group.is_none() {

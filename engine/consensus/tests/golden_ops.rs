@@ -59,6 +59,7 @@ fn op_vectors() -> Vec<(&'static str, Op)> {
         ),
         ("op-members", Op::Members),
         ("op-layout", Op::Layout),
+        ("op-layout-history", Op::LayoutHistory { from: 1, max: 2 }),
         ("op-noop", Op::Noop),
         (
             "op-install-as-sequencer",
@@ -185,6 +186,7 @@ enum Payload {
     Mark,
     Factor,
     Group,
+    History,
     Refused(Refusal),
 }
 
@@ -437,6 +439,11 @@ fn result_vectors() -> (
         ),
         Payload::Group,
     ));
+    v.push((
+        "result-layout-history",
+        h.apply(T + 26_000, Op::LayoutHistory { from: 1, max: 2 }),
+        Payload::History,
+    ));
     // Every operation whose result is "—" answers the same bytes: register's.
     v.push(("result-ok", ok[0].1.clone(), Payload::Nothing));
     (v, ok)
@@ -585,6 +592,15 @@ fn result_vectors_decode_as_the_document_says() {
             }
             Payload::Group => {
                 decode_group(&mut rd).unwrap();
+            }
+            Payload::History => {
+                assert_eq!(rd.u64().unwrap(), 3, "{name}: three projections installed");
+                assert_eq!(rd.u32().unwrap(), 2, "{name}: two asked for from index 1");
+                let epochs = [
+                    decode_projection(&mut rd).unwrap().epoch,
+                    decode_projection(&mut rd).unwrap().epoch,
+                ];
+                assert_eq!(epochs, [2, 3], "{name}: oldest first");
             }
             Payload::Refused(code) => panic!("{name} was not refused with {code:?}"),
         }

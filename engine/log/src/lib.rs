@@ -721,12 +721,72 @@ impl Log {
                 Err(e) => why.push(format!("unit {unit}: {e}")),
             }
         }
-        unwritten.ok_or_else(|| {
-            fail!(
-                "address {addr} is damaged or unreachable on every replica ({}); restore one of them",
-                why.join("; ")
-            )
-        })
+        if let Some(u) = unwritten {
+            return Ok(u);
+        }
+        // No replica of the current chain has a good copy: a unit that left
+        // the chain (taken out while unreachable, say) may hold `bad`'s own
+        // bytes.
+        if let Some(good) = self.read_former_replica(addr, bad, epoch, &mut why)? {
+            return Ok(good);
+        }
+        Err(fail!(
+            "address {addr} is damaged or unreachable on every replica ({}); restore one of them",
+            why.join("; ")
+        ))
+    }
+
+    /// Reads `addr` from a former replica of its chain that is known to hold
+    /// exactly what `bad` (a current replica with a damaged copy) holds there,
+    /// and rewrites `bad`'s copy with it. A unit `u` qualifies if it was in
+    /// `addr`'s chain in some projection of the history, and in **every**
+    /// projection where it was, `bad` was too, closer to the head. Chains
+    /// only lose members or gain them at the tail, and every value reaches a
+    /// replica through the ones before it (a write or fill goes head to
+    /// tail and stops at a replica holding something else; a fill adopts
+    /// what it finds; a spare gets copies of the decided values and a
+    /// returning unit is verified against them). So whatever `u` holds at
+    /// `addr`, `bad` held too: restoring `bad` from it is byte for byte. A
+    /// unit that ever served the chain without `bad` before it could hold a
+    /// value `bad` never had (an undecided write of a removed head), and is
+    /// never asked. Returns `None` when no such unit holds the entry.
+    fn read_former_replica(
+        &mut self,
+        addr: u64,
+        bad: u64,
+        epoch: u64,
+        why: &mut Vec<String>,
+    ) -> Result<Option<ReadItem>, LogError> {
+        let history = self.env.layout_history()?;
+        let current = self.chain(addr)?;
+        let mut ok: BTreeMap<u64, bool> = BTreeMap::new();
+        for p in &history {
+            let Some(chain) = chain_in(p, addr) else {
+                continue;
+            };
+            let bad_at = chain.iter().position(|u| *u == bad);
+            for (i, u) in chain.iter().enumerate() {
+                if *u == bad || current.contains(u) {
+                    continue;
+                }
+                let behind_bad = bad_at.is_some_and(|b| b < i);
+                *ok.entry(*u).or_insert(true) &= behind_bad;
+            }
+        }
+        for (u, _) in ok.into_iter().filter(|(_, fits)| *fits) {
+            match self.with_unit(u, |c| c.read(epoch, &[addr])) {
+                Ok(mut v) => match v[0].status {
+                    Status::Ok | Status::Junk => {
+                        let good = v.remove(0);
+                        self.repair_copy(bad, &good, epoch, u);
+                        return Ok(Some(good));
+                    }
+                    s => why.push(format!("former replica unit {u}: {s}")),
+                },
+                Err(e) => why.push(format!("former replica unit {u}: {e}")),
+            }
+        }
+        Ok(None)
     }
 
     /// Read repair: rewrites `bad`'s damaged copy of `good.addr` with the value
@@ -1382,4 +1442,15 @@ impl Subscription<'_> {
 /// them (`repair`).
 pub(crate) fn unreadable_copy(s: Status) -> bool {
     matches!(s, Status::Corrupt | Status::Io)
+}
+
+/// The chain serving `addr` in projection `p`, if a segment of it holds
+/// `addr` and has stripes.
+fn chain_in(p: &Projection, addr: u64) -> Option<&[u64]> {
+    let seg = p
+        .segments
+        .iter()
+        .find(|s| s.start <= addr && addr < s.end)?;
+    let n = seg.stripes.len() as u64;
+    (n > 0).then(|| seg.stripes[(addr % n) as usize].as_slice())
 }

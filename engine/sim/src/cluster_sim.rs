@@ -1913,6 +1913,11 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
     }
     let report = {
         let mut w = h.lock();
+        if outcome.is_err() && w.debug {
+            for p in &w.sm.history {
+                eprintln!("layout history: {p:?}");
+            }
+        }
         w.shutdown = true;
         w.turn = None;
         h.cv.notify_all();

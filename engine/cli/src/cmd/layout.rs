@@ -1,5 +1,5 @@
-//! `trex layout show|init|replicas`: the layout (projections) and the
-//! replication factor.
+//! `trex layout show|history|init|replicas`: the layout (projections) and
+//! the replication factor.
 
 use crate::common::{
     consensus_client, print_json, print_projection, Endpoints, Format, ProjectionJson,
@@ -13,6 +13,9 @@ use trex_consensus::sm::{decode_projection, Op};
 pub enum LayoutCmd {
     /// Show the current projection.
     Show(Endpoints),
+    /// Show every projection ever installed, oldest first (how each chain
+    /// changed: units taken out, spares joined, sequencers taking over).
+    History(Endpoints),
     /// Install the first projection from the registered storage units.
     Init {
         #[command(flatten)]
@@ -40,6 +43,7 @@ pub enum LayoutCmd {
 pub fn run(cmd: LayoutCmd) -> Result<(), CliError> {
     match cmd {
         LayoutCmd::Show(a) => show(a),
+        LayoutCmd::History(a) => history(a),
         LayoutCmd::Init {
             ep,
             stripes,
@@ -86,6 +90,29 @@ fn show(a: Endpoints) -> Result<(), CliError> {
         Format::Table => {
             print_projection(&p);
             println!("history    {n} projections");
+        }
+    }
+    Ok(())
+}
+
+fn history(a: Endpoints) -> Result<(), CliError> {
+    let all = consensus_client(&a)?.layout_history()?;
+    if all.is_empty() {
+        return Err("no layout is installed yet; bootstrap one with `trex layout init --stripes 2 --replicas 2`".into());
+    }
+    match a.format {
+        Format::Json => print_json(
+            &all.iter()
+                .map(|p| ProjectionJson::new(p, None))
+                .collect::<Vec<_>>(),
+        ),
+        Format::Table => {
+            for (i, p) in all.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_projection(p);
+            }
         }
     }
     Ok(())
