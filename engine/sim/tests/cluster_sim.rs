@@ -46,7 +46,9 @@ fn cluster_seeds_that_once_failed_pass() {
 /// acknowledged entry: a take-out raced with a sequencer takeover's install,
 /// was refused, and was reported done, so the operator wiped a chain's tail.
 /// Seeds 500306, 500485, 500551, 500831 and 500882 stalled: a full unit, the
-/// last replica of a closed range, refused the fills of its holes.
+/// last replica of a closed range, refused the fills of its holes. Seeds
+/// 500425, 500620, 600242 and 600352 could not read a copy damaged on its
+/// chain's last replica while a former replica held it intact.
 #[test]
 fn a_range_of_hard_fault_cluster_seeds_passes() {
     let n: u64 = std::env::var("TREX_CLUSTER_SIM_HARD_SEEDS")
@@ -58,9 +60,11 @@ fn a_range_of_hard_fault_cluster_seeds_passes() {
         ..ClusterOptions::default()
     };
     let (mut damaged, mut full) = (0, 0);
-    for seed in [500_396, 500_306, 500_485, 500_551, 500_831, 500_882]
-        .into_iter()
-        .chain(200_000..200_000 + n)
+    for seed in [
+        500_396, 500_306, 500_485, 500_551, 500_831, 500_882, 500_425, 500_620, 600_242, 600_352,
+    ]
+    .into_iter()
+    .chain(200_000..200_000 + n)
     {
         let r = run_cluster(seed, opts).unwrap_or_else(|e| {
             panic!("{e}\nreplay: cargo run --release -p trex-sim --bin trex-sim -- --cluster --hard-faults --seed {seed}")
