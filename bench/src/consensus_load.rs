@@ -21,6 +21,8 @@ pub struct GroupLoad {
     pub endpoints: String,
     /// The cluster id frames carry.
     pub cluster_id: u32,
+    /// Lock clients take a new name for every pair (`--distinct-names`).
+    pub distinct_names: bool,
 }
 
 /// How long one command may take, redirects and retries included, before it
@@ -124,7 +126,8 @@ pub fn lock_client(a: &GroupLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
             .map_err(|e| e.to_string())?
             .with_cluster_id(a.cluster_id),
     );
-    let name = lock_name(i);
+    let mut name = lock_name(i);
+    let mut pairs = 0u64;
     // A lease taken whose release failed: (token).
     let mut held: Option<u64> = None;
     ctx.start();
@@ -137,6 +140,10 @@ pub fn lock_client(a: &GroupLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
                     continue;
                 }
             }
+        }
+        if a.distinct_names {
+            pairs += 1;
+            name = format!("{}-{pairs}", lock_name(i));
         }
         pair(&mut c, &name, &mut held, slot, ctx);
     }

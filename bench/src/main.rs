@@ -251,6 +251,11 @@ struct GroupArgs {
     /// Client threads, each with one request in flight.
     #[arg(long, default_value_t = 64, value_parser = parse_positive)]
     clients: usize,
+    /// `lock` only: every pair takes a lock name never used before (instead
+    /// of one name per client), to check that released locks leave the
+    /// state machine (memory and journal stay flat).
+    #[arg(long)]
+    distinct_names: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -608,9 +613,15 @@ fn group_plan(
     a: GroupArgs,
     body: fn(&consensus_load::GroupLoad, usize, &mut run::Ctx) -> Result<(), String>,
 ) -> Result<Plan, String> {
+    if a.distinct_names && name != "lock" {
+        return Err(format!(
+            "--distinct-names applies to `trex-bench lock` only, not `{name}`; drop it"
+        ));
+    }
     let cfg = consensus_load::GroupLoad {
         endpoints: resolve_cluster(&a.cluster)?,
         cluster_id: a.cluster.cluster_id,
+        distinct_names: a.distinct_names,
     };
     let p = Plan {
         info: info(name, a.clients, 1, 0, &a.run),
