@@ -657,6 +657,9 @@ pub enum Request<'a> {
     Write(WriteBatch<'a>),
     /// Batched repairs: writes that may also replace a damaged record.
     Repair(WriteBatch<'a>),
+    /// Batched verified repairs: each entry replaces a damaged record only
+    /// if that record provably held it.
+    VerifiedRepair(WriteBatch<'a>),
     /// Batched reads.
     Read(AddrList<'a>),
     /// Batched fills.
@@ -680,6 +683,7 @@ pub fn decode_request(opcode: u8, body: &[u8]) -> Result<Request<'_>, DecodeErro
     Ok(match Opcode::from_u8(opcode) {
         Some(Opcode::Write) => Request::Write(decode_write_request(body)?),
         Some(Opcode::Repair) => Request::Repair(decode_write_request(body)?),
+        Some(Opcode::VerifiedRepair) => Request::VerifiedRepair(decode_write_request(body)?),
         Some(Opcode::Read) => Request::Read(decode_addr_list(body)?),
         Some(Opcode::Fill) => Request::Fill(decode_addr_list(body)?),
         Some(Opcode::Trim) => Request::Trim {
@@ -710,6 +714,7 @@ impl Request<'_> {
         match self {
             Request::Write(_) => Opcode::Write,
             Request::Repair(_) => Opcode::Repair,
+            Request::VerifiedRepair(_) => Opcode::VerifiedRepair,
             Request::Read(_) => Opcode::Read,
             Request::Fill(_) => Opcode::Fill,
             Request::Trim { .. } => Opcode::Trim,

@@ -23,6 +23,11 @@ pub enum Opcode {
     /// Rewrite entries whose stored copy is damaged (read repair): like
     /// `write`, and also over an address whose record fails its checksum.
     Repair = 0x07,
+    /// Rewrite a damaged record only with the entry it provably held (its
+    /// own header, intact, and its checksum confirm it); never writes a new
+    /// address. For copies from units whose copy could otherwise not be
+    /// trusted.
+    VerifiedRepair = 0x08,
     /// Consensus: submit a command to the replicated state machine.
     Submit = 0x10,
     /// Consensus: report a node's Paxos state.
@@ -48,6 +53,7 @@ impl Opcode {
             0x05 => Opcode::Seal,
             0x06 => Opcode::Info,
             0x07 => Opcode::Repair,
+            0x08 => Opcode::VerifiedRepair,
             0x10 => Opcode::Submit,
             0x11 => Opcode::NodeStatus,
             0x20 => Opcode::Peer,
@@ -68,6 +74,7 @@ impl Opcode {
             Opcode::Seal => "seal",
             Opcode::Info => "info",
             Opcode::Repair => "repair",
+            Opcode::VerifiedRepair => "verified-repair",
             Opcode::Submit => "submit",
             Opcode::NodeStatus => "node-status",
             Opcode::Peer => "peer",

@@ -103,12 +103,12 @@ proptest! {
 
     #[test]
     fn arbitrary_bodies_never_panic_and_what_decodes_re_encodes_identically(
-        op in 0u8..8, bytes in proptest::collection::vec(any::<u8>(), 0..120)
+        op in 0u8..10, bytes in proptest::collection::vec(any::<u8>(), 0..120)
     ) {
         if let Ok(req) = decode_request(op, &bytes) {
             let mut again = Vec::new();
             match req {
-                Request::Write(w) | Request::Repair(w) => encode_write_request(&mut again, &w.iter().collect::<Vec<_>>()),
+                Request::Write(w) | Request::Repair(w) | Request::VerifiedRepair(w) => encode_write_request(&mut again, &w.iter().collect::<Vec<_>>()),
                 Request::Read(a) | Request::Fill(a) => encode_addr_list(&mut again, &a.iter().collect::<Vec<_>>()),
                 Request::Trim { prefix } => encode_u64(&mut again, prefix),
                 Request::Seal { epoch } => encode_u64(&mut again, epoch),

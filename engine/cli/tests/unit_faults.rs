@@ -540,31 +540,36 @@ fn odd_chain(eps: &str) -> Vec<u64> {
 
 /// A damaged copy on the last replica of its chain, whose partner left the
 /// chain before the damage was repaired (stopped, then taken out by the next
-/// append), is restored from that former replica once it runs again: the
-/// partner stood behind the damaged unit in every projection that named it,
-/// so it holds the damaged unit's own bytes (docs/protocol.md, "Damaged
-/// copies"). Before, the read failed ("damaged or unreachable on every
-/// replica") although an intact copy was running.
-#[test]
-fn a_damaged_copy_is_restored_from_a_former_replica() {
-    // The damaged unit is stripe 1's head (unit 3); its partner, the tail
-    // (unit 4, port +23), leaves the chain.
-    let mut bed = Bed::start(6, "0s", Role::Head);
-    let partner = format!("storage --listen 127.0.0.1:{} ", bed.victim + 1);
+/// append), is restored from that former replica once it runs again. With
+/// the damaged unit at the head, the partner (the former tail) stood behind
+/// it in every projection that named it, so it holds the head's own bytes;
+/// with the damaged unit at the tail, the former head could hold a value the
+/// tail never had, so its copy goes in only through `verified-repair`, which
+/// the tail's intact record header and checksum confirm (docs/protocol.md,
+/// "Damaged copies"). Before, both reads failed ("damaged or unreachable on
+/// every replica") although an intact copy was running.
+fn a_damaged_copy_is_restored_from_a_former_replica(damaged: Role) {
+    // Stripe 1's chain is unit 3 (head, port +22) -> unit 4 (tail, +23).
+    let mut bed = Bed::start(6, "0s", damaged);
+    let partner_port = match damaged {
+        Role::Head => bed.victim + 1,
+        Role::Tail => bed.victim - 1,
+    };
+    let partner = format!("storage --listen 127.0.0.1:{partner_port} ");
     let partner_cmd = common::cmdline_of(&partner);
     common::kill(&partner, libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
-    // Appends reach the dead tail and take it out of the layout.
+    // Appends reach the dead partner and take it out of the layout.
     append_entries(&bed.eps, 6..10);
     let chain = odd_chain(&bed.eps);
-    assert_eq!(chain.len(), 1, "the tail was taken out: chain {chain:?}");
-    // Entry 3's copy on the head, now the chain's only replica, damaged.
+    assert_eq!(chain.len(), 1, "the partner was taken out: chain {chain:?}");
+    // Entry 3's copy on the victim, now the chain's only replica, damaged.
     bed.stop();
     let (seg, at) = bed.record_of(3);
     flip(&seg, at + RECORD_HEADER_LEN + 100, 0x20);
     bed.restart();
     assert!(bed.unit_read(3).contains("corrupt"), "{}", bed.unit_read(3));
-    // The former tail runs again, outside the layout, with its data.
+    // The partner runs again, outside the layout, with its data.
     let _partner = common::restart(&partner_cmd);
     eventually(WITHIN, "read 3 from the former replica", || {
         let (code, out, err) = trex_cli(&bed.eps, &["read", "3"], WITHIN);
@@ -573,9 +578,22 @@ fn a_damaged_copy_is_restored_from_a_former_replica() {
             .ok_or(format!("{code:?} {} {}", short(&out), short(&err)))
     });
     assert_eq!(odd_chain(&bed.eps), chain, "the layout did not change");
-    assert!(bed.unit_read(3) == entry(3), "the head's copy was repaired");
+    assert!(
+        bed.unit_read(3) == entry(3),
+        "the damaged copy was repaired"
+    );
     let (code, out, err) = trex_cli(&bed.eps, &["read", "0", "--count", "10"], WITHIN);
     assert_eq!(code, Some(0), "read: {err}");
     let all: Vec<String> = (0..10).map(|i| line(i, i)).collect();
     assert!(out.lines().eq(all.iter()), "read: {}", short(&out));
+}
+
+#[test]
+fn a_damaged_head_copy_is_restored_from_the_former_tail() {
+    a_damaged_copy_is_restored_from_a_former_replica(Role::Head);
+}
+
+#[test]
+fn a_damaged_tail_copy_is_restored_from_the_former_head_when_it_proves_its_own() {
+    a_damaged_copy_is_restored_from_a_former_replica(Role::Tail);
 }

@@ -730,26 +730,47 @@ impl Log {
         if let Some(good) = self.read_former_replica(addr, bad, epoch, &mut why)? {
             return Ok(good);
         }
+        // A damaged hole restores itself: a fill rewrites the junk of a
+        // damaged record whose intact header says it was junk (and is
+        // answered `corrupt` otherwise).
+        if let Ok(st) = self.with_unit(bad, |c| c.fill(epoch, &[addr])) {
+            if st == [Status::Ok] {
+                trex_net::log_line!(
+                    "WARN",
+                    "address {addr} was damaged on unit {bad}: its record's intact header says it was a hole; restored the junk"
+                );
+                return Ok(ReadItem {
+                    addr,
+                    status: Status::Junk,
+                    writer: 0,
+                    seq: 0,
+                    data: Vec::new(),
+                });
+            }
+        }
         Err(fail!(
             "address {addr} is damaged or unreachable on every replica ({}); restore one of them",
             why.join("; ")
         ))
     }
 
-    /// Reads `addr` from a former replica of its chain that is known to hold
-    /// exactly what `bad` (a current replica with a damaged copy) holds there,
-    /// and rewrites `bad`'s copy with it. A unit `u` qualifies if it was in
-    /// `addr`'s chain in some projection of the history, and in **every**
-    /// projection where it was, `bad` was too, closer to the head. Chains
-    /// only lose members or gain them at the tail, and every value reaches a
-    /// replica through the ones before it (a write or fill goes head to
-    /// tail and stops at a replica holding something else; a fill adopts
-    /// what it finds; a spare gets copies of the decided values and a
-    /// returning unit is verified against them). So whatever `u` holds at
-    /// `addr`, `bad` held too: restoring `bad` from it is byte for byte. A
-    /// unit that ever served the chain without `bad` before it could hold a
-    /// value `bad` never had (an undecided write of a removed head), and is
-    /// never asked. Returns `None` when no such unit holds the entry.
+    /// Reads `addr` from a former replica of its chain and restores `bad`'s
+    /// damaged copy with it, where that is provably `bad`'s own entry.
+    ///
+    /// A unit `u` that left the chain is **trusted** if it was in `addr`'s
+    /// chain in some projection of the history, and in every projection
+    /// where it was, `bad` was too, closer to the head. Chains only lose
+    /// members or gain them at the tail, and every value reaches a replica
+    /// through the ones before it (a write or fill goes head to tail and
+    /// stops at a replica holding something else; a fill adopts what it
+    /// finds; a spare gets copies of the decided values and a returning unit
+    /// is verified against them). So whatever a trusted unit holds at
+    /// `addr`, `bad` held too. Any other former replica could hold a value
+    /// `bad` never had (the undecided write of a head removed before it
+    /// reached the tail): its copy is only offered to `bad` with
+    /// `verified-repair`, which takes it only if `bad`'s damaged record
+    /// proves it held exactly that entry (its header survived). Returns
+    /// `None` when no former replica's copy gets in.
     fn read_former_replica(
         &mut self,
         addr: u64,
@@ -759,7 +780,7 @@ impl Log {
     ) -> Result<Option<ReadItem>, LogError> {
         let history = self.env.layout_history()?;
         let current = self.chain(addr)?;
-        let mut ok: BTreeMap<u64, bool> = BTreeMap::new();
+        let mut trusted: BTreeMap<u64, bool> = BTreeMap::new();
         for p in &history {
             let Some(chain) = chain_in(p, addr) else {
                 continue;
@@ -770,20 +791,49 @@ impl Log {
                     continue;
                 }
                 let behind_bad = bad_at.is_some_and(|b| b < i);
-                *ok.entry(*u).or_insert(true) &= behind_bad;
+                *trusted.entry(*u).or_insert(true) &= behind_bad;
             }
         }
-        for (u, _) in ok.into_iter().filter(|(_, fits)| *fits) {
-            match self.with_unit(u, |c| c.read(epoch, &[addr])) {
-                Ok(mut v) => match v[0].status {
-                    Status::Ok | Status::Junk => {
-                        let good = v.remove(0);
-                        self.repair_copy(bad, &good, epoch, u);
-                        return Ok(Some(good));
+        // Trusted units first.
+        let mut order: Vec<(u64, bool)> = trusted.into_iter().collect();
+        order.sort_by_key(|(u, t)| (!*t, *u));
+        for (u, is_trusted) in order {
+            let mut got = match self.with_unit(u, |c| c.read(epoch, &[addr])) {
+                Ok(v) => v,
+                Err(e) => {
+                    why.push(format!("former replica unit {u}: {e}"));
+                    continue;
+                }
+            };
+            let good = got.remove(0);
+            match good.status {
+                Status::Ok | Status::Junk if is_trusted => {
+                    self.repair_copy(bad, &good, epoch, u);
+                    return Ok(Some(good));
+                }
+                Status::Ok => {
+                    let op = WriteOp {
+                        addr,
+                        writer: good.writer,
+                        seq: good.seq,
+                        data: &good.data,
+                    };
+                    match self.with_unit(bad, |c| c.verified_repair(epoch, &[op])) {
+                        Ok(st) if st == [Status::Ok] => {
+                            trex_net::log_line!(
+                                "WARN",
+                                "address {addr} was damaged on unit {bad}: restored it from former replica unit {u}, verified against the damaged record's own header and checksum"
+                            );
+                            return Ok(Some(good));
+                        }
+                        Ok(st) => why.push(format!(
+                            "former replica unit {u}: its copy is not provably unit {bad}'s (verified-repair answered {})",
+                            st.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                        )),
+                        Err(e) => why.push(format!("unit {bad}: verified-repair: {e}")),
                     }
-                    s => why.push(format!("former replica unit {u}: {s}")),
-                },
-                Err(e) => why.push(format!("former replica unit {u}: {e}")),
+                }
+                s => why.push(format!("former replica unit {u}: {s}")),
             }
         }
         Ok(None)
@@ -1059,15 +1109,33 @@ impl Log {
     /// for the next address it would hand out. At least the tail of every
     /// acknowledged append; above it by addresses granted and not yet written
     /// (or never to be: holes to fill).
+    ///
+    /// The answer counts only if the layout, read through the consensus
+    /// group *after* the reply, is still at the epoch the sequencer answered
+    /// for: a sequencer deposed by a takeover keeps answering from its old
+    /// counter until it next renews its lease, and a client with the old
+    /// layout would otherwise take that for the tail while the new sequencer
+    /// hands out higher addresses (P4; cluster simulator seed 800461). With
+    /// the layout still at that epoch, every append acknowledged before the
+    /// check started got its address from that sequencer, or was below the
+    /// tail its takeover sealed.
     pub fn check_fast(&mut self) -> Result<u64, LogError> {
-        Ok(self.token(0)?.1)
+        for _ in 0..self.max_retries {
+            let (epoch, tail) = self.token(0)?;
+            self.refresh()?;
+            if self.projection.epoch == epoch {
+                return Ok(tail);
+            }
+        }
+        Err("the layout kept changing during the check (sequencer takeovers); retry".into())
     }
 
     /// The slow check: one past the highest address any unit of the current
     /// projection holds. A unit that does not answer is passed over as long as
-    /// every chain has a replica that answered, and the layout the units were
-    /// asked with is still the current one when they have answered (read
-    /// again to make sure): a member of the current layout's chain holds every
+    /// every chain has a replica that answered and holds no damaged record (a
+    /// record whose header is damaged is not in its unit's tail), and the
+    /// layout the units were asked with is still the current one when they
+    /// have answered (read again every time): a member of the current layout's chain holds every
     /// acknowledged append of that chain's range, so those tails cover them
     /// (ARCHITECTURE §7: one bad unit per chain costs no check). A stale layout
     /// could name a unit taken out and back with an old tail.
@@ -1075,32 +1143,45 @@ impl Log {
         for _ in 0..self.max_retries {
             let p = self.projection.clone();
             let mut tail = 0;
-            let mut answered: BTreeSet<u64> = BTreeSet::new();
+            // Units that answered with no damaged record: a unit whose
+            // damaged record lost its header cannot count it in its tail, so
+            // only an undamaged replica stands for a chain whose other
+            // replica did not answer.
+            let mut clean: BTreeSet<u64> = BTreeSet::new();
+            let mut damaged: Vec<String> = Vec::new();
             let mut failed: Vec<String> = Vec::new();
             for id in units_of(&p) {
                 match self.with_unit(id, |c| c.info()) {
                     Ok(info) => {
                         tail = tail.max(info.tail);
-                        answered.insert(id);
+                        if info.corrupt == 0 {
+                            clean.insert(id);
+                        } else {
+                            damaged
+                                .push(format!("unit {id}: holds {} damaged records", info.corrupt));
+                        }
                     }
                     Err(e) => failed.push(format!("unit {id}: {e}")),
                 }
             }
-            if failed.is_empty() {
-                return Ok(tail);
-            }
+            // Asked with an old layout (a takeover since, say): the units of
+            // the current one may hold addresses these do not. Ask again.
             self.refresh()?;
             if self.projection.epoch != p.epoch {
-                continue; // asked with an old layout: ask the current one
+                continue;
+            }
+            if failed.is_empty() {
+                return Ok(tail);
             }
             if let Some(chain) = p
                 .segments
                 .iter()
                 .flat_map(|s| s.stripes.iter())
-                .find(|c| !c.iter().any(|u| answered.contains(u)))
+                .find(|c| !c.iter().any(|u| clean.contains(u)))
             {
+                failed.extend(damaged);
                 return Err(fail!(
-                    "no replica of the chain {} answered ({}); restart one of them (`trex status` shows each unit)",
+                    "no replica of the chain {} answered without damage ({}); restart the units that do not answer, or let the repair loop rewrite the damaged records (`trex status` shows each unit), then check again",
                     chain.iter().map(u64::to_string).collect::<Vec<_>>().join(" -> "),
                     failed.join("; ")
                 ));

@@ -252,6 +252,20 @@ pub trait UnitApi {
         statuses(&body, ops.len())
     }
 
+    /// Offers entries to replace damaged records only where the damaged
+    /// record provably held them (`verified-repair`, docs/wire.md); one status
+    /// per op: `ok` means the unit's own bytes are back.
+    fn verified_repair(
+        &mut self,
+        epoch: u64,
+        ops: &[WriteOp<'_>],
+    ) -> Result<Vec<Status>, ClientError> {
+        let (_, body) = self.call(Opcode::VerifiedRepair, epoch, &|b| {
+            wire::encode_write_request(b, ops)
+        })?;
+        statuses(&body, ops.len())
+    }
+
     /// Fills a batch of addresses with junk; one status per address.
     fn fill(&mut self, epoch: u64, addrs: &[u64]) -> Result<Vec<Status>, ClientError> {
         let (_, body) = self.call(Opcode::Fill, epoch, &|b| wire::encode_addr_list(b, addrs))?;

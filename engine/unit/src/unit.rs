@@ -339,6 +339,7 @@ impl<S: Store> Unit<S> {
         match request {
             Request::Write(batch) => self.on_write(to, header, batch, false),
             Request::Repair(batch) => self.on_write(to, header, batch, true),
+            Request::VerifiedRepair(batch) => self.on_verified_repair(to, header, batch),
             Request::Read(addrs) => self.on_read(to, header, addrs),
             Request::Fill(addrs) => self.on_fill(to, header, addrs),
             Request::Trim { prefix } => self.on_trim(to, header, prefix),
@@ -368,6 +369,70 @@ impl<S: Store> Unit<S> {
             wire::encode_status_list(out, &statuses)
         });
         self.statuses = statuses;
+    }
+
+    /// `verified-repair`: each entry replaces the damaged record of its
+    /// address only if that record provably held it
+    /// ([`Store::verify_copy`]: its header verifies by its own checksum and
+    /// names the same entry, and the record's checksum matches the entry's
+    /// bytes). It never writes an address the unit holds nothing at. So a
+    /// client may offer a copy from a unit it could not otherwise trust (a
+    /// former replica that may hold an undecided value): only the damaged
+    /// unit's own bytes get in. Statuses: `ok` (replaced, or the same entry
+    /// already held intact), `written` (the address holds, or its damaged
+    /// record held, another entry), `junk` (a hole is held), `corrupt` (the
+    /// damaged record cannot tell: its header is damaged too, or it cannot be
+    /// read; or the unit holds no record of the address and cannot rule out
+    /// having lost one), `unwritten` (nothing was held there), `trimmed`,
+    /// `too-large`, `out-of-range`, `full`, `io`.
+    fn on_verified_repair(&mut self, to: ReplyTo, header: &Header, batch: WriteBatch<'_>) {
+        let mut statuses = std::mem::take(&mut self.statuses);
+        statuses.clear();
+        let mut tag = 0;
+        for op in batch.iter() {
+            let (status, t) = self.verified_repair_one(op.addr, op.writer, op.seq, op.data);
+            statuses.push(status);
+            tag = tag.max(t);
+        }
+        self.respond(to, header, tag, |out| {
+            wire::encode_status_list(out, &statuses)
+        });
+        self.statuses = statuses;
+    }
+
+    fn verified_repair_one(
+        &mut self,
+        addr: u64,
+        writer: u64,
+        seq: u64,
+        data: &[u8],
+    ) -> (Status, u64) {
+        match self.index.get(addr).copied() {
+            _ if addr > wire::range::MAX_COUNTER || addr < self.meta.trim_mark => {
+                self.write_one(addr, writer, seq, data, false)
+            }
+            Some(slot) if slot.corrupt => {
+                if data.len() > self.store.max_payload()
+                    || data.len() > wire::MAX_ENTRY_LEN as usize
+                {
+                    return (Status::TooLarge, 0);
+                }
+                let head = RecordHead {
+                    kind: Kind::Data,
+                    addr,
+                    writer,
+                    seq,
+                };
+                match self.store.verify_copy(slot.loc, &head, data) {
+                    Some(true) => self.append(&head, data),
+                    Some(false) => (Status::Written, 0),
+                    None => (Status::Corrupt, 0),
+                }
+            }
+            Some(_) => self.write_one(addr, writer, seq, data, false),
+            None if self.unattributed > 0 => (Status::Corrupt, 0),
+            None => (Status::Unwritten, 0),
+        }
     }
 
     fn on_fill(&mut self, to: ReplyTo, header: &Header, addrs: AddrList<'_>) {
@@ -460,6 +525,17 @@ impl<S: Store> Unit<S> {
             return (Status::Trimmed, self.trimmed_tag(addr));
         }
         match self.index.get(addr).copied() {
+            // A damaged record that provably was junk (its header verifies
+            // and there is no payload): the fill restores exactly it.
+            Some(slot)
+                if slot.corrupt
+                    && self
+                        .store
+                        .verify_copy(slot.loc, &RecordHead::junk(addr), &[])
+                        == Some(true) =>
+            {
+                self.append(&RecordHead::junk(addr), &[])
+            }
             Some(slot) if slot.corrupt => (Status::Corrupt, 0),
             Some(slot) if slot.kind == Kind::Junk => (Status::Ok, self.slot_tag(&slot)),
             Some(slot) => (Status::Written, self.slot_tag(&slot)),

@@ -426,3 +426,91 @@ fn node_info_names_the_role_and_build_at_any_epoch() {
         ("7.7.7", "feedbeef")
     );
 }
+
+/// One request to `u`, run to its reply; the reply's status list.
+fn statuses_of(
+    u: &mut Unit<MemStore>,
+    id: u64,
+    op: Opcode,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Vec<Status> {
+    send(u, id, op, 0, body);
+    sync(u);
+    let r = replies(u);
+    assert_eq!(r.len(), 1, "one reply");
+    assert_eq!(error_code(&r[0]), None, "answered");
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    wire::decode_status_list(f.body).unwrap().iter().collect()
+}
+
+fn reads(u: &mut Unit<MemStore>, id: u64, addrs: &[u64]) -> Vec<Status> {
+    send(u, id, Opcode::Read, 0, |b| wire::encode_addr_list(b, addrs));
+    sync(u);
+    let r = replies(u);
+    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
+    wire::decode_read_reply(f.body)
+        .unwrap()
+        .iter()
+        .map(|x| x.status)
+        .collect()
+}
+
+/// `verified-repair` takes an entry only where the damaged record provably
+/// held it (intact header, matching checksum), and never writes an address
+/// the unit holds nothing at; a fill restores a damaged hole whose header
+/// survived. So copies from units that might hold an undecided value can be
+/// offered safely (docs/protocol.md, "Damaged copies").
+#[test]
+fn a_verified_repair_restores_only_what_the_damaged_record_held() {
+    let mut u = unit();
+    write(&mut u, 1, 1, b"precious");
+    sync(&mut u);
+    replies(&mut u);
+    let st = statuses_of(&mut u, 2, Opcode::Fill, |b| wire::encode_addr_list(b, &[2]));
+    assert_eq!(st, vec![Status::Ok]);
+    assert!(u.store_mut().corrupt_payload(1));
+    assert!(u.store_mut().corrupt_payload(2)); // junk: its record checksum
+                                               // Recovery finds both (a read of junk does not look at its record).
+    let mut u = Unit::open(u.into_store(), UnitConfig::default())
+        .expect("reopen")
+        .0;
+    assert_eq!(
+        reads(&mut u, 3, &[1, 2]),
+        vec![Status::Corrupt, Status::Corrupt]
+    );
+    let vr = |addr, seq, data: &'static [u8]| {
+        move |b: &mut Vec<u8>| {
+            let op = wire::WriteOp {
+                addr,
+                writer: 1,
+                seq,
+                data,
+            };
+            wire::encode_write_request(b, &[op])
+        }
+    };
+    // Another entry (its sequence number differs): refused as written.
+    let st = statuses_of(&mut u, 4, Opcode::VerifiedRepair, vr(1, 99, b"precious"));
+    assert_eq!(st, vec![Status::Written]);
+    // The same entry with other bytes: the checksum cannot confirm it.
+    let st = statuses_of(&mut u, 5, Opcode::VerifiedRepair, vr(1, 1, b"precioux"));
+    assert_eq!(st, vec![Status::Corrupt]);
+    // A fill does not touch damaged data.
+    let st = statuses_of(&mut u, 6, Opcode::Fill, |b| wire::encode_addr_list(b, &[1]));
+    assert_eq!(st, vec![Status::Corrupt]);
+    assert_eq!(reads(&mut u, 7, &[1]), vec![Status::Corrupt]);
+    // Nothing held at 9: nothing to restore, nothing written.
+    let st = statuses_of(&mut u, 8, Opcode::VerifiedRepair, vr(9, 9, b"new"));
+    assert_eq!(st, vec![Status::Unwritten]);
+    assert_eq!(reads(&mut u, 9, &[9]), vec![Status::Unwritten]);
+    // The entry it held: restored.
+    let st = statuses_of(&mut u, 10, Opcode::VerifiedRepair, vr(1, 1, b"precious"));
+    assert_eq!(st, vec![Status::Ok]);
+    // The damaged hole: a fill restores its junk.
+    let st = statuses_of(&mut u, 11, Opcode::Fill, |b| {
+        wire::encode_addr_list(b, &[2])
+    });
+    assert_eq!(st, vec![Status::Ok]);
+    assert_eq!(reads(&mut u, 12, &[1, 2]), vec![Status::Ok, Status::Junk]);
+    assert_eq!(u.info().corrupt, 0);
+}

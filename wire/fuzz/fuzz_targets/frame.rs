@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(req) = decode_request(f.header.opcode, f.body) {
                     let mut body = Vec::new();
                     match req {
-                        Request::Write(w) => encode_write_request(&mut body, &w.iter().collect::<Vec<_>>()),
+                        Request::Write(w) | Request::Repair(w) | Request::VerifiedRepair(w) => {
+                            encode_write_request(&mut body, &w.iter().collect::<Vec<_>>())
+                        }
                         Request::Read(a) | Request::Fill(a) => {
                             encode_addr_list(&mut body, &a.iter().collect::<Vec<_>>())
                         }

@@ -222,6 +222,14 @@ impl Store for MemStore {
         self.max_payload
     }
 
+    fn verify_copy(&self, loc: Loc, head: &RecordHead, payload: &[u8]) -> Option<bool> {
+        if self.failing_reads.contains(&(loc.off as usize)) {
+            return None; // the device returns nothing of it
+        }
+        let rec = self.records.get(loc.off as usize)?.as_deref()?;
+        super::record::check_copy(rec, NONCE, Format::V2, head, payload)
+    }
+
     fn begin_sync(&mut self) -> Option<SyncJob> {
         if self.records.len() == self.synced || self.syncing.is_some() {
             return None;

@@ -1249,6 +1249,12 @@ impl Store for MmapStore {
         self.max_payload
     }
 
+    fn verify_copy(&self, loc: Loc, head: &RecordHead, payload: &[u8]) -> Option<bool> {
+        let seg = self.segs.get(&loc.seg)?;
+        let src = seg.map.get(loc.off as usize..seg.used as usize)?;
+        super::record::check_copy(src, seg.nonce, seg.format, head, payload)
+    }
+
     fn scrub(&mut self, budget_bytes: usize) -> Vec<(u64, Loc)> {
         let mut found = Vec::new();
         let mut spent = 0;

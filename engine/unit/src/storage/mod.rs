@@ -145,6 +145,13 @@ pub trait Store {
         let _ = budget_bytes;
         Vec::new()
     }
+    /// Whether the damaged record at `loc` held exactly the entry `head`
+    /// with `payload` ([`record::check_copy`]): `None` when it cannot tell
+    /// (its header is damaged too, or the record cannot be read at all).
+    fn verify_copy(&self, loc: Loc, head: &RecordHead, payload: &[u8]) -> Option<bool> {
+        let _ = (loc, head, payload);
+        None
+    }
     /// Starts a sync covering every append so far, if any is not yet durable.
     fn begin_sync(&mut self) -> Option<SyncJob>;
     /// Reports the outcome of the job begun last.

@@ -262,9 +262,88 @@ pub fn decode_record(
     Ok((head, payload, size))
 }
 
+/// Whether `payload`, as the entry `head`, is exactly what the damaged
+/// record at the start of `src` held: `Some(true)` if the record's header
+/// verifies by its own checksum (format 2), names the same kind, address,
+/// writer, sequence number and length, and the record's checksum matches
+/// with `payload` in place of the stored one; `Some(false)` if the verified
+/// header names something else; `None` if it cannot tell (the header is
+/// damaged or cut, a format 1 segment, or the header matches and the stored
+/// checksum does not, which a damaged checksum field would also cause). An
+/// empty payload (junk, say) needs no checksum: the verified header is the
+/// whole record.
+/// [`Store::verify_copy`](super::Store::verify_copy) uses it to restore a
+/// damaged copy from a unit whose copy could otherwise not be trusted.
+pub fn check_copy(
+    src: &[u8],
+    nonce: u64,
+    format: Format,
+    head: &RecordHead,
+    payload: &[u8],
+) -> Option<bool> {
+    let h = src.get(..RECORD_HEADER_LEN)?;
+    if format != Format::V2 || u32_at(h, OFF_HCRC) != header_checksum(nonce, h) {
+        return None;
+    }
+    let same = Kind::from_u8(h[OFF_KIND]) == Some(head.kind)
+        && u64_at(h, OFF_ADDR) == head.addr
+        && u64_at(h, OFF_WRITER) == head.writer
+        && u64_at(h, OFF_SEQ) == head.seq
+        && u32_at(h, OFF_LEN) as usize == payload.len();
+    if !same {
+        return Some(false);
+    }
+    // Without payload the verified header is the whole record: only the
+    // record checksum itself can have been damaged.
+    if payload.is_empty() {
+        return Some(true);
+    }
+    (checksum(nonce, &h[CRC_COVERS..], payload) == u32_at(h, OFF_CRC)).then_some(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_is_checked_against_a_damaged_record_with_an_intact_header() {
+        let head = RecordHead {
+            kind: Kind::Data,
+            addr: 7,
+            writer: 3,
+            seq: 9,
+        };
+        let payload = b"hello, log";
+        let mut buf = vec![0u8; record_size(payload.len())];
+        encode_record(&mut buf, 42, &head, payload);
+        // A payload bit flipped: the record fails, its header does not.
+        buf[OFF_PAYLOAD + 2] ^= 0x10;
+        assert!(decode_record(&buf, 42, 1024, Format::V2).is_err());
+        assert_eq!(check_copy(&buf, 42, Format::V2, &head, payload), Some(true));
+        assert_eq!(check_copy(&buf, 42, Format::V2, &head, b"hello, lag"), None);
+        let other = RecordHead { seq: 10, ..head };
+        assert_eq!(
+            check_copy(&buf, 42, Format::V2, &other, payload),
+            Some(false)
+        );
+        assert_eq!(
+            check_copy(&buf, 42, Format::V2, &head, b"hello"),
+            Some(false)
+        );
+        // A header bit flipped: nothing can be told.
+        buf[OFF_WRITER] ^= 1;
+        assert_eq!(check_copy(&buf, 42, Format::V2, &head, payload), None);
+        assert_eq!(check_copy(&buf[..10], 42, Format::V2, &head, payload), None);
+        assert_eq!(check_copy(&buf, 42, Format::V1, &head, payload), None);
+        // Junk whose record checksum was hit: the header says it all.
+        let junk = RecordHead::junk(7);
+        let mut j = vec![0u8; record_size(0)];
+        encode_record(&mut j, 42, &junk, &[]);
+        j[OFF_CRC + 1] ^= 0x40;
+        assert!(decode_record(&j, 42, 1024, Format::V2).is_err());
+        assert_eq!(check_copy(&j, 42, Format::V2, &junk, &[]), Some(true));
+        assert_eq!(check_copy(&j, 42, Format::V2, &head, &[]), Some(false));
+    }
 
     #[test]
     fn record_round_trips_and_detects_every_single_bit_flip() {
