@@ -35,14 +35,7 @@ fn count(dir: &Path, ext: &str) -> usize {
 }
 
 fn statuses(u: &mut Unit<MmapStore>, addrs: &[u64]) -> Vec<Status> {
-    send(u, 77, Opcode::Read, 0, |b| wire::encode_addr_list(b, addrs));
-    let r = replies(u).pop().unwrap();
-    let f = wire::parse_frame(&r.frame).unwrap().unwrap();
-    wire::decode_read_reply(f.body)
-        .unwrap()
-        .iter()
-        .map(|x| x.status)
-        .collect()
+    common::read_statuses(u, 77, addrs)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use trex_unit::storage::memory::MemStore;
 mod common;
 
-use common::{error_code, replies, send, sync, write};
+use common::{error_code, read_statuses, replies, send, sync, write};
 use trex_unit::unit::{Reply, Unit, UnitConfig};
 use trex_wire::{self as wire, begin_frame, finish_frame, ErrorCode, Header, Opcode, Status};
 
@@ -274,19 +274,7 @@ fn a_failed_read_answers_io_and_a_failed_write_poisons() {
     sync(&mut u);
     replies(&mut u);
     assert!(u.store_mut().fail_reads(3));
-    let read = |u: &mut Unit<MemStore>, id| {
-        send(u, id, Opcode::Read, 0, |b| {
-            wire::encode_addr_list(b, &[3, 4])
-        });
-        sync(u);
-        let r = replies(u);
-        let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
-        wire::decode_read_reply(f.body)
-            .unwrap()
-            .iter()
-            .map(|x| x.status)
-            .collect::<Vec<_>>()
-    };
+    let read = |u: &mut Unit<MemStore>, id| read_statuses(u, id, &[3, 4]);
     assert_eq!(read(&mut u, 3), vec![Status::Io, Status::Ok]);
     assert_eq!(
         u.info().corrupt,
@@ -443,18 +431,6 @@ fn statuses_of(
     wire::decode_status_list(f.body).unwrap().iter().collect()
 }
 
-fn reads(u: &mut Unit<MemStore>, id: u64, addrs: &[u64]) -> Vec<Status> {
-    send(u, id, Opcode::Read, 0, |b| wire::encode_addr_list(b, addrs));
-    sync(u);
-    let r = replies(u);
-    let f = wire::parse_frame(&r[0].frame).unwrap().unwrap();
-    wire::decode_read_reply(f.body)
-        .unwrap()
-        .iter()
-        .map(|x| x.status)
-        .collect()
-}
-
 /// `verified-repair` takes an entry only where the damaged record provably
 /// held it (intact header, matching checksum), and never writes an address
 /// the unit holds nothing at; a fill restores a damaged hole whose header
@@ -475,7 +451,7 @@ fn a_verified_repair_restores_only_what_the_damaged_record_held() {
         .expect("reopen")
         .0;
     assert_eq!(
-        reads(&mut u, 3, &[1, 2]),
+        read_statuses(&mut u, 3, &[1, 2]),
         vec![Status::Corrupt, Status::Corrupt]
     );
     let vr = |addr, seq, data: &'static [u8]| {
@@ -498,11 +474,11 @@ fn a_verified_repair_restores_only_what_the_damaged_record_held() {
     // A fill does not touch damaged data.
     let st = statuses_of(&mut u, 6, Opcode::Fill, |b| wire::encode_addr_list(b, &[1]));
     assert_eq!(st, vec![Status::Corrupt]);
-    assert_eq!(reads(&mut u, 7, &[1]), vec![Status::Corrupt]);
+    assert_eq!(read_statuses(&mut u, 7, &[1]), vec![Status::Corrupt]);
     // Nothing held at 9: nothing to restore, nothing written.
     let st = statuses_of(&mut u, 8, Opcode::VerifiedRepair, vr(9, 9, b"new"));
     assert_eq!(st, vec![Status::Unwritten]);
-    assert_eq!(reads(&mut u, 9, &[9]), vec![Status::Unwritten]);
+    assert_eq!(read_statuses(&mut u, 9, &[9]), vec![Status::Unwritten]);
     // The entry it held: restored.
     let st = statuses_of(&mut u, 10, Opcode::VerifiedRepair, vr(1, 1, b"precious"));
     assert_eq!(st, vec![Status::Ok]);
@@ -511,6 +487,9 @@ fn a_verified_repair_restores_only_what_the_damaged_record_held() {
         wire::encode_addr_list(b, &[2])
     });
     assert_eq!(st, vec![Status::Ok]);
-    assert_eq!(reads(&mut u, 12, &[1, 2]), vec![Status::Ok, Status::Junk]);
+    assert_eq!(
+        read_statuses(&mut u, 12, &[1, 2]),
+        vec![Status::Ok, Status::Junk]
+    );
     assert_eq!(u.info().corrupt, 0);
 }

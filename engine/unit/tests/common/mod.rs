@@ -55,6 +55,20 @@ pub fn sync<S: Store>(u: &mut Unit<S>) {
     }
 }
 
+/// Reads `addrs` (request `id`, epoch 0), runs the syncs it waits on, and
+/// returns the status of each address.
+pub fn read_statuses<S: Store>(u: &mut Unit<S>, id: u64, addrs: &[u64]) -> Vec<wire::Status> {
+    send(u, id, Opcode::Read, 0, |b| wire::encode_addr_list(b, addrs));
+    sync(u);
+    let r = replies(u).pop().expect("a read reply");
+    let f = wire::parse_frame(&r.frame).unwrap().unwrap();
+    wire::decode_read_reply(f.body)
+        .unwrap()
+        .iter()
+        .map(|x| x.status)
+        .collect()
+}
+
 pub fn error_code(r: &Reply) -> Option<ErrorCode> {
     let f = wire::parse_frame(&r.frame).unwrap().unwrap();
     f.header
