@@ -177,7 +177,7 @@ fn every_command_that_prints_data_prints_json() {
         same_instant(x, "seen");
     }
 
-    // layout show, layout replicas.
+    // layout show, layout replicas, layout history.
     let l = json(&eps, &["layout", "show"]);
     assert!(
         u64_of(&l, "epoch") >= 1 && u64_of(&l, "history") >= 1,
@@ -189,6 +189,22 @@ fn every_command_that_prints_data_prints_json() {
     assert_eq!(seg["stripes"].as_array().unwrap().len(), 2);
     assert_eq!(seg["stripes"][0].as_array().unwrap().len(), 2);
     assert_eq!(json(&eps, &["layout", "replicas"])["replicas"], 2);
+    // layout history: every projection, oldest first, the last the current one.
+    let h = json(&eps, &["layout", "history"]);
+    let h = h.as_array().unwrap();
+    // (A takeover in between may add one.)
+    assert!(h.len() as u64 >= u64_of(&l, "history"), "{h:?}");
+    assert_eq!(h[0]["epoch"], 1, "{h:?}");
+    assert!(
+        h.windows(2)
+            .all(|w| u64_of(&w[0], "epoch") < u64_of(&w[1], "epoch")),
+        "{h:?}"
+    );
+    assert!(
+        u64_of(h.last().unwrap(), "epoch") >= u64_of(&l, "epoch"),
+        "{h:?}"
+    );
+    assert!(h[0].get("history").is_none(), "{h:?}");
 
     // endpoint status: one object per consensus node, exactly one leader.
     let e = json(&eps, &["endpoint", "status"]);
