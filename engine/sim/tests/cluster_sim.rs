@@ -49,7 +49,7 @@ fn cluster_seeds_that_once_failed_pass() {
 /// last replica of a closed range, refused the fills of its holes. Seeds
 /// 500425, 500620, 600242 and 600352 could not read a copy damaged on its
 /// chain's last replica while a former replica held it intact; 500785,
-/// 800409 and 800895 the same with the intact copy on a former head (restored
+/// 800409, 800895 and 800965 the same with the intact copy on a former head (restored
 /// by `verified-repair`, or a damaged hole by a fill). Seed 800461 broke P4:
 /// a fast check with an old layout asked a deposed sequencer.
 #[test]
@@ -65,7 +65,7 @@ fn a_range_of_hard_fault_cluster_seeds_passes() {
     let (mut damaged, mut full) = (0, 0);
     for seed in [
         500_396, 500_306, 500_485, 500_551, 500_831, 500_882, 500_425, 500_620, 600_242, 600_352,
-        500_785, 800_409, 800_895, 800_461, 210_033, 210_235, 300_015,
+        500_785, 800_409, 800_895, 800_965, 800_461, 210_033, 210_235, 300_015,
     ]
     .into_iter()
     .chain(200_000..200_000 + n)
