@@ -1431,7 +1431,11 @@ impl Subscription<'_> {
     pub fn try_next(&mut self) -> Result<Option<(u64, Slot)>, LogError> {
         let addr = self.next;
         if addr >= self.tail {
-            self.tail = self.log.check_fast()?;
+            // Polling at the tail: the sequencer's answer alone (no layout
+            // read per poll). A deposed sequencer's old counter only makes
+            // the follower wait, or read ahead to addresses still unwritten;
+            // before any fill it asks again with the full fast check.
+            self.tail = self.log.token(0)?.1;
             if addr >= self.tail {
                 return Ok(None); // nothing handed out there yet
             }
