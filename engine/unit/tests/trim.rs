@@ -130,6 +130,8 @@ fn a_full_segment_still_takes_a_seal_or_trim() {
         writer: 1,
         seq: addr,
     };
+    // docs/wire.md: min(segment size − 1,144 − max(segment size ÷ 256, 640), 4 MiB).
+    assert_eq!(st.max_payload(), 64 * 1024 - 1_144 - 640);
     let big = vec![1u8; st.max_payload()];
     assert_eq!(
         st.append(&data(0), &big).unwrap().loc.seg,
