@@ -12,12 +12,13 @@
 
 use crate::metrics::{ErrorKind, Health, LoopMetrics};
 use crate::reply::{error_frame, reply_header, Reply, ReplyTo};
+use crate::tls::{Role, RoleMap, Transport};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,15 @@ pub trait Service {
     /// Work in flight that a clean shutdown must wait for.
     fn busy(&self) -> bool {
         false
+    }
+    /// Whether a connection whose certificate grants `role` may make this
+    /// request; `Err` holds the `not-authorized` message (say what the role
+    /// is, what the request needs, and where to read more:
+    /// [`crate::tls::refusal`]). Only asked with TLS on (never for
+    /// [`Role::Anyone`]); the loop answers a refusal itself, and the
+    /// connection stays open. The default refuses nothing.
+    fn authorize(&self, _role: Role, _header: &Header, _body: &[u8]) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -138,7 +148,10 @@ impl StopHandle {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Transport,
+    /// What the peer may do: `Anyone` without TLS; with TLS, `None` until the
+    /// handshake has named the peer's certificate.
+    role: Option<Role>,
     gen: u32,
     rbuf: Vec<u8>,
     rstart: usize,
@@ -189,6 +202,7 @@ struct Refusals {
     evicted: crate::util::Throttle,
     slow_frame: crate::util::Throttle,
     idle: crate::util::Throttle,
+    tls: crate::util::Throttle,
 }
 
 /// The loop, owning its service.
@@ -224,6 +238,8 @@ pub struct EventLoop<S: Service> {
     health: Arc<Health>,
     /// Connection, request and error metrics, when the node serves them.
     metrics: Option<LoopMetrics>,
+    /// TLS on every accepted connection, and how certificates map to roles.
+    tls: Option<(Arc<rustls::ServerConfig>, RoleMap)>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -266,9 +282,11 @@ impl<S: Service> EventLoop<S> {
                 evicted: crate::util::Throttle::new(Duration::from_secs(10)),
                 slow_frame: crate::util::Throttle::new(Duration::from_secs(10)),
                 idle: crate::util::Throttle::new(Duration::from_secs(10)),
+                tls: crate::util::Throttle::new(Duration::from_secs(10)),
             },
             health: Arc::new(Health::default()),
             metrics: None,
+            tls: None,
         })
     }
 
@@ -284,6 +302,13 @@ impl<S: Service> EventLoop<S> {
         let m = LoopMetrics::default();
         m.register(reg);
         self.metrics = Some(m);
+    }
+
+    /// Serves every connection over TLS with `config` (which must require a
+    /// client certificate), and answers each request according to the role
+    /// `roles` gives the peer's certificate ([`Service::authorize`]).
+    pub fn enable_tls(&mut self, config: Arc<rustls::ServerConfig>, roles: RoleMap) {
+        self.tls = Some((config, roles));
     }
 
     /// The address actually bound (useful with port 0).
@@ -403,7 +428,11 @@ impl<S: Service> EventLoop<S> {
                 .flatten()
                 .any(|c| c.paused && under_limits(c, &self.cfg));
             if let Some(d) = deadline {
-                let pending_out = self.conns.iter().flatten().any(|c| c.wpos < c.wbuf.len());
+                let pending_out = self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .any(|c| c.wpos < c.wbuf.len() || c.stream.pending());
                 if (!self.service.busy() && !pending_out) || Instant::now() >= d {
                     if self.service.busy() {
                         crate::log_line!(
@@ -519,6 +548,17 @@ impl<S: Service> EventLoop<S> {
             }
             return;
         }
+        let mut stream = match &self.tls {
+            None => Transport::plain(stream),
+            Some((config, _)) => match Transport::server(stream, config.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    crate::log_line!("WARN", "cannot start TLS with {peer}: {e}");
+                    return;
+                }
+            },
+        };
+        let role = (!stream.is_tls()).then_some(Role::Anyone);
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.gens.push(0);
@@ -528,7 +568,7 @@ impl<S: Service> EventLoop<S> {
         if let Err(e) =
             self.poll
                 .registry()
-                .register(&mut stream, Token(FIRST_CONN + idx), interest)
+                .register(&mut stream.tcp, Token(FIRST_CONN + idx), interest)
         {
             crate::log_line!("WARN", "cannot register connection from {peer}: {e}");
             self.free.push(idx);
@@ -537,6 +577,7 @@ impl<S: Service> EventLoop<S> {
         self.live += 1;
         self.conns[idx] = Some(Conn {
             stream,
+            role,
             gen: self.gens[idx],
             rbuf: vec![0; READ_CHUNK],
             rstart: 0,
@@ -564,7 +605,9 @@ impl<S: Service> EventLoop<S> {
     fn close(&mut self, idx: usize) {
         if let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) {
             self.buffered -= over_chunk(&c.rbuf);
-            let _ = self.poll.registry().deregister(&mut c.stream);
+            // A TLS alert (why the handshake was refused) goes out if it can.
+            let _ = c.stream.flush();
+            let _ = self.poll.registry().deregister(&mut c.stream.tcp);
             self.gens[idx] = self.gens[idx].wrapping_add(1);
             self.free.push(idx);
             self.live -= 1;
@@ -603,9 +646,12 @@ impl<S: Service> EventLoop<S> {
             buffered,
             metrics,
             turn,
+            tls,
             ..
         } = self;
         let turn = *turn;
+        let tls = tls.as_ref();
+        let mut tls_failed = None;
         let Some(Some(c)) = conns.get_mut(idx) else {
             return;
         };
@@ -629,9 +675,17 @@ impl<S: Service> EventLoop<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    if c.stream.is_tls() {
+                        tls_failed = Some(e);
+                    }
                     fatal = true;
                     break;
+                }
+            }
+            if c.role.is_none() {
+                if let (Some(cert), Some((_, roles))) = (c.stream.peer_certificate(), tls) {
+                    c.role = Some(roles.role_of(cert).0);
                 }
             }
             if dispatch(c, to, service, cfg, dirty, outbox, buffered, metrics) > 0 {
@@ -648,8 +702,48 @@ impl<S: Service> EventLoop<S> {
                 m.error(ErrorKind::Io);
             }
         }
+        if let Some(e) = tls_failed {
+            self.refuse_tls(idx, e);
+        }
         if fatal || drained {
             self.close(idx);
+        }
+    }
+
+    /// A TLS connection failed before or during the handshake (a peer without
+    /// a certificate of the cluster's CA, or not speaking TLS at all). A peer
+    /// that sent a plain frame gets a plain `not-authorized` error frame, so a
+    /// client without TLS learns why; either way the refusal is logged, once
+    /// per interval with a count.
+    fn refuse_tls(&mut self, idx: usize, e: io::Error) {
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let plain = e.kind() == io::ErrorKind::Unsupported;
+        if plain {
+            let unread = Header {
+                opcode: Opcode::Error as u8,
+                ..Header::default()
+            };
+            let h = reply_header(&unread, FLAG_ERROR, 0, 0);
+            let msg = "this server requires TLS with a certificate signed by the cluster CA; connect with --tls-dir DIR (or TREX_TLS_DIR) holding your certificate (docs/security.md)";
+            let _ = c
+                .stream
+                .tcp
+                .write(&error_frame(&h, ErrorCode::NotAuthorized, msg));
+        }
+        let peer = c.stream.tcp.peer_addr().map(|a| a.to_string());
+        if let Some(n) = self.refusals.tls.hit() {
+            let why = if plain {
+                "sent a plain frame".to_string()
+            } else {
+                e.to_string()
+            };
+            crate::log_line!(
+                "WARN",
+                "refused {n} TLS connection(s) (the latest from {}: {why}); peers need a certificate signed by the cluster CA (docs/security.md)",
+                peer.unwrap_or_else(|_| "an unknown address".into())
+            );
         }
     }
 
@@ -806,8 +900,9 @@ impl<S: Service> EventLoop<S> {
                     c.wbuf.extend_from_slice(&words);
                 }
             }
-            let mut failed = false;
-            while c.wpos < c.wbuf.len() {
+            // TLS records left over from an earlier turn (the socket was full).
+            let mut failed = c.stream.flush().is_err();
+            while !failed && c.wpos < c.wbuf.len() {
                 match c.stream.write(&c.wbuf[c.wpos..]) {
                     Ok(0) => {
                         failed = true;
@@ -831,8 +926,11 @@ impl<S: Service> EventLoop<S> {
                 }
             }
             // Reads have ended (EOF, protocol error or shutdown) and nothing is owed.
-            let done =
-                c.wbuf.is_empty() && c.read_done && c.inflight == 0 && c.last_words.is_none();
+            let done = c.wbuf.is_empty()
+                && c.read_done
+                && c.inflight == 0
+                && c.last_words.is_none()
+                && !c.stream.pending();
             if failed {
                 if let Some(m) = &self.metrics {
                     m.error(ErrorKind::Io);
@@ -969,7 +1067,31 @@ fn dispatch<S: Service>(
                         Instant::now(),
                     ));
                 }
-                let flow = service.on_frame(to, &frame.header, frame.body);
+                // Plain TCP (`Anyone`) is never asked; a TLS frame only
+                // arrives after the handshake named the role.
+                let role = c.role.unwrap_or(Role::Unmapped);
+                let refused = match role {
+                    Role::Anyone => Ok(()),
+                    role => service.authorize(role, &frame.header, frame.body),
+                };
+                let flow = match refused {
+                    Ok(()) => service.on_frame(to, &frame.header, frame.body),
+                    Err(msg) => {
+                        let req = &frame.header;
+                        let h = reply_header(req, FLAG_ERROR, 0, req.cluster_id);
+                        let frame = error_frame(&h, ErrorCode::NotAuthorized, &msg);
+                        c.owed += frame.len();
+                        outbox.push((
+                            Reply {
+                                to,
+                                frame,
+                                close: false,
+                            },
+                            true,
+                        ));
+                        Flow::Reply
+                    }
+                };
                 if flow == Flow::NoReply {
                     // One-way: no reply will take it off.
                     c.started.pop_back();

@@ -256,12 +256,16 @@ impl Drop for Cluster {
 }
 
 /// Starts `trex up --base-port BASE --data-dir DIR EXTRA…` and waits until
-/// the cluster serves; panics with its standard error if it does not.
+/// the cluster serves; panics with its standard error if it does not. Plain
+/// TCP (`--insecure`) unless EXTRA names `--tls`: these tests talk to the
+/// cluster with commands that carry no certificate (tests/tls.rs covers TLS).
 pub fn trex_up_at(dir: &Path, base: u16, extra: &[&str]) -> Cluster {
+    let tls = extra.iter().any(|a| a.starts_with("--tls"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
         .args(["up", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir)
-        .args(extra)
+        .args(if tls { None } else { Some("--insecure") })
+        .args(extra.iter().filter(|a| **a != "--tls"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
