@@ -591,7 +591,9 @@ impl<S: Service> EventLoop<S> {
             last_words: None,
             owed: 0,
             last_active: self.turn,
-            frame_since: None,
+            // A TLS handshake must finish within the frame timeout, as a
+            // frame must: a peer that stalls in it holds no slot for longer.
+            frame_since: role.is_none().then_some(self.turn),
             starved: false,
             started: VecDeque::new(),
         });
@@ -686,6 +688,9 @@ impl<S: Service> EventLoop<S> {
             if c.role.is_none() {
                 if let (Some(cert), Some((_, roles))) = (c.stream.peer_certificate(), tls) {
                     c.role = Some(roles.role_of(cert).0);
+                    if c.rend == c.rstart {
+                        c.frame_since = None;
+                    }
                 }
             }
             if dispatch(c, to, service, cfg, dirty, outbox, buffered, metrics) > 0 {

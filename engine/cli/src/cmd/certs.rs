@@ -114,10 +114,22 @@ fn validity(p: &mut CertificateParams) {
     p.not_after = date_time_ymd(year + 10, 1, 1);
 }
 
-fn ca_params() -> CertificateParams {
+/// The CA's parameters; its name carries a digest of its key (FNV-1a), so
+/// that two clusters' CAs differ by name (a certificate of the other one is
+/// refused as of an unknown issuer) and the same key always gives the same name.
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    let digest = key
+        .public_key_raw()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Trex Corfu cluster CA");
+    dn.push(
+        DnType::CommonName,
+        format!("Trex Corfu cluster CA {:08x}", digest as u32),
+    );
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -147,7 +159,7 @@ pub fn ensure(
     };
     // The same name and key as the CA written first: what it signs verifies
     // against ca.pem (issuer name and key identifier match).
-    let ca = ca_params()
+    let ca = ca_params(&ca_key)
         .self_signed(&ca_key)
         .map_err(|e| fail("sign", &ca_pem, e))?;
     if !ca_pem.exists() {
