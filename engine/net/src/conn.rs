@@ -85,9 +85,17 @@ pub fn connect(addr: &str, timeout: Duration) -> Result<(ClientStream, SocketAdd
                 s.set_nodelay(true).ok();
                 s.set_read_timeout(Some(timeout)).ok();
                 s.set_write_timeout(Some(timeout)).ok();
-                let s = ClientStream::open(s, addr, crate::tls::client_config())
-                    .map_err(|e| ConnectError::Tls { addr: a, source: e })?;
-                return Ok((s, a));
+                match ClientStream::open(s, addr, crate::tls::client_config()) {
+                    Ok(s) => return Ok((s, a)),
+                    // A certificate refused by either side: the same at
+                    // every address, and on every retry.
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Err(ConnectError::Tls { addr: a, source: e })
+                    }
+                    // A handshake that timed out or was cut: like a
+                    // connection that failed (a hung server accepts TCP).
+                    Err(e) => last = Some((a, e)),
+                }
             }
             Err(e) => last = Some((a, e)),
         }
@@ -120,7 +128,8 @@ pub enum ConnectError {
         /// The error.
         source: io::Error,
     },
-    /// The TLS handshake failed: a certificate the other side does not accept.
+    /// The TLS handshake failed on a certificate: one the other side does not
+    /// accept, or a server's this process does not trust. Retrying cannot help.
     #[error("cannot connect to {addr}: {source}")]
     Tls {
         /// The address.

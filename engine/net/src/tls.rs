@@ -292,7 +292,7 @@ fn client_tls_error(e: io::Error) -> io::Error {
     }
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("TLS failed: {e}; the server refused this certificate or presented one the cluster CA did not sign for this address: check --tls-dir and --tls-name (or tls-dir and tls-name in the config file; docs/security.md)"),
+        format!("TLS failed: {e}; the server refused this certificate, presented one the cluster CA did not sign for this address, or does not run TLS: check --tls-dir and --tls-name (tls-dir and tls-name in a config file), or use --insecure if the cluster runs without TLS (docs/security.md)"),
     )
 }
 
