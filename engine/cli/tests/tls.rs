@@ -262,6 +262,17 @@ fn refused_requests_change_nothing_while_a_client_appends() {
         "a refused request changed the cluster"
     );
 
+    // SIGHUP: a unit reads its certificate files again and keeps serving.
+    common::kill(&format!("storage --listen {}", units[0]), libc::SIGHUP);
+    let log = dir.path().join("up").join("logs").join("unit-1.log");
+    let reloaded = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reloaded the TLS certificates"))
+    });
+    assert!(reloaded, "unit-1 did not log a reload after SIGHUP");
+    let o = trex(Some(&tls), "client", &["unit", "info", "--node", &units[0]]);
+    assert!(o.status.success(), "{}", text(&o));
+
     // Everything appended is there, read with a client certificate.
     let o = trex(
         Some(&tls),

@@ -1073,7 +1073,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
         )
     })?;
     if let Some(tls) = &opts.tls {
-        el.enable_tls(tls.server.clone(), tls.roles.clone());
+        el.enable_tls(tls.clone());
     }
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;

@@ -12,7 +12,7 @@
 
 use crate::metrics::{ErrorKind, Health, LoopMetrics};
 use crate::reply::{error_frame, reply_header, Reply, ReplyTo};
-use crate::tls::{Role, RoleMap, Transport};
+use crate::tls::{Role, TlsConfig, Transport};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -239,7 +239,7 @@ pub struct EventLoop<S: Service> {
     /// Connection, request and error metrics, when the node serves them.
     metrics: Option<LoopMetrics>,
     /// TLS on every accepted connection, and how certificates map to roles.
-    tls: Option<(Arc<rustls::ServerConfig>, RoleMap)>,
+    tls: Option<TlsConfig>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -304,11 +304,13 @@ impl<S: Service> EventLoop<S> {
         self.metrics = Some(m);
     }
 
-    /// Serves every connection over TLS with `config` (which must require a
-    /// client certificate), and answers each request according to the role
-    /// `roles` gives the peer's certificate ([`Service::authorize`]).
-    pub fn enable_tls(&mut self, config: Arc<rustls::ServerConfig>, roles: RoleMap) {
-        self.tls = Some((config, roles));
+    /// Serves every connection over TLS with `config` (its server side
+    /// requires a client certificate), and answers each request according to
+    /// the role its `roles` give the peer's certificate
+    /// ([`Service::authorize`]). With [`EventLoop::stop_on_signals`], SIGHUP
+    /// reloads the certificate files.
+    pub fn enable_tls(&mut self, config: TlsConfig) {
+        self.tls = Some(config);
     }
 
     /// The address actually bound (useful with port 0).
@@ -329,9 +331,10 @@ impl<S: Service> EventLoop<S> {
         &self.service
     }
 
-    /// Shuts down cleanly on SIGINT or SIGTERM. Blocks both signals in the
-    /// calling thread; call it before spawning other threads so they inherit
-    /// the mask and the signals are only seen here.
+    /// Shuts down cleanly on SIGINT or SIGTERM, and reloads the TLS
+    /// certificates on SIGHUP ([`EventLoop::enable_tls`]). Blocks the three
+    /// signals in the calling thread; call it before spawning other threads so
+    /// they inherit the mask and the signals are only seen here.
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
         let set = block_shutdown_signals()?;
         // SAFETY: set is a valid sigset; signalfd returns a new descriptor or -1.
@@ -393,12 +396,14 @@ impl<S: Service> EventLoop<S> {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => self.service.on_wake(),
-                    SIGNALS => {
-                        if let Some(sig) = self.read_signal() {
+                    SIGNALS => match self.read_signal() {
+                        Some("SIGHUP") => self.reload_tls(),
+                        Some(sig) => {
                             crate::log_line!("INFO", "received {sig}; shutting down cleanly");
                             self.stop.store(true, Ordering::SeqCst);
                         }
-                    }
+                        None => {}
+                    },
                     Token(t) if t < FIRST_CONN => self.service.on_event(ev.token()),
                     Token(t) => {
                         let idx = t - FIRST_CONN;
@@ -456,8 +461,30 @@ impl<S: Service> EventLoop<S> {
         let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
         (n as usize == size).then_some(match info.ssi_signo as i32 {
             libc::SIGINT => "SIGINT",
+            libc::SIGHUP => "SIGHUP",
             _ => "SIGTERM",
         })
+    }
+
+    /// SIGHUP: reads the certificate files again; new connections (accepted
+    /// and outgoing) use them, open ones keep their session. A failed reload
+    /// keeps the old certificates.
+    fn reload_tls(&mut self) {
+        let Some(current) = &self.tls else {
+            crate::log_line!("INFO", "received SIGHUP; no TLS certificates to reload");
+            return;
+        };
+        match current.reload() {
+            Ok(fresh) => {
+                crate::tls::set_client_config(Some(fresh.client.clone()));
+                self.tls = Some(fresh);
+                crate::log_line!("INFO", "received SIGHUP; reloaded the TLS certificates");
+            }
+            Err(e) => crate::log_line!(
+                "ERROR",
+                "received SIGHUP; kept the old TLS certificates: {e}"
+            ),
+        }
     }
 
     fn begin_shutdown(&mut self) {
@@ -535,7 +562,11 @@ impl<S: Service> EventLoop<S> {
                 "server is at its limit of {} connections; retry later or raise --max-connections",
                 self.cfg.max_connections
             );
-            let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
+            // Not to a TLS peer: it expects a handshake, and would take plain
+            // bytes for a broken server; the close alone tells it to retry.
+            if self.tls.is_none() {
+                let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
+            }
             if let Some(m) = &self.metrics {
                 m.error(ErrorKind::Refused);
             }
@@ -550,7 +581,7 @@ impl<S: Service> EventLoop<S> {
         }
         let mut stream = match &self.tls {
             None => Transport::plain(stream),
-            Some((config, _)) => match Transport::server(stream, config.clone()) {
+            Some(config) => match Transport::server(stream, config.server.clone()) {
                 Ok(t) => t,
                 Err(e) => {
                     crate::log_line!("WARN", "cannot start TLS with {peer}: {e}");
@@ -686,8 +717,8 @@ impl<S: Service> EventLoop<S> {
                 }
             }
             if c.role.is_none() {
-                if let (Some(cert), Some((_, roles))) = (c.stream.peer_certificate(), tls) {
-                    c.role = Some(roles.role_of(cert).0);
+                if let (Some(cert), Some(config)) = (c.stream.peer_certificate(), tls) {
+                    c.role = Some(config.roles.role_of(cert).0);
                     if c.rend == c.rstart {
                         c.frame_since = None;
                     }
@@ -966,9 +997,10 @@ impl<S: Service> EventLoop<S> {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns
-/// afterwards), so that only the loop's signalfd sees them. Call it first thing
-/// in `main`, before any thread exists.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and every thread
+/// it spawns afterwards), so that only the loop's signalfd (or the caller's
+/// `sigtimedwait`) sees them. Call it first thing in `main`, before any thread
+/// exists.
 pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: plain libc calls on a local, zero-initialised sigset.
     unsafe {
@@ -976,6 +1008,7 @@ pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }

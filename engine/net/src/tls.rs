@@ -192,6 +192,8 @@ pub struct TlsConfig {
     pub client: Arc<ClientConfig>,
     /// Peers' certificate names → roles.
     pub roles: RoleMap,
+    /// Where it was loaded from ([`TlsConfig::reload`]).
+    pub files: TlsFiles,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -249,7 +251,13 @@ impl TlsConfig {
             server: Arc::new(server),
             client: Arc::new(client),
             roles,
+            files: files.clone(),
         })
+    }
+
+    /// Reads the same files again (renewed certificates), with the same roles.
+    pub fn reload(&self) -> Result<TlsConfig, TlsError> {
+        TlsConfig::load(&self.files, self.roles.clone())
     }
 }
 

@@ -1008,7 +1008,7 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
         )
     })?;
     if let Some(tls) = &opts.tls {
-        el.enable_tls(tls.server.clone(), tls.roles.clone());
+        el.enable_tls(tls.clone());
     }
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;

@@ -474,7 +474,7 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
         )
     })?;
     if let Some(tls) = &opts.tls {
-        el.enable_tls(tls.server.clone(), tls.roles.clone());
+        el.enable_tls(tls.clone());
     }
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;

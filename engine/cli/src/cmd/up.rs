@@ -560,6 +560,15 @@ impl Cluster<'_> {
             };
             // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
             let r = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if r == libc::SIGHUP {
+                // Every node reloads its certificates (renewed in the TLS directory).
+                for n in &self.nodes {
+                    // SAFETY: signalling our own, still-running child.
+                    unsafe { libc::kill(n.child.id() as i32, libc::SIGHUP) };
+                }
+                eprintln!("received SIGHUP; asked every node to reload its certificates");
+                continue;
+            }
             if r > 0 {
                 return r;
             }
