@@ -26,6 +26,7 @@ for i in $(seq "$RUNS"); do
   for mode in tls plain; do
     echo "== run $i/$RUNS: trex up --sync never ($mode)" >&2
     rm -rf "$DIR/up"
+    unset TREX_INSECURE TREX_TLS_DIR TREX_TLS_NAME
     flag=; [ "$mode" = plain ] && flag=--insecure
     "$T" up --base-port 7650 --sync never --data-dir "$DIR/up" $flag >"$DIR/up.log" 2>&1 & UP=$!
     for _ in $(seq 300); do grep -q "cluster is up" "$DIR/up.log" && break; sleep 0.1; done

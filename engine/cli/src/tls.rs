@@ -15,7 +15,12 @@ use trex_net::tls::{Role, RoleMap, TlsConfig, TlsFiles};
 pub struct TlsArgs {
     /// Plain TCP, no certificates: anyone who reaches a port can do anything.
     /// For loopback benchmarks only.
-    #[arg(long, global = true, env = "TREX_INSECURE")]
+    #[arg(
+        long,
+        global = true,
+        env = "TREX_INSECURE",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub insecure: bool,
     /// Directory of certificates from `trex certs init` (ca.pem, NAME.pem,
     /// NAME.key). Clients default to ./trex-data/tls when it exists.

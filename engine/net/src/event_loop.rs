@@ -709,7 +709,12 @@ impl<S: Service> EventLoop<S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    if c.stream.is_tls() {
+                    // A refused handshake or a plain client; not a reset.
+                    let refused = matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::Unsupported
+                    );
+                    if c.stream.is_tls() && refused {
                         tls_failed = Some(e);
                     }
                     fatal = true;

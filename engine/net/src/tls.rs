@@ -577,3 +577,73 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_common_name_gives_the_role_and_the_map_overrides_it() {
+        let map = RoleMap::default();
+        assert_eq!(
+            map.role_of(&cert("node:unit-1")),
+            (Role::Node, "node:unit-1".into())
+        );
+        assert_eq!(map.role_of(&cert("admin:ops")).0, Role::Admin);
+        assert_eq!(map.role_of(&cert("client:app")).0, Role::Client);
+        assert_eq!(map.role_of(&cert("bob")).0, Role::Unmapped);
+        assert_eq!(map.role_of(&cert("root:bob")).0, Role::Unmapped);
+        let mut map = RoleMap::default();
+        map.exact.insert("bob".into(), Role::Admin);
+        map.exact.insert("client:app".into(), Role::Node);
+        assert_eq!(map.role_of(&cert("bob")).0, Role::Admin);
+        assert_eq!(map.role_of(&cert("client:app")).0, Role::Node);
+    }
+
+    #[test]
+    fn damaged_certificates_name_nobody_and_never_panic() {
+        let good = cert("client:app");
+        assert_eq!(common_name(&good).as_deref(), Some("client:app"));
+        for n in 0..good.len() {
+            let _ = common_name(&good[..n]);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bad[i] ^= (x as u8) | 1;
+            let _ = common_name(&bad);
+        }
+        assert_eq!(common_name(&[]), None);
+        assert_eq!(common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(RoleMap::default().role_of(b"junk").0, Role::Unmapped);
+    }
+
+    #[test]
+    fn each_role_may_do_what_it_needs_and_no_more() {
+        use Role::*;
+        let may = |role, needs| check(role, needs, "it").is_ok();
+        assert!([Anyone, Node].iter().all(|r| may(*r, Node)));
+        assert!([Admin, Client, Unmapped].iter().all(|r| !may(*r, Node)));
+        assert!([Anyone, Node, Admin].iter().all(|r| may(*r, Admin)));
+        assert!([Client, Unmapped].iter().all(|r| !may(*r, Admin)));
+        assert!([Anyone, Node, Admin, Client]
+            .iter()
+            .all(|r| may(*r, Client)));
+        assert!(!may(Unmapped, Client));
+        assert_eq!(
+            check(Client, Admin, "seal").unwrap_err(),
+            "this certificate has role client; seal needs an admin certificate (see docs/security.md)"
+        );
+    }
+}
