@@ -256,7 +256,8 @@ impl Drop for Cluster {
 }
 
 /// Certificates shared by every cluster of this test process when
-/// `TREX_TLS_DIR` is set (see [`trex_up_at`]), made once.
+/// `TREX_TLS_DIR` is set (see [`trex_up_at`]), made once; the process's own
+/// connections use a node's from then on (its `trex` commands: `admin`).
 fn shared_certificates(dir: &str) {
     static MADE: std::sync::Once = std::sync::Once::new();
     MADE.call_once(|| {
@@ -274,6 +275,11 @@ fn shared_certificates(dir: &str) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The test's own clients (Log, ConsensusClient, UnitClient) too, as
+        // a node: some tests send what only nodes may (a registration).
+        let files = trex_net::tls::TlsFiles::in_dir(Path::new(dir), "consensus-1");
+        let config = trex_net::tls::TlsConfig::load(&files, Default::default()).unwrap();
+        trex_net::tls::set_client_config(Some(config.client));
     });
 }
 
