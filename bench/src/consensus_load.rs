@@ -5,12 +5,12 @@ use crate::log_load::consensus_error_kind;
 use crate::node_load::frame_of;
 use crate::run::{Ctx, Slot};
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use trex_consensus::client::ConsensusClient;
 use trex_consensus::lock::LockClient;
 use trex_consensus::sm::Op;
 use trex_net::conn::read_frame;
+use trex_net::tls::ClientStream;
 use trex_wire::consensus::{decode_submit_reply, encode_submit, SubmitReply};
 use trex_wire::Opcode;
 
@@ -47,7 +47,7 @@ pub fn consensus_client(a: &GroupLoad, i: usize, ctx: &mut Ctx) -> Result<(), St
     .encode();
     let mut target = eps[i % eps.len()].clone();
     let mut seq = 0u64;
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<ClientStream> = None;
     ctx.start();
     while let Some(slot) = ctx.next() {
         seq += 1;
@@ -75,12 +75,9 @@ pub fn consensus_client(a: &GroupLoad, i: usize, ctx: &mut Ctx) -> Result<(), St
             }
             let s = match conn.as_mut() {
                 Some(s) => s,
-                None => match TcpStream::connect(&target) {
-                    Ok(s) => {
-                        s.set_nodelay(true).ok();
-                        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                        conn.insert(s)
-                    }
+                // TLS when the process has certificates (TREX_TLS_DIR).
+                None => match trex_net::conn::connect(&target, Duration::from_secs(5)) {
+                    Ok((s, _)) => conn.insert(s),
                     Err(_) => {
                         let at = eps.iter().position(|e| *e == target).unwrap_or(0);
                         target = eps[(at + 1) % eps.len()].clone();

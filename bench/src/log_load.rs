@@ -38,6 +38,7 @@ pub fn consensus_error_kind(e: &ConsensusError) -> String {
         ConsensusError::Unreachable { .. } => "unreachable".to_string(),
         ConsensusError::Protocol(_) => "protocol".to_string(),
         ConsensusError::Config(_) => "config".to_string(),
+        ConsensusError::NotAuthorized(_) => "not-authorized".to_string(),
     }
 }
 

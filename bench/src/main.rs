@@ -50,7 +50,11 @@ and prints the summary of what was measured so far.";
 const AFTER_HELP: &str =
     "Exit status: 0 every request succeeded; 1 some request or client failed (the
 summary says which); 2 bad arguments (nothing was contacted); 128+N stopped by
-signal N (130 for Ctrl-C), after the summary.";
+signal N (130 for Ctrl-C), after the summary.
+
+TLS: with TREX_TLS_DIR (or ./trex-data/tls, where `trex up` writes it) every
+connection runs mutual TLS with the certificate TREX_TLS_NAME of that
+directory (default `client`); TREX_INSECURE=1 forces plain TCP.";
 
 #[derive(Parser)]
 #[command(
@@ -696,6 +700,33 @@ fn usage_error(sub: &str, msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Mutual TLS for every log-client connection when TREX_TLS_DIR (or
+/// ./trex-data/tls) holds certificates, as `trex` finds them; plain TCP with
+/// TREX_INSECURE set to anything but `0`/`false`, or without certificates.
+fn tls_from_env() -> Result<(), String> {
+    use trex_net::tls::{RoleMap, TlsConfig, TlsFiles};
+    let insecure = std::env::var("TREX_INSECURE").is_ok_and(|v| v != "0" && v != "false");
+    if insecure {
+        return Ok(());
+    }
+    let dir = match std::env::var_os("TREX_TLS_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let d = std::path::PathBuf::from("./trex-data/tls");
+            if !d.join("ca.pem").exists() {
+                return Ok(());
+            }
+            d
+        }
+    };
+    let name = std::env::var("TREX_TLS_NAME").unwrap_or_else(|_| "client".into());
+    let config = TlsConfig::load(&TlsFiles::in_dir(&dir, &name), RoleMap::default())
+        .map_err(|e| e.to_string())?;
+    trex_net::tls::set_client_config(Some(config.client));
+    eprintln!("TLS with certificate {name} of {}", dir.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // A reader that goes away (`trex-bench … | head`) ends the run quietly,
     // as any Unix filter does, instead of a panic on the broken pipe.
@@ -712,6 +743,9 @@ fn main() -> ExitCode {
     };
     let cmd = Cli::parse().cmd;
     let sub = cmd.name();
+    if let Err(msg) = tls_from_env() {
+        return usage_error(sub, &msg);
+    }
     let plan = match plan(cmd) {
         Ok(p) => p,
         Err(msg) => return usage_error(sub, &msg),

@@ -4,12 +4,12 @@
 use crate::run::{Ctx, Slot};
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use trex_consensus::client::{ConsensusClient, Submit};
 use trex_net::conn::read_frame_into;
+use trex_net::tls::ClientStream;
 use trex_wire::{self as wire, begin_frame, finish_frame, Header, Opcode, Status, WriteOp};
 
 /// A request frame.
@@ -37,20 +37,18 @@ pub fn frame_of(
     f
 }
 
-/// A connection with `TCP_NODELAY`, a read timeout, and a buffered reader.
+/// A connection with `TCP_NODELAY`, `timeout` for connecting, reading and
+/// writing, TLS when the process has certificates
+/// ([`trex_net::conn::connect`]), and a buffered reader (write through
+/// `get_mut`).
 pub fn connect(
     addr: &str,
     what: &str,
     timeout: Duration,
-) -> Result<(TcpStream, BufReader<TcpStream>), String> {
-    let stream = TcpStream::connect(addr)
+) -> Result<BufReader<ClientStream>, String> {
+    let (stream, _) = trex_net::conn::connect(addr, timeout)
         .map_err(|e| format!("cannot connect to {what} at {addr}: {e}; is it running?"))?;
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(timeout)).ok();
-    let out = stream
-        .try_clone()
-        .map_err(|e| format!("cannot use the connection to {addr}: {e}"))?;
-    Ok((out, BufReader::with_capacity(256 * 1024, stream)))
+    Ok(BufReader::with_capacity(256 * 1024, stream))
 }
 
 /// The active sequencer's address, found through the consensus group: the
@@ -91,7 +89,7 @@ pub struct TokenLoad {
 /// up to `depth` requests of `batch` addresses in one go, reads the replies,
 /// repeats (open loop: `depth` is 1). Latency is per request.
 pub fn token_client(a: &TokenLoad, _i: usize, ctx: &mut Ctx) -> Result<(), String> {
-    let (mut out, mut input) = connect(&a.sequencer, "the sequencer", Duration::from_secs(10))?;
+    let mut conn = connect(&a.sequencer, "the sequencer", Duration::from_secs(10))?;
     // The window is the same bytes every time (ids 1..=depth; replies are
     // matched by count): built once, as redis-benchmark does.
     let mut burst = Vec::new();
@@ -120,13 +118,13 @@ pub fn token_client(a: &TokenLoad, _i: usize, ctx: &mut Ctx) -> Result<(), Strin
                 ctx.failed(*s, 0, "connection", why);
             }
         };
-        if let Err(e) = out.write_all(&burst[..slots.len() * frame_len]) {
+        if let Err(e) = conn.get_mut().write_all(&burst[..slots.len() * frame_len]) {
             let why = format!("send to {} failed: {e}", a.sequencer);
             lost(ctx, &slots, &why);
             return Err(why);
         }
         for (k, slot) in slots.iter().enumerate() {
-            if let Err(e) = read_frame_into(&mut input, &mut body) {
+            if let Err(e) = read_frame_into(&mut conn, &mut body) {
                 let why = format!("receive from {} failed: {e}", a.sequencer);
                 lost(ctx, &slots[k..], &why);
                 return Err(why);
@@ -175,7 +173,7 @@ pub struct UnitLoad {
 /// flight on one connection; latency is per request.
 pub fn write_client(a: &UnitLoad, i: usize, ctx: &mut Ctx) -> Result<(), String> {
     let writer = i as u64 + 1;
-    let (mut out, mut input) = connect(&a.node, "the storage unit", Duration::from_secs(30))?;
+    let mut conn = connect(&a.node, "the storage unit", Duration::from_secs(30))?;
     let payload: Vec<u8> = (0..a.size).map(|k| (k as u64 ^ writer) as u8).collect();
     let mut sent: HashMap<u64, Slot> = HashMap::with_capacity(a.depth * 2);
     let mut frame = Vec::new();
@@ -185,7 +183,7 @@ pub fn write_client(a: &UnitLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
     let batch = a.batch as u64;
     ctx.start();
     // Sends the next request if the run has one; false when it is over.
-    let mut send_one = |out: &mut TcpStream,
+    let mut send_one = |out: &mut BufReader<ClientStream>,
                         sent: &mut HashMap<u64, Slot>,
                         ctx: &mut Ctx|
      -> Result<bool, String> {
@@ -217,7 +215,7 @@ pub fn write_client(a: &UnitLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
         finish_frame(&mut frame, start, h);
         sent.insert(next_id, slot);
         next_id += 1;
-        if let Err(e) = out.write_all(&frame) {
+        if let Err(e) = out.get_mut().write_all(&frame) {
             let why = format!("send to {} failed: {e}", a.node);
             ctx.failed(slot, 0, "connection", &why);
             return Err(why);
@@ -225,12 +223,12 @@ pub fn write_client(a: &UnitLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
         Ok(true)
     };
     for _ in 0..a.depth {
-        if !send_one(&mut out, &mut sent, ctx)? {
+        if !send_one(&mut conn, &mut sent, ctx)? {
             break;
         }
     }
     while !sent.is_empty() {
-        let h = match read_frame_into(&mut input, &mut body) {
+        let h = match read_frame_into(&mut conn, &mut body) {
             Ok(h) => h,
             Err(e) => {
                 let why = format!("receive from {} failed: {e}", a.node);
@@ -271,7 +269,7 @@ pub fn write_client(a: &UnitLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
                 Err(e) => ctx.failed(slot, 0, "protocol", &e.to_string()),
             }
         }
-        send_one(&mut out, &mut sent, ctx)?;
+        send_one(&mut conn, &mut sent, ctx)?;
     }
     Ok(())
 }

@@ -195,6 +195,10 @@ pub enum ErrorCode {
     /// A counter is outside its range ([`crate::range`]): an epoch more than
     /// 2^24 above the receiver's, or above 2^62. Nothing was stored.
     OutOfRange = 16,
+    /// The connection's certificate does not grant this request (its role is
+    /// named in the message); nothing was done and the connection stays open
+    /// for what the role may do. See `docs/security.md`.
+    NotAuthorized = 17,
 }
 
 impl ErrorCode {
@@ -217,6 +221,7 @@ impl ErrorCode {
             14 => ErrorCode::TooManyConnections,
             15 => ErrorCode::Full,
             16 => ErrorCode::OutOfRange,
+            17 => ErrorCode::NotAuthorized,
             _ => return None,
         })
     }
@@ -240,6 +245,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::Full => "full",
             ErrorCode::OutOfRange => "out-of-range",
+            ErrorCode::NotAuthorized => "not-authorized",
         }
     }
 }

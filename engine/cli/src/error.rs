@@ -98,7 +98,9 @@ impl From<ConsensusError> for CliError {
             ConsensusError::Refused(r) if r.code == Refusal::InvalidArgument => {
                 CliError::Usage(text)
             }
-            ConsensusError::Refused(_) | ConsensusError::Protocol(_) => CliError::Failed(text),
+            ConsensusError::Refused(_)
+            | ConsensusError::Protocol(_)
+            | ConsensusError::NotAuthorized(_) => CliError::Failed(text),
             ConsensusError::Unavailable { .. } | ConsensusError::Unreachable { .. } => {
                 CliError::Unavailable(text)
             }

@@ -4,9 +4,10 @@
 mod cmd;
 mod common;
 mod error;
+mod tls;
 
 use clap::{Parser, Subcommand};
-use cmd::{endpoint, layout, lock, log, members, node, repair, status, token, unit, up};
+use cmd::{certs, endpoint, layout, lock, log, members, node, repair, status, token, unit, up};
 use error::{CliError, EXIT_CODES};
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 /// How log lines are written.
@@ -111,6 +114,9 @@ enum Cmd {
     Status(common::Endpoints),
     /// Ask a sequencer for COUNT consecutive log addresses.
     Token(token::TokenArgs),
+    /// Certificates for mutual TLS (docs/security.md).
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
 }
 
 fn main() -> ExitCode {
@@ -130,13 +136,23 @@ fn main() -> ExitCode {
         // SAFETY: setting a signal disposition before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    match run(cli.cmd) {
+    // `trex up` makes its certificates before loading them; `trex certs`
+    // needs none.
+    let tls = match &cli.cmd {
+        Cmd::Up(_) | Cmd::Certs(_) => Ok(()),
+        Cmd::Node(_) => tls::init(&cli.tls, true),
+        _ => tls::init(&cli.tls, false),
+    };
+    if let Err(e) = tls {
+        return e.report();
+    }
+    match run(cli.cmd, &cli.tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.report(),
     }
 }
 
-fn run(cmd: Cmd) -> Result<(), CliError> {
+fn run(cmd: Cmd, tls: &tls::TlsArgs) -> Result<(), CliError> {
     match cmd {
         Cmd::Node(c) => node::run(c),
         Cmd::Unit(a) => unit::run(a),
@@ -144,7 +160,7 @@ fn run(cmd: Cmd) -> Result<(), CliError> {
         Cmd::Layout(c) => layout::run(c),
         Cmd::Endpoint(c) => endpoint::run(c),
         Cmd::Lock(c) => lock::run(c),
-        Cmd::Up(a) => up::run(a),
+        Cmd::Up(a) => up::run(a, tls),
         Cmd::Append(a) => log::append(a),
         Cmd::Read(a) => log::read(a),
         Cmd::Tail(a) => log::tail(a),
@@ -153,5 +169,6 @@ fn run(cmd: Cmd) -> Result<(), CliError> {
         Cmd::Repair(a) => repair::run(a),
         Cmd::Status(a) => status::run(a),
         Cmd::Token(a) => token::run(a),
+        Cmd::Certs(c) => certs::run(c),
     }
 }

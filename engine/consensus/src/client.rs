@@ -10,9 +10,9 @@ use crate::sm::{
 };
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use trex_net::conn::{read_frame, ReadFrameError};
+use trex_net::tls::ClientStream;
 use trex_wire::consensus::{self as cw, NodeId, SubmitReply};
 use trex_wire::{begin_frame, finish_frame, ErrorCode, Header, Opcode, Reader};
 
@@ -27,7 +27,7 @@ pub struct ConsensusClient {
     preferred: usize,
     leader: Option<String>,
     /// A connection kept open to the node that answered last.
-    conn: Option<(String, TcpStream)>,
+    conn: Option<(String, ClientStream)>,
     client_id: u64,
     seq: u64,
     timeout: Duration,
@@ -54,12 +54,15 @@ pub struct ConsensusClient {
 /// did not know.)
 pub const GROUP_REFRESH: Duration = Duration::from_secs(10);
 
-fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, CallError> {
+fn connect(addr: &str, timeout: Duration) -> Result<ClientStream, CallError> {
     trex_net::conn::connect(addr, timeout)
         .map(|(s, _)| s)
         .map_err(|e| match e {
             // A name that does not resolve will not on the next try either.
             trex_net::conn::ConnectError::Resolve { .. } => CallError::WrongCluster(e.to_string()),
+            // Certificates the other side refuses (its message says which
+            // to check) are refused by every node alike.
+            trex_net::conn::ConnectError::Tls { .. } => CallError::WrongCluster(e.to_string()),
             e => CallError::Failed(e.to_string()),
         })
 }
@@ -69,6 +72,8 @@ enum CallError {
     /// No retry helps: the node belongs to another cluster (`wrong-cluster`),
     /// or its address does not resolve. The text says what to fix.
     WrongCluster(String),
+    /// No retry helps: the node refused the request as `not-authorized`.
+    NotAuthorized(String),
     /// Anything else (no connection, no reply, a refusal): try again or elsewhere.
     Failed(String),
 }
@@ -84,6 +89,7 @@ impl CallError {
         match self {
             // The server's message says what to do (check --cluster-id).
             CallError::WrongCluster(t) => ConsensusError::Config(t),
+            CallError::NotAuthorized(t) => ConsensusError::NotAuthorized(t),
             CallError::Failed(reason) => ConsensusError::Unreachable {
                 addr: addr.to_string(),
                 reason,
@@ -104,7 +110,7 @@ fn one_call(
 }
 
 fn call_on(
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     addr: &str,
     op: Opcode,
     body: &[u8],
@@ -125,8 +131,13 @@ fn call_on(
     );
     s.write_all(&f).map_err(|e| format!("{addr}: {e}"))?;
     let (h, b) = read_frame(s).map_err(|e| match e {
-        ReadFrameError::Io(e) => format!("{addr}: no reply ({e})"),
-        ReadFrameError::Frame(e) => format!("{addr}: {e}"),
+        // A TLS failure after the handshake: the node refused this
+        // certificate (TLS 1.3 says so only once the client reads).
+        ReadFrameError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            CallError::WrongCluster(format!("{addr}: {e}"))
+        }
+        ReadFrameError::Io(e) => CallError::Failed(format!("{addr}: no reply ({e})")),
+        ReadFrameError::Frame(e) => CallError::Failed(format!("{addr}: {e}")),
     })?;
     if h.is_error() {
         let e = trex_wire::decode_error(&b).map_err(|e| e.to_string())?;
@@ -138,6 +149,7 @@ fn call_on(
         );
         return Err(match code {
             Some(ErrorCode::WrongCluster) => CallError::WrongCluster(text),
+            Some(ErrorCode::NotAuthorized) => CallError::NotAuthorized(text),
             _ => CallError::Failed(text),
         });
     }
@@ -242,8 +254,8 @@ impl ConsensusClient {
                     }
                     SubmitReply::Timeout => last_err = format!("{addr} could not commit in time"),
                 },
-                Err(CallError::WrongCluster(t)) => {
-                    return Err(CallError::WrongCluster(t).into_consensus(&addr));
+                Err(e @ (CallError::WrongCluster(_) | CallError::NotAuthorized(_))) => {
+                    return Err(e.into_consensus(&addr));
                 }
                 Err(CallError::Failed(e)) => {
                     last_err = e;

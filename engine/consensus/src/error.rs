@@ -41,6 +41,11 @@ pub enum ConsensusError {
     /// line or `TREX_ENDPOINTS`.
     #[error("{0}")]
     Config(String),
+    /// The node refused the request with `not-authorized`: this process's
+    /// certificate does not grant it (the text names the role needed; see
+    /// docs/security.md). Fatal: retrying with the same certificate cannot help.
+    #[error("{0}")]
+    NotAuthorized(String),
 }
 
 impl ConsensusError {
@@ -59,7 +64,9 @@ impl ConsensusError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            ConsensusError::Protocol(_) | ConsensusError::Config(_)
+            ConsensusError::Protocol(_)
+                | ConsensusError::Config(_)
+                | ConsensusError::NotAuthorized(_)
         )
     }
 

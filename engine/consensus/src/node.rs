@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry as MetricRegistry, Unit as MetricUnit};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
 use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
 use trex_net::sync::Syncer;
+use trex_net::tls::ServerName;
+use trex_net::tls::{self, Transport};
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
 use trex_wire::consensus::{self as cw, Command, Msg, NodeId, SubmitReply};
 use trex_wire::ops::Role;
@@ -68,6 +70,9 @@ pub struct ConsensusOptions {
     pub metrics: Option<MetricsConfig>,
     /// This binary's version and revision (`node-info`, `trex_build_info`).
     pub build: BuildInfo,
+    /// Mutual TLS on every connection, and the roles certificates grant
+    /// (`None`: plain TCP, every request served).
+    pub tls: Option<trex_net::tls::TlsConfig>,
 }
 
 /// The consensus node's own metrics (beside the event loop's). Gauges are
@@ -190,7 +195,8 @@ impl NodeMetrics {
 struct PeerLink {
     addr: SocketAddr,
     token: Token,
-    stream: Option<TcpStream>,
+    /// Plain, or TLS with this node's certificate (the peer checks it is a node's).
+    stream: Option<Transport>,
     connected: bool,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -487,7 +493,7 @@ impl ConsensusService {
                 continue;
             }
             if let Some(mut old) = self.io.peers.remove(id).and_then(|l| l.stream) {
-                let _ = self.registry.deregister(&mut old);
+                let _ = self.registry.deregister(&mut old.tcp);
             }
             self.next_token += 1;
             trex_net::log_line!("INFO", "consensus node {id} at {a} is in the group");
@@ -508,7 +514,7 @@ impl ConsensusService {
                 "consensus node {id} left the group; closing its link"
             );
             if let Some(mut old) = self.io.peers.remove(&id).and_then(|l| l.stream) {
-                let _ = self.registry.deregister(&mut old);
+                let _ = self.registry.deregister(&mut old.tcp);
             }
         }
         self.addrs = addrs;
@@ -521,18 +527,31 @@ impl ConsensusService {
             if link.stream.is_some() && !link.connected && now >= link.retry_at {
                 // A connect that neither completed nor failed in time: start over.
                 if let Some(mut s) = link.stream.take() {
-                    let _ = self.registry.deregister(&mut s);
+                    let _ = self.registry.deregister(&mut s.tcp);
                 }
             }
             if link.stream.is_some() || now < link.retry_at {
                 continue;
             }
             link.retry_at = now + Duration::from_millis(300);
-            if let Ok(mut s) = TcpStream::connect(link.addr) {
+            if let Ok(s) = TcpStream::connect(link.addr) {
                 let _ = s.set_nodelay(true);
+                // The peer's certificate must name the address dialled.
+                let name = ServerName::IpAddress(link.addr.ip().into());
+                let mut s = match trex_net::tls::client_config() {
+                    None => Transport::plain(s),
+                    Some(config) => match Transport::client(s, config, name) {
+                        Ok(t) => t,
+                        Err(_) => continue,
+                    },
+                };
                 if self
                     .registry
-                    .register(&mut s, link.token, Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut s.tcp,
+                        link.token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .is_ok()
                 {
                     link.stream = Some(s);
@@ -552,9 +571,9 @@ impl ConsensusService {
         let Some(stream) = link.stream.as_mut() else {
             return;
         };
-        let mut broken = !matches!(stream.take_error(), Ok(None));
+        let mut broken = !matches!(stream.tcp.take_error(), Ok(None));
         if !broken && !link.connected {
-            match stream.peer_addr() {
+            match stream.tcp.peer_addr() {
                 Ok(_) => {
                     link.connected = true;
                     trex_net::log_line!("INFO", "connected to peer at {}", link.addr);
@@ -585,7 +604,7 @@ impl ConsensusService {
         }
         if broken {
             if let Some(mut s) = link.stream.take() {
-                let _ = registry.deregister(&mut s);
+                let _ = registry.deregister(&mut s.tcp);
             }
             if link.connected {
                 trex_net::log_line!(
@@ -707,6 +726,10 @@ fn flush_link(link: &mut PeerLink) -> bool {
     let Some(stream) = link.stream.as_mut() else {
         return false;
     };
+    // TLS records left over from an earlier call (the socket was full).
+    if stream.flush().is_err() {
+        return false;
+    }
     while link.wpos < link.wbuf.len() {
         match stream.write(&link.wbuf[link.wpos..]) {
             Ok(0) => return false,
@@ -721,7 +744,65 @@ fn flush_link(link: &mut PeerLink) -> bool {
     true
 }
 
+/// The least role a state-machine operation needs (docs/security.md). Reads,
+/// no-ops and user locks: a client. Changing the layout, the members, the
+/// group, the trim mark, the replication factor or the lock grace: an admin.
+/// What only nodes do (registering, heartbeats, system leases, a sequencer's
+/// install, recording the group): a node. An operation that does not decode
+/// is left to the state machine, which refuses it.
+pub fn op_needs(op: &[u8]) -> (tls::Role, &'static str) {
+    use trex_wire::ops::Op;
+    let Ok(op) = Op::decode(op) else {
+        return (tls::Role::Client, "submit");
+    };
+    let needs = match &op {
+        Op::Members
+        | Op::Layout
+        | Op::LayoutHistory { .. }
+        | Op::Noop
+        | Op::Group
+        | Op::Acquire { .. }
+        | Op::Renew { .. }
+        | Op::Release { .. }
+        | Op::GetLock { .. }
+        | Op::Replication { replicas: 0 }
+        | Op::Trim { mark: 0 } => tls::Role::Client,
+        Op::InitLayout { .. }
+        | Op::Install { .. }
+        | Op::Deregister { .. }
+        | Op::SetLockGrace { .. }
+        | Op::Replication { .. }
+        | Op::Trim { .. }
+        | Op::GroupAdd { .. }
+        | Op::GroupRemove { .. }
+        | Op::GroupReplace { .. } => tls::Role::Admin,
+        Op::Register { .. }
+        | Op::Heartbeat { .. }
+        | Op::System(_)
+        | Op::InstallAsSequencer { .. }
+        | Op::GroupInit { .. } => tls::Role::Node,
+    };
+    (needs, op.name())
+}
+
 impl Service for ConsensusService {
+    /// Peer messages need a node certificate; a submit needs what its
+    /// operation needs ([`op_needs`]); status and node-info, a client.
+    fn authorize(&self, role: tls::Role, header: &Header, body: &[u8]) -> Result<(), String> {
+        match Opcode::from_u8(header.opcode) {
+            Some(Opcode::Peer) => tls::check(role, tls::Role::Node, "a peer message"),
+            Some(Opcode::Submit) => {
+                let Ok((_, _, op)) = cw::decode_submit(body) else {
+                    return tls::check(role, tls::Role::Client, "submit");
+                };
+                let (needs, name) = op_needs(op);
+                tls::check(role, needs, name)
+            }
+            Some(Opcode::NodeInfo) => Ok(()),
+            _ => tls::check(role, tls::Role::Client, "node-status"),
+        }
+    }
+
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
         // As a storage unit does, for client and peer frames alike: a request
         // of another cluster is refused before its opcode is looked at.
@@ -992,6 +1073,9 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             opts.listen
         )
     })?;
+    if let Some(tls) = &opts.tls {
+        el.enable_tls(tls.clone());
+    }
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());

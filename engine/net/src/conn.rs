@@ -7,6 +7,7 @@
 //! [`Header::decode`]) and then the body's checksum, so a damaged reply is an
 //! error and never a value.
 
+use crate::tls::ClientStream;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -63,10 +64,13 @@ pub fn read_frame(r: &mut impl Read) -> Result<(Header, Vec<u8>), ReadFrameError
 }
 
 /// Connects to `addr` (HOST:PORT, every resolved address tried in turn) within
-/// `timeout`, with Nagle off and `timeout` as the read and write timeout.
-/// Errors: the address does not resolve (a usage problem), or no address
-/// accepted the connection (the last error is returned).
-pub fn connect(addr: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), ConnectError> {
+/// `timeout`, with Nagle off and `timeout` as the read and write timeout, and
+/// with TLS when the process has a client TLS setup
+/// ([`crate::tls::set_client_config`]): the handshake is done on return.
+/// Errors: the address does not resolve (a usage problem), no address
+/// accepted the connection (the last error is returned), or the TLS handshake
+/// failed.
+pub fn connect(addr: &str, timeout: Duration) -> Result<(ClientStream, SocketAddr), ConnectError> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|e| ConnectError::Resolve {
@@ -81,7 +85,17 @@ pub fn connect(addr: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr),
                 s.set_nodelay(true).ok();
                 s.set_read_timeout(Some(timeout)).ok();
                 s.set_write_timeout(Some(timeout)).ok();
-                return Ok((s, a));
+                match ClientStream::open(s, addr, crate::tls::client_config()) {
+                    Ok(s) => return Ok((s, a)),
+                    // A certificate refused by either side: the same at
+                    // every address, and on every retry.
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Err(ConnectError::Tls { addr: a, source: e })
+                    }
+                    // A handshake that timed out or was cut: like a
+                    // connection that failed (a hung server accepts TCP).
+                    Err(e) => last = Some((a, e)),
+                }
             }
             Err(e) => last = Some((a, e)),
         }
@@ -112,6 +126,15 @@ pub enum ConnectError {
         /// The last address tried.
         addr: SocketAddr,
         /// The error.
+        source: io::Error,
+    },
+    /// The TLS handshake failed on a certificate: one the other side does not
+    /// accept, or a server's this process does not trust. Retrying cannot help.
+    #[error("cannot connect to {addr}: {source}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// The error (it says what to check).
         source: io::Error,
     },
 }

@@ -12,12 +12,13 @@
 
 use crate::metrics::{ErrorKind, Health, LoopMetrics};
 use crate::reply::{error_frame, reply_header, Reply, ReplyTo};
+use crate::tls::{Role, TlsConfig, Transport};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,15 @@ pub trait Service {
     /// Work in flight that a clean shutdown must wait for.
     fn busy(&self) -> bool {
         false
+    }
+    /// Whether a connection whose certificate grants `role` may make this
+    /// request; `Err` holds the `not-authorized` message (say what the role
+    /// is, what the request needs, and where to read more:
+    /// [`crate::tls::refusal`]). Only asked with TLS on (never for
+    /// [`Role::Anyone`]); the loop answers a refusal itself, and the
+    /// connection stays open. The default refuses nothing.
+    fn authorize(&self, _role: Role, _header: &Header, _body: &[u8]) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -138,7 +148,10 @@ impl StopHandle {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Transport,
+    /// What the peer may do: `Anyone` without TLS; with TLS, `None` until the
+    /// handshake has named the peer's certificate.
+    role: Option<Role>,
     gen: u32,
     rbuf: Vec<u8>,
     rstart: usize,
@@ -189,6 +202,7 @@ struct Refusals {
     evicted: crate::util::Throttle,
     slow_frame: crate::util::Throttle,
     idle: crate::util::Throttle,
+    tls: crate::util::Throttle,
 }
 
 /// The loop, owning its service.
@@ -224,6 +238,8 @@ pub struct EventLoop<S: Service> {
     health: Arc<Health>,
     /// Connection, request and error metrics, when the node serves them.
     metrics: Option<LoopMetrics>,
+    /// TLS on every accepted connection, and how certificates map to roles.
+    tls: Option<TlsConfig>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -266,9 +282,11 @@ impl<S: Service> EventLoop<S> {
                 evicted: crate::util::Throttle::new(Duration::from_secs(10)),
                 slow_frame: crate::util::Throttle::new(Duration::from_secs(10)),
                 idle: crate::util::Throttle::new(Duration::from_secs(10)),
+                tls: crate::util::Throttle::new(Duration::from_secs(10)),
             },
             health: Arc::new(Health::default()),
             metrics: None,
+            tls: None,
         })
     }
 
@@ -284,6 +302,15 @@ impl<S: Service> EventLoop<S> {
         let m = LoopMetrics::default();
         m.register(reg);
         self.metrics = Some(m);
+    }
+
+    /// Serves every connection over TLS with `config` (its server side
+    /// requires a client certificate), and answers each request according to
+    /// the role its `roles` give the peer's certificate
+    /// ([`Service::authorize`]). With [`EventLoop::stop_on_signals`], SIGHUP
+    /// reloads the certificate files.
+    pub fn enable_tls(&mut self, config: TlsConfig) {
+        self.tls = Some(config);
     }
 
     /// The address actually bound (useful with port 0).
@@ -304,9 +331,10 @@ impl<S: Service> EventLoop<S> {
         &self.service
     }
 
-    /// Shuts down cleanly on SIGINT or SIGTERM. Blocks both signals in the
-    /// calling thread; call it before spawning other threads so they inherit
-    /// the mask and the signals are only seen here.
+    /// Shuts down cleanly on SIGINT or SIGTERM, and reloads the TLS
+    /// certificates on SIGHUP ([`EventLoop::enable_tls`]). Blocks the three
+    /// signals in the calling thread; call it before spawning other threads so
+    /// they inherit the mask and the signals are only seen here.
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
         let set = block_shutdown_signals()?;
         // SAFETY: set is a valid sigset; signalfd returns a new descriptor or -1.
@@ -368,12 +396,14 @@ impl<S: Service> EventLoop<S> {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => self.service.on_wake(),
-                    SIGNALS => {
-                        if let Some(sig) = self.read_signal() {
+                    SIGNALS => match self.read_signal() {
+                        Some("SIGHUP") => self.reload_tls(),
+                        Some(sig) => {
                             crate::log_line!("INFO", "received {sig}; shutting down cleanly");
                             self.stop.store(true, Ordering::SeqCst);
                         }
-                    }
+                        None => {}
+                    },
                     Token(t) if t < FIRST_CONN => self.service.on_event(ev.token()),
                     Token(t) => {
                         let idx = t - FIRST_CONN;
@@ -403,7 +433,11 @@ impl<S: Service> EventLoop<S> {
                 .flatten()
                 .any(|c| c.paused && under_limits(c, &self.cfg));
             if let Some(d) = deadline {
-                let pending_out = self.conns.iter().flatten().any(|c| c.wpos < c.wbuf.len());
+                let pending_out = self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .any(|c| c.wpos < c.wbuf.len() || c.stream.pending());
                 if (!self.service.busy() && !pending_out) || Instant::now() >= d {
                     if self.service.busy() {
                         crate::log_line!(
@@ -427,8 +461,30 @@ impl<S: Service> EventLoop<S> {
         let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
         (n as usize == size).then_some(match info.ssi_signo as i32 {
             libc::SIGINT => "SIGINT",
+            libc::SIGHUP => "SIGHUP",
             _ => "SIGTERM",
         })
+    }
+
+    /// SIGHUP: reads the certificate files again; new connections (accepted
+    /// and outgoing) use them, open ones keep their session. A failed reload
+    /// keeps the old certificates.
+    fn reload_tls(&mut self) {
+        let Some(current) = &self.tls else {
+            crate::log_line!("INFO", "received SIGHUP; no TLS certificates to reload");
+            return;
+        };
+        match current.reload() {
+            Ok(fresh) => {
+                crate::tls::set_client_config(Some(fresh.client.clone()));
+                self.tls = Some(fresh);
+                crate::log_line!("INFO", "received SIGHUP; reloaded the TLS certificates");
+            }
+            Err(e) => crate::log_line!(
+                "ERROR",
+                "received SIGHUP; kept the old TLS certificates: {e}"
+            ),
+        }
     }
 
     fn begin_shutdown(&mut self) {
@@ -506,7 +562,11 @@ impl<S: Service> EventLoop<S> {
                 "server is at its limit of {} connections; retry later or raise --max-connections",
                 self.cfg.max_connections
             );
-            let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
+            // Not to a TLS peer: it expects a handshake, and would take plain
+            // bytes for a broken server; the close alone tells it to retry.
+            if self.tls.is_none() {
+                let _ = stream.write(&error_frame(&h, ErrorCode::TooManyConnections, &msg));
+            }
             if let Some(m) = &self.metrics {
                 m.error(ErrorKind::Refused);
             }
@@ -519,6 +579,17 @@ impl<S: Service> EventLoop<S> {
             }
             return;
         }
+        let mut stream = match &self.tls {
+            None => Transport::plain(stream),
+            Some(config) => match Transport::server(stream, config.server.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    crate::log_line!("WARN", "cannot start TLS with {peer}: {e}");
+                    return;
+                }
+            },
+        };
+        let role = (!stream.is_tls()).then_some(Role::Anyone);
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.gens.push(0);
@@ -528,7 +599,7 @@ impl<S: Service> EventLoop<S> {
         if let Err(e) =
             self.poll
                 .registry()
-                .register(&mut stream, Token(FIRST_CONN + idx), interest)
+                .register(&mut stream.tcp, Token(FIRST_CONN + idx), interest)
         {
             crate::log_line!("WARN", "cannot register connection from {peer}: {e}");
             self.free.push(idx);
@@ -537,6 +608,7 @@ impl<S: Service> EventLoop<S> {
         self.live += 1;
         self.conns[idx] = Some(Conn {
             stream,
+            role,
             gen: self.gens[idx],
             rbuf: vec![0; READ_CHUNK],
             rstart: 0,
@@ -550,7 +622,9 @@ impl<S: Service> EventLoop<S> {
             last_words: None,
             owed: 0,
             last_active: self.turn,
-            frame_since: None,
+            // A TLS handshake must finish within the frame timeout, as a
+            // frame must: a peer that stalls in it holds no slot for longer.
+            frame_since: role.is_none().then_some(self.turn),
             starved: false,
             started: VecDeque::new(),
         });
@@ -564,7 +638,9 @@ impl<S: Service> EventLoop<S> {
     fn close(&mut self, idx: usize) {
         if let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) {
             self.buffered -= over_chunk(&c.rbuf);
-            let _ = self.poll.registry().deregister(&mut c.stream);
+            // A TLS alert (why the handshake was refused) goes out if it can.
+            let _ = c.stream.flush();
+            let _ = self.poll.registry().deregister(&mut c.stream.tcp);
             self.gens[idx] = self.gens[idx].wrapping_add(1);
             self.free.push(idx);
             self.live -= 1;
@@ -603,9 +679,12 @@ impl<S: Service> EventLoop<S> {
             buffered,
             metrics,
             turn,
+            tls,
             ..
         } = self;
         let turn = *turn;
+        let tls = tls.as_ref();
+        let mut tls_failed = None;
         let Some(Some(c)) = conns.get_mut(idx) else {
             return;
         };
@@ -629,9 +708,25 @@ impl<S: Service> EventLoop<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    // A refused handshake or a plain client; not a reset.
+                    let refused = matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::Unsupported
+                    );
+                    if c.stream.is_tls() && refused {
+                        tls_failed = Some(e);
+                    }
                     fatal = true;
                     break;
+                }
+            }
+            if c.role.is_none() {
+                if let (Some(cert), Some(config)) = (c.stream.peer_certificate(), tls) {
+                    c.role = Some(config.roles.role_of(cert).0);
+                    if c.rend == c.rstart {
+                        c.frame_since = None;
+                    }
                 }
             }
             if dispatch(c, to, service, cfg, dirty, outbox, buffered, metrics) > 0 {
@@ -648,8 +743,48 @@ impl<S: Service> EventLoop<S> {
                 m.error(ErrorKind::Io);
             }
         }
+        if let Some(e) = tls_failed {
+            self.refuse_tls(idx, e);
+        }
         if fatal || drained {
             self.close(idx);
+        }
+    }
+
+    /// A TLS connection failed before or during the handshake (a peer without
+    /// a certificate of the cluster's CA, or not speaking TLS at all). A peer
+    /// that sent a plain frame gets a plain `not-authorized` error frame, so a
+    /// client without TLS learns why; either way the refusal is logged, once
+    /// per interval with a count.
+    fn refuse_tls(&mut self, idx: usize, e: io::Error) {
+        let Some(Some(c)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let plain = e.kind() == io::ErrorKind::Unsupported;
+        if plain {
+            let unread = Header {
+                opcode: Opcode::Error as u8,
+                ..Header::default()
+            };
+            let h = reply_header(&unread, FLAG_ERROR, 0, 0);
+            let msg = "this server requires TLS with a certificate signed by the cluster CA; connect with --tls-dir DIR (or TREX_TLS_DIR) holding your certificate (docs/security.md)";
+            let _ = c
+                .stream
+                .tcp
+                .write(&error_frame(&h, ErrorCode::NotAuthorized, msg));
+        }
+        let peer = c.stream.tcp.peer_addr().map(|a| a.to_string());
+        if let Some(n) = self.refusals.tls.hit() {
+            let why = if plain {
+                "sent a plain frame".to_string()
+            } else {
+                e.to_string()
+            };
+            crate::log_line!(
+                "WARN",
+                "refused {n} TLS connection(s) (the latest from {}: {why}); peers need a certificate signed by the cluster CA (docs/security.md)",
+                peer.unwrap_or_else(|_| "an unknown address".into())
+            );
         }
     }
 
@@ -806,8 +941,9 @@ impl<S: Service> EventLoop<S> {
                     c.wbuf.extend_from_slice(&words);
                 }
             }
-            let mut failed = false;
-            while c.wpos < c.wbuf.len() {
+            // TLS records left over from an earlier turn (the socket was full).
+            let mut failed = c.stream.flush().is_err();
+            while !failed && c.wpos < c.wbuf.len() {
                 match c.stream.write(&c.wbuf[c.wpos..]) {
                     Ok(0) => {
                         failed = true;
@@ -831,8 +967,11 @@ impl<S: Service> EventLoop<S> {
                 }
             }
             // Reads have ended (EOF, protocol error or shutdown) and nothing is owed.
-            let done =
-                c.wbuf.is_empty() && c.read_done && c.inflight == 0 && c.last_words.is_none();
+            let done = c.wbuf.is_empty()
+                && c.read_done
+                && c.inflight == 0
+                && c.last_words.is_none()
+                && !c.stream.pending();
             if failed {
                 if let Some(m) = &self.metrics {
                     m.error(ErrorKind::Io);
@@ -863,9 +1002,10 @@ impl<S: Service> EventLoop<S> {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns
-/// afterwards), so that only the loop's signalfd sees them. Call it first thing
-/// in `main`, before any thread exists.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and every thread
+/// it spawns afterwards), so that only the loop's signalfd (or the caller's
+/// `sigtimedwait`) sees them. Call it first thing in `main`, before any thread
+/// exists.
 pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: plain libc calls on a local, zero-initialised sigset.
     unsafe {
@@ -873,6 +1013,7 @@ pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -969,7 +1110,31 @@ fn dispatch<S: Service>(
                         Instant::now(),
                     ));
                 }
-                let flow = service.on_frame(to, &frame.header, frame.body);
+                // Plain TCP (`Anyone`) is never asked; a TLS frame only
+                // arrives after the handshake named the role.
+                let role = c.role.unwrap_or(Role::Unmapped);
+                let refused = match role {
+                    Role::Anyone => Ok(()),
+                    role => service.authorize(role, &frame.header, frame.body),
+                };
+                let flow = match refused {
+                    Ok(()) => service.on_frame(to, &frame.header, frame.body),
+                    Err(msg) => {
+                        let req = &frame.header;
+                        let h = reply_header(req, FLAG_ERROR, 0, req.cluster_id);
+                        let frame = error_frame(&h, ErrorCode::NotAuthorized, &msg);
+                        c.owed += frame.len();
+                        outbox.push((
+                            Reply {
+                                to,
+                                frame,
+                                close: false,
+                            },
+                            true,
+                        ));
+                        Flow::Reply
+                    }
+                };
                 if flow == Flow::NoReply {
                     // One-way: no reply will take it off.
                     c.started.pop_back();

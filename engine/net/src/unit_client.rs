@@ -3,9 +3,10 @@
 //! request/reply channel.
 
 use crate::conn::{read_frame, ConnectError, ReadFrameError};
+use crate::tls::ClientStream;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
@@ -84,7 +85,7 @@ pub struct ReadItem {
 
 /// A blocking connection to one storage unit.
 pub struct UnitClient {
-    stream: TcpStream,
+    stream: ClientStream,
     addr: SocketAddr,
     timeout: Duration,
     /// Requests sent and not yet answered.
@@ -116,6 +117,7 @@ impl UnitClient {
     fn open(addr: &str, timeout: Duration, hint: &str) -> Result<UnitClient, ClientError> {
         let (stream, addr) = crate::conn::connect(addr, timeout).map_err(|e| match e {
             ConnectError::Refused { .. } => ClientError::Io(format!("{e}; {hint}")),
+            ConnectError::Tls { .. } => ClientError::Io(e.to_string()),
             ConnectError::Resolve { .. } => ClientError::Address(e.to_string()),
         })?;
         Ok(UnitClient {

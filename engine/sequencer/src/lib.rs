@@ -31,6 +31,7 @@ use trex_log::env::{mono_now, unit_alive, At, Env, TcpEnv};
 use trex_log::LogError;
 use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
 use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
+use trex_net::tls;
 use trex_net::unit_client::UnitApi;
 use trex_net::util::{duration_text, list_text};
 use trex_net::{EventLoop, Flow, LoopConfig, Service};
@@ -71,6 +72,9 @@ pub struct SequencerOptions {
     pub metrics: Option<MetricsConfig>,
     /// This binary's version and revision (`node-info`, `trex_build_info`).
     pub build: BuildInfo,
+    /// Mutual TLS on every connection, and the roles certificates grant
+    /// (`None`: plain TCP, every request served).
+    pub tls: Option<trex_net::tls::TlsConfig>,
 }
 
 /// Counters of the sequencer's token path, lease loop and repair loop (the
@@ -341,6 +345,14 @@ impl SequencerService {
 }
 
 impl Service for SequencerService {
+    /// Tokens need a client certificate (or better); `node-info` needs none.
+    fn authorize(&self, role: tls::Role, header: &Header, _body: &[u8]) -> Result<(), String> {
+        if header.opcode == Opcode::NodeInfo as u8 {
+            return Ok(());
+        }
+        tls::check(role, tls::Role::Client, "token")
+    }
+
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
         let cluster_id = self.cluster_id;
         let bad = |code: ErrorCode, msg: String| violation(to, header, cluster_id, code, &msg);
@@ -995,6 +1007,9 @@ pub fn run_sequencer(opts: &SequencerOptions) -> Result<(), SequencerError> {
             opts.listen
         )
     })?;
+    if let Some(tls) = &opts.tls {
+        el.enable_tls(tls.clone());
+    }
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());

@@ -1754,6 +1754,7 @@ pub fn run_cluster(seed: u64, opts: ClusterOptions) -> Result<ClusterReport, Clu
     let mut threads = Vec::new();
     for (i, actor, shared) in &seq_shared {
         let opts = SequencerOptions {
+            tls: None,
             listen: seq_addr(*i).parse().expect("a socket address"),
             advertise: None,
             endpoints: String::new(),

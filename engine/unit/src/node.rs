@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trex_net::metrics::{self, BuildInfo, Health, MetricsConfig, U64Gauge};
 use trex_net::sync::Syncer;
+use trex_net::tls::Role;
 use trex_net::{service_token, EventLoop, Flow, LoopConfig, Service};
-use trex_wire::Header;
+use trex_wire::{Header, Opcode};
 
 const SYNC_TOKEN: usize = 0;
 const STATS_TIMER: u64 = 1;
@@ -48,6 +49,9 @@ pub struct StorageOptions {
     pub metrics: Option<MetricsConfig>,
     /// This binary's version and revision (`node-info`, `trex_build_info`).
     pub build: BuildInfo,
+    /// Mutual TLS on every connection, and the roles certificates grant
+    /// (`None`: plain TCP, every request served).
+    pub tls: Option<trex_net::tls::TlsConfig>,
 }
 
 /// The storage unit's own metrics (beside the event loop's).
@@ -292,7 +296,24 @@ impl StorageService {
     }
 }
 
+/// The least role each storage-unit request needs (docs/security.md): sealing
+/// and trimming change what the whole log serves, so they need an admin (or a
+/// node: the sequencer's failure detector); a client may write, read, fill
+/// holes, repair damaged records it reads, and ask for the unit's state.
+fn needs(opcode: u8) -> Role {
+    match Opcode::from_u8(opcode) {
+        Some(Opcode::Seal | Opcode::Trim) => Role::Admin,
+        Some(Opcode::NodeInfo) => Role::Unmapped,
+        _ => Role::Client,
+    }
+}
+
 impl Service for StorageService {
+    fn authorize(&self, role: Role, header: &Header, _body: &[u8]) -> Result<(), String> {
+        let name = Opcode::from_u8(header.opcode).map_or("this request", |o| o.name());
+        trex_net::tls::check(role, needs(header.opcode), name)
+    }
+
     fn on_frame(&mut self, to: ReplyTo, header: &Header, body: &[u8]) -> Flow {
         self.frames += 1;
         let flow = match self.unit.on_frame(to, header, body) {
@@ -452,6 +473,9 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
             opts.listen
         )
     })?;
+    if let Some(tls) = &opts.tls {
+        el.enable_tls(tls.clone());
+    }
     el.stop_on_signals()
         .map_err(|e| format!("cannot install signal handling: {e}"))?;
     el.set_health(health.clone());

@@ -12,8 +12,9 @@ use crate::error::{usage, CliError};
 use std::ffi::{OsStr, OsString};
 
 /// The flags a `TREX_*` variable also sets (`TREX_ENDPOINTS`,
-/// `TREX_CLUSTER_ID`): the variable overrides the file.
-const ENV_FLAGS: [&str; 2] = ["endpoints", "cluster-id"];
+/// `TREX_CLUSTER_ID`, `TREX_TLS_DIR`, `TREX_TLS_NAME`, `TREX_INSECURE`): the
+/// variable overrides the file.
+const ENV_FLAGS: [&str; 5] = ["endpoints", "cluster-id", "tls-dir", "tls-name", "insecure"];
 
 /// The roles whose command lines take `--config`.
 const ROLES: [&str; 3] = ["storage", "sequencer", "consensus"];

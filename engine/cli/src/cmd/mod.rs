@@ -1,6 +1,7 @@
 //! One module per command or command group: each owns its arguments (clap
 //! types) and the functions that run it.
 
+pub mod certs;
 pub mod config;
 pub mod endpoint;
 pub mod layout;

@@ -255,6 +255,7 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
         build: BUILD,
+        tls: crate::tls::loaded(),
         limits: a.conn.limits(LoopConfig {
             max_connections: a.max_connections,
             max_inflight: a.max_inflight.max(1),
@@ -298,6 +299,7 @@ fn sequencer(a: SequencerArgs) -> Result<(), CliError> {
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
         build: BUILD,
+        tls: crate::tls::loaded(),
     })?)
 }
 
@@ -375,6 +377,7 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),
         build: BUILD,
+        tls: crate::tls::loaded(),
     })?)
 }
 

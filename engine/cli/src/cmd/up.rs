@@ -1,14 +1,17 @@
 //! `trex up`: a whole local cluster with one command. Every node is its own
 //! process running the same `trex node …` code a bare-metal deployment runs.
 
+use super::certs::{self, Kind};
 use super::node::SyncMode;
 use crate::error::{failed, usage, CliError};
+use crate::tls::TlsArgs;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use trex_consensus::client::{ConsensusClient, Submit};
 use trex_consensus::sm::{Op, Role};
+use trex_net::tls::TlsFiles;
 use trex_net::unit_client::UnitApi;
 use trex_net::util::{parse_duration, parse_size};
 
@@ -147,8 +150,9 @@ fn stop_all(nodes: &mut [Node]) {
 }
 
 /// Starts the cluster, waits until it serves, and runs until SIGINT/SIGTERM.
-pub fn run(o: UpArgs) -> Result<(), CliError> {
+pub fn run(o: UpArgs, tls: &TlsArgs) -> Result<(), CliError> {
     check(&o)?;
+
     let set =
         trex_net::block_shutdown_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the trex binary: {e}"))?;
@@ -160,6 +164,12 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
     let _lock = trex_net::util::lock_data_dir(&o.data_dir)
         .map_err(|e| failed!("{e} (is a `trex up` already running on it?)"))?;
     ports_free(&o)?;
+    let tls_dir = if tls.insecure {
+        eprintln!("WARNING: --insecure: the cluster runs WITHOUT TLS; anyone who can reach its ports can append, seal, trim and install layouts. For loopback benchmarks only.");
+        None
+    } else {
+        Some(certificates(&o, tls)?)
+    };
     let mut cluster = Cluster {
         o: &o,
         exe,
@@ -170,6 +180,7 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
             .collect(),
         nodes: Vec::new(),
         metrics: Vec::new(),
+        tls_dir: tls_dir.clone(),
     };
     if let Err(e) = cluster.start() {
         stop_all(&mut cluster.nodes);
@@ -206,6 +217,14 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
         "trex cluster is up; consensus endpoints: {eps} (also in {})",
         ep_file.display()
     );
+    match &tls_dir {
+        Some(d) => say!(
+            "mutual TLS on every connection; certificates in {} (other clients: --tls-dir {} or TREX_TLS_DIR; --tls-name admin or client)",
+            d.display(),
+            d.display()
+        ),
+        None => say!("WARNING: no TLS (--insecure)"),
+    }
     say!("try, in another terminal:  echo hello | trex append -  &&  trex tail --follow");
     say!("logs in {}; stop with Ctrl-C", cluster.logs.display());
     let sig = cluster.watch();
@@ -219,6 +238,38 @@ pub fn run(o: UpArgs) -> Result<(), CliError> {
         o.data_dir.display()
     );
     Ok(())
+}
+
+/// Writes the certificates the cluster lacks (a CA, one per node, `admin`
+/// and `client`) into --tls-dir or DATA_DIR/tls, and makes this process's own
+/// connections use the admin one; returns the directory.
+fn certificates(o: &UpArgs, tls: &TlsArgs) -> Result<PathBuf, CliError> {
+    let dir = tls
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| o.data_dir.join("tls"));
+    let mut want = vec![
+        (Kind::Admin, "admin".to_string()),
+        (Kind::Client, "client".to_string()),
+    ];
+    for (kind, n) in [
+        ("consensus", o.consensus),
+        ("unit", o.units),
+        ("sequencer", o.sequencers),
+    ] {
+        want.extend((1..=n).map(|i| (Kind::Node, format!("{kind}-{i}"))));
+    }
+    let written = certs::ensure(&dir, &want, &[])?;
+    if !written.is_empty() {
+        eprintln!(
+            "wrote {} certificate files in {}",
+            written.len(),
+            dir.display()
+        );
+    }
+    let name = tls.tls_name.clone().unwrap_or_else(|| "admin".into());
+    crate::tls::install(&TlsFiles::in_dir(&dir, &name), tls.roles()?)?;
+    Ok(dir)
 }
 
 /// Every port the cluster will listen on is free now; the error names the
@@ -297,6 +348,8 @@ struct Cluster<'a> {
     nodes: Vec<Node>,
     /// With --metrics-base-port: each node's name and metrics address.
     metrics: Vec<(String, String)>,
+    /// The certificates' directory (`None`: --insecure).
+    tls_dir: Option<PathBuf>,
 }
 
 impl Cluster<'_> {
@@ -312,6 +365,15 @@ impl Cluster<'_> {
 
     fn spawn(&mut self, name: &str, args: &[String]) -> Result<(), CliError> {
         let mut args = args.to_vec();
+        match &self.tls_dir {
+            Some(d) => args.extend([
+                "--tls-dir".into(),
+                d.display().to_string(),
+                "--tls-name".into(),
+                name.to_string(),
+            ]),
+            None => args.push("--insecure".into()),
+        }
         if let Some(p) = self.o.metrics_base_port {
             let addr = format!("127.0.0.1:{}", p + self.metrics.len() as u16);
             args.extend(["--metrics-listen".into(), addr.clone()]);
@@ -498,6 +560,15 @@ impl Cluster<'_> {
             };
             // SAFETY: set is a valid sigset; sigtimedwait with a null info pointer.
             let r = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if r == libc::SIGHUP {
+                // Every node reloads its certificates (renewed in the TLS directory).
+                for n in &self.nodes {
+                    // SAFETY: signalling our own, still-running child.
+                    unsafe { libc::kill(n.child.id() as i32, libc::SIGHUP) };
+                }
+                eprintln!("received SIGHUP; asked every node to reload its certificates");
+                continue;
+            }
             if r > 0 {
                 return r;
             }

@@ -255,13 +255,63 @@ impl Drop for Cluster {
     }
 }
 
+/// Certificates shared by every cluster of this test process when
+/// `TREX_TLS_DIR` is set (see [`trex_up_at`]), made once; the process's own
+/// connections use a node's from then on (its `trex` commands: `admin`).
+fn shared_certificates(dir: &str) {
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(|| {
+        let nodes: Vec<String> = (1..=3)
+            .map(|i| format!("consensus-{i}"))
+            .chain((1..=8).map(|i| format!("unit-{i}")))
+            .chain((1..=3).map(|i| format!("sequencer-{i}")))
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_trex"))
+            .args(["certs", "init", "--dir", dir, "--node", &nodes.join(",")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The test's own clients (Log, ConsensusClient, UnitClient) too, as
+        // a node: some tests send what only nodes may (a registration).
+        let files = trex_net::tls::TlsFiles::in_dir(Path::new(dir), "consensus-1");
+        let config = trex_net::tls::TlsConfig::load(&files, Default::default()).unwrap();
+        trex_net::tls::set_client_config(Some(config.client));
+    });
+}
+
 /// Starts `trex up --base-port BASE --data-dir DIR EXTRA…` and waits until
 /// the cluster serves; panics with its standard error if it does not.
+///
+/// TLS: with `--tls` in EXTRA, `trex up`'s own certificates in DIR/tls
+/// (tests/tls.rs). Else, with `TREX_TLS_DIR` set in the environment, every
+/// cluster of the test process runs TLS with the certificates there (made
+/// once), and every command the test runs inherits the variable: how the
+/// other tests run with TLS on (`TREX_TLS_DIR=/tmp/certs cargo test --test
+/// log`). Else plain TCP (`--insecure`): the commands carry no certificate.
 pub fn trex_up_at(dir: &Path, base: u16, extra: &[&str]) -> Cluster {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["up", "--base-port", &base.to_string(), "--data-dir"])
+    let own = extra.contains(&"--tls");
+    let shared = std::env::var("TREX_TLS_DIR").ok().filter(|_| !own);
+    let tls: Vec<String> = match &shared {
+        Some(d) => {
+            shared_certificates(d);
+            vec!["--tls-dir".into(), d.clone()]
+        }
+        None if own => Vec::new(),
+        None => vec!["--insecure".into()],
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trex"));
+    cmd.args(["up", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir)
-        .args(extra)
+        .args(&tls)
+        .args(extra.iter().filter(|a| **a != "--tls"));
+    if own {
+        cmd.env_remove("TREX_TLS_DIR").env_remove("TREX_TLS_NAME");
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
