@@ -15,6 +15,9 @@
 # Prints per workload the median of RUNS rounds for each build and new/old.
 # RUNS (default 3) and SECS (default 4) bound the run; every load stops by itself.
 set -euo pipefail
+# Plain TCP: these are loopback benchmarks of the log, not of TLS (scripts/bench-tls.sh
+# measures that). `trex up` says so loudly; builds before TLS ignore the variable.
+export TREX_INSECURE=1
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BIN_DIR NEW_BIN_DIR (each with trex and trex-bench)" >&2; exit 2; }
 OLD=$(cd "$1" && pwd); NEW=$(cd "$2" && pwd)
 for d in "$OLD" "$NEW"; do

@@ -14,6 +14,9 @@
 # later second, and the longest batch (the longest stall an appender saw).
 # Needs root and nft (apt-get install -y nftables) for the cuts; python3.
 set -euo pipefail
+# Plain TCP: these are loopback benchmarks of the log, not of TLS (scripts/bench-tls.sh
+# measures that). `trex up` says so loudly; builds before TLS ignore the variable.
+export TREX_INSECURE=1
 cd "$(dirname "$0")/.."
 SECS=${SECS:-14}
 DIR=${BENCH_DIR:-$PWD/target/bench-faults}

@@ -35,7 +35,8 @@ stop_all() {
 }
 trap stop_all EXIT
 echo "== trex up (3 consensus nodes) in $DIR" >&2
-"$T" up --data-dir "$DIR/cluster" --base-port "$BASE" >"$DIR/up.log" 2>&1 &
+# Plain TCP (--insecure, loudly): a loopback benchmark of state size, not of TLS.
+"$T" up --insecure --data-dir "$DIR/cluster" --base-port "$BASE" >"$DIR/up.log" 2>&1 &
 UP=$!
 for _ in $(seq 300); do
   grep -q "cluster is up" "$DIR/up.log" && break
