@@ -168,7 +168,8 @@ fn refused_requests_change_nothing_while_a_client_appends() {
         "",
         &[&["unit", "seal", "99", "--node", &units[0]][..], &foreign].concat(),
     );
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("TLS failed"), "{}", text(&o));
 
     // A client certificate: seal, trim (one replica, and the log), bootstrap
     // a layout, remove a member: refused, each needing an admin.
