@@ -310,6 +310,12 @@ impl<S: Service> EventLoop<S> {
     /// ([`Service::authorize`]). With [`EventLoop::stop_on_signals`], SIGHUP
     /// reloads the certificate files.
     pub fn enable_tls(&mut self, config: TlsConfig) {
+        crate::log_line!(
+            "INFO",
+            "mutual TLS on every connection: certificate {}, CA {} (peers need a certificate of that CA; SIGHUP reloads both)",
+            config.files.cert.display(),
+            config.files.ca.display()
+        );
         self.tls = Some(config);
     }
 
