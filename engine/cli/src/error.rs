@@ -114,7 +114,7 @@ impl From<ClientError> for CliError {
         let text = e.to_string();
         match e {
             ClientError::Io(_) | ClientError::Timeout { .. } => CliError::Unavailable(text),
-            ClientError::Address(_) => CliError::Usage(text),
+            ClientError::Address(_) | ClientError::Tls(_) => CliError::Usage(text),
             ClientError::Server { .. } | ClientError::Protocol(_) => CliError::Failed(text),
         }
     }

@@ -168,7 +168,8 @@ fn refused_requests_change_nothing_while_a_client_appends() {
         "",
         &[&["unit", "seal", "99", "--node", &units[0]][..], &foreign].concat(),
     );
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("TLS failed"), "{}", text(&o));
 
     // A client certificate: seal, trim (one replica, and the log), bootstrap
     // a layout, remove a member: refused, each needing an admin.
@@ -182,6 +183,42 @@ fn refused_requests_change_nothing_while_a_client_appends() {
         let o = trex(Some(&tls), "client", args);
         assert_not_authorized(&o, "admin");
     }
+
+    // In this process: TLS with the right CA but no certificate at all.
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(tls.join("ca.pem")).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let no_cert = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    trex_net::tls::set_client_config(Some(Arc::new(no_cert)));
+    let refused = match trex_net::conn::connect(&units[0], Duration::from_secs(3)) {
+        Err(e) => e.to_string(),
+        // TLS 1.3: the server's refusal arrives with the first read.
+        Ok((mut s, _)) => {
+            let mut f = Vec::new();
+            let st = begin_frame(&mut f);
+            finish_frame(
+                &mut f,
+                st,
+                Header {
+                    opcode: Opcode::Info as u8,
+                    request_id: 1,
+                    ..Header::default()
+                },
+            );
+            let _ = s.write_all(&f);
+            trex_net::conn::read_frame(&mut s)
+                .expect_err("served without a certificate")
+                .to_string()
+        }
+    };
+    assert!(refused.contains("TLS failed"), "{refused}");
 
     // In this process: installing a layout, and a peer message, with the
     // client certificate; the peer's connection stays usable.

@@ -310,6 +310,12 @@ impl<S: Service> EventLoop<S> {
     /// ([`Service::authorize`]). With [`EventLoop::stop_on_signals`], SIGHUP
     /// reloads the certificate files.
     pub fn enable_tls(&mut self, config: TlsConfig) {
+        crate::log_line!(
+            "INFO",
+            "mutual TLS on every connection: certificate {}, CA {} (peers need a certificate of that CA; SIGHUP reloads both)",
+            config.files.cert.display(),
+            config.files.ca.display()
+        );
         self.tls = Some(config);
     }
 
@@ -738,7 +744,7 @@ impl<S: Service> EventLoop<S> {
         }
         let drained =
             c.read_done && c.inflight == 0 && c.wpos == c.wbuf.len() && c.last_words.is_none();
-        if fatal {
+        if fatal && tls_failed.is_none() {
             if let Some(m) = &self.metrics {
                 m.error(ErrorKind::Io);
             }
@@ -774,6 +780,9 @@ impl<S: Service> EventLoop<S> {
                 .write(&error_frame(&h, ErrorCode::NotAuthorized, msg));
         }
         let peer = c.stream.tcp.peer_addr().map(|a| a.to_string());
+        if let Some(m) = &self.metrics {
+            m.error(ErrorKind::Tls);
+        }
         if let Some(n) = self.refusals.tls.hit() {
             let why = if plain {
                 "sent a plain frame".to_string()

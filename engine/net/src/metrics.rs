@@ -203,10 +203,13 @@ pub enum ErrorKind {
     Io,
     /// `accept` failed (out of descriptors, say).
     Accept,
+    /// A TLS connection refused before any frame: no certificate, one the
+    /// cluster CA did not sign, or a plain client on a TLS port.
+    Tls,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 8] = [
+    const ALL: [ErrorKind; 9] = [
         ErrorKind::Frame,
         ErrorKind::Violation,
         ErrorKind::Refused,
@@ -215,6 +218,7 @@ impl ErrorKind {
         ErrorKind::IdleTimeout,
         ErrorKind::Io,
         ErrorKind::Accept,
+        ErrorKind::Tls,
     ];
 
     /// The label value.
@@ -226,6 +230,7 @@ impl ErrorKind {
             ErrorKind::Evicted => "evicted",
             ErrorKind::SlowFrame => "slow_frame",
             ErrorKind::IdleTimeout => "idle_timeout",
+            ErrorKind::Tls => "tls",
             ErrorKind::Io => "io",
             ErrorKind::Accept => "accept",
         }

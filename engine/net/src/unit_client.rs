@@ -24,6 +24,11 @@ pub enum ClientError {
     /// The address does not resolve: fix it (a usage problem, no retry helps).
     #[error("{0}")]
     Address(String),
+    /// TLS failed on a certificate (this one refused by the server, or the
+    /// server's not signed by the cluster CA for this address): fix the
+    /// certificates or the TLS options; no retry helps.
+    #[error("{0}")]
+    Tls(String),
     /// No reply within the timeout; the outcome is unknown.
     #[error(
         "no reply from {addr} within {}; the request may or may not have taken effect",
@@ -117,7 +122,7 @@ impl UnitClient {
     fn open(addr: &str, timeout: Duration, hint: &str) -> Result<UnitClient, ClientError> {
         let (stream, addr) = crate::conn::connect(addr, timeout).map_err(|e| match e {
             ConnectError::Refused { .. } => ClientError::Io(format!("{e}; {hint}")),
-            ConnectError::Tls { .. } => ClientError::Io(e.to_string()),
+            ConnectError::Tls { .. } => ClientError::Tls(e.to_string()),
             ConnectError::Resolve { .. } => ClientError::Address(e.to_string()),
         })?;
         Ok(UnitClient {
@@ -197,6 +202,11 @@ impl UnitClient {
                 addr: self.addr,
                 timeout: self.timeout,
             },
+            // TLS 1.3: a server that refuses the certificate says so once
+            // the client reads.
+            io::ErrorKind::InvalidData => {
+                ClientError::Tls(format!("connection to {} failed: {e}", self.addr))
+            }
             _ => ClientError::Io(format!("connection to {} failed: {e}", self.addr)),
         }
     }
