@@ -68,6 +68,7 @@ impl Background {
         let thread = std::thread::Builder::new()
             .name("trex-segments".into())
             .spawn(move || {
+                lower_priority();
                 for job in rx {
                     run(job, &tx);
                 }
@@ -145,7 +146,11 @@ fn run(job: Job, spares: &mpsc::Sender<Result<Spare, AppendError>>) {
         Job::Prepare { id, path, size } => {
             // A leftover of an earlier attempt (never in use: a `.tmp` name).
             let _ = fs::remove_file(&path);
-            let _ = spares.send(make_spare(id, &path, size));
+            let made = make_spare(id, &path, size);
+            if let Ok(spare) = &made {
+                populate(&spare.map);
+            }
+            let _ = spares.send(made);
         }
         Job::WriteIndex { tmp, path, image } => {
             let bytes = image.encode();
@@ -167,6 +172,56 @@ fn run(job: Job, spares: &mpsc::Sender<Result<Spare, AppendError>>) {
         Job::Barrier(done) => {
             let _ = done.send(());
         }
+    }
+}
+
+/// Faults the spare's pages in for reading, here rather than on the loop:
+/// a first touch of a page of a preallocated (unwritten) extent makes the
+/// kernel allocate and zero a page-cache page, and appends that took those
+/// faults spent about a fifth of all CPU on the loop (a profile of 100 B
+/// appends). Read faults leave the pages clean, so nothing extra is written
+/// back or synced; the loop's first write to each page is then a cheap
+/// write-protect fault. Costs the segment's size in page cache ahead of use.
+///
+/// In steps of [`POPULATE_STEP`]: each call holds the process's memory-map
+/// lock, and one call over a whole segment (tens of milliseconds) held up
+/// the loop's own allocations (`brk`) behind it, by 25 ms in a profile.
+fn populate(map: &MmapMut) {
+    for off in (0..map.len()).step_by(POPULATE_STEP) {
+        let len = POPULATE_STEP.min(map.len() - off);
+        // SAFETY: `off..off + len` lies inside a live mapping we own;
+        // POPULATE_READ only faults pages in.
+        let rc = unsafe {
+            libc::madvise(
+                map.as_ptr().add(off) as *mut libc::c_void,
+                len,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if rc != 0 {
+            // Older kernels (before 5.14): touch one byte per page.
+            let mut sum = 0u8;
+            for page in (off..off + len).step_by(4096) {
+                // SAFETY: `page` is inside the mapping.
+                sum ^= unsafe { std::ptr::read_volatile(map.as_ptr().add(page)) };
+            }
+            std::hint::black_box(sum);
+        }
+    }
+}
+
+/// How much of a spare [`populate`] faults in per call.
+const POPULATE_STEP: usize = 1 << 20;
+
+/// Lowers the calling thread's CPU priority (nice 10), for threads doing
+/// background file work: on a busy machine with few cores they otherwise
+/// take the CPU from the event loop for a whole time slice at a time (a
+/// profile showed the loop runnable and waiting 24 ms).
+pub(crate) fn lower_priority() {
+    // SAFETY: gettid and setpriority on the calling thread; no memory involved.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 
