@@ -127,11 +127,17 @@ impl Background {
 }
 
 impl Drop for Background {
-    /// Runs what was sent (indexes, deletions), then stops the thread.
+    /// Runs what was sent (indexes, deletions), stops the thread, and
+    /// deletes a spare never taken (it would only be removed at the next
+    /// open, holding a segment's worth of disk until then).
     fn drop(&mut self) {
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        for spare in self.spares.try_iter().flatten() {
+            drop(spare.map);
+            let _ = fs::remove_file(&spare.path);
         }
     }
 }

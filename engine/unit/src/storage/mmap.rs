@@ -1415,6 +1415,16 @@ impl Store for MmapStore {
                 }
             }
         }
+        // Start reading what the next turn will verify, so that turn finds
+        // it in the page cache instead of waiting for the disk on the loop
+        // (after a restart little of an old segment is cached).
+        if let Some((_, _, next)) = self.unverified.front() {
+            if let Some(seg) = self.segs.get(&next.seg) {
+                let start = next.off as usize & !4095;
+                let len = (budget_bytes + 4096).min(seg.map.len().saturating_sub(start));
+                let _ = seg.map.advise_range(memmap2::Advice::WillNeed, start, len);
+            }
+        }
         found
     }
 
