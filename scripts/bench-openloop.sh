@@ -120,7 +120,7 @@ trex_open() {
     --rate "$2" --warmup "${WARMUP}s" --duration "${SECS}s" --json "$DIR/results/$3.json" \
     --histogram-log "$DIR/results/$3.hlog" --plot "$DIR/results/$3.svg" >&2 || true
   for u in "$DIR"/trex/logs/unit-*.log; do
-    grep -h "rollovers so far" "$u" 2>/dev/null | tail -n 1 | sed "s|^.*rollovers|   $(basename "$u" .log): rollovers|" >&2 || true
+    grep -h "rollovers so far" "$u" 2>/dev/null | tail -n 1 | sed "s|^.*segments; |   $(basename "$u" .log): |" >&2 || true
   done
   cleanup
 }
