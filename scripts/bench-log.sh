@@ -11,6 +11,9 @@
 # latency target. Then reads. RUNS rounds (default 3), SECS seconds each.
 # Needs nats-server (apt-get install -y nats-server) and python3.
 set -euo pipefail
+# Plain TCP: a loopback benchmark of the log, not of TLS (scripts/bench-tls.sh
+# measures that). `trex up` says so loudly.
+export TREX_INSECURE=1
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 SECS=${SECS:-4}

@@ -1,7 +1,7 @@
 //! The storage-unit node: a [`Unit`] over memory-mapped segments, driven by the
 //! event loop, with syncs through io_uring or a sync thread.
 
-use crate::storage::mmap::{MmapOptions, MmapStore};
+use crate::storage::mmap::{MmapOptions, MmapStore, SegmentStats};
 use crate::unit::{Appends, Reply, ReplyTo, Unit, UnitConfig};
 use mio::Token;
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +76,9 @@ struct UnitMetrics {
     full: U64Gauge,
     poisoned: U64Gauge,
     pending: U64Gauge,
+    rollovers: Counter,
+    spare_waits: Counter,
+    created_on_loop: Counter,
 }
 
 impl UnitMetrics {
@@ -101,6 +104,9 @@ impl UnitMetrics {
             full: U64Gauge::default(),
             poisoned: U64Gauge::default(),
             pending: U64Gauge::default(),
+            rollovers: Counter::default(),
+            spare_waits: Counter::default(),
+            created_on_loop: Counter::default(),
         }
     }
 
@@ -132,6 +138,21 @@ impl UnitMetrics {
                 "stored_junk",
                 "Junk records appended (fills)",
                 &self.stored_junk,
+            ),
+            (
+                "segment_rollovers",
+                "New segments begun while serving",
+                &self.rollovers,
+            ),
+            (
+                "segment_spare_waits",
+                "Rollovers that waited on the event loop for the segment prepared ahead (it was not ready yet)",
+                &self.spare_waits,
+            ),
+            (
+                "segment_created_on_loop",
+                "Rollovers that created and preallocated the segment on the event loop (no segment prepared ahead, e.g. the disk was full)",
+                &self.created_on_loop,
             ),
         ];
         for (name, help, c) in counters {
@@ -228,6 +249,8 @@ pub struct StorageService {
     synced_records: u64,
     /// Appends when the stored counters were last brought up to date.
     counted: Appends,
+    /// Segment rollovers when their counters were last brought up to date.
+    counted_segments: SegmentStats,
 }
 
 impl StorageService {
@@ -264,6 +287,13 @@ impl StorageService {
         m.stored_junk.inc_by(a.junk - self.counted.junk);
         m.stored_bytes.inc_by(a.bytes - self.counted.bytes);
         self.counted = a;
+        let seg = self.unit.store().segment_stats();
+        let seen = self.counted_segments;
+        m.rollovers.inc_by(seg.rollovers - seen.rollovers);
+        m.spare_waits.inc_by(seg.spare_waits - seen.spare_waits);
+        m.created_on_loop
+            .inc_by(seg.created_on_loop - seen.created_on_loop);
+        self.counted_segments = seg;
         match self.unit.poisoned() {
             Some(why) => self.health.set_ready(false, &format!("poisoned: {why}")),
             None if self.unit.full() => self
@@ -380,17 +410,21 @@ impl Service for StorageService {
             self.frames - self.last_stats.0,
             self.syncs - self.last_stats.1,
         );
+        let seg = self.unit.store().segment_stats();
         if frames > 0 {
             let i = self.unit.info();
             trex_net::log_line!(
                 "INFO",
-                "last {}s: {} requests, {} syncs; tail {}, {} entries, {} segments",
+                "last {}s: {} requests, {} syncs; tail {}, {} entries, {} segments; {} rollovers so far ({} waited for the segment prepared ahead, {} created on the loop)",
                 STATS_EVERY.as_secs(),
                 frames,
                 syncs,
                 i.tail,
                 i.entries,
-                i.segments
+                i.segments,
+                seg.rollovers,
+                seg.spare_waits,
+                seg.created_on_loop
             );
         }
         self.last_stats = (self.frames, self.syncs);
@@ -462,6 +496,7 @@ pub fn run_storage(opts: &StorageOptions) -> Result<(), String> {
             sync_started: None,
             synced_records: 0,
             counted: Appends::default(),
+            counted_segments: SegmentStats::default(),
         };
         svc.synced_records = svc.records();
         svc.refresh_metrics();

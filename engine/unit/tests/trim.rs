@@ -48,6 +48,9 @@ fn trim_deletes_whole_segments_and_survives_reopen() {
     }
     sync(&mut u);
     assert_eq!(replies(&mut u).len(), 300);
+    // Index files are written, and reclaimed segments deleted, by the
+    // store's background thread.
+    u.store().flush_background();
     let before = count(dir.path(), "seg");
     assert!(before >= 5, "300 KB in 64 KiB segments: got {before}");
     assert_eq!(
@@ -71,6 +74,7 @@ fn trim_deletes_whole_segments_and_survives_reopen() {
     }
     sync(&mut u);
     replies(&mut u);
+    u.store().flush_background();
     let after = count(dir.path(), "seg");
     assert!(
         after < before,

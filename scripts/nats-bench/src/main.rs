@@ -3,7 +3,18 @@
 //! publishing windows of `depth` messages of `size` bytes to a file-backed
 //! stream and waiting for the `depth` acks (like `trex-bench append --depth`).
 //!
-//! usage: nats-bench HOST:PORT SIZE CLIENTS DEPTH SECONDS REPLICAS [JSON_OUT]
+//! Open loop (a RATE above 0, messages per second over all clients): the
+//! windows follow one schedule shared by all clients (window `k` due at
+//! start + k * DEPTH / RATE, as `trex-bench --rate` schedules its requests);
+//! a client still busy when a window falls due sends it late, and its latency
+//! counts from when it was due (coordinated omission corrected). The first
+//! WARMUP seconds are left out of every figure. Windows due in the measured
+//! time but never sent are reported as `missed`. TIMELINE_CSV gets, per
+//! second of the schedule, the windows due then and their p50/p99/max.
+//! The stream keeps at most 4 GiB (older messages are discarded), so long
+//! runs stay bounded on disk.
+//!
+//! usage: nats-bench HOST:PORT SIZE CLIENTS DEPTH SECONDS REPLICAS [JSON_OUT [RATE [WARMUP [TIMELINE_CSV]]]]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -61,7 +72,7 @@ fn read_msg(w: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &mut String, 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 7 {
-        eprintln!("usage: nats-bench HOST:PORT SIZE CLIENTS DEPTH SECONDS REPLICAS [JSON_OUT]");
+        eprintln!("usage: nats-bench HOST:PORT SIZE CLIENTS DEPTH SECONDS REPLICAS [JSON_OUT [RATE [WARMUP [TIMELINE_CSV]]]]");
         std::process::exit(2);
     }
     let (addr, size, clients, depth, secs, replicas) = (
@@ -78,7 +89,9 @@ fn main() {
     let del = b"PUB $JS.API.STREAM.DELETE.BENCH _INBOX.admin.del 0\r\n\r\n";
     w.write_all(del).unwrap();
     read_msg(&mut w, &mut r, &mut line, &mut buf);
-    let cfg = format!("{{\"name\":\"BENCH\",\"subjects\":[\"bench\"],\"storage\":\"file\",\"num_replicas\":{replicas}}}");
+    let rate = a.get(8).map_or(0.0, |r| r.parse::<f64>().unwrap());
+    let warmup = Duration::from_secs_f64(a.get(9).map_or(0.0, |w| w.parse::<f64>().unwrap()));
+    let cfg = format!("{{\"name\":\"BENCH\",\"subjects\":[\"bench\"],\"storage\":\"file\",\"num_replicas\":{replicas},\"max_bytes\":4294967296,\"discard\":\"old\"}}");
     // A fresh cluster may not know all its peers yet ("no suitable peers for
     // placement"): ask again for up to 10 s.
     let mut tries = 0;
@@ -96,10 +109,15 @@ fn main() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let origin = Instant::now() + Duration::from_millis(200);
+    let measure_from = origin + warmup;
+    let end = measure_from + Duration::from_secs(secs);
+    // Open loop: the time between windows, over all clients.
+    let interval = (rate > 0.0).then(|| Duration::from_secs_f64(depth as f64 / rate));
     let handles: Vec<_> = (0..clients)
         .map(|c| {
-            let (addr, stop, done) = (addr.clone(), stop.clone(), done.clone());
+            let (addr, stop, done, next) = (addr.clone(), stop.clone(), done.clone(), next.clone());
             std::thread::spawn(move || {
                 let (mut w, mut r) = connect(&addr, &format!("_INBOX.c{c}"));
                 let payload = vec![b'x'; size];
@@ -110,9 +128,31 @@ fn main() {
                     window.extend_from_slice(b"\r\n");
                 }
                 let (mut line, mut buf) = (String::new(), Vec::new());
-                let mut lat = Vec::new();
+                // (when due, latency in us) of every measured window.
+                let mut lat: Vec<(Duration, u64)> = Vec::new();
+                let mut sent_measured = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
+                    let due = match interval {
+                        Some(iv) => {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let due = origin + iv.mul_f64(k as f64);
+                            let now = Instant::now();
+                            if due >= end || now >= end {
+                                break;
+                            }
+                            if due > now {
+                                std::thread::sleep(due - now);
+                            }
+                            due
+                        }
+                        None => {
+                            let now = Instant::now();
+                            if now >= end {
+                                break;
+                            }
+                            now.max(origin)
+                        }
+                    };
                     w.write_all(&window).unwrap();
                     for _ in 0..depth {
                         let ack = read_msg(&mut w, &mut r, &mut line, &mut buf);
@@ -120,27 +160,69 @@ fn main() {
                             panic!("publish refused: {}", String::from_utf8_lossy(&ack));
                         }
                     }
-                    lat.push(t0.elapsed().as_micros() as u64);
-                    done.fetch_add(depth as u64, Ordering::Relaxed);
+                    if due >= measure_from {
+                        lat.push((due - measure_from, due.elapsed().as_micros() as u64));
+                        sent_measured += 1;
+                        done.fetch_add(depth as u64, Ordering::Relaxed);
+                    }
                 }
-                lat
+                (lat, sent_measured)
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(secs));
+    // Every client stops by itself at `end`; this bounds a hung server.
+    let deadline = end + Duration::from_secs(30);
+    while Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, Ordering::SeqCst);
-    let mut lat: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut timed: Vec<(Duration, u64)> = Vec::new();
+    let mut sent = 0;
+    for h in handles {
+        if !h.is_finished() {
+            eprintln!("nats-bench: a client is still waiting for acks 30 s after the end; not counted");
+            continue;
+        }
+        let (l, n) = h.join().unwrap();
+        timed.extend(l);
+        sent += n;
+    }
+    let mut lat: Vec<u64> = timed.iter().map(|(_, l)| *l).collect();
     lat.sort_unstable();
-    let secs = started.elapsed().as_secs_f64();
     let n = done.load(Ordering::Relaxed);
-    let p = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
-    let rate = n as f64 / secs;
-    println!("nats-jetstream: {n} acked publishes in {secs:.2}s = {rate:.0} msgs/s, {:.1} MB/s; p99 window {} us", rate * size as f64 / 1e6, p(0.99));
+    let p = |lat: &[u64], q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let rate_got = n as f64 / secs as f64;
+    let missed = interval.map_or(0, |iv| {
+        let due = (Duration::from_secs(secs).as_secs_f64() / iv.as_secs_f64()) as u64;
+        due.saturating_sub(sent)
+    });
+    println!(
+        "nats-jetstream: {n} acked publishes in {secs}s = {rate_got:.0} msgs/s, {:.1} MB/s; per window of {depth}: p50 {} us, p99 {} us, max {} us; {missed} windows missed",
+        rate_got * size as f64 / 1e6,
+        p(&lat, 0.5),
+        p(&lat, 0.99),
+        lat.last().copied().unwrap_or(0)
+    );
     if let Some(out) = a.get(7) {
         let json = format!(
-            "{{\"workload\":\"nats-jetstream\",\"ops\":{n},\"seconds\":{secs:.3},\"ops_per_s\":{rate:.1},\"mb_per_s\":{:.2},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}\n",
-            rate * size as f64 / 1e6, p(0.5), p(0.9), p(0.99), p(0.999), lat.last().copied().unwrap_or(0)
+            "{{\"workload\":\"nats-jetstream\",\"mode\":\"{}\",\"rate\":{rate},\"ops\":{n},\"seconds\":{secs},\"ops_per_s\":{rate_got:.1},\"mb_per_s\":{:.2},\"requests\":{},\"missed\":{missed},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}\n",
+            if interval.is_some() { "open" } else { "closed" },
+            rate_got * size as f64 / 1e6,
+            lat.len(),
+            p(&lat, 0.5), p(&lat, 0.9), p(&lat, 0.99), p(&lat, 0.999), lat.last().copied().unwrap_or(0)
         );
         std::fs::write(out, json).unwrap();
+    }
+    if let Some(out) = a.get(10) {
+        let mut by_sec: Vec<Vec<u64>> = vec![Vec::new(); secs as usize + 1];
+        for (at, l) in timed {
+            by_sec[(at.as_secs() as usize).min(secs as usize)].push(l);
+        }
+        let mut csv = String::from("second,windows,p50_us,p99_us,max_us\n");
+        for (i, mut v) in by_sec.into_iter().enumerate() {
+            v.sort_unstable();
+            csv.push_str(&format!("{i},{},{},{},{}\n", v.len(), p(&v, 0.5), p(&v, 0.99), v.last().copied().unwrap_or(0)));
+        }
+        std::fs::write(out, csv).unwrap();
     }
 }

@@ -13,6 +13,9 @@
 //!   is verified later by the scrub, [`Store::scrub`], and attributed to the
 //!   index's address if damaged); the rest are scanned record by record. An index is only a cache: it carries its own
 //!   checksum, and a missing or damaged one just means a scan.
+//! - `NNNNNNNNNN.spare.tmp` — the next segment, created and preallocated
+//!   ahead of need by the store's thread ([`super::background`]); renamed
+//!   to `.seg` at rollover. Like every `.tmp` file, removed at open.
 //!
 //! Segment header (all integers little-endian):
 //!
@@ -72,6 +75,7 @@
 //! Files are never shrunk while mapped (a truncated mapping is SIGBUS), and the
 //! directory lock keeps a second process from touching them.
 
+use super::background::{make_spare, Background, Spare};
 use super::record::{
     decode_record, encode_record, record_size, Format, Invalid, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
@@ -82,7 +86,7 @@ use super::{
 use memmap2::MmapMut;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -317,6 +321,69 @@ pub struct MmapStore {
     set_aside: Vec<(u32, String)>,
     /// What `open` and `recover` found.
     pub report: OpenReport,
+    /// The thread preparing segments, writing indexes and deleting
+    /// reclaimed segments off the loop (`None` if it could not start: then
+    /// all of it happens here).
+    background: Option<Background>,
+    /// The segment id whose spare was asked for and not yet taken.
+    spare_asked: Option<u32>,
+    /// Rollovers and how their segments came about.
+    segment_stats: SegmentStats,
+}
+
+/// How new segments came about, for metrics: prepared ahead off the event
+/// loop, or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStats {
+    /// Segments created while serving.
+    pub rollovers: u64,
+    /// Rollovers that waited for a spare still being prepared.
+    pub spare_waits: u64,
+    /// Rollovers that created and preallocated the segment on the loop
+    /// (no spare: the thread could not make it, e.g. the disk was full).
+    pub created_on_loop: u64,
+}
+
+/// What an index file holds for one full segment (see the module docs),
+/// taken from the segment so it can be encoded and written off the loop.
+pub(crate) struct IndexImage {
+    id: u32,
+    nonce: u64,
+    used: u32,
+    meta: Meta,
+    max_addr: Option<u64>,
+    entries: Vec<(u64, u32, Kind)>,
+}
+
+impl IndexImage {
+    /// The index file's bytes, its CRC trailer included.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let len = IDX_HEADER_LEN + self.entries.len() * IDX_ENTRY_LEN;
+        let mut b = vec![0u8; len];
+        let h = &mut b[..IDX_HEADER_LEN];
+        h[IDX_OFF_MAGIC..IDX_OFF_VERSION].copy_from_slice(IDX_MAGIC);
+        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&IDX_VERSION.to_le_bytes());
+        for (off, v) in [
+            (IDX_OFF_ID, u64::from(self.id)),
+            (IDX_OFF_NONCE, self.nonce),
+            (IDX_OFF_USED, u64::from(self.used)),
+            (IDX_OFF_COUNT, self.entries.len() as u64),
+            (IDX_OFF_SEALED_EPOCH, self.meta.sealed_epoch),
+            (IDX_OFF_TRIM_MARK, self.meta.trim_mark),
+            (IDX_OFF_MAX_ADDR_END, self.max_addr.map_or(0, |m| m + 1)),
+        ] {
+            h[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let entries = b[IDX_HEADER_LEN..].chunks_exact_mut(IDX_ENTRY_LEN);
+        for (e, (addr, off, kind)) in entries.zip(&self.entries) {
+            e[IDX_ENTRY_OFF_ADDR..IDX_ENTRY_OFF_OFFSET].copy_from_slice(&addr.to_le_bytes());
+            e[IDX_ENTRY_OFF_OFFSET..IDX_ENTRY_OFF_KIND].copy_from_slice(&off.to_le_bytes());
+            e[IDX_ENTRY_OFF_KIND] = *kind as u8; // the reserved bytes stay zero
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
 }
 
 fn lsn(seg: u32, off: u32) -> u64 {
@@ -552,6 +619,18 @@ impl MmapStore {
             cut: Vec::new(),
             set_aside: Vec::new(),
             unverified: std::collections::VecDeque::new(),
+            background: match Background::start() {
+                Ok(bg) => Some(bg),
+                Err(e) => {
+                    trex_net::log_line!(
+                        "WARN",
+                        "cannot start the segment thread ({e}): segments are created, indexed and deleted on the event loop"
+                    );
+                    None
+                }
+            },
+            spare_asked: None,
+            segment_stats: SegmentStats::default(),
             // Room for the opening meta record, the reserves and one header.
             max_payload: (opts.segment_size as usize)
                 .saturating_sub(
@@ -663,6 +742,13 @@ impl MmapStore {
 
     fn active(&self) -> Option<u32> {
         self.segs.keys().next_back().copied()
+    }
+
+    /// The id the next segment gets. (A segment set aside keeps its id:
+    /// never reused.)
+    fn next_segment_id(&self) -> u32 {
+        let aside = self.set_aside.iter().map(|(id, _)| *id).max();
+        self.active().max(aside).map_or(1, |a| a + 1)
     }
 
     fn current_lsn(&self) -> u64 {
@@ -875,99 +961,169 @@ impl MmapStore {
         seg.used = off.min(size) as u32;
     }
 
-    /// Writes the index file of a full segment whose data is durable.
-    fn write_index(&mut self, id: u32) -> io::Result<()> {
-        let Some(seg) = self.segs.get_mut(&id) else {
-            return Ok(());
-        };
-        // A damaged segment is never indexed, and "one past the highest
-        // address" must be representable.
+    /// The index of a full segment whose data is durable, ready to write,
+    /// its entries taken out of the segment; `None` if it needs none (indexed
+    /// already, or damaged: an index cannot say "corrupt"; or "one past the
+    /// highest address" would not be representable).
+    fn take_index_image(&mut self, id: u32) -> Option<IndexImage> {
+        let seg = self.segs.get_mut(&id)?;
         if seg.indexed || seg.damaged || seg.max_addr == Some(u64::MAX) {
-            return Ok(());
+            return None;
         }
-        let len = IDX_HEADER_LEN + seg.entries.len() * IDX_ENTRY_LEN;
-        let mut b = vec![0u8; len];
-        let h = &mut b[..IDX_HEADER_LEN];
-        h[IDX_OFF_MAGIC..IDX_OFF_VERSION].copy_from_slice(IDX_MAGIC);
-        h[IDX_OFF_VERSION..IDX_OFF_ID].copy_from_slice(&IDX_VERSION.to_le_bytes());
-        for (off, v) in [
-            (IDX_OFF_ID, u64::from(id)),
-            (IDX_OFF_NONCE, seg.nonce),
-            (IDX_OFF_USED, u64::from(seg.used)),
-            (IDX_OFF_COUNT, seg.entries.len() as u64),
-            (IDX_OFF_SEALED_EPOCH, seg.meta.sealed_epoch),
-            (IDX_OFF_TRIM_MARK, seg.meta.trim_mark),
-            (IDX_OFF_MAX_ADDR_END, seg.max_addr.map_or(0, |m| m + 1)),
-        ] {
-            h[off..off + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        let entries = b[IDX_HEADER_LEN..].chunks_exact_mut(IDX_ENTRY_LEN);
-        for (e, (addr, off, kind)) in entries.zip(&seg.entries) {
-            e[IDX_ENTRY_OFF_ADDR..IDX_ENTRY_OFF_OFFSET].copy_from_slice(&addr.to_le_bytes());
-            e[IDX_ENTRY_OFF_OFFSET..IDX_ENTRY_OFF_KIND].copy_from_slice(&off.to_le_bytes());
-            e[IDX_ENTRY_OFF_KIND] = *kind as u8; // the reserved bytes stay zero
-        }
-        let crc = crc32fast::hash(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        let tmp = seg_path(&self.dir, id, "idx.tmp");
-        fs::write(&tmp, &b)?;
-        fs::rename(&tmp, seg_path(&self.dir, id, "idx"))?;
-        seg.indexed = true;
-        seg.entries = Vec::new();
-        Ok(())
+        Some(IndexImage {
+            id,
+            nonce: seg.nonce,
+            used: seg.used,
+            meta: seg.meta,
+            max_addr: seg.max_addr,
+            entries: std::mem::take(&mut seg.entries),
+        })
     }
 
+    /// Writes the index file of a full segment whose data is durable, here
+    /// and now (at open; while serving, [`Background`] writes them).
+    fn write_index(&mut self, id: u32) -> io::Result<()> {
+        let Some(image) = self.take_index_image(id) else {
+            return Ok(());
+        };
+        let tmp = seg_path(&self.dir, id, "idx.tmp");
+        let written = fs::write(&tmp, image.encode())
+            .and_then(|_| fs::rename(&tmp, seg_path(&self.dir, id, "idx")));
+        let seg = self.segs.get_mut(&id).expect("the segment just indexed");
+        match written {
+            Ok(()) => seg.indexed = true,
+            // Kept for a later try.
+            Err(_) => seg.entries = image.entries,
+        }
+        written
+    }
+
+    /// Hands the index of full segment `id` to the background thread (or
+    /// writes it here if there is none). The segment counts as indexed at
+    /// once: if the write fails, the next open scans it instead.
+    fn index_in_background(&mut self, id: u32) {
+        if self.background.is_none() {
+            if let Err(e) = self.write_index(id) {
+                // Only a cache: the segment is scanned at the next open instead.
+                trex_net::log_line!("WARN", "cannot write index of segment {id}: {e}");
+            }
+            return;
+        }
+        let Some(image) = self.take_index_image(id) else {
+            return;
+        };
+        let Some(bg) = self.background.as_ref() else {
+            return;
+        };
+        let (tmp, path) = (
+            seg_path(&self.dir, id, "idx.tmp"),
+            seg_path(&self.dir, id, "idx"),
+        );
+        bg.write_index(tmp, path, image);
+        if let Some(seg) = self.segs.get_mut(&id) {
+            seg.indexed = true;
+        }
+    }
+
+    /// Asks the background thread for the spare of segment `id`, unless one
+    /// is asked for already.
+    fn ask_spare(&mut self, id: u32) {
+        if self.spare_asked.is_some() {
+            return;
+        }
+        if let Some(bg) = &self.background {
+            let path = seg_path(&self.dir, id, "spare.tmp");
+            if bg.prepare(id, path, self.segment_size) {
+                self.spare_asked = Some(id);
+            }
+        }
+    }
+
+    /// The spare made for segment `id`, if one was asked for (waiting for it
+    /// if it is not ready yet: it is already part-way, so that is never
+    /// slower than starting over). `None`: create the segment here.
+    fn take_spare(&mut self, id: u32) -> Option<Spare> {
+        let asked = self.spare_asked.take()?;
+        let bg = self.background.as_ref()?;
+        let got = match bg.spare(false) {
+            Some(got) => got,
+            None => {
+                self.segment_stats.spare_waits += 1;
+                bg.spare(true)?
+            }
+        };
+        match got {
+            Ok(spare) if asked == id && spare.id == id => Some(spare),
+            Ok(spare) => {
+                // Made for another id (cannot happen: ids only grow by one).
+                drop(spare.map);
+                let _ = fs::remove_file(&spare.path);
+                None
+            }
+            // Tried once more, here (`create_segment`).
+            Err(AppendError::Full(_)) => None,
+            Err(AppendError::Io(e)) => {
+                trex_net::log_line!("WARN", "preparing segment {id} ahead: {e}");
+                None
+            }
+        }
+    }
+
+    /// Rollovers and how the new segment came about, for metrics.
+    pub fn segment_stats(&self) -> SegmentStats {
+        self.segment_stats
+    }
+
+    /// Waits until the background thread has run every job handed to it so
+    /// far: index files written, reclaimed segments deleted (for tests and
+    /// tools that look at the files).
+    pub fn flush_background(&self) {
+        if let Some(bg) = &self.background {
+            bg.flush();
+        }
+    }
+
+    /// Makes segment `id` the active one: the spare prepared ahead if there
+    /// is one, else a file created and preallocated here, on the loop
+    /// (counted in [`SegmentStats::created_on_loop`]). Then asks for the
+    /// next spare.
     fn create_segment(&mut self, id: u32) -> Result<(), AppendError> {
         let path = seg_path(&self.dir, id, "seg");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| AppendError::Io(io_err("cannot create segment", &path, e)))?;
-        let size = self.segment_size;
-        // SAFETY: fallocate on a valid, owned descriptor.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                let _ = fs::remove_file(&path);
-                return Err(AppendError::Full(format!(
-                    "cannot preallocate {} bytes for {}: disk full; trim the log or add space",
-                    size,
-                    path.display()
-                )));
-            }
-            // File systems without fallocate: write the zeros, so that a later
-            // write fault into a hole cannot hit ENOSPC (SIGBUS through a mapping).
-            let zeros = vec![0u8; 1 << 20];
-            let mut f = &file;
-            for _ in 0..size.div_ceil(zeros.len() as u64) {
-                if let Err(e) = f.write_all(&zeros) {
-                    let _ = fs::remove_file(&path);
-                    return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
-                        AppendError::Full(format!("disk full while creating {}", path.display()))
-                    } else {
-                        AppendError::Io(io_err("cannot write", &path, e))
-                    });
+        self.segment_stats.rollovers += 1;
+        let made = match self.take_spare(id) {
+            Some(spare) => match fs::rename(&spare.path, &path) {
+                Ok(()) => Ok(spare),
+                Err(e) => {
+                    let _ = fs::remove_file(&spare.path);
+                    Err(AppendError::Io(io_err(
+                        "cannot rename the spare to",
+                        &path,
+                        e,
+                    )))
+                }
+            },
+            None => {
+                self.segment_stats.created_on_loop += 1;
+                match make_spare(id, &path, self.segment_size) {
+                    // Deletions still queued may free the room it lacks:
+                    // let them run, then try once more.
+                    Err(AppendError::Full(_)) if self.background.is_some() => {
+                        self.flush_background();
+                        make_spare(id, &path, self.segment_size)
+                    }
+                    made => made,
                 }
             }
-            file.set_len(size)
-                .map_err(|e| AppendError::Io(io_err("cannot size", &path, e)))?;
-        }
-        // SAFETY: see `open`; the file is new, sized, and locked by our directory lock.
-        let mut map = unsafe { MmapMut::map_mut(&file) }
-            .map_err(|e| AppendError::Io(io_err("cannot map", &path, e)))?;
-        // Appends walk the segment front to back: ask for aggressive readahead,
-        // which faults the preallocated (zero-filled) pages in large batches
-        // (measured: ~8% more appends/s than the default, ~50% more than Random).
-        let _ = map.advise(memmap2::Advice::Sequential);
+        };
+        let Spare { file, mut map, .. } = made?;
+        let size = self.segment_size;
         let nonce = random_nonce();
         map[..SEGMENT_HEADER_LEN].copy_from_slice(&encode_seg_header(id, nonce, size));
         self.segs
             .insert(id, Segment::new(file, map, nonce, size, Format::V2));
         self.dirty.insert(id);
         self.dir_dirty = true;
+        self.ask_spare(id + 1);
         Ok(())
     }
 
@@ -1155,6 +1311,8 @@ impl Store for MmapStore {
             }
         }
         self.durable_lsn = self.current_lsn();
+        // The first segment to come is prepared ahead too.
+        self.ask_spare(self.next_segment_id());
         Ok(())
     }
 
@@ -1198,6 +1356,7 @@ impl Store for MmapStore {
                     let _ = std::thread::Builder::new()
                         .name("trex-rollover-sync".into())
                         .spawn(move || {
+                            super::background::lower_priority();
                             if let Err(e) = file.sync_data() {
                                 trex_net::log_line!(
                                     "WARN",
@@ -1207,9 +1366,7 @@ impl Store for MmapStore {
                         });
                 }
             }
-            // (A segment set aside keeps its id: never reused.)
-            let aside = self.set_aside.iter().map(|(id, _)| *id).max();
-            let id = self.active().max(aside).map_or(1, |a| a + 1);
+            let id = self.next_segment_id();
             match self.create_segment(id) {
                 Ok(()) => {}
                 // No room for a seal or trim anywhere in the segments: the
@@ -1278,6 +1435,16 @@ impl Store for MmapStore {
                 }
             }
         }
+        // Start reading what the next turn will verify, so that turn finds
+        // it in the page cache instead of waiting for the disk on the loop
+        // (after a restart little of an old segment is cached).
+        if let Some((_, _, next)) = self.unverified.front() {
+            if let Some(seg) = self.segs.get(&next.seg) {
+                let start = next.off as usize & !4095;
+                let len = (budget_bytes + 4096).min(seg.map.len().saturating_sub(start));
+                let _ = seg.map.advise_range(memmap2::Advice::WillNeed, start, len);
+            }
+        }
         found
     }
 
@@ -1309,10 +1476,7 @@ impl Store for MmapStore {
             .map(|(id, _)| *id)
             .collect();
         for id in full {
-            if let Err(e) = self.write_index(id) {
-                // Only a cache: the segment is scanned at the next open instead.
-                eprintln!("warning: cannot write index of segment {id}: {e}");
-            }
+            self.index_in_background(id);
         }
     }
 
@@ -1349,13 +1513,21 @@ impl Store for MmapStore {
             self.meta_gen = gen;
         }
         for id in &doomed {
-            self.segs.remove(id); // unmaps before the file goes
+            // Unmapped before the file goes, both off the loop (freeing a
+            // segment's extents waits for the disk).
+            let map = self.segs.remove(id).map(|s| s.map);
             self.dirty.remove(id);
-            for ext in ["seg", "idx"] {
-                let p = seg_path(&self.dir, *id, ext);
-                if let Err(e) = fs::remove_file(&p) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        eprintln!("warning: cannot remove {}: {e}", p.display());
+            let paths = ["seg", "idx"].map(|ext| seg_path(&self.dir, *id, ext));
+            match &self.background {
+                Some(bg) => bg.remove(map, paths.to_vec()),
+                None => {
+                    drop(map);
+                    for p in paths {
+                        if let Err(e) = fs::remove_file(&p) {
+                            if e.kind() != io::ErrorKind::NotFound {
+                                eprintln!("warning: cannot remove {}: {e}", p.display());
+                            }
+                        }
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! segment files, the real thing) and [`memory::MemStore`] (for tests and the
 //! simulator: it can lose every write not yet synced and corrupt chosen records).
 
+mod background;
 pub mod memory;
 pub mod mmap;
 pub mod record;
