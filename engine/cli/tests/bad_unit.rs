@@ -10,13 +10,12 @@
 //! must fill, `append`, `trim`, `status` and `repair`. Each must answer
 //! correctly from the chain's other replica, within a bound.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{can_cut, trex_cli, Cut};
+use common::{append_entries, can_cut, line, trex_cli, Cut};
 
 /// What is wrong with the unit.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,31 +25,6 @@ enum Bad {
     Cut,
     Damaged,
     Full,
-}
-
-/// Entries: 6 KiB each, so a 64 KiB segment holds about ten.
-fn entry(i: usize) -> String {
-    format!("entry-{i}-{}", "x".repeat(6 << 10))
-}
-
-/// What `trex read`/`tail` print for entry `i` at `addr`.
-fn line(addr: usize, i: usize) -> String {
-    format!("{addr}\t{}", entry(i))
-}
-
-fn append_entries(eps: &str, n: std::ops::Range<usize>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["append", "-", "--endpoints", eps])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    for i in n {
-        writeln!(input, "{}", entry(i)).unwrap();
-    }
-    drop(input);
-    assert!(child.wait().unwrap().success(), "trex append failed");
 }
 
 /// A SIGSTOPped process, continued on drop.

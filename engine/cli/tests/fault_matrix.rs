@@ -17,17 +17,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::trex_cli;
+use common::{entry, trex_cli};
 
 /// Entries appended before the fault: stripe 1 (odd addresses) gets 15 of
 /// 6 KiB, two segments on each of its units (the older one indexed).
 const N: usize = 30;
 const WITHIN: Duration = Duration::from_secs(40);
 const RECORD_HEADER_LEN: usize = 40;
-
-fn entry(i: usize) -> String {
-    format!("entry-{i}-{}", "x".repeat(6 << 10))
-}
 
 /// An on-disk structure of a storage unit.
 #[derive(Clone, Copy, Debug, PartialEq)]

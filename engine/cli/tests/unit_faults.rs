@@ -5,39 +5,13 @@
 //! other replica at once, and the damaged copy must be rewritten from it (by
 //! read repair, or by the sequencer's repair loop when no client reads it).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::trex_cli;
-
-/// Entries: 6 KiB each, so a 64 KiB segment holds about ten.
-fn entry(i: usize) -> String {
-    format!("entry-{i}-{}", "x".repeat(6 << 10))
-}
-
-/// What `trex read` prints for entry `i` at `addr`.
-fn line(addr: usize, i: usize) -> String {
-    format!("{addr}\t{}", entry(i))
-}
-
-fn append_entries(eps: &str, n: std::ops::Range<usize>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
-        .args(["append", "-", "--endpoints", eps])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    for i in n {
-        writeln!(input, "{}", entry(i)).unwrap();
-    }
-    drop(input);
-    assert!(child.wait().unwrap().success(), "trex append failed");
-}
+use common::{append_entries, entry, line, trex_cli};
 
 /// A cluster whose unit at `victim` (its data in `data`) is stopped,
 /// damaged and restarted by the test.

@@ -595,3 +595,31 @@ pub fn journal_record_starts(bytes: &[u8]) -> Vec<usize> {
     }
     out
 }
+
+/// Entries of the storage-unit fault tests: 6 KiB each, so a 64 KiB segment
+/// holds about ten.
+pub fn entry(i: usize) -> String {
+    format!("entry-{i}-{}", "x".repeat(6 << 10))
+}
+
+/// What `trex read`/`tail` print for [`entry`] `i` at `addr`.
+pub fn line(addr: usize, i: usize) -> String {
+    format!("{addr}\t{}", entry(i))
+}
+
+/// Appends [`entry`] `i` for each `i` of `n`, in order, with `trex append -`.
+pub fn append_entries(eps: &str, n: std::ops::Range<usize>) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trex"))
+        .args(["append", "-", "--endpoints", eps])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for i in n {
+        writeln!(input, "{}", entry(i)).unwrap();
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success(), "trex append failed");
+}
