@@ -135,6 +135,12 @@ pub enum Msg {
         /// The heartbeat's ballot.
         ballot: Ballot,
     },
+    /// The first message on every link a node opens to a peer: it names the
+    /// connection as a consensus peer's, which the receiver never closes to
+    /// make room for clients at its connection limit (an idle link between two
+    /// followers would otherwise look like an idle client). No fields; it
+    /// changes no Paxos state.
+    Hello,
 }
 
 fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
@@ -215,6 +221,7 @@ const T_CATCHUP: u8 = 9;
 const T_CHOSEN: u8 = 10;
 const T_SNAPSHOT: u8 = 11;
 const T_COMMIT_ACK: u8 = 12;
+const T_HELLO: u8 = 13;
 
 /// Encodes a message: a type byte, then its fields in declaration order
 /// (ballots as `counter u64, node u64`; lists as `count u32` then items).
@@ -300,6 +307,7 @@ pub fn encode_msg(out: &mut Vec<u8>, m: &Msg) {
             out.push(T_COMMIT_ACK);
             put_ballot(out, *ballot);
         }
+        Msg::Hello => out.push(T_HELLO),
     }
 }
 
@@ -376,6 +384,7 @@ pub fn decode_msg(body: &[u8]) -> Result<Msg, DecodeError> {
         T_COMMIT_ACK => Msg::CommitAck {
             ballot: r.ballot()?,
         },
+        T_HELLO => Msg::Hello,
         other => return Err(DecodeError::UnknownOpcode(other)),
     };
     r.finish()?;

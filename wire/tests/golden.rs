@@ -228,6 +228,10 @@ fn consensus_vectors() -> Vec<(&'static str, Vec<u8>)> {
                 encode_peer(x, 3, &Msg::CommitAck { ballot: b })
             }),
         ),
+        (
+            "peer-hello",
+            frame(Opcode::Peer, REQ, 0, 0, |x| encode_peer(x, 2, &Msg::Hello)),
+        ),
     ]
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, group};
+use common::{free_port, group, group_with};
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -168,4 +168,55 @@ fn a_storage_unit_with_endpoints_registers_itself() {
         (found.role, found.addr),
         (Role::Storage, format!("127.0.0.1:{port}"))
     );
+}
+
+/// Whether the server still holds `s` open and has sent nothing on it.
+fn still_open(s: &TcpStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A flood of silent connections at a consensus node's connection limit never
+/// closes the links between the nodes. Each link names itself with a `hello`
+/// peer message as it opens; a node makes room by closing the flood's own
+/// connections. (Before, the link between the two followers, idle since it
+/// opened, was the first one closed, and a node that then needed it found it
+/// gone or was refused at the limit.)
+#[test]
+fn a_flood_of_idle_connections_never_cuts_the_links_between_consensus_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = group_with(dir.path(), &["--max-connections", "8"]);
+    g.wait_leader(Duration::from_secs(10));
+    // Long enough that the followers' link to each other has been idle for
+    // more than the second after which an idle connection may be closed.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut flood: Vec<Vec<TcpStream>> = (0..3).map(|_| Vec::new()).collect();
+    while Instant::now() < until {
+        for (conns, addr) in flood.iter_mut().zip(&g.addrs) {
+            conns.retain(still_open);
+            while conns.len() < 12 {
+                match TcpStream::connect(addr) {
+                    Ok(s) => conns.push(s),
+                    Err(_) => break,
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(flood);
+    let logs: Vec<String> = (0..3)
+        .map(|i| std::fs::read_to_string(g.log_path(i)).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.contains("to make room at the limit")),
+        "the flood never filled a node: the test proves nothing\n{logs:#?}"
+    );
+    for (i, log) in logs.iter().enumerate() {
+        assert!(
+            !log.contains("lost connection to peer"),
+            "node {} lost a peer link to the flood:\n{log}",
+            i + 1
+        );
+    }
 }

@@ -510,6 +510,63 @@ fn connections_past_the_cap_are_refused_with_a_reason() {
     b.info().unwrap();
 }
 
+/// Reads one whole frame from `s`; its header and body.
+fn read_frame(s: &mut TcpStream) -> (Header, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Ok(Some(n)) = wire::check_frame(&buf) {
+            let f = wire::parse_frame(&buf[..n]).unwrap().unwrap();
+            return (f.header, f.body.to_vec());
+        }
+        let got = s.read(&mut chunk).expect("a reply within the timeout");
+        assert!(got > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// Issue 11's flood, its kind: at its connection limit a unit makes room by
+/// closing a connection that is still trickling its first frame, never one
+/// whose client has spoken the protocol, even while that client is idle (an
+/// idle client is only closed when no such connection exists).
+#[test]
+fn at_the_cap_a_trickling_connection_gives_way_before_an_idle_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = UnitProcess::start(dir.path(), &["--max-connections", "3"]);
+    let info = raw_frame(Opcode::Info as u8, 1, &[]);
+    let mut good = TcpStream::connect(&unit.addr).unwrap();
+    good.set_read_timeout(Some(TIMEOUT)).unwrap();
+    good.write_all(&info).unwrap();
+    assert!(!read_frame(&mut good).0.is_error());
+    let tricklers: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&unit.addr).unwrap();
+            s.write_all(&info[..1]).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    // Past the second after which an idle connection may be closed too.
+    std::thread::sleep(Duration::from_millis(1_300));
+    assert_eq!(
+        poke(&unit.addr, &info, true),
+        vec![0],
+        "the newcomer is served"
+    );
+    // The idle client kept its connection; a trickler gave way.
+    good.write_all(&info).unwrap();
+    assert!(!read_frame(&mut good).0.is_error());
+    let closed = tricklers
+        .into_iter()
+        .filter(|s| matches!((&*s).read(&mut [0u8; 64]), Ok(0)))
+        .count();
+    assert_eq!(
+        closed, 1,
+        "one trickling connection was closed to make room"
+    );
+}
+
 #[test]
 fn replies_that_overtake_earlier_requests_reach_their_own_caller() {
     // A unit answers a read at once while a new write waits for its sync, so on

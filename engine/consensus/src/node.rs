@@ -292,9 +292,7 @@ impl NodeIo {
             return self.metrics.dropped("backlog"); // far behind: as above
         }
         self.frame.clear();
-        let s = begin_frame(&mut self.frame);
-        cw::encode_peer(&mut self.frame, self.id, m);
-        let body = self.frame.len() - s - trex_wire::HEADER_LEN;
+        let body = encode_peer_frame(&mut self.frame, self.id, self.cluster_id, m);
         if body > trex_wire::MAX_BODY_LEN as usize {
             // The peer would refuse the frame and close the link, and every
             // message queued behind it would be lost with it. The core bounds
@@ -306,15 +304,6 @@ impl NodeIo {
             );
             return self.metrics.dropped("oversized");
         }
-        finish_frame(
-            &mut self.frame,
-            s,
-            Header {
-                opcode: Opcode::Peer as u8,
-                cluster_id: self.cluster_id,
-                ..Header::default()
-            },
-        );
         link.wbuf.extend_from_slice(&self.frame);
         if link.connected {
             flush_link(link);
@@ -523,6 +512,8 @@ impl ConsensusService {
 
     fn reconnect_peers(&mut self) {
         let now = Instant::now();
+        let mut hello = Vec::new();
+        encode_peer_frame(&mut hello, self.id, self.io.cluster_id, &Msg::Hello);
         for link in self.io.peers.values_mut() {
             if link.stream.is_some() && !link.connected && now >= link.retry_at {
                 // A connect that neither completed nor failed in time: start over.
@@ -558,6 +549,9 @@ impl ConsensusService {
                     link.connected = false;
                     link.wbuf.clear();
                     link.wpos = 0;
+                    // First on the link: it names this connection as a
+                    // peer's at the receiver (never closed for clients).
+                    link.wbuf.extend_from_slice(&hello);
                 }
             }
         }
@@ -722,6 +716,24 @@ impl ConsensusService {
 }
 
 /// Writes what a peer link has queued; false if the link broke.
+/// Appends a whole `peer` frame carrying `m` from node `id` to `out`; returns
+/// the length of its body (the caller refuses one over the frame limit).
+fn encode_peer_frame(out: &mut Vec<u8>, id: NodeId, cluster_id: u32, m: &Msg) -> usize {
+    let s = begin_frame(out);
+    cw::encode_peer(out, id, m);
+    let body = out.len() - s - trex_wire::HEADER_LEN;
+    finish_frame(
+        out,
+        s,
+        Header {
+            opcode: Opcode::Peer as u8,
+            cluster_id,
+            ..Header::default()
+        },
+    );
+    body
+}
+
 fn flush_link(link: &mut PeerLink) -> bool {
     let Some(stream) = link.stream.as_mut() else {
         return false;

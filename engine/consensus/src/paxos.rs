@@ -818,7 +818,7 @@ impl Replica {
                 self.learn_commit(commit, ballot, from, now_ms);
             }
             // Only a sign of life (recorded above).
-            Msg::CommitAck { .. } => {}
+            Msg::CommitAck { .. } | Msg::Hello => {}
             Msg::CatchUp { from: slot } => self.on_catchup(from, slot),
             Msg::Chosen { entries, commit } => {
                 if let Role::Leader(l) = &self.role {

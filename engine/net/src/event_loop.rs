@@ -44,6 +44,17 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// At the connection limit, a connection idle (or stuck in one frame) for at
 /// least this long may be closed to make room for a new one.
 const EVICT_AFTER: Duration = Duration::from_secs(1);
+/// At the connection limit, a connection that has not finished its first frame
+/// (or TLS handshake) this long after it began may be closed to make room: a
+/// client sends a whole request at once, so only a trickle takes this long.
+const UNPROVEN_GRACE: Duration = Duration::from_millis(100);
+/// Bytes one connection may be read in one loop turn; the rest waits for the
+/// next turn, so one fast sender cannot hold the loop.
+const READ_CONN_TURN: usize = 1 << 20;
+/// Bytes all connections together may be read in one loop turn: a turn stays
+/// short (timers such as consensus heartbeats fire between turns) however many
+/// connections are sending at once, e.g. a flood of large frames.
+const READ_TURN_BUDGET: usize = 8 << 20;
 
 /// What runs inside the loop.
 pub trait Service {
@@ -175,9 +186,18 @@ struct Conn {
     frame_since: Option<Instant>,
     /// Not read because its frame would grow the buffers past the budget.
     starved: bool,
+    /// In [`EventLoop::deferred`]: read again next turn.
+    deferred: bool,
     /// With metrics: requests awaiting their reply (request id, opcode,
     /// arrival), oldest first.
     started: VecDeque<(u64, u8, Instant)>,
+    /// A whole frame arrived and was accepted on it: a client (or peer) that
+    /// speaks the protocol, kept over connections that never finished one
+    /// when room must be made ([`EventLoop::evict_one`]).
+    proven: bool,
+    /// A consensus peer's link (a `peer` frame was accepted on it): the
+    /// cluster's own traffic, never closed to make room for a client.
+    peer: bool,
 }
 
 impl Conn {
@@ -233,6 +253,11 @@ pub struct EventLoop<S: Service> {
     turn: Instant,
     /// Σ over connections of their read buffer beyond 64 KiB.
     buffered: usize,
+    /// Bytes read from connections in this turn ([`READ_TURN_BUDGET`]).
+    turn_read: usize,
+    /// Connections whose reading was cut short by a budget, read again next
+    /// turn (edge-triggered: no new event would come for what is waiting).
+    deferred: Vec<usize>,
     refusals: Refusals,
     /// Beaten every turn; reported by the metrics listener.
     health: Arc<Health>,
@@ -277,6 +302,8 @@ impl<S: Service> EventLoop<S> {
             outbox: Vec::new(),
             turn: Instant::now(),
             buffered: 0,
+            turn_read: 0,
+            deferred: Vec::new(),
             refusals: Refusals {
                 at_limit: crate::util::Throttle::new(Duration::from_secs(10)),
                 evicted: crate::util::Throttle::new(Duration::from_secs(10)),
@@ -387,8 +414,8 @@ impl<S: Service> EventLoop<S> {
                     t.min(Duration::from_millis(50))
                 }));
             }
-            if again {
-                timeout = Some(Duration::ZERO); // a paused connection can go on
+            if again || !self.deferred.is_empty() {
+                timeout = Some(Duration::ZERO); // a paused or cut-short connection can go on
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -398,6 +425,14 @@ impl<S: Service> EventLoop<S> {
                 return Err(e);
             }
             self.turn = Instant::now();
+            self.turn_read = 0;
+            // Connections cut short last turn go first: they waited longest.
+            for idx in std::mem::take(&mut self.deferred) {
+                if let Some(Some(c)) = self.conns.get_mut(idx) {
+                    c.deferred = false;
+                }
+                self.read_conn(idx);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -632,7 +667,10 @@ impl<S: Service> EventLoop<S> {
             // frame must: a peer that stalls in it holds no slot for longer.
             frame_since: role.is_none().then_some(self.turn),
             starved: false,
+            deferred: false,
             started: VecDeque::new(),
+            proven: false,
+            peer: false,
         });
         if let Some(m) = &self.metrics {
             m.accepted(self.live);
@@ -686,6 +724,8 @@ impl<S: Service> EventLoop<S> {
             metrics,
             turn,
             tls,
+            turn_read,
+            deferred,
             ..
         } = self;
         let turn = *turn;
@@ -696,7 +736,16 @@ impl<S: Service> EventLoop<S> {
         };
         let to = (u64::from(c.gen) << 32) | idx as u64;
         let mut fatal = false;
+        let mut got = 0;
         while !c.read_done && !c.paused && !c.starved {
+            if got >= READ_CONN_TURN || *turn_read >= READ_TURN_BUDGET {
+                // More may wait: read it next turn, after timers and others.
+                if !c.deferred {
+                    c.deferred = true;
+                    deferred.push(idx);
+                }
+                break;
+            }
             if c.rend == c.rbuf.len() {
                 make_room(c, buffered, cfg.buffer_budget);
                 if c.rend == c.rbuf.len() {
@@ -711,6 +760,8 @@ impl<S: Service> EventLoop<S> {
                 Ok(n) => {
                     c.rend += n;
                     c.last_active = turn;
+                    got += n;
+                    *turn_read += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -797,30 +848,46 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    /// Makes room for a new connection at the limit: closes the connection
-    /// idle the longest (at least [`EVICT_AFTER`]), else the one stuck in a
-    /// frame the longest (as long). False if none qualifies.
+    /// Makes room for a new connection at the limit. In this order: a
+    /// connection that has not finished its first frame (or TLS handshake)
+    /// within [`UNPROVEN_GRACE`] of starting it, the one holding the fewest
+    /// received bytes (then the oldest); else, oldest first, one idle for at
+    /// least [`EVICT_AFTER`]; one stuck in a frame as long. A consensus peer's
+    /// link is never chosen: a flood of anonymous connections must not cut the
+    /// cluster's own traffic (heartbeats, accepts) and force elections. False
+    /// if none qualifies.
     fn evict_one(&mut self) -> bool {
         let now = Instant::now();
-        let idle = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| c.idle() && now.duration_since(c.last_active) >= EVICT_AFTER)
-            .min_by_key(|(_, c)| c.last_active)
-            .map(|(i, _)| i);
-        let stuck = || {
+        let live = || {
             self.conns
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+                .filter(|(_, c)| !c.peer)
+        };
+        // Of those, the one that has cost least to receive: closing it costs
+        // its sender least to rebuild, and a flood of large half-sent frames
+        // is not received again and again.
+        let unproven = live()
+            .filter(|(_, c)| !c.proven)
+            .filter_map(|(i, c)| c.frame_since.map(|t| (i, c.rend - c.rstart, t)))
+            .filter(|(_, _, t)| now.duration_since(*t) >= UNPROVEN_GRACE)
+            .min_by_key(|(_, held, t)| (*held, *t))
+            .map(|(i, _, _)| i);
+        let idle = || {
+            live()
+                .filter(|(_, c)| c.idle() && now.duration_since(c.last_active) >= EVICT_AFTER)
+                .min_by_key(|(_, c)| c.last_active)
+                .map(|(i, _)| i)
+        };
+        let stuck = || {
+            live()
                 .filter_map(|(i, c)| c.frame_since.map(|t| (i, t)))
                 .filter(|(_, t)| now.duration_since(*t) >= EVICT_AFTER)
                 .min_by_key(|(_, t)| *t)
                 .map(|(i, _)| i)
         };
-        let Some(victim) = idle.or_else(stuck) else {
+        let Some(victim) = unproven.or_else(idle).or_else(stuck) else {
             return false;
         };
         self.close(victim);
@@ -852,6 +919,7 @@ impl<S: Service> EventLoop<S> {
                 slow.push(i);
             } else if c.idle()
                 && !c.read_done
+                && !c.peer
                 && now.duration_since(c.last_active) >= self.cfg.idle_timeout
             {
                 idle.push(i);
@@ -1052,7 +1120,13 @@ fn make_room(c: &mut Conn, buffered: &mut usize, budget: usize) {
             return;
         }
         *buffered += grow;
-        c.rbuf.resize(target, 0);
+        // A fresh zeroed allocation (pages the kernel zeroes as they are
+        // first touched) and one copy of what is buffered, rather than
+        // writing every new byte: a flood of half-sent large frames grows
+        // many buffers, and the loop must stay quick.
+        let mut bigger = vec![0u8; target];
+        bigger[..c.rend].copy_from_slice(&c.rbuf[..c.rend]);
+        c.rbuf = bigger;
     }
 }
 
@@ -1126,6 +1200,7 @@ fn dispatch<S: Service>(
                     Role::Anyone => Ok(()),
                     role => service.authorize(role, &frame.header, frame.body),
                 };
+                let authorized = refused.is_ok();
                 let flow = match refused {
                     Ok(()) => service.on_frame(to, &frame.header, frame.body),
                     Err(msg) => {
@@ -1147,6 +1222,10 @@ fn dispatch<S: Service>(
                 if flow == Flow::NoReply {
                     // One-way: no reply will take it off.
                     c.started.pop_back();
+                }
+                if flow != Flow::Close && authorized {
+                    c.proven = true;
+                    c.peer |= frame.header.opcode == Opcode::Peer as u8;
                 }
                 if flow == Flow::Close {
                     if let Some(m) = metrics.as_ref() {

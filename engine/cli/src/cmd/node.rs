@@ -54,11 +54,21 @@ pub struct ConnArgs {
     /// /readyz beside them (docs/metrics.md). Off when absent.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// Connections served at once. At the limit a new connection closes one
+    /// that trickles its first frame, else one idle or stuck for a second,
+    /// never a consensus peer's link; else it is refused (docs/wire.md, Limits).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
 }
 
 impl ConnArgs {
     /// The loop's limits with these deadlines; a zero duration is a usage error.
     fn limits(&self, base: LoopConfig) -> Result<LoopConfig, CliError> {
+        if self.max_connections == 0 {
+            return Err(usage!(
+                "--max-connections must be at least 1 (the default is 1024)"
+            ));
+        }
         if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
             return Err(usage!(
                 "--idle-timeout and --frame-timeout must be above 0 (got {} and {})",
@@ -69,6 +79,7 @@ impl ConnArgs {
         Ok(LoopConfig {
             idle_timeout: self.idle_timeout,
             frame_timeout: self.frame_timeout,
+            max_connections: self.max_connections,
             ..base
         })
     }
@@ -181,9 +192,6 @@ pub struct StorageArgs {
     /// Size of each segment file (e.g. 64MiB).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     segment_size: u64,
-    /// Connections served at once.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
     /// Requests in flight per connection before the unit stops reading it.
     #[arg(long, default_value_t = 1024)]
     max_inflight: usize,
@@ -257,7 +265,6 @@ fn storage(a: StorageArgs) -> Result<(), CliError> {
         build: BUILD,
         tls: crate::tls::loaded(),
         limits: a.conn.limits(LoopConfig {
-            max_connections: a.max_connections,
             max_inflight: a.max_inflight.max(1),
             ..LoopConfig::default()
         })?,

@@ -140,6 +140,8 @@ pub struct Group {
     pub addrs: Vec<String>,
     pub dirs: Vec<std::path::PathBuf>,
     pub procs: Vec<Option<Child>>,
+    /// Arguments every node gets besides the group's own.
+    pub extra: Vec<String>,
 }
 
 impl Group {
@@ -156,12 +158,27 @@ impl Group {
             .args(["--peers", &self.addrs.join(","), "--data-dir"])
             .arg(&self.dirs[i])
             .args(["--election-timeout", "200ms", "--heartbeat", "40ms"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file(i))
             .spawn()
             .expect("spawn trex node consensus");
         self.procs[i] = Some(child);
+    }
+
+    /// Node `i`'s log (its standard error, appended across restarts): the
+    /// file beside its data directory.
+    pub fn log_path(&self, i: usize) -> std::path::PathBuf {
+        self.dirs[i].with_extension("log")
+    }
+
+    fn log_file(&self, i: usize) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .map_or_else(|_| Stdio::null(), Stdio::from)
     }
 
     pub fn kill(&mut self, i: usize) {
@@ -207,6 +224,11 @@ impl Drop for Group {
 }
 
 pub fn group(root: &Path) -> Group {
+    group_with(root, &[])
+}
+
+/// A group of three whose nodes all get `extra` arguments too.
+pub fn group_with(root: &Path, extra: &[&str]) -> Group {
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -215,6 +237,7 @@ pub fn group(root: &Path) -> Group {
         addrs,
         dirs,
         procs: vec![None, None, None],
+        extra: extra.iter().map(|a| a.to_string()).collect(),
     };
     for i in 0..3 {
         g.start_node(i);
