@@ -25,13 +25,23 @@ fn open(dir: &Path) -> Unit<MmapStore> {
 }
 
 /// A tmpfs of `size` mounted at a fresh directory, unmounted on drop.
+/// One at a time: `mount` and `umount` are child processes, and a child
+/// forked while the other test reopens its unit holds a copy of the data
+/// directory's lock (`flock`) until it execs, so the reopen found the
+/// directory "in use by another process" (1 run in ~20).
 struct SmallDisk {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_DISK_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl SmallDisk {
     fn mount(size: &str) -> Option<SmallDisk> {
+        let serial = ONE_DISK_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         std::fs::create_dir_all(&path).unwrap();
@@ -40,7 +50,11 @@ impl SmallDisk {
             .arg(&path)
             .status()
             .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { _dir: dir, path })
+        ok.then_some(SmallDisk {
+            _dir: dir,
+            path,
+            _serial: serial,
+        })
     }
 }
 

@@ -1136,6 +1136,9 @@ impl MmapStore {
         let size = record_size(payload.len());
         encode_record(&mut seg.map[off..off + size], seg.nonce, head, payload);
         seg.used += size as u32;
+        if let Some(bg) = &self.background {
+            bg.note_fill(u64::from(seg.used), u64::from(seg.size));
+        }
         if head.kind == Kind::Meta {
             seg.meta = seg.meta.max(head.as_meta());
         } else {
@@ -1311,7 +1314,15 @@ impl Store for MmapStore {
             }
         }
         self.durable_lsn = self.current_lsn();
-        // The first segment to come is prepared ahead too.
+        // The first segment to come is prepared ahead too, at the pace the
+        // active one fills.
+        // With no segment yet, the first append needs it whole at once.
+        if let Some(bg) = &self.background {
+            match self.segs.values().next_back() {
+                Some(seg) => bg.note_fill(u64::from(seg.used), u64::from(seg.size)),
+                None => bg.note_fill(1, 1),
+            }
+        }
         self.ask_spare(self.next_segment_id());
         Ok(())
     }
