@@ -1138,6 +1138,13 @@ impl MmapStore {
         seg.used += size as u32;
         if let Some(bg) = &self.background {
             bg.note_fill(u64::from(seg.used), u64::from(seg.size));
+            // Without syncs of its own (`--sync never`), the segment is
+            // written back a stretch at a time as it fills.
+            let step = super::background::WRITEBACK_STEP;
+            let (from, to) = (off as u64 / step, u64::from(seg.used) / step);
+            if !self.rollover_barrier && to > from {
+                bg.write_back(Arc::clone(&seg.file), from * step, (to - from) * step);
+            }
         }
         if head.kind == Kind::Meta {
             seg.meta = seg.meta.max(head.as_meta());
