@@ -19,15 +19,21 @@ B=target/release/trex-bench
 P=127.0.0.1:7450,127.0.0.1:7451,127.0.0.1:7452
 IC="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
 rm -rf "$DIR" && mkdir -p "$DIR/results"
-# Stops both groups and waits (at most 10 s) until they are gone: an etcd still
-# shutting down can write into the next round's fresh data directory, and the new
-# cluster then refuses to start ("member has already been bootstrapped").
+# Stops both groups by the PIDs this script started and waits (at most 10 s)
+# until they are gone: an etcd still shutting down can write into the next
+# round's fresh data directory, and the new cluster then refuses to start
+# ("member has already been bootstrapped"). Never by name: that could hit
+# someone else's nodes.
+PIDS=()
 cleanup() {
-  local pat
-  for pat in "trex node consensus --id [123] --listen 127.0.0.1:745" "etcd --name e[123] --data-dir $DIR"; do
-    pkill -f "$pat" 2>/dev/null || true
-    for _ in $(seq 100); do pgrep -f "$pat" >/dev/null || break; sleep 0.1; done
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
+  PIDS=()
 }
 trap cleanup EXIT
 
@@ -42,7 +48,7 @@ for i in $(seq "$RUNS"); do
   echo "== run $i/$RUNS: trex consensus, 3 nodes" >&2
   rm -rf "$DIR/trex"
   for n in 1 2 3; do
-    "$T" node consensus --id $n --listen 127.0.0.1:745$((n-1)) --peers "$P" --data-dir "$DIR/trex/n$n" 2>"$DIR/trex-$n.log" &
+    "$T" node consensus --id $n --listen 127.0.0.1:745$((n-1)) --peers "$P" --data-dir "$DIR/trex/n$n" 2>"$DIR/trex-$n.log" & PIDS+=($!)
   done
   wait_leader
   "$B" consensus --endpoints "$P" --clients 64 --duration "${SECS}s" --json "$DIR/results/trex-$i.json" >&2
@@ -53,7 +59,7 @@ for i in $(seq "$RUNS"); do
     etcd --name e$n --data-dir "$DIR/etcd/e$n" --listen-client-urls http://127.0.0.1:2379$n \
       --advertise-client-urls http://127.0.0.1:2379$n --listen-peer-urls http://127.0.0.1:2380$n \
       --initial-advertise-peer-urls http://127.0.0.1:2380$n --initial-cluster "$IC" \
-      --initial-cluster-state new --logger zap --log-level error 2>"$DIR/etcd-$n.log" &
+      --initial-cluster-state new --logger zap --log-level error 2>"$DIR/etcd-$n.log" & PIDS+=($!)
   done
   for _ in $(seq 100); do curl -sf http://127.0.0.1:23791/health >/dev/null 2>&1 && break; sleep 0.1; done
   sleep 1

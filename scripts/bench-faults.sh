@@ -29,9 +29,13 @@ T=$PWD/target/release/trex
 B=$PWD/target/release/trex-bench
 rm -rf "$DIR" && mkdir -p "$DIR/results"
 UP=
+# The nodes of this script's `trex up` (its children) whose command line
+# matches $2, signalled with $1: by PID, never by name alone, so another
+# cluster on the machine is never hit.
+signal_node() { local p; for p in $(pgrep -P "$UP" -f "$2"); do kill "$1" "$p"; done; }
 cleanup() {
   nft delete table inet trex_bench_faults 2>/dev/null || true
-  pkill -CONT -f "trex node" 2>/dev/null || true
+  [ -n "$UP" ] && signal_node -CONT "trex node"
   [ -n "$UP" ] && kill -INT "$UP" 2>/dev/null && wait "$UP" 2>/dev/null
   UP=; true
 }
@@ -56,11 +60,11 @@ for f in $FAULTS; do
     --json "$DIR/results/$f.json" 2>"$DIR/results/$f.progress" & LOAD=$!
   sleep 4
   case $f in
-    unit-kill) pkill -9 -f "storage --listen 127.0.0.1:$((BASE + 21))" ;;
+    unit-kill) signal_node -9 "storage --listen 127.0.0.1:$((BASE + 21))" ;;
     unit-cut) cut_port $((BASE + 23)); sleep 6; nft delete table inet trex_bench_faults ;;
-    sequencer-stop) p=$(active_sequencer_port); pkill -STOP -f "sequencer --listen 127.0.0.1:$p"; sleep 6; pkill -CONT -f "sequencer --listen 127.0.0.1:$p" ;;
+    sequencer-stop) p=$(active_sequencer_port); signal_node -STOP "sequencer --listen 127.0.0.1:$p"; sleep 6; signal_node -CONT "sequencer --listen 127.0.0.1:$p" ;;
     sequencer-cut) p=$(active_sequencer_port); cut_port "$p"; sleep 6; nft delete table inet trex_bench_faults ;;
-    consensus-kill) p=$(leader_port); pkill -9 -f "consensus --id [0-9]* --listen 127.0.0.1:$p" ;;
+    consensus-kill) p=$(leader_port); signal_node -9 "consensus --id [0-9]* --listen 127.0.0.1:$p" ;;
     consensus-cut) cut_port "$(leader_port)"; sleep 6; nft delete table inet trex_bench_faults ;;
   esac
   wait $LOAD || echo "warning: the load generator reported errors for $f" >&2
