@@ -258,7 +258,7 @@ fn serve(
                         // open loop 100 B at 100K/s: p99 1.0 ms with Random,
                         // 7-24 ms with Normal or Sequential readahead; 4 KiB
                         // at 12K/s: 4.9 ms vs 40-44 ms. The price is CPU:
-                        // the closed-loop peak of 100 B appends is ~5 % lower
+                        // the closed-loop peak of 100 B appends is 4-12 % lower
                         // (docs/benchmarks.md).
                         let _ = spare.map.advise(memmap2::Advice::Random);
                         pending = Some(Pending { spare, done: 0 });
