@@ -11,6 +11,7 @@ mod common;
 use common::group;
 use std::time::{Duration, Instant};
 use trex_consensus::client::Submit;
+use trex_consensus::lock::LockClient;
 use trex_consensus::sm::{Op, Role};
 
 /// Journal bytes each node must hold before the restart: above the 16 MiB
@@ -116,4 +117,68 @@ fn a_group_restarted_on_journals_longer_than_a_frame_elects_a_leader_and_commits
         .all(|(_, m)| m.addr == addr));
     let s = g.status(leader).unwrap();
     assert!(s.commit > before[0].commit.min(before[1].commit).min(before[2].commit));
+}
+
+/// Issue 14: checkpoints are encoded and written on a thread of their own
+/// (`--checkpoint-every`), and the journal before each one is deleted once
+/// the next is durable. A group killed with SIGKILL between rounds of load,
+/// and a follower killed in the middle of one, restarts with every lock it
+/// granted, and its journals stay short.
+#[test]
+fn background_checkpoints_keep_every_lock_through_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = common::group_with(dir.path(), &["--checkpoint-every", "40"]);
+    g.wait_leader(Duration::from_secs(10));
+    let mut locks = LockClient::new(g.client());
+    let mut held: Vec<(String, u64)> = Vec::new();
+    let hour = Duration::from_secs(3600);
+    for round in 0..3 {
+        for i in 0..150 {
+            let name = format!("round-{round}-lock-{i}");
+            let lease = locks.acquire(&name, "checkpoint-test", hour).unwrap();
+            assert!(
+                held.last().is_none_or(|(_, t)| lease.token > *t),
+                "fencing tokens only grow"
+            );
+            held.push((name, lease.token));
+            if i == 75 {
+                // A follower dies with checkpoints going on, and comes back.
+                let leader = g.wait_leader(Duration::from_secs(10));
+                let follower = (leader + 1) % 3;
+                g.kill(follower);
+                g.start_node(follower);
+            }
+        }
+        let status: Vec<_> = (0..3).filter_map(|i| g.status(i)).collect();
+        for s in &status {
+            assert!(s.snapshot > 0, "no checkpoint was taken: {s:?}");
+            // A checkpoint of a few hundred locks (~100 B each) and at most
+            // 40 slots after it; without compaction this would be the whole
+            // history of the test.
+            assert!(s.journal_bytes < 200_000, "the journal grows: {s:?}");
+        }
+        for d in &g.dirs {
+            let logs = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+                .count();
+            assert!(logs <= 3, "{logs} journal files in {}", d.display());
+        }
+        // SIGKILL the whole group, wherever its checkpoints are.
+        for i in 0..3 {
+            g.kill(i);
+        }
+        for i in 0..3 {
+            g.start_node(i);
+        }
+        g.wait_leader(Duration::from_secs(10));
+        locks = LockClient::new(g.client());
+        for (name, token) in &held {
+            let lease = locks.get(name).unwrap();
+            assert_eq!(lease.token, *token, "lock {name} after the restart");
+        }
+    }
+    let next = locks.acquire("after-all", "checkpoint-test", hour).unwrap();
+    assert!(next.token > held.last().unwrap().1);
 }

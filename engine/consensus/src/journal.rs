@@ -14,7 +14,11 @@
 //!
 //! All integers little-endian. A checkpoint starts a new generation: it is
 //! written to a new file, synced, and the old file deleted (compaction below the
-//! snapshot).
+//! snapshot). A background checkpoint ([`write_checkpoint_file`]) is written
+//! as `journal-GGGGGG.tmp` while the old file takes more records, renamed at
+//! its [`JournalRecord::Resume`], and followed there by records restating
+//! everything accepted since; until a sync covers those, [`Journal::open`]
+//! replays the old file after the checkpoint too.
 //!
 //! File `DURABLE` (12 bytes, rewritten in place after each completed sync,
 //! never synced on its own): `generation u32, len u32` of the journal known
@@ -129,6 +133,92 @@ fn read_durable(dir: &Path) -> Option<(u64, u64)> {
     Some((u64::from(g), u64::from(l)))
 }
 
+/// Reads generation `generation`'s file: its records, oldest first, and the
+/// length they span (a torn tail past the durable mark `durable` is cut, with
+/// a WARN line; see the module documentation for what counts as damage).
+fn read_generation(
+    dir: &Path,
+    generation: u64,
+    durable: Option<(u64, u64)>,
+) -> Result<(Vec<JournalRecord>, usize), OpenError> {
+    let path = path_of(dir, generation);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        // An I/O error reading it back: what it holds is unknown, which
+        // is as bad as damage (and handled the same, safe way).
+        Err(e) if e.raw_os_error() == Some(EIO) => {
+            return Err(OpenError::Damaged {
+                path: path.clone(),
+                what: format!("it cannot be read: {e}"),
+            });
+        }
+        Err(e) => return Err(err("cannot read", &path, e).into()),
+    };
+    let damaged = |what: String| OpenError::Damaged {
+        path: path.clone(),
+        what,
+    };
+    let mut records = Vec::new();
+    let mut off = 0usize;
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        match parse_record(rest) {
+            Some((r, n)) => {
+                if off == 0 && generation > 1 && !matches!(r, JournalRecord::Checkpoint { .. }) {
+                    return Err(damaged(
+                        "generation {generation} does not start with its checkpoint".into(),
+                    ));
+                }
+                records.push(r);
+                off += n;
+            }
+            None => {
+                // A record that does not check out. A crash can leave one
+                // only at the very end, and only past what a sync made
+                // durable; a generation after the first was synced whole
+                // with its checkpoint before it replaced the one before.
+                // Anything intact after it (found by trying every offset:
+                // a damaged length field says nothing) proves damage.
+                let intact_after = intact_record_in(&rest[1..]);
+                let below_mark = durable.is_some_and(|(g, l)| g == generation && (off as u64) < l);
+                let lost_checkpoint = off == 0 && generation > 1;
+                if RECOVERY.judge(true, intact_after) == Damage::TornTail
+                    && !below_mark
+                    && !lost_checkpoint
+                {
+                    trex_net::log_line!(
+                        "WARN",
+                        "journal {}: cut a torn record of {} bytes at offset {off} (a write the crash interrupted, never acknowledged)",
+                        path.display(),
+                        rest.len()
+                    );
+                    break;
+                }
+                let why = if lost_checkpoint {
+                    "its checkpoint (the first record) is damaged or cut".to_string()
+                } else if below_mark {
+                    format!(
+                        "a damaged record at offset {off}, below the {} bytes known durable",
+                        durable.map_or(0, |d| d.1)
+                    )
+                } else {
+                    format!("a damaged record at offset {off} with intact records after it")
+                };
+                return Err(damaged(why));
+            }
+        }
+    }
+    if let Some((g, l)) = durable {
+        if g == generation && (off as u64) < l {
+            return Err(damaged(format!(
+                "it ends at {off} bytes, but {l} bytes were known durable (file {DURABLE_FILE}): it was cut"
+            )));
+        }
+    }
+    Ok((records, off))
+}
+
 /// Payload kinds: the first payload byte.
 const R_PROMISE: u8 = 1;
 const R_ACCEPT: u8 = 2;
@@ -181,7 +271,43 @@ pub fn encode_record(out: &mut Vec<u8>, rec: &JournalRecord) {
                 encode_value(out, v);
             }
         }
+        JournalRecord::Resume { .. } => {
+            unreachable!("a journal acts on a resume record and never encodes one")
+        }
     }
+}
+
+/// `rec` as it goes into a journal file: header (CRC, length) and payload.
+fn framed(out: &mut Vec<u8>, rec: &JournalRecord) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    encode_record(out, rec);
+    let len = (out.len() - start - RECORD_HEADER_LEN) as u32;
+    let h = start..start + RECORD_HEADER_LEN;
+    out[h.start + OFF_LEN..h.end].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&out[h.start + CRC_COVERS..]);
+    out[h.start + OFF_CRC..h.start + OFF_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Writes `checkpoint` (a [`JournalRecord::Checkpoint`]) as the whole of the
+/// file `path` ([`Journal::next_checkpoint_path`]) and syncs it: the work of
+/// a background checkpoint ([`crate::paxos::CheckpointJob`]), done on a
+/// thread of its own. The journal takes the file over at the
+/// [`JournalRecord::Resume`] that follows; until then [`Journal::open`]
+/// ignores (and deletes) it.
+///
+/// Errors: the file cannot be created, written or synced (a full or failing
+/// disk); the partial file is left for the next open to delete.
+pub fn write_checkpoint_file(path: &Path, checkpoint: &JournalRecord) -> io::Result<()> {
+    let mut buf = Vec::new();
+    framed(&mut buf, checkpoint);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(&buf)?;
+    file.sync_data()
 }
 
 /// Decodes a record's payload.
@@ -241,6 +367,10 @@ fn path_of(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("journal-{generation:06}.log"))
 }
 
+fn tmp_path_of(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("journal-{generation:06}.tmp"))
+}
+
 fn err(what: &str, p: &Path, e: io::Error) -> String {
     format!("{what} {}: {e}", p.display())
 }
@@ -267,6 +397,17 @@ impl Journal {
             })
             .collect();
         gens.sort_unstable();
+        // A background checkpoint the journal never took over (the node
+        // stopped first): the generation before holds everything.
+        for e in fs::read_dir(dir)
+            .map_err(|e| err("cannot list", dir, e))?
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("journal-") && n.ends_with(".tmp") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         // A compaction writes the next generation, syncs it, then deletes the
         // one before: while the one before is still there, the newest counts
         // only if its checkpoint is whole (else the compaction was cut short
@@ -291,94 +432,46 @@ impl Journal {
             gens.pop();
         }
         let generation = gens.last().copied().unwrap_or(1);
-        // Older generations are leftovers of a compaction that took over.
-        for g in &gens[..gens.len().saturating_sub(1)] {
-            let _ = fs::remove_file(path_of(dir, *g));
-        }
-        let path = path_of(dir, generation);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            // An I/O error reading it back: what it holds is unknown, which
-            // is as bad as damage (and handled the same, safe way).
-            Err(e) if e.raw_os_error() == Some(EIO) => {
-                return Err(OpenError::Damaged {
-                    path: path.clone(),
-                    what: format!("it cannot be read: {e}"),
-                });
-            }
-            Err(e) => return Err(err("cannot read", &path, e).into()),
-        };
-        let damaged = |what: String| OpenError::Damaged {
-            path: path.clone(),
-            what,
-        };
         let durable = read_durable(dir);
         if let Some((g, l)) = durable {
-            if g > generation || (g == generation && l > 0 && bytes.is_empty()) {
-                return Err(damaged(format!(
-                    "its file is missing: generation {g} had {l} bytes durable (file {DURABLE_FILE})"
-                )));
+            let missing = fs::metadata(path_of(dir, generation)).map_or(true, |m| m.len() == 0);
+            if g > generation || (g == generation && l > 0 && missing) {
+                return Err(OpenError::Damaged {
+                    path: path_of(dir, generation),
+                    what: format!(
+                        "its file is missing: generation {g} had {l} bytes durable (file {DURABLE_FILE})"
+                    ),
+                });
             }
         }
-        let mut records = Vec::new();
-        let mut off = 0usize;
-        while off < bytes.len() {
-            let rest = &bytes[off..];
-            match parse_record(rest) {
-                Some((r, n)) => {
-                    if off == 0 && generation > 1 && !matches!(r, JournalRecord::Checkpoint { .. })
-                    {
-                        return Err(damaged(
-                            "generation {generation} does not start with its checkpoint".into(),
-                        ));
-                    }
-                    records.push(r);
-                    off += n;
-                }
-                None => {
-                    // A record that does not check out. A crash can leave one
-                    // only at the very end, and only past what a sync made
-                    // durable; a generation after the first was synced whole
-                    // with its checkpoint before it replaced the one before.
-                    // Anything intact after it (found by trying every offset:
-                    // a damaged length field says nothing) proves damage.
-                    let intact_after = intact_record_in(&rest[1..]);
-                    let below_mark =
-                        durable.is_some_and(|(g, l)| g == generation && (off as u64) < l);
-                    let lost_checkpoint = off == 0 && generation > 1;
-                    if RECOVERY.judge(true, intact_after) == Damage::TornTail
-                        && !below_mark
-                        && !lost_checkpoint
-                    {
-                        trex_net::log_line!(
-                            "WARN",
-                            "journal {}: cut a torn record of {} bytes at offset {off} (a write the crash interrupted, never acknowledged)",
-                            path.display(),
-                            rest.len()
-                        );
-                        break;
-                    }
-                    let why = if lost_checkpoint {
-                        "its checkpoint (the first record) is damaged or cut".to_string()
-                    } else if below_mark {
-                        format!(
-                            "a damaged record at offset {off}, below the {} bytes known durable",
-                            durable.map_or(0, |d| d.1)
-                        )
-                    } else {
-                        format!("a damaged record at offset {off} with intact records after it")
-                    };
-                    return Err(damaged(why));
-                }
+        let (mut records, mut off) = read_generation(dir, generation, durable)?;
+        // An older generation is still needed when the newest one was a
+        // background checkpoint whose restating records were not yet durable
+        // at the crash (no sync of the newest generation is on record): its
+        // records after the checkpoint come back too (the checkpoint holds
+        // everything before). Merged in after the newest one's checkpoint;
+        // replay keeps the highest ballot per slot, so order among them does
+        // not matter.
+        let older = &gens[..gens.len().saturating_sub(1)];
+        let mut merged = Vec::new();
+        for &g in older {
+            if durable.is_some_and(|(mg, _)| mg > g) {
+                continue; // a later generation was synced: it replaced this one
             }
+            let (recs, _) = read_generation(dir, g, durable)?;
+            merged.extend(
+                recs.into_iter()
+                    .filter(|r| !matches!(r, JournalRecord::Checkpoint { .. })),
+            );
         }
-        if let Some((g, l)) = durable {
-            if g == generation && (off as u64) < l {
-                return Err(damaged(format!(
-                    "it ends at {off} bytes, but {l} bytes were known durable (file {DURABLE_FILE}): it was cut"
-                )));
-            }
+        let path = path_of(dir, generation);
+        if !merged.is_empty() {
+            trex_net::log_line!(
+                "INFO",
+                "journal {}: {} records of the generation it replaced were not yet restated durably; carried over",
+                path.display(),
+                merged.len()
+            );
         }
         let file = OpenOptions::new()
             .create(true)
@@ -387,7 +480,26 @@ impl Journal {
             .map_err(|e| err("cannot open", &path, e))?;
         file.set_len(off as u64)
             .map_err(|e| err("cannot truncate", &path, e))?;
+        if !merged.is_empty() {
+            let mut buf = Vec::new();
+            for r in &merged {
+                framed(&mut buf, r);
+            }
+            (&file)
+                .write_all(&buf)
+                .map_err(|e| err("cannot write", &path, e))?;
+            off += buf.len();
+            let rest = records.split_off(1.min(records.len()));
+            records.extend(merged);
+            records.extend(rest);
+        }
         file.sync_all().map_err(|e| err("cannot sync", &path, e))?;
+        // Older generations are leftovers of a compaction that took over
+        // (carried over above where still needed).
+        for &g in older {
+            let old = path_of(dir, g);
+            fs::remove_file(&old).map_err(|e| err("cannot remove", &old, e))?;
+        }
         let dir_file = Arc::new(File::open(dir).map_err(|e| err("cannot open", dir, e))?);
         dir_file
             .sync_all()
@@ -418,29 +530,64 @@ impl Journal {
     /// Appends records (written, not yet durable). A checkpoint starts a new
     /// generation that replaces everything before it. Returns the LSN a sync
     /// must reach for them to be durable.
+    ///
+    /// A [`JournalRecord::Resume`] switches to the generation a background
+    /// checkpoint wrote ([`write_checkpoint_file`]); the records after it
+    /// go there, and the file before it is deleted once a sync covers them.
     pub fn append(&mut self, records: &[JournalRecord]) -> io::Result<u64> {
+        let mut replaced = Vec::new();
         for rec in records {
-            if matches!(rec, JournalRecord::Checkpoint { .. }) {
-                self.rotate(rec)?;
-                continue;
+            match rec {
+                JournalRecord::Checkpoint { .. } => {
+                    self.rotate(rec)?;
+                    continue;
+                }
+                JournalRecord::Resume { .. } => {
+                    replaced.push(self.take_over()?);
+                    continue;
+                }
+                _ => {}
             }
             self.buf.clear();
             self.frame(rec);
             (&*self.file).write_all(&self.buf)?;
             self.len += self.buf.len() as u64;
         }
+        // The file a background checkpoint replaced holds records written
+        // since that checkpoint was taken; the records after the resume
+        // restate them, so it may go once those are durable.
+        for old in replaced {
+            self.superseded.push((self.lsn(), old));
+        }
         Ok(self.lsn())
     }
 
+    /// Where a background checkpoint writes the next generation
+    /// (`journal-GGGGGG.tmp`, renamed to `.log` when the journal takes it
+    /// over). Only valid until the journal moves to another generation.
+    pub fn next_checkpoint_path(&self) -> PathBuf {
+        tmp_path_of(&self.dir, self.generation + 1)
+    }
+
+    /// Makes the file a background checkpoint wrote the current generation
+    /// (see [`Journal::append`]); returns the file it replaced.
+    fn take_over(&mut self) -> io::Result<PathBuf> {
+        let next = self.generation + 1;
+        let path = path_of(&self.dir, next);
+        fs::rename(tmp_path_of(&self.dir, next), &path)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        let old = path_of(&self.dir, self.generation);
+        self.file = Arc::new(file);
+        self.generation = next;
+        self.len = len;
+        // The rename must be durable with the records that follow it.
+        self.dir_dirty = true;
+        Ok(old)
+    }
+
     fn frame(&mut self, rec: &JournalRecord) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
-        encode_record(&mut self.buf, rec);
-        let len = (self.buf.len() - start - RECORD_HEADER_LEN) as u32;
-        let h = start..start + RECORD_HEADER_LEN;
-        self.buf[h.start + OFF_LEN..h.end].copy_from_slice(&len.to_le_bytes());
-        let crc = crc32fast::hash(&self.buf[h.start + CRC_COVERS..]);
-        self.buf[h.start + OFF_CRC..h.start + OFF_LEN].copy_from_slice(&crc.to_le_bytes());
+        framed(&mut self.buf, rec);
     }
 
     /// Writes a checkpoint into a new file, which is the journal from now on.
@@ -804,5 +951,102 @@ mod tests {
                 })
             ]
         );
+    }
+
+    /// A background checkpoint of slot 2, written beside generation 1 while
+    /// more records go there, and the records that follow it.
+    fn background_checkpoint(dir: &Path) -> (Journal, JournalRecord, Vec<JournalRecord>) {
+        let (mut j, _) = Journal::open(dir).unwrap();
+        j.append(&sample()).unwrap();
+        let b = Ballot {
+            counter: 3,
+            node: 2,
+        };
+        let cp = JournalRecord::Checkpoint {
+            promised: b,
+            upto: 2,
+            state: vec![1, 2],
+            accepted: vec![],
+        };
+        write_checkpoint_file(&j.next_checkpoint_path(), &cp).unwrap();
+        // Accepted while the checkpoint was being written: in generation 1.
+        let late = JournalRecord::Accept {
+            slot: 2,
+            ballot: b,
+            value: Vec::new(),
+        };
+        j.append(std::slice::from_ref(&late)).unwrap();
+        let resume = vec![
+            JournalRecord::Resume { upto: 2 },
+            JournalRecord::Promise(b),
+            late.clone(),
+        ];
+        (j, cp, resume)
+    }
+
+    #[test]
+    fn a_background_checkpoint_takes_over_at_its_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, cp, resume) = background_checkpoint(dir.path());
+        j.append(&resume).unwrap();
+        assert!(path_of(dir.path(), 2).exists());
+        assert!(!tmp_path_of(dir.path(), 2).exists());
+        assert!(
+            path_of(dir.path(), 1).exists(),
+            "the old generation stays until the restating records are durable"
+        );
+        j.note_durable(j.lsn());
+        assert!(!path_of(dir.path(), 1).exists(), "then it goes");
+        drop(j);
+        let (_, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(found[0], cp);
+        assert_eq!(found[1..], resume[1..], "the resume itself is not stored");
+    }
+
+    #[test]
+    fn a_crash_before_the_restating_records_are_durable_carries_the_older_generation_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, cp, resume) = background_checkpoint(dir.path());
+        let before: Vec<JournalRecord> = sample()
+            .into_iter()
+            .chain(std::iter::once(resume[2].clone()))
+            .collect();
+        j.append(&resume).unwrap();
+        drop(j);
+        // The crash lost what followed the checkpoint in the new generation
+        // (never synced); the rename survived.
+        let new = path_of(dir.path(), 2);
+        let mut one = Vec::new();
+        framed(&mut one, &cp);
+        OpenOptions::new()
+            .write(true)
+            .open(&new)
+            .unwrap()
+            .set_len(one.len() as u64)
+            .unwrap();
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        assert_eq!(found[0], cp);
+        assert_eq!(found[1..], before[..], "generation 1's records come back");
+        assert!(!path_of(dir.path(), 1).exists());
+        drop(j);
+        let (_, again) = Journal::open(dir.path()).unwrap();
+        assert_eq!(again, found, "carried over into generation 2 for good");
+    }
+
+    #[test]
+    fn a_background_checkpoint_never_taken_over_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _, _) = background_checkpoint(dir.path());
+        let tmp = j.next_checkpoint_path();
+        assert!(tmp.exists());
+        drop(j);
+        let (j, found) = Journal::open(dir.path()).unwrap();
+        assert!(!tmp.exists(), "the unused checkpoint is deleted");
+        assert_eq!(
+            found.len(),
+            sample().len() + 1,
+            "generation 1 holds everything"
+        );
+        assert_eq!(j.lsn() >> 40, 1);
     }
 }

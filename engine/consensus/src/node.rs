@@ -10,7 +10,7 @@
 
 use super::driver::{Driver, ReadyIo};
 use super::journal::{Journal, OpenError, DURABLE_FILE};
-use super::paxos::{Applied, Config, JournalRecord, Replica};
+use super::paxos::{Applied, CheckpointJob, Config, JournalRecord, Replica};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use trex_net::metrics::{self, BuildInfo, CounterFamily, Health, MetricsConfig, U64Gauge};
 use trex_net::reply::{node_info, refuse_foreign_cluster, reply_header, violation, Reply, ReplyTo};
@@ -61,6 +61,8 @@ pub struct ConsensusOptions {
     pub election_ms: u64,
     /// Heartbeat interval.
     pub heartbeat_ms: u64,
+    /// Applied slots between checkpoints ([`Config::snapshot_every`]).
+    pub checkpoint_every: u64,
     /// Event-loop limits.
     pub limits: LoopConfig,
     /// Cluster id: client and peer frames must carry it, and it is sent to
@@ -85,6 +87,7 @@ struct NodeMetrics {
     malformed: Counter,
     peer_dropped: CounterFamily,
     sync_duration: Histogram,
+    checkpoint_duration: Histogram,
     ballot: U64Gauge,
     leader: U64Gauge,
     leading: U64Gauge,
@@ -108,6 +111,7 @@ impl NodeMetrics {
             submits,
             peer_dropped: CounterFamily::default(),
             sync_duration: metrics::latency_histogram(),
+            checkpoint_duration: metrics::latency_histogram(),
             ballot: U64Gauge::default(),
             leader: U64Gauge::default(),
             leading: U64Gauge::default(),
@@ -137,6 +141,12 @@ impl NodeMetrics {
             "Time of one durable journal sync",
             MetricUnit::Seconds,
             self.sync_duration.clone(),
+        );
+        r.register_with_unit(
+            "checkpoint_duration",
+            "Time to encode, write and sync one checkpoint, on the checkpoint thread (the event loop goes on meanwhile)",
+            MetricUnit::Seconds,
+            self.checkpoint_duration.clone(),
         );
         let gauges = [
             (
@@ -237,6 +247,71 @@ struct NodeIo {
     metrics: NodeMetrics,
 }
 
+/// What the checkpoint thread did with one [`CheckpointJob`].
+struct CheckpointDone {
+    upto: u64,
+    /// The file it wrote ([`Journal::next_checkpoint_path`]).
+    path: PathBuf,
+    /// The encoded state machine, or why the file could not be written.
+    result: Result<Vec<u8>, String>,
+    took: Duration,
+}
+
+/// Encodes and writes checkpoints on a thread of its own (`trex-checkpoint`,
+/// at nice 10), so that the event loop never stops for them: a state of
+/// 100,000 held locks encodes to 15 MB in ~22 ms, and its write and sync
+/// take longer. The loop hands over a [`CheckpointJob`] (a copy of the
+/// state machine that shares its tables) and is woken when the file is
+/// durable; the journal then takes it over ([`JournalRecord::Resume`]).
+struct Checkpointer {
+    jobs: mpsc::Sender<(CheckpointJob, PathBuf)>,
+    done: mpsc::Receiver<CheckpointDone>,
+}
+
+impl Checkpointer {
+    fn start(waker: Arc<mio::Waker>) -> io::Result<Checkpointer> {
+        let (jobs, rx) = mpsc::channel::<(CheckpointJob, PathBuf)>();
+        let (tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("trex-checkpoint".into())
+            .spawn(move || {
+                trex_net::util::lower_priority();
+                for (job, path) in rx {
+                    let t0 = Instant::now();
+                    let upto = job.upto;
+                    let record = JournalRecord::Checkpoint {
+                        promised: job.promised,
+                        upto,
+                        state: job.sm.encode(),
+                        accepted: job.accepted,
+                    };
+                    let written =
+                        super::journal::write_checkpoint_file(&path, &record).map_err(|e| {
+                            format!("cannot write the checkpoint {}: {e}", path.display())
+                        });
+                    let JournalRecord::Checkpoint { state, .. } = record else {
+                        unreachable!("built above")
+                    };
+                    let result = written.map(|()| state);
+                    let took = t0.elapsed();
+                    if tx
+                        .send(CheckpointDone {
+                            upto,
+                            path,
+                            result,
+                            took,
+                        })
+                        .is_err()
+                    {
+                        return; // the node is stopping
+                    }
+                    let _ = waker.wake();
+                }
+            })?;
+        Ok(Checkpointer { jobs, done })
+    }
+}
+
 /// The consensus node as an event-loop service.
 pub struct ConsensusService {
     id: NodeId,
@@ -263,6 +338,7 @@ pub struct ConsensusService {
     health: Arc<Health>,
     /// Answered to `node-info`.
     build: BuildInfo,
+    checkpointer: Checkpointer,
 }
 
 fn unix_ms() -> u64 {
@@ -373,9 +449,16 @@ impl ConsensusService {
     /// replica has nothing more to say.
     fn process(&mut self) {
         loop {
-            let ready = self.replica.take_ready();
+            let mut ready = self.replica.take_ready();
             if ready.is_empty() {
                 break;
+            }
+            if let Some(job) = ready.checkpoint.take() {
+                let path = self.io.journal.next_checkpoint_path();
+                if self.checkpointer.jobs.send((job, path)).is_err() {
+                    trex_net::log_line!("ERROR", "the checkpoint thread is gone; stopping the node (restart it: it recovers from its journal)");
+                    std::process::exit(1);
+                }
             }
             if let Err(e) = self.driver.step(ready, &mut self.io) {
                 // The promises of this step cannot be kept: stop rather than lie.
@@ -632,6 +715,33 @@ impl ConsensusService {
             self.driver.synced(lsn, &mut self.io);
         }
         if self.deliver_to_self() {
+            self.process();
+        }
+    }
+
+    /// Hands finished checkpoints to the replica: the journal switches to
+    /// the file written (in this step's records), or it is deleted when a
+    /// snapshot from a peer made it moot.
+    fn reap_checkpoints(&mut self) {
+        while let Ok(done) = self.checkpointer.done.try_recv() {
+            self.io
+                .metrics
+                .checkpoint_duration
+                .observe(done.took.as_secs_f64());
+            let state = match done.result {
+                Ok(state) => state,
+                Err(e) => {
+                    // As a failed journal write: what this node promised
+                    // could not be compacted, and a disk that cannot take
+                    // the checkpoint will not take the records either.
+                    trex_net::log_line!("ERROR", "{e}; stopping the node. Free space if the disk is full (or replace a failing disk), then restart it: it recovers from its journal, and the others serve meanwhile");
+                    std::process::exit(1);
+                }
+            };
+            if !self.replica.checkpoint_written(done.upto, state) {
+                let _ = std::fs::remove_file(&done.path);
+                continue;
+            }
             self.process();
         }
     }
@@ -927,6 +1037,7 @@ impl Service for ConsensusService {
 
     fn on_wake(&mut self) {
         self.reap_syncs();
+        self.reap_checkpoints();
     }
 
     fn periodic_timers(&self) -> Vec<(Duration, u64)> {
@@ -1031,6 +1142,8 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     cfg.election_ms = opts.election_ms;
     cfg.heartbeat_ms = opts.heartbeat_ms;
     cfg.seed = unix_ms() ^ id;
+    cfg.background_checkpoints = true;
+    cfg.snapshot_every = opts.checkpoint_every.max(1);
     let count = records.len();
     let replica = Replica::recover(cfg, records, unix_ms())?;
     let st = replica.status();
@@ -1046,6 +1159,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
     let n = replica.voters(st.applied).len();
     let health = Arc::new(Health::default());
     let mut el = EventLoop::bind(opts.listen, opts.limits, |registry, waker| {
+        let checkpointer = Checkpointer::start(waker.clone())?;
         let (syncer, how) = Syncer::detect(registry, service_token(SYNC_TOKEN), waker);
         trex_net::log_line!("INFO", "{how}");
         let mut svc = ConsensusService {
@@ -1075,6 +1189,7 @@ pub fn run_consensus(opts: &ConsensusOptions) -> Result<(), String> {
             sync_started: None,
             health: health.clone(),
             build: opts.build,
+            checkpointer,
         };
         svc.refresh_peers();
         Ok(svc)

@@ -62,6 +62,11 @@ pub struct Config {
     pub max_batch: usize,
     /// Applied slots between snapshots (journal compaction).
     pub snapshot_every: u64,
+    /// Whether a due checkpoint is handed out as a [`CheckpointJob`] (encoded
+    /// and written by the caller, off its event loop, then finished with
+    /// [`Replica::checkpoint_written`]) instead of being encoded here and
+    /// written as a [`JournalRecord::Checkpoint`] in the same step.
+    pub background_checkpoints: bool,
     /// Bytes of values one promise or one `chosen` message carries at most
     /// (always at least one slot's value). A promise that would carry more
     /// reports a prefix and says where it stopped; the leader asks again from
@@ -87,6 +92,7 @@ impl Config {
             max_inflight: 4,
             max_batch: 1024,
             snapshot_every: 10_000,
+            background_checkpoints: false,
             report_bytes: REPORT_BYTES,
             slot_bytes: SLOT_BYTES,
             seed: id,
@@ -125,6 +131,35 @@ pub enum JournalRecord {
         /// Accepted values at or above `upto`.
         accepted: Vec<(u64, Ballot, Value)>,
     },
+    /// The checkpoint of `upto` that a [`CheckpointJob`] wrote on its own
+    /// (into the next journal generation, synced) takes over here. The
+    /// records after it in the same step restate the promise and every
+    /// value accepted at or above `upto`, so that together with the
+    /// checkpoint they replace everything before. A journal acts on it and
+    /// never stores it.
+    Resume {
+        /// The checkpoint's snapshot point.
+        upto: u64,
+    },
+}
+
+/// A checkpoint to encode and write off the event loop
+/// ([`Config::background_checkpoints`]): the state machine as applied up to
+/// `upto` (a copy that shares the live one's tables, see
+/// [`StateMachine`]), and the promise and accepted values of that moment.
+/// The caller encodes `sm`, writes and syncs a [`JournalRecord::Checkpoint`]
+/// of these fields as the journal's next generation (not yet in use), and
+/// then calls [`Replica::checkpoint_written`]. At most one is in flight.
+#[derive(Clone, Debug)]
+pub struct CheckpointJob {
+    /// Slots below are in `sm`.
+    pub upto: u64,
+    /// The state machine at `upto`.
+    pub sm: StateMachine,
+    /// The promise when the job was made.
+    pub promised: Ballot,
+    /// Values accepted at or above `upto` when the job was made.
+    pub accepted: Vec<(u64, Ballot, Value)>,
 }
 
 /// A command applied to the state machine, with its result.
@@ -158,6 +193,8 @@ pub struct Ready {
     /// A snapshot from a peer moved the applied index here (slots below were
     /// not applied one by one).
     pub installed_snapshot: Option<u64>,
+    /// A checkpoint to write off the loop ([`Config::background_checkpoints`]).
+    pub checkpoint: Option<CheckpointJob>,
 }
 
 /// The part of a step that must wait until the step's journal records are
@@ -177,6 +214,7 @@ impl Ready {
         self.persist.is_empty()
             && self.on_durable.send.is_empty()
             && self.on_durable.applied.is_empty()
+            && self.checkpoint.is_none()
     }
 }
 
@@ -291,6 +329,8 @@ pub struct Replica {
     /// The first slot of the latest group change this node applied (it
     /// checkpoints once past it).
     change_from: u64,
+    /// The snapshot point of the [`CheckpointJob`] in flight, if any.
+    checkpointing: Option<u64>,
 }
 
 impl Replica {
@@ -322,6 +362,7 @@ impl Replica {
             ready: Ready::default(),
             dropped_out_of_range: 0,
             change_from: 0,
+            checkpointing: None,
         };
         for rec in records {
             match rec {
@@ -332,7 +373,13 @@ impl Replica {
                     value,
                 } => {
                     r.promised = r.promised.max(ballot);
-                    if slot >= r.snap_upto {
+                    // The highest ballot wins, not the last record: a
+                    // journal that merged a generation a background
+                    // checkpoint replaced replays it after that checkpoint
+                    // (an acceptor's ballots for a slot only grow, so this
+                    // is the latest anyway).
+                    let newer = r.accepted.get(&slot).is_none_or(|(b, _)| ballot >= *b);
+                    if slot >= r.snap_upto && newer {
                         r.accepted.insert(slot, (ballot, value));
                     }
                 }
@@ -349,6 +396,7 @@ impl Replica {
                     r.snap_state = state;
                     r.accepted = accepted.into_iter().map(|(s, b, v)| (s, (b, v))).collect();
                 }
+                JournalRecord::Resume { .. } => {}
             }
         }
         r.commit = r.snap_upto;
@@ -1343,11 +1391,7 @@ impl Replica {
         self.snap_upto = upto;
         self.accepted = self.accepted.split_off(&upto);
         self.chosen = self.chosen.split_off(&upto);
-        let accepted = self
-            .accepted
-            .iter()
-            .map(|(s, (b, v))| (*s, *b, v.clone()))
-            .collect();
+        let accepted = self.accepted_from(upto);
         self.ready.persist.push(JournalRecord::Checkpoint {
             promised: self.promised,
             upto,
@@ -1390,10 +1434,64 @@ impl Replica {
         // once: a restarted node then starts past it, and never needs the
         // old group (whose nodes may be gone for good) to learn slots again.
         let change_passed = self.snap_upto < self.change_from && self.applied >= self.change_from;
-        if change_passed || self.applied >= self.snap_upto + self.cfg.snapshot_every {
+        let due = change_passed || self.applied >= self.snap_upto + self.cfg.snapshot_every;
+        if due && self.cfg.background_checkpoints {
+            if self.checkpointing.is_none() {
+                self.checkpointing = Some(self.applied);
+                self.ready.checkpoint = Some(CheckpointJob {
+                    upto: self.applied,
+                    sm: self.sm.clone(),
+                    promised: self.promised,
+                    accepted: self.accepted_from(self.applied),
+                });
+            }
+        } else if due {
             let state = self.sm.encode();
             self.install_checkpoint(self.applied, state);
         }
+    }
+
+    /// Values accepted at or above `slot`, as a checkpoint carries them.
+    fn accepted_from(&self, slot: u64) -> Vec<(u64, Ballot, Value)> {
+        self.accepted
+            .range(slot..)
+            .map(|(s, (b, v))| (*s, *b, v.clone()))
+            .collect()
+    }
+
+    /// Finishes the [`CheckpointJob`] of `upto`: its record, with `state`
+    /// (its state machine, encoded), is durable in the journal's next
+    /// generation. The slots below `upto` are dropped here, and this step's
+    /// journal records are a [`JournalRecord::Resume`] followed by the
+    /// promise and every value accepted at or above `upto` as they stand
+    /// now (what was accepted since the job was made included).
+    ///
+    /// Returns false, and changes nothing, when the checkpoint is no longer
+    /// needed (a snapshot from a peer moved this node past it meanwhile);
+    /// the caller then deletes what the job wrote.
+    pub fn checkpoint_written(&mut self, upto: u64, state: Vec<u8>) -> bool {
+        if self.checkpointing == Some(upto) {
+            self.checkpointing = None;
+        }
+        if upto <= self.snap_upto || upto > self.applied {
+            return false;
+        }
+        self.snap_upto = upto;
+        self.accepted = self.accepted.split_off(&upto);
+        self.chosen = self.chosen.split_off(&upto);
+        self.snap_state = state;
+        self.ready.persist.push(JournalRecord::Resume { upto });
+        self.ready
+            .persist
+            .push(JournalRecord::Promise(self.promised));
+        for (slot, ballot, value) in self.accepted_from(upto) {
+            self.ready.persist.push(JournalRecord::Accept {
+                slot,
+                ballot,
+                value,
+            });
+        }
+        true
     }
 
     /// The chosen value of an applied slot, if still kept (for checks).

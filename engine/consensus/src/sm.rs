@@ -8,6 +8,7 @@
 //! `docs/wire.md` ("Operations"). Tags 16–31 belong to the lock service
 //! (16–20 used).
 
+use imbl::{OrdMap, OrdSet};
 use std::collections::BTreeMap;
 use trex_net::util::rfc3339_ms;
 use trex_wire::codec::{put_u32, put_u64};
@@ -48,6 +49,11 @@ fn refuse(code: Refusal, msg: String) -> Vec<u8> {
 }
 
 /// The replicated state.
+///
+/// The tables that grow with use (clients, locks and their indexes) are
+/// persistent maps ([`imbl`]): a clone shares their nodes and costs O(1)
+/// whatever their size, so a checkpoint encodes a copy on another thread
+/// while the event loop goes on applying (see `paxos::CheckpointJob`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     /// Registered nodes.
@@ -55,16 +61,19 @@ pub struct StateMachine {
     /// Every projection ever installed, oldest first.
     pub history: Vec<Projection>,
     /// Per client: the last sequence number applied and its result.
-    pub clients: BTreeMap<u64, (u64, Vec<u8>)>,
+    pub clients: OrdMap<u64, (u64, Vec<u8>)>,
     /// Per client: the leader's stamp of its last command. Entries idle for
     /// longer than `CLIENT_TTL_MS` are dropped (deterministically, by stamp):
     /// exactly-once holds for retries within that window.
-    pub client_seen_ms: BTreeMap<u64, u64>,
+    pub client_seen_ms: OrdMap<u64, u64>,
+    /// `(seen_ms, client)` of every client in `client_seen_ms`, oldest first:
+    /// what a sweep forgets (derived; not in the snapshot).
+    client_idle: OrdSet<(u64, u64)>,
     /// Advisory locks by name.
-    pub locks: BTreeMap<String, LockState>,
+    pub locks: OrdMap<String, LockState>,
     /// `(expire_ms, name)` of every lock, oldest expiry first: what to forget
     /// next (derived from `locks`; not in the snapshot).
-    lock_expiries: std::collections::BTreeSet<(u64, String)>,
+    lock_expiries: OrdSet<(u64, String)>,
     /// The last fencing token handed out (tokens only increase).
     pub fence: u64,
     /// Grace after expiry before a lock changes hands (ms); 0 means the default.
@@ -116,7 +125,10 @@ impl StateMachine {
         };
         if c.client != 0 {
             self.clients.insert(c.client, (c.seq, result.clone()));
-            self.client_seen_ms.insert(c.client, c.stamp_ms);
+            if let Some(old) = self.client_seen_ms.insert(c.client, c.stamp_ms) {
+                self.client_idle.remove(&(old, c.client));
+            }
+            self.client_idle.insert((c.stamp_ms, c.client));
             self.expire_clients(c.stamp_ms);
         }
         result
@@ -381,11 +393,11 @@ impl StateMachine {
     /// forgets the same ones at the same command).
     fn forget_locks(&mut self, now_ms: u64) {
         let keep = self.grace_ms().saturating_add(LOCK_FORGET_MS);
-        while let Some((expire, _)) = self.lock_expiries.first() {
+        while let Some((expire, _)) = self.lock_expiries.get_min() {
             if expire.saturating_add(keep) > now_ms {
                 break;
             }
-            let (expire, name) = self.lock_expiries.pop_first().expect("checked");
+            let (expire, name) = self.lock_expiries.remove_min().expect("checked");
             if self.locks.get(&name).is_some_and(|l| l.expire_ms == expire) {
                 self.locks.remove(&name);
             }
@@ -431,16 +443,20 @@ impl StateMachine {
     /// invocation is a client; without this the table would only grow).
     fn expire_clients(&mut self, now_ms: u64) {
         if self.client_seen_ms.len() < 1024 || !self.client_seen_ms.len().is_multiple_of(64) {
-            return; // sweep now and then, not on every command
+            // Swept now and then, not on every command. The rule (1,024 or
+            // more clients, a multiple of 64) is part of the replicated
+            // semantics: nodes of different builds must forget the same
+            // clients at the same command.
+            return;
         }
+        // Every client last seen before the cutoff, oldest first (the same
+        // set a scan of `client_seen_ms` finds, without the scan).
         let cutoff = now_ms.saturating_sub(CLIENT_TTL_MS);
-        let idle: Vec<u64> = self
-            .client_seen_ms
-            .iter()
-            .filter(|(_, t)| **t < cutoff)
-            .map(|(c, _)| *c)
-            .collect();
-        for c in idle {
+        while let Some(&(seen, c)) = self.client_idle.get_min() {
+            if seen >= cutoff {
+                break;
+            }
+            self.client_idle.remove_min();
             self.client_seen_ms.remove(&c);
             self.clients.remove(&c);
         }
@@ -750,19 +766,19 @@ impl StateMachine {
         for _ in 0..small_count(&mut r, 1 << 20)? {
             history.push(decode_projection(&mut r)?);
         }
-        let mut clients = BTreeMap::new();
+        let mut clients = OrdMap::new();
         for _ in 0..small_count(&mut r, 1 << 24)? {
             let (c, seq) = (r.u64()?, r.u64()?);
             let n = r.u32()? as usize;
             clients.insert(c, (seq, r.bytes(n)?.to_vec()));
         }
-        let mut locks = BTreeMap::new();
+        let mut locks = OrdMap::new();
         for _ in 0..small_count(&mut r, 1 << 24)? {
             let (name, l) = decode_lock(&mut r)?;
             locks.insert(name, l);
         }
         let (fence, lock_grace_ms) = (r.u64()?, r.u64()?);
-        let mut client_seen_ms = BTreeMap::new();
+        let mut client_seen_ms = OrdMap::new();
         for _ in 0..small_count(&mut r, 1 << 24)? {
             let (c, t) = (r.u64()?, r.u64()?);
             client_seen_ms.insert(c, t);
@@ -785,6 +801,7 @@ impl StateMachine {
             members,
             history,
             clients,
+            client_idle: client_seen_ms.iter().map(|(c, t)| (*t, *c)).collect(),
             client_seen_ms,
             lock_expiries: locks
                 .iter()

@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use trex_consensus::driver::{Driver, ReadyIo};
-use trex_consensus::paxos::{Applied, Config, JournalRecord, Replica};
+use trex_consensus::paxos::{Applied, CheckpointJob, Config, JournalRecord, Replica};
 use trex_consensus::sm::{decode_lock, LayoutSegment, Op, Projection, Role};
 use trex_wire::consensus::{Command, Msg, NodeId};
 use trex_wire::Reader;
@@ -144,6 +144,13 @@ enum Event {
     SyncDone {
         node: NodeId,
         incarnation: u64,
+    },
+    /// A background checkpoint of the node's was encoded, written and
+    /// synced ([`Config::background_checkpoints`]).
+    CheckpointDone {
+        node: NodeId,
+        incarnation: u64,
+        job: Box<CheckpointJob>,
     },
     Request {
         node: NodeId,
@@ -397,6 +404,19 @@ impl Sim {
                     self.report.slots += 1;
                 }
             }
+        }
+        if let Some(job) = ready.checkpoint.take() {
+            // Encoding and writing take a while, during which the node goes on.
+            let incarnation = self.nodes[&id].incarnation;
+            let d = 1 + self.rng.below(20);
+            self.at(
+                d,
+                Event::CheckpointDone {
+                    node: id,
+                    incarnation,
+                    job: Box::new(job),
+                },
+            );
         }
         let n = self.nodes.get_mut(&id).expect("node exists");
         // A node answers clients only for commands it proposed as leader
@@ -727,6 +747,43 @@ impl Sim {
                 }
                 if self.nodes.contains_key(&node) {
                     self.at(10, Event::Tick { node });
+                }
+            }
+            Event::CheckpointDone {
+                node,
+                incarnation,
+                job,
+            } => {
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(());
+                };
+                if n.incarnation != incarnation {
+                    return Ok(()); // crashed first: the file is deleted at open
+                }
+                let Some(r) = n.replica.as_mut() else {
+                    return Ok(());
+                };
+                let job = *job;
+                let state = job.sm.encode();
+                let record = JournalRecord::Checkpoint {
+                    promised: job.promised,
+                    upto: job.upto,
+                    state: state.clone(),
+                    accepted: job.accepted,
+                };
+                if r.checkpoint_written(job.upto, state) {
+                    // The worst case of the real journal: the new
+                    // generation is in place (durable, as the thread synced
+                    // it) but the records restating what came after it are
+                    // not yet, so opening merges the older generation's
+                    // records in after the checkpoint.
+                    let rest: Vec<JournalRecord> = std::mem::take(&mut n.durable)
+                        .into_iter()
+                        .filter(|r| !matches!(r, JournalRecord::Checkpoint { .. }))
+                        .collect();
+                    n.durable.push(record);
+                    n.durable.extend(rest);
+                    self.collect(node)?;
                 }
             }
             Event::SyncDone { node, incarnation } => {
@@ -1153,6 +1210,9 @@ pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, ConsensusSimError> 
         // Promises and catch-up answers cut into many bounded pieces.
         base.report_bytes = 60 + more.below(600) as usize;
     }
+    // Checkpoints encoded and written while the node goes on, as the real
+    // node does them, in half the runs (drawn last: earlier draws stay).
+    base.background_checkpoints = more.chance(0.5);
     let mut sim = Sim {
         rng,
         now: 0,

@@ -163,6 +163,12 @@ pub struct ConsensusArgs {
     /// Leader heartbeat interval.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Applied slots between checkpoints: the state machine is encoded and
+    /// written as a new journal generation on a thread of its own, and the
+    /// journal before it deleted. Lower keeps journals and restarts short;
+    /// each checkpoint writes the whole state once.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
     /// Cluster id that client and peer frames must carry (sent to the peers too).
     #[arg(long, env = "TREX_CLUSTER_ID", default_value_t = 0)]
     cluster_id: u32,
@@ -380,6 +386,7 @@ fn consensus(a: ConsensusArgs) -> Result<(), CliError> {
         data_dir: a.data_dir,
         election_ms: a.election_timeout.as_millis().max(1) as u64,
         heartbeat_ms: a.heartbeat.as_millis().max(1) as u64,
+        checkpoint_every: a.checkpoint_every,
         limits: a.conn.limits(LoopConfig::default())?,
         cluster_id: a.cluster_id,
         metrics: a.conn.metrics(),

@@ -391,18 +391,6 @@ fn populate(map: &MmapMut, off: usize, len: usize) {
 /// How much of a spare [`populate`] faults in per call.
 const POPULATE_STEP: usize = 1 << 20;
 
-/// Lowers the calling thread's CPU priority (nice 10), for threads doing
-/// background file work: on a busy machine with few cores they otherwise
-/// take the CPU from the event loop for a whole time slice at a time (a
-/// profile showed the loop runnable and waiting 24 ms).
-pub(crate) fn lower_priority() {
-    // SAFETY: gettid and setpriority on the calling thread; no memory involved.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
-}
-
 /// Runs the calling thread only when a CPU has nothing else to do
 /// (`SCHED_IDLE`), else at nice 10. For the segment thread: faulting in a
 /// spare zeroes its whole size in one go (20-60 ms of CPU for 64 MiB), and
@@ -413,7 +401,7 @@ fn idle_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler on the calling thread (0) with a valid param.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        lower_priority();
+        trex_net::util::lower_priority();
     }
 }
 

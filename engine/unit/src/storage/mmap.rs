@@ -1374,7 +1374,7 @@ impl Store for MmapStore {
                     let _ = std::thread::Builder::new()
                         .name("trex-rollover-sync".into())
                         .spawn(move || {
-                            super::background::lower_priority();
+                            trex_net::util::lower_priority();
                             if let Err(e) = file.sync_data() {
                                 trex_net::log_line!(
                                     "WARN",
