@@ -23,6 +23,9 @@ pub struct GroupLoad {
     pub cluster_id: u32,
     /// Lock clients take a new name for every pair (`--distinct-names`).
     pub distinct_names: bool,
+    /// With `distinct_names`: each operation acquires a new name and keeps
+    /// it for an hour (`--keep-held`).
+    pub keep_held: bool,
 }
 
 /// How long one command may take, redirects and retries included, before it
@@ -141,6 +144,13 @@ pub fn lock_client(a: &GroupLoad, i: usize, ctx: &mut Ctx) -> Result<(), String>
         if a.distinct_names {
             pairs += 1;
             name = format!("{}-{pairs}", lock_name(i));
+        }
+        if a.keep_held {
+            match c.acquire(&name, "trex-bench", Duration::from_secs(3600)) {
+                Ok(_) => ctx.done(slot, 1),
+                Err(e) => ctx.failed(slot, 0, &consensus_error_kind(&e), &e.to_string()),
+            }
+            continue;
         }
         pair(&mut c, &name, &mut held, slot, ctx);
     }

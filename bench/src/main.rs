@@ -260,6 +260,12 @@ struct GroupArgs {
     /// state machine (memory and journal stay flat).
     #[arg(long)]
     distinct_names: bool,
+    /// `lock --distinct-names` only: acquire each new name and keep it (a
+    /// one-hour lease, never released): the state machine grows by one held
+    /// lock per operation, to measure what a large state costs (checkpoints,
+    /// memory). The locks run out on their own after the hour.
+    #[arg(long)]
+    keep_held: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -622,10 +628,17 @@ fn group_plan(
             "--distinct-names applies to `trex-bench lock` only, not `{name}`; drop it"
         ));
     }
+    if a.keep_held && !(a.distinct_names && name == "lock") {
+        return Err(
+            "--keep-held applies to `trex-bench lock --distinct-names` only; add --distinct-names or drop --keep-held"
+                .to_string(),
+        );
+    }
     let cfg = consensus_load::GroupLoad {
         endpoints: resolve_cluster(&a.cluster)?,
         cluster_id: a.cluster.cluster_id,
         distinct_names: a.distinct_names,
+        keep_held: a.keep_held,
     };
     let p = Plan {
         info: info(name, a.clients, 1, 0, &a.run),
