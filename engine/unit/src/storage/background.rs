@@ -9,7 +9,14 @@
 //! A spare's pages are faulted in (zeroed in the page cache) by the thread
 //! too, a step at a time as the active segment fills ([`pace_target`]), so
 //! the loop's first writes to them are cheap and the zeroing never comes in
-//! one burst.
+//! one burst. The thread does that through a mapping of its own, and hands
+//! the spare to the loop as soon as it is made: at rollover the loop takes
+//! it without the thread's help, however far the faulting-in got (the loop
+//! faults in the rest itself). The loop waiting for the thread was a
+//! priority inversion: the thread runs only on idle CPU, and under load the
+//! CPU is never idle, so a rollover that asked it to hurry waited for every
+//! other busy thread (27-44 ms at the first rollover of 4 KiB open-loop
+//! runs, the largest latency of those runs).
 //!
 //! One thread runs the jobs in the order they were sent, so an index is
 //! written before its segment is deleted. A spare is made under a `.tmp`
@@ -19,7 +26,7 @@
 
 use super::mmap::IndexImage;
 use super::AppendError;
-use memmap2::MmapMut;
+use memmap2::{Mmap, MmapMut};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -45,9 +52,6 @@ pub(crate) struct Spare {
 enum Job {
     /// Make the spare for segment `id` at `path`, `size` bytes.
     Prepare { id: u32, path: PathBuf, size: u64 },
-    /// The loop is waiting for the spare: hand it over now, faulted in or
-    /// not.
-    Hurry,
     /// Write an index file (to `tmp`, then renamed to `path`).
     WriteIndex {
         tmp: PathBuf,
@@ -115,12 +119,11 @@ impl Background {
         self.fill.store(frac, Ordering::Relaxed);
     }
 
-    /// The spare asked for last, if it is ready (`wait`: waiting until it is,
-    /// and telling the thread to hand it over at once, faulted in or not).
-    /// `None`: not ready (or the thread is gone).
+    /// The spare asked for last, if it is made (`wait`: waiting until it
+    /// is; it is handed over made and mapped, faulted in as far as the
+    /// thread got). `None`: not made yet (or the thread is gone).
     pub fn spare(&self, wait: bool) -> Option<Result<Spare, AppendError>> {
         if wait {
-            self.send(Job::Hurry);
             self.spares.recv().ok()
         } else {
             self.spares.try_recv().ok()
@@ -176,9 +179,10 @@ impl Drop for Background {
     }
 }
 
-/// A spare made and being faulted in, a step at a time.
+/// A spare handed to the loop and being faulted in, a step at a time,
+/// through the thread's own (read-only) mapping of its file.
 struct Pending {
-    spare: Spare,
+    feed: Mmap,
     /// Bytes from the start already faulted in.
     done: usize,
 }
@@ -214,9 +218,9 @@ const PACE_POLL: Duration = Duration::from_millis(10);
 /// segment covers that.
 const PACE_POLL_IDLE: Duration = Duration::from_millis(100);
 
-/// The thread: runs jobs in order, and between them faults in the pending
-/// spare at the loop's pace ([`pace_target`]). The spare is handed over once
-/// whole, or at once when the loop asks for it ([`Job::Hurry`]).
+/// The thread: runs jobs in order, and between them faults in the latest
+/// spare at the loop's pace ([`pace_target`]). The spare itself is handed
+/// over as soon as it is made.
 fn serve(
     rx: &mpsc::Receiver<Job>,
     spares: &mpsc::Sender<Result<Spare, AppendError>>,
@@ -228,9 +232,9 @@ fn serve(
         let next = match pending.as_mut() {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(p) => {
-                let len = p.spare.map.len();
+                let len = p.feed.len();
                 if p.done >= len {
-                    hand_over(&mut pending, spares);
+                    pending = None; // whole: unmap the feed (the pages stay cached)
                     continue;
                 }
                 let now_fill = fill.load(Ordering::Relaxed);
@@ -238,7 +242,7 @@ fn serve(
                 seen_fill = now_fill;
                 if p.done < pace_target(now_fill, len) {
                     let step = POPULATE_STEP.min(len - p.done);
-                    populate(&p.spare.map, p.done, step);
+                    populate(&p.feed, p.done, step);
                     p.done += step;
                     match rx.try_recv() {
                         Ok(job) => Ok(job),
@@ -254,13 +258,28 @@ fn serve(
         };
         match next {
             Ok(Job::Prepare { id, path, size }) => {
-                // Only one spare is asked for at a time; an older one still
-                // here goes first.
-                hand_over(&mut pending, spares);
+                // The spare before is in use by now: the loop faults in
+                // whatever of it this thread did not get to.
+                pending = None;
                 // A leftover of an earlier attempt (never in use: a `.tmp` name).
                 let _ = fs::remove_file(&path);
                 match make_spare(id, &path, size) {
                     Ok(spare) => {
+                        // SAFETY: the spare's file, ours alone (the data
+                        // directory is locked), never truncated while mapped;
+                        // this mapping only reads.
+                        let feed = match unsafe { Mmap::map(&spare.file) } {
+                            Ok(m) => m,
+                            Err(e) => {
+                                trex_net::log_line!(
+                                    "WARN",
+                                    "cannot map {} to fault it in ahead: {e}; the loop faults its pages in as it writes",
+                                    spare.path.display()
+                                );
+                                let _ = spares.send(Ok(spare));
+                                continue;
+                            }
+                        };
                         // Fault in page by page (no readahead): each step is
                         // then many short stretches of kernel work rather
                         // than a few long ones the loop cannot preempt (the
@@ -270,44 +289,28 @@ fn serve(
                         // at 12K/s: 4.9 ms vs 40-44 ms. The price is CPU:
                         // the closed-loop peak of 100 B appends is 4-12 % lower
                         // (docs/benchmarks.md).
-                        let _ = spare.map.advise(memmap2::Advice::Random);
-                        pending = Some(Pending { spare, done: 0 });
+                        let _ = feed.advise(memmap2::Advice::Random);
+                        pending = Some(Pending { feed, done: 0 });
+                        if let Err(mpsc::SendError(Ok(spare))) = spares.send(Ok(spare)) {
+                            drop(spare.map);
+                            let _ = fs::remove_file(&spare.path);
+                        }
                     }
                     Err(e) => {
                         let _ = spares.send(Err(e));
                     }
                 }
             }
-            Ok(Job::Hurry) => hand_over(&mut pending, spares),
             Ok(job) => run(job),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    // The store is gone: a spare never handed over is not a segment.
-    if let Some(p) = pending {
-        drop(p.spare.map);
-        let _ = fs::remove_file(&p.spare.path);
-    }
-}
-
-/// Sends the pending spare, if any, to the loop.
-fn hand_over(pending: &mut Option<Pending>, spares: &mpsc::Sender<Result<Spare, AppendError>>) {
-    if let Some(p) = pending.take() {
-        // Appends walk the segment front to back: the loop's own faults on
-        // pages not faulted in yet get aggressive readahead (measured: ~8 %
-        // more appends/s than the default, ~50 % more than Random).
-        let _ = p.spare.map.advise(memmap2::Advice::Sequential);
-        if let Err(mpsc::SendError(Ok(spare))) = spares.send(Ok(p.spare)) {
-            drop(spare.map);
-            let _ = fs::remove_file(&spare.path);
         }
     }
 }
 
 fn run(job: Job) {
     match job {
-        Job::Prepare { .. } | Job::Hurry => {}
+        Job::Prepare { .. } => {}
         Job::WriteIndex { tmp, path, image } => {
             let bytes = image.encode();
             if let Err(e) = fs::write(&tmp, &bytes).and_then(|_| fs::rename(&tmp, &path)) {
@@ -367,7 +370,7 @@ pub(crate) const WRITEBACK_STEP: u64 = 4 << 20;
 /// holds the process's memory-map lock, and one call over a whole segment
 /// (tens of milliseconds) held up the loop's own allocations (`brk`) behind
 /// it, by 25 ms in a profile.
-fn populate(map: &MmapMut, off: usize, len: usize) {
+fn populate(map: &[u8], off: usize, len: usize) {
     // SAFETY: `off..off + len` lies inside a live mapping we own (callers
     // stay within `map.len()`); POPULATE_READ only faults pages in.
     let rc = unsafe {
@@ -434,7 +437,7 @@ pub(crate) fn make_spare(id: u32, path: &Path, size: u64) -> Result<Spare, Appen
     // Appends walk the segment front to back: ask for aggressive readahead,
     // which faults the preallocated (zero-filled) pages in large batches
     // (measured: ~8% more appends/s than the default, ~50% more than Random).
-    // The thread switches a spare it faults in itself to Random meanwhile.
+    // The thread faults pages in through a mapping of its own, set to Random.
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Spare {
         id,
@@ -495,38 +498,51 @@ mod tests {
         assert_eq!(pace_target(0, 4096), 4096);
     }
 
+    /// Pages of `map` in the page cache (`mincore`).
+    fn resident(map: &[u8]) -> usize {
+        let pages = map.len().div_ceil(4096);
+        let mut v = vec![0u8; pages];
+        // SAFETY: a live mapping of `map.len()` bytes and a vector of one
+        // byte per page.
+        let rc =
+            unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, map.len(), v.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        v.iter().filter(|b| *b & 1 == 1).count()
+    }
+
     #[test]
-    fn a_spare_is_handed_over_whole_once_the_active_segment_fills_or_at_once_when_asked() {
+    fn a_spare_is_handed_over_once_made_and_faulted_in_at_the_loops_pace() {
         let dir = tempfile::tempdir().unwrap();
         let bg = Background::start().unwrap();
-        // Nothing written to the active segment: the thread faults in the lead
-        // only and keeps the spare.
+        // Nothing written to the active segment yet.
         bg.note_fill(0, 64 << 20);
         assert!(bg.prepare(7, dir.path().join("7.spare.tmp"), 16 << 20));
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            bg.spare(false).is_none(),
-            "handed over before it was needed"
-        );
-        // The loop needs it now: handed over at once.
+        // The loop never waits for the faulting-in: the spare comes as soon
+        // as it is made.
         let spare = bg.spare(true).expect("thread alive").expect("spare made");
         assert_eq!(spare.id, 7);
         assert_eq!(spare.map.len(), 16 << 20);
-        // The next one, with the active segment full: whole, without asking.
-        bg.note_fill(64 << 20, 64 << 20);
-        assert!(bg.prepare(8, dir.path().join("8.spare.tmp"), 4 << 20));
+        // Meanwhile the thread faults in the lead (an eighth), not more.
         let t = std::time::Instant::now();
-        let spare = loop {
-            if let Some(s) = bg.spare(false) {
-                break s.expect("spare made");
-            }
+        while resident(&spare.map) < 512 {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
-                "spare never handed over"
+                "lead never faulted in"
             );
             std::thread::sleep(Duration::from_millis(5));
-        };
-        assert_eq!(spare.id, 8);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(resident(&spare.map), 512, "faulted in ahead of the pace");
+        // The active segment fills: the thread faults the whole spare in,
+        // though the loop has it already.
+        bg.note_fill(64 << 20, 64 << 20);
+        while resident(&spare.map) < 4096 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "spare never faulted in"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // A spare never taken is deleted with the store.
         assert!(bg.prepare(9, dir.path().join("9.spare.tmp"), 4 << 20));
         std::thread::sleep(Duration::from_millis(100));
