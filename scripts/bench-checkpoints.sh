@@ -34,17 +34,8 @@ if [ -n "${OLD_BIN:-}" ]; then
 fi
 E="127.0.0.1:$BASE,127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2))"
 rm -rf "$DIR" && mkdir -p "$DIR"
-UP=""
-stop_up() {
-  if [ -n "$UP" ]; then
-    kill "$UP" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$UP" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$UP" 2>/dev/null || true
-    wait "$UP" 2>/dev/null || true
-    UP=""
-  fi
-}
-trap stop_up EXIT
+. scripts/lib-cluster.sh
+trap up_stop EXIT
 : >"$DIR/results"
 for run in $(seq "$RUNS"); do
   for b in "${BUILDS[@]}"; do
@@ -53,15 +44,7 @@ for run in $(seq "$RUNS"); do
     d="$DIR/$name-$run"
     mkdir -p "$d"
     echo "== run $run/$RUNS, build $name ($bin/trex): trex up, then ${SECS}s at $RATE/s" >&2
-    # Plain TCP (--insecure, loudly): a loopback benchmark of the state machine.
-    "$bin/trex" up --insecure --data-dir "$d/cluster" --base-port "$BASE" >"$d/up.log" 2>&1 &
-    UP=$!
-    for _ in $(seq 300); do
-      grep -q "cluster is up" "$d/up.log" && break
-      kill -0 "$UP" 2>/dev/null || { echo "error: trex up exited: see $d/up.log" >&2; exit 1; }
-      sleep 0.1
-    done
-    grep -q "cluster is up" "$d/up.log" || { echo "error: trex up did not come up in 30 s: see $d/up.log" >&2; exit 1; }
+    up_start "$bin/trex" "$d/cluster" "$d/up.log" --base-port "$BASE"
     "$B" lock --endpoints "$E" --clients "$CLIENTS" --distinct-names --keep-held \
       --rate "$RATE" --warmup 2s --duration "${SECS}s" --json "$d/bench.json" >"$d/bench.log" 2>&1 ||
       { echo "error: trex-bench failed: see $d/bench.log" >&2; exit 1; }
@@ -75,7 +58,7 @@ l = j["latency_us"]
 print(name, run, j["ops"], j["ops_per_s"], l["p50"], l["p99"], l["p999"], l["max"], snap, j["errors"], j["missed"])
 EOF
     tail -1 "$DIR/results" | awk '{printf "%-5s run %s: %s locks held, %.0f/s, latency (ms) p50 %.2f p99 %.2f p99.9 %.2f max %.2f; snapshot at slot %s; errors %s, missed %s\n", $1, $2, $3, $4, $5/1000, $6/1000, $7/1000, $8/1000, $9, $10, $11}'
-    stop_up
+    up_stop
   done
 done
 python3 - "$DIR/results" <<'EOF'

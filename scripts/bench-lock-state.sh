@@ -24,26 +24,10 @@ T=target/release/trex
 B=target/release/trex-bench
 E="127.0.0.1:$BASE,127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2))"
 rm -rf "$DIR" && mkdir -p "$DIR"
-UP=""
-stop_all() {
-  if [ -n "$UP" ]; then
-    kill "$UP" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$UP" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$UP" 2>/dev/null || true
-    wait "$UP" 2>/dev/null || true
-  fi
-}
-trap stop_all EXIT
+. scripts/lib-cluster.sh
+trap up_stop EXIT
 echo "== trex up (3 consensus nodes) in $DIR" >&2
-# Plain TCP (--insecure, loudly): a loopback benchmark of state size, not of TLS.
-"$T" up --insecure --data-dir "$DIR/cluster" --base-port "$BASE" >"$DIR/up.log" 2>&1 &
-UP=$!
-for _ in $(seq 300); do
-  grep -q "cluster is up" "$DIR/up.log" && break
-  kill -0 "$UP" 2>/dev/null || { echo "error: trex up exited: see $DIR/up.log" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q "cluster is up" "$DIR/up.log" || { echo "error: trex up did not come up in 30 s: see $DIR/up.log" >&2; exit 1; }
+up_start "$T" "$DIR/cluster" "$DIR/up.log" --base-port "$BASE"
 # The consensus nodes' PIDs: children of `trex up` listening on BASE..BASE+2.
 PIDS=()
 for i in 0 1 2; do

@@ -427,7 +427,10 @@ impl Journal {
             .flatten()
         {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("journal-") && n.ends_with(".tmp") {
+            if n.strip_prefix("journal-")
+                .and_then(|g| g.strip_suffix(".tmp"))
+                .is_some()
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
