@@ -796,6 +796,18 @@ impl Sim {
                 n.syncing = false;
                 // The sync covers every write made before it completes.
                 n.durable.append(&mut n.disk.records);
+                // Once a background checkpoint's restatement is durable, the
+                // journal deletes the generation it replaced: from here on
+                // only the checkpoint and the records after the resume count.
+                if let Some(pos) = n
+                    .durable
+                    .iter()
+                    .rposition(|r| matches!(r, JournalRecord::Resume { .. }))
+                {
+                    if matches!(n.durable.first(), Some(JournalRecord::Checkpoint { .. })) {
+                        n.durable.drain(1..=pos);
+                    }
+                }
                 let position = n.disk.writes;
                 n.driver.synced(position, &mut n.disk);
                 for out in std::mem::take(&mut n.disk.released) {
