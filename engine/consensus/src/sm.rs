@@ -8,7 +8,7 @@
 //! `docs/wire.md` ("Operations"). Tags 16–31 belong to the lock service
 //! (16–20 used).
 
-use imbl::{OrdMap, OrdSet};
+use imbl::{OrdMap, OrdSet, Vector};
 use std::collections::BTreeMap;
 use trex_net::util::rfc3339_ms;
 use trex_wire::codec::{put_u32, put_u64};
@@ -50,16 +50,16 @@ fn refuse(code: Refusal, msg: String) -> Vec<u8> {
 
 /// The replicated state.
 ///
-/// The tables that grow with use (clients, locks and their indexes) are
-/// persistent maps ([`imbl`]): a clone shares their nodes and costs O(1)
-/// whatever their size, so a checkpoint encodes a copy on another thread
+/// The tables that grow with use (clients, locks and their indexes, the
+/// projection history) are persistent maps and vectors ([`imbl`]): a clone
+/// shares their nodes and costs O(1) whatever their size, so a checkpoint encodes a copy on another thread
 /// while the event loop goes on applying (see `paxos::CheckpointJob`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     /// Registered nodes.
     pub members: BTreeMap<NodeId, Member>,
     /// Every projection ever installed, oldest first.
-    pub history: Vec<Projection>,
+    pub history: Vector<Projection>,
     /// Per client: the last sequence number applied and its result.
     pub clients: OrdMap<u64, (u64, Vec<u8>)>,
     /// Per client: the leader's stamp of its last command. Entries idle for
@@ -212,7 +212,7 @@ impl StateMachine {
                 let count_at = out.len();
                 put_u32(&mut out, 0);
                 let mut n = 0u32;
-                for p in self.history[start..].iter().take(want) {
+                for p in self.history.iter().skip(start).take(want) {
                     if n > 0 && out.len() >= trex_wire::ops::LAYOUT_HISTORY_BYTES {
                         break;
                     }
@@ -597,7 +597,7 @@ impl StateMachine {
         };
         let mut out = vec![RESULT_OK];
         encode_projection(&mut out, &p);
-        self.history.push(p);
+        self.history.push_back(p);
         self.replication = replicas;
         out
     }
@@ -621,7 +621,7 @@ impl StateMachine {
         }
         let mut out = vec![RESULT_OK];
         encode_projection(&mut out, &p);
-        self.history.push(p);
+        self.history.push_back(p);
         out
     }
 
@@ -762,9 +762,9 @@ impl StateMachine {
     pub fn decode(b: &[u8]) -> Result<StateMachine, DecodeError> {
         let mut r = Reader::new(b);
         let members = decode_members(&mut r)?;
-        let mut history = Vec::new();
+        let mut history = Vector::new();
         for _ in 0..small_count(&mut r, 1 << 20)? {
-            history.push(decode_projection(&mut r)?);
+            history.push_back(decode_projection(&mut r)?);
         }
         let mut clients = OrdMap::new();
         for _ in 0..small_count(&mut r, 1 << 24)? {

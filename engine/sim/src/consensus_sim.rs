@@ -721,7 +721,10 @@ impl Sim {
             return Ok(());
         };
         let h = &r.state().history;
-        if h.windows(2).any(|w| w[1].epoch <= w[0].epoch) {
+        if h.iter()
+            .zip(h.iter().skip(1))
+            .any(|(a, b)| b.epoch <= a.epoch)
+        {
             return Err(format!("node {id}: installed epochs do not increase"));
         }
         Ok(())
