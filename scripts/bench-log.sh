@@ -31,6 +31,8 @@ UP=; NATS=()
 cleanup() {
   [ -n "$UP" ] && kill -INT "$UP" 2>/dev/null && wait "$UP" 2>/dev/null
   for p in "${NATS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+  # The data (gigabytes per run), not the logs: a session's runs filled the disk.
+  rm -rf "$DIR"/trex/unit-* "$DIR"/trex/consensus-* "$DIR"/nats/n*/
   UP=; NATS=(); true
 }
 trap cleanup EXIT
